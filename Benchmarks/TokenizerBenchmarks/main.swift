@@ -1,0 +1,1 @@
+print("tokenizer benchmark: not written yet")

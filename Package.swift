@@ -1,0 +1,60 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "NVFP4Cluster",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "coordctl", targets: ["coordctl"]),
+        .library(name: "NVFP4", targets: ["NVFP4"]),
+        .library(name: "SafeTensors", targets: ["SafeTensors"]),
+        .library(name: "Checkpoint", targets: ["Checkpoint"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // Pure numerics: codecs and the block quantizer. No I/O.
+        .target(name: "NVFP4"),
+        // safetensors reading (mmap, validated) and streaming writing.
+        .target(name: "SafeTensors"),
+        // Llama-family config parsing and weight naming.
+        .target(name: "LlamaModel", dependencies: ["SafeTensors"]),
+        // Byte-level BPE tokenizer (tokenizer.json).
+        .target(name: "Tokenizer"),
+        // OpenBLAS, from Debian's libopenblas-dev.
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        // The compute-backend protocol that calibration drives.
+        .target(name: "ComputeBackend", dependencies: ["LlamaModel"]),
+        // F32 CPU backend over BLAS.
+        .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS"]),
+        // Calibration data, observers and the layer-streaming calibration loop.
+        .target(name: "Calibration", dependencies: ["ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors",
+                                                      .product(name: "Logging", package: "swift-log")]),
+        // Export layouts, sharding, verification and atomic output.
+        .target(name: "Checkpoint", dependencies: ["NVFP4", "SafeTensors", "LlamaModel"]),
+        // A whole quantization job: read, (calibrate), quantize, write, verify.
+        .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors",
+                                                      .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "coordctl", dependencies: [
+            "QuantizeJob", "Checkpoint", "LlamaModel",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "NVFP4Benchmarks", dependencies: ["NVFP4", "SafeTensors"],
+                          path: "Benchmarks/NVFP4Benchmarks"),
+
+        .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
+                          path: "Benchmarks/TokenizerBenchmarks"),
+
+        .testTarget(name: "NVFP4Tests", dependencies: ["NVFP4", "SafeTensors"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
+        .testTarget(name: "LlamaModelTests", dependencies: ["LlamaModel"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
+        .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors"]),
+        .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
+        .testTarget(name: "CoordctlTests", dependencies: ["QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4"]),
+    ]
+)

@@ -1,0 +1,1 @@
+// Module CPUBackend: implementation in progress.

@@ -1,0 +1,1 @@
+// Module Calibration: implementation in progress.

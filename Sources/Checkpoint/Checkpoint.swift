@@ -1,0 +1,1 @@
+// Module Checkpoint: implementation in progress.

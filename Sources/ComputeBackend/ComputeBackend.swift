@@ -1,0 +1,1 @@
+// Module ComputeBackend: implementation in progress.

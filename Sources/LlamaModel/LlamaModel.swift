@@ -1,0 +1,1 @@
+// Module LlamaModel: implementation in progress.

@@ -1,0 +1,1 @@
+// Module NVFP4: implementation in progress.

@@ -1,0 +1,1 @@
+// Module QuantizeJob: implementation in progress.

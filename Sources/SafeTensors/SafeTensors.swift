@@ -1,0 +1,1 @@
+// Module SafeTensors: implementation in progress.

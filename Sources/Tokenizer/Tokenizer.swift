@@ -1,0 +1,1 @@
+// Module Tokenizer: implementation in progress.

@@ -1,0 +1,1 @@
+print("coordctl: not written yet")
