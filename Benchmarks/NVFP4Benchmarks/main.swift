@@ -55,7 +55,7 @@ for _ in 0..<repeats {
     let t0 = now()
     let amax = try NVFP4Quantizer.amax(bf16: readOnly, cols: cols, tensor: "bench")
     let t1 = now()
-    let weight = try await NVFP4Quantizer.quantize(bf16: readOnly, rows: rows, cols: cols,
+    let weight = try NVFP4Quantizer.quantize(bf16: readOnly, rows: rows, cols: cols,
                                                    weightScale2: NVFP4Quantizer.weightScale2(amax: amax))
     let t2 = now()
     amaxTimes.append(t1 - t0)

@@ -1,3 +1,6 @@
+import Dispatch
+import Foundation
+
 /// The result of quantizing one weight matrix `[rows, cols]` to NVFP4.
 public struct NVFP4Weight: Sendable, Equatable {
     public let rows: Int
@@ -82,36 +85,32 @@ public enum NVFP4Quantizer {
     }
 
     /// Quantizes a BF16 `[rows, cols]` matrix against a given `S2` (shared by a fused group, or its own).
-    /// Rows are spread over tasks; the bytes do not depend on the split.
+    /// Row ranges run in parallel as a fork-join (every worker finishes before this returns, so the input
+    /// buffer may be a borrowed mmap region); the bytes do not depend on the split.
     public static func quantize(
         bf16 values: UnsafeBufferPointer<UInt16>, rows: Int, cols: Int, weightScale2 s2: Float,
         tensor: String = "tensor", parallelism: Int = defaultParallelism
-    ) async throws -> NVFP4Weight {
+    ) throws -> NVFP4Weight {
         try check(rows: rows, cols: cols, count: values.count, tensor: tensor)
         if s2 == 0 { throw NVFP4Error.allZero(tensor: tensor) }
-        let packedBuffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: rows * cols / 2)
-        let scaleBuffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: rows * cols / 16)
-        defer {
-            packedBuffer.deallocate()
-            scaleBuffer.deallocate()
-        }
-        // Raw pointers are not Sendable; each task touches a disjoint row range.
-        let input = UnsafeSendable(values)
-        let packedOut = UnsafeSendable(packedBuffer)
-        let scaleOut = UnsafeSendable(scaleBuffer)
+        var packed = [UInt8](repeating: 0, count: rows * cols / 2)
+        var scales = [UInt8](repeating: 0, count: rows * cols / 16)
         let tasks = max(1, min(parallelism, rows))
-        await withTaskGroup(of: Void.self) { group in
-            let rowsPerTask = (rows + tasks - 1) / tasks
-            for start in stride(from: 0, to: rows, by: rowsPerTask) {
-                let end = min(rows, start + rowsPerTask)
-                group.addTask {
+        let rowsPerTask = (rows + tasks - 1) / tasks
+        packed.withUnsafeMutableBufferPointer { packedBuffer in
+            scales.withUnsafeMutableBufferPointer { scaleBuffer in
+                // Each worker writes a disjoint row range of the two outputs.
+                let outputs = UnsafeSendable((packedBuffer, scaleBuffer))
+                let input = UnsafeSendable(values)
+                DispatchQueue.concurrentPerform(iterations: tasks) { task in
+                    let start = task * rowsPerTask
+                    let end = min(rows, start + rowsPerTask)
+                    guard start < end else { return }
                     quantizeRows(start..<end, cols: cols, input: input.value, weightScale2: s2,
-                                 packed: packedOut.value, scales: scaleOut.value)
+                                 packed: outputs.value.0, scales: outputs.value.1)
                 }
             }
         }
-        let packed = Array(packedBuffer)
-        let scales = Array(scaleBuffer)
         return NVFP4Weight(rows: rows, cols: cols, packed: packed, blockScales: scales, weightScale2: s2)
     }
 
@@ -120,16 +119,7 @@ public enum NVFP4Quantizer {
         bf16 values: UnsafeBufferPointer<UInt16>, rows: Int, cols: Int, weightScale2 s2: Float,
         tensor: String = "tensor"
     ) throws -> NVFP4Weight {
-        try check(rows: rows, cols: cols, count: values.count, tensor: tensor)
-        if s2 == 0 { throw NVFP4Error.allZero(tensor: tensor) }
-        var packed = [UInt8](repeating: 0, count: rows * cols / 2)
-        var scales = [UInt8](repeating: 0, count: rows * cols / 16)
-        packed.withUnsafeMutableBufferPointer { p in
-            scales.withUnsafeMutableBufferPointer { s in
-                quantizeRows(0..<rows, cols: cols, input: values, weightScale2: s2, packed: p, scales: s)
-            }
-        }
-        return NVFP4Weight(rows: rows, cols: cols, packed: packed, blockScales: scales, weightScale2: s2)
+        try quantize(bf16: values, rows: rows, cols: cols, weightScale2: s2, tensor: tensor, parallelism: 1)
     }
 
     public static var defaultParallelism: Int {
@@ -258,4 +248,3 @@ struct UnsafeSendable<Value>: @unchecked Sendable {
     @usableFromInline init(_ value: Value) { self.value = value }
 }
 
-import Foundation

@@ -71,11 +71,11 @@ public enum FP8E4M3 {
 public enum E2M1 {
     public static let magnitudes: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6]
 
-    /// Value of a 4-bit code (0x8 is −0 and decodes to 0).
+    /// Value of a 4-bit code. 0x8 is −0 and decodes to +0, as modelopt's dequantize does.
     @inlinable
     public static func value(_ code: UInt8) -> Float {
         let m = magnitudes[Int(code & 7)]
-        return code & 8 != 0 ? -m : m
+        return code & 8 != 0 && m != 0 ? -m : m
     }
 
     /// Rounds to the nearest E2M1 code, ties to the even code, saturating above 5 to ±6. The sign bit is set only

@@ -87,11 +87,11 @@ import Testing
 @Suite struct QuantizerTests {
     func bf16(_ values: [Float]) -> [UInt16] { values.map(BFloat16.fromFloat) }
 
-    @Test func rejectsColumnsNotMultipleOf16() async throws {
+    @Test func rejectsColumnsNotMultipleOf16() throws {
         let data = bf16([Float](repeating: 1, count: 2 * 24))
-        await #expect(throws: NVFP4Error.columnsNotMultipleOf16(tensor: "w", cols: 24)) {
-            try await data.withUnsafeBufferPointer {
-                try await NVFP4Quantizer.quantize(bf16: $0, rows: 2, cols: 24, weightScale2: 1, tensor: "w")
+        #expect(throws: NVFP4Error.columnsNotMultipleOf16(tensor: "w", cols: 24)) {
+            try data.withUnsafeBufferPointer {
+                try NVFP4Quantizer.quantize(bf16: $0, rows: 2, cols: 24, weightScale2: 1, tensor: "w")
             }
         }
     }
@@ -134,8 +134,8 @@ import Testing
         }
         var results: [NVFP4Weight] = []
         for parallelism in [1, 2, 5, 64] {
-            results.append(try await data.withUnsafeBufferPointer {
-                try await NVFP4Quantizer.quantize(bf16: $0, rows: rows, cols: cols, weightScale2: s2,
+            results.append(try data.withUnsafeBufferPointer {
+                try NVFP4Quantizer.quantize(bf16: $0, rows: rows, cols: cols, weightScale2: s2,
                                                   parallelism: parallelism)
             })
         }
