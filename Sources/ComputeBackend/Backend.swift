@@ -1,0 +1,79 @@
+import LlamaModel
+
+/// The operations calibration and evaluation need from a compute backend. See ``ComputeBackendOverview``.
+public protocol ComputeBackend: Sendable {
+    /// One decoder layer's weights in the backend's memory. Dropping the last reference frees them.
+    associatedtype LoadedLayer: Sendable
+    /// The final norm and the LM head (the embedding table when tied), for logits and perplexity.
+    associatedtype LoadedOutputHead: Sendable
+
+    var config: LlamaConfig { get }
+
+    /// Loads decoder layer `index` (7 Linears, 2 norms) from `source`, checking names and shapes against
+    /// ``config``.
+    func loadLayer(_ index: Int, from source: some WeightSource) throws -> LoadedLayer
+
+    /// Runs one decoder layer over `hidden` in place and returns the max |x| of its observed Linear inputs
+    /// over every token of the batch. `inputTransform`, when given, is applied to each observed input after
+    /// observation and before its GEMM.
+    func forward(layer: LoadedLayer, hidden: inout HiddenStates, batch: SequenceBatch,
+                 inputTransform: (any LinearInputTransform)?) throws -> ObservedAmax
+
+    /// `embed_tokens` rows for `tokenIDs` (no scaling), as `[tokenIDs.count, hiddenSize]`.
+    /// A default host-side gather is provided.
+    func embed(_ tokenIDs: [Int], from source: some WeightSource) throws -> HiddenStates
+
+    /// Loads `model.norm.weight` and `lm_head.weight` (or `model.embed_tokens.weight` when tied).
+    func loadOutputHead(from source: some WeightSource) throws -> LoadedOutputHead
+
+    /// `lm_head(norm(hidden))`, row-major `[tokens, vocabSize]`.
+    func logits(_ hidden: HiddenStates, head: LoadedOutputHead) throws -> [Float]
+
+    /// The summed negative log-likelihood of each sample's next tokens: row t of a sample predicts its token
+    /// t+1 (so a sample of T tokens contributes T−1 predictions). `tokenIDs` are the batch's tokens,
+    /// concatenated like the rows of `hidden`.
+    func negativeLogLikelihood(_ hidden: HiddenStates, batch: SequenceBatch, tokenIDs: [Int],
+                               head: LoadedOutputHead) throws -> NegativeLogLikelihood
+}
+
+extension ComputeBackend {
+    /// ``forward(layer:hidden:batch:inputTransform:)`` without a transform: the calibration forward.
+    public func forward(layer: LoadedLayer, hidden: inout HiddenStates, batch: SequenceBatch) throws -> ObservedAmax {
+        try forward(layer: layer, hidden: &hidden, batch: batch, inputTransform: nil)
+    }
+
+    public func embed(_ tokenIDs: [Int], from source: some WeightSource) throws -> HiddenStates {
+        try gatherEmbeddings(tokenIDs, config: config, source: source)
+    }
+}
+
+/// Rows of `model.embed_tokens.weight` for `tokenIDs`, widened to f32, reading only the rows needed.
+public func gatherEmbeddings(_ tokenIDs: [Int], config: LlamaConfig, source: some WeightSource) throws -> HiddenStates {
+    let name = LlamaConfig.embedTokensName
+    let shape = [config.vocabSize, config.hiddenSize]
+    guard let description = source.describeTensor(name) else { throw LlamaWeightError.missingTensor(name: name) }
+    guard description.shape == shape else {
+        throw LlamaWeightError.shapeMismatch(name: name, expected: shape, actual: description.shape)
+    }
+    guard let type = WeightElementType(rawValue: description.dtype) else {
+        throw LlamaWeightError.unsupportedDType(name: name, dtype: description.dtype)
+    }
+    for (position, tokenID) in tokenIDs.enumerated() where !(0..<config.vocabSize).contains(tokenID) {
+        throw ComputeBackendError.tokenIDOutOfRange(position: position, tokenID: tokenID, vocabSize: config.vocabSize)
+    }
+    let width = config.hiddenSize
+    let rowBytes = width * type.byteWidth
+    let values = try source.withTensorBytes(name) { bytes -> [Float] in
+        guard bytes.count == rowBytes * config.vocabSize else {
+            throw LlamaWeightError.byteCountMismatch(name: name, expected: rowBytes * config.vocabSize, actual: bytes.count)
+        }
+        var values: [Float] = []
+        values.reserveCapacity(tokenIDs.count * width)
+        for tokenID in tokenIDs {
+            let row = UnsafeRawBufferPointer(rebasing: bytes[(tokenID * rowBytes)..<((tokenID + 1) * rowBytes)])
+            values += widenToFloat(row, type: type, count: width)
+        }
+        return values
+    }
+    return HiddenStates(hiddenSize: width, values: values)
+}
