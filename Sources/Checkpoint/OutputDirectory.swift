@@ -1,0 +1,58 @@
+import Foundation
+
+/// An output directory that appears atomically: work happens in `OUTPUT.partial-<id>/`, which is renamed to
+/// `OUTPUT` only after the checkpoint has been verified. A failed job leaves no directory named `OUTPUT`.
+public struct OutputDirectory: Sendable {
+    public let final: URL
+    public let partial: URL
+    public let force: Bool
+
+    /// Fails at once if `final` exists, is not empty and `force` is false, or exists and is not a directory.
+    public init(final: URL, jobID: String, force: Bool) throws {
+        self.final = final.standardizedFileURL
+        self.partial = URL(fileURLWithPath: self.final.path + ".partial-\(jobID)")
+        self.force = force
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: self.final.path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else {
+                throw CheckpointError(self.final.path, "exists and is not a directory")
+            }
+            let contents = (try? FileManager.default.contentsOfDirectory(atPath: self.final.path)) ?? []
+            if !contents.isEmpty && !force {
+                throw CheckpointError(self.final.path, "exists and is not empty; pass --force to replace it")
+            }
+        }
+    }
+
+    /// Creates a fresh partial directory (removing a leftover one of the same job id).
+    public func create() throws {
+        let fileManager = FileManager.default
+        try? fileManager.removeItem(at: partial)
+        try fileManager.createDirectory(at: final.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try fileManager.createDirectory(at: partial, withIntermediateDirectories: false)
+    }
+
+    /// Moves the verified partial directory into place. With `force`, an existing output is moved aside first
+    /// and deleted only after the rename succeeded.
+    public func commit() throws {
+        let fileManager = FileManager.default
+        var replaced: URL?
+        if fileManager.fileExists(atPath: final.path) {
+            let aside = URL(fileURLWithPath: final.path + ".replaced-\(partial.lastPathComponent)")
+            try fileManager.moveItem(at: final, to: aside)
+            replaced = aside
+        }
+        do {
+            try fileManager.moveItem(at: partial, to: final)
+        } catch {
+            if let replaced { try? fileManager.moveItem(at: replaced, to: final) }
+            throw CheckpointError(final.path, "could not rename \(partial.lastPathComponent) into place: \(error)")
+        }
+        if let replaced { try? fileManager.removeItem(at: replaced) }
+    }
+
+    /// Removes the partial directory after a failure.
+    public func discard() {
+        try? FileManager.default.removeItem(at: partial)
+    }
+}
