@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import LlamaModel
+import SafeTensors
 
 @Suite struct WeightValidationTests {
     /// A complete F32 source for `config`, every value 0.5.
@@ -95,5 +96,35 @@ import LlamaModel
         #expect(try overlay.floats("w", expectedShape: [2]) == [5, 6])
         #expect(try overlay.floats("n", expectedShape: [1]) == [3])
         #expect(overlay.describeTensor("x") == nil)
+    }
+}
+
+@Suite struct CheckpointWeightValidationTests {
+    @Test func theShardedTinyLlamaCheckpointMatchesItsConfig() throws {
+        let config = try LlamaConfig.load(path: Fixtures.path("tiny-llama/config.json"))
+        let model = try SafeTensorsModel(directory: Fixtures.path("tiny-llama"))
+        try validateWeights(config: config, model: model)
+        #expect(model.describeTensor("model.layers.1.mlp.down_proj.weight") == WeightTensorDescription(dtype: "BF16", shape: [128, 352]))
+        let norm = try model.floats("model.norm.weight", expectedShape: [128])
+        #expect(norm == (try model.floats("model.norm.weight")))
+    }
+
+    @Test func aConfigThatDisagreesWithTheCheckpointNamesTheTensor() throws {
+        let fixture = try String(contentsOfFile: Fixtures.path("tiny-llama/config.json"), encoding: .utf8)
+        let config = try LlamaConfig(json: Data(fixture.replacingOccurrences(of: "\"intermediate_size\": 352", with: "\"intermediate_size\": 384").utf8),
+                                     source: "edited.json")
+        let model = try SafeTensorsModel(directory: Fixtures.path("tiny-llama"))
+        #expect(throws: LlamaWeightError.shapeMismatch(name: "model.layers.0.mlp.gate_proj.weight", expected: [384, 128], actual: [352, 128])) {
+            try validateWeights(config: config, model: model)
+        }
+    }
+
+    @Test func aQuantizedCheckpointIsRejectedAsInput() throws {
+        // The modelopt export stores Linear weights as packed U8.
+        let config = try LlamaConfig.load(path: Fixtures.path("tiny-llama-nvfp4-modelopt/config.json"))
+        let model = try SafeTensorsModel(directory: Fixtures.path("tiny-llama-nvfp4-modelopt"))
+        #expect(throws: LlamaWeightError.shapeMismatch(name: "model.layers.0.self_attn.q_proj.weight", expected: [128, 128], actual: [128, 64])) {
+            try validateWeights(config: config, model: model)
+        }
     }
 }
