@@ -184,7 +184,8 @@ public func writeModelFiles(
     for name in verbatimModelFiles {
         let source = sourceDirectory.appendingPathComponent(name)
         guard fileManager.fileExists(atPath: source.path) else { continue }
-        try fileManager.copyItem(at: source, to: outputDirectory.appendingPathComponent(name))
+        // Contents only: a read-only source file must not make the output read-only.
+        try Data(contentsOf: source).write(to: outputDirectory.appendingPathComponent(name))
         written.append(name)
     }
     return written

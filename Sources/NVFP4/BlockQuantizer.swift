@@ -248,3 +248,41 @@ struct UnsafeSendable<Value>: @unchecked Sendable {
     @usableFromInline init(_ value: Value) { self.value = value }
 }
 
+
+extension NVFP4Quantizer {
+    /// `max |W|` of an F32 tensor (F16 sources are widened to F32 first), rejecting NaN and Inf.
+    public static func amax(f32 values: UnsafeBufferPointer<Float>, cols: Int, tensor: String) throws -> Float {
+        var result: Float = 0
+        for (index, value) in values.enumerated() {
+            if !value.isFinite { throw NVFP4Error.nonFinite(tensor: tensor, row: index / max(cols, 1)) }
+            result = max(result, abs(value))
+        }
+        return result
+    }
+
+    /// The same math over F32 input. Bit-exactness with modelopt is established for BF16 sources; for F32 the
+    /// operations and their order are identical.
+    public static func quantize(
+        f32 values: UnsafeBufferPointer<Float>, rows: Int, cols: Int, weightScale2 s2: Float, tensor: String = "tensor"
+    ) throws -> NVFP4Weight {
+        try check(rows: rows, cols: cols, count: values.count, tensor: tensor)
+        if s2 == 0 { throw NVFP4Error.allZero(tensor: tensor) }
+        let d = 6 * s2
+        var packed = [UInt8](repeating: 0, count: rows * cols / 2)
+        var scales = [UInt8](repeating: 0, count: rows * cols / 16)
+        for block in 0..<(rows * cols / 16) {
+            let base = block * 16
+            var blockAmax: Float = 0
+            for k in 0..<16 { blockAmax = max(blockAmax, abs(values[base + k])) }
+            let code = blockScaleCode(blockAmax: blockAmax, d: d)
+            scales[block] = code
+            let denominator = FP8E4M3.decode(code) * s2
+            for k in stride(from: 0, to: 16, by: 2) {
+                let low = E2M1.encode(values[base + k] / denominator)
+                let high = E2M1.encode(values[base + k + 1] / denominator)
+                packed[(base + k) / 2] = low | (high << 4)
+            }
+        }
+        return NVFP4Weight(rows: rows, cols: cols, packed: packed, blockScales: scales, weightScale2: s2)
+    }
+}

@@ -1,1 +1,254 @@
-// Module QuantizeJob: implementation in progress.
+/// # QuantizeJob
+///
+/// One whole quantization job on one machine: check the input, plan the output, stream every decoder layer
+/// through the NVFP4 quantizer (and, for W4A4, through calibration), write, verify, and rename the output
+/// into place. `coordctl quantize` is a thin shell around ``QuantizeJob``.
+import Checkpoint
+import Foundation
+import LlamaModel
+import Logging
+import NVFP4
+import SafeTensors
+
+/// Supplies each layer's activation amax values for W4A4: max |x| of every observed Linear input over all
+/// calibration samples. Layers are asked for in order, 0 first.
+public protocol ActivationCalibrator: AnyObject {
+    func activationAmax(layer: Int) throws -> [FusedGroup: Float]
+}
+
+public struct QuantizeOptions: Sendable {
+    public var modelDirectory: URL
+    public var outputDirectory: URL
+    public var scheme: QuantizationScheme = .nvfp4
+    public var layout: CheckpointLayout = .compressedTensors
+    public var maxShardSize: Int = 5_000_000_000
+    public var force = false
+    public var omitScaleDTypeKeys = false
+    /// Names the `OUTPUT.partial-<id>` directory.
+    public var jobID: String = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+
+    public init(modelDirectory: URL, outputDirectory: URL) {
+        self.modelDirectory = modelDirectory
+        self.outputDirectory = outputDirectory
+    }
+}
+
+public struct QuantizeSummary: Sendable {
+    public var layers = 0
+    public var quantizedLinears = 0
+    public var sourceBytes = 0
+    public var outputBytes = 0
+    public var seconds = 0.0
+    public var outputDirectory: URL
+    public var shards = 0
+    /// Activation amax per Linear module name (W4A4 only).
+    public var activationAmax: [String: Float] = [:]
+
+    public var description: String {
+        let ratio = outputBytes > 0 ? Double(sourceBytes) / Double(outputBytes) : 0
+        return """
+            quantized \(layers) layers (\(quantizedLinears) Linears) in \(String(format: "%.1f", seconds)) s
+              source \(formatBytes(sourceBytes)) -> output \(formatBytes(outputBytes)) (\(String(format: "%.2f", ratio))x smaller), \(shards) shard(s)
+              written to \(outputDirectory.path)
+            """
+    }
+}
+
+public struct QuantizeJobError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+public final class QuantizeJob {
+    public let options: QuantizeOptions
+    let logger: Logger
+    let progress: ProgressReporter
+
+    public init(options: QuantizeOptions, logger: Logger, progress: ProgressReporter? = nil) {
+        self.options = options
+        self.logger = logger
+        self.progress = progress ?? ProgressReporter(logger: logger)
+    }
+
+    /// Everything the job checks before doing any work; each failure names the file, field or tensor.
+    public struct Inputs {
+        public let config: LlamaConfig
+        public let source: SafeTensorsModel
+        /// Per Linear weight name: max |W|, from a first pass that also rejects NaN and Inf.
+        public let weightAmax: [String: Float]
+    }
+
+    public func checkInputs() throws -> Inputs {
+        try options.layout.validate(scheme: options.scheme)
+        let configPath = options.modelDirectory.appendingPathComponent("config.json").path
+        guard FileManager.default.fileExists(atPath: configPath) else {
+            throw QuantizeJobError("\(configPath): not found; --model must be a Hugging Face model directory")
+        }
+        let config = try LlamaConfig.load(path: configPath)
+        let source = try SafeTensorsModel(directory: options.modelDirectory.path)
+        try validateWeights(config: config, model: source)
+        // The output must not already exist (unless --force) before we spend time reading weights.
+        _ = try OutputDirectory(final: options.outputDirectory, jobID: options.jobID, force: options.force)
+
+        var weightAmax: [String: Float] = [:]
+        for linear in config.allLinears {
+            weightAmax[linear.weightName] = try Self.weightAmax(source: source, name: linear.weightName,
+                                                                cols: linear.inFeatures)
+        }
+        for tensor in config.nonQuantizedTensors {
+            try Self.checkFinite(source: source, name: tensor.name)
+        }
+        return Inputs(config: config, source: source, weightAmax: weightAmax)
+    }
+
+    static func weightAmax(source: SafeTensorsModel, name: String, cols: Int) throws -> Float {
+        let info = try source.info(name)
+        let amax: Float = try source.withBytes(name) { bytes in
+            switch info.dtype {
+            case .bf16:
+                return try withBF16(bytes) { try NVFP4Quantizer.amax(bf16: $0, cols: cols, tensor: name) }
+            default:
+                let values = try source.floats(name)
+                return try values.withUnsafeBufferPointer { try NVFP4Quantizer.amax(f32: $0, cols: cols, tensor: name) }
+            }
+        }
+        if amax == 0 { throw NVFP4Error.allZero(tensor: name) }
+        return amax
+    }
+
+    static func checkFinite(source: SafeTensorsModel, name: String) throws {
+        let info = try source.info(name)
+        let cols = info.shape.last ?? 1
+        if info.dtype == .bf16 {
+            _ = try source.withBytes(name) { bytes in try withBF16(bytes) { try NVFP4Quantizer.amax(bf16: $0, cols: cols, tensor: name) } }
+        } else {
+            let values = try source.floats(name)
+            _ = try values.withUnsafeBufferPointer { try NVFP4Quantizer.amax(f32: $0, cols: cols, tensor: name) }
+        }
+    }
+
+    /// Runs the job. For W4A4 a calibrator must be given; weight-only jobs take none.
+    public func run(calibrator: ActivationCalibrator? = nil) throws -> QuantizeSummary {
+        let start = Date()
+        if options.scheme.quantizesActivations && calibrator == nil {
+            throw QuantizeJobError("--scheme nvfp4 needs activation calibration, which this build does not support yet; "
+                                   + "use --scheme nvfp4a16 for a weight-only checkpoint")
+        }
+        logger.info("checking input", metadata: ["model": "\(options.modelDirectory.path)"])
+        let inputs = try checkInputs()
+        let config = inputs.config
+        let output = try OutputDirectory(final: options.outputDirectory, jobID: options.jobID, force: options.force)
+        try output.create()
+        do {
+            var summary = try write(inputs: inputs, into: output.partial, calibrator: calibrator)
+            try output.commit()
+            summary.seconds = Date().timeIntervalSince(start)
+            summary.layers = config.numHiddenLayers
+            return summary
+        } catch {
+            output.discard()
+            throw error
+        }
+    }
+
+    func write(inputs: Inputs, into directory: URL, calibrator: ActivationCalibrator?) throws -> QuantizeSummary {
+        let config = inputs.config, source = inputs.source
+        let layout = LinearTensorLayout(layout: options.layout, scheme: options.scheme)
+        var sourceDTypes: [String: SafeTensorsDType] = [:]
+        for tensor in config.nonQuantizedTensors { sourceDTypes[tensor.name] = try source.info(tensor.name).dtype }
+        let plan = ShardPlanner.plan(groups: checkpointTensorGroups(config: config, layout: layout, sourceDTypes: sourceDTypes),
+                                     maxShardSize: options.maxShardSize)
+        let writer = CheckpointWriter(directory: directory, plan: plan)
+        var summary = QuantizeSummary(outputDirectory: options.outputDirectory)
+        summary.sourceBytes = try source.tensorNames.reduce(0) { $0 + (try source.info($1).byteCount) }
+        let linearBytes = try config.allLinears.reduce(0) { $0 + (try source.info($1.weightName).byteCount) }
+        progress.start(totalLayers: config.numHiddenLayers, totalBytes: linearBytes)
+
+        func copyVerbatim(_ name: String) throws {
+            try source.withBytes(name) { try writer.write(name, bytes: $0) }
+        }
+
+        try copyVerbatim(LlamaConfig.embedTokensName)
+        var bytesDone = 0
+        for layer in 0..<config.numHiddenLayers {
+            for norm in config.layerNorms(layer: layer) { try copyVerbatim(norm.name) }
+            let activationAmax = try calibrator?.activationAmax(layer: layer)
+            let linears = config.linears(layer: layer)
+            var sharedScale: [FusedGroup: Float] = [:]
+            for group in FusedGroup.allCases {
+                let members = linears.filter { $0.kind.group == group }
+                sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { inputs.weightAmax[$0.weightName]! })
+            }
+            for linear in linears {
+                var inputScale: Float?
+                if options.scheme.quantizesActivations {
+                    guard let amax = activationAmax?[linear.kind.group], amax.isFinite, amax > 0 else {
+                        throw QuantizeJobError("\(linear.name): calibration produced no usable activation amax "
+                                               + "(\(activationAmax?[linear.kind.group].map { "\($0)" } ?? "none")); "
+                                               + "every Linear must be exercised by the calibration samples")
+                    }
+                    inputScale = FusedScales.inputScale(activationAmax: amax)
+                    summary.activationAmax[linear.name] = amax
+                }
+                let weight = try quantize(source: source, linear: linear, weightScale2: sharedScale[linear.kind.group]!)
+                for (name, bytes) in try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale)) {
+                    try writer.write(name, data: bytes)
+                }
+                bytesDone += try source.info(linear.weightName).byteCount
+                summary.quantizedLinears += 1
+            }
+            progress.layerDone(layer: layer, bytesDone: bytesDone)
+        }
+        try copyVerbatim(LlamaConfig.finalNormName)
+        if !config.tieWordEmbeddings { try copyVerbatim(LlamaConfig.lmHeadName) }
+        try writer.finish()
+        progress.finish()
+        _ = try writeModelFiles(sourceDirectory: options.modelDirectory, outputDirectory: directory,
+                                configWriter: QuantizationConfigWriter(layout: options.layout, scheme: options.scheme,
+                                                                       omitScaleDTypeKeys: options.omitScaleDTypeKeys))
+        logger.info("verifying the written checkpoint")
+        let report = try CheckpointVerifier(config: config, layout: layout, source: source).verify(directory: directory)
+        logger.info("verified", metadata: ["files": "\(report.files)", "tensors": "\(report.tensors)",
+                                           "linears": "\(report.quantizedLinears)"])
+        summary.outputBytes = report.bytes
+        summary.shards = plan.shards.count
+        return summary
+    }
+
+    func quantize(source: SafeTensorsModel, linear: LinearSpec, weightScale2: Float) throws -> NVFP4Weight {
+        let info = try source.info(linear.weightName)
+        if info.dtype == .bf16 {
+            return try source.withBytes(linear.weightName) { bytes in
+                try withBF16(bytes) {
+                    try NVFP4Quantizer.quantize(bf16: $0, rows: linear.outFeatures, cols: linear.inFeatures,
+                                                weightScale2: weightScale2, tensor: linear.weightName)
+                }
+            }
+        }
+        let values = try source.floats(linear.weightName)
+        return try values.withUnsafeBufferPointer {
+            try NVFP4Quantizer.quantize(f32: $0, rows: linear.outFeatures, cols: linear.inFeatures,
+                                        weightScale2: weightScale2, tensor: linear.weightName)
+        }
+    }
+}
+
+func formatBytes(_ bytes: Int) -> String {
+    let value = Double(bytes)
+    if value >= 1e9 { return String(format: "%.2f GB", value / 1e9) }
+    if value >= 1e6 { return String(format: "%.1f MB", value / 1e6) }
+    return String(format: "%.0f kB", value / 1e3)
+}
+
+/// BF16 elements of a mapped tensor; copies only when the data offset is not 2-byte aligned.
+func withBF16<R>(_ bytes: UnsafeRawBufferPointer, _ body: (UnsafeBufferPointer<UInt16>) throws -> R) rethrows -> R {
+    if Int(bitPattern: bytes.baseAddress) % 2 == 0 || bytes.isEmpty {
+        return try body(bytes.bindMemory(to: UInt16.self))
+    }
+    let copy = [UInt16](unsafeUninitializedCapacity: bytes.count / 2) { buffer, count in
+        UnsafeMutableRawBufferPointer(buffer).copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[0..<(bytes.count / 2 * 2)]))
+        count = bytes.count / 2
+    }
+    return try copy.withUnsafeBufferPointer(body)
+}

@@ -1,0 +1,51 @@
+import Foundation
+import Logging
+
+/// Progress of a slow job: a redrawn line on a terminal, plain log lines otherwise.
+public final class ProgressReporter: @unchecked Sendable {
+    let logger: Logger
+    let interactive: Bool
+    private var totalLayers = 0
+    private var totalBytes = 0
+    private var started = Date()
+    private let lock = NSLock()
+
+    /// `interactive` defaults to whether standard error is a terminal.
+    public init(logger: Logger, interactive: Bool? = nil) {
+        self.logger = logger
+        self.interactive = interactive ?? (isatty(STDERR_FILENO) != 0)
+    }
+
+    public func start(totalLayers: Int, totalBytes: Int) {
+        lock.withLock {
+            self.totalLayers = totalLayers
+            self.totalBytes = totalBytes
+            started = Date()
+        }
+    }
+
+    /// Call after each decoder layer; `bytesDone` counts source weight bytes quantized so far.
+    public func layerDone(layer: Int, bytesDone: Int) {
+        let line: String = lock.withLock {
+            let elapsed = max(Date().timeIntervalSince(started), 1e-6)
+            let rate = Double(bytesDone) / elapsed
+            let remaining = rate > 0 ? Double(totalBytes - bytesDone) / rate : 0
+            return String(format: "layer %d/%d  %.2f GB/s  ETA %@", layer + 1, totalLayers, rate / 1e9,
+                          Self.duration(remaining))
+        }
+        if interactive {
+            FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+        } else {
+            logger.info("\(line)")
+        }
+    }
+
+    public func finish() {
+        if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s / 60 % 60) : String(format: "%dm%02ds", s / 60, s % 60)
+    }
+}

@@ -1,0 +1,114 @@
+import ArgumentParser
+import Checkpoint
+import Foundation
+import Logging
+import QuantizeJob
+
+@main
+struct Coordctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordctl",
+        abstract: "Turn BF16 Llama-family checkpoints into NVFP4 checkpoints that vLLM serves.",
+        discussion: """
+            `coordctl quantize` runs a whole job on this machine. The output directory appears only once the \
+            checkpoint has been written and re-read against every rule a loader relies on.
+            """,
+        subcommands: [Quantize.self]
+    )
+}
+
+extension QuantizationScheme: ExpressibleByArgument {}
+extension CheckpointLayout: ExpressibleByArgument {}
+
+struct Quantize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Quantize a model on this machine.",
+        discussion: """
+            Reads a Hugging Face Llama-family directory (config.json plus model.safetensors or sharded files with \
+            model.safetensors.index.json) and writes an NVFP4 checkpoint.
+
+            Schemes:
+              nvfp4     W4A4: NVFP4 weights and calibrated activation scales (default).
+              nvfp4a16  weight-only NVFP4; activations stay 16-bit.
+
+            Formats:
+              compressed-tensors  vLLM's default NVFP4 layout (weight_packed, weight_scale, weight_global_scale).
+              modelopt            NVIDIA modelopt's layout (weight, weight_scale, weight_scale_2, input_scale);
+                                  W4A4 only, since vLLM's modelopt loader has no weight-only NVFP4.
+
+            The job writes into OUTPUT.partial-<id>/ and renames it to OUTPUT only after verification; an existing \
+            non-empty OUTPUT is replaced only with --force.
+            """)
+
+    @Option(name: .long, help: "Source model directory (Hugging Face layout).")
+    var model: String
+
+    @Option(name: .long, help: "Output directory for the NVFP4 checkpoint.")
+    var output: String
+
+    @Option(name: .long, help: "nvfp4 (W4A4) or nvfp4a16 (weight-only).")
+    var scheme: QuantizationScheme = .nvfp4
+
+    @Option(name: .long, help: "Checkpoint layout: compressed-tensors or modelopt.")
+    var format: CheckpointLayout = .compressedTensors
+
+    @Option(name: .long, help: "Approximate size of each safetensors shard, e.g. 5GB, 500MB, 2GiB.")
+    var maxShardSize: String = "5GB"
+
+    @Flag(name: .long, help: "Replace an existing non-empty output directory.")
+    var force = false
+
+    @Flag(name: .long, help: "Leave scale_dtype and zp_dtype out of the compressed-tensors config (for vLLM builds pinned to compressed-tensors <= 0.12).")
+    var omitScaleDtypeKeys = false
+
+    @Option(name: .long, help: "Calibration data: a .jsonl (text or input_ids per line), .txt/.md file, or a directory of them. Default: the built-in set.")
+    var calib: String?
+
+    @Option(name: .long, help: "Number of calibration samples.")
+    var samples: Int = 256
+
+    @Option(name: .long, help: "Calibration records shorter than this many tokens are skipped.")
+    var minTokens: Int = 150
+
+    @Option(name: .long, help: "Calibration records longer than this are truncated.")
+    var maxTokens: Int = 1200
+
+    @Option(name: .long, help: "Shuffle calibration records with this seed before selecting them.")
+    var seed: UInt64?
+
+    @Option(name: .long, help: "Compute device for calibration: cpu, cuda, cuda:N or auto.")
+    var device: String = "auto"
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        if samples < 1 { throw ValidationError("--samples must be at least 1") }
+        if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1") }
+        if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
+        if !["cpu", "auto"].contains(device) && !device.hasPrefix("cuda") {
+            throw ValidationError("--device must be cpu, cuda, cuda:N or auto (got '\(device)')")
+        }
+    }
+
+    func run() throws {
+        let logLevel = self.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = logLevel
+            return handler
+        }
+        let logger = Logger(label: "coordctl.quantize")
+        var options = QuantizeOptions(modelDirectory: URL(fileURLWithPath: model),
+                                      outputDirectory: URL(fileURLWithPath: output))
+        options.scheme = scheme
+        options.layout = format
+        options.force = force
+        options.omitScaleDTypeKeys = omitScaleDtypeKeys
+        options.maxShardSize = try ShardPlanner.parseSize(maxShardSize)
+        let summary = try QuantizeJob(options: options, logger: logger).run()
+        print(summary.description)
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -1,1 +1,0 @@
-print("coordctl: not written yet")
