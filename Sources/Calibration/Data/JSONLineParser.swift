@@ -208,7 +208,7 @@ struct JSONLineParser {
                     guard let scalar = Unicode.Scalar(scalarValue) else { throw error("invalid \\u escape") }
                     utf8.append(contentsOf: String(Character(scalar)).utf8)
                 default:
-                    index -= 1
+                    index -= 2  // point at the backslash
                     throw error("invalid escape '\\\(Character(Unicode.Scalar(escape)))'")
                 }
             case 0x00..<0x20:

@@ -21,13 +21,28 @@ public struct SHA256Hasher: Sendable {
     public init() { pending.reserveCapacity(64) }
 
     public mutating func update<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
-        for byte in bytes {
-            pending.append(byte)
-            if pending.count == 64 {
-                compress(pending[...])
-                pending.removeAll(keepingCapacity: true)
-            }
+        let handled: Void? = bytes.withContiguousStorageIfAvailable { buffer in update(buffer) }
+        if handled == nil { update(Array(bytes)) }
+    }
+
+    private mutating func update(_ buffer: UnsafeBufferPointer<UInt8>) {
+        var offset = 0
+        if !pending.isEmpty {
+            let take = min(64 - pending.count, buffer.count)
+            pending.append(contentsOf: buffer[0..<take])
+            offset = take
+            guard pending.count == 64 else { return }
+            let block = pending  // a copy: compressBlock mutates self
+            block.withUnsafeBufferPointer { compressBlock($0.baseAddress!) }
+            messageLength &+= 64
+            pending.removeAll(keepingCapacity: true)
         }
+        while buffer.count - offset >= 64 {
+            compressBlock(buffer.baseAddress! + offset)
+            messageLength &+= 64
+            offset += 64
+        }
+        pending.append(contentsOf: buffer[offset...])
     }
 
     /// The 32-byte digest. Padding: 0x80, zeros to 56 mod 64, then the bit length as big-endian UInt64.
@@ -36,10 +51,9 @@ public struct SHA256Hasher: Sendable {
         pending.append(0x80)
         while pending.count % 64 != 56 { pending.append(0) }
         for shift in stride(from: 56, through: 0, by: -8) { pending.append(UInt8(truncatingIfNeeded: bitLength >> UInt64(shift))) }
-        var offset = 0
-        while offset < pending.count {
-            compressBlock(pending[offset..<offset + 64])
-            offset += 64
+        let tailBytes = pending  // a copy: compressBlock mutates self
+        tailBytes.withUnsafeBufferPointer { tail in
+            for offset in stride(from: 0, to: tail.count, by: 64) { compressBlock(tail.baseAddress! + offset) }
         }
         pending.removeAll()
         var digest: [UInt8] = []
@@ -68,38 +82,34 @@ public struct SHA256Hasher: Sendable {
         return String(decoding: out, as: UTF8.self)
     }
 
-    private mutating func compress(_ block: ArraySlice<UInt8>) {
-        messageLength &+= 64
-        compressBlock(block)
-    }
-
-    private mutating func compressBlock(_ block: ArraySlice<UInt8>) {
-        var w = [UInt32](repeating: 0, count: 64)
-        let base = block.startIndex
-        for t in 0..<16 {
-            let i = base + 4 * t
-            w[t] = UInt32(block[i]) << 24 | UInt32(block[i + 1]) << 16 | UInt32(block[i + 2]) << 8 | UInt32(block[i + 3])
-        }
-        for t in 16..<64 {
-            let s0 = rotr(w[t - 15], 7) ^ rotr(w[t - 15], 18) ^ (w[t - 15] >> 3)
-            let s1 = rotr(w[t - 2], 17) ^ rotr(w[t - 2], 19) ^ (w[t - 2] >> 10)
-            w[t] = w[t - 16] &+ s0 &+ w[t - 7] &+ s1
-        }
+    /// Compresses the 64 bytes at `block` into `state`.
+    private mutating func compressBlock(_ block: UnsafePointer<UInt8>) {
         var a = state[0], b = state[1], c = state[2], d = state[3]
         var e = state[4], f = state[5], g = state[6], h = state[7]
-        for t in 0..<64 {
-            let bigS1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)
-            let choose = (e & f) ^ (~e & g)
-            let temp1 = h &+ bigS1 &+ choose &+ Self.roundConstants[t] &+ w[t]
-            let bigS0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)
-            let majority = (a & b) ^ (a & c) ^ (b & c)
-            let temp2 = bigS0 &+ majority
-            h = g; g = f; f = e; e = d &+ temp1
-            d = c; c = b; b = a; a = temp1 &+ temp2
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { w in
+            for t in 0..<16 {
+                let i = 4 * t
+                w[t] = UInt32(block[i]) << 24 | UInt32(block[i + 1]) << 16 | UInt32(block[i + 2]) << 8 | UInt32(block[i + 3])
+            }
+            for t in 16..<64 {
+                let s0 = Self.rotr(w[t - 15], 7) ^ Self.rotr(w[t - 15], 18) ^ (w[t - 15] >> 3)
+                let s1 = Self.rotr(w[t - 2], 17) ^ Self.rotr(w[t - 2], 19) ^ (w[t - 2] >> 10)
+                w[t] = w[t - 16] &+ s0 &+ w[t - 7] &+ s1
+            }
+            for t in 0..<64 {
+                let bigS1 = Self.rotr(e, 6) ^ Self.rotr(e, 11) ^ Self.rotr(e, 25)
+                let choose = (e & f) ^ (~e & g)
+                let temp1 = h &+ bigS1 &+ choose &+ Self.roundConstants[t] &+ w[t]
+                let bigS0 = Self.rotr(a, 2) ^ Self.rotr(a, 13) ^ Self.rotr(a, 22)
+                let majority = (a & b) ^ (a & c) ^ (b & c)
+                let temp2 = bigS0 &+ majority
+                h = g; g = f; f = e; e = d &+ temp1
+                d = c; c = b; b = a; a = temp1 &+ temp2
+            }
         }
         state[0] &+= a; state[1] &+= b; state[2] &+= c; state[3] &+= d
         state[4] &+= e; state[5] &+= f; state[6] &+= g; state[7] &+= h
     }
 
-    @inline(__always) private func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 - n)) }
+    @inline(__always) private static func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 - n)) }
 }
