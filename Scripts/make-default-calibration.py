@@ -138,8 +138,6 @@ def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, '..', 'Sources', 'Calibration', 'Resources')
     with tempfile.TemporaryDirectory() as work:
         root = fetch(work)
-        austen = os.path.join(work, 'austen')
-        os.makedirs(austen)
         rdb = open(os.path.join(root, 'usr/lib/R/site-library/janeaustenr/data/Rdata.rdb'), 'rb').read()
         novels = {name: extract_janeausten.strvec(rec)
                   for name, rec in zip(extract_janeausten.NAMES, extract_janeausten.records(rdb))}
@@ -148,7 +146,7 @@ def main():
         declaration = gzip.open(os.path.join(state, 'us-declaration.gz'), 'rt', encoding='utf-8').read().split('\n')
         devil = gzip.open(os.path.join(root, 'usr/share/dictd/devil.dict.dz'), 'rt', encoding='utf-8').read().split('\n')
 
-    sources = []  # (origin label, [(text, origin)])
+    sources = []  # per source: [(text, origin)]
     for name in CALIBRATION_NOVELS:
         title, year = NOVELS[name]
         recs = evenly(novel_records(novels[name]), RECORDS_PER_NOVEL)

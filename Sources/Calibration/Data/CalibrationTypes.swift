@@ -1,5 +1,6 @@
 /// What the data loader needs from a tokenizer: text to token ids, with BOS already added the way the model's
-/// post-processor adds it.
+/// post-processor adds it. The loader checks every id against the model's vocabulary size it is given;
+/// `vocabSize` here is the tokenizer's own, for callers that want to compare the two.
 public protocol CalibrationTokenizer: Sendable {
     func encode(_ text: String) -> [Int]
     var vocabSize: Int { get }
