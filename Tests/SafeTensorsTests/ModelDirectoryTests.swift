@@ -30,6 +30,9 @@ import Testing
             #expect(try model.withBytes("a.weight") { Array($0) } == [1, 0xEE])
             #expect(try model.data("z.weight") == Data([0, 0xEE]))
             #expect(try model.file(containing: "a.weight") === model.files[0])
+            let single = directory.appendingPathComponent("model.safetensors").path
+            #expect(model.files[0].path == single)
+            expectSafeTensorsError(.unknownTensor, path: single, tensor: "b.weight") { _ = try model.info("b.weight") }
         }
     }
 
