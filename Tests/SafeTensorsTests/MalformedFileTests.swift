@@ -290,3 +290,14 @@ import Testing
         }
     }
 }
+
+@Suite struct ErrorDescriptionTests {
+    @Test func descriptionNamesFileThenTensor() {
+        let withTensor = SafeTensorsError(path: "model.safetensors", tensor: "x.weight", message: "bad offsets")
+        #expect(withTensor.description == "model.safetensors: tensor 'x.weight': bad offsets")
+        #expect(withTensor.kind == .other)
+        let fileOnly = SafeTensorsError(path: "/m/model.safetensors", message: "too short", kind: .fileTooShort)
+        #expect(fileOnly.description == "/m/model.safetensors: too short")
+        #expect(fileOnly != SafeTensorsError(path: "/m/model.safetensors", message: "too short"))
+    }
+}
