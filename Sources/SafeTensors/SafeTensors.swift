@@ -117,6 +117,8 @@ public struct SafeTensorsError: Error, CustomStringConvertible, Equatable {
         case incomplete
         /// A writer was used after `finish()` or after an I/O failure.
         case writerClosed
+        /// Raised by code outside this module that reports a safetensors problem of its own.
+        case other
     }
 
     /// The file at fault.
@@ -126,7 +128,7 @@ public struct SafeTensorsError: Error, CustomStringConvertible, Equatable {
     public let message: String
     public let kind: Kind
 
-    public init(path: String, tensor: String? = nil, message: String, kind: Kind) {
+    public init(path: String, tensor: String? = nil, message: String, kind: Kind = .other) {
         self.path = path
         self.tensor = tensor
         self.message = message

@@ -76,11 +76,12 @@ public final class SafeTensorsModel: @unchecked Sendable {
         fileIndexByTensor[name] != nil
     }
 
-    /// The shard holding `name`; an unknown name is an error naming the directory and the tensor.
+    /// The shard holding `name`; an unknown name is an error naming the index (or the single file) and the tensor.
     public func file(containing name: String) throws -> SafeTensorsFile {
         guard let index = fileIndexByTensor[name] else {
             throw SafeTensorsError(
-                path: indexPath ?? directory, tensor: name, message: "no such tensor in this model", kind: .unknownTensor)
+                path: indexPath ?? files[0].path, tensor: name, message: "no such tensor in this model",
+                kind: .unknownTensor)
         }
         return files[index]
     }
