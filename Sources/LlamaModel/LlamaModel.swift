@@ -7,7 +7,7 @@
 /// - Weight naming: ``LinearKind``, ``FusedGroup`` (spec §5), ``LinearSpec``, and the names of the tensors that
 ///   stay unquantized (spec §8).
 /// - ``WeightSource``: read access to tensors by name, which backends load weights through, with in-memory and
-///   overlay implementations; ``validateWeights(config:describe:)`` checks a model against its config before
+///   overlay implementations, and `SafeTensorsModel` / `SafeTensorsFile` conforming; ``validateWeights(config:describe:)`` checks a model against its config before
 ///   any work starts.
 /// - ``RopeParameters/inverseFrequencies(headDim:)``, shared by every backend so they rotate identically.
 public enum LlamaModelOverview {}

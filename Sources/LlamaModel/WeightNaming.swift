@@ -50,6 +50,14 @@ public struct LinearSpec: Sendable, Equatable {
     public let outFeatures: Int
     public let inFeatures: Int
 
+    public init(layer: Int, kind: LinearKind, name: String, outFeatures: Int, inFeatures: Int) {
+        self.layer = layer
+        self.kind = kind
+        self.name = name
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+    }
+
     /// The weight tensor name, `<name>.weight`.
     public var weightName: String { name + ".weight" }
     public var shape: [Int] { [outFeatures, inFeatures] }
