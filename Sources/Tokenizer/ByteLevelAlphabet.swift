@@ -40,6 +40,17 @@ enum ByteLevelAlphabet {
         return out
     }
 
+    /// Appends the raw bytes of a byte-level string; false (with `bytes` partly extended) when it holds a scalar
+    /// outside the alphabet.
+    static func appendBytes(ofByteLevelString string: Substring, to bytes: inout [UInt8]) -> Bool {
+        for scalar in string.unicodeScalars {
+            let value = Int(scalar.value)
+            guard value < byteForScalar.count, byteForScalar[value] >= 0 else { return false }
+            bytes.append(UInt8(byteForScalar[value]))
+        }
+        return true
+    }
+
     /// The byte-level spelling of raw bytes.
     static func string(ofBytes bytes: some Sequence<UInt8>) -> String {
         var scalars = String.UnicodeScalarView()

@@ -45,11 +45,14 @@ public final class BPETokenizer: Sendable {
         } catch {
             throw TokenizerError(.unreadableFile, file: path, "cannot read tokenizer.json: \(error.localizedDescription)")
         }
-        let parsed: Any
-        do {
-            parsed = try JSONSerialization.jsonObject(with: data)
-        } catch {
-            throw TokenizerError(.malformedJSON, file: path, "not valid JSON: \(error.localizedDescription)")
+        let parsed: JSONValue
+        let parseResult = data.withUnsafeBytes { bytes in
+            Result { () throws(JSONParseError) -> JSONValue in try JSONParser.parse(bytes) }
+        }
+        switch parseResult {
+        case .success(let value): parsed = value
+        case .failure(let error):
+            throw TokenizerError(.malformedJSON, file: path, "not valid JSON at byte \(error.offset): \(error.message)")
         }
         let reader = JSONReader(file: path)
         let root = try reader.object(parsed, "top level")
@@ -67,7 +70,7 @@ public final class BPETokenizer: Sendable {
         model = loaded.model
 
         var addedTokens: [AddedToken] = []
-        if let list = root["added_tokens"], !(list is NSNull) {
+        if let list = root["added_tokens"], !JSONReader.isNull(list) {
             for (index, item) in try reader.array(list, "added_tokens").enumerated() {
                 let field = "added_tokens[\(index)]"
                 let entry = try reader.object(item, field)
@@ -157,8 +160,8 @@ public final class BPETokenizer: Sendable {
 // MARK: - Loading
 
 extension BPETokenizer {
-    private static func checkNormalizer(_ value: Any?, _ reader: JSONReader) throws {
-        guard let value, !(value is NSNull) else { return }
+    private static func checkNormalizer(_ value: JSONValue?, _ reader: JSONReader) throws {
+        if JSONReader.isNull(value) { return }
         let object = try reader.object(value, "normalizer")
         let type = try reader.string(object["type"], "normalizer.type")
         if type == "Sequence", let inner = object["normalizers"], try reader.array(inner, "normalizer.normalizers").isEmpty {
@@ -168,15 +171,18 @@ extension BPETokenizer {
                              "normalizer \"\(type)\" is not supported (only a null normalizer is)")
     }
 
-    private static func hasByteLevel(_ value: Any?) -> Bool {
-        guard let object = value as? [String: Any], let type = object["type"] as? String else { return false }
+    private static func hasByteLevel(_ value: JSONValue?) -> Bool {
+        guard case .object(let object)? = value, case .string(let type)? = object["type"] else { return false }
         if type == "ByteLevel" { return true }
-        if type == "Sequence", let list = object["pretokenizers"] as? [Any] { return list.contains { hasByteLevel($0) } }
+        if type == "Sequence", case .array(let list)? = object["pretokenizers"] {
+            return list.contains { hasByteLevel($0) }
+        }
         return false
     }
 
-    private static func preTokenizerSteps(_ value: Any?, field: String, _ reader: JSONReader) throws -> [PreTokenizerStep] {
-        guard let value, !(value is NSNull) else { return [] }
+    private static func preTokenizerSteps(_ value: JSONValue?, field: String, _ reader: JSONReader) throws
+        -> [PreTokenizerStep] {
+        if JSONReader.isNull(value) { return [] }
         let object = try reader.object(value, field)
         let type = try reader.string(object["type"], "\(field).type")
         switch type {
@@ -198,9 +204,9 @@ extension BPETokenizer {
                                                          default: false))]
         case "Split":
             let pattern = try reader.object(object["pattern"], "\(field).pattern")
-            guard let regex = pattern["Regex"] as? String else {
+            guard case .string(let regex)? = pattern["Regex"] else {
                 throw TokenizerError(.unsupportedComponent, file: reader.file,
-                                     "\(field).pattern must be a Regex; got \(pattern.keys.sorted())")
+                                     "\(field).pattern must be a Regex; got \(pattern.members.map(\.key))")
             }
             let behavior = try reader.string(object["behavior"], "\(field).behavior")
             guard behavior == "Isolated" else {
@@ -223,9 +229,9 @@ extension BPETokenizer {
         }
     }
 
-    private static func postProcessorTemplate(_ value: Any?, field: String, _ reader: JSONReader) throws
+    private static func postProcessorTemplate(_ value: JSONValue?, field: String, _ reader: JSONReader) throws
         -> (prefix: [Int], suffix: [Int]) {
-        guard let value, !(value is NSNull) else { return ([], []) }
+        if JSONReader.isNull(value) { return ([], []) }
         let object = try reader.object(value, field)
         let type = try reader.string(object["type"], "\(field).type")
         switch type {
@@ -242,7 +248,8 @@ extension BPETokenizer {
             }
             return (prefix, suffix)
         case "TemplateProcessing":
-            let specialTokens = try reader.object(object["special_tokens"] ?? [String: Any](), "\(field).special_tokens")
+            let specialTokens = try reader.object(object["special_tokens"] ?? .object(JSONObject(members: [])),
+                                                  "\(field).special_tokens")
             var prefix: [Int] = []
             var suffix: [Int] = []
             var sawSequence = false
@@ -254,7 +261,7 @@ extension BPETokenizer {
                 } else if let special = piece["SpecialToken"] {
                     let name = try reader.string(try reader.object(special, "\(itemField).SpecialToken")["id"],
                                                  "\(itemField).SpecialToken.id")
-                    guard let entry = specialTokens[name] as? [String: Any] else {
+                    guard case .object(let entry)? = specialTokens[name] else {
                         throw TokenizerError(.invalidValue, file: reader.file,
                                              "\(itemField) names \"\(name)\", which \(field).special_tokens lacks")
                     }
@@ -274,7 +281,7 @@ extension BPETokenizer {
         }
     }
 
-    private static func loadModel(_ object: [String: Any], _ reader: JSONReader) throws
+    private static func loadModel(_ object: JSONObject, _ reader: JSONReader) throws
         -> (model: BytePairModel, bytesByID: [[UInt8]?]) {
         let file = reader.file
         let type: String
@@ -290,72 +297,102 @@ extension BPETokenizer {
                                  "model.type \"\(type)\" is not supported; only byte-level BPE is")
         }
         for option in ["continuing_subword_prefix", "end_of_word_suffix"] {
-            if let value = object[option] as? String, !value.isEmpty {
+            if case .string(let value)? = object[option], !value.isEmpty {
                 throw TokenizerError(.unsupportedComponent, file: file, "model.\(option) \"\(value)\" is not supported")
             }
         }
-        if let dropout = object["dropout"] as? Double, dropout > 0 {
+        if case .double(let dropout)? = object["dropout"], dropout > 0 {
             throw TokenizerError(.unsupportedComponent, file: file, "model.dropout \(dropout) is not supported")
         }
 
+        // Keys are raw bytes, not Strings: hashing hundreds of thousands of non-ASCII Strings dominated loading.
         let vocabObject = try reader.object(object["vocab"], "model.vocab")
-        var idByString: [String: Int32] = [:]
-        idByString.reserveCapacity(vocabObject.count)
-        var vocabulary = ByteStringTable(minimumCapacity: vocabObject.count)
         var maxID = -1
-        for (token, value) in vocabObject {
-            guard let id = value as? Int, id >= 0, id <= Int(Int32.max) else {
+        for (token, value) in vocabObject.members {
+            guard case .int(let id) = value, id >= 0, id <= Int(Int32.max) else {
                 throw TokenizerError(.invalidValue, file: file, "model.vocab[\"\(token)\"] is not a non-negative integer id")
             }
-            idByString[token] = Int32(id)
             maxID = max(maxID, id)
         }
+        var vocabulary = ByteStringTable(minimumCapacity: vocabObject.members.count)
+        // Tokens not spelled in the byte-level alphabet: BPE never produces them, but merges may name them and
+        // they still decode.
+        var otherTokens: [String: Int32] = [:]
         var bytesByID = [[UInt8]?](repeating: nil, count: maxID + 1)
-        for (token, id) in idByString {
+        for (token, value) in vocabObject.members {
+            guard case .int(let id) = value else { continue }
             if let bytes = ByteLevelAlphabet.bytes(ofByteLevelString: token) {
-                vocabulary.insert(bytes, value: id)
-                bytesByID[Int(id)] = bytes
+                vocabulary.insert(bytes, value: Int32(id))
+                bytesByID[id] = bytes
             } else {
-                // Not spelled in the byte-level alphabet: BPE can never produce it, but it still decodes.
-                bytesByID[Int(id)] = Array(token.utf8)
+                otherTokens[token] = Int32(id)
+                bytesByID[id] = Array(token.utf8)
             }
+        }
+        func tokenID(_ token: String) -> Int32? {
+            if let bytes = ByteLevelAlphabet.bytes(ofByteLevelString: token) {
+                let id = vocabulary.lookup(bytes)
+                return id >= 0 ? id : nil
+            }
+            return otherTokens[token]
         }
 
         let mergeList = try reader.array(object["merges"], "model.merges")
         var merges = MergeTable(capacityFor: mergeList.count)
+        var buffer: [UInt8] = []
         for (rank, item) in mergeList.enumerated() {
-            let left: String
-            let right: String
-            if let line = item as? String {
+            let left: Substring
+            let right: Substring
+            if case .string(let line) = item {
                 let parts = line.split(separator: " ", omittingEmptySubsequences: false)
                 guard parts.count == 2 else {
                     throw TokenizerError(.invalidValue, file: file, "model.merges[\(rank)] \"\(line)\" is not two tokens")
                 }
-                left = String(parts[0])
-                right = String(parts[1])
-            } else if let pair = item as? [Any], pair.count == 2, let a = pair[0] as? String, let b = pair[1] as? String {
-                left = a
-                right = b
+                left = parts[0]
+                right = parts[1]
+            } else if case .array(let pair) = item, pair.count == 2, case .string(let a) = pair[0],
+                      case .string(let b) = pair[1] {
+                left = Substring(a)
+                right = Substring(b)
             } else {
                 throw TokenizerError(.malformedJSON, file: file,
                                      "model.merges[\(rank)] is neither \"a b\" nor [\"a\", \"b\"]")
             }
-            guard let leftID = idByString[left] else {
-                throw TokenizerError(.invalidValue, file: file, "model.merges[\(rank)] names \"\(left)\", not in model.vocab")
+            var leftID: Int32 = -1
+            var rightID: Int32 = -1
+            var mergedID: Int32 = -1
+            buffer.removeAll(keepingCapacity: true)
+            if ByteLevelAlphabet.appendBytes(ofByteLevelString: left, to: &buffer) {
+                let split = buffer.count
+                if ByteLevelAlphabet.appendBytes(ofByteLevelString: right, to: &buffer) {
+                    buffer.withUnsafeBytes { bytes in
+                        leftID = vocabulary.lookup(UnsafeRawBufferPointer(rebasing: bytes[..<split]))
+                        rightID = vocabulary.lookup(UnsafeRawBufferPointer(rebasing: bytes[split...]))
+                        mergedID = vocabulary.lookup(bytes)
+                    }
+                }
             }
-            guard let rightID = idByString[right] else {
-                throw TokenizerError(.invalidValue, file: file, "model.merges[\(rank)] names \"\(right)\", not in model.vocab")
-            }
-            guard let mergedID = idByString[left + right] else {
-                throw TokenizerError(.invalidValue, file: file,
-                                     "model.merges[\(rank)] makes \"\(left + right)\", not in model.vocab")
+            if leftID < 0 || rightID < 0 || mergedID < 0 {
+                guard let id = tokenID(String(left)) else {
+                    throw TokenizerError(.invalidValue, file: file, "model.merges[\(rank)] names \"\(left)\", not in model.vocab")
+                }
+                leftID = id
+                guard let id = tokenID(String(right)) else {
+                    throw TokenizerError(.invalidValue, file: file, "model.merges[\(rank)] names \"\(right)\", not in model.vocab")
+                }
+                rightID = id
+                guard let id = tokenID(String(left + right)) else {
+                    throw TokenizerError(.invalidValue, file: file,
+                                         "model.merges[\(rank)] makes \"\(left + right)\", not in model.vocab")
+                }
+                mergedID = id
             }
             merges.insert(left: leftID, right: rightID, rank: Int32(rank), merged: mergedID)
         }
 
         var unknownID: Int32?
-        if let unknown = object["unk_token"] as? String {
-            guard let id = idByString[unknown] else {
+        if case .string(let unknown)? = object["unk_token"] {
+            guard let id = tokenID(unknown) else {
                 throw TokenizerError(.invalidValue, file: file, "model.unk_token \"\(unknown)\" is not in model.vocab")
             }
             unknownID = id
@@ -365,7 +402,7 @@ extension BPETokenizer {
         for byte in 0..<256 {
             var id = vocabulary.lookup([UInt8(byte)])
             if id < 0 && byteFallback {
-                id = idByString[String(format: "<0x%02X>", byte)] ?? -1
+                id = tokenID(String(format: "<0x%02X>", byte)) ?? -1
             }
             byteIDs[byte] = id
         }
@@ -378,53 +415,54 @@ extension BPETokenizer {
     }
 }
 
-/// Typed access to `JSONSerialization` output, with errors that name the file and field.
+/// Typed access to parsed JSON, with errors that name the file and field.
 struct JSONReader {
     let file: String
 
-    func object(_ value: Any?, _ field: String) throws -> [String: Any] {
-        guard let value, !(value is NSNull) else {
+    static func isNull(_ value: JSONValue?) -> Bool {
+        guard let value else { return true }
+        if case .null = value { return true }
+        return false
+    }
+
+    private func present(_ value: JSONValue?, _ field: String) throws -> JSONValue {
+        guard let value, !Self.isNull(value) else {
             throw TokenizerError(.missingField, file: file, "\(field) is missing")
         }
-        guard let object = value as? [String: Any] else {
+        return value
+    }
+
+    func object(_ value: JSONValue?, _ field: String) throws -> JSONObject {
+        guard case .object(let object) = try present(value, field) else {
             throw TokenizerError(.malformedJSON, file: file, "\(field) is not a JSON object")
         }
         return object
     }
 
-    func array(_ value: Any?, _ field: String) throws -> [Any] {
-        guard let value, !(value is NSNull) else {
-            throw TokenizerError(.missingField, file: file, "\(field) is missing")
-        }
-        guard let array = value as? [Any] else {
+    func array(_ value: JSONValue?, _ field: String) throws -> [JSONValue] {
+        guard case .array(let array) = try present(value, field) else {
             throw TokenizerError(.malformedJSON, file: file, "\(field) is not a JSON array")
         }
         return array
     }
 
-    func string(_ value: Any?, _ field: String) throws -> String {
-        guard let value, !(value is NSNull) else {
-            throw TokenizerError(.missingField, file: file, "\(field) is missing")
-        }
-        guard let string = value as? String else {
+    func string(_ value: JSONValue?, _ field: String) throws -> String {
+        guard case .string(let string) = try present(value, field) else {
             throw TokenizerError(.malformedJSON, file: file, "\(field) is not a string")
         }
         return string
     }
 
-    func int(_ value: Any?, _ field: String) throws -> Int {
-        guard let value, !(value is NSNull) else {
-            throw TokenizerError(.missingField, file: file, "\(field) is missing")
-        }
-        guard let number = value as? Int else {
+    func int(_ value: JSONValue?, _ field: String) throws -> Int {
+        guard case .int(let number) = try present(value, field) else {
             throw TokenizerError(.malformedJSON, file: file, "\(field) is not an integer")
         }
         return number
     }
 
-    func bool(_ value: Any?, _ field: String, default defaultValue: Bool) throws -> Bool {
-        guard let value, !(value is NSNull) else { return defaultValue }
-        guard let flag = value as? Bool else {
+    func bool(_ value: JSONValue?, _ field: String, default defaultValue: Bool) throws -> Bool {
+        if Self.isNull(value) { return defaultValue }
+        guard case .bool(let flag)? = value else {
             throw TokenizerError(.malformedJSON, file: file, "\(field) is not a boolean")
         }
         return flag
