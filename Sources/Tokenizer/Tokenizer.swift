@@ -164,11 +164,20 @@ extension BPETokenizer {
         if JSONReader.isNull(value) { return }
         let object = try reader.object(value, "normalizer")
         let type = try reader.string(object["type"], "normalizer.type")
-        if type == "Sequence", let inner = object["normalizers"], try reader.array(inner, "normalizer.normalizers").isEmpty {
-            return
+        var named = type
+        if type == "Sequence" {
+            let inner = try reader.array(object["normalizers"], "normalizer.normalizers")
+            if inner.isEmpty { return }
+            let innerTypes = inner.map { item -> String in
+                if case .object(let innerObject) = item, case .string(let innerType)? = innerObject["type"] {
+                    return innerType
+                }
+                return "?"
+            }
+            named = "Sequence[\(innerTypes.joined(separator: ", "))]"
         }
         throw TokenizerError(.unsupportedComponent, file: reader.file,
-                             "normalizer \"\(type)\" is not supported (only a null normalizer is)")
+                             "normalizer \"\(named)\" is not supported (only a null normalizer is)")
     }
 
     private static func hasByteLevel(_ value: JSONValue?) -> Bool {

@@ -49,9 +49,7 @@ enum Llama3TokenizerFixture {
     static func tokenizer() throws -> BPETokenizer {
         switch shared {
         case .success(let tokenizer): return tokenizer
-        case .failure(let error):
-            Issue.record("Llama-3 tokenizer unavailable: \(error)")
-            throw error
+        case .failure(let error): throw error
         }
     }
 }
