@@ -77,9 +77,10 @@ enum RegexScanners {
         var i = lo
         while i < hi {
             let cls = c[i]
-            var end = i
-            if let length = Optional(contractionLength(v, i, hi, caseInsensitive: true)), length > 0 {
-                end = i + length
+            let contraction = contractionLength(v, i, hi, caseInsensitive: true)
+            var end: Int
+            if contraction > 0 {
+                end = i + contraction
             } else if cls & ScalarClass.letter != 0 {
                 end = runEnd(c, from: i + 1, hi, having: ScalarClass.letter)
             } else if cls & (ScalarClass.lineBreak | ScalarClass.number) == 0, i + 1 < hi,

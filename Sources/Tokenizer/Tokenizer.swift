@@ -197,6 +197,12 @@ extension BPETokenizer {
         switch type {
         case "Sequence":
             let list = try reader.array(object["pretokenizers"], "\(field).pretokenizers")
+            // Steps after ByteLevel would see byte-level characters, not the text; this implementation keeps raw
+            // bytes throughout, so it accepts ByteLevel only as the last step.
+            if let byteLevelIndex = list.firstIndex(where: { hasByteLevel($0) }), byteLevelIndex != list.count - 1 {
+                throw TokenizerError(.unsupportedComponent, file: reader.file,
+                                     "\(field).pretokenizers[\(byteLevelIndex)] is ByteLevel but is not the last step")
+            }
             return try list.enumerated().flatMap { index, item in
                 try preTokenizerSteps(item, field: "\(field).pretokenizers[\(index)]", reader)
             }

@@ -118,4 +118,15 @@ import Testing
         #expect(error.kind == .unsupportedComponent)
         #expect(error.description.contains("ByteLevel"))
     }
+
+    @Test func byteLevelBeforeAnotherStepIsRefused() throws {
+        var json = try tinyTokenizerJSON()
+        json["pre_tokenizer"] = ["type": "Sequence", "pretokenizers": [
+            ["type": "ByteLevel", "add_prefix_space": false, "use_regex": true],
+            ["type": "Digits", "individual_digits": true],
+        ]]
+        let (error, _) = try loadError(json)
+        #expect(error.kind == .unsupportedComponent)
+        #expect(error.description.contains("pre_tokenizer.pretokenizers[0] is ByteLevel but is not the last step"))
+    }
 }
