@@ -41,6 +41,19 @@ import Testing
         }
     }
 
+    @Test func shardsCarryPtFormatMetadataAndTileExactly() throws {
+        try withTemporaryDirectory { directory in
+            try ReferenceCheckpoint(layout: .modelopt, scheme: .nvfp4, maxShardSize: 100_000).write(to: directory)
+            let model = try SafeTensorsModel(directory: directory.path)
+            #expect(model.files.count > 1)
+            for file in model.files {
+                #expect(file.metadata == ["format": "pt"], "\(file.path)")
+                #expect(file.dataSectionOffset % 8 == 0)
+                try file.validateTiling()
+            }
+        }
+    }
+
     @Test func compressedTensorsStoresReciprocalGlobalScales() throws {
         try withTemporaryDirectory { directory in
             try ReferenceCheckpoint(layout: .compressedTensors, scheme: .nvfp4).write(to: directory)
