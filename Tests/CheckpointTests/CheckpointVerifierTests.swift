@@ -98,6 +98,15 @@ import Testing
         #expect(error?.message.contains("[1, 1]") == true)
     }
 
+    @Test func transposedPackedWeight() throws {
+        let name = "model.layers.0.mlp.down_proj.weight_packed"
+        let error = try verifyCorrupted { directory in
+            try editTensor(name, in: directory) { $0.shape = [176, 128] }
+        }
+        #expect(error?.subject == name)
+        #expect(error?.message.contains("[128, 176]") == true)
+    }
+
     @Test(arguments: [UInt8(0x00), 0x7F, 0xFF, 0x80, 0xB8])
     func badBlockScaleByte(byte: UInt8) throws {
         let name = Self.up1 + ".weight_scale"
@@ -219,7 +228,7 @@ import Testing
 
     /// vLLM loads every tensor of every mapped file (the map only picks files), so a tensor that sits in a shard
     /// but not in `weight_map` is still loaded; rule 7 requires every tensor to be in the map.
-    @Test(.disabled("bug: CheckpointVerifier.verifyIndex (CheckpointVerifier.swift:163) compares weight_map keys with SafeTensorsModel.tensorNames, which for an indexed model ARE the weight_map keys; tensors present in a shard file but absent from the index are never seen, so this checkpoint verifies"))
+    @Test(.disabled("bug: CheckpointVerifier.verifyIndex (CheckpointVerifier.swift:156) compares weight_map keys with SafeTensorsModel.tensorNames, which for an indexed model ARE the weight_map keys; tensors present in a shard file but absent from the index are never seen, so this checkpoint verifies"))
     func tensorInAShardButNotInTheIndex() throws {
         let name = Self.q0 + ".weight"
         let error = try verifyCorrupted(Self.sharded) { directory in
@@ -230,7 +239,7 @@ import Testing
         #expect(error?.description.contains(name) == true)
     }
 
-    @Test(.disabled("bug: same cause as tensorInAShardButNotInTheIndex (CheckpointVerifier.swift:163): a second copy of a tensor in another shard is invisible to the verifier, though spec §9 requires each tensor in exactly one shard"))
+    @Test(.disabled("bug: same cause as tensorInAShardButNotInTheIndex (CheckpointVerifier.swift:156): a second copy of a tensor in another shard is invisible to the verifier, though spec §9 requires each tensor in exactly one shard"))
     func tensorDuplicatedInTwoShards() throws {
         let name = LlamaConfig.finalNormName
         let error = try verifyCorrupted(Self.sharded) { directory in

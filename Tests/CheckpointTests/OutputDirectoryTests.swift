@@ -57,6 +57,17 @@ import Testing
         }
     }
 
+    @Test func trailingSlashAndDotsAreNormalized() throws {
+        try withTemporaryDirectory("ckout") { parent in
+            let output = try OutputDirectory(final: URL(fileURLWithPath: parent.path + "/sub/../OUT/"), jobID: "j7", force: false)
+            #expect(output.final.path == parent.standardizedFileURL.path + "/OUT")
+            #expect(output.partial.path == parent.standardizedFileURL.path + "/OUT.partial-j7")
+            try output.create()
+            try output.commit()
+            #expect(try contents(parent) == ["OUT"])
+        }
+    }
+
     @Test func forceReplacesTheOldContentsOnlyAtCommit() throws {
         try withTemporaryDirectory("ckout") { parent in
             let final = parent.appendingPathComponent("OUT")

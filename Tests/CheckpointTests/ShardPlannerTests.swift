@@ -62,6 +62,25 @@ import Testing
         }
     }
 
+    @Test func greedyPackingAtTheLimit() {
+        func group(_ name: String, bytes: Int) -> TensorGroup {
+            TensorGroup([PlannedTensor(name: name, dtype: .u8, shape: [bytes])])
+        }
+        func names(_ plan: ShardPlan) -> [[String]] { plan.shards.map { $0.tensors.map(\.name) } }
+        // A shard may reach the limit exactly; the next byte starts a new one.
+        #expect(names(ShardPlanner.plan(groups: [group("a", bytes: 4), group("b", bytes: 4), group("c", bytes: 4)],
+                                        maxShardSize: 8)) == [["a", "b"], ["c"]])
+        #expect(names(ShardPlanner.plan(groups: [group("a", bytes: 4), group("b", bytes: 5)], maxShardSize: 8))
+            == [["a"], ["b"]])
+        // A group over the limit gets a shard of its own and is never split.
+        #expect(names(ShardPlanner.plan(groups: [group("a", bytes: 1), group("big", bytes: 10), group("c", bytes: 1)],
+                                        maxShardSize: 8)) == [["a"], ["big"], ["c"]])
+        let twoTensorGroup = TensorGroup([PlannedTensor(name: "x.weight_packed", dtype: .u8, shape: [6]),
+                                          PlannedTensor(name: "x.weight_scale", dtype: .f8e4m3, shape: [6])])
+        #expect(names(ShardPlanner.plan(groups: [group("a", bytes: 2), twoTensorGroup], maxShardSize: 8))
+            == [["a"], ["x.weight_packed", "x.weight_scale"]])
+    }
+
     @Test func largeLimitGivesOneModelSafetensors() throws {
         let plan = ShardPlanner.plan(groups: try Self.tinyGroups(), maxShardSize: 5_000_000_000)
         #expect(plan.shards.map(\.fileName) == [SafeTensorsModel.singleFileName])
