@@ -149,6 +149,38 @@ import Testing
         }
     }
 
+    @Test(arguments: CheckpointLayout.allCases)
+    func writeModelFilesListsWhatItWrote(layout: CheckpointLayout) throws {
+        try withTemporaryDirectory { directory in
+            // A read-only source file must not make the output read-only.
+            let source = directory.appendingPathComponent("source")
+            let output = directory.appendingPathComponent("output")
+            try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(at: Fixtures.tinyLlama, to: source)
+            try FileManager.default.setAttributes([.posixPermissions: 0o444],
+                                                  ofItemAtPath: source.appendingPathComponent("tokenizer.json").path)
+            let written = try writeModelFiles(sourceDirectory: source, outputDirectory: output,
+                                              configWriter: QuantizationConfigWriter(layout: layout, scheme: .nvfp4))
+            let expected = ["config.json"] + (layout == .modelopt ? ["hf_quant_config.json"] : [])
+                + ["generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+            #expect(written == expected)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: output.path).sorted() == expected.sorted())
+            let permissions = try FileManager.default.attributesOfItem(
+                atPath: output.appendingPathComponent("tokenizer.json").path)[.posixPermissions] as? Int
+            #expect(permissions.map { $0 & 0o200 != 0 } == true)
+        }
+    }
+
+    @Test func writeModelFilesRefusesAnAlreadyQuantizedSource() throws {
+        try withTemporaryDirectory { directory in
+            let error = expectCheckpointError {
+                _ = try writeModelFiles(sourceDirectory: Fixtures.modelopt, outputDirectory: directory,
+                                        configWriter: QuantizationConfigWriter(layout: .modelopt, scheme: .nvfp4))
+            }
+            #expect(error?.subject == Fixtures.modelopt.appendingPathComponent("config.json").path)
+        }
+    }
+
     @Test func linearTensorLayoutNamesShapesAndScalars() throws {
         let spec = try #require(try Fixtures.tinyConfig().linears(layer: 1).first { $0.kind == .down })
         let compressed = LinearTensorLayout(layout: .compressedTensors, scheme: .nvfp4)

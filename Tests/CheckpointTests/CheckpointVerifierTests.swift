@@ -207,6 +207,76 @@ import Testing
         #expect(error?.message.contains("input_activations") == true)
     }
 
+    /// Edits `quantization_config` of the written config.json.
+    func editQuantizationConfig(_ directory: URL, _ edit: @escaping (inout [String: Any]) -> Void) throws {
+        try editJSON(directory.appendingPathComponent("config.json")) { config in
+            var quantization = config["quantization_config"] as! [String: Any]
+            edit(&quantization)
+            config["quantization_config"] = quantization
+        }
+    }
+
+    @Test(arguments: [("quant_method", "modelopt"), ("format", "float-quantized")])
+    func compressedTensorsConfigWithTheWrongMethodOrFormat(key: String, value: String) throws {
+        let error = try verifyCorrupted { directory in
+            try editQuantizationConfig(directory) { $0[key] = value }
+        }
+        #expect(error?.subject.hasSuffix("config.json") == true)
+        #expect(error?.message.contains(key) == true)
+    }
+
+    @Test(arguments: [("quant_method", "compressed-tensors"), ("quant_algo", "FP8")])
+    func modeloptConfigWithTheWrongMethodOrAlgorithm(key: String, value: String) throws {
+        let error = try verifyCorrupted(Self.modelopt) { directory in
+            try editQuantizationConfig(directory) { $0[key] = value }
+        }
+        #expect(error?.subject.hasSuffix("config.json") == true)
+        #expect(error?.message.contains(key) == true)
+    }
+
+    @Test(arguments: ["true", "null", "\"global\""])
+    func w4a4ConfigWhoseActivationsAreNotLocal(dynamicJSON: String) throws {
+        // dynamic: true tells compressed-tensors there is no input_global_scale to load.
+        let error = try verifyCorrupted { directory in
+            try editQuantizationConfig(directory) { quantization in
+                var groups = quantization["config_groups"] as! [String: Any]
+                var group = groups["group_0"] as! [String: Any]
+                var activations = group["input_activations"] as! [String: Any]
+                activations["dynamic"] = try! JSONSerialization.jsonObject(with: Data(dynamicJSON.utf8), options: .fragmentsAllowed)
+                group["input_activations"] = activations
+                groups["group_0"] = group
+                quantization["config_groups"] = groups
+            }
+        }
+        #expect(error?.message.contains("local") == true)
+    }
+
+    @Test func weightGroupSizeOtherThan16() throws {
+        let error = try verifyCorrupted { directory in
+            try editQuantizationConfig(directory) { quantization in
+                var groups = quantization["config_groups"] as! [String: Any]
+                var group = groups["group_0"] as! [String: Any]
+                var weights = group["weights"] as! [String: Any]
+                weights["group_size"] = 32
+                group["weights"] = weights
+                groups["group_0"] = group
+                quantization["config_groups"] = groups
+            }
+        }
+        #expect(error?.message.contains("group_size 16") == true)
+    }
+
+    @Test func configWithoutQuantizationConfig() throws {
+        let error = try verifyCorrupted { directory in
+            try FileManager.default.copyItem(at: Fixtures.tinyLlama.appendingPathComponent("config.json"),
+                                             to: directory.appendingPathComponent("source-config.json"))
+            try FileManager.default.removeItem(at: directory.appendingPathComponent("config.json"))
+            try FileManager.default.moveItem(at: directory.appendingPathComponent("source-config.json"),
+                                             to: directory.appendingPathComponent("config.json"))
+        }
+        #expect(error?.message.contains("quantization_config") == true)
+    }
+
     @Test func unmappedShardOnDisk() throws {
         let error = try verifyCorrupted(Self.sharded) { directory in
             let first = directory.appendingPathComponent("model-00001-of-00003.safetensors")

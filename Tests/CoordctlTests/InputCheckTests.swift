@@ -131,6 +131,19 @@ import Testing
         }
     }
 
+    @Test(arguments: ["tiny-llama-nvfp4-llmcompressor", "tiny-llama-nvfp4-modelopt"])
+    func alreadyQuantizedModelIsRefusedBeforeAnyOutput(fixture: String) throws {
+        try withTemporaryDirectory("coordctl-input") { parent throws in
+            let output = parent.appendingPathComponent("OUT")
+            let job = makeJob(model: Fixtures.directory.appendingPathComponent(fixture), output: output)
+            let thrown = expectFailure { _ = try job.run() }
+            // Today this is reported as the first Linear's BF16 weight being missing or mis-shaped.
+            #expect(thrown is LlamaWeightError)
+            #expect(text(thrown).contains("model.layers.0.self_attn.q_proj.weight"))
+            #expect(try entries(of: parent, prefix: "OUT") == [])
+        }
+    }
+
     @Test func nonLlamaModelType() throws {
         let thrown = try checkInputsError(editConfig: { $0["model_type"] = "gpt2" })
         let configError = try #require(thrown as? LlamaConfigError)
