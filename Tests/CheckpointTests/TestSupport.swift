@@ -58,7 +58,7 @@ func tensorSignature(_ model: SafeTensorsModel) throws -> [String: String] {
 
 func float32(_ model: SafeTensorsModel, _ name: String) throws -> Float {
     try model.withBytes(name) { bytes in
-        precondition(bytes.count == 4, "\(name) is not one f32")
+        try #require(bytes.count == 4, "\(name) is not one f32")
         return Float(bitPattern: UInt32(littleEndian: bytes.loadUnaligned(as: UInt32.self)))
     }
 }
