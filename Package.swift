@@ -51,11 +51,14 @@ let package = Package(
 
         .testTarget(name: "NVFP4Tests", dependencies: ["NVFP4", "SafeTensors"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
-        .testTarget(name: "LlamaModelTests", dependencies: ["LlamaModel"]),
+        .testTarget(name: "LlamaModelTests", dependencies: ["LlamaModel", "SafeTensors"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
         .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors"]),
         .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
-        .testTarget(name: "CoordctlTests", dependencies: ["QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4"]),
+        .testTarget(name: "CoordctlTests", dependencies: [
+            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ]
 )

@@ -112,6 +112,7 @@ public struct CheckpointVerifier {
                 throw CheckpointError(scalesName, String(format: "block scale byte %d is 0x%02X; block scales must be in 0x01...0x7E", bad, bytes[bad]))
             }
         }
+        try model.releasePages(scalesName)
     }
 
     func verifyUnquantizedCopies(model: SafeTensorsModel) throws {
@@ -128,6 +129,8 @@ public struct CheckpointVerifier {
                 }
             }
             if !equal { throw CheckpointError(spec.name, "differs from the source; unquantized tensors must be copied verbatim") }
+            try model.releasePages(spec.name)
+            try source.releasePages(spec.name)
         }
     }
 
@@ -153,10 +156,25 @@ public struct CheckpointVerifier {
         if let absent = mapped.subtracting(onDisk).sorted().first {
             throw CheckpointError(indexURL.path, "maps tensors to \(absent), which does not exist")
         }
-        if Set(map.keys) != Set(model.tensorNames) {
-            throw CheckpointError(indexURL.path, "weight_map does not list exactly the tensors of the shards")
+        // Each tensor must sit in exactly the shard the map names: a tensor present in a shard but absent from the
+        // map, or present twice, would still be loaded by vLLM from every mapped file.
+        var seen: [String: String] = [:]
+        for file in model.files {
+            let fileName = URL(fileURLWithPath: file.path).lastPathComponent
+            for tensor in file.tensorNames {
+                if let other = seen[tensor] {
+                    throw CheckpointError(tensor, "appears in both \(other) and \(fileName)")
+                }
+                seen[tensor] = fileName
+                if map[tensor] != fileName {
+                    throw CheckpointError(tensor, "is in \(fileName) but the index maps it to \(map[tensor] ?? "nothing")")
+                }
+            }
         }
-        let actualSize = try model.tensorNames.reduce(0) { $0 + (try model.info($1).byteCount) }
+        if let unbacked = map.keys.filter({ seen[$0] == nil }).sorted().first {
+            throw CheckpointError(unbacked, "is in the index but in none of the shards")
+        }
+        let actualSize = model.files.reduce(0) { total, file in total + file.tensors.reduce(0) { $0 + $1.byteCount } }
         if totalSize != actualSize {
             throw CheckpointError(indexURL.path, "metadata.total_size is \(totalSize) but the tensors hold \(actualSize) bytes")
         }

@@ -67,7 +67,12 @@ public enum ShardPlanner {
         ]
         for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
             if let value = Double(trimmed.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), value > 0 {
-                return Int(value * factor)
+                let bytes = value * factor
+                // 2^62 bytes is far beyond any shard and safely inside Int.
+                guard bytes.isFinite, bytes >= 1, bytes < 0x1p62 else {
+                    throw CheckpointError("--max-shard-size", "'\(text)' is out of range")
+                }
+                return Int(bytes)
             }
             break
         }

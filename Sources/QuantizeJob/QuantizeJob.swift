@@ -81,6 +81,12 @@ public final class QuantizeJob {
 
     public func checkInputs() throws -> Inputs {
         try options.layout.validate(scheme: options.scheme)
+        let modelPath = options.modelDirectory.standardizedFileURL.resolvingSymlinksInPath().path
+        let outputPath = options.outputDirectory.standardizedFileURL.resolvingSymlinksInPath().path
+        if modelPath == outputPath || modelPath.hasPrefix(outputPath.hasSuffix("/") ? outputPath : outputPath + "/") {
+            throw QuantizeJobError("--output \(options.outputDirectory.path) is or contains the source model directory "
+                                   + "\(options.modelDirectory.path); choose another output directory")
+        }
         let configPath = options.modelDirectory.appendingPathComponent("config.json").path
         guard FileManager.default.fileExists(atPath: configPath) else {
             throw QuantizeJobError("\(configPath): not found; --model must be a Hugging Face model directory")
@@ -95,9 +101,11 @@ public final class QuantizeJob {
         for linear in config.allLinears {
             weightAmax[linear.weightName] = try Self.weightAmax(source: source, name: linear.weightName,
                                                                 cols: linear.inFeatures)
+            try source.releasePages(linear.weightName)
         }
         for tensor in config.nonQuantizedTensors {
             try Self.checkFinite(source: source, name: tensor.name)
+            try source.releasePages(tensor.name)
         }
         return Inputs(config: config, source: source, weightAmax: weightAmax)
     }
@@ -167,6 +175,7 @@ public final class QuantizeJob {
 
         func copyVerbatim(_ name: String) throws {
             try source.withBytes(name) { try writer.write(name, bytes: $0) }
+            try source.releasePages(name)
         }
 
         try copyVerbatim(LlamaConfig.embedTokensName)
@@ -192,6 +201,7 @@ public final class QuantizeJob {
                     summary.activationAmax[linear.name] = amax
                 }
                 let weight = try quantize(source: source, linear: linear, weightScale2: sharedScale[linear.kind.group]!)
+                try source.releasePages(linear.weightName)
                 for (name, bytes) in try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale)) {
                     try writer.write(name, data: bytes)
                 }

@@ -186,6 +186,20 @@ public final class SafeTensorsFile: @unchecked Sendable {
         }
     }
 
+    /// Tells the kernel the tensor's pages are not needed any more, so a streaming pass over a model larger
+    /// than memory keeps its resident set small. The data stays readable; touching it again faults it back in.
+    public func releasePages(_ name: String) throws {
+        let info = try info(name)
+        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = Int(bitPattern: mapping.base) + dataSectionOffset + info.dataOffsets.lowerBound
+        let end = start + info.dataOffsets.count
+        // Only whole pages inside the tensor; neighbours sharing a boundary page keep theirs.
+        let alignedStart = (start + pageSize - 1) / pageSize * pageSize
+        let alignedEnd = end / pageSize * pageSize
+        guard alignedEnd > alignedStart else { return }
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: alignedStart), alignedEnd - alignedStart, MADV_DONTNEED)
+    }
+
     private func bytes(of info: TensorInfo) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(
             start: mapping.base + dataSectionOffset + info.dataOffsets.lowerBound, count: info.dataOffsets.count)

@@ -98,6 +98,11 @@ public final class SafeTensorsModel: @unchecked Sendable {
         try file(containing: name).data(name)
     }
 
+    /// See ``SafeTensorsFile/releasePages(_:)``.
+    public func releasePages(_ name: String) throws {
+        try file(containing: name).releasePages(name)
+    }
+
     public func floats(_ name: String) throws -> [Float] {
         try file(containing: name).floats(name)
     }

@@ -117,7 +117,7 @@ import Testing
         #expect(text(thrown).contains("model-00002-of-00002.safetensors"))
     }
 
-    @Test(.disabled("bug: QuantizeJob.checkInputs (QuantizeJob.swift:92) accepts --output equal to --model; with --force, OutputDirectory.commit then moves the source model aside and deletes it, replacing the BF16 input with the NVFP4 output (reproduced with coordctl). Expected: a CheckpointError/QuantizeJobError naming --output as the model directory (or an ancestor of it), before any work"))
+    @Test
     func outputThatIsTheModelDirectoryIsRefused() throws {
         for outputIsParent in [false, true] {
             try withTemporaryDirectory("coordctl-input") { parent throws in
