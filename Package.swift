@@ -30,13 +30,17 @@ let package = Package(
         // F32 CPU backend over BLAS.
         .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS"]),
         // Calibration data, observers and the layer-streaming calibration loop.
-        .target(name: "Calibration", dependencies: ["ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors",
+        .target(name: "Calibration", dependencies: ["ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4",
                                                       .product(name: "Logging", package: "swift-log")],
                 resources: [.copy("Resources")]),
+        // Perplexity of the original model against the W4A4-emulated checkpoint.
+        .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "LlamaModel", "NVFP4", "SafeTensors",
+                                                     "Checkpoint", .product(name: "Logging", package: "swift-log")]),
         // Export layouts, sharding, verification and atomic output.
         .target(name: "Checkpoint", dependencies: ["NVFP4", "SafeTensors", "LlamaModel"]),
         // A whole quantization job: read, (calibrate), quantize, write, verify.
-        .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors",
+        .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
+                                                      "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation",
                                                       .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "coordctl", dependencies: [
             "QuantizeJob", "Checkpoint", "LlamaModel",
@@ -54,7 +58,10 @@ let package = Package(
         .testTarget(name: "LlamaModelTests", dependencies: ["LlamaModel", "SafeTensors"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
         .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors"]),
-        .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel"]),
+        .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel", "ComputeBackend",
+                                                              "CPUBackend", "SafeTensors"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "ComputeBackend", "CPUBackend", "LlamaModel",
+                                                             "SafeTensors", "NVFP4", "Checkpoint"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
             "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel",
