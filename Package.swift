@@ -64,7 +64,7 @@ let package = Package(
                                                              "SafeTensors", "NVFP4", "Checkpoint"]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel",
+            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]
