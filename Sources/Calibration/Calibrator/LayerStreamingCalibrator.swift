@@ -172,6 +172,30 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     private func calibrate(layer: Int) throws -> [FusedGroup: Float] {
         if !embedded { try embedAll() }
         let start = ContinuousClock.now
+        let (observed, tokensDone) = try runAllChunks(layer: layer, start: start)
+        let layerSeconds = seconds(since: start)
+        busySeconds += layerSeconds
+        // The backend's copy of the weights went away with runAllChunks; now the source's pages may go too.
+        releaseWeights?(config.linears(layer: layer).map(\.weightName) + config.layerNorms(layer: layer).map(\.name))
+
+        var result: [FusedGroup: Float] = [:]
+        for group in FusedGroup.allCases {
+            let amax = observed[group]
+            guard amax.isFinite, amax > 0 else {
+                throw CalibrationError.invalidAmax(layer: layer, group: group, amax: amax, samples: nil)
+            }
+            result[group] = amax
+        }
+        for linear in config.linears(layer: layer) { perLinearAmax[linear.name] = result[linear.kind.group] }
+        let summary = "calibrated layer \(layer + 1)/\(layerCount): \(sampleCount) samples, \(tokensDone) tokens in "
+            + "\(format(layerSeconds)) s (\(format(Double(tokensDone) / max(layerSeconds, 1e-9))) tokens/s); amax "
+            + "qkv \(observed.qkv), o \(observed.o), gate_up \(observed.gateUp), down \(observed.down)"
+        logger?.info("\(summary)")
+        return result
+    }
+
+    /// Loads `layer`, runs every chunk through it and drops it again; returns the merged amax and the tokens run.
+    private func runAllChunks(layer: Int, start: ContinuousClock.Instant) throws -> (ObservedAmax, Int) {
         let loaded = try backend.loadLayer(layer, from: weights)
         var observed = ObservedAmax.zero
         var samplesDone = 0
@@ -195,25 +219,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             reportProgress(layer: layer, samplesDone: samplesDone, tokensDone: tokensDone,
                            seconds: seconds(since: start))
         }
-        let layerSeconds = seconds(since: start)
-        busySeconds += layerSeconds
-        // `loaded` goes out of scope here, freeing the backend's copy of the weights.
-        releaseWeights?(config.linears(layer: layer).map(\.weightName) + config.layerNorms(layer: layer).map(\.name))
-
-        var result: [FusedGroup: Float] = [:]
-        for group in FusedGroup.allCases {
-            let amax = observed[group]
-            guard amax.isFinite, amax > 0 else {
-                throw CalibrationError.invalidAmax(layer: layer, group: group, amax: amax, samples: nil)
-            }
-            result[group] = amax
-        }
-        for linear in config.linears(layer: layer) { perLinearAmax[linear.name] = result[linear.kind.group] }
-        let summary = "calibrated layer \(layer + 1)/\(layerCount): \(sampleCount) samples, \(tokensDone) tokens in "
-            + "\(format(layerSeconds)) s (\(format(Double(tokensDone) / max(layerSeconds, 1e-9))) tokens/s); amax "
-            + "qkv \(observed.qkv), o \(observed.o), gate_up \(observed.gateUp), down \(observed.down)"
-        logger?.info("\(summary)")
-        return result
+        return (observed, tokensDone)
     }
 
     private var config: LlamaConfig { backend.config }
