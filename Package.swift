@@ -53,7 +53,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "coordctl", dependencies: [
-            "QuantizeJob", "Checkpoint", "LlamaModel",
+            "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

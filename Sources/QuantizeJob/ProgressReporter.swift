@@ -1,3 +1,4 @@
+import Calibration
 import Foundation
 import Logging
 
@@ -36,6 +37,18 @@ public final class ProgressReporter: @unchecked Sendable {
         if interactive {
             FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
         } else {
+            logger.info("\(line)")
+        }
+    }
+
+    /// Calibration progress: layer, samples through it, tokens/s and ETA.
+    public func calibration(_ update: CalibrationProgress) {
+        let eta = update.estimatedSecondsRemaining.map { Self.duration($0) } ?? "?"
+        let line = String(format: "calibrating layer %d/%d  samples %d/%d  %.0f tokens/s  ETA %@", update.layer + 1,
+                          update.layerCount, update.samplesDone, update.sampleCount, update.tokensPerSecond, eta)
+        if interactive {
+            FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+        } else if update.samplesDone == update.sampleCount {
             logger.info("\(line)")
         }
     }
