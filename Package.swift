@@ -60,6 +60,10 @@ let package = Package(
         .executableTarget(name: "NVFP4Benchmarks", dependencies: ["NVFP4", "SafeTensors"],
                           path: "Benchmarks/NVFP4Benchmarks"),
 
+        .executableTarget(name: "CalibrationBenchmarks",
+                          dependencies: ["Calibration", "CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors",
+                                         "Tokenizer", "COpenBLAS", .product(name: "Logging", package: "swift-log")],
+                          path: "Benchmarks/CalibrationBenchmarks"),
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 

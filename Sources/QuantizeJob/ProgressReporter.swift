@@ -31,8 +31,8 @@ public final class ProgressReporter: @unchecked Sendable {
             let elapsed = max(Date().timeIntervalSince(started), 1e-6)
             let rate = Double(bytesDone) / elapsed
             let remaining = rate > 0 ? Double(totalBytes - bytesDone) / rate : 0
-            return String(format: "layer %d/%d  %.2f GB/s  ETA %@", layer + 1, totalLayers, rate / 1e9,
-                          Self.duration(remaining))
+            return String(format: "exported layer %d/%d  %.1f MB/s of weights  ETA %@", layer + 1, totalLayers,
+                          rate / 1e6, Self.duration(remaining))
         }
         if interactive {
             FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
