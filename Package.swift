@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
     ],
     targets: [
         // Pure numerics: codecs and the block quantizer. No I/O.
@@ -52,6 +53,11 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
+        .target(name: "Coordinator", dependencies: [
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "coordctl", dependencies: [
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -67,6 +73,7 @@ let package = Package(
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport",
             .product(name: "NIOCore", package: "swift-nio"),
