@@ -59,7 +59,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "coordctl", dependencies: [
-            "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration",
+            "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "CPUBackend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -15,18 +15,29 @@ import LlamaModel
 ///   OpenBLAS's own threads (see ``CPUBackend/setBLASThreadCount(_:)``).
 /// - Residual adds are folded into the o_proj and down_proj GEMMs (`beta = 1`).
 ///
-/// It follows spec §11 with f32 in place of BF16 activations, which shifts amax slightly from a BF16 forward
-/// (about 1% on the test model, spec §12).
+/// With ``ActivationPrecision/float32`` it follows spec §11 with f32 in place of BF16 activations, which shifts
+/// amax slightly from a BF16 forward (about 1% on the test model, spec §12). With
+/// ``ActivationPrecision/bfloat16`` the arithmetic is still f32, but values are rounded to BF16 at the points where
+/// transformers' BF16 forward rounds them (every Linear output, RMSNorm output and weight product, RoPE products and
+/// sums, the attention output, SiLU and its product, residual adds), which is what modelopt calibrates with.
 public struct CPUBackend: ComputeBackend {
+    /// Where activations are rounded.
+    public enum ActivationPrecision: String, Sendable, CaseIterable {
+        case float32 = "f32"
+        case bfloat16 = "bf16"
+    }
+
     public let config: LlamaConfig
+    public let activationPrecision: ActivationPrecision
     /// RoPE `inv_freq`, shared with every other backend through LlamaModel.
     public let inverseFrequencies: [Float]
 
     /// Upper bound on the logits held at once by ``negativeLogLikelihood(_:batch:tokenIDs:head:)``, in elements.
     public let logitsChunkElements: Int
 
-    public init(config: LlamaConfig, logitsChunkElements: Int = 1 << 22) {
+    public init(config: LlamaConfig, logitsChunkElements: Int = 1 << 22, activationPrecision: ActivationPrecision = .float32) {
         self.config = config
+        self.activationPrecision = activationPrecision
         self.logitsChunkElements = logitsChunkElements
         inverseFrequencies = config.rope.inverseFrequencies(headDim: config.headDim)
     }
@@ -99,6 +110,10 @@ public struct CPUBackend: ComputeBackend {
             }
         }
 
+        if activationPrecision == .bfloat16 {
+            return forwardBFloat16(layer: layer, hidden: &hidden, batch: batch, inputTransform: inputTransform)
+        }
+
         // Attention block.
         var normed = rmsNorm(hidden.values, weight: layer.inputNorm, width: width, epsilon: epsilon)
         observeAndTransform(&normed, columns: width, group: .qkv)
@@ -165,6 +180,79 @@ public struct CPUBackend: ComputeBackend {
             start += chunk.count
         }
         return total
+    }
+
+    /// The layer with BF16 rounding points (see the type's overview). Amax is observed on the rounded inputs.
+    func forwardBFloat16(layer: LoadedLayer, hidden: inout HiddenStates, batch: SequenceBatch,
+                         inputTransform: (any LinearInputTransform)?) -> ObservedAmax {
+        let width = config.hiddenSize
+        let tokens = batch.totalTokens
+        let queryWidth = config.numAttentionHeads * config.headDim
+        let qkvWidth = queryWidth + 2 * config.numKeyValueHeads * config.headDim
+        let intermediate = config.intermediateSize
+        let epsilon = Float(config.rmsNormEps)
+        var observed = ObservedAmax.zero
+
+        func observeAndTransform(_ values: inout [Float], columns: Int, group: FusedGroup) {
+            observed[group] = maxAbsolute(values)
+            if let inputTransform {
+                values.withUnsafeMutableBufferPointer {
+                    inputTransform.transform($0, rows: tokens, columns: columns, layer: layer.index, group: group)
+                }
+            }
+        }
+
+        roundToBFloat16(&hidden.values)
+        var normed = rmsNormBFloat16(hidden.values, weight: layer.inputNorm, width: width, epsilon: epsilon)
+        observeAndTransform(&normed, columns: width, group: .qkv)
+        var qkv = matmulTransposed(normed, rows: tokens, inner: width, weight: layer.qkvWeight, outputs: qkvWidth)
+        roundToBFloat16(&qkv)
+        applyRopeBFloat16(&qkv, batch: batch, rowStride: qkvWidth)
+        var attention = causalAttention(qkv, batch: batch, rowStride: qkvWidth)
+        roundToBFloat16(&attention)
+        observeAndTransform(&attention, columns: queryWidth, group: .o)
+        var projected = matmulTransposed(attention, rows: tokens, inner: queryWidth, weight: layer.oWeight, outputs: width)
+        roundToBFloat16(&projected)
+        addRoundingToBFloat16(&hidden.values, projected)
+
+        normed = rmsNormBFloat16(hidden.values, weight: layer.postAttentionNorm, width: width, epsilon: epsilon)
+        observeAndTransform(&normed, columns: width, group: .gateUp)
+        var gateUp = matmulTransposed(normed, rows: tokens, inner: width, weight: layer.gateUpWeight, outputs: 2 * intermediate)
+        roundToBFloat16(&gateUp)
+        var activated = swiGLUBFloat16(gateUp, rows: tokens, intermediate: intermediate)
+        observeAndTransform(&activated, columns: intermediate, group: .down)
+        projected = matmulTransposed(activated, rows: tokens, inner: intermediate, weight: layer.downWeight, outputs: width)
+        roundToBFloat16(&projected)
+        addRoundingToBFloat16(&hidden.values, projected)
+        return observed
+    }
+
+    /// RoPE as transformers computes it in BF16: cos/sin rounded to BF16, each product rounded, then the sum.
+    func applyRopeBFloat16(_ qkv: inout [Float], batch: SequenceBatch, rowStride: Int) {
+        let headDim = config.headDim
+        let half = headDim / 2
+        let rotatedHeads = config.numAttentionHeads + config.numKeyValueHeads
+        var table = ropeTable(positions: batch.tokenCounts.max()!)
+        roundToBFloat16(&table.cosines)
+        roundToBFloat16(&table.sines)
+        qkv.withUnsafeMutableBufferPointer { values in
+            for sample in 0..<batch.sampleCount {
+                for (position, row) in batch.rows(ofSample: sample).enumerated() {
+                    let cosines = position * half
+                    for head in 0..<rotatedHeads {
+                        let base = row * rowStride + head * headDim
+                        for index in 0..<half {
+                            let first = values[base + index]
+                            let second = values[base + index + half]
+                            let cosine = table.cosines[cosines + index]
+                            let sine = table.sines[cosines + index]
+                            values[base + index] = bf16(bf16(first * cosine) + bf16(-second * sine))
+                            values[base + index + half] = bf16(bf16(second * cosine) + bf16(first * sine))
+                        }
+                    }
+                }
+            }
+        }
     }
 
     // MARK: - Pieces of the layer
@@ -333,4 +421,53 @@ func accumulateMatmulTransposed(_ input: [Float], rows: Int, inner: Int, weight:
                  "GEMM shapes do not match")
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outputs), Int32(inner),
                 1, input, Int32(inner), weight, Int32(inner), 1, &output, Int32(outputs))
+}
+
+// MARK: - BF16 rounding points
+
+/// Rounds to the nearest BF16 value (ties to even), kept in an f32. NaN stays NaN.
+@inline(__always)
+func bf16(_ value: Float) -> Float {
+    let u = value.bitPattern
+    if value.isNaN { return value }
+    return Float(bitPattern: (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000)
+}
+
+func roundToBFloat16(_ values: inout [Float]) {
+    values.withUnsafeMutableBufferPointer { buffer in
+        for index in buffer.indices { buffer[index] = bf16(buffer[index]) }
+    }
+}
+
+/// `a = bf16(a + b)`: a residual add in BF16.
+func addRoundingToBFloat16(_ a: inout [Float], _ b: [Float]) {
+    precondition(a.count == b.count, "residual shapes do not match")
+    for index in a.indices { a[index] = bf16(a[index] + b[index]) }
+}
+
+/// transformers' LlamaRMSNorm on BF16 input: normalize in f32, round to BF16, multiply by the weight, round again.
+public func rmsNormBFloat16(_ values: [Float], weight: [Float], width: Int, epsilon: Float) -> [Float] {
+    precondition(weight.count == width && values.count % width == 0, "RMSNorm shapes do not match")
+    var output = [Float](repeating: 0, count: values.count)
+    for row in 0..<(values.count / width) {
+        let base = row * width
+        var sumOfSquares: Float = 0
+        for index in base..<(base + width) { sumOfSquares += values[index] * values[index] }
+        let inverseRMS = 1 / (sumOfSquares / Float(width) + epsilon).squareRoot()
+        for index in 0..<width { output[base + index] = bf16(bf16(values[base + index] * inverseRMS) * weight[index]) }
+    }
+    return output
+}
+
+/// `bf16(bf16(silu(g)) · u)`: SiLU of a BF16 tensor is computed in f32 and rounded, then the product is rounded.
+public func swiGLUBFloat16(_ gateUp: [Float], rows: Int, intermediate: Int) -> [Float] {
+    var output = [Float](repeating: 0, count: rows * intermediate)
+    for row in 0..<rows {
+        let source = row * 2 * intermediate
+        for index in 0..<intermediate {
+            let gate = gateUp[source + index]
+            output[row * intermediate + index] = bf16(bf16(gate / (1 + exp(-gate))) * gateUp[source + intermediate + index])
+        }
+    }
+    return output
 }

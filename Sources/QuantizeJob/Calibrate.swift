@@ -90,13 +90,14 @@ extension QuantizeJob {
         logger.info("calibration data: \(set.summary)")
         let model = inputs.source
         let calibrator = try LayerStreamingCalibrator(
-            backend: CPUBackend(config: inputs.config), weights: inputs.source, calibrationSet: set,
+            backend: CPUBackend(config: inputs.config, activationPrecision: calibration.activationPrecision), weights: inputs.source, calibrationSet: set,
             chunkTokens: calibration.chunkTokens, activationMemoryBudget: calibration.activationMemoryBudget,
             scratchDirectory: calibration.scratchDirectory, logger: logger,
             releaseWeights: { names in for name in names { try? model.releasePages(name) } },
             progress: { [progress] in progress.calibration($0) })
         let record = CalibrationRecord(source: source, samples: set.samples.count, tokens: set.tokenTotal,
-                                       contentHash: set.contentHash, device: device.description)
+                                       contentHash: set.contentHash,
+                                       device: "\(device) (\(calibration.activationPrecision.rawValue) activations)")
         return (calibrator, record)
     }
 }

@@ -31,6 +31,8 @@ public struct CalibrationJobOptions: Sendable {
     public var chunkTokens = 4096
     /// `cpu`, `auto`, `cuda` or `cuda:N`.
     public var device = "auto"
+    /// BF16 rounding points reproduce the BF16 forward that modelopt calibrates with; f32 is the spec's alternative.
+    public var activationPrecision: CPUBackend.ActivationPrecision = .bfloat16
 
     public init() {}
 }

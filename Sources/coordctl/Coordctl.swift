@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPUBackend
 import Calibration
 import Checkpoint
 import Foundation
@@ -20,6 +21,7 @@ struct Coordctl: ParsableCommand {
 
 extension QuantizationScheme: ExpressibleByArgument {}
 extension CheckpointLayout: ExpressibleByArgument {}
+extension CPUBackend.ActivationPrecision: ExpressibleByArgument {}
 
 struct Quantize: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -86,6 +88,9 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Directory for spilled hidden states (default: the system temporary directory).")
     var scratchDir: String?
 
+    @Option(name: .long, help: "Calibration activations: bf16 (round where a BF16 forward rounds, as modelopt calibrates) or f32.")
+    var activationPrecision: CPUBackend.ActivationPrecision = .bfloat16
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: Logger.Level = .info
 
@@ -119,6 +124,7 @@ struct Quantize: ParsableCommand {
         options.calibration.device = device
         options.calibration.activationMemoryBudget = try ShardPlanner.parseSize(activationMemory)
         options.calibration.scratchDirectory = scratchDir.map { URL(fileURLWithPath: $0) }
+        options.calibration.activationPrecision = activationPrecision
         let summary = try QuantizeJob(options: options, logger: logger).run()
         print(summary.description)
     }
