@@ -94,7 +94,7 @@ final class BulkReceiver: Sendable {
 
     init(connection: PeerConnection) {
         self.connection = connection
-        self.open = NIOLoopBoundBox(nil, eventLoop: connection.channel.eventLoop)
+        self.open = NIOLoopBoundBox.makeBoxSendingValue(nil, as: UInt64?.self, eventLoop: connection.channel.eventLoop)
     }
 
     private func nextItem() async throws -> BulkItem? {

@@ -104,23 +104,28 @@ final class ConnectionHandler: ChannelDuplexHandler {
         (inboundCalls, inboundContinuation) = AsyncStream.makeStream(of: InboundCall.self)
     }
 
-    var peerName: String {
-        switch state {
-        case .authenticated(let peer), .clientAwaitingAccept(_, let peer), .serverAwaitingProof(_, let peer): peer.name
-        default: context?.channel.remoteAddress.map { "\($0)" } ?? "unknown peer"
-        }
-    }
+    /// The peer's claimed name once its greeting arrived (kept after close), else its address.
+    private var claimedPeer: NodeIdentity?
+    private var remoteAddressText = "unknown peer"
+
+    var peerName: String { claimedPeer?.name ?? remoteAddressText }
 
     // MARK: Channel events
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if let remote = context.channel.remoteAddress { logger[metadataKey: "peer.address"] = "\(remote)" }
+        if let remote = context.channel.remoteAddress {
+            logger[metadataKey: "peer.address"] = "\(remote)"
+            remoteAddressText = "\(remote)"
+        }
         if context.channel.isActive { start(context: context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if let remote = context.channel.remoteAddress { logger[metadataKey: "peer.address"] = "\(remote)" }
+        if let remote = context.channel.remoteAddress {
+            logger[metadataKey: "peer.address"] = "\(remote)"
+            remoteAddressText = "\(remote)"
+        }
         start(context: context)
         context.fireChannelActive()
     }
@@ -224,6 +229,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
             state = .serverAwaitingProof(transcript: Handshake.transcript(hello: frame.payload, challenge: challenge),
                                          peer: hello.identity)
             logger[metadataKey: "peer.name"] = "\(hello.identity.name)"
+            claimedPeer = hello.identity
             context.writeAndFlush(wrapOutboundOut(Frame(type: .challenge, correlationID: 0, payload: challenge)), promise: nil)
 
         case (.clientAwaitingChallenge(let hello), .challenge):
@@ -231,6 +237,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
             let transcript = Handshake.transcript(hello: hello, challenge: frame.payload)
             state = .clientAwaitingAccept(transcript: transcript, peer: challenge.identity)
             logger[metadataKey: "peer.name"] = "\(challenge.identity.name)"
+            claimedPeer = challenge.identity
             let mac = Handshake.proof(label: Handshake.clientLabel, transcript: transcript, key: key)
             context.writeAndFlush(wrapOutboundOut(Frame(type: .proof, correlationID: 0, payload: ByteBuffer(bytes: mac))),
                                   promise: nil)

@@ -3,6 +3,8 @@ import NIOCore
 
 /// Everything the transport throws. Descriptions name the peer or field at fault and never contain secrets.
 public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// No TCP connection could be made to `address`.
+    case connectFailed(address: String, reason: String)
     /// The connection to `peer` closed (or was closed) while the operation was pending.
     case connectionClosed(peer: String)
     /// The deadline passed before an answer arrived (or the handshake did not finish in time).
@@ -20,6 +22,7 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
 
     public var description: String {
         switch self {
+        case .connectFailed(let address, let reason): "could not connect to \(address): \(reason)"
         case .connectionClosed(let peer): "connection to \(peer) closed"
         case .timedOut: "deadline exceeded"
         case .authenticationFailed(let peer, let reason): "authentication with \(peer) failed: \(reason)"

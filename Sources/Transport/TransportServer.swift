@@ -43,11 +43,12 @@ public final class TransportServer: Sendable {
         }
         let (accepted, acceptedContinuation) = AsyncStream.makeStream(of: PeerConnection.self)
         let acceptLoop = group.next()
-        let children = NIOLoopBoundBox([ObjectIdentifier: any Channel](), eventLoop: acceptLoop)
+        let children = NIOLoopBoundBox.makeBoxSendingValue([ObjectIdentifier: any Channel](), eventLoop: acceptLoop)
         let channel = try await ServerBootstrap(group: acceptLoop, childGroup: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: largeReads)
             .childChannelInitializer { child in
                 let authPromise = child.eventLoop.makePromise(of: AuthenticatedPeer.self)
                 let childID = ObjectIdentifier(child)
