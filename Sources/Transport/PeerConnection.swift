@@ -54,6 +54,7 @@ public final class PeerConnection: Sendable {
             .connectTimeout(configuration.handshakeTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: largeReads)
+            .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try installPipeline(on: channel, side: .client, identity: identity, token: token,
@@ -166,5 +167,6 @@ func installPipeline(on channel: any Channel, side: ConnectionHandler.Side, iden
     ])
 }
 
-/// Reads grow up to 1 MiB so a bulk chunk arrives in a few reads instead of sixteen 64 KiB ones.
+/// Reads grow up to 1 MiB so a bulk chunk arrives in a few reads instead of sixteen 64 KiB ones. With one read per
+/// read event (`maxMessagesPerRead` 1), pausing reads bounds the bulk queue to its limit + 1 MiB + one chunk.
 let largeReads = AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 64 << 10, maximum: 1 << 20)

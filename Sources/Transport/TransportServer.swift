@@ -49,6 +49,7 @@ public final class TransportServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: largeReads)
+            .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelInitializer { child in
                 let authPromise = child.eventLoop.makePromise(of: AuthenticatedPeer.self)
                 let childID = ObjectIdentifier(child)

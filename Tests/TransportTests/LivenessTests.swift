@@ -10,10 +10,10 @@ struct LivenessTests {
     func heartbeatsKeepIdleConnectionAlive() async throws {
         var configuration = fastConfiguration()
         configuration.heartbeatInterval = .milliseconds(50)
-        configuration.peerDeadTimeout = .milliseconds(300)
+        configuration.peerDeadTimeout = .milliseconds(600)
         try await withServer(configuration: configuration) { server in
             let connection = try await connect(to: server, configuration: configuration)
-            try await Task.sleep(for: .milliseconds(900))  // three dead-timeouts of silence from the application
+            try await Task.sleep(for: .milliseconds(1500))  // 2.5 dead-timeouts without application traffic
             #expect(try await connection.call(type: 1, payload: ByteBuffer(string: "alive")) == ByteBuffer(string: "alive"))
             await connection.close()
         }
