@@ -165,8 +165,9 @@ final class ConnectionHandler: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let error = error as? TransportError {
             fail(with: error)
-        } else if let error = error as? ByteToMessageDecoderError {
-            fail(with: .protocolViolation(.malformedPayload(type: .hello, field: "decoder: \(error)")))
+        } else if error is ByteToMessageDecoderError {
+            logger.debug("connection closed in the middle of a frame")
+            fail(with: .connectionClosed(peer: peerName))
         } else {
             logger.debug("connection error: \(error)")
             fail(with: .connectionClosed(peer: peerName))
@@ -381,6 +382,8 @@ final class ConnectionHandler: ChannelDuplexHandler {
         context.writeAndFlush(wrapOutboundOut(Frame(type: .request, correlationID: id, payload: body)), promise: nil)
         return (id, promise.futureResult)
     }
+
+    var pendingCallCount: Int { pending.count }
 
     func cancelCall(id: UInt64) {
         guard let call = pending.removeValue(forKey: id) else { return }

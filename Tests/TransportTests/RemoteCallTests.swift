@@ -133,6 +133,28 @@ struct RemoteCallTests {
         }
     }
 
+    @Test("cancelling the calling task ends the call with CancellationError and frees its slot")
+    func cancellation() async throws {
+        let handler = ClosureHandler(onRequest: { type, payload, _ in
+            if type == 9 { try await Task.sleep(for: .seconds(10)) }
+            return payload
+        })
+        try await withServer(handler: handler) { server in
+            let connection = try await connect(to: server)
+            let call = Task { try await connection.call(type: 9, payload: ByteBuffer(string: "slow"), timeout: .seconds(10)) }
+            try await Task.sleep(for: .milliseconds(100))
+            let start = ContinuousClock.now
+            call.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await call.value }
+            #expect(ContinuousClock.now - start < .seconds(2))
+            let handler = connection.handler
+            let pendingCount = try await connection.channel.eventLoop.submit { handler.value.pendingCallCount }.get()
+            #expect(pendingCount == 0)
+            #expect(try await connection.call(type: 1, payload: ByteBuffer(string: "next")) == ByteBuffer(string: "next"))
+            await connection.close()
+        }
+    }
+
     @Test("one-way messages reach the handler; the server can call the client back on the same connection")
     func messagesAndCallsFromServer() async throws {
         let messages = Mailbox<String>()
