@@ -147,6 +147,8 @@ final class ConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Once we decided to close (violation, refusal, close()), nothing else on this connection is acted on.
+        guard closeReason == nil else { return }
         let frame = unwrapInboundIn(data)
         lastHeard = .now()
         do {
