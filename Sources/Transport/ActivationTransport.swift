@@ -1,0 +1,264 @@
+import Foundation
+import NIOCore
+
+/// Moves raw tensor bytes (hidden states) between two nodes, in chunks, with back-pressure on both ends.
+/// Free of any socket detail so an RDMA implementation can sit beside ``TCPActivationTransport``.
+///
+/// Tensors on one transport are delivered whole and in send order; concurrent `sendTensor` calls are queued.
+public protocol ActivationTransport: Sendable {
+    associatedtype Incoming: AsyncSequence & Sendable where Incoming.Element == IncomingTensor
+
+    /// Sends the tensor `id` as the bytes of `chunks`, in order. Returns when the last chunk has been handed to the
+    /// network; suspends while the receiver is behind. If `chunks` throws, the receiver sees the tensor aborted.
+    func sendTensor<Chunks: AsyncSequence>(id: UInt64, chunks: Chunks) async throws where Chunks.Element == ByteBuffer
+
+    /// The tensors arriving from the peer. A single consumer; each tensor's chunks must be consumed (or the tensor
+    /// dropped) before the next tensor is produced. Buffering is bounded: a slow consumer slows the sender.
+    var incomingTensors: Incoming { get }
+}
+
+extension ActivationTransport {
+    /// Sends an in-memory sequence of chunks.
+    public func sendTensor(id: UInt64, chunks: some Sequence<ByteBuffer> & Sendable) async throws {
+        try await sendTensor(id: id, chunks: SyncChunks(base: chunks))
+    }
+}
+
+/// Adapts a `Sequence` to `AsyncSequence` without dragging in swift-async-algorithms.
+struct SyncChunks<Base: Sequence & Sendable>: AsyncSequence, Sendable where Base.Element == ByteBuffer {
+    typealias Element = ByteBuffer
+    let base: Base
+    struct AsyncIterator: AsyncIteratorProtocol {
+        var iterator: Base.Iterator
+        mutating func next() async -> ByteBuffer? { iterator.next() }
+    }
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(iterator: base.makeIterator()) }
+}
+
+/// One arriving tensor: its id and its bytes as chunks (their boundaries are the sender's, or smaller).
+public struct IncomingTensor: Sendable {
+    public let id: UInt64
+    public let chunks: TensorChunks
+}
+
+/// The chunks of one ``IncomingTensor``. Iterating ends after the last chunk; it throws
+/// ``TransportError/remoteError(code:message:)`` if the sender aborted, or `connectionClosed` mid-tensor.
+public struct TensorChunks: AsyncSequence, Sendable {
+    public typealias Element = ByteBuffer
+    let receiver: BulkReceiver
+    let tensorID: UInt64
+    let first: ByteBuffer
+    let firstIsLast: Bool
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let chunks: TensorChunks
+        var pendingFirst: ByteBuffer?
+        var finished: Bool
+
+        public mutating func next() async throws -> ByteBuffer? {
+            if let first = pendingFirst {
+                pendingFirst = nil
+                finished = chunks.firstIsLast
+                return first
+            }
+            if finished { return nil }
+            let (bytes, isLast) = try await chunks.receiver.nextChunk(of: chunks.tensorID)
+            finished = isLast
+            return bytes
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(chunks: self, pendingFirst: first, finished: false)
+    }
+
+    /// Gathers every chunk into one buffer (for small tensors and tests).
+    public func collect(maxBytes: Int) async throws -> ByteBuffer {
+        var whole = ByteBuffer()
+        for try await var chunk in self {
+            guard whole.readableBytes + chunk.readableBytes <= maxBytes else {
+                throw TransportError.bulkTransferFailed(tensorID: tensorID, reason: "more than \(maxBytes) bytes")
+            }
+            whole.writeBuffer(&chunk)
+        }
+        return whole
+    }
+}
+
+/// Pulls bulk items off a connection's bounded queue, one consumer at a time. Tracks where the consumer is so that
+/// an undrained tensor is skipped when the next one is asked for.
+final class BulkReceiver: Sendable {
+    private let connection: PeerConnection
+    /// Id of the tensor whose chunks are still arriving, guarded by the event loop.
+    private let open: NIOLoopBoundBox<UInt64?>
+
+    init(connection: PeerConnection) {
+        self.connection = connection
+        self.open = NIOLoopBoundBox.makeBoxSendingValue(nil, as: UInt64?.self, eventLoop: connection.channel.eventLoop)
+    }
+
+    private func nextItem() async throws -> BulkItem? {
+        let handler = connection.handler
+        return try await connection.channel.eventLoop.flatSubmit { handler.value.nextBulkItem() }.get()
+    }
+
+    private func setOpen(_ id: UInt64?) async throws {
+        let open = self.open
+        try await connection.channel.eventLoop.submit { open.value = id }.get()
+    }
+
+    private func currentlyOpen() async throws -> UInt64? {
+        let open = self.open
+        return try await connection.channel.eventLoop.submit { open.value }.get()
+    }
+
+    /// Next tensor start, skipping what is left of an undrained one; `nil` when the connection is closed.
+    func nextTensor() async throws -> IncomingTensor? {
+        while let item = try await nextItem() {
+            switch item {
+            case .chunk(let id, let flags, let bytes):
+                if flags.contains(.firstChunk) {
+                    try await setOpen(flags.contains(.lastChunk) ? nil : id)
+                    return IncomingTensor(id: id, chunks: TensorChunks(receiver: self, tensorID: id, first: bytes,
+                                                                       firstIsLast: flags.contains(.lastChunk)))
+                }
+                if flags.contains(.lastChunk) { try await setOpen(nil) }  // tail of a tensor nobody drained
+            case .abort:
+                try await setOpen(nil)
+            }
+        }
+        return nil
+    }
+
+    func nextChunk(of tensorID: UInt64) async throws -> (ByteBuffer, isLast: Bool) {
+        guard try await currentlyOpen() == tensorID else {
+            throw TransportError.bulkTransferFailed(tensorID: tensorID, reason: "chunks read after a later tensor was requested")
+        }
+        guard let item = try await nextItem() else {
+            throw TransportError.connectionClosed(peer: connection.peer.name)
+        }
+        switch item {
+        case .chunk(let id, let flags, let bytes):
+            // The handler validates order, so this is the open tensor.
+            precondition(id == tensorID, "bulk order is validated by the connection handler")
+            if flags.contains(.lastChunk) { try await setOpen(nil) }
+            return (bytes, flags.contains(.lastChunk))
+        case .abort(_, let envelope):
+            try await setOpen(nil)
+            throw TransportError.remoteError(code: envelope.code, message: envelope.message)
+        }
+    }
+}
+
+/// ``ActivationTransport`` over a ``PeerConnection``: BULK_CHUNK frames whose correlation id is the tensor id.
+/// Use a connection dedicated to bulk data so that control calls never queue behind a large tensor.
+public final class TCPActivationTransport: ActivationTransport {
+    public let connection: PeerConnection
+    private let receiver: BulkReceiver
+    private let sendGate = SerialGate()
+
+    public init(connection: PeerConnection) {
+        self.connection = connection
+        self.receiver = BulkReceiver(connection: connection)
+    }
+
+    public func sendTensor<Chunks: AsyncSequence>(id: UInt64, chunks: Chunks) async throws where Chunks.Element == ByteBuffer {
+        await sendGate.acquire()
+        do {
+            try await sendUnordered(id: id, chunks: chunks)
+            await sendGate.release()
+        } catch {
+            await sendGate.release()
+            throw error
+        }
+    }
+
+    private func sendUnordered<Chunks: AsyncSequence>(id: UInt64, chunks: Chunks) async throws where Chunks.Element == ByteBuffer {
+        let configuration = connection.configuration
+        let chunkLimit = max(1, min(configuration.bulkChunkSize, configuration.frameLimits.maxBulkChunkPayload))
+        var inFlight: [EventLoopFuture<Void>] = []
+        var sentBytes = 0
+        var isFirst = true
+        // Hold one piece back so the last frame can carry the last-chunk flag.
+        var held: ByteBuffer?
+
+        func emit(_ piece: ByteBuffer, last: Bool) async throws {
+            var flags: FrameFlags = []
+            if isFirst { flags.insert(.firstChunk) }
+            if last { flags.insert(.lastChunk) }
+            isFirst = false
+            if inFlight.count >= max(1, configuration.bulkWritesInFlight) {
+                try await inFlight.removeFirst().get()
+            }
+            inFlight.append(writeChunk(Frame(type: .bulkChunk, flags: flags, correlationID: id, payload: piece)))
+        }
+
+        do {
+            for try await var chunk in chunks {
+                while chunk.readableBytes > 0 {
+                    let piece = chunk.readSlice(length: min(chunkLimit, chunk.readableBytes))!
+                    sentBytes += piece.readableBytes
+                    guard sentBytes <= configuration.maxTensorBytes else {
+                        throw TransportError.bulkTransferFailed(
+                            tensorID: id, reason: "tensor exceeds maxTensorBytes (\(configuration.maxTensorBytes))")
+                    }
+                    if let previous = held { try await emit(previous, last: false) }
+                    held = piece
+                }
+            }
+        } catch {
+            if !isFirst {  // the receiver has seen the start: tell it the tensor will not complete
+                let envelope = (error as? any RemoteErrorConvertible)?.remoteErrorEnvelope
+                    ?? RemoteErrorEnvelope(code: "aborted", message: "sender failed: \(error)")
+                _ = try? await connection.write(Frame(type: .bulkAbort, correlationID: id, payload: envelope.payload))
+            }
+            throw error
+        }
+        try await emit(held ?? ByteBuffer(), last: true)
+        for write in inFlight { try await write.get() }
+    }
+
+    private func writeChunk(_ frame: Frame) -> EventLoopFuture<Void> {
+        let handler = connection.handler
+        return connection.channel.eventLoop.flatSubmit { handler.value.write(frame) }
+    }
+
+    public var incomingTensors: IncomingTensors { IncomingTensors(receiver: receiver) }
+
+    /// Largest number of bulk payload bytes the receive queue held at once (for tests and tuning).
+    public func peakReceiveQueueBytes() async throws -> Int {
+        let handler = connection.handler
+        return try await connection.channel.eventLoop.submit { handler.value.bulkPeakQueuedBytes }.get()
+    }
+}
+
+/// The incoming tensors of a ``TCPActivationTransport``; ends when the connection closes.
+public struct IncomingTensors: AsyncSequence, Sendable {
+    public typealias Element = IncomingTensor
+    let receiver: BulkReceiver
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let receiver: BulkReceiver
+        public mutating func next() async throws -> IncomingTensor? { try await receiver.nextTensor() }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(receiver: receiver) }
+}
+
+/// Lets one sender at a time through, in arrival order.
+actor SerialGate {
+    private var busy = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func acquire() async {
+        if busy {
+            await withCheckedContinuation { waiters.append($0) }
+        } else {
+            busy = true
+        }
+    }
+
+    func release() {
+        if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+    }
+}

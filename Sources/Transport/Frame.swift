@@ -1,0 +1,161 @@
+import NIOCore
+
+/// The kind of a frame, carried in header byte 6.
+public enum FrameType: UInt8, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    // Handshake (only these are accepted before authentication completes).
+    case hello = 0x01
+    case challenge = 0x02
+    case proof = 0x03
+    case accept = 0x04
+    case reject = 0x05
+    // Request/response.
+    case request = 0x10
+    case response = 0x11
+    case errorResponse = 0x12
+    case message = 0x13
+    // Liveness.
+    case ping = 0x20
+    case pong = 0x21
+    // Bulk data path.
+    case bulkChunk = 0x30
+    case bulkAbort = 0x31
+
+    var isHandshake: Bool { rawValue < 0x10 }
+
+    public var description: String {
+        switch self {
+        case .hello: "HELLO"
+        case .challenge: "CHALLENGE"
+        case .proof: "PROOF"
+        case .accept: "ACCEPT"
+        case .reject: "REJECT"
+        case .request: "REQUEST"
+        case .response: "RESPONSE"
+        case .errorResponse: "ERROR"
+        case .message: "MESSAGE"
+        case .ping: "PING"
+        case .pong: "PONG"
+        case .bulkChunk: "BULK_CHUNK"
+        case .bulkAbort: "BULK_ABORT"
+        }
+    }
+}
+
+/// Per-frame flag bits (header byte 7). Only bulk chunks use flags in version 1.
+public struct FrameFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// First chunk of a tensor.
+    public static let firstChunk = FrameFlags(rawValue: 0x01)
+    /// Last chunk of a tensor.
+    public static let lastChunk = FrameFlags(rawValue: 0x02)
+}
+
+/// One unit on the wire: a 20-byte header and `payload`.
+public struct Frame: Sendable, Equatable {
+    /// "NVFC".
+    public static let magic: UInt32 = 0x4E56_4643
+    /// Wire-format version this build speaks.
+    public static let protocolVersion: UInt16 = 1
+    public static let headerSize = 20
+
+    public var type: FrameType
+    public var flags: FrameFlags
+    public var correlationID: UInt64
+    public var payload: ByteBuffer
+
+    public init(type: FrameType, flags: FrameFlags = [], correlationID: UInt64, payload: ByteBuffer = ByteBuffer()) {
+        self.type = type
+        self.flags = flags
+        self.correlationID = correlationID
+        self.payload = payload
+    }
+}
+
+/// Payload caps the decoder enforces from the header alone, before buffering a payload.
+public struct FrameLimits: Sendable, Hashable {
+    /// Largest payload of any non-bulk frame.
+    public var maxControlPayload: Int
+    /// Largest payload of one bulk chunk frame (a tensor is many of these).
+    public var maxBulkChunkPayload: Int
+
+    public init(maxControlPayload: Int = 16 << 20, maxBulkChunkPayload: Int = 64 << 20) {
+        self.maxControlPayload = maxControlPayload
+        self.maxBulkChunkPayload = maxBulkChunkPayload
+    }
+
+    func limit(for type: FrameType) -> Int {
+        type == .bulkChunk ? maxBulkChunkPayload : maxControlPayload
+    }
+}
+
+/// Splits a byte stream into frames. Rejects bad magic, a foreign version, an unknown type or an
+/// oversized length as soon as the header is complete, so a hostile length never causes a large allocation.
+public struct FrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = Frame
+    public let limits: FrameLimits
+
+    public init(limits: FrameLimits = FrameLimits()) { self.limits = limits }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let frame = try Self.decodeFrame(from: &buffer, limits: limits) else { return .needMoreData }
+        context.fireChannelRead(Self.wrapInboundOut(frame))
+        return .continue
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        try decode(context: context, buffer: &buffer)
+    }
+
+    /// Reads one frame if `buffer` holds a whole one; throws on a header that can never become valid.
+    static func decodeFrame(from buffer: inout ByteBuffer, limits: FrameLimits) throws -> Frame? {
+        let start = buffer.readerIndex
+        // Check magic and version as soon as their bytes arrive, so garbage is refused early.
+        if let magic = buffer.getInteger(at: start, as: UInt32.self), magic != Frame.magic {
+            throw TransportError.protocolViolation(.badMagic(found: magic))
+        }
+        if let version = buffer.getInteger(at: start + 4, as: UInt16.self), version != Frame.protocolVersion {
+            throw TransportError.protocolViolation(.unsupportedVersion(found: version, supported: Frame.protocolVersion))
+        }
+        guard buffer.readableBytes >= Frame.headerSize,
+              let rawType = buffer.getInteger(at: start + 6, as: UInt8.self),
+              let rawFlags = buffer.getInteger(at: start + 7, as: UInt8.self),
+              let correlationID = buffer.getInteger(at: start + 8, as: UInt64.self),
+              let length = buffer.getInteger(at: start + 16, as: UInt32.self)
+        else { return nil }
+        guard let type = FrameType(rawValue: rawType) else {
+            throw TransportError.protocolViolation(.unknownFrameType(rawType))
+        }
+        let limit = limits.limit(for: type)
+        guard Int(length) <= limit else {
+            throw TransportError.protocolViolation(.frameTooLarge(type: type, length: Int(length), limit: limit))
+        }
+        guard buffer.readableBytes >= Frame.headerSize + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: Frame.headerSize)
+        let payload = buffer.readSlice(length: Int(length))!
+        return Frame(type: type, flags: FrameFlags(rawValue: rawFlags), correlationID: correlationID, payload: payload)
+    }
+}
+
+/// Writes frames as header + payload.
+public struct FrameEncoder: MessageToByteEncoder {
+    public typealias OutboundIn = Frame
+    public init() {}
+
+    public func encode(data frame: Frame, out: inout ByteBuffer) throws {
+        Self.encode(frame, into: &out)
+    }
+
+    static func encode(_ frame: Frame, into out: inout ByteBuffer) {
+        out.reserveCapacity(minimumWritableBytes: Frame.headerSize + frame.payload.readableBytes)
+        out.writeInteger(Frame.magic)
+        out.writeInteger(Frame.protocolVersion)
+        out.writeInteger(frame.type.rawValue)
+        out.writeInteger(frame.flags.rawValue)
+        out.writeInteger(frame.correlationID)
+        out.writeInteger(UInt32(frame.payload.readableBytes))
+        var payload = frame.payload
+        out.writeBuffer(&payload)
+    }
+}

@@ -1,0 +1,172 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Answers the calls and messages a peer sends. Handlers run concurrently, one child task per request.
+public protocol TransportRequestHandler: Sendable {
+    /// Returns the response payload; a thrown error travels back as an ERROR frame
+    /// (``RemoteErrorConvertible`` errors choose their envelope, others become code "internal").
+    func handleRequest(type: UInt16, payload: ByteBuffer, from connection: PeerConnection) async throws -> ByteBuffer
+    /// A one-way message; nothing is sent back.
+    func handleMessage(type: UInt16, payload: ByteBuffer, from connection: PeerConnection) async
+    /// Called by ``TransportServer`` once per authenticated connection, concurrently with request serving.
+    func connectionOpened(_ connection: PeerConnection) async
+}
+
+extension TransportRequestHandler {
+    public func handleMessage(type: UInt16, payload: ByteBuffer, from connection: PeerConnection) async {}
+    public func connectionOpened(_ connection: PeerConnection) async {}
+}
+
+/// One authenticated connection to a peer, usable from both ends: either side can `call`, `send` and `serveRequests`.
+public final class PeerConnection: Sendable {
+    /// The peer's identity, proven by the handshake.
+    public let peer: NodeIdentity
+    public let remoteAddress: SocketAddress?
+    public let configuration: TransportConfiguration
+    let channel: any Channel
+    let handler: NIOLoopBound<ConnectionHandler>
+    private let inboundCalls: AsyncStream<InboundCall>
+    private let logger: Logger
+
+    init(channel: any Channel, authenticated: AuthenticatedPeer, configuration: TransportConfiguration, logger: Logger) {
+        self.channel = channel
+        self.peer = authenticated.identity
+        self.handler = authenticated.handler
+        self.inboundCalls = authenticated.inboundCalls
+        self.remoteAddress = channel.remoteAddress
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Connects, runs the handshake and returns once both sides have proven the token.
+    /// Throws ``TransportError/authenticationFailed(peer:reason:)`` when the tokens differ.
+    public static func connect(
+        host: String, port: Int, identity: NodeIdentity, token: ClusterToken?,
+        configuration: TransportConfiguration = TransportConfiguration(),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+    ) async throws -> PeerConnection {
+        try Handshake.validate(identity)
+        let eventLoop = group.next()
+        let authPromise = eventLoop.makePromise(of: AuthenticatedPeer.self)
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.handshakeTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: largeReads)
+            .channelOption(.maxMessagesPerRead, value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try installPipeline(on: channel, side: .client, identity: identity, token: token,
+                                        configuration: configuration, logger: logger, authPromise: authPromise)
+                }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: host, port: port).get()
+        } catch {
+            throw TransportError.connectFailed(address: "\(host):\(port)", reason: "\(error)")
+        }
+        do {
+            let authenticated = try await authPromise.futureResult.get()
+            return PeerConnection(channel: channel, authenticated: authenticated, configuration: configuration, logger: logger)
+        } catch {
+            channel.close(promise: nil)
+            throw error
+        }
+    }
+
+    /// Sends a request and waits for its response, its error envelope, the deadline or the connection's end.
+    public func call(type: UInt16, payload: ByteBuffer, deadline: NIODeadline) async throws -> ByteBuffer {
+        let handler = self.handler
+        let (id, response) = try await channel.eventLoop.submit {
+            handler.value.startCall(messageType: type, payload: payload, deadline: deadline)
+        }.get()
+        return try await withTaskCancellationHandler {
+            try await response.get()
+        } onCancel: {
+            channel.eventLoop.execute { handler.value.cancelCall(id: id) }
+        }
+    }
+
+    /// ``call(type:payload:deadline:)`` with a relative timeout (the configuration's default when `nil`).
+    public func call(type: UInt16, payload: ByteBuffer, timeout: TimeAmount? = nil) async throws -> ByteBuffer {
+        try await call(type: type, payload: payload, deadline: .now() + (timeout ?? configuration.defaultCallTimeout))
+    }
+
+    /// A one-way message: returns once it reached the socket; the peer sends nothing back.
+    public func send(type: UInt16, payload: ByteBuffer) async throws {
+        var body = channel.allocator.buffer(capacity: 2 + payload.readableBytes)
+        body.writeInteger(type)
+        body.writeImmutableBuffer(payload)
+        try await write(Frame(type: .message, correlationID: 0, payload: body))
+    }
+
+    func write(_ frame: Frame) async throws {
+        let handler = self.handler
+        try await channel.eventLoop.flatSubmit { handler.value.write(frame) }.get()
+    }
+
+    /// Serves the peer's requests and messages until the connection closes (or the task is cancelled).
+    /// Call it once per connection: incoming requests queue until it runs.
+    public func serveRequests(with requestHandler: some TransportRequestHandler) async {
+        await withTaskCancellationHandler {
+            await withDiscardingTaskGroup { group in
+                for await call in inboundCalls {
+                    group.addTask { await self.answer(call, with: requestHandler) }
+                }
+            }
+        } onCancel: {
+            self.channel.close(promise: nil)
+        }
+    }
+
+    private func answer(_ call: InboundCall, with requestHandler: some TransportRequestHandler) async {
+        guard let id = call.correlationID else {
+            await requestHandler.handleMessage(type: call.messageType, payload: call.payload, from: self)
+            return
+        }
+        let frame: Frame
+        do {
+            let response = try await requestHandler.handleRequest(type: call.messageType, payload: call.payload, from: self)
+            frame = Frame(type: .response, correlationID: id, payload: response)
+        } catch {
+            frame = Frame(type: .errorResponse, correlationID: id,
+                          payload: RemoteErrorEnvelope(for: error, fallbackCode: "internal").payload)
+        }
+        do {
+            try await write(frame)
+        } catch {
+            logger.debug("could not answer request \(id) from \(peer.name): \(error)")
+        }
+    }
+
+    /// Closes the connection; pending calls fail with ``TransportError/connectionClosed(peer:)``.
+    public func close() async {
+        let handler = self.handler
+        channel.eventLoop.execute { handler.value.close() }
+        try? await channel.closeFuture.get()
+    }
+
+    /// Returns when the connection has closed, for whatever reason.
+    public func waitUntilClosed() async {
+        try? await channel.closeFuture.get()
+    }
+}
+
+/// Frame codec + connection state machine; used by clients, the server and the tests (on EmbeddedChannels).
+func installPipeline(on channel: any Channel, side: ConnectionHandler.Side, identity: NodeIdentity, token: ClusterToken?,
+                     configuration: TransportConfiguration, logger: Logger,
+                     authPromise: EventLoopPromise<AuthenticatedPeer>) throws {
+    let handler = ConnectionHandler(side: side, identity: identity, token: token, configuration: configuration,
+                                    logger: logger, authPromise: authPromise)
+    try channel.pipeline.syncOperations.addHandlers([
+        ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits)),
+        MessageToByteHandler(FrameEncoder()),
+        handler,
+    ])
+}
+
+/// Reads grow up to 1 MiB so a bulk chunk arrives in a few reads instead of sixteen 64 KiB ones. With one read per
+/// read event (`maxMessagesPerRead` 1), pausing reads bounds the bulk queue to its limit + 1 MiB + one chunk.
+let largeReads = AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 64 << 10, maximum: 1 << 20)

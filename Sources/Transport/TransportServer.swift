@@ -1,0 +1,122 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Listens for peers, authenticates each one and serves it with a ``TransportRequestHandler``.
+/// A connection that fails the handshake or breaks the protocol is closed and logged; the server keeps accepting.
+public final class TransportServer: Sendable {
+    public let localAddress: SocketAddress
+    public let identity: NodeIdentity
+    private let serverChannel: any Channel
+    private let accepted: AsyncStream<PeerConnection>
+    private let children: NIOLoopBoundBox<[ObjectIdentifier: any Channel]>
+    private let logger: Logger
+
+    private init(serverChannel: any Channel, identity: NodeIdentity, accepted: AsyncStream<PeerConnection>,
+                 children: NIOLoopBoundBox<[ObjectIdentifier: any Channel]>, logger: Logger) {
+        self.serverChannel = serverChannel
+        self.localAddress = serverChannel.localAddress!
+        self.identity = identity
+        self.accepted = accepted
+        self.children = children
+        self.logger = logger
+    }
+
+    /// The bound port (useful after binding port 0).
+    public var port: Int { localAddress.port ?? 0 }
+
+    /// Binds `host:port`. Without a token only loopback addresses are allowed (and peers are not authenticated).
+    public static func bind(
+        host: String, port: Int, identity: NodeIdentity, token: ClusterToken?,
+        configuration: TransportConfiguration = TransportConfiguration(),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+    ) async throws -> TransportServer {
+        try Handshake.validate(identity)
+        let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+        if token == nil {
+            guard address.isLoopback else {
+                logger.error("refusing to listen on \(address) without a cluster token: only loopback may run unauthenticated")
+                throw TransportError.invalidConfiguration(
+                    "no cluster token: refusing to bind non-loopback address \(host); set a token or bind 127.0.0.1")
+            }
+            logger.notice("no cluster token: listening on loopback \(address) only; peers are not authenticated")
+        }
+        let (accepted, acceptedContinuation) = AsyncStream.makeStream(of: PeerConnection.self)
+        let acceptLoop = group.next()
+        let children = NIOLoopBoundBox.makeBoxSendingValue([ObjectIdentifier: any Channel](), eventLoop: acceptLoop)
+        let channel = try await ServerBootstrap(group: acceptLoop, childGroup: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: largeReads)
+            .childChannelOption(.maxMessagesPerRead, value: 1)
+            .childChannelInitializer { child in
+                let authPromise = child.eventLoop.makePromise(of: AuthenticatedPeer.self)
+                let childID = ObjectIdentifier(child)
+                acceptLoop.execute { children.value[childID] = child }
+                child.closeFuture.whenComplete { _ in acceptLoop.execute { children.value[childID] = nil } }
+                authPromise.futureResult.whenSuccess { authenticated in
+                    logger.info("peer \(authenticated.identity) authenticated from \(child.remoteAddress.map { "\($0)" } ?? "?")")
+                    acceptedContinuation.yield(PeerConnection(channel: child, authenticated: authenticated,
+                                                              configuration: configuration, logger: logger))
+                }
+                return child.eventLoop.makeCompletedFuture {
+                    try installPipeline(on: child, side: .server, identity: identity, token: token,
+                                        configuration: configuration, logger: logger, authPromise: authPromise)
+                }
+            }
+            .bind(to: address).get()
+        channel.closeFuture.whenComplete { _ in acceptedContinuation.finish() }
+        logger.info("transport server \(identity) listening on \(channel.localAddress.map { "\($0)" } ?? "?")")
+        return TransportServer(serverChannel: channel, identity: identity, accepted: accepted, children: children, logger: logger)
+    }
+
+    /// Serves every authenticated connection until ``close()`` or cancellation; then closes all connections.
+    /// Call once.
+    public func serve(with handler: some TransportRequestHandler) async {
+        await withTaskCancellationHandler {
+            await withDiscardingTaskGroup { group in
+                for await connection in accepted {
+                    group.addTask {
+                        await withDiscardingTaskGroup { perConnection in
+                            perConnection.addTask { await handler.connectionOpened(connection) }
+                            perConnection.addTask { await connection.serveRequests(with: handler) }
+                        }
+                    }
+                }
+                await closeChildren()
+            }
+        } onCancel: {
+            serverChannel.close(promise: nil)
+        }
+    }
+
+    /// Stops accepting and closes every connection; pending calls on them fail with `connectionClosed`.
+    public func close() async {
+        try? await serverChannel.close()
+        await closeChildren()
+    }
+
+    private func closeChildren() async {
+        let children = self.children
+        let open = try? await serverChannel.eventLoop.submit { Array(children.value.values) }.get()
+        for child in open ?? [] {
+            try? await child.close()
+        }
+    }
+}
+
+extension SocketAddress {
+    /// 127.0.0.0/8 or ::1 (or an IPv4-mapped 127/8).
+    var isLoopback: Bool {
+        switch self {
+        case .v4(let address):
+            return UInt32(bigEndian: address.address.sin_addr.s_addr) >> 24 == 127
+        case .v6:
+            guard let ip = ipAddress else { return false }
+            return ip == "::1" || ip.hasPrefix("::ffff:127.")
+        default:
+            return false
+        }
+    }
+}
