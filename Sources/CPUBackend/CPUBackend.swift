@@ -208,7 +208,7 @@ public struct CPUBackend: ComputeBackend {
         var qkv = matmulTransposed(normed, rows: tokens, inner: width, weight: layer.qkvWeight, outputs: qkvWidth)
         roundToBFloat16(&qkv)
         applyRopeBFloat16(&qkv, batch: batch, rowStride: qkvWidth)
-        var attention = causalAttention(qkv, batch: batch, rowStride: qkvWidth)
+        var attention = causalAttention(qkv, batch: batch, rowStride: qkvWidth, roundProbabilities: true)
         roundToBFloat16(&attention)
         observeAndTransform(&attention, columns: queryWidth, group: .o)
         var projected = matmulTransposed(attention, rows: tokens, inner: queryWidth, weight: layer.oWeight, outputs: width)
@@ -252,6 +252,41 @@ public struct CPUBackend: ComputeBackend {
                     }
                 }
             }
+        }
+    }
+
+    /// Keys per block of PyTorch's CPU flash-attention kernel.
+    static let flashKeyBlock = 512
+
+    /// Softmax weights of one query row as PyTorch's CPU flash attention forms them for BF16: keys go in blocks of
+    /// 512 with a running max; each block's exponentials (relative to the running max at that block) are rounded to
+    /// BF16, earlier blocks are rescaled in f32 when the max grows, and the f32 sum divides at the end. On return
+    /// `row[0..<count]` holds the effective weight of each key.
+    static func blockedBFloat16Softmax(_ row: UnsafeMutablePointer<Float>, count: Int) {
+        var runningMax = -Float.infinity
+        var sum: Float = 0
+        var blockMaxima: [Float] = []
+        var start = 0
+        while start < count {
+            let end = min(count, start + flashKeyBlock)
+            var blockMax = -Float.infinity
+            for key in start..<end { blockMax = max(blockMax, row[key]) }
+            let newMax = max(runningMax, blockMax)
+            var blockSum: Float = 0
+            for key in start..<end {
+                let weight = exp(row[key] - newMax)
+                blockSum += weight
+                row[key] = bf16(weight)
+            }
+            sum = (runningMax == -Float.infinity ? 0 : sum * exp(runningMax - newMax)) + blockSum
+            runningMax = newMax
+            blockMaxima.append(newMax)
+            start = end
+        }
+        let inverse = 1 / sum
+        for (block, blockMax) in blockMaxima.enumerated() {
+            let factor = exp(blockMax - runningMax) * inverse
+            for key in (block * flashKeyBlock)..<min(count, (block + 1) * flashKeyBlock) { row[key] *= factor }
         }
     }
 
@@ -300,7 +335,9 @@ public struct CPUBackend: ComputeBackend {
     }
 
     /// Causal GQA attention of each sample; returns the heads concatenated, `[tokens, heads·headDim]`.
-    func causalAttention(_ qkv: [Float], batch: SequenceBatch, rowStride: Int) -> [Float] {
+    /// With `roundProbabilities`, the unnormalized softmax weights are rounded to BF16 before they weight the values,
+    /// as PyTorch's CPU flash-attention kernel does for BF16 inputs (the sum stays f32).
+    func causalAttention(_ qkv: [Float], batch: SequenceBatch, rowStride: Int, roundProbabilities: Bool = false) -> [Float] {
         let headDim = config.headDim
         let heads = config.numAttentionHeads
         let queriesPerKeyValue = heads / config.numKeyValueHeads
@@ -335,16 +372,20 @@ public struct CPUBackend: ComputeBackend {
                                 scale, queries, Int32(rowStride), keys, Int32(rowStride), 0, scores, Int32(length))
                     for query in 0..<length {
                         let row = scores + query * length
-                        var largest = -Float.infinity
-                        for key in 0...query { largest = max(largest, row[key]) }
-                        var sum: Float = 0
-                        for key in 0...query {
-                            let weight = exp(row[key] - largest)
-                            row[key] = weight
-                            sum += weight
+                        if roundProbabilities {
+                            Self.blockedBFloat16Softmax(row, count: query + 1)
+                        } else {
+                            var largest = -Float.infinity
+                            for key in 0...query { largest = max(largest, row[key]) }
+                            var sum: Float = 0
+                            for key in 0...query {
+                                let weight = exp(row[key] - largest)
+                                row[key] = weight
+                                sum += weight
+                            }
+                            let inverse = 1 / sum
+                            for key in 0...query { row[key] *= inverse }
                         }
-                        let inverse = 1 / sum
-                        for key in 0...query { row[key] *= inverse }
                         for key in (query + 1)..<length { row[key] = 0 }
                     }
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(length), Int32(headDim), Int32(length),
