@@ -42,6 +42,8 @@ public enum PlanningError: Error, Equatable, Sendable, CustomStringConvertible {
     case missingCapacity(worker: String)
     case invalidCompletedLayers(completed: Int, layerCount: Int)
     case invalidBytesPerLayer(Int64)
+    /// The workers' memory sizes add up to more than 2^64 bytes.
+    case memoryTotalTooLarge
     /// No surviving worker can take over a dead worker's layers; `reason` says why.
     case noWorkerCanTakeRange(deadWorker: String, range: Range<Int>, reason: String)
 
@@ -71,6 +73,8 @@ public enum PlanningError: Error, Equatable, Sendable, CustomStringConvertible {
             return "no capacity given for surviving worker '\(worker)'"
         case .invalidCompletedLayers(let completed, let layerCount):
             return "completed layer count \(completed) is outside 0...\(layerCount)"
+        case .memoryTotalTooLarge:
+            return "cannot plan: the workers' memory sizes add up to more than 2^64 bytes"
         case .invalidBytesPerLayer(let bytes):
             return "bytes per layer \(bytes) must not be negative"
         case .noWorkerCanTakeRange(let dead, let range, let reason):
@@ -83,8 +87,8 @@ public enum PlanningError: Error, Equatable, Sendable, CustomStringConvertible {
 ///
 /// Proportional rule (documented, deterministic): every worker first gets one layer; the remaining
 /// `layerCount - workers` layers are shared in proportion to `memoryBytes` by largest remainder, ties going to the
-/// earlier worker. For 80 layers over 128 GB + 64 GB this gives 53 / 27. The quotas use 128-bit integers, so no
-/// floating-point rounding can make two runs disagree.
+/// earlier worker. For 80 layers over 128 GB + 64 GB this gives 53 / 27. The quotas use integer arithmetic, so no
+/// floating-point rounding can make two runs or two platforms disagree.
 public enum LayerPlanner {
     /// Plans `layerCount` layers over `workers` (in this order), or as `split` says when it is given.
     public static func plan(layerCount: Int, workers: [WorkerCapacity], split: [Int]? = nil) throws -> [LayerAssignment] {
@@ -102,10 +106,15 @@ public enum LayerPlanner {
             for (index, value) in split.enumerated() where value < 1 {
                 throw PlanningError.splitEntryNotPositive(index: index, worker: workers[index].name, value: value)
             }
-            // Sum in Int128 so absurd entries report a mismatch rather than trap on overflow.
-            let sum = split.reduce(Int128(0)) { $0 + Int128($1) }
-            guard sum == Int128(layerCount) else {
-                throw PlanningError.splitSumMismatch(sum: Int(clamping: sum), layerCount: layerCount)
+            // Absurd entries report a mismatch (sum clamped to Int.max) rather than trap on overflow.
+            var sum = 0
+            for value in split {
+                let (next, overflow) = sum.addingReportingOverflow(value)
+                sum = overflow ? Int.max : next
+                if overflow { break }
+            }
+            guard sum == layerCount else {
+                throw PlanningError.splitSumMismatch(sum: sum, layerCount: layerCount)
             }
             counts = split
         } else {
@@ -115,7 +124,10 @@ public enum LayerPlanner {
             guard layerCount >= workers.count else {
                 throw PlanningError.moreWorkersThanLayers(workers: workers.count, layers: layerCount)
             }
-            counts = proportionalCounts(total: layerCount, weights: workers.map(\.memoryBytes))
+            guard let proportional = proportionalCounts(total: layerCount, weights: workers.map(\.memoryBytes)) else {
+                throw PlanningError.memoryTotalTooLarge
+            }
+            counts = proportional
         }
         return assignments(names: workers.map(\.name), counts: counts)
     }
@@ -166,18 +178,21 @@ public enum LayerPlanner {
 
         // Candidates: the previous neighbour, then the next one.
         var refusals: [String] = []
-        var best: (index: Int, spare: Int128)?
+        var best: (index: Int, spare: Int64)?
         for neighbourIndex in [deadIndex - 1, deadIndex + 1] where plan.indices.contains(neighbourIndex) {
             let neighbour = plan[neighbourIndex]
             let becomesFirst = neighbour.embeddings || deadIndex == 0
-            let layers = Int128(neighbour.range.count) + Int128(uncompletedDeadLayers)
-            let needed = layers * Int128(bytesPerLayer) + (becomesFirst ? Int128(embeddingBytes) : 0)
-            let available = Int128(memory[neighbour.worker]!)
-            if needed <= available {
+            let layers = Int64(neighbour.range.count) + uncompletedDeadLayers
+            // Overflow means "more than any worker has".
+            let (layerBytes, overflow1) = layers.multipliedReportingOverflow(by: bytesPerLayer)
+            let (needed, overflow2) = layerBytes.addingReportingOverflow(becomesFirst ? embeddingBytes : 0)
+            let available = memory[neighbour.worker]!
+            if !overflow1, !overflow2, needed <= available {
                 let spare = available - needed
                 if best == nil || spare > best!.spare { best = (neighbourIndex, spare) }
             } else {
-                refusals.append("'\(neighbour.worker)' would need \(needed) bytes for \(layers) layers"
+                let neededText = overflow1 || overflow2 ? "more than 2^63" : "\(needed)"
+                refusals.append("'\(neighbour.worker)' would need \(neededText) bytes for \(layers) layers"
                                 + (becomesFirst ? " and the embeddings" : "") + " but has \(available)")
             }
         }
@@ -227,13 +242,26 @@ public enum LayerPlanner {
     }
 
     /// One layer each, then the rest by largest remainder over `weights` (all positive, `total >= weights.count`).
-    static func proportionalCounts(total: Int, weights: [Int64]) -> [Int] {
-        let rest = Int128(total - weights.count)
-        let weightSum = weights.reduce(Int128(0)) { $0 + Int128($1) }
-        var counts = weights.map { 1 + Int(rest * Int128($0) / weightSum) }
-        let remainders = weights.map { rest * Int128($0) % weightSum }
+    /// Integer arithmetic (full-width products), so every platform rounds alike. Nil when the weights' sum overflows.
+    static func proportionalCounts(total: Int, weights: [Int64]) -> [Int]? {
+        var weightSum: UInt64 = 0
+        for weight in weights {
+            let (next, overflow) = weightSum.addingReportingOverflow(UInt64(weight))
+            if overflow { return nil }
+            weightSum = next
+        }
+        let rest = UInt64(total - weights.count)
+        var counts: [Int] = []
+        var remainders: [UInt64] = []
+        for weight in weights {
+            // rest × weight / weightSum; the quotient is at most `rest`, so it fits.
+            let product = rest.multipliedFullWidth(by: UInt64(weight))
+            let (quotient, remainder) = weightSum.dividingFullWidth(product)
+            counts.append(1 + Int(quotient))
+            remainders.append(remainder)
+        }
         let leftover = total - counts.reduce(0, +)
-        // Largest remainder first; the stable order breaks ties towards the earlier worker.
+        // Largest remainder first; ties go to the earlier worker.
         let order = remainders.indices.sorted { remainders[$0] != remainders[$1] ? remainders[$0] > remainders[$1] : $0 < $1 }
         for index in order.prefix(leftover) { counts[index] += 1 }
         return counts
