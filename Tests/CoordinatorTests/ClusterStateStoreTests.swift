@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Testing
 @testable import Coordinator
 
@@ -154,8 +155,9 @@ struct ClusterStateStoreTests {
         #expect(try store.activationAmax(jobID: id) == [q: 2.5, o: 0.5])
         #expect(try store.layerProgress(jobID: id).map(\.samplesDone) == [7])
 
-        // A retry that reports a different value merges by max; it still counts the chunk's samples once.
-        #expect(try store.recordChunkAmax(jobID: id, layer: 0, chunk: 0, sampleCount: 4, amax: [q: 1.0, o: 0.75])
+        // A retry that reports different values merges by max (q's lower 2.0 does not replace 2.5); it still
+        // counts the chunk's samples once.
+        #expect(try store.recordChunkAmax(jobID: id, layer: 0, chunk: 1, sampleCount: 3, amax: [q: 2.0, o: 0.75])
                 == .recorded)
         #expect(try store.activationAmax(jobID: id) == [q: 2.5, o: 0.75])
         #expect(try store.layerProgress(jobID: id).map(\.samplesDone) == [7])
@@ -372,6 +374,21 @@ struct ClusterStateStoreTests {
         }
         #expect(reportedPath == path)
         #expect(error!.description.contains(path))
+        #expect(error!.description.contains("file is not a database"))
+    }
+
+    @Test func theStateFileIsAWALSQLiteDatabaseWithTheSchema() throws {
+        let directory = try TemporaryStateDirectory()
+        let store = try open(directory)
+        _ = try calibratingJob(store)
+        let reader = try DatabaseQueue(path: store.path)
+        let (mode, tables) = try reader.read { db in
+            (try String.fetchOne(db, sql: "PRAGMA journal_mode"),
+             try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"))
+        }
+        #expect(mode == "wal")
+        #expect(Set(tables).isSuperset(of: ["job", "worker", "planEntry", "layerProgress", "layerChunk", "chunkAmax",
+                                            "activationScale"]))
     }
 
     @Test func aStateDirectoryThatIsAFileIsRefused() throws {
