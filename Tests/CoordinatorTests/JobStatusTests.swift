@@ -1,0 +1,67 @@
+import Foundation
+import Testing
+@testable import Coordinator
+
+@Suite("JobStatus")
+struct JobStatusTests {
+    @Test func statusJSONHasTheStableSchemaWithNulls() throws {
+        let directory = try TemporaryStateDirectory()
+        let store = try ClusterStateStore(stateDirectory: directory.path, now: { Date(timeIntervalSince1970: 1_800_000_000) })
+        try store.createJob(modelPath: "/models/llama", outputPath: "/out/llama-nvfp4", options: ["scheme": "w4a4"],
+                            configHash: "cafe", id: "job-1")
+        try store.registerWorker(WorkerRegistration(name: "a", address: "h:1", device: "H200", memoryBytes: 2,
+                                                    freeDiskBytes: 1, softwareVersion: "1"))
+        try store.registerWorker(WorkerRegistration(name: "b", address: "h:2", device: "H100", memoryBytes: 1,
+                                                    freeDiskBytes: 1, softwareVersion: "1"))
+        try store.savePlan(jobID: "job-1", plan: try LayerPlanner.plan(layerCount: 5, workers: [
+            WorkerCapacity(name: "a", memoryBytes: 2), WorkerCapacity(name: "b", memoryBytes: 1)]))
+        try store.updateJobState(jobID: "job-1", to: .loading)
+        try store.updateJobState(jobID: "job-1", to: .calibrating)
+        for chunk in 0 ..< 2 {
+            try store.recordChunkAmax(jobID: "job-1", layer: 2, chunk: chunk, sampleCount: 3, amax: ["m": 1])
+        }
+        try store.recordChunkAmax(jobID: "job-1", layer: 4, chunk: 0, sampleCount: 3, amax: ["n": 1])
+
+        let status = try store.status(jobID: "job-1", tokensPerSecond: 1500.5, etaSeconds: nil, outputBytes: nil)
+        let object = try #require(try JSONSerialization.jsonObject(with: status.jsonData()) as? [String: Any])
+        #expect(Set(object.keys) == ["schema_version", "state", "job_id", "phase", "model", "output", "workers",
+                                     "samples_through", "tokens_per_second", "eta_seconds", "output_bytes",
+                                     "failure_reason", "created_at", "updated_at"])
+        #expect(object["schema_version"] as? Int == 1)
+        #expect(object["state"] as? String == "running")
+        #expect(object["phase"] as? String == "calibrating")
+        #expect(object["job_id"] as? String == "job-1")
+        #expect(object["model"] as? String == "/models/llama")
+        #expect(object["output"] as? String == "/out/llama-nvfp4")
+        #expect(object["tokens_per_second"] as? Double == 1500.5)
+        #expect(object["eta_seconds"] is NSNull && object["output_bytes"] is NSNull && object["failure_reason"] is NSNull)
+        #expect(object["created_at"] as? String == "2027-01-15T08:00:00Z")
+        // 5 layers over memory 2:1 → 0..<3 and 3..<5.
+        #expect(object["samples_through"] as? [String: Int] == ["0-2": 6, "3-4": 3])
+        let workers = try #require(object["workers"] as? [[String: Any]])
+        #expect(workers.map { $0["name"] as? String } == ["a", "b"])
+        #expect(workers.map { $0["range"] as? String } == ["0-2", "3-4"])
+        #expect(workers.map { $0["device"] as? String } == ["H200", "H100"])
+        #expect(workers.map { $0["health"] as? String } == ["alive", "alive"])
+        #expect(workers.map { $0["embeddings"] as? Bool } == [true, false])
+
+        #expect(try JSONDecoder().decode(JobStatus.self, from: status.jsonData()) == status)
+    }
+
+    @Test func coarseStateFollowsThePhase() throws {
+        #expect(JobStatus.State(.queued) == .queued)
+        for phase in [JobState.loading, .calibrating, .exporting, .merging] { #expect(JobStatus.State(phase) == .running) }
+        #expect(JobStatus.State(.succeeded) == .succeeded)
+        #expect(JobStatus.State(.failed) == .failed)
+        #expect(JobStatus.State(.cancelled) == .cancelled)
+
+        let directory = try TemporaryStateDirectory()
+        let store = try ClusterStateStore(stateDirectory: directory.path)
+        try store.createJob(modelPath: "/m", outputPath: "/o", options: ["a": 1], configHash: "h", id: "x")
+        try store.updateJobState(jobID: "x", to: .failed, reason: "no worker can take layers 30..<60")
+        let status = try #require(try store.statuses().first)
+        #expect(status.state == .failed && status.phase == .failed)
+        #expect(status.failureReason == "no worker can take layers 30..<60")
+        #expect(status.workers.isEmpty && status.samplesThrough.isEmpty)
+    }
+}
