@@ -61,7 +61,8 @@ let package = Package(
         .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel", "ComputeBackend",
                                                               "CPUBackend", "SafeTensors"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "ComputeBackend", "CPUBackend", "LlamaModel",
-                                                             "SafeTensors", "NVFP4", "Checkpoint"]),
+                                                             "SafeTensors", "NVFP4", "Checkpoint", "QuantizeJob",
+                                                             .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
             "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel",

@@ -151,7 +151,10 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
         return value
     }
 
-    /// A stored global scale converted to the scale itself: compressed-tensors stores `f32(1/S)`.
+    /// A stored global scale converted to the scale itself. compressed-tensors stores `f32(1/S)`, which is
+    /// read back as `f32(1/stored)`: the reciprocal does not always round-trip, and where two f32 values of
+    /// `S` share one stored reciprocal the original cannot be told apart, so `S` may differ from the value the
+    /// quantizer used by one ulp (modelopt stores `S` itself and is exact).
     func scale(_ role: LinearTensorLayout.Role, of linear: LinearSpec) throws -> Float {
         let stored = try scalar(role, of: linear)
         return layout == .compressedTensors ? 1 / stored : stored
