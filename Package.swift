@@ -43,7 +43,7 @@ let package = Package(
                                                       "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation",
                                                       .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "coordctl", dependencies: [
-            "QuantizeJob", "Checkpoint", "LlamaModel",
+            "QuantizeJob", "Checkpoint", "LlamaModel", "Evaluation", "Calibration", "Tokenizer", "CPUBackend", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
