@@ -143,6 +143,23 @@ func bits(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         }
     }
 
+    @Test func readsShardedCheckpoint() throws {
+        try withTemporaryDirectory { directory in
+            let sharded = directory.appendingPathComponent("sharded")
+            let single = directory.appendingPathComponent("single")
+            let summary = try writeTinyCheckpoint(to: sharded, layout: .modelopt, maxShardSize: 150_000)
+            try writeTinyCheckpoint(to: single, layout: .modelopt)
+            #expect(summary.shards > 1)
+            let config = try Fixtures.tinyConfig()
+            let fromShards = try QuantizedCheckpoint(directory: sharded, originalConfig: config)
+            let fromSingle = try QuantizedCheckpoint(directory: single, originalConfig: config)
+            for linear in config.allLinears {
+                #expect(try fromShards.nvfp4Weight(linear) == (try fromSingle.nvfp4Weight(linear)))
+                #expect(try fromShards.inputScale(linear) == (try fromSingle.inputScale(linear)))
+            }
+        }
+    }
+
     /// The reference exports of modelopt and llm-compressor (Tests/Fixtures) open too.
     @Test func readsReferenceExports() throws {
         let config = try Fixtures.tinyConfig()

@@ -68,12 +68,13 @@ final class FixtureCalibrator: ActivationCalibrator {
 
 /// Quantizes the tiny model into `output` with QuantizeJob (W4A4 takes the fixture amax values).
 @discardableResult
-func writeTinyCheckpoint(to output: URL, layout: CheckpointLayout, scheme: QuantizationScheme = .nvfp4) throws
-    -> QuantizeSummary
+func writeTinyCheckpoint(to output: URL, layout: CheckpointLayout, scheme: QuantizationScheme = .nvfp4,
+                         maxShardSize: Int? = nil) throws -> QuantizeSummary
 {
     var options = QuantizeOptions(modelDirectory: Fixtures.tinyLlama, outputDirectory: output)
     options.layout = layout
     options.scheme = scheme
+    if let maxShardSize { options.maxShardSize = maxShardSize }
     options.jobID = "test"
     let logger = quietLogger()
     let job = QuantizeJob(options: options, logger: logger, progress: ProgressReporter(logger: logger, interactive: false))
