@@ -40,7 +40,7 @@ public enum QualityVerdict: String, Sendable, Equatable, CaseIterable {
 }
 
 /// The result of ``PerplexityEvaluator``: perplexity of the original and of the emulated quantized model.
-public struct QualityReport: Sendable, Equatable {
+public struct QualityReport: Sendable, Equatable, CustomStringConvertible {
     /// Evaluation samples (each its own sequence).
     public let samples: Int
     /// Tokens of all samples together.
@@ -90,5 +90,6 @@ public struct QualityReport: Sendable, Equatable {
             + "degraded otherwise)"
     }
 
+    /// The summary and the verdict line, as `coordctl eval` prints them.
     public var description: String { summary + "\n" + verdictLine }
 }

@@ -182,7 +182,9 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
     /// The dequantized f32 weight `[out, in]`: `value(q) · sf · S2` (spec §3).
     public func dequantizedWeight(_ linear: LinearSpec) throws -> [Float] {
         let weight = try nvfp4Weight(linear)
+        // The mapped pages are not needed again; dropping them keeps resident memory at about one Linear.
         try? model.releasePages(tensorLayout.tensorName(.packedWeight, of: linear))
+        try? model.releasePages(tensorLayout.tensorName(.blockScales, of: linear))
         return NVFP4Quantizer.dequantize(weight)
     }
 
