@@ -13,6 +13,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // Pure numerics: codecs and the block quantizer. No I/O.
@@ -42,6 +44,14 @@ let package = Package(
         .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
                                                       "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation",
                                                       .product(name: "Logging", package: "swift-log")]),
+        // Length-prefixed TCP framing, authenticated handshake and the bulk activation data path (SwiftNIO).
+        // Knows nothing of Llama.
+        .target(name: "Transport", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "coordctl", dependencies: [
             "QuantizeJob", "Checkpoint", "LlamaModel", "Evaluation", "Calibration", "Tokenizer", "CPUBackend", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -53,6 +63,13 @@ let package = Package(
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 
+        .testTarget(name: "TransportTests", dependencies: [
+            "Transport",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOTestUtils", package: "swift-nio"),
+        ]),
         .testTarget(name: "NVFP4Tests", dependencies: ["NVFP4", "SafeTensors"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "LlamaModelTests", dependencies: ["LlamaModel", "SafeTensors"]),
@@ -65,7 +82,7 @@ let package = Package(
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel",
+            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

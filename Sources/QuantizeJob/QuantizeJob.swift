@@ -178,17 +178,18 @@ public final class QuantizeJob {
             try source.releasePages(name)
         }
 
-        try copyVerbatim(LlamaConfig.embedTokensName)
-        var bytesDone = 0
-        for layer in 0..<config.numHiddenLayers {
+        /// Quantizes and writes one layer. Weight quantization does not depend on calibration, only the
+        /// activation scalars do, so layer L is exported while calibration runs layer L+1.
+        func export(layer: Int, activationAmax: [FusedGroup: Float]?) throws -> (amax: [String: Float], bytes: Int) {
             for norm in config.layerNorms(layer: layer) { try copyVerbatim(norm.name) }
-            let activationAmax = try calibrator?.activationAmax(layer: layer)
             let linears = config.linears(layer: layer)
             var sharedScale: [FusedGroup: Float] = [:]
             for group in FusedGroup.allCases {
                 let members = linears.filter { $0.kind.group == group }
                 sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { inputs.weightAmax[$0.weightName]! })
             }
+            var recorded: [String: Float] = [:]
+            var bytes = 0
             for linear in linears {
                 var inputScale: Float?
                 if options.scheme.quantizesActivations {
@@ -198,17 +199,37 @@ public final class QuantizeJob {
                                                + "every Linear must be exercised by the calibration samples")
                     }
                     inputScale = FusedScales.inputScale(activationAmax: amax)
-                    summary.activationAmax[linear.name] = amax
+                    recorded[linear.name] = amax
                 }
                 let weight = try quantize(source: source, linear: linear, weightScale2: sharedScale[linear.kind.group]!)
                 try source.releasePages(linear.weightName)
-                for (name, bytes) in try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale)) {
-                    try writer.write(name, data: bytes)
+                for (name, data) in try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale)) {
+                    try writer.write(name, data: data)
                 }
-                bytesDone += try source.info(linear.weightName).byteCount
-                summary.quantizedLinears += 1
+                bytes += try source.info(linear.weightName).byteCount
             }
-            progress.layerDone(layer: layer, bytesDone: bytesDone)
+            return (recorded, bytes)
+        }
+
+        try copyVerbatim(LlamaConfig.embedTokensName)
+        let exportStage = PipelineStage<(amax: [String: Float], bytes: Int)>(label: "nvfp4.export")
+        var bytesDone = 0
+        for layer in 0..<config.numHiddenLayers {
+            let activationAmax = try calibrator?.activationAmax(layer: layer)
+            // At most one layer is in flight: wait for layer L-1 before handing over layer L.
+            if let finished = try exportStage.waitForResult() {
+                summary.activationAmax.merge(finished.amax) { a, _ in a }
+                bytesDone += finished.bytes
+                summary.quantizedLinears += 7
+                progress.layerDone(layer: layer - 1, bytesDone: bytesDone)
+            }
+            exportStage.submit { try export(layer: layer, activationAmax: activationAmax) }
+        }
+        if let finished = try exportStage.waitForResult() {
+            summary.activationAmax.merge(finished.amax) { a, _ in a }
+            bytesDone += finished.bytes
+            summary.quantizedLinears += 7
+            progress.layerDone(layer: config.numHiddenLayers - 1, bytesDone: bytesDone)
         }
         try copyVerbatim(LlamaConfig.finalNormName)
         if !config.tieWordEmbeddings { try copyVerbatim(LlamaConfig.lmHeadName) }
@@ -261,4 +282,36 @@ func withBF16<R>(_ bytes: UnsafeRawBufferPointer, _ body: (UnsafeBufferPointer<U
         count = bytes.count / 2
     }
     return try copy.withUnsafeBufferPointer(body)
+}
+
+/// A one-slot background stage: `submit` starts work on a serial queue, `waitForResult` blocks until it is done
+/// and rethrows its error. Used to overlap a layer's export with the next layer's calibration.
+final class PipelineStage<Result>: @unchecked Sendable {
+    private let queue: DispatchQueue
+    private let group = DispatchGroup()
+    private var outcome: Swift.Result<Result, Error>?
+
+    init(label: String) { queue = DispatchQueue(label: label) }
+
+    /// The work touches state owned by the caller, which does not use it until `waitForResult` returns.
+    func submit(_ work: @escaping () throws -> Result) {
+        let box = UncheckedSendableBox(work)
+        group.enter()
+        queue.async {
+            self.outcome = Swift.Result { try box.value() }
+            self.group.leave()
+        }
+    }
+
+    /// The result of the last submitted work, or nil when nothing was submitted since the last call.
+    func waitForResult() throws -> Result? {
+        group.wait()
+        defer { outcome = nil }
+        return try outcome?.get()
+    }
+}
+
+struct UncheckedSendableBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }

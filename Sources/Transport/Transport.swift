@@ -1,0 +1,1 @@
+// Module Transport: implementation in progress.
