@@ -15,6 +15,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
     ],
     targets: [
         // Pure numerics: codecs and the block quantizer. No I/O.
@@ -52,17 +53,27 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
+        .target(name: "Coordinator", dependencies: [
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "coordctl", dependencies: [
-            "QuantizeJob", "Checkpoint", "LlamaModel", "Evaluation", "Calibration", "Tokenizer", "CPUBackend", "SafeTensors",
+            "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "NVFP4Benchmarks", dependencies: ["NVFP4", "SafeTensors"],
                           path: "Benchmarks/NVFP4Benchmarks"),
 
+        .executableTarget(name: "CalibrationBenchmarks",
+                          dependencies: ["Calibration", "CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors",
+                                         "Tokenizer", "COpenBLAS", .product(name: "Logging", package: "swift-log")],
+                          path: "Benchmarks/CalibrationBenchmarks"),
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 
+        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -78,7 +89,7 @@ let package = Package(
         .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel", "ComputeBackend",
                                                               "CPUBackend", "SafeTensors"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "ComputeBackend", "CPUBackend", "LlamaModel",
-                                                             "SafeTensors", "NVFP4", "Checkpoint", "QuantizeJob",
+                                                             "SafeTensors", "NVFP4", "Checkpoint", "QuantizeJob", "Calibration",
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [

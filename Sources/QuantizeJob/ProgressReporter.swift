@@ -1,3 +1,4 @@
+import Calibration
 import Foundation
 import Logging
 
@@ -30,12 +31,24 @@ public final class ProgressReporter: @unchecked Sendable {
             let elapsed = max(Date().timeIntervalSince(started), 1e-6)
             let rate = Double(bytesDone) / elapsed
             let remaining = rate > 0 ? Double(totalBytes - bytesDone) / rate : 0
-            return String(format: "layer %d/%d  %.2f GB/s  ETA %@", layer + 1, totalLayers, rate / 1e9,
-                          Self.duration(remaining))
+            return String(format: "exported layer %d/%d  %.1f MB/s of weights  ETA %@", layer + 1, totalLayers,
+                          rate / 1e6, Self.duration(remaining))
         }
         if interactive {
             FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
         } else {
+            logger.info("\(line)")
+        }
+    }
+
+    /// Calibration progress: layer, samples through it, tokens/s and ETA.
+    public func calibration(_ update: CalibrationProgress) {
+        let eta = update.estimatedSecondsRemaining.map { Self.duration($0) } ?? "?"
+        let line = String(format: "calibrating layer %d/%d  samples %d/%d  %.0f tokens/s  ETA %@", update.layer + 1,
+                          update.layerCount, update.samplesDone, update.sampleCount, update.tokensPerSecond, eta)
+        if interactive {
+            FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+        } else if update.samplesDone == update.sampleCount {
             logger.info("\(line)")
         }
     }

@@ -3,17 +3,36 @@
 /// One whole quantization job on one machine: check the input, plan the output, stream every decoder layer
 /// through the NVFP4 quantizer (and, for W4A4, through calibration), write, verify, and rename the output
 /// into place. `coordctl quantize` is a thin shell around ``QuantizeJob``.
+import CPUBackend
+import Calibration
 import Checkpoint
+import ComputeBackend
 import Foundation
 import LlamaModel
 import Logging
 import NVFP4
 import SafeTensors
+import Tokenizer
 
-/// Supplies each layer's activation amax values for W4A4: max |x| of every observed Linear input over all
-/// calibration samples. Layers are asked for in order, 0 first.
-public protocol ActivationCalibrator: AnyObject {
-    func activationAmax(layer: Int) throws -> [FusedGroup: Float]
+/// The tool's version, recorded in `calibration.json`.
+public enum NVFP4ClusterVersion {
+    public static let current = "0.1.0"
+}
+
+/// How W4A4 calibration data is chosen and run.
+public struct CalibrationJobOptions: Sendable {
+    /// A .jsonl, .txt/.md file or directory; nil for the bundled default set.
+    public var dataPath: String?
+    public var selection = CalibrationOptions()
+    /// Bytes of f32 hidden states kept in memory before spilling to `scratchDirectory`.
+    public var activationMemoryBudget = 8 << 30
+    public var scratchDirectory: URL?
+    /// Most tokens batched into one forward pass.
+    public var chunkTokens = 4096
+    /// `cpu`, `auto`, `cuda` or `cuda:N`.
+    public var device = "auto"
+
+    public init() {}
 }
 
 public struct QuantizeOptions: Sendable {
@@ -26,6 +45,7 @@ public struct QuantizeOptions: Sendable {
     public var omitScaleDTypeKeys = false
     /// Names the `OUTPUT.partial-<id>` directory.
     public var jobID: String = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+    public var calibration = CalibrationJobOptions()
 
     public init(modelDirectory: URL, outputDirectory: URL) {
         self.modelDirectory = modelDirectory
@@ -136,20 +156,26 @@ public final class QuantizeJob {
         }
     }
 
-    /// Runs the job. For W4A4 a calibrator must be given; weight-only jobs take none.
-    public func run(calibrator: ActivationCalibrator? = nil) throws -> QuantizeSummary {
+    /// Runs the job. For W4A4 the job calibrates on `options.calibration` unless a calibrator is given (tests
+    /// pass fixed amax values that way); weight-only jobs use none.
+    public func run(calibrator givenCalibrator: ActivationCalibrator? = nil) throws -> QuantizeSummary {
         let start = Date()
-        if options.scheme.quantizesActivations && calibrator == nil {
-            throw QuantizeJobError("--scheme nvfp4 needs activation calibration, which this build does not support yet; "
-                                   + "use --scheme nvfp4a16 for a weight-only checkpoint")
-        }
         logger.info("checking input", metadata: ["model": "\(options.modelDirectory.path)"])
         let inputs = try checkInputs()
         let config = inputs.config
+        var calibrator = givenCalibrator
+        var calibrationRecord: CalibrationRecord?
+        if options.scheme.quantizesActivations && calibrator == nil {
+            let (made, record) = try makeCalibrator(inputs: inputs)
+            calibrator = made
+            calibrationRecord = record
+        }
+        defer { (calibrator as? Finishable)?.finish() }
         let output = try OutputDirectory(final: options.outputDirectory, jobID: options.jobID, force: options.force)
         try output.create()
         do {
-            var summary = try write(inputs: inputs, into: output.partial, calibrator: calibrator)
+            var summary = try write(inputs: inputs, into: output.partial, calibrator: calibrator,
+                                    calibrationRecord: calibrationRecord)
             try output.commit()
             summary.seconds = Date().timeIntervalSince(start)
             summary.layers = config.numHiddenLayers
@@ -160,7 +186,8 @@ public final class QuantizeJob {
         }
     }
 
-    func write(inputs: Inputs, into directory: URL, calibrator: ActivationCalibrator?) throws -> QuantizeSummary {
+    func write(inputs: Inputs, into directory: URL, calibrator: ActivationCalibrator?,
+               calibrationRecord: CalibrationRecord?) throws -> QuantizeSummary {
         let config = inputs.config, source = inputs.source
         let layout = LinearTensorLayout(layout: options.layout, scheme: options.scheme)
         var sourceDTypes: [String: SafeTensorsDType] = [:]
@@ -238,6 +265,12 @@ public final class QuantizeJob {
         _ = try writeModelFiles(sourceDirectory: options.modelDirectory, outputDirectory: directory,
                                 configWriter: QuantizationConfigWriter(layout: options.layout, scheme: options.scheme,
                                                                        omitScaleDTypeKeys: options.omitScaleDTypeKeys))
+        if options.scheme.quantizesActivations {
+            var record = calibrationRecord ?? CalibrationRecord(source: "provided by the caller", samples: 0, tokens: 0,
+                                                                  contentHash: "", device: "n/a")
+            record.activationAmax = summary.activationAmax
+            try record.write(to: directory.appendingPathComponent("calibration.json"), scheme: options.scheme)
+        }
         logger.info("verifying the written checkpoint")
         let report = try CheckpointVerifier(config: config, layout: layout, source: source).verify(directory: directory)
         logger.info("verified", metadata: ["files": "\(report.files)", "tensors": "\(report.tensors)",

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Calibration
 import Checkpoint
 import Foundation
 import Logging
@@ -79,6 +80,12 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Compute device for calibration: cpu, cuda, cuda:N or auto.")
     var device: String = "auto"
 
+    @Option(name: .long, help: "Memory for calibration hidden states (e.g. 8GB); beyond it they spill to --scratch-dir.")
+    var activationMemory: String = "8GB"
+
+    @Option(name: .long, help: "Directory for spilled hidden states (default: the system temporary directory).")
+    var scratchDir: String?
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: Logger.Level = .info
 
@@ -106,6 +113,12 @@ struct Quantize: ParsableCommand {
         options.force = force
         options.omitScaleDTypeKeys = omitScaleDtypeKeys
         options.maxShardSize = try ShardPlanner.parseSize(maxShardSize)
+        options.calibration.dataPath = calib
+        options.calibration.selection = CalibrationOptions(samples: samples, minTokens: minTokens, maxTokens: maxTokens,
+                                                           seed: seed)
+        options.calibration.device = device
+        options.calibration.activationMemoryBudget = try ShardPlanner.parseSize(activationMemory)
+        options.calibration.scratchDirectory = scratchDir.map { URL(fileURLWithPath: $0) }
         let summary = try QuantizeJob(options: options, logger: logger).run()
         print(summary.description)
     }

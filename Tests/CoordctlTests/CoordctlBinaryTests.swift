@@ -131,11 +131,25 @@ enum Coordctl {
         }
     }
 
-    @Test func w4a4IsNotYetSupported() throws {
+    @Test func w4a4CalibratesByDefault() throws {
         try withTemporaryDirectory("coordctl-bin") { parent throws in
-            // nvfp4 is the default scheme, so a plain invocation is refused until calibration is wired in.
-            try expectRefusal(["quantize", "--model", Fixtures.tinyLlama.path, "--output", parent.appendingPathComponent("OUT").path],
-                              mentions: ["--scheme nvfp4", "not support", "nvfp4a16"], in: parent)
+            // nvfp4 is the default scheme: calibration runs on the given samples and calibration.json is written.
+            let output = parent.appendingPathComponent("OUT")
+            let result = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output", output.path,
+                                           "--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path,
+                                           "--min-tokens", "1", "--device", "cpu"], in: parent)
+            #expect(result.status == 0, "stderr: \(result.stderr)")
+            let record = try JSONSerialization.jsonObject(with: Data(contentsOf: output.appendingPathComponent("calibration.json"))) as? [String: Any]
+            #expect(record?["samples"] as? Int == 8)
+            #expect((record?["activation_amax"] as? [String: Any])?.count == 14)
+        }
+    }
+
+    @Test func explicitCudaWithoutAGPUFailsAtOnce() throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            try expectRefusal(["quantize", "--model", Fixtures.tinyLlama.path, "--output", parent.appendingPathComponent("OUT").path,
+                               "--device", "cuda"],
+                              mentions: ["--device cuda"], in: parent)
             #expect(try entries(of: parent, prefix: "OUT") == [])
         }
     }

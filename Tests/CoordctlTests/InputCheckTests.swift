@@ -330,14 +330,32 @@ import Testing
         }
     }
 
-    @Test func w4a4WithoutCalibratorIsRefusedAsNotYetSupported() throws {
+    @Test func w4a4CalibratesTheFixtureModelLikeTheReferenceForward() throws {
         try withTemporaryDirectory("coordctl-input") { parent throws in
             let output = parent.appendingPathComponent("OUT")
-            let thrown = expectFailure { _ = try makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4).run() }
-            #expect(thrown is QuantizeJobError)
-            #expect(text(thrown).contains("--scheme nvfp4"))
-            #expect(text(thrown).contains("not support"))
-            #expect(text(thrown).contains("nvfp4a16"))
+            let job = makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4) { options in
+                options.calibration.dataPath = Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path
+                options.calibration.selection.minTokens = 1
+                options.calibration.device = "cpu"
+            }
+            let summary = try job.run()
+            let reference = try Fixtures.referenceAmax()
+            #expect(summary.activationAmax.count == 14)
+            for (module, amax) in summary.activationAmax {
+                let expected = try #require(reference[module])
+                #expect(abs(Double(amax) - expected) <= expected * 1e-4, "\(module)")
+            }
+        }
+    }
+
+    @Test func calibrationWithNoSampleLongEnoughFailsBeforeWriting() throws {
+        try withTemporaryDirectory("coordctl-input") { parent throws in
+            let output = parent.appendingPathComponent("OUT")
+            let job = makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4) { options in
+                options.calibration.dataPath = Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path
+            }
+            let thrown = expectFailure { _ = try job.run() }
+            #expect(text(thrown).contains("150"))
             #expect(try entries(of: parent, prefix: "OUT") == [])
         }
     }

@@ -1,3 +1,4 @@
+import Calibration
 import Checkpoint
 import Foundation
 import LlamaModel

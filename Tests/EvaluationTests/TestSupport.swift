@@ -1,3 +1,4 @@
+import Calibration
 import Checkpoint
 import CPUBackend
 import Foundation

@@ -1,0 +1,88 @@
+// Times a layer-streaming calibration of a model directory over the default calibration set, and prints the
+// achieved GFLOP/s beside OpenBLAS's own sgemm rate measured in the same run.
+// usage: CalibrationBenchmarks MODEL_DIR [samples=64] [chunkTokens=4096] [activationMemoryBytes=8GiB] [maxLayers]
+import COpenBLAS
+import CPUBackend
+import Calibration
+import ComputeBackend
+import Foundation
+import LlamaModel
+import Logging
+import SafeTensors
+import Tokenizer
+
+func peakResidentMiB() -> String {
+    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    return status.split(separator: "\n").first { $0.hasPrefix("VmHWM") }.map(String.init) ?? "VmHWM unknown"
+}
+
+let arguments = CommandLine.arguments
+let directory = arguments[1]
+let sampleCount = arguments.count > 2 ? Int(arguments[2])! : 64
+let chunkTokens = arguments.count > 3 ? Int(arguments[3])! : 4096
+let budget = arguments.count > 4 ? Int(arguments[4])! : 8 << 30
+let config = try LlamaConfig.load(path: directory + "/config.json")
+let layers = arguments.count > 5 ? Int(arguments[5])! : config.numHiddenLayers
+let model = try SafeTensorsModel(directory: directory)
+let tokenizer = try BPETokenizer.load(modelDirectory: directory)
+let loadStart = Date()
+let set = try CalibrationData.loadDefault(tokenizer: tokenizer, vocabSize: config.vocabSize,
+                                          options: CalibrationOptions(samples: sampleCount))
+print(set.summary, String(format: "(loaded in %.2f s)", Date().timeIntervalSince(loadStart)))
+CPUBackend.setBLASThreadCount(ProcessInfo.processInfo.activeProcessorCount)
+var logger = Logger(label: "calibration-benchmark")
+logger.logLevel = .info
+let start = Date()
+var lastPrint = Date.distantPast
+let calibrator = try LayerStreamingCalibrator(
+    backend: CPUBackend(config: config), weights: model, calibrationSet: set, chunkTokens: chunkTokens,
+    activationMemoryBudget: budget, logger: logger,
+    releaseWeights: { names in for name in names { try? model.releasePages(name) } },
+    progress: { progress in
+        if Date().timeIntervalSince(lastPrint) > 10 {
+            lastPrint = Date()
+            print("  layer \(progress.layer) \(progress.samplesDone)/\(progress.sampleCount), "
+                  + String(format: "%.0f tok/s, ETA %.0f s", progress.tokensPerSecond, progress.estimatedSecondsRemaining ?? -1))
+        }
+    })
+for layer in 0..<layers { _ = try calibrator.activationAmax(layer: layer) }
+calibrator.finish()
+let seconds = Date().timeIntervalSince(start)
+print(String(format: "%d layers, %d samples, %d tokens, %d chunks (%d spilled): %.1f s, %.0f token-layers/s",
+             layers, calibrator.sampleCount, calibrator.tokenTotal, calibrator.chunkCount, calibrator.spilledChunkCount,
+             seconds, Double(calibrator.tokenTotal * layers) / seconds))
+print(peakResidentMiB())
+
+// FLOPs of the calibration forward that a careful implementation cannot avoid: every Linear, plus causal
+// attention (scores and the weighted sum over keys u <= t only).
+let hidden = config.hiddenSize, heads = config.numAttentionHeads, headDim = config.headDim
+let linearWeights = hidden * (heads + 2 * config.numKeyValueHeads) * headDim + heads * headDim * hidden
+    + 3 * hidden * config.intermediateSize
+var flops = 0.0
+for sample in set.samples {
+    let t = Double(sample.tokens.count)
+    flops += 2 * t * Double(linearWeights) + 2 * t * (t + 1) * Double(headDim * heads)
+}
+flops *= Double(layers)
+
+// OpenBLAS's own rate on a square sgemm with random data, same thread count.
+let n = 2048
+let a = (0..<(n * n)).map { _ in Float.random(in: -1...1) }
+let b = (0..<(n * n)).map { _ in Float.random(in: -1...1) }
+var c = [Float](repeating: 0, count: n * n)
+var sgemmTimes: [Double] = []
+for _ in 0..<5 {
+    let t0 = Date()
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(n), Int32(n), 1, a, Int32(n), b, Int32(n), 0, &c, Int32(n))
+    sgemmTimes.append(Date().timeIntervalSince(t0))
+}
+let sgemmGFLOPs = 2 * pow(Double(n), 3) / sgemmTimes.sorted()[2] / 1e9
+let ours = flops / seconds / 1e9
+print("| measurement | value |")
+print("|---|---|")
+print(String(format: "| calibration wall time | %.1f s |", seconds))
+print(String(format: "| tokens through all layers | %.0f token-layers/s |", Double(calibrator.tokenTotal * layers) / seconds))
+print(String(format: "| useful FLOPs (Linears + causal attention) | %.2f TFLOP |", flops / 1e12))
+print(String(format: "| achieved | %.1f GFLOP/s |", ours))
+print(String(format: "| OpenBLAS sgemm %dx%dx%d (peak reference) | %.1f GFLOP/s |", n, n, n, sgemmGFLOPs))
+print(String(format: "| achieved / sgemm peak | %.0f%% |", ours / sgemmGFLOPs * 100))

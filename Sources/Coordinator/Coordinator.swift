@@ -1,0 +1,1 @@
+// Module Coordinator: implementation in progress.

@@ -1,0 +1,126 @@
+import CPUBackend
+import Calibration
+import Checkpoint
+import ComputeBackend
+import Foundation
+import LlamaModel
+import Logging
+import NVFP4
+import SafeTensors
+import Tokenizer
+
+/// Calibrators that hold scratch files until told to finish.
+protocol Finishable: AnyObject { func finish() }
+extension LayerStreamingCalibrator: Finishable {}
+
+/// What `calibration.json` records, so a user can audit every activation scale.
+public struct CalibrationRecord: Sendable {
+    public var source: String
+    public var samples: Int
+    public var tokens: Int
+    /// SHA-256 of the selected token ids.
+    public var contentHash: String
+    public var device: String
+    public var activationAmax: [String: Float] = [:]
+
+    func write(to url: URL, scheme: QuantizationScheme) throws {
+        let modules = activationAmax.keys.sorted()
+        func entries(_ value: (Float) -> Float) -> String {
+            modules.map { "    \"\($0)\": \(jsonNumber(value(activationAmax[$0]!)))" }.joined(separator: ",\n")
+        }
+        let text = """
+            {
+              "tool": "NVFP4Cluster \(NVFP4ClusterVersion.current)",
+              "scheme": "\(scheme.rawValue)",
+              "calibration_source": \(jsonString(source)),
+              "samples": \(samples),
+              "tokens": \(tokens),
+              "calibration_set_sha256": "\(contentHash)",
+              "device": "\(device)",
+              "activation_amax": {
+            \(entries { $0 })
+              },
+              "input_scale": {
+            \(entries { FusedScales.inputScale(activationAmax: $0) })
+              }
+            }
+
+            """
+        try Data(text.utf8).write(to: url)
+    }
+}
+
+/// Shortest decimal that reads back as the same Float.
+func jsonNumber(_ value: Float) -> String { "\(value)" }
+
+func jsonString(_ value: String) -> String {
+    let data = try? JSONSerialization.data(withJSONObject: [value], options: [])
+    let array = data.flatMap { String(data: $0, encoding: .utf8) } ?? "[\"\"]"
+    return String(array.dropFirst().dropLast())
+}
+
+extension QuantizeJob {
+    /// Chooses the device, loads the calibration set and builds the layer-streaming calibrator.
+    func makeCalibrator(inputs: Inputs) throws -> (ActivationCalibrator, CalibrationRecord) {
+        let calibration = options.calibration
+        let device = try ComputeDevice.select(calibration.device, logger: logger)
+        let tokenizer: BPETokenizer?
+        do {
+            tokenizer = try BPETokenizer.load(modelDirectory: options.modelDirectory.path)
+        } catch {
+            // Token-id calibration files need no tokenizer; text ones fail below with the reason.
+            logger.warning("no usable tokenizer: \(error)")
+            tokenizer = nil
+        }
+        let vocabSize = inputs.config.vocabSize
+        let set: CalibrationSet
+        let source: String
+        if let path = calibration.dataPath {
+            set = try CalibrationData.load(path: path, tokenizer: tokenizer, vocabSize: vocabSize,
+                                           options: calibration.selection)
+            source = path
+        } else {
+            guard let tokenizer else {
+                throw QuantizeJobError("the built-in calibration set is text and needs the model's tokenizer.json; "
+                                       + "pass --calib with input_ids records instead")
+            }
+            set = try CalibrationData.loadDefault(tokenizer: tokenizer, vocabSize: vocabSize, options: calibration.selection)
+            source = "built-in default set (\(CalibrationData.defaultCalibrationURL.lastPathComponent))"
+        }
+        logger.info("calibration data: \(set.summary)")
+        let model = inputs.source
+        let calibrator = try LayerStreamingCalibrator(
+            backend: CPUBackend(config: inputs.config), weights: inputs.source, calibrationSet: set,
+            chunkTokens: calibration.chunkTokens, activationMemoryBudget: calibration.activationMemoryBudget,
+            scratchDirectory: calibration.scratchDirectory, logger: logger,
+            releaseWeights: { names in for name in names { try? model.releasePages(name) } },
+            progress: { [progress] in progress.calibration($0) })
+        let record = CalibrationRecord(source: source, samples: set.samples.count, tokens: set.tokenTotal,
+                                       contentHash: set.contentHash, device: device.description)
+        return (calibrator, record)
+    }
+}
+
+/// Where calibration runs.
+public enum ComputeDevice: CustomStringConvertible, Equatable {
+    case cpu
+
+    public var description: String { "cpu" }
+
+    /// `auto` picks CUDA when present and usable, otherwise the CPU with one log line. This build has no CUDA
+    /// backend yet, so an explicit `cuda` fails at once.
+    static func select(_ name: String, logger: Logger) throws -> ComputeDevice {
+        switch name {
+        case "cpu": return .cpu
+        case "auto":
+            logger.info("device auto: using the CPU backend (this build has no CUDA backend)")
+            return .cpu
+        default:
+            if name == "cuda" || name.hasPrefix("cuda:") {
+                throw QuantizeJobError("--device \(name): this build has no CUDA backend yet; use --device cpu or auto")
+            }
+            throw QuantizeJobError("--device \(name): expected cpu, cuda, cuda:N or auto")
+        }
+    }
+}
+
