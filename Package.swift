@@ -59,7 +59,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "coordctl", dependencies: [
-            "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "CPUBackend",
+            "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -90,7 +90,8 @@ let package = Package(
         .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel", "ComputeBackend",
                                                               "CPUBackend", "SafeTensors"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "ComputeBackend", "CPUBackend", "LlamaModel",
-                                                             "SafeTensors", "NVFP4", "Checkpoint"]),
+                                                             "SafeTensors", "NVFP4", "Checkpoint", "QuantizeJob", "Calibration",
+                                                             .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
             "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration",

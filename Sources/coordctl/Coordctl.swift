@@ -15,7 +15,7 @@ struct Coordctl: ParsableCommand {
             `coordctl quantize` runs a whole job on this machine. The output directory appears only once the \
             checkpoint has been written and re-read against every rule a loader relies on.
             """,
-        subcommands: [Quantize.self]
+        subcommands: [Quantize.self, Eval.self]
     )
 }
 

@@ -1,0 +1,30 @@
+import LlamaModel
+import NVFP4
+
+/// The original model's tensors, except that every Linear's `.weight` is the checkpoint's dequantized NVFP4
+/// weight (f32), computed when the backend reads it. Nothing is cached, so beyond the backend's own copy of a
+/// layer only the one Linear being read is held; embeddings, norms and `lm_head` come from `base`.
+public struct DequantizedWeightSource<Base: WeightSource>: WeightSource {
+    public let base: Base
+    public let checkpoint: QuantizedCheckpoint
+    private let linearsByWeightName: [String: LinearSpec]
+
+    public init(base: Base, checkpoint: QuantizedCheckpoint) {
+        self.base = base
+        self.checkpoint = checkpoint
+        linearsByWeightName = Dictionary(uniqueKeysWithValues: checkpoint.config.allLinears.map { ($0.weightName, $0) })
+    }
+
+    public func describeTensor(_ name: String) -> WeightTensorDescription? {
+        if let linear = linearsByWeightName[name] {
+            return WeightTensorDescription(dtype: WeightElementType.f32.rawValue, shape: linear.shape)
+        }
+        return base.describeTensor(name)
+    }
+
+    public func withTensorBytes<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        guard let linear = linearsByWeightName[name] else { return try base.withTensorBytes(name, body) }
+        let values = try checkpoint.dequantizedWeight(linear)
+        return try values.withUnsafeBytes(body)
+    }
+}

@@ -1,0 +1,136 @@
+import ComputeBackend
+import Foundation
+import LlamaModel
+import Logging
+
+/// One model to score: its weights and, for W4A4 emulation, the transform of its Linear inputs.
+public struct EvaluationVariant {
+    public let name: String
+    public let weights: any WeightSource
+    public let inputTransform: (any LinearInputTransform)?
+
+    public init(name: String, weights: any WeightSource, inputTransform: (any LinearInputTransform)? = nil) {
+        self.name = name
+        self.weights = weights
+        self.inputTransform = inputTransform
+    }
+}
+
+/// How far an evaluation has come: `completedLayers` of `totalLayers` decoder layers for every model.
+public struct EvaluationProgress: Sendable, Equatable {
+    public let completedLayers: Int
+    public let totalLayers: Int
+}
+
+/// Perplexity of the original model against the emulated quantized model, layer-streamed like calibration:
+/// every sample is embedded, each decoder layer is loaded once per model and run over all samples, then
+/// the final norm and LM head give the negative log-likelihood. Only one layer per model is in memory at a
+/// time; the hidden states of all samples (one copy per model) are what grows with the data.
+public struct PerplexityEvaluator<Backend: ComputeBackend> {
+    public let backend: Backend
+    public let logger: Logger
+    /// Samples are grouped into batches of at most this many tokens (a longer sample is a batch of its own),
+    /// which bounds the backend's per-forward scratch memory.
+    public let maxTokensPerBatch: Int
+
+    public init(backend: Backend, logger: Logger, maxTokensPerBatch: Int = 4096) {
+        self.backend = backend
+        self.logger = logger
+        self.maxTokensPerBatch = max(1, maxTokensPerBatch)
+    }
+
+    /// Compares `original` (the unquantized weights, for `backend.config`) with `checkpoint`: dequantized
+    /// weights plus, for W4A4, NVFP4 fake quantization of every Linear input.
+    public func evaluate(original: some WeightSource, checkpoint: QuantizedCheckpoint, samples: [[Int]],
+                         progress: ((EvaluationProgress) -> Void)? = nil) throws -> QualityReport {
+        guard checkpoint.config.allLinears == backend.config.allLinears else {
+            throw EvaluationError(checkpoint.directory.path, "was opened against another config than the backend's")
+        }
+        try validateWeights(config: backend.config, source: original)
+        let quantized = EvaluationVariant(
+            name: "quantized", weights: DequantizedWeightSource(base: original, checkpoint: checkpoint),
+            inputTransform: try NVFP4InputFakeQuantization(checkpoint: checkpoint))
+        let results = try negativeLogLikelihoods(
+            samples: samples, variants: [EvaluationVariant(name: "original", weights: original), quantized],
+            progress: progress)
+        let report = QualityReport(
+            samples: samples.count, tokens: samples.reduce(0) { $0 + $1.count }, predictedTokens: results[0].count,
+            originalPerplexity: results[0].perplexity, quantizedPerplexity: results[1].perplexity,
+            scheme: checkpoint.scheme, layout: checkpoint.layout)
+        logger.info("evaluation done", metadata: [
+            "original_ppl": "\(report.originalPerplexity)", "quantized_ppl": "\(report.quantizedPerplexity)",
+            "verdict": "\(report.verdict.rawValue)",
+        ])
+        return report
+    }
+
+    /// The summed NLL of every variant over `samples` (each at least 2 tokens), all variants streamed
+    /// through the layers together.
+    public func negativeLogLikelihoods(samples: [[Int]], variants: [EvaluationVariant],
+                                       progress: ((EvaluationProgress) -> Void)? = nil) throws -> [NegativeLogLikelihood] {
+        guard !samples.isEmpty else { throw EvaluationError("evaluation samples", "none given") }
+        if let short = samples.firstIndex(where: { $0.count < 2 }) {
+            throw EvaluationError("evaluation sample \(short)",
+                                  "has \(samples[short].count) token(s); perplexity needs at least 2")
+        }
+        let batches = try makeBatches(samples)
+        let layers = backend.config.numHiddenLayers
+        logger.info("evaluating perplexity", metadata: [
+            "samples": "\(samples.count)", "tokens": "\(samples.reduce(0) { $0 + $1.count })",
+            "batches": "\(batches.count)", "models": "\(variants.map(\.name).joined(separator: ", "))",
+        ])
+        // hidden[variant][batch]
+        var hidden: [[HiddenStates]] = try variants.map { variant in
+            try batches.map { try backend.embed($0.tokenIDs, from: variant.weights) }
+        }
+        for layer in 0..<layers {
+            for (index, variant) in variants.enumerated() {
+                let loaded = try backend.loadLayer(layer, from: variant.weights)
+                for (batchIndex, batch) in batches.enumerated() {
+                    _ = try backend.forward(layer: loaded, hidden: &hidden[index][batchIndex], batch: batch.batch,
+                                            inputTransform: variant.inputTransform)
+                }
+            }
+            logger.debug("layer done", metadata: ["layer": "\(layer)"])
+            progress?(EvaluationProgress(completedLayers: layer + 1, totalLayers: layers))
+        }
+        var results: [NegativeLogLikelihood] = []
+        for (index, variant) in variants.enumerated() {
+            let head = try backend.loadOutputHead(from: variant.weights)
+            var total = NegativeLogLikelihood()
+            for (batchIndex, batch) in batches.enumerated() {
+                total = total + (try backend.negativeLogLikelihood(hidden[index][batchIndex], batch: batch.batch,
+                                                                   tokenIDs: batch.tokenIDs, head: head))
+            }
+            hidden[index] = []
+            logger.info("perplexity", metadata: ["model": "\(variant.name)", "value": "\(total.perplexity)"])
+            results.append(total)
+        }
+        return results
+    }
+
+    struct Batch {
+        let batch: SequenceBatch
+        let tokenIDs: [Int]
+    }
+
+    /// Consecutive samples, up to `maxTokensPerBatch` tokens per batch.
+    func makeBatches(_ samples: [[Int]]) throws -> [Batch] {
+        var batches: [Batch] = []
+        var pending: [[Int]] = []
+        var pendingTokens = 0
+        func flush() throws {
+            guard !pending.isEmpty else { return }
+            batches.append(Batch(batch: try SequenceBatch(tokenCounts: pending.map(\.count)), tokenIDs: pending.flatMap { $0 }))
+            pending = []
+            pendingTokens = 0
+        }
+        for sample in samples {
+            if pendingTokens + sample.count > maxTokensPerBatch { try flush() }
+            pending.append(sample)
+            pendingTokens += sample.count
+        }
+        try flush()
+        return batches
+    }
+}

@@ -1,0 +1,95 @@
+import Checkpoint
+import Foundation
+
+/// How much worse the quantized model is, judged from the relative perplexity increase.
+///
+/// The thresholds are heuristics, not guarantees: perplexity on a few samples is a coarse proxy for task
+/// quality. Published NVFP4 W4A4 results on Llama-class models typically cost a few percent of perplexity
+/// (fine); above ~15% users tend to notice it in generations (degraded). Check task benchmarks before relying
+/// on a "noticeable" model.
+public enum QualityVerdict: String, Sendable, Equatable, CaseIterable {
+    /// Increase below ``fineLimit``.
+    case fine
+    /// Increase below ``noticeableLimit``.
+    case noticeable
+    /// Increase of ``noticeableLimit`` or more, or a perplexity that is not finite.
+    case degraded
+
+    /// +5%.
+    public static let fineLimit = 0.05
+    /// +15%.
+    public static let noticeableLimit = 0.15
+
+    public init(relativeIncrease: Double) {
+        if !relativeIncrease.isFinite || relativeIncrease >= Self.noticeableLimit {
+            self = .degraded
+        } else if relativeIncrease >= Self.fineLimit {
+            self = .noticeable
+        } else {
+            self = .fine
+        }
+    }
+
+    public var explanation: String {
+        switch self {
+        case .fine: "the quantized model should behave like the original"
+        case .noticeable: "some quality loss; check it on your own tasks before serving"
+        case .degraded: "large quality loss; the quantized model is probably not usable as is"
+        }
+    }
+}
+
+/// The result of ``PerplexityEvaluator``: perplexity of the original and of the emulated quantized model.
+public struct QualityReport: Sendable, Equatable, CustomStringConvertible {
+    /// Evaluation samples (each its own sequence).
+    public let samples: Int
+    /// Tokens of all samples together.
+    public let tokens: Int
+    /// Next-token predictions scored: `tokens − samples`.
+    public let predictedTokens: Int
+    public let originalPerplexity: Double
+    public let quantizedPerplexity: Double
+    /// `quantized / original − 1`.
+    public let relativeIncrease: Double
+    public let scheme: QuantizationScheme
+    public let layout: CheckpointLayout
+    public let verdict: QualityVerdict
+
+    public init(samples: Int, tokens: Int, predictedTokens: Int, originalPerplexity: Double, quantizedPerplexity: Double,
+                scheme: QuantizationScheme, layout: CheckpointLayout) {
+        self.samples = samples
+        self.tokens = tokens
+        self.predictedTokens = predictedTokens
+        self.originalPerplexity = originalPerplexity
+        self.quantizedPerplexity = quantizedPerplexity
+        self.relativeIncrease = quantizedPerplexity / originalPerplexity - 1
+        self.scheme = scheme
+        self.layout = layout
+        self.verdict = QualityVerdict(relativeIncrease: relativeIncrease)
+    }
+
+    var schemeDescription: String {
+        switch scheme {
+        case .nvfp4: "W4A4 (NVFP4 weights and activations, emulated)"
+        case .nvfp4a16: "weight-only NVFP4 (dequantized weights)"
+        }
+    }
+
+    /// One paragraph with the numbers.
+    public var summary: String {
+        let percent = String(format: "%+.1f%%", relativeIncrease * 100)
+        return "\(schemeDescription), \(layout.rawValue) layout: perplexity "
+            + String(format: "%.2f", originalPerplexity) + " → " + String(format: "%.2f", quantizedPerplexity)
+            + " (\(percent)) on \(samples) sample\(samples == 1 ? "" : "s"), \(tokens) tokens."
+    }
+
+    /// The verdict with its (heuristic) thresholds.
+    public var verdictLine: String {
+        "verdict: \(verdict.rawValue) — \(verdict.explanation) (heuristic thresholds on the perplexity increase: "
+            + "fine < +\(Int(QualityVerdict.fineLimit * 100))%, noticeable < +\(Int(QualityVerdict.noticeableLimit * 100))%, "
+            + "degraded otherwise)"
+    }
+
+    /// The summary and the verdict line, as `coordctl eval` prints them.
+    public var description: String { summary + "\n" + verdictLine }
+}
