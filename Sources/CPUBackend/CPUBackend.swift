@@ -346,11 +346,6 @@ public struct CPUBackend: ComputeBackend {
         let valueOffset = queryWidth + config.numKeyValueHeads * headDim
         let scale = Float(1 / Double(headDim).squareRoot())
         var output = [Float](repeating: 0, count: batch.totalTokens * queryWidth)
-        // The (sample, head) jobs already fill the cores; OpenBLAS threads inside each small GEMM would only
-        // oversubscribe them. Nothing else calls BLAS while a layer runs.
-        let blasThreads = openblas_get_num_threads()
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(blasThreads) }
         qkv.withUnsafeBufferPointer { qkvValues in
             output.withUnsafeMutableBufferPointer { outputValues in
                 let shared = (input: UncheckedSendable(qkvValues.baseAddress!), result: UncheckedSendable(outputValues.baseAddress!))

@@ -7,6 +7,7 @@ import CPUBackend
 import Calibration
 import Checkpoint
 import ComputeBackend
+import Evaluation
 import Foundation
 import LlamaModel
 import Logging
@@ -48,6 +49,10 @@ public struct QuantizeOptions: Sendable {
     /// Names the `OUTPUT.partial-<id>` directory.
     public var jobID: String = String(UInt32.random(in: 0...UInt32.max), radix: 16)
     public var calibration = CalibrationJobOptions()
+    /// Held-out samples for the closing quality report (0 skips it). The bundled held-out text is never part of
+    /// the calibration set.
+    public var evaluationSamples = 16
+    public var evaluationMaxTokens = 1200
 
     public init(modelDirectory: URL, outputDirectory: URL) {
         self.modelDirectory = modelDirectory
@@ -65,6 +70,10 @@ public struct QuantizeSummary: Sendable {
     public var shards = 0
     /// Activation amax per Linear module name (W4A4 only).
     public var activationAmax: [String: Float] = [:]
+    /// Perplexity of the original against the quantized model, when it was measured.
+    public var quality: QualityReport?
+    /// Why the quality report is missing, when it was asked for and failed.
+    public var qualityFailure: String?
 
     public var description: String {
         let ratio = outputBytes > 0 ? Double(sourceBytes) / Double(outputBytes) : 0
@@ -72,7 +81,13 @@ public struct QuantizeSummary: Sendable {
             quantized \(layers) layers (\(quantizedLinears) Linears) in \(String(format: "%.1f", seconds)) s
               source \(formatBytes(sourceBytes)) -> output \(formatBytes(outputBytes)) (\(String(format: "%.2f", ratio))x smaller), \(shards) shard(s)
               written to \(outputDirectory.path)
-            """
+            """ + qualityDescription
+    }
+
+    var qualityDescription: String {
+        if let quality { return "\nquality on held-out text (not used for calibration):\n" + quality.description }
+        if let qualityFailure { return "\nquality report not available: \(qualityFailure)" }
+        return ""
     }
 }
 
@@ -181,6 +196,15 @@ public final class QuantizeJob {
             try output.commit()
             summary.seconds = Date().timeIntervalSince(start)
             summary.layers = config.numHiddenLayers
+            if options.evaluationSamples > 0 {
+                // The checkpoint is complete at this point; a failed report is told, not fatal.
+                do {
+                    summary.quality = try qualityReport(inputs: inputs)
+                } catch {
+                    logger.warning("quality report failed: \(error)")
+                    summary.qualityFailure = "\(error)"
+                }
+            }
             return summary
         } catch {
             output.discard()

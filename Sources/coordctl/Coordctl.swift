@@ -91,10 +91,14 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Calibration activations: bf16 (round where a BF16 forward rounds, as modelopt calibrates) or f32.")
     var activationPrecision: CPUBackend.ActivationPrecision = .bfloat16
 
+    @Option(name: .long, help: "Held-out samples for the closing quality report (perplexity of the original against the quantized model); 0 skips it.")
+    var evalSamples: Int = 16
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: Logger.Level = .info
 
     func validate() throws {
+        if evalSamples < 0 { throw ValidationError("--eval-samples must not be negative") }
         if samples < 1 { throw ValidationError("--samples must be at least 1") }
         if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1") }
         if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
@@ -125,6 +129,7 @@ struct Quantize: ParsableCommand {
         options.calibration.activationMemoryBudget = try ShardPlanner.parseSize(activationMemory)
         options.calibration.scratchDirectory = scratchDir.map { URL(fileURLWithPath: $0) }
         options.calibration.activationPrecision = activationPrecision
+        options.evaluationSamples = evalSamples
         let summary = try QuantizeJob(options: options, logger: logger).run()
         print(summary.description)
     }

@@ -30,7 +30,9 @@ enum Coordctl {
     static func run(_ arguments: [String], in scratch: URL) throws -> Result {
         let process = Process()
         process.executableURL = try executable()
-        process.arguments = arguments
+        // The closing quality report is exercised by the tests that ask for it with --eval-samples.
+        let skipReport = arguments.first == "quantize" && !arguments.contains("--eval-samples")
+        process.arguments = arguments + (skipReport ? ["--eval-samples", "0"] : [])
         let stdoutURL = scratch.appendingPathComponent("stdout-\(UUID().uuidString)")
         let stderrURL = scratch.appendingPathComponent("stderr-\(UUID().uuidString)")
         _ = FileManager.default.createFile(atPath: stdoutURL.path, contents: nil)
@@ -137,8 +139,11 @@ enum Coordctl {
             let output = parent.appendingPathComponent("OUT")
             let result = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output", output.path,
                                            "--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path,
-                                           "--min-tokens", "1", "--device", "cpu"], in: parent)
+                                           "--min-tokens", "1", "--device", "cpu", "--eval-samples", "4"], in: parent)
             #expect(result.status == 0, "stderr: \(result.stderr)")
+            // The closing quality report: perplexity of the original against the W4A4-emulated checkpoint.
+            #expect(result.stdout.contains("perplexity"), "stdout: \(result.stdout)")
+            #expect(result.stdout.contains("held-out"), "stdout: \(result.stdout)")
             let record = try JSONSerialization.jsonObject(with: Data(contentsOf: output.appendingPathComponent("calibration.json"))) as? [String: Any]
             #expect(record?["samples"] as? Int == 8)
             #expect((record?["activation_amax"] as? [String: Any])?.count == 14)

@@ -46,6 +46,7 @@ func makeJob(model: URL, output: URL, scheme: QuantizationScheme = .nvfp4a16,
     -> QuantizeJob
 {
     var options = QuantizeOptions(modelDirectory: model, outputDirectory: output)
+    options.evaluationSamples = 0  // the quality report is tested on its own
     options.scheme = scheme
     options.layout = layout
     configure(&options)

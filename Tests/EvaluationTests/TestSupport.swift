@@ -73,6 +73,7 @@ func writeTinyCheckpoint(to output: URL, layout: CheckpointLayout, scheme: Quant
                          maxShardSize: Int? = nil) throws -> QuantizeSummary
 {
     var options = QuantizeOptions(modelDirectory: Fixtures.tinyLlama, outputDirectory: output)
+    options.evaluationSamples = 0  // the quality report has its own tests
     options.layout = layout
     options.scheme = scheme
     if let maxShardSize { options.maxShardSize = maxShardSize }
