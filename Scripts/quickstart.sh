@@ -8,4 +8,4 @@ out=${1:-smollm2-nvfp4}
 shift || true
 "$root/Scripts/fetch-smollm2.sh" "$root/.assets/smollm2"
 swift build -c release --product coordctl --package-path "$root"
-"$root/.build/release/coordctl" quantize --model "$root/.assets/smollm2" --output "$out" --force "$@"
+"$root/.build/release/coordctl" quantize --model "$root/.assets/smollm2" --output "$out" --force --samples 64 "$@"
