@@ -35,7 +35,7 @@ logger.logLevel = .info
 let start = Date()
 var lastPrint = Date.distantPast
 let calibrator = try LayerStreamingCalibrator(
-    backend: CPUBackend(config: config), weights: model, calibrationSet: set, chunkTokens: chunkTokens,
+    backend: CPUBackend(config: config, activationPrecision: .bfloat16), weights: model, calibrationSet: set, chunkTokens: chunkTokens,
     activationMemoryBudget: budget, logger: logger,
     releaseWeights: { names in for name in names { try? model.releasePages(name) } },
     progress: { progress in
