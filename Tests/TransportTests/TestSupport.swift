@@ -110,10 +110,12 @@ func connect(to server: TransportServer, token clientToken: ClusterToken? = toke
 func serverClosesAfterReceiving(_ bytes: ByteBuffer, port: Int, within timeout: TimeAmount = .seconds(3)) async throws -> Bool {
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .connect(host: "127.0.0.1", port: port).get()
-    try await channel.writeAndFlush(bytes)
     let closed = channel.eventLoop.makePromise(of: Bool.self)
     channel.closeFuture.whenComplete { _ in closed.succeed(true) }
     let timer = channel.eventLoop.scheduleTask(in: timeout) { closed.succeed(false) }
+    // The server may already have closed the connection (a short handshake timeout on a loaded machine); the write
+    // then fails, and the close is what is being checked.
+    try? await channel.writeAndFlush(bytes)
     let result = try await closed.futureResult.get()
     timer.cancel()
     try? await channel.close()
