@@ -89,8 +89,14 @@ public struct CPUBackend: ComputeBackend {
             weight: try source.floats(config.outputEmbeddingName, expectedShape: [config.vocabSize, config.hiddenSize]))
     }
 
+    /// Serializes BLAS work in the process: attention switches OpenBLAS to one thread while its own parallel jobs
+    /// run, and a concurrent forward must not see that setting (its GEMMs would be blocked differently).
+    static let blasLock = NSLock()
+
     public func forward(layer: LoadedLayer, hidden: inout HiddenStates, batch: SequenceBatch,
                         inputTransform: (any LinearInputTransform)?) throws -> ObservedAmax {
+        Self.blasLock.lock()
+        defer { Self.blasLock.unlock() }
         let width = config.hiddenSize
         try hidden.check(matches: batch, hiddenSize: width)
         let tokens = batch.totalTokens
@@ -119,7 +125,7 @@ public struct CPUBackend: ComputeBackend {
         observeAndTransform(&normed, columns: width, group: .qkv)
         var qkv = matmulTransposed(normed, rows: tokens, inner: width, weight: layer.qkvWeight, outputs: qkvWidth)
         applyRope(&qkv, batch: batch, rowStride: qkvWidth)
-        var attention = causalAttention(qkv, batch: batch, rowStride: qkvWidth)
+        var attention = attentionHoldingBLASLock(qkv, batch: batch, rowStride: qkvWidth)
         observeAndTransform(&attention, columns: queryWidth, group: .o)
         accumulateMatmulTransposed(attention, rows: tokens, inner: queryWidth, weight: layer.oWeight, outputs: width,
                                    into: &hidden.values)
@@ -136,6 +142,8 @@ public struct CPUBackend: ComputeBackend {
     }
 
     public func logits(_ hidden: HiddenStates, head: LoadedOutputHead) throws -> [Float] {
+        Self.blasLock.lock()
+        defer { Self.blasLock.unlock() }
         guard hidden.hiddenSize == config.hiddenSize else {
             throw ComputeBackendError.hiddenStatesMismatch(expectedTokens: hidden.tokenCount, expectedHiddenSize: config.hiddenSize,
                                                            actualTokens: hidden.tokenCount, actualHiddenSize: hidden.hiddenSize)
@@ -208,7 +216,7 @@ public struct CPUBackend: ComputeBackend {
         var qkv = matmulTransposed(normed, rows: tokens, inner: width, weight: layer.qkvWeight, outputs: qkvWidth)
         roundToBFloat16(&qkv)
         applyRopeBFloat16(&qkv, batch: batch, rowStride: qkvWidth)
-        var attention = causalAttention(qkv, batch: batch, rowStride: qkvWidth, roundProbabilities: true)
+        var attention = attentionHoldingBLASLock(qkv, batch: batch, rowStride: qkvWidth, roundProbabilities: true)
         roundToBFloat16(&attention)
         observeAndTransform(&attention, columns: queryWidth, group: .o)
         var projected = matmulTransposed(attention, rows: tokens, inner: queryWidth, weight: layer.oWeight, outputs: width)
@@ -338,6 +346,13 @@ public struct CPUBackend: ComputeBackend {
     /// With `roundProbabilities`, the unnormalized softmax weights are rounded to BF16 before they weight the values,
     /// as PyTorch's CPU flash-attention kernel does for BF16 inputs (the sum stays f32).
     func causalAttention(_ qkv: [Float], batch: SequenceBatch, rowStride: Int, roundProbabilities: Bool = false) -> [Float] {
+        Self.blasLock.lock()
+        defer { Self.blasLock.unlock() }
+        return attentionHoldingBLASLock(qkv, batch: batch, rowStride: rowStride, roundProbabilities: roundProbabilities)
+    }
+
+    func attentionHoldingBLASLock(_ qkv: [Float], batch: SequenceBatch, rowStride: Int,
+                                  roundProbabilities: Bool = false) -> [Float] {
         let headDim = config.headDim
         let heads = config.numAttentionHeads
         let queriesPerKeyValue = heads / config.numKeyValueHeads
@@ -346,6 +361,11 @@ public struct CPUBackend: ComputeBackend {
         let valueOffset = queryWidth + config.numKeyValueHeads * headDim
         let scale = Float(1 / Double(headDim).squareRoot())
         var output = [Float](repeating: 0, count: batch.totalTokens * queryWidth)
+        // The (sample, head) jobs already fill the cores; OpenBLAS threads inside each small GEMM would only
+        // oversubscribe them. Callers hold `blasLock`, so no other GEMM sees the setting.
+        let blasThreads = openblas_get_num_threads()
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(blasThreads) }
         qkv.withUnsafeBufferPointer { qkvValues in
             output.withUnsafeMutableBufferPointer { outputValues in
                 let shared = (input: UncheckedSendable(qkvValues.baseAddress!), result: UncheckedSendable(outputValues.baseAddress!))
