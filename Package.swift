@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "Checkpoint", dependencies: ["NVFP4", "SafeTensors", "LlamaModel"]),
         // A whole quantization job: read, (calibrate), quantize, write, verify.
         .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
-                                                      "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation",
+                                                      "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime",
                                                       .product(name: "Logging", package: "swift-log")]),
         // Length-prefixed TCP framing, authenticated handshake and the bulk activation data path (SwiftNIO).
         // Knows nothing of Llama.
@@ -53,6 +53,8 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Loads the CUDA driver, NVRTC and cuBLASLt at run time (dlopen); builds with no CUDA SDK.
+        .target(name: "CUDARuntime", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
         .target(name: "Coordinator", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"),
@@ -73,6 +75,7 @@ let package = Package(
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 
+        .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport",

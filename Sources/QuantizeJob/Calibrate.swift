@@ -1,4 +1,5 @@
 import CPUBackend
+import CUDARuntime
 import Calibration
 import Checkpoint
 import ComputeBackend
@@ -109,19 +110,28 @@ public enum ComputeDevice: CustomStringConvertible, Equatable {
 
     public var description: String { "cpu" }
 
-    /// `auto` picks CUDA when present and usable, otherwise the CPU with one log line. This build has no CUDA
-    /// backend yet, so an explicit `cuda` fails at once.
-    static func select(_ name: String, logger: Logger) throws -> ComputeDevice {
+    /// `auto` picks CUDA when present and usable, otherwise the CPU with one log line. The CUDA backend is not
+    /// written yet, so an explicit `cuda` fails at once, saying whether a driver was even found.
+    static func select(_ name: String, logger: Logger, locator: CUDALibraryLocator = CUDALibraryLocator()) throws -> ComputeDevice {
         switch name {
         case "cpu": return .cpu
         case "auto":
-            logger.info("device auto: using the CPU backend (this build has no CUDA backend)")
+            if (try? locator.open(.driver)) != nil {
+                logger.info("device auto: a CUDA driver is present, but this build has no CUDA backend yet; using the CPU")
+            } else {
+                logger.info("device auto: no CUDA driver found; using the CPU")
+            }
             return .cpu
         default:
-            if name == "cuda" || name.hasPrefix("cuda:") {
-                throw QuantizeJobError("--device \(name): this build has no CUDA backend yet; use --device cpu or auto")
+            guard name == "cuda" || name.hasPrefix("cuda:") else {
+                throw QuantizeJobError("--device \(name): expected cpu, cuda, cuda:N or auto")
             }
-            throw QuantizeJobError("--device \(name): expected cpu, cuda, cuda:N or auto")
+            do {
+                _ = try locator.open(.driver)
+            } catch {
+                throw QuantizeJobError("--device \(name): no usable GPU here: \(error)")
+            }
+            throw QuantizeJobError("--device \(name): this build has no CUDA backend yet; use --device cpu or auto")
         }
     }
 }
