@@ -215,7 +215,7 @@ public struct CPUBackend: ComputeBackend {
         observeAndTransform(&normed, columns: width, group: .qkv)
         var qkv = matmulTransposed(normed, rows: tokens, inner: width, weight: layer.qkvWeight, outputs: qkvWidth)
         roundToBFloat16(&qkv)
-        applyRopeBFloat16(&qkv, batch: batch, rowStride: qkvWidth)
+        applyRope(&qkv, batch: batch, rowStride: qkvWidth, roundingToBFloat16: true)
         var attention = attentionHoldingBLASLock(qkv, batch: batch, rowStride: qkvWidth, roundProbabilities: true)
         roundToBFloat16(&attention)
         observeAndTransform(&attention, columns: queryWidth, group: .o)
@@ -233,34 +233,6 @@ public struct CPUBackend: ComputeBackend {
         roundToBFloat16(&projected)
         addRoundingToBFloat16(&hidden.values, projected)
         return observed
-    }
-
-    /// RoPE as transformers computes it in BF16: cos/sin rounded to BF16, each product rounded, then the sum.
-    func applyRopeBFloat16(_ qkv: inout [Float], batch: SequenceBatch, rowStride: Int) {
-        let headDim = config.headDim
-        let half = headDim / 2
-        let rotatedHeads = config.numAttentionHeads + config.numKeyValueHeads
-        var table = ropeTable(positions: batch.tokenCounts.max()!)
-        roundToBFloat16(&table.cosines)
-        roundToBFloat16(&table.sines)
-        qkv.withUnsafeMutableBufferPointer { values in
-            for sample in 0..<batch.sampleCount {
-                for (position, row) in batch.rows(ofSample: sample).enumerated() {
-                    let cosines = position * half
-                    for head in 0..<rotatedHeads {
-                        let base = row * rowStride + head * headDim
-                        for index in 0..<half {
-                            let first = values[base + index]
-                            let second = values[base + index + half]
-                            let cosine = table.cosines[cosines + index]
-                            let sine = table.sines[cosines + index]
-                            values[base + index] = bf16(bf16(first * cosine) + bf16(-second * sine))
-                            values[base + index + half] = bf16(bf16(second * cosine) + bf16(first * sine))
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Keys per block of PyTorch's CPU flash-attention kernel.
@@ -300,12 +272,19 @@ public struct CPUBackend: ComputeBackend {
 
     // MARK: - Pieces of the layer
 
-    /// Rotates the q and k heads of every token in place, at its position within its own sample.
-    func applyRope(_ qkv: inout [Float], batch: SequenceBatch, rowStride: Int) {
+    /// Rotates the q and k heads of every token in place, at its position within its own sample. With
+    /// `roundingToBFloat16` it computes as transformers does in BF16: cos/sin rounded to BF16, each product rounded,
+    /// then the sum.
+    func applyRope(_ qkv: inout [Float], batch: SequenceBatch, rowStride: Int, roundingToBFloat16: Bool = false) {
         let headDim = config.headDim
         let half = headDim / 2
         let rotatedHeads = config.numAttentionHeads + config.numKeyValueHeads  // q heads then k heads, adjacent
-        let table = ropeTable(positions: batch.tokenCounts.max()!)
+        var table = ropeTable(positions: batch.tokenCounts.max()!)
+        if roundingToBFloat16 {
+            roundToBFloat16(&table.cosines)
+            roundToBFloat16(&table.sines)
+        }
+        let round: (Float) -> Float = roundingToBFloat16 ? { bf16($0) } : { $0 }
         qkv.withUnsafeMutableBufferPointer { values in
             for sample in 0..<batch.sampleCount {
                 for (position, row) in batch.rows(ofSample: sample).enumerated() {
@@ -317,8 +296,8 @@ public struct CPUBackend: ComputeBackend {
                             let second = values[base + index + half]
                             let cosine = table.cosines[cosines + index]
                             let sine = table.sines[cosines + index]
-                            values[base + index] = first * cosine - second * sine
-                            values[base + index + half] = second * cosine + first * sine
+                            values[base + index] = round(round(first * cosine) + round(-second * sine))
+                            values[base + index + half] = round(round(second * cosine) + round(first * sine))
                         }
                     }
                 }
