@@ -147,30 +147,25 @@ public final class QuantizeJob {
         return Inputs(config: config, source: source, weightAmax: weightAmax)
     }
 
-    static func weightAmax(source: SafeTensorsModel, name: String, cols: Int) throws -> Float {
-        let info = try source.info(name)
-        let amax: Float = try source.withBytes(name) { bytes in
-            switch info.dtype {
-            case .bf16:
-                return try withBF16(bytes) { try NVFP4Quantizer.amax(bf16: $0, cols: cols, tensor: name) }
-            default:
-                let values = try source.floats(name)
-                return try values.withUnsafeBufferPointer { try NVFP4Quantizer.amax(f32: $0, cols: cols, tensor: name) }
+    /// `max |W|` of a float tensor, rejecting NaN and Inf with an error naming the tensor and row.
+    static func tensorAmax(source: SafeTensorsModel, name: String, cols: Int) throws -> Float {
+        if try source.info(name).dtype == .bf16 {
+            return try source.withBytes(name) { bytes in
+                try withBF16(bytes) { try NVFP4Quantizer.amax(bf16: $0, cols: cols, tensor: name) }
             }
         }
+        let values = try source.floats(name)
+        return try values.withUnsafeBufferPointer { try NVFP4Quantizer.amax(f32: $0, cols: cols, tensor: name) }
+    }
+
+    static func weightAmax(source: SafeTensorsModel, name: String, cols: Int) throws -> Float {
+        let amax = try tensorAmax(source: source, name: name, cols: cols)
         if amax == 0 { throw NVFP4Error.allZero(tensor: name) }
         return amax
     }
 
     static func checkFinite(source: SafeTensorsModel, name: String) throws {
-        let info = try source.info(name)
-        let cols = info.shape.last ?? 1
-        if info.dtype == .bf16 {
-            _ = try source.withBytes(name) { bytes in try withBF16(bytes) { try NVFP4Quantizer.amax(bf16: $0, cols: cols, tensor: name) } }
-        } else {
-            let values = try source.floats(name)
-            _ = try values.withUnsafeBufferPointer { try NVFP4Quantizer.amax(f32: $0, cols: cols, tensor: name) }
-        }
+        _ = try tensorAmax(source: source, name: name, cols: try source.info(name).shape.last ?? 1)
     }
 
     /// Runs the job. For W4A4 the job calibrates on `options.calibration` unless a calibrator is given (tests
@@ -267,23 +262,21 @@ public final class QuantizeJob {
         try copyVerbatim(LlamaConfig.embedTokensName)
         let exportStage = PipelineStage<(amax: [String: Float], bytes: Int)>(label: "nvfp4.export")
         var bytesDone = 0
+        /// Waits for the layer in flight, if any, and folds its result into the summary.
+        func collectExport(finishedLayer: Int) throws {
+            guard let finished = try exportStage.waitForResult() else { return }
+            summary.activationAmax.merge(finished.amax) { a, _ in a }
+            bytesDone += finished.bytes
+            summary.quantizedLinears += LinearKind.allCases.count
+            progress.layerDone(layer: finishedLayer, bytesDone: bytesDone)
+        }
         for layer in 0..<config.numHiddenLayers {
             let activationAmax = try calibrator?.activationAmax(layer: layer)
             // At most one layer is in flight: wait for layer L-1 before handing over layer L.
-            if let finished = try exportStage.waitForResult() {
-                summary.activationAmax.merge(finished.amax) { a, _ in a }
-                bytesDone += finished.bytes
-                summary.quantizedLinears += 7
-                progress.layerDone(layer: layer - 1, bytesDone: bytesDone)
-            }
+            try collectExport(finishedLayer: layer - 1)
             exportStage.submit { try export(layer: layer, activationAmax: activationAmax) }
         }
-        if let finished = try exportStage.waitForResult() {
-            summary.activationAmax.merge(finished.amax) { a, _ in a }
-            bytesDone += finished.bytes
-            summary.quantizedLinears += 7
-            progress.layerDone(layer: config.numHiddenLayers - 1, bytesDone: bytesDone)
-        }
+        try collectExport(finishedLayer: config.numHiddenLayers - 1)
         try copyVerbatim(LlamaConfig.finalNormName)
         if !config.tieWordEmbeddings { try copyVerbatim(LlamaConfig.lmHeadName) }
         try writer.finish()

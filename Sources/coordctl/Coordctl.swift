@@ -108,12 +108,7 @@ struct Quantize: ParsableCommand {
     }
 
     func run() throws {
-        let logLevel = self.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
-            return handler
-        }
+        bootstrapLogging(level: logLevel)
         let logger = Logger(label: "coordctl.quantize")
         var options = QuantizeOptions(modelDirectory: URL(fileURLWithPath: model),
                                       outputDirectory: URL(fileURLWithPath: output))
@@ -136,3 +131,12 @@ struct Quantize: ParsableCommand {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Logs go to standard error at `level`; standard output carries only results.
+func bootstrapLogging(level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}

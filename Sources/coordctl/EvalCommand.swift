@@ -53,12 +53,7 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
-        let logLevel = self.logLevel
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
-            return handler
-        }
+        bootstrapLogging(level: logLevel)
         let logger = Logger(label: "coordctl.eval")
         let originalDirectory = URL(fileURLWithPath: original)
         let configPath = originalDirectory.appendingPathComponent("config.json").path
