@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "coordctl", targets: ["coordctl"]),
+        .executable(name: "coordd", targets: ["coordd"]),
+        .executable(name: "workerd", targets: ["workerd"]),
         .library(name: "NVFP4", targets: ["NVFP4"]),
         .library(name: "SafeTensors", targets: ["SafeTensors"]),
         .library(name: "Checkpoint", targets: ["Checkpoint"]),
@@ -16,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // Pure numerics: codecs and the block quantizer. No I/O.
@@ -56,11 +59,40 @@ let package = Package(
         // Loads the CUDA driver, NVRTC and cuBLASLt at run time (dlopen); builds with no CUDA SDK.
         .target(name: "CUDARuntime", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
-        .target(name: "Coordinator", dependencies: [
+        .target(name: "ClusterState", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // What coordd, workerd and coordctl say to each other: @Resolvable actor protocols and Codable messages.
+        .target(name: "ClusterProtocol", dependencies: ["ActorSystem", "ClusterState", "QuantizeJob", "Transport"]),
+        // The Coordinator distributed actor, job runners and coordd's service.
+        .target(name: "Coordinator", dependencies: [
+            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        // The Worker distributed actor (a layer range: calibrate, forward, export) and workerd's service.
+        .target(name: "Worker", dependencies: [
+            "ClusterProtocol", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "ComputeBackend", "CPUBackend",
+            "Calibration", "SafeTensors",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "coordd", dependencies: [
+            "Coordinator", "ClusterProtocol", "Transport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "workerd", dependencies: [
+            "Worker", "ClusterProtocol", "Transport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
         .executableTarget(name: "coordctl", dependencies: [
+            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "Coordinator", "Worker",
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -76,7 +108,7 @@ let package = Package(
                           path: "Benchmarks/TokenizerBenchmarks"),
 
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
-        .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport",
             .product(name: "NIOCore", package: "swift-nio"),

@@ -1,11 +1,183 @@
-/// coordd's state and planning, with no networking and no Llama math.
+/// # Coordinator
 ///
-/// - ``LayerPlanner`` splits decoder layers into contiguous per-worker ranges (by memory or `--split`) and re-plans
-///   after a worker is lost.
-/// - ``ClusterStateStore`` keeps jobs, workers, plans, per-layer progress and per-Linear activation statistics in
-///   SQLite (GRDB) under `--state-dir`, so a restarted coordd shows every job and resumes running ones from their
-///   last completed layer.
-/// - ``JobStatus`` is the stable `coordctl status --json` schema.
+/// The `Coordinator` distributed actor that coordd hosts. It keeps jobs and workers in ``ClusterStateStore``
+/// (SQLite), plans layer ranges, routes every calibration chunk through the workers in order (hidden states flow
+/// worker to worker; the coordinator stays off that path), merges the amax statistics they report, orders each
+/// layer's export and writes the final checkpoint from the streamed tensors.
 ///
-/// Everything here is synchronous and thread-safe; the daemon calls it from its actors.
-public enum Coordinator {}
+/// One ``JobRunner`` drives each job; it survives worker loss (re-plan and resume) and a coordd restart (jobs
+/// resume from the state on disk once their workers register again).
+import ActorSystem
+import ClusterProtocol
+import ClusterState
+import Distributed
+import Foundation
+import LlamaModel
+import Logging
+import QuantizeJob
+import Transport
+
+public distributed actor Coordinator: CoordinatorEndpoint {
+    public typealias ActorSystem = ClusterActorSystem
+
+    let store: ClusterStateStore
+    let logger: Logger
+    let settings: CoordinatorSettings
+    let registry = WorkerRegistry()
+    let mailbox = BulkMailbox()
+    private var runners: [String: JobRunner] = [:]
+
+    public init(actorSystem: ClusterActorSystem, store: ClusterStateStore, settings: CoordinatorSettings,
+                logger: Logger) {
+        self.actorSystem = actorSystem
+        self.store = store
+        self.settings = settings
+        self.logger = logger
+    }
+
+    // MARK: Worker-facing
+
+    public distributed func register(_ info: WorkerInfo) async throws -> RegistrationReply {
+        try store.registerWorker(WorkerRegistration(name: info.name, address: info.address.description,
+                                                    device: info.device, memoryBytes: info.memoryBytes,
+                                                    freeDiskBytes: info.freeDiskBytes,
+                                                    softwareVersion: info.softwareVersion))
+        await registry.register(info)
+        logger.info("worker registered", metadata: ["worker": "\(info.name)", "address": "\(info.address)",
+                                                    "device": "\(info.device)", "version": "\(info.softwareVersion)"])
+        return RegistrationReply(coordinatorVersion: NVFP4ClusterVersion.current,
+                                 heartbeatSeconds: settings.heartbeatSeconds)
+    }
+
+    public distributed func heartbeat(worker: String, freeDiskBytes: Int64) async throws {
+        do {
+            try store.recordHeartbeat(workerName: worker, freeDiskBytes: freeDiskBytes)
+        } catch ClusterStateError.workerIsDead {
+            throw ClusterJobError(node: "coordinator", message: "worker \(worker) was marked dead; register again")
+        }
+    }
+
+    public distributed func reportChunk(_ report: ChunkReport) async throws {
+        guard let runner = runners[report.jobID] else {
+            throw ClusterJobError(node: "coordinator", message: "job \(report.jobID) is not running")
+        }
+        try await runner.record(report)
+    }
+
+    public distributed func reportFailure(jobID: String, worker: String, message: String) async throws {
+        logger.error("worker reports a failure", metadata: ["job": "\(jobID)", "worker": "\(worker)",
+                                                           "reason": "\(message)"])
+        await runners[jobID]?.workerFailed(worker: worker, message: message)
+    }
+
+    // MARK: Client-facing
+
+    public distributed func submit(_ submission: JobSubmission) async throws -> String {
+        let spec = submission.spec
+        let jobID = spec.jobID
+        try JobRunner.checkSubmission(submission)
+        let record = try store.createJob(modelPath: spec.modelDirectory, outputPath: spec.outputDirectory,
+                                         options: submission, configHash: spec.configSHA256, id: jobID)
+        logger.info("job submitted", metadata: ["job": "\(record.id)", "model": "\(spec.modelDirectory)",
+                                                "output": "\(spec.outputDirectory)"])
+        start(jobID: record.id, submission: submission)
+        return record.id
+    }
+
+    public distributed func status(jobID: String) async throws -> JobStatus {
+        guard try store.job(id: jobID) != nil else {
+            throw ClusterJobError(node: "coordinator", message: "no job \(jobID)")
+        }
+        let live = await runners[jobID]?.liveFigures()
+        return try store.status(jobID: jobID, tokensPerSecond: live?.tokensPerSecond, etaSeconds: live?.etaSeconds,
+                                outputBytes: live?.outputBytes)
+    }
+
+    public distributed func list() async throws -> [JobStatus] {
+        var result: [JobStatus] = []
+        for job in try store.listJobs() { result.append(try await status(jobID: job.id)) }
+        return result
+    }
+
+    public distributed func workers() async throws -> [WorkerSummary] {
+        let formatter = ISO8601DateFormatter()
+        return try store.listWorkers().map {
+            WorkerSummary(name: $0.name, address: $0.address, device: $0.device, memoryBytes: $0.memoryBytes,
+                          freeDiskBytes: $0.freeDiskBytes, softwareVersion: $0.softwareVersion,
+                          health: $0.health.rawValue, lastHeartbeat: formatter.string(from: $0.lastHeartbeat),
+                          deathReason: $0.deathReason)
+        }
+    }
+
+    public distributed func cancel(jobID: String) async throws -> JobStatus {
+        guard let job = try store.job(id: jobID) else {
+            throw ClusterJobError(node: "coordinator", message: "no job \(jobID)")
+        }
+        if job.state.isTerminal {
+            throw ClusterJobError(node: "coordinator", message: "job \(jobID) already \(job.state.rawValue)")
+        }
+        if let runner = runners[jobID] {
+            await runner.cancel()
+        } else {
+            try store.updateJobState(jobID: jobID, to: .cancelled, reason: "cancelled by coordctl")
+        }
+        return try await status(jobID: jobID)
+    }
+
+    // MARK: Local API (coordd)
+
+    /// Resumes every job that was queued or running when coordd stopped.
+    public func resumeUnfinishedJobs() async throws {
+        for job in try store.listJobs() where !job.state.isTerminal {
+            let submission = try job.decodeOptions(as: JobSubmission.self)
+            logger.info("resuming job after a restart", metadata: ["job": "\(job.id)", "phase": "\(job.state.rawValue)"])
+            start(jobID: job.id, submission: submission)
+        }
+    }
+
+    /// A peer's connection went away. A worker's in-flight work is lost; its jobs re-plan or wait for it.
+    public func peerDisconnected(name: String, reason: String) async {
+        guard await registry.lose(name) else { return }
+        logger.warning("worker connection lost", metadata: ["worker": "\(name)", "reason": "\(reason)"])
+        _ = try? store.markWorkerDead(workerName: name, reason: reason)
+        await mailbox.failAll(peer: name, error: ClusterJobError(node: name, message: "connection lost: \(reason)"))
+        for runner in runners.values { await runner.workerLost(name: name, reason: reason) }
+    }
+
+    /// Exported tensors from a worker's data path.
+    public func receiveExportedTensor(from peer: String, id: UInt64, bytes: [UInt8]) async {
+        await mailbox.deliver(peer: peer, id: id, bytes: bytes)
+    }
+
+    /// Stops every runner at its next step (graceful shutdown); their jobs stay running on disk and resume later.
+    public func drain() async {
+        for runner in runners.values { await runner.stopForShutdown() }
+        for runner in runners.values { await runner.waitUntilStopped() }
+    }
+
+    private func start(jobID: String, submission: JobSubmission) {
+        let runner = JobRunner(jobID: jobID, submission: submission, store: store, registry: registry,
+                               mailbox: mailbox, system: actorSystem, settings: settings,
+                               logger: logger.withMetadata("job", jobID))
+        runners[jobID] = runner
+        Task { await runner.run() }
+    }
+}
+
+public struct CoordinatorSettings: Sendable {
+    public var heartbeatSeconds = 1.0
+    /// How long a job waits for a lost worker (or for the planned workers after a restart) before re-planning.
+    public var workerGraceSeconds = 30.0
+    /// Deadline of one compute call (load, calibrate a chunk, export a layer).
+    public var computeCallTimeoutSeconds = 3600.0
+
+    public init() {}
+}
+
+extension Logger {
+    func withMetadata(_ key: String, _ value: String) -> Logger {
+        var copy = self
+        copy[metadataKey: key] = "\(value)"
+        return copy
+    }
+}

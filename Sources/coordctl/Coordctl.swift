@@ -7,16 +7,50 @@ import Logging
 import QuantizeJob
 
 @main
-struct Coordctl: ParsableCommand {
+struct Coordctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordctl",
         abstract: "Turn BF16 Llama-family checkpoints into NVFP4 checkpoints that vLLM serves.",
         discussion: """
             `coordctl quantize` runs a whole job on this machine. The output directory appears only once the \
             checkpoint has been written and re-read against every rule a loader relies on.
+
+            A cluster runs coordd on one node and workerd on each node; `coordctl submit` starts a job there and \
+            `coordctl status JOB --watch` follows it. The client commands take --coordinator HOST:PORT and \
+            --token-file F (before or after the command name).
             """,
-        subcommands: [Quantize.self, Eval.self]
+        subcommands: [Quantize.self, Submit.self, Status.self, List.self, Workers.self, Cancel.self, Eval.self]
     )
+
+    /// Accepts the connection options before the command name too (`coordctl --coordinator H:P status JOB`), by
+    /// moving them behind it, where the client commands declare them.
+    static func main() async {
+        let arguments = movingLeadingConnectionOptions(Array(CommandLine.arguments.dropFirst()))
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// `[--coordinator X] [--token-file F] [--timeout S] COMMAND rest…` → `COMMAND --coordinator X … rest…`.
+func movingLeadingConnectionOptions(_ arguments: [String]) -> [String] {
+    let names = ["--coordinator", "--token-file", "--timeout"]
+    var rest = arguments
+    var leading: [String] = []
+    while let first = rest.first, names.contains(where: { first == $0 || first.hasPrefix($0 + "=") }) {
+        leading.append(rest.removeFirst())
+        if !first.contains("="), !rest.isEmpty { leading.append(rest.removeFirst()) }
+    }
+    guard !leading.isEmpty, !rest.isEmpty else { return arguments }
+    rest.insert(contentsOf: leading, at: 1)
+    return rest
 }
 
 extension QuantizationScheme: ExpressibleByArgument {}
@@ -43,6 +77,21 @@ struct Quantize: ParsableCommand {
             non-empty OUTPUT is replaced only with --force.
             """)
 
+    @OptionGroup var job: JobOptions
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: Logger.Level = .info
+
+    func run() throws {
+        bootstrapLogging(level: logLevel)
+        let logger = Logger(label: "coordctl.quantize")
+        let summary = try QuantizeJob(options: try job.makeOptions(), logger: logger).run()
+        print(summary.description)
+    }
+}
+
+/// The options of a job, shared by `quantize` and `submit`.
+struct JobOptions: ParsableArguments {
     @Option(name: .long, help: "Source model directory (Hugging Face layout).")
     var model: String
 
@@ -94,9 +143,6 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Held-out samples for the closing quality report (perplexity of the original against the quantized model); 0 skips it.")
     var evalSamples: Int = 16
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
-    var logLevel: Logger.Level = .info
-
     func validate() throws {
         if evalSamples < 0 { throw ValidationError("--eval-samples must not be negative") }
         if samples < 1 { throw ValidationError("--samples must be at least 1") }
@@ -107,9 +153,8 @@ struct Quantize: ParsableCommand {
         }
     }
 
-    func run() throws {
-        bootstrapLogging(level: logLevel)
-        let logger = Logger(label: "coordctl.quantize")
+    /// The options of a one-machine job.
+    func makeOptions() throws -> QuantizeOptions {
         var options = QuantizeOptions(modelDirectory: URL(fileURLWithPath: model),
                                       outputDirectory: URL(fileURLWithPath: output))
         options.scheme = scheme
@@ -125,8 +170,15 @@ struct Quantize: ParsableCommand {
         options.calibration.scratchDirectory = scratchDir.map { URL(fileURLWithPath: $0) }
         options.calibration.activationPrecision = activationPrecision
         options.evaluationSamples = evalSamples
-        let summary = try QuantizeJob(options: options, logger: logger).run()
-        print(summary.description)
+        return options
+    }
+
+    /// The options of a cluster job, with absolute paths (they are read on other machines).
+    func makeSpec() throws -> JobSpec {
+        var options = try makeOptions()
+        options.modelDirectory = options.modelDirectory.standardizedFileURL
+        options.outputDirectory = options.outputDirectory.standardizedFileURL
+        return try JobSpec(options: options)
     }
 }
 

@@ -1,5 +1,5 @@
 import Testing
-@testable import Coordinator
+@testable import ClusterState
 
 private let gigabyte: Int64 = 1 << 30
 

@@ -1,7 +1,7 @@
 import Foundation
 import GRDB
 import Testing
-@testable import Coordinator
+@testable import ClusterState
 
 /// A clock tests can move. (NSLock rather than Mutex: the package still targets macOS 14.)
 final class TestClock: @unchecked Sendable {

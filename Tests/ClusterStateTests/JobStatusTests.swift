@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Coordinator
+@testable import ClusterState
 
 @Suite("JobStatus")
 struct JobStatusTests {

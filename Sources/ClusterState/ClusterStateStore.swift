@@ -466,6 +466,18 @@ public final class ClusterStateStore: Sendable {
         }
     }
 
+    /// Layer → the chunks recorded for it so far, so a resumed job re-runs only what is missing.
+    public func recordedChunks(jobID: String) throws -> [Int: Set<Int>] {
+        try pool.read { db in
+            _ = try Self.requireJob(db, jobID)
+            var result: [Int: Set<Int>] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT layer, chunk FROM layerChunk WHERE jobId = ?", arguments: [jobID]) {
+                result[row["layer"] as Int, default: []].insert(row["chunk"] as Int)
+            }
+            return result
+        }
+    }
+
     /// Linear name → max input amax over every chunk recorded so far (completed layers or not).
     public func activationAmax(jobID: String) throws -> [String: Float] {
         try pool.read { db in

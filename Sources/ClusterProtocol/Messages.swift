@@ -1,0 +1,302 @@
+import ClusterState
+import Foundation
+import QuantizeJob
+
+/// Where a node listens; how peers find its actors.
+public struct NodeAddress: Codable, Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST:PORT` (IPv6 as `[::1]:PORT`).
+    public init(parsing text: String) throws {
+        var hostPart: Substring
+        let portPart: Substring
+        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+            hostPart = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw ClusterProtocolError.badAddress(text) }
+            portPart = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw ClusterProtocolError.badAddress(text) }
+            hostPart = text[..<colon]
+            portPart = text[text.index(after: colon)...]
+        }
+        guard !hostPart.isEmpty, let port = Int(portPart), (0...65535).contains(port) else {
+            throw ClusterProtocolError.badAddress(text)
+        }
+        if hostPart == "localhost" { hostPart = "127.0.0.1" }
+        self.init(host: String(hostPart), port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Loopback addresses are the only ones a node without a cluster token may listen on.
+    public var isLoopback: Bool { host == "::1" || host.hasPrefix("127.") }
+}
+
+/// Errors of the cluster protocol itself (addresses, ids), as opposed to a job's.
+public enum ClusterProtocolError: Error, Codable, Sendable, Equatable, CustomStringConvertible {
+    case badAddress(String)
+    case badTensorID(UInt64)
+
+    public var description: String {
+        switch self {
+        case .badAddress(let text): "'\(text)' is not HOST:PORT (e.g. 127.0.0.1:7070 or [::1]:7070)"
+        case .badTensorID(let id): "bulk tensor id \(id) is not one this job uses"
+        }
+    }
+}
+
+/// A failure a job reports across the cluster, with the node and the reason. Codable, so it travels typed.
+public struct ClusterJobError: Error, Codable, Sendable, Equatable, CustomStringConvertible {
+    public var node: String
+    public var message: String
+
+    public init(node: String, message: String) {
+        self.node = node
+        self.message = message
+    }
+
+    public var description: String { "\(node): \(message)" }
+}
+
+/// What a worker tells the coordinator about itself.
+public struct WorkerInfo: Codable, Sendable, Equatable {
+    public var name: String
+    /// Where its actor system listens (the coordinator calls it there, predecessors send hidden states there).
+    public var address: NodeAddress
+    public var device: String
+    public var memoryBytes: Int64
+    public var freeDiskBytes: Int64
+    public var softwareVersion: String
+
+    public init(name: String, address: NodeAddress, device: String, memoryBytes: Int64, freeDiskBytes: Int64,
+                softwareVersion: String) {
+        self.name = name
+        self.address = address
+        self.device = device
+        self.memoryBytes = memoryBytes
+        self.freeDiskBytes = freeDiskBytes
+        self.softwareVersion = softwareVersion
+    }
+}
+
+public struct RegistrationReply: Codable, Sendable, Equatable {
+    public var coordinatorVersion: String
+    /// Seconds between heartbeats the coordinator expects.
+    public var heartbeatSeconds: Double
+
+    public init(coordinatorVersion: String, heartbeatSeconds: Double) {
+        self.coordinatorVersion = coordinatorVersion
+        self.heartbeatSeconds = heartbeatSeconds
+    }
+}
+
+/// A job as coordctl submits it: the options of `quantize`, plus how to split the layers.
+public struct JobSubmission: Codable, Sendable {
+    public var spec: JobSpec
+    /// Use this many registered workers (nil: all live ones).
+    public var workerCount: Int?
+    /// Layers per worker, in route order (`--split A,B,…`); nil: in proportion to memory.
+    public var split: [Int]?
+
+    public init(spec: JobSpec, workerCount: Int? = nil, split: [Int]? = nil) {
+        self.spec = spec
+        self.workerCount = workerCount
+        self.split = split
+    }
+}
+
+/// The part of a job one worker runs.
+public struct WorkerAssignment: Codable, Sendable {
+    public var jobID: String
+    public var spec: JobSpec
+    public var firstLayer: Int
+    public var endLayer: Int
+    /// The first range embeds the token ids.
+    public var embeddings: Bool
+    /// The next worker of the route (where hidden states go); nil for the last range.
+    public var successor: NodeAddress?
+    public var successorName: String?
+    /// Token counts of every chunk of the calibration plan, so a later range knows each batch's shape.
+    public var chunkTokenCounts: [[Int]]
+    /// Token ids of every chunk (first range only; empty elsewhere).
+    public var chunkTokenIDs: [[Int32]]
+
+    public init(jobID: String, spec: JobSpec, firstLayer: Int, endLayer: Int, embeddings: Bool, successor: NodeAddress?,
+                successorName: String?, chunkTokenCounts: [[Int]], chunkTokenIDs: [[Int32]]) {
+        self.jobID = jobID
+        self.spec = spec
+        self.firstLayer = firstLayer
+        self.endLayer = endLayer
+        self.embeddings = embeddings
+        self.successor = successor
+        self.successorName = successorName
+        self.chunkTokenCounts = chunkTokenCounts
+        self.chunkTokenIDs = chunkTokenIDs
+    }
+
+    public var range: Range<Int> { firstLayer..<endLayer }
+}
+
+public struct LoadReport: Codable, Sendable, Equatable {
+    public var worker: String
+    public var layers: Int
+    public var seconds: Double
+    public init(worker: String, layers: Int, seconds: Double) {
+        self.worker = worker
+        self.layers = layers
+        self.seconds = seconds
+    }
+}
+
+public struct CalibrateOrder: Codable, Sendable, Equatable {
+    public var jobID: String
+    public var chunk: Int
+    public init(jobID: String, chunk: Int) {
+        self.jobID = jobID
+        self.chunk = chunk
+    }
+}
+
+/// Max |x| of the four observed inputs of one layer over one chunk.
+public struct LayerAmax: Codable, Sendable, Equatable {
+    public var layer: Int
+    public var qkv: Float
+    public var o: Float
+    public var gateUp: Float
+    public var down: Float
+
+    public init(layer: Int, qkv: Float, o: Float, gateUp: Float, down: Float) {
+        self.layer = layer
+        self.qkv = qkv
+        self.o = o
+        self.gateUp = gateUp
+        self.down = down
+    }
+}
+
+public struct ChunkReport: Codable, Sendable, Equatable {
+    public var jobID: String
+    public var worker: String
+    public var chunk: Int
+    public var sampleCount: Int
+    public var tokenCount: Int
+    public var seconds: Double
+    public var layers: [LayerAmax]
+
+    public init(jobID: String, worker: String, chunk: Int, sampleCount: Int, tokenCount: Int, seconds: Double,
+                layers: [LayerAmax]) {
+        self.jobID = jobID
+        self.worker = worker
+        self.chunk = chunk
+        self.sampleCount = sampleCount
+        self.tokenCount = tokenCount
+        self.seconds = seconds
+        self.layers = layers
+    }
+}
+
+/// Activation amax per fused group (`qkv`, `o`, `gate_up`, `down`), nil for weight-only schemes.
+public struct ExportRequest: Codable, Sendable, Equatable {
+    public var jobID: String
+    public var layer: Int
+    public var groupAmax: [String: Float]?
+    /// Bulk ids of this layer's tensors start here (see ``BulkTensorID``).
+    public init(jobID: String, layer: Int, groupAmax: [String: Float]?) {
+        self.jobID = jobID
+        self.layer = layer
+        self.groupAmax = groupAmax
+    }
+}
+
+/// The tensors of one exported layer, in write order; their bytes follow on the data path.
+public struct ExportManifest: Codable, Sendable, Equatable {
+    public struct Entry: Codable, Sendable, Equatable {
+        public var name: String
+        public var dtype: String
+        public var shape: [Int]
+        public var byteCount: Int
+        /// Lower-case hex SHA-256 of the bytes.
+        public var sha256: String
+        public var bulkID: UInt64
+
+        public init(name: String, dtype: String, shape: [Int], byteCount: Int, sha256: String, bulkID: UInt64) {
+            self.name = name
+            self.dtype = dtype
+            self.shape = shape
+            self.byteCount = byteCount
+            self.sha256 = sha256
+            self.bulkID = bulkID
+        }
+    }
+
+    public var layer: Int
+    public var entries: [Entry]
+    public init(layer: Int, entries: [Entry]) {
+        self.layer = layer
+        self.entries = entries
+    }
+}
+
+public struct WorkerStatusReport: Codable, Sendable, Equatable {
+    public var name: String
+    public var device: String
+    public var jobID: String?
+    public var range: String?
+    public var chunksDone: Int
+    public var freeDiskBytes: Int64
+    public init(name: String, device: String, jobID: String?, range: String?, chunksDone: Int, freeDiskBytes: Int64) {
+        self.name = name
+        self.device = device
+        self.jobID = jobID
+        self.range = range
+        self.chunksDone = chunksDone
+        self.freeDiskBytes = freeDiskBytes
+    }
+}
+
+/// `coordctl workers`: one registered worker.
+public struct WorkerSummary: Codable, Sendable, Equatable {
+    public var name: String
+    public var address: String
+    public var device: String
+    public var memoryBytes: Int64
+    public var freeDiskBytes: Int64
+    public var softwareVersion: String
+    public var health: String
+    public var lastHeartbeat: String
+    public var deathReason: String?
+
+    public init(name: String, address: String, device: String, memoryBytes: Int64, freeDiskBytes: Int64,
+                softwareVersion: String, health: String, lastHeartbeat: String, deathReason: String?) {
+        self.name = name
+        self.address = address
+        self.device = device
+        self.memoryBytes = memoryBytes
+        self.freeDiskBytes = freeDiskBytes
+        self.softwareVersion = softwareVersion
+        self.health = health
+        self.lastHeartbeat = lastHeartbeat
+        self.deathReason = deathReason
+    }
+}
+
+/// Ids of tensors on the data path. Hidden states of chunk `c` travel as `c`; the tensors of an exported layer as
+/// `exportBase | layer << 20 | index`, so the two kinds never collide on one connection.
+public enum BulkTensorID {
+    public static let exportBase: UInt64 = 1 << 62
+
+    public static func hiddenStates(chunk: Int) -> UInt64 { UInt64(chunk) }
+
+    public static func exportedTensor(layer: Int, index: Int) -> UInt64 {
+        exportBase | UInt64(layer) << 20 | UInt64(index)
+    }
+
+    public static func isExport(_ id: UInt64) -> Bool { id & exportBase != 0 }
+}

@@ -1,0 +1,108 @@
+import ActorSystem
+import ClusterProtocol
+import ClusterState
+import Foundation
+import Logging
+import ServiceLifecycle
+import Transport
+
+/// coordd as a swift-service-lifecycle `Service`: listens, hosts the ``Coordinator`` actor, resumes unfinished jobs,
+/// watches peers and receives exported tensors. On graceful shutdown (SIGTERM) the job runners stop at their next
+/// step, everything persisted stays in SQLite, and the listener closes.
+public struct CoordinatorService: Service {
+    public struct Configuration: Sendable {
+        public var listen: NodeAddress
+        public var stateDirectory: String
+        public var token: ClusterToken?
+        public var settings = CoordinatorSettings()
+        public var transport = TransportConfiguration()
+
+        public init(listen: NodeAddress, stateDirectory: String, token: ClusterToken?) {
+            self.listen = listen
+            self.stateDirectory = stateDirectory
+            self.token = token
+        }
+    }
+
+    let configuration: Configuration
+    let logger: Logger
+    /// Called once the listener is bound (tests and `coordctl quantize` learn the port this way).
+    let onReady: (@Sendable (NodeAddress) -> Void)?
+
+    public init(configuration: Configuration, logger: Logger, onReady: (@Sendable (NodeAddress) -> Void)? = nil) {
+        self.configuration = configuration
+        self.logger = logger
+        self.onReady = onReady
+    }
+
+    public func run() async throws {
+        if configuration.token == nil {
+            guard configuration.listen.isLoopback else {
+                throw ClusterJobError(node: "coordd", message: "--listen \(configuration.listen) is not a loopback "
+                                      + "address; without --token-file coordd listens on loopback only")
+            }
+            logger.warning("no cluster token: listening on loopback only (\(configuration.listen)); "
+                           + "give --token-file to accept workers on other hosts")
+        }
+        let store = try ClusterStateStore(stateDirectory: configuration.stateDirectory)
+        let system = try await ClusterActorSystem.start(
+            identity: NodeIdentity(name: "coordinator", role: .coordinator), listen: configuration.listen,
+            token: configuration.token, configuration: configuration.transport, logger: logger)
+        let coordinator = system.makeWellKnown(WellKnownActor.coordinator) {
+            Coordinator(actorSystem: system, store: store, settings: configuration.settings, logger: logger)
+        }
+        let bound = system.boundAddress!
+        logger.info("coordd listening", metadata: ["address": "\(bound)", "state": "\(configuration.stateDirectory)"])
+        onReady?(bound)
+        try await coordinator.resumeUnfinishedJobs()
+
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await event in system.peerEvents {
+                        switch event {
+                        case .disconnected(let peer, let reason) where peer.role == .worker:
+                            await coordinator.peerDisconnected(name: peer.name, reason: reason)
+                        case .authenticationFailed(let address, let reason):
+                            logger.warning("refused a peer that failed authentication",
+                                           metadata: ["address": "\(address)", "reason": "\(reason)"])
+                        default:
+                            break
+                        }
+                    }
+                }
+                group.addTask {
+                    await receiveBulk(system: system, coordinator: coordinator, logger: logger)
+                }
+                await group.waitForAll()
+            }
+        } onGracefulShutdown: {
+            Task {
+                logger.info("shutting down: stopping job runners; unfinished jobs resume at the next start")
+                await coordinator.drain()
+                await system.shutdown()
+            }
+        }
+        try store.close()
+        logger.info("coordd stopped")
+    }
+}
+
+/// Every incoming bulk connection is a worker streaming exported layer tensors.
+private func receiveBulk(system: ClusterActorSystem, coordinator: Coordinator, logger: Logger) async {
+    await withTaskGroup(of: Void.self) { group in
+        for await stream in system.incomingBulkStreams {
+            group.addTask {
+                do {
+                    for try await tensor in stream.tensors {
+                        let buffer = try await tensor.chunks.collect(maxBytes: Int.max)
+                        let bytes = Array(buffer.readableBytesView)
+                        await coordinator.receiveExportedTensor(from: stream.peer.name, id: tensor.id, bytes: bytes)
+                    }
+                } catch {
+                    logger.warning("data path from \(stream.peer.name) closed: \(error)")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,496 @@
+import ActorSystem
+import ClusterProtocol
+import ClusterState
+import Distributed
+import Foundation
+import LlamaModel
+import Logging
+import QuantizeJob
+
+/// Drives one job from queued to a terminal state: plan, load, route calibration chunks, merge statistics, export,
+/// write. Survives the loss of a worker (waits for it, or re-plans over the survivors) and a coordd restart (every
+/// decision is made again from the state in SQLite, whose chunk statistics are idempotent).
+actor JobRunner {
+    let jobID: String
+    let submission: JobSubmission
+    let store: ClusterStateStore
+    let registry: WorkerRegistry
+    let mailbox: BulkMailbox
+    let system: ClusterActorSystem
+    let settings: CoordinatorSettings
+    let logger: Logger
+
+    private var cancelRequested = false
+    private var shutdownRequested = false
+    private var stopped = false
+    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Workers of the current plan lost during the current attempt, with the reason.
+    private var lost: [String: String] = [:]
+    private var workerFailure: (worker: String, message: String)?
+    private var progressWaiters: [CheckedContinuation<Void, Never>] = []
+
+    // Known once an attempt has planned.
+    private var config: LlamaConfig?
+    private var calibrationPlan: CalibrationPlan?
+    private var plan: [LayerAssignment] = []
+    /// layer → chunks recorded.
+    private var recorded: [Int: Set<Int>] = [:]
+
+    // Live figures.
+    private var calibrationStart: ContinuousClock.Instant?
+    private var layerTokensThisRun = 0
+    private var outputBytes: Int64?
+
+    init(jobID: String, submission: JobSubmission, store: ClusterStateStore, registry: WorkerRegistry,
+         mailbox: BulkMailbox, system: ClusterActorSystem, settings: CoordinatorSettings, logger: Logger) {
+        self.jobID = jobID
+        self.submission = submission
+        self.store = store
+        self.registry = registry
+        self.mailbox = mailbox
+        self.system = system
+        self.settings = settings
+        self.logger = logger
+    }
+
+    /// Rejects a submission that cannot run before it is stored.
+    static func checkSubmission(_ submission: JobSubmission) throws {
+        if let count = submission.workerCount, count < 1 {
+            throw ClusterJobError(node: "coordinator", message: "--workers must be at least 1, got \(count)")
+        }
+        if let split = submission.split, split.isEmpty || split.contains(where: { $0 < 1 }) {
+            throw ClusterJobError(node: "coordinator", message: "--split needs positive layer counts, got \(split)")
+        }
+        let configPath = URL(fileURLWithPath: submission.spec.modelDirectory).appendingPathComponent("config.json").path
+        _ = try LlamaConfig.load(path: configPath)
+    }
+
+    struct LiveFigures: Sendable {
+        var tokensPerSecond: Double?
+        var etaSeconds: Double?
+        var outputBytes: Int64?
+    }
+
+    func liveFigures() -> LiveFigures {
+        guard let start = calibrationStart, let config, let calibrationPlan else {
+            return LiveFigures(outputBytes: outputBytes)
+        }
+        let seconds = secondsSince(start)
+        guard seconds > 0, layerTokensThisRun > 0 else { return LiveFigures(outputBytes: outputBytes) }
+        let layers = config.numHiddenLayers
+        let rate = Double(layerTokensThisRun) / seconds / Double(layers)
+        let done = recorded.reduce(0) { total, entry in
+            total + entry.value.reduce(0) { $0 + calibrationPlan.chunks[$1].tokenCount }
+        }
+        let remaining = max(0, calibrationPlan.tokenTotal * layers - done)
+        return LiveFigures(tokensPerSecond: rate, etaSeconds: Double(remaining) / (rate * Double(layers)),
+                           outputBytes: outputBytes)
+    }
+
+    // MARK: Events
+
+    func record(_ report: ChunkReport) throws {
+        guard let config, let calibrationPlan else {
+            throw ClusterJobError(node: "coordinator", message: "job \(jobID) is not calibrating")
+        }
+        guard calibrationPlan.chunks.indices.contains(report.chunk) else {
+            throw ClusterJobError(node: "coordinator", message: "chunk \(report.chunk) is not part of job \(jobID)")
+        }
+        for layerAmax in report.layers {
+            var amax: [String: Float] = [:]
+            for linear in config.linears(layer: layerAmax.layer) {
+                amax[linear.name] = layerAmax.value(of: linear.kind.group)
+            }
+            try store.recordChunkAmax(jobID: jobID, layer: layerAmax.layer, chunk: report.chunk,
+                                      sampleCount: report.sampleCount, amax: amax)
+            recorded[layerAmax.layer, default: []].insert(report.chunk)
+        }
+        layerTokensThisRun += report.tokenCount * report.layers.count
+        signalProgress()
+    }
+
+    func workerLost(name: String, reason: String) {
+        guard plan.contains(where: { $0.worker == name }) else { return }
+        lost[name] = reason
+        signalProgress()
+    }
+
+    func workerFailed(worker: String, message: String) {
+        workerFailure = (worker, message)
+        signalProgress()
+    }
+
+    func cancel() async {
+        cancelRequested = true
+        signalProgress()
+        await tellWorkersToStop(discardState: true)
+        await waitUntilStopped()
+    }
+
+    func stopForShutdown() {
+        shutdownRequested = true
+        signalProgress()
+    }
+
+    func waitUntilStopped() async {
+        if stopped { return }
+        await withCheckedContinuation { stopWaiters.append($0) }
+    }
+
+    private func signalProgress() {
+        let waiters = progressWaiters
+        progressWaiters = []
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func waitForProgress() async {
+        await withCheckedContinuation { progressWaiters.append($0) }
+    }
+
+    // MARK: The loop
+
+    func run() async {
+        defer {
+            stopped = true
+            for waiter in stopWaiters { waiter.resume() }
+            stopWaiters = []
+        }
+        while true {
+            do {
+                try await attempt()
+                return
+            } catch {
+                if cancelRequested {
+                    finish(as: .cancelled, reason: "cancelled by coordctl")
+                    return
+                }
+                if shutdownRequested {
+                    logger.info("stopped for shutdown; the job resumes when coordd starts again")
+                    return
+                }
+                // A worker's connection often drops a moment after its calls start failing.
+                try? await Task.sleep(for: .milliseconds(500))
+                let dead = await deadPlannedWorkers()
+                if dead.isEmpty {
+                    logger.error("job failed: \(error)")
+                    await tellWorkersToStop(discardState: false)
+                    finish(as: .failed, reason: "\(error)")
+                    return
+                }
+                logger.warning("lost worker(s) \(dead.joined(separator: ", ")): \(error); waiting up to "
+                               + "\(Int(settings.workerGraceSeconds)) s for them, then re-planning")
+                do {
+                    try await recoverPlan(dead: dead)
+                } catch {
+                    logger.error("job failed: \(error)")
+                    await tellWorkersToStop(discardState: false)
+                    finish(as: .failed, reason: "\(error)")
+                    return
+                }
+            }
+        }
+    }
+
+    private func finish(as state: JobState, reason: String?) {
+        do {
+            if let job = try store.job(id: jobID), !job.state.isTerminal {
+                try store.updateJobState(jobID: jobID, to: state, reason: reason)
+            }
+        } catch {
+            logger.error("could not record the job's end: \(error)")
+        }
+    }
+
+    private func checkInterrupted() throws {
+        if cancelRequested { throw CancellationError() }
+        if shutdownRequested { throw CancellationError() }
+        if let (name, reason) = lost.first { throw ClusterJobError(node: name, message: "worker lost: \(reason)") }
+        if let failure = workerFailure {
+            throw ClusterJobError(node: failure.worker, message: failure.message)
+        }
+    }
+
+    /// One pass from the state on disk to the end. Any failure throws; `run` decides what follows.
+    private func attempt() async throws {
+        lost = [:]
+        workerFailure = nil
+        let spec = submission.spec
+        let configPath = URL(fileURLWithPath: spec.modelDirectory).appendingPathComponent("config.json").path
+        let config = try LlamaConfig.load(path: configPath)
+        self.config = config
+        plan = try await ensurePlan(layerCount: config.numHiddenLayers)
+        try checkInterrupted()
+
+        try move(to: .loading)
+        if calibrationPlan == nil { calibrationPlan = try CalibrationPlan.build(spec: spec, logger: logger) }
+        let calibrationPlan = self.calibrationPlan!
+        let workers = try await resolveWorkers()
+        try await load(workers: workers, calibrationPlan: calibrationPlan)
+        try checkInterrupted()
+
+        if spec.scheme.quantizesActivations {
+            try move(to: .calibrating)
+            try await calibrate(workers: workers, calibrationPlan: calibrationPlan, config: config)
+        }
+        try move(to: .exporting)
+        try await exportAndWrite(workers: workers, calibrationPlan: calibrationPlan, config: config)
+        try move(to: .succeeded)
+        logger.info("job succeeded", metadata: ["output": "\(spec.outputDirectory)"])
+        await tellWorkersToStop(discardState: true)
+    }
+
+    private func move(to state: JobState) throws {
+        guard let job = try store.job(id: jobID) else { throw ClusterJobError(node: "coordinator", message: "job vanished") }
+        if job.state == state { return }
+        if state == .succeeded && job.state == .exporting {
+            try store.updateJobState(jobID: jobID, to: .merging)
+        }
+        try store.updateJobState(jobID: jobID, to: state)
+    }
+
+    // MARK: Planning
+
+    private func deadPlannedWorkers() async -> [String] {
+        var dead: [String] = []
+        for entry in plan where await registry.info(entry.worker) == nil { dead.append(entry.worker) }
+        return dead
+    }
+
+    /// The stored plan when all its workers are live; otherwise waits for enough workers and plans anew.
+    private func ensurePlan(layerCount: Int) async throws -> [LayerAssignment] {
+        let stored = try store.plan(jobID: jobID)
+        let deadline = ContinuousClock.now + .seconds(settings.workerGraceSeconds)
+        while true {
+            try checkInterrupted()
+            let generation = await registry.generation
+            let live = await registry.liveWorkers()
+            let liveNames = Set(live.map(\.name))
+            if !stored.isEmpty, stored.allSatisfy({ liveNames.contains($0.worker) }) { return stored }
+            let wanted = submission.split?.count ?? submission.workerCount ?? max(1, live.count)
+            if stored.isEmpty, live.count >= wanted, !live.isEmpty {
+                let chosen = Array(live.prefix(wanted))
+                let plan = try LayerPlanner.plan(layerCount: layerCount,
+                                                 workers: chosen.map { WorkerCapacity(name: $0.name, memoryBytes: $0.memoryBytes) },
+                                                 split: submission.split)
+                try store.savePlan(jobID: jobID, plan: plan)
+                logger.info("planned: " + plan.map { "\($0.worker) \($0.range.lowerBound)..<\($0.range.upperBound)" }
+                    .joined(separator: ", "))
+                return plan
+            }
+            if ContinuousClock.now >= deadline {
+                if !stored.isEmpty {
+                    let missing = stored.map(\.worker).filter { !liveNames.contains($0) }
+                    self.plan = stored
+                    try await recoverPlan(dead: missing)
+                    return try store.plan(jobID: jobID)
+                }
+                throw ClusterJobError(node: "coordinator", message: "the job needs \(wanted) live worker(s); "
+                                      + "\(live.count) registered within \(Int(settings.workerGraceSeconds)) s")
+            }
+            await registry.waitForChange(after: generation, timeout: deadline - ContinuousClock.now)
+        }
+    }
+
+    /// Waits for lost workers to come back; after the grace period hands their ranges to neighbours.
+    private func recoverPlan(dead: [String]) async throws {
+        let deadline = ContinuousClock.now + .seconds(settings.workerGraceSeconds)
+        while ContinuousClock.now < deadline {
+            if cancelRequested || shutdownRequested { throw CancellationError() }
+            let generation = await registry.generation
+            if await deadPlannedWorkers().isEmpty {
+                logger.info("every planned worker is back; resuming with the same plan")
+                return
+            }
+            await registry.waitForChange(after: generation, timeout: deadline - ContinuousClock.now)
+        }
+        guard let config else { throw ClusterJobError(node: "coordinator", message: "no model config") }
+        var current = plan
+        let live = await registry.liveWorkers()
+        let completed = try store.lastCompletedLayer(jobID: jobID).map { $0 + 1 } ?? 0
+        for name in await deadPlannedWorkers() {
+            current = try LayerPlanner.replan(plan: current, deadWorker: name, completedLayers: completed,
+                                              survivors: live.map { WorkerCapacity(name: $0.name, memoryBytes: $0.memoryBytes) },
+                                              bytesPerLayer: Self.residentBytesPerLayer(config))
+        }
+        try store.savePlan(jobID: jobID, plan: current)
+        plan = current
+        logger.info("re-planned: " + current.map { "\($0.worker) \($0.range.lowerBound)..<\($0.range.upperBound)" }
+            .joined(separator: ", "))
+    }
+
+    /// f32 weights of one decoder layer, as the CPU backend holds them.
+    static func residentBytesPerLayer(_ config: LlamaConfig) -> Int64 {
+        Int64(config.linears(layer: 0).reduce(0) { $0 + $1.inFeatures * $1.outFeatures }) * 4
+    }
+
+    // MARK: Loading
+
+    private struct PlannedWorker {
+        let assignment: LayerAssignment
+        let info: WorkerInfo
+        let endpoint: any WorkerEndpoint
+    }
+
+    private func resolveWorkers() async throws -> [PlannedWorker] {
+        var result: [PlannedWorker] = []
+        for entry in plan {
+            guard let info = await registry.info(entry.worker) else {
+                throw ClusterJobError(node: entry.worker, message: "not registered")
+            }
+            let id = system.wellKnownID(WellKnownActor.worker, at: info.address)
+            result.append(PlannedWorker(assignment: entry, info: info,
+                                        endpoint: try $WorkerEndpoint.resolve(id: id, using: system)))
+        }
+        return result
+    }
+
+    private func load(workers: [PlannedWorker], calibrationPlan: CalibrationPlan) async throws {
+        let spec = submission.spec
+        let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
+        try await withThrowingTaskGroup(of: LoadReport.self) { group in
+            for (index, worker) in workers.enumerated() {
+                let next = index + 1 < workers.count ? workers[index + 1] : nil
+                let assignment = WorkerAssignment(
+                    jobID: jobID, spec: spec, firstLayer: worker.assignment.range.lowerBound,
+                    endLayer: worker.assignment.range.upperBound, embeddings: worker.assignment.embeddings,
+                    successor: next?.info.address, successorName: next?.info.name,
+                    chunkTokenCounts: calibrationPlan.chunks.map(\.tokenCounts),
+                    chunkTokenIDs: worker.assignment.embeddings ? calibrationPlan.chunks.map(\.tokenIDs) : [])
+                let endpoint = worker.endpoint
+                group.addTask {
+                    try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.loadLayers(assignment) }
+                }
+            }
+            for try await report in group {
+                logger.info("worker loaded its range", metadata: ["worker": "\(report.worker)", "layers": "\(report.layers)",
+                                                                  "seconds": "\(String(format: "%.1f", report.seconds))"])
+            }
+        }
+    }
+
+    // MARK: Calibration
+
+    private func calibrate(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) async throws {
+        let chunkCount = calibrationPlan.chunks.count
+        let layerCount = config.numHiddenLayers
+        recorded = try store.recordedChunks(jobID: jobID)
+        calibrationStart = .now
+        layerTokensThisRun = 0
+
+        // Where each unfinished chunk must start: the range holding its first unrecorded layer, if that worker kept
+        // the chunk's input hidden states on disk; the first range otherwise.
+        var startRange: [Int: Int] = [:]
+        var keptByRange: [Int: Set<Int>] = [:]
+        for chunk in 0..<chunkCount {
+            guard let layer = (0..<layerCount).first(where: { !(recorded[$0]?.contains(chunk) ?? false) }) else { continue }
+            let range = workers.firstIndex { $0.assignment.range.contains(layer) }!
+            if range > 0 && keptByRange[range] == nil {
+                keptByRange[range] = Set(try await workers[range].endpoint.storedChunks(jobID: jobID))
+            }
+            startRange[chunk] = range > 0 && keptByRange[range]!.contains(chunk) ? range : 0
+        }
+        let pending = startRange.count
+        logger.info("calibrating \(chunkCount) chunks (\(calibrationPlan.samples) samples, \(calibrationPlan.tokenTotal) "
+                    + "tokens) through \(workers.count) worker(s); \(chunkCount - pending) chunks already done")
+        for range in workers.indices.dropFirst() {
+            let chunks = startRange.filter { $0.value == range }.map(\.key).sorted()
+            if chunks.isEmpty { continue }
+            let replayed = try await workers[range].endpoint.replayStoredChunks(jobID: jobID, chunks: chunks)
+            logger.info("resuming \(replayed.count) chunks at \(workers[range].info.name) from its kept hidden states")
+        }
+        let first = workers[0].endpoint
+        let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
+        for chunk in startRange.filter({ $0.value == 0 }).map(\.key).sorted() {
+            try checkInterrupted()
+            let order = CalibrateOrder(jobID: jobID, chunk: chunk)
+            try await ClusterActorSystem.withCallTimeout(timeout) { try await first.calibrate(order) }
+        }
+        // Wait for the last range to report every chunk.
+        while !(0..<layerCount).allSatisfy({ (recorded[$0]?.count ?? 0) == chunkCount }) {
+            try checkInterrupted()
+            await waitForProgress()
+        }
+        for layer in 0..<layerCount {
+            try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount)
+        }
+        logger.info("calibration complete: activation scales of \(layerCount) layers are final")
+    }
+
+    // MARK: Export and merge
+
+    private func exportAndWrite(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) async throws {
+        let spec = submission.spec
+        var record: CalibrationRecord?
+        if spec.scheme.quantizesActivations {
+            var amax = try store.activationAmax(jobID: jobID)
+            amax = amax.filter { _ in true }
+            record = calibrationPlan.record(activationAmax: amax)
+        }
+        let assembler = try CheckpointAssembler(spec: spec, config: config, logger: logger)
+        do {
+            let scaleRecords = spec.scheme.quantizesActivations ? try store.activationScaleRecords(jobID: jobID) : []
+            let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
+            for layer in 0..<config.numHiddenLayers {
+                try checkInterrupted()
+                let owner = workers.first { $0.assignment.range.contains(layer) }!
+                var groupAmax: [String: Float]?
+                if spec.scheme.quantizesActivations {
+                    var groups: [String: Float] = [:]
+                    for linear in config.linears(layer: layer) {
+                        guard let row = scaleRecords.first(where: { $0.moduleName == linear.name }) else {
+                            throw ClusterJobError(node: "coordinator", message: "no final amax for \(linear.name)")
+                        }
+                        groups[linear.kind.group.rawValue] = row.amax
+                    }
+                    groupAmax = groups
+                }
+                let request = ExportRequest(jobID: jobID, layer: layer, groupAmax: groupAmax)
+                let endpoint = owner.endpoint
+                let manifest = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.exportLayer(request) }
+                var tensors: [ExportedTensor] = []
+                for entry in manifest.entries {
+                    let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
+                    tensors.append(ExportedTensor(name: entry.name, dtype: entry.dtype, shape: entry.shape, data: bytes,
+                                                  sha256: entry.sha256))
+                }
+                try assembler.add(layer: layer, tensors: tensors)
+                outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
+            }
+            try move(to: .merging)
+            let report = try assembler.finish(calibrationRecord: record)
+            outputBytes = Int64(report.bytes)
+        } catch {
+            assembler.discard()
+            throw error
+        }
+    }
+
+    private func tellWorkersToStop(discardState: Bool) async {
+        for entry in plan {
+            guard let info = await registry.info(entry.worker) else { continue }
+            do {
+                let endpoint = try $WorkerEndpoint.resolve(id: system.wellKnownID(WellKnownActor.worker, at: info.address),
+                                                           using: system)
+                try await endpoint.cancel(jobID: jobID, discardState: discardState)
+            } catch {
+                logger.warning("could not tell \(entry.worker) to stop: \(error)")
+            }
+        }
+    }
+}
+
+extension LayerAmax {
+    func value(of group: FusedGroup) -> Float {
+        switch group {
+        case .qkv: qkv
+        case .o: o
+        case .gateUp: gateUp
+        case .down: down
+        }
+    }
+}
+
+func secondsSince(_ start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+}

@@ -1,0 +1,283 @@
+/// # Worker
+///
+/// The `Worker` distributed actor that workerd hosts: it holds one contiguous range of decoder layers of a job,
+/// runs calibration chunks through them, forwards hidden states to the next worker of the route, reports amax to
+/// the coordinator, and exports its layers.
+///
+/// Compute runs on a dedicated thread (``ComputeQueue``), never on the concurrency pool, so that calls, heartbeats
+/// and the data path stay responsive while a chunk is being computed.
+import ActorSystem
+import ClusterProtocol
+import Distributed
+import Foundation
+import Logging
+import NIOCore
+import Transport
+
+public distributed actor Worker: WorkerEndpoint {
+    public typealias ActorSystem = ClusterActorSystem
+
+    nonisolated public let name: String
+    nonisolated public let device: String
+    let scratchDirectory: URL
+    let coordinatorAddress: NodeAddress
+    let logger: Logger
+    let compute = ComputeQueue(label: "workerd.compute")
+    private var job: ActiveRangeJob?
+    private var incoming: [String: Task<Void, Never>] = [:]
+
+    public init(actorSystem: ClusterActorSystem, name: String, device: String, scratchDirectory: URL,
+                coordinator: NodeAddress, logger: Logger) {
+        self.actorSystem = actorSystem
+        self.name = name
+        self.device = device
+        self.scratchDirectory = scratchDirectory
+        self.coordinatorAddress = coordinator
+        self.logger = logger
+    }
+
+    private func coordinator() throws -> any CoordinatorEndpoint {
+        try $CoordinatorEndpoint.resolve(id: actorSystem.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress),
+                                         using: actorSystem)
+    }
+
+    // MARK: Distributed API
+
+    public distributed func loadLayers(_ assignment: WorkerAssignment) async throws -> LoadReport {
+        if let old = job {
+            logger.info("dropping the previous state of job \(old.assignment.jobID) before loading",
+                        metadata: ["job": "\(assignment.jobID)"])
+            await drop(old)
+        }
+        let start = ContinuousClock.now
+        let name = self.name
+        let scratch = scratchDirectory
+        let logger = self.logger
+        logger.info("loading layers \(assignment.firstLayer)..<\(assignment.endLayer)",
+                    metadata: ["job": "\(assignment.jobID)"])
+        let compute = try await self.compute.run {
+            try RangeCompute(assignment: assignment, workerName: name, scratchDirectory: scratch, logger: logger)
+        }
+        var successor: (any ActivationTransport)?
+        if let next = assignment.successor {
+            successor = try await actorSystem.openBulkTransport(to: actorSystem.endpoint(for: next))
+        }
+        job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor)
+        let seconds = secondsSince(start)
+        logger.info("loaded \(assignment.range.count) layers in \(String(format: "%.1f", seconds)) s",
+                    metadata: ["job": "\(assignment.jobID)"])
+        return LoadReport(worker: name, layers: assignment.range.count, seconds: seconds)
+    }
+
+    public distributed func calibrate(_ order: CalibrateOrder) async throws {
+        let job = try activeJob(order.jobID)
+        guard job.assignment.embeddings else {
+            throw ClusterJobError(node: name, message: "calibrate(chunk:) goes to the first range only; this worker "
+                                  + "holds layers \(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
+        }
+        try await process(job: job, chunk: order.chunk, input: nil)
+    }
+
+    public distributed func replayStoredChunks(jobID: String, chunks: [Int]) async throws -> [Int] {
+        let job = try activeJob(jobID)
+        let stored = Set(try job.compute.storedChunks())
+        let replay = chunks.filter { stored.contains($0) }
+        // Run in the background in order; failures go to the coordinator like any incoming chunk's.
+        job.enqueueBackground { [weak self] in
+            for chunk in replay {
+                guard let self else { return }
+                try await self.processStored(jobID: jobID, chunk: chunk)
+            }
+        }
+        return replay
+    }
+
+    public distributed func storedChunks(jobID: String) async throws -> [Int] {
+        let job = try activeJob(jobID)
+        return try job.compute.storedChunks()
+    }
+
+    public distributed func exportLayer(_ request: ExportRequest) async throws -> ExportManifest {
+        let job = try activeJob(request.jobID)
+        guard job.assignment.range.contains(request.layer) else {
+            throw ClusterJobError(node: name, message: "layer \(request.layer) is not in this worker's range "
+                                  + "\(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
+        }
+        let tensors = try await compute.run { try job.compute.export(layer: request.layer, groupAmax: request.groupAmax) }
+        let transport = try await actorSystem.openBulkTransport(to: actorSystem.endpoint(for: coordinatorAddress))
+        var entries: [ExportManifest.Entry] = []
+        for (index, tensor) in tensors.enumerated() {
+            let id = BulkTensorID.exportedTensor(layer: request.layer, index: index)
+            entries.append(ExportManifest.Entry(name: tensor.name, dtype: tensor.dtype, shape: tensor.shape,
+                                                byteCount: tensor.data.count, sha256: tensor.sha256, bulkID: id))
+            try await transport.sendTensor(id: id, chunks: byteChunks(tensor.data))
+        }
+        return ExportManifest(layer: request.layer, entries: entries)
+    }
+
+    public distributed func status() async throws -> WorkerStatusReport {
+        WorkerStatusReport(name: name, device: device, jobID: job?.assignment.jobID,
+                           range: job.map { "\($0.assignment.firstLayer)-\($0.assignment.endLayer - 1)" },
+                           chunksDone: job?.chunksDone ?? 0, freeDiskBytes: freeDiskBytes(at: scratchDirectory))
+    }
+
+    public distributed func cancel(jobID: String, discardState: Bool) async throws {
+        if let job, job.assignment.jobID == jobID {
+            await drop(job)
+            logger.info("job stopped\(discardState ? "; its kept hidden states are removed" : "")", metadata: ["job": "\(jobID)"])
+        }
+        if discardState {
+            try RangeCompute.discardKeptState(jobID: jobID, workerName: name, scratchDirectory: scratchDirectory)
+        }
+    }
+
+    // MARK: Local API (workerd)
+
+    /// The coordinator went away: its job state is stale. Stop computing; kept hidden states stay for a resume.
+    public func coordinatorLost() async {
+        guard let job else { return }
+        logger.warning("coordinator connection lost; stopping job work until it calls again",
+                       metadata: ["job": "\(job.assignment.jobID)"])
+        await drop(job)
+    }
+
+    /// SIGTERM: finish the chunk in progress, then stop.
+    public func stopForShutdown() async {
+        if let job { await drop(job) }
+    }
+
+    private func drop(_ old: ActiveRangeJob) async {
+        old.cancel()
+        if job === old { job = nil }
+        // Release the layers after any compute already queued for them.
+        _ = try? await compute.run { old.compute.close() }
+    }
+
+    /// Hidden states from the predecessor. Called by workerd's data-path loop, one tensor at a time in arrival order.
+    public func receiveHiddenStates(from peer: String, id: UInt64, bytes: ByteBuffer) async {
+        guard let job else {
+            logger.warning("hidden states for chunk \(id) from \(peer) arrived with no job loaded; dropped")
+            return
+        }
+        guard !BulkTensorID.isExport(id), Int(id) < job.assignment.chunkTokenCounts.count else {
+            await reportFailure(job: job, message: "\(peer) sent tensor id \(id), which is no chunk of this job")
+            return
+        }
+        do {
+            try await process(job: job, chunk: Int(id), input: bytes)
+        } catch {
+            await reportFailure(job: job, message: "chunk \(id): \(error)")
+        }
+    }
+
+    /// Tells the coordinator that something failed outside a call it made.
+    private func reportFailure(job: ActiveRangeJob, message: String) async {
+        logger.error("\(message)", metadata: ["job": "\(job.assignment.jobID)"])
+        do {
+            try await coordinator().reportFailure(jobID: job.assignment.jobID, worker: name, message: message)
+        } catch {
+            logger.error("could not report the failure to the coordinator: \(error)")
+        }
+    }
+
+    // MARK: Steps
+
+    private func activeJob(_ jobID: String) throws -> ActiveRangeJob {
+        guard let job, job.assignment.jobID == jobID else {
+            throw ClusterJobError(node: name, message: "job \(jobID) is not loaded here (loadLayers first)")
+        }
+        return job
+    }
+
+    private func processStored(jobID: String, chunk: Int) async throws {
+        let job = try activeJob(jobID)
+        try await process(job: job, chunk: chunk, input: nil, fromStore: true)
+    }
+
+    /// Runs one chunk through the range, reports its amax, and forwards the output to the successor.
+    private func process(job: ActiveRangeJob, chunk: Int, input: ByteBuffer?, fromStore: Bool = false) async throws {
+        let start = ContinuousClock.now
+        let result = try await compute.run { try job.compute.run(chunk: chunk, input: input, fromStore: fromStore) }
+        if job.isCancelled { return }
+        let report = ChunkReport(jobID: job.assignment.jobID, worker: name, chunk: chunk,
+                                 sampleCount: job.assignment.chunkTokenCounts[chunk].count,
+                                 tokenCount: job.assignment.chunkTokenCounts[chunk].reduce(0, +),
+                                 seconds: secondsSince(start), layers: result.amax)
+        if let successor = job.successor {
+            try await successor.sendTensor(id: BulkTensorID.hiddenStates(chunk: chunk), chunks: byteChunks(result.output))
+        }
+        try await coordinator().reportChunk(report)
+        job.chunksDone += 1
+    }
+}
+
+/// One job's state on a worker.
+final class ActiveRangeJob: @unchecked Sendable {
+    let assignment: WorkerAssignment
+    let compute: RangeCompute
+    let successor: (any ActivationTransport)?
+    var chunksDone = 0
+    private let lock = NSLock()
+    private var cancelled = false
+    private var background: [Task<Void, Never>] = []
+
+    init(assignment: WorkerAssignment, compute: RangeCompute, successor: (any ActivationTransport)?) {
+        self.assignment = assignment
+        self.compute = compute
+        self.successor = successor
+    }
+
+    var isCancelled: Bool { lock.withLock { cancelled } }
+
+    func cancel() {
+        let tasks = lock.withLock {
+            cancelled = true
+            return background
+        }
+        for task in tasks { task.cancel() }
+    }
+
+    func enqueueBackground(_ work: @escaping @Sendable () async throws -> Void) {
+        let task = Task {
+            do { try await work() } catch {}
+        }
+        lock.withLock { background.append(task) }
+    }
+}
+
+/// Splits bytes into 4 MiB ByteBuffers for the data path.
+func byteChunks(_ data: [UInt8]) -> [ByteBuffer] {
+    let size = 4 << 20
+    var chunks: [ByteBuffer] = []
+    var offset = 0
+    repeat {
+        let end = min(offset + size, data.count)
+        chunks.append(ByteBuffer(bytes: data[offset..<end]))
+        offset = end
+    } while offset < data.count
+    return chunks
+}
+
+func secondsSince(_ start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+}
+
+/// Free bytes on the file system holding `url`, 0 when unknown.
+public func freeDiskBytes(at url: URL) -> Int64 {
+    let attributes = try? FileManager.default.attributesOfFileSystem(forPath: url.path)
+    return (attributes?[.systemFreeSize] as? NSNumber)?.int64Value ?? 0
+}
+
+/// A serial thread for blocking compute, awaited from async code.
+public final class ComputeQueue: Sendable {
+    private let queue: DispatchQueue
+
+    public init(label: String) { queue = DispatchQueue(label: label) }
+
+    public func run<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async { continuation.resume(with: Result { try work() }) }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+import ActorSystem
+import ClusterProtocol
+import Distributed
+import Foundation
+import Logging
+import ServiceLifecycle
+import Transport
+
+/// workerd as a swift-service-lifecycle `Service`: listens for the coordinator's calls and the predecessor's hidden
+/// states, registers with the coordinator (again after it restarts), sends heartbeats, and on SIGTERM stops after
+/// the chunk in progress; kept hidden states stay on disk for a resume.
+public struct WorkerService: Service {
+    public struct Configuration: Sendable {
+        public var coordinator: NodeAddress
+        public var listen: NodeAddress
+        /// The address peers use to reach this worker; the listen address when nil.
+        public var advertise: NodeAddress?
+        public var name: String
+        public var device: String
+        public var token: ClusterToken?
+        public var scratchDirectory: URL
+        public var memoryBytes: Int64 = Int64(ProcessInfo.processInfo.physicalMemory)
+        public var transport = TransportConfiguration()
+
+        public init(coordinator: NodeAddress, listen: NodeAddress, name: String, device: String, token: ClusterToken?,
+                    scratchDirectory: URL) {
+            self.coordinator = coordinator
+            self.listen = listen
+            self.name = name
+            self.device = device
+            self.token = token
+            self.scratchDirectory = scratchDirectory
+        }
+    }
+
+    let configuration: Configuration
+    let logger: Logger
+
+    public init(configuration: Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let configuration = self.configuration
+        let logger = self.logger
+        if configuration.token == nil && !configuration.listen.isLoopback {
+            throw ClusterJobError(node: configuration.name, message: "--listen \(configuration.listen) is not a loopback "
+                                  + "address; without --token-file workerd listens on loopback only")
+        }
+        try FileManager.default.createDirectory(at: configuration.scratchDirectory, withIntermediateDirectories: true)
+        let system = try await ClusterActorSystem.start(
+            identity: NodeIdentity(name: configuration.name, role: .worker), listen: configuration.listen,
+            token: configuration.token, configuration: configuration.transport, logger: logger)
+        var advertised = configuration.advertise ?? system.boundAddress!
+        if advertised.port == 0 { advertised.port = system.boundAddress!.port }
+        if advertised.host == "0.0.0.0" || advertised.host == "::" {
+            throw ClusterJobError(node: configuration.name, message: "listening on \(advertised.host): give --advertise "
+                                  + "HOST:PORT, the address other nodes reach this worker at")
+        }
+        let worker = system.makeWellKnown(WellKnownActor.worker) {
+            Worker(actorSystem: system, name: configuration.name, device: configuration.device,
+                   scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
+                   logger: logger)
+        }
+        logger.info("workerd listening", metadata: ["address": "\(advertised)", "coordinator": "\(configuration.coordinator)"])
+        let info = { WorkerInfo(name: configuration.name, address: advertised, device: configuration.device,
+                                memoryBytes: configuration.memoryBytes,
+                                freeDiskBytes: freeDiskBytes(at: configuration.scratchDirectory),
+                                softwareVersion: workerSoftwareVersion) }
+
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await registerAndBeat(system: system, coordinatorAddress: configuration.coordinator, info: info,
+                                          worker: worker, logger: logger)
+                }
+                group.addTask {
+                    await withTaskGroup(of: Void.self) { streams in
+                        for await stream in system.incomingBulkStreams {
+                            streams.addTask {
+                                do {
+                                    for try await tensor in stream.tensors {
+                                        let bytes = try await tensor.chunks.collect(maxBytes: Int.max)
+                                        await worker.receiveHiddenStates(from: stream.peer.name, id: tensor.id, bytes: bytes)
+                                    }
+                                } catch {
+                                    logger.warning("data path from \(stream.peer.name) closed: \(error)")
+                                }
+                            }
+                        }
+                    }
+                }
+                await group.waitForAll()
+            }
+        } onGracefulShutdown: {
+            Task {
+                logger.info("shutting down: finishing the chunk in progress; kept hidden states stay on disk")
+                await worker.stopForShutdown()
+                await system.shutdown()
+            }
+        }
+        logger.info("workerd stopped")
+    }
+}
+
+public let workerSoftwareVersion = "NVFP4Cluster 0.1.0"
+
+/// Registers with the coordinator, retrying until it answers, then sends heartbeats; starts over when it goes away.
+private func registerAndBeat(system: ClusterActorSystem, coordinatorAddress: NodeAddress,
+                             info: @escaping @Sendable () -> WorkerInfo, worker: Worker, logger: Logger) async {
+    var announcedWaiting = false
+    while !Task.isCancelled && !system.isShuttingDown {
+        do {
+            let coordinator = try $CoordinatorEndpoint.resolve(
+                id: system.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress), using: system)
+            let reply = try await coordinator.register(info())
+            announcedWaiting = false
+            logger.info("registered with the coordinator", metadata: ["coordinator": "\(coordinatorAddress)",
+                                                                      "version": "\(reply.coordinatorVersion)"])
+            while !Task.isCancelled && !system.isShuttingDown {
+                try await Task.sleep(for: .seconds(reply.heartbeatSeconds))
+                try await coordinator.heartbeat(worker: info().name, freeDiskBytes: info().freeDiskBytes)
+            }
+        } catch {
+            if system.isShuttingDown { return }
+            if !announcedWaiting {
+                logger.warning("coordinator \(coordinatorAddress) not reachable (\(error)); retrying every second")
+                announcedWaiting = true
+            }
+            await worker.coordinatorLost()
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+}

@@ -1,0 +1,252 @@
+import ActorSystem
+import ArgumentParser
+import ClusterProtocol
+import ClusterState
+import Distributed
+import Foundation
+import Logging
+import QuantizeJob
+import Transport
+
+/// How coordctl reaches coordd.
+struct ConnectionOptions: ParsableArguments {
+    @Option(name: .long, help: "coordd's address, HOST:PORT.")
+    var coordinator: String = "127.0.0.1:7070"
+
+    @Option(name: .long, help: "File holding the cluster token (mode 600); needed when coordd has one.")
+    var tokenFile: String?
+
+    @Option(name: .long, help: "Seconds to wait for coordd's answer.")
+    var timeout: Double = 30
+
+    /// Connects and resolves the coordinator actor; the caller shuts the system down.
+    func connect() async throws -> (ClusterActorSystem, any CoordinatorEndpoint) {
+        let address = try NodeAddress(parsing: coordinator)
+        let token = try tokenFile.map { try TokenFile.load(path: $0) }
+        var transport = TransportConfiguration()
+        transport.defaultCallTimeout = .milliseconds(Int64(timeout * 1000))
+        var logger = Logger(label: "coordctl")
+        logger.logLevel = .warning
+        let system = try await ClusterActorSystem.start(
+            identity: NodeIdentity(name: "coordctl-\(ProcessInfo.processInfo.processIdentifier)", role: .client),
+            listen: nil, token: token, configuration: transport, logger: logger)
+        let coordinator = try $CoordinatorEndpoint.resolve(id: system.wellKnownID(WellKnownActor.coordinator, at: address),
+                                                           using: system)
+        return (system, coordinator)
+    }
+
+    func withCoordinator<T>(_ body: (any CoordinatorEndpoint) async throws -> T) async throws -> T {
+        let (system, coordinator) = try await connect()
+        do {
+            let result = try await body(coordinator)
+            await system.shutdown()
+            return result
+        } catch {
+            await system.shutdown()
+            throw CoordctlError("coordd at \(self.coordinator): \(error)")
+        }
+    }
+}
+
+struct CoordctlError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+struct Submit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Submit a quantization job to coordd; prints the job id alone on the last line.",
+        discussion: """
+            Takes the options of `quantize`. The model directory must be readable at the same path on every worker \
+            (local copies or shared storage); each worker checks the config.json hash before it starts. The output \
+            is written by coordd, on its machine.
+
+            Layers are split into contiguous ranges, one per worker, in proportion to each worker's memory, or as \
+            --split says. Watch the job with `coordctl status JOB --watch`.
+            """)
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var job: JobOptions
+
+    @Option(name: .long, help: "Number of registered workers to use (default: all live ones).")
+    var workers: Int?
+
+    @Option(name: .long, help: "Layers per worker in route order, e.g. 40,40 (must add up to the model's layer count).")
+    var split: String?
+
+    func validate() throws {
+        try job.validate()
+        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
+        if workers != nil && split != nil { throw ValidationError("give --workers or --split, not both") }
+    }
+
+    func run() async throws {
+        let splitCounts = try split.map { text -> [Int] in
+            try text.split(separator: ",").map {
+                guard let count = Int($0.trimmingCharacters(in: .whitespaces)), count > 0 else {
+                    throw ValidationError("--split \(text): expected positive layer counts such as 40,40")
+                }
+                return count
+            }
+        }
+        let spec = try job.makeSpec()
+        let submission = JobSubmission(spec: spec, workerCount: workers, split: splitCounts)
+        let jobID = try await connection.withCoordinator { try await $0.submit(submission) }
+        print("submitted; watch it with: coordctl status \(jobID) --watch")
+        print(jobID)
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a job: phase, workers and their ranges, samples through each range, tokens/s, ETA, output size.",
+        discussion: """
+            --json prints the stable schema documented in Docs/operations.md (schema_version 1, `state` at the top \
+            level: queued, running, succeeded, failed or cancelled). The exit status is 0 unless the job failed (1) \
+            or was cancelled (2), so scripts can wait with --watch.
+            """)
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Argument(help: "The job id that submit printed.")
+    var job: String
+
+    @Flag(name: .long, help: "Redraw every second until the job ends.")
+    var watch = false
+
+    @Flag(name: .long, help: "Machine-readable output (one JSON object; with --watch one per line).")
+    var json = false
+
+    func run() async throws {
+        let (system, coordinator) = try await connection.connect()
+        defer { Task { await system.shutdown() } }
+        var status: JobStatus
+        repeat {
+            do {
+                status = try await coordinator.status(jobID: job)
+            } catch {
+                throw CoordctlError("coordd at \(connection.coordinator): \(error)")
+            }
+            if json {
+                print(String(decoding: try status.jsonData(), as: UTF8.self))
+            } else {
+                if watch { print("\u{1B}[2J\u{1B}[H", terminator: "") }
+                print(render(status))
+            }
+            if !watch || status.phase.isTerminal { break }
+            try await Task.sleep(for: .seconds(1))
+        } while true
+        await system.shutdown()
+        switch status.state {
+        case .failed: throw ExitCode(1)
+        case .cancelled: throw ExitCode(2)
+        default: break
+        }
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List every job coordd knows, oldest first.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Flag(name: .long, help: "Machine-readable output: a JSON array of status objects.")
+    var json = false
+
+    func run() async throws {
+        let statuses = try await connection.withCoordinator { try await $0.list() }
+        if json {
+            let objects = try statuses.map { String(decoding: try $0.jsonData(), as: UTF8.self) }
+            print("[" + objects.joined(separator: ",") + "]")
+            return
+        }
+        if statuses.isEmpty { print("no jobs"); return }
+        print(pad("JOB", 38) + pad("PHASE", 13) + pad("UPDATED", 22) + "OUTPUT")
+        for status in statuses {
+            print(pad(status.jobID, 38) + pad(status.phase.rawValue, 13) + pad(status.updatedAt, 22) + status.output)
+        }
+    }
+}
+
+struct Workers: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the registered workers. A peer that failed authentication never appears here.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Flag(name: .long, help: "Machine-readable output: a JSON array.")
+    var json = false
+
+    func run() async throws {
+        let workers = try await connection.withCoordinator { try await $0.workers() }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(workers), as: UTF8.self))
+            return
+        }
+        if workers.isEmpty { print("no workers registered"); return }
+        print(pad("NAME", 16) + pad("ADDRESS", 22) + pad("DEVICE", 10) + pad("MEMORY", 10) + pad("FREE DISK", 11)
+              + pad("HEALTH", 8) + "LAST HEARTBEAT")
+        for worker in workers {
+            print(pad(worker.name, 16) + pad(worker.address, 22) + pad(worker.device, 10)
+                  + pad(formatGB(worker.memoryBytes), 10) + pad(formatGB(worker.freeDiskBytes), 11)
+                  + pad(worker.health, 8) + worker.lastHeartbeat
+                  + (worker.deathReason.map { "  (\($0))" } ?? ""))
+        }
+    }
+}
+
+struct Cancel: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Cancel a job: stops its work on every worker and removes its partial output.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    @Argument(help: "The job id.")
+    var job: String
+
+    func run() async throws {
+        let status = try await connection.withCoordinator { try await $0.cancel(jobID: job) }
+        print("job \(status.jobID): \(status.phase.rawValue)")
+    }
+}
+
+/// The human form of `status`.
+func render(_ status: JobStatus) -> String {
+    var lines = ["job \(status.jobID)", "  phase:   \(status.phase.rawValue)", "  model:   \(status.model)",
+                 "  output:  \(status.output)"]
+    if !status.workers.isEmpty {
+        lines.append("  workers:")
+        for worker in status.workers {
+            let through = status.samplesThrough[worker.range] ?? 0
+            lines.append("    \(pad(worker.name, 16)) layers \(pad(worker.range, 8)) \(pad(worker.device, 8)) "
+                         + "\(pad(worker.health.rawValue, 6)) samples through: \(through)"
+                         + (worker.embeddings ? "  (embeddings)" : ""))
+        }
+    }
+    if let rate = status.tokensPerSecond { lines.append(String(format: "  speed:   %.1f tokens/s", rate)) }
+    if let eta = status.etaSeconds { lines.append("  eta:     \(formatDuration(eta))") }
+    if let bytes = status.outputBytes { lines.append("  output size: \(formatGB(bytes))") }
+    if let reason = status.failureReason { lines.append("  reason:  \(reason)") }
+    lines.append("  updated: \(status.updatedAt)")
+    return lines.joined(separator: "\n")
+}
+
+func pad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+}
+
+func formatGB(_ bytes: Int64) -> String {
+    let value = Double(bytes)
+    if value >= 1e9 { return String(format: "%.1f GB", value / 1e9) }
+    return String(format: "%.0f MB", value / 1e6)
+}
+
+func formatDuration(_ seconds: Double) -> String {
+    let total = Int(seconds.rounded())
+    if total >= 3600 { return "\(total / 3600) h \(total % 3600 / 60) min" }
+    if total >= 60 { return "\(total / 60) min \(total % 60) s" }
+    return "\(total) s"
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import ClusterProtocol
+import Coordinator
+import Foundation
+import Logging
+import ServiceLifecycle
+import Transport
+
+@main
+struct Coordd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordd",
+        abstract: "The NVFP4Cluster coordinator daemon.",
+        discussion: """
+            Keeps jobs and workers in SQLite under --state-dir, plans which worker holds which decoder layers, \
+            routes calibration chunks through the workers, merges their statistics and writes the final checkpoint \
+            to each job's output path (on this machine).
+
+            Security: peers authenticate with the cluster token (an HMAC challenge-response; the token never \
+            crosses the wire). Without --token-file, coordd listens on loopback only. SIGTERM stops gracefully: \
+            running jobs keep their state and resume when coordd starts again.
+            """)
+
+    @Option(name: .long, help: "Address to listen on, HOST:PORT. Non-loopback addresses need --token-file.")
+    var listen: String = "127.0.0.1:7070"
+
+    @Option(name: .long, help: "Directory for coordd.sqlite (jobs, workers, plans, statistics).")
+    var stateDir: String
+
+    @Option(name: .long, help: "File holding the cluster token (mode 600). Workers and coordctl use the same token.")
+    var tokenFile: String?
+
+    @Option(name: .long, help: "Seconds a job waits for a lost worker before re-planning its layers onto the others.")
+    var workerGrace: Double = 30
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: Logger.Level = .info
+
+    func run() async throws {
+        bootstrapDaemonLogging(level: logLevel)
+        let logger = Logger(label: "coordd")
+        var configuration = CoordinatorService.Configuration(
+            listen: try NodeAddress(parsing: listen), stateDirectory: stateDir,
+            token: try tokenFile.map { try TokenFile.load(path: $0) })
+        configuration.settings.workerGraceSeconds = workerGrace
+        let service = CoordinatorService(configuration: configuration, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger))
+        try await group.run()
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+func bootstrapDaemonLogging(level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}

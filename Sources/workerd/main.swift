@@ -1,0 +1,77 @@
+import ArgumentParser
+import ClusterProtocol
+import Foundation
+import Logging
+import ServiceLifecycle
+import Transport
+import Worker
+
+@main
+struct Workerd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "workerd",
+        abstract: "The NVFP4Cluster worker daemon: holds a range of decoder layers and calibrates and exports them.",
+        discussion: """
+            Registers with coordd (and again whenever coordd restarts), then waits for work. The model directory \
+            of a job must be readable at the same path here as on the coordinator (local copy or shared storage); \
+            the worker checks the config.json hash before loading.
+
+            Hidden states of the chunks entering this worker's range are kept under --scratch until the job ends, \
+            so an interrupted job resumes from the start of the range. SIGTERM stops after the chunk in progress.
+            """)
+
+    @Option(name: .long, help: "coordd's address, HOST:PORT.")
+    var coordinator: String = "127.0.0.1:7070"
+
+    @Option(name: .long, help: "Address to listen on for the coordinator and the previous worker, HOST:PORT (port 0: any free port). Non-loopback addresses need --token-file.")
+    var listen: String = "127.0.0.1:0"
+
+    @Option(name: .long, help: "Address other nodes reach this worker at, when it differs from --listen (e.g. listening on 0.0.0.0).")
+    var advertise: String?
+
+    @Option(name: .long, help: "Worker name, unique in the cluster (default: the host name).")
+    var name: String?
+
+    @Option(name: .long, help: "Compute device: cpu (CUDA: see `coordctl quantize --device`).")
+    var device: String = "cpu"
+
+    @Option(name: .long, help: "File holding the cluster token (mode 600).")
+    var tokenFile: String?
+
+    @Option(name: .long, help: "Directory for kept hidden states and spill files.")
+    var scratch: String = FileManager.default.temporaryDirectory.appendingPathComponent("workerd").path
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: Logger.Level = .info
+
+    func validate() throws {
+        guard device == "cpu" else {
+            throw ValidationError("--device \(device): workerd computes on the CPU in this version")
+        }
+    }
+
+    func run() async throws {
+        bootstrapDaemonLogging(level: logLevel)
+        let workerName = name ?? ProcessInfo.processInfo.hostName
+        let logger = Logger(label: "workerd.\(workerName)")
+        var configuration = WorkerService.Configuration(
+            coordinator: try NodeAddress(parsing: coordinator), listen: try NodeAddress(parsing: listen), name: workerName,
+            device: device, token: try tokenFile.map { try TokenFile.load(path: $0) },
+            scratchDirectory: URL(fileURLWithPath: scratch))
+        configuration.advertise = try advertise.map { try NodeAddress(parsing: $0) }
+        let service = WorkerService(configuration: configuration, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger))
+        try await group.run()
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+func bootstrapDaemonLogging(level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}
