@@ -108,6 +108,8 @@ let package = Package(
                           path: "Benchmarks/TokenizerBenchmarks"),
 
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
+        // coordd, workerd and coordctl as separate processes (loopback, network namespaces, faults).
+        .testTarget(name: "ClusterTests", dependencies: ["coordd", "workerd", "coordctl"]),
         .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport",

@@ -1,0 +1,165 @@
+import Foundation
+import Testing
+
+/// coordd and two workerd as separate processes on loopback, driven through coordctl.
+@Suite(.serialized) struct ClusterEndToEndTests {
+    @Test func twoWorkersWriteTheSameBytesAsTheEmbeddedRun() throws {
+        try withTemporaryDirectory("cluster-e2e") { directory in
+            let reference = try embeddedReference(in: directory)
+            let cluster = LocalCluster(directory: directory, token: try writeToken("e2e-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            try cluster.startWorker("w1")
+            try cluster.startWorker("w2")
+            try cluster.waitForWorkers(["w1", "w2"])
+
+            let output = directory.appendingPathComponent("cluster-out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"]))
+            #expect(submitted.status == 0, "submit: \(submitted.stderr)")
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
+            let status = try cluster.waitForEnd(job)
+            #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
+            try expectIdenticalDirectories(reference, output)
+
+            // The status schema: both ranges, every sample through each, the output size.
+            let workers = try #require(status["workers"] as? [[String: Any]])
+            #expect(workers.map { $0["name"] as? String } == ["w1", "w2"])
+            #expect(workers.map { $0["range"] as? String } == ["0-0", "1-1"])
+            #expect(workers.first?["embeddings"] as? Bool == true)
+            let through = try #require(status["samples_through"] as? [String: Int])
+            #expect(through == ["0-0": 8, "1-1": 8])
+            #expect((status["output_bytes"] as? Int ?? 0) > 0)
+            #expect(status["schema_version"] as? Int == 1)
+            #expect(status["phase"] as? String == "succeeded")
+
+            // Human status and list show the job too.
+            let human = try cluster.coordctl(["status", job])
+            #expect(human.status == 0 && human.stdout.contains("succeeded") && human.stdout.contains("w2"))
+            let list = try cluster.coordctl(["list"])
+            #expect(list.stdout.contains(job))
+        }
+    }
+
+    @Test func wrongTokenAndGarbageAreRefusedWhileTheClusterCarriesOn() throws {
+        try withTemporaryDirectory("cluster-auth") { directory in
+            let cluster = LocalCluster(directory: directory, token: try writeToken("auth-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            try cluster.startWorker("good")
+            try cluster.waitForWorkers(["good"])
+
+            let wrong = try writeToken("some-other-token-0123456789", in: directory, name: "wrong.token")
+            let intruder = try cluster.startWorker("intruder", token: wrong)
+            try cluster.coordd!.waitForLog("authentication")
+            #expect(!cluster.coordd!.output.contains("some-other-token"), "no secret in the log")
+            #expect(!cluster.coordd!.output.contains("auth-token-0123"), "no secret in the log")
+
+            // Garbage, an oversized length and a wrong version each close only their own connection.
+            let parts = cluster.coordinatorAddress.split(separator: ":")
+            let port = UInt16(parts.last!)!
+            try sendRaw(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), port: port)
+            try sendRaw([0x4E, 0x56, 0x46, 0x43, 0x00, 0x01, 0x01, 0x00] + [UInt8](repeating: 0, count: 8) + [0xFF, 0xFF, 0xFF, 0xFF],
+                        port: port)
+            try sendRaw([0x4E, 0x56, 0x46, 0x43, 0x00, 0x63, 0x01, 0x00] + [UInt8](repeating: 0, count: 12), port: port)
+
+            // The cluster carries on: the good worker is listed, the intruder never is, and a job runs.
+            try cluster.waitForWorkers(["good"])
+            #expect(cluster.coordd!.isRunning)
+            let listed = try cluster.coordctl(["workers"])
+            #expect(listed.stdout.contains("good") && !listed.stdout.contains("intruder"))
+            intruder.kill()
+
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--scheme", "nvfp4a16"]))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
+            #expect(try cluster.waitForEnd(job)["state"] as? String == "succeeded")
+        }
+    }
+
+    @Test func withoutATokenCoorddListensOnLoopbackOnly() throws {
+        try withTemporaryDirectory("cluster-notoken") { directory in
+            let refused = try run(try Binaries.url("coordd"), ["--listen", "0.0.0.0:0", "--state-dir", directory.path],
+                                  in: directory)
+            #expect(refused.status != 0)
+            #expect(refused.stderr.contains("loopback only"), "stderr: \(refused.stderr)")
+
+            let cluster = LocalCluster(directory: directory, token: nil)
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            #expect(cluster.coordd!.output.contains("no cluster token: listening on loopback only"))
+            try cluster.startWorker("solo")
+            try cluster.waitForWorkers(["solo"])
+        }
+    }
+
+    @Test func cancelStopsTheJobAndRemovesPartialOutput() throws {
+        try withTemporaryDirectory("cluster-cancel") { directory in
+            let cluster = LocalCluster(directory: directory, token: try writeToken("cancel-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            try cluster.startWorker("w1", extra: ["--debug-chunk-delay-ms", "500"])
+            try cluster.waitForWorkers(["w1"])
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--chunk-tokens", "1"]))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
+            try waitUntil { (try? cluster.status(job)["phase"] as? String) == "calibrating" }
+            let cancelled = try cluster.coordctl(["cancel", job])
+            #expect(cancelled.status == 0, "cancel: \(cancelled.stderr)")
+            let status = try cluster.waitForEnd(job)
+            #expect(status["state"] as? String == "cancelled")
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasPrefix("out") }
+            #expect(leftovers.isEmpty, "left behind: \(leftovers)")
+            // status exits 2 for a cancelled job.
+            #expect(try cluster.coordctl(["status", job]).status == 2)
+        }
+    }
+
+    @Test func submitRejectsABadSplitWithAClearError() throws {
+        try withTemporaryDirectory("cluster-split") { directory in
+            let cluster = LocalCluster(directory: directory, token: try writeToken("split-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            try cluster.startWorker("w1")
+            try cluster.waitForWorkers(["w1"])
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,x"]))
+            #expect(submitted.status != 0)
+            #expect(submitted.stderr.contains("--split"), "stderr: \(submitted.stderr)")
+            let unknown = try cluster.coordctl(["status", "no-such-job"])
+            #expect(unknown.status != 0 && unknown.stderr.contains("no-such-job"), "stderr: \(unknown.stderr)")
+        }
+    }
+}
+
+/// Polls `condition` every 50 ms for up to `timeout` seconds.
+func waitUntil(timeout: Double = 30, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+    throw HarnessError("condition not met within \(timeout) s")
+}
+
+/// Connects to 127.0.0.1:port, writes `bytes`, and waits (up to 5 s) for the peer to close the connection.
+func sendRaw(_ bytes: [UInt8], port: UInt16) throws {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw HarnessError("socket() failed") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { throw HarnessError("connect() to port \(port) failed") }
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    var timeout = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = read(fd, &buffer, buffer.count)
+        if count <= 0 { break }  // closed by the peer (or the timeout)
+    }
+}
