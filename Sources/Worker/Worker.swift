@@ -22,17 +22,19 @@ public distributed actor Worker: WorkerEndpoint {
     let scratchDirectory: URL
     let coordinatorAddress: NodeAddress
     let logger: Logger
+    let chunkDelay: Duration
     let compute = ComputeQueue(label: "workerd.compute")
     private var job: ActiveRangeJob?
     private var incoming: [String: Task<Void, Never>] = [:]
 
     public init(actorSystem: ClusterActorSystem, name: String, device: String, scratchDirectory: URL,
-                coordinator: NodeAddress, logger: Logger) {
+                coordinator: NodeAddress, chunkDelay: Duration = .zero, logger: Logger) {
         self.actorSystem = actorSystem
         self.name = name
         self.device = device
         self.scratchDirectory = scratchDirectory
         self.coordinatorAddress = coordinator
+        self.chunkDelay = chunkDelay
         self.logger = logger
     }
 
@@ -198,6 +200,7 @@ public distributed actor Worker: WorkerEndpoint {
     private func process(job: ActiveRangeJob, chunk: Int, input: ByteBuffer?, fromStore: Bool = false) async throws {
         let start = ContinuousClock.now
         let result = try await compute.run { try job.compute.run(chunk: chunk, input: input, fromStore: fromStore) }
+        if chunkDelay > .zero { try await Task.sleep(for: chunkDelay) }
         if job.isCancelled { return }
         let report = ChunkReport(jobID: job.assignment.jobID, worker: name, chunk: chunk,
                                  sampleCount: job.assignment.chunkTokenCounts[chunk].count,

@@ -21,6 +21,8 @@ public struct WorkerService: Service {
         public var scratchDirectory: URL
         public var memoryBytes: Int64 = Int64(ProcessInfo.processInfo.physicalMemory)
         public var transport = TransportConfiguration()
+        /// Sleeps after each chunk (`--debug-chunk-delay-ms`): gives fault tests a mid-calibration moment.
+        public var chunkDelay: Duration = .zero
 
         public init(coordinator: NodeAddress, listen: NodeAddress, name: String, device: String, token: ClusterToken?,
                     scratchDirectory: URL) {
@@ -61,7 +63,7 @@ public struct WorkerService: Service {
         let worker = system.makeWellKnown(WellKnownActor.worker) {
             Worker(actorSystem: system, name: configuration.name, device: configuration.device,
                    scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
-                   logger: logger)
+                   chunkDelay: configuration.chunkDelay, logger: logger)
         }
         logger.info("workerd listening", metadata: ["address": "\(advertised)", "coordinator": "\(configuration.coordinator)"])
         let info = { WorkerInfo(name: configuration.name, address: advertised, device: configuration.device,

@@ -134,6 +134,9 @@ struct JobOptions: ParsableArguments {
     @Option(name: .long, help: "Memory for calibration hidden states (e.g. 8GB); beyond it they spill to --scratch-dir.")
     var activationMemory: String = "8GB"
 
+    @Option(name: .long, help: "Most tokens batched into one calibration forward pass (a longer sample is one chunk of its own).")
+    var chunkTokens: Int = 4096
+
     @Option(name: .long, help: "Directory for spilled hidden states (default: the system temporary directory).")
     var scratchDir: String?
 
@@ -146,6 +149,7 @@ struct JobOptions: ParsableArguments {
     func validate() throws {
         if evalSamples < 0 { throw ValidationError("--eval-samples must not be negative") }
         if samples < 1 { throw ValidationError("--samples must be at least 1") }
+        if chunkTokens < 1 { throw ValidationError("--chunk-tokens must be at least 1") }
         if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1") }
         if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
         if !["cpu", "auto"].contains(device) && !device.hasPrefix("cuda") {
@@ -169,6 +173,7 @@ struct JobOptions: ParsableArguments {
         options.calibration.activationMemoryBudget = try ShardPlanner.parseSize(activationMemory)
         options.calibration.scratchDirectory = scratchDir.map { URL(fileURLWithPath: $0) }
         options.calibration.activationPrecision = activationPrecision
+        options.calibration.chunkTokens = chunkTokens
         options.evaluationSamples = evalSamples
         return options
     }

@@ -41,6 +41,9 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "Directory for kept hidden states and spill files.")
     var scratch: String = FileManager.default.temporaryDirectory.appendingPathComponent("workerd").path
 
+    @Option(name: .long, help: .hidden)
+    var debugChunkDelayMs: Int = 0
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: Logger.Level = .info
 
@@ -59,6 +62,7 @@ struct Workerd: AsyncParsableCommand {
             device: device, token: try tokenFile.map { try TokenFile.load(path: $0) },
             scratchDirectory: URL(fileURLWithPath: scratch))
         configuration.advertise = try advertise.map { try NodeAddress(parsing: $0) }
+        configuration.chunkDelay = .milliseconds(debugChunkDelayMs)
         let service = WorkerService(configuration: configuration, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))
