@@ -65,6 +65,8 @@ public struct BinaryEncoder: Sendable {
 public struct BinaryDecoder: Sendable {
     /// Deepest container nesting accepted.
     public var maxDepth: Int = 128
+    /// Handed to `init(from:)` implementations (the actor system sets `.actorSystemKey` so actor references decode).
+    public var userInfo: [CodingUserInfoKey: any Sendable] = [:]
 
     public init() {}
 
@@ -78,7 +80,7 @@ public struct BinaryDecoder: Sendable {
         guard parser.offset == bytes.count else {
             throw BinaryCodingError.trailingBytes(offset: parser.offset, count: bytes.count - parser.offset)
         }
-        return try decodeValue(type, from: root, codingPath: [])
+        return try decodeValue(type, from: root, codingPath: [], userInfo: userInfo)
     }
 }
 
@@ -245,9 +247,10 @@ struct AnyKey: CodingKey {
 }
 
 func encodeValue<T: Encodable>(_ value: T, into slot: EncodingSlot, codingPath: [any CodingKey]) throws {
-    if let bytes = value as? [UInt8] {
+    // Compare types, not casts: an empty [Double] casts to [UInt8] successfully.
+    if T.self == [UInt8].self, let bytes = value as? [UInt8] {
         slot.content = .value(bytes)
-    } else if let data = value as? Data {
+    } else if T.self == Data.self, let data = value as? Data {
         slot.content = .value([UInt8](data))
     } else {
         try value.encode(to: SlotEncoder(slot: slot, codingPath: codingPath))
@@ -391,37 +394,38 @@ struct SingleValueSlotEncoder: SingleValueEncodingContainer {
 
 // MARK: - Decoding
 
-func decodeValue<T: Decodable>(_ type: T.Type, from node: BinaryNode, codingPath: [any CodingKey]) throws -> T {
+func decodeValue<T: Decodable>(_ type: T.Type, from node: BinaryNode, codingPath: [any CodingKey],
+                                userInfo: [CodingUserInfoKey: Any]) throws -> T {
     if T.self == [UInt8].self || T.self == Data.self {
         guard case .value(let bytes) = node else {
             throw BinaryCodingError.typeMismatch(path: pathText(codingPath), expected: "a byte array", found: node.kind)
         }
         return (T.self == Data.self ? Data(bytes) as! T : Array(bytes) as! T)
     }
-    return try T(from: NodeDecoder(node: node, codingPath: codingPath))
+    return try T(from: NodeDecoder(node: node, codingPath: codingPath, userInfo: userInfo))
 }
 
 struct NodeDecoder: Decoder {
     let node: BinaryNode
     let codingPath: [any CodingKey]
-    var userInfo: [CodingUserInfoKey: Any] { [:] }
+    let userInfo: [CodingUserInfoKey: Any]
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
         guard case .keyed(let entries) = node else {
             throw BinaryCodingError.typeMismatch(path: pathText(codingPath), expected: "a keyed container", found: node.kind)
         }
-        return KeyedDecodingContainer(KeyedNodeDecoder<Key>(entries: entries, codingPath: codingPath))
+        return KeyedDecodingContainer(KeyedNodeDecoder<Key>(entries: entries, codingPath: codingPath, userInfo: userInfo))
     }
 
     func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
         guard case .unkeyed(let nodes) = node else {
             throw BinaryCodingError.typeMismatch(path: pathText(codingPath), expected: "an unkeyed container", found: node.kind)
         }
-        return UnkeyedNodeDecoder(nodes: nodes, codingPath: codingPath)
+        return UnkeyedNodeDecoder(nodes: nodes, codingPath: codingPath, userInfo: userInfo)
     }
 
     func singleValueContainer() throws -> any SingleValueDecodingContainer {
-        SingleValueNodeDecoder(node: node, codingPath: codingPath)
+        SingleValueNodeDecoder(node: node, codingPath: codingPath, userInfo: userInfo)
     }
 }
 
@@ -430,8 +434,11 @@ struct KeyedNodeDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     private let entries: [String: BinaryNode]
     let allKeys: [Key]
 
-    init(entries: [(String, BinaryNode)], codingPath: [any CodingKey]) {
+    let userInfo: [CodingUserInfoKey: Any]
+
+    init(entries: [(String, BinaryNode)], codingPath: [any CodingKey], userInfo: [CodingUserInfoKey: Any]) {
         self.codingPath = codingPath
+        self.userInfo = userInfo
         var table: [String: BinaryNode] = [:]
         for (key, node) in entries where table[key] == nil { table[key] = node }
         self.entries = table
@@ -451,20 +458,20 @@ struct KeyedNodeDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
         return false
     }
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        try decodeValue(type, from: node(for: key), codingPath: codingPath + [key])
+        try decodeValue(type, from: node(for: key), codingPath: codingPath + [key], userInfo: userInfo)
     }
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws
         -> KeyedDecodingContainer<NestedKey> {
-        try NodeDecoder(node: node(for: key), codingPath: codingPath + [key]).container(keyedBy: type)
+        try NodeDecoder(node: node(for: key), codingPath: codingPath + [key], userInfo: userInfo).container(keyedBy: type)
     }
     func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
-        try NodeDecoder(node: node(for: key), codingPath: codingPath + [key]).unkeyedContainer()
+        try NodeDecoder(node: node(for: key), codingPath: codingPath + [key], userInfo: userInfo).unkeyedContainer()
     }
     func superDecoder() throws -> any Decoder {
-        NodeDecoder(node: entries["super"] ?? .null, codingPath: codingPath)
+        NodeDecoder(node: entries["super"] ?? .null, codingPath: codingPath, userInfo: userInfo)
     }
     func superDecoder(forKey key: Key) throws -> any Decoder {
-        NodeDecoder(node: entries[key.stringValue] ?? .null, codingPath: codingPath + [key])
+        NodeDecoder(node: entries[key.stringValue] ?? .null, codingPath: codingPath + [key], userInfo: userInfo)
     }
 }
 
@@ -473,8 +480,11 @@ struct UnkeyedNodeDecoder: UnkeyedDecodingContainer {
     let codingPath: [any CodingKey]
     private(set) var currentIndex = 0
 
-    init(nodes: [BinaryNode], codingPath: [any CodingKey]) {
+    let userInfo: [CodingUserInfoKey: Any]
+
+    init(nodes: [BinaryNode], codingPath: [any CodingKey], userInfo: [CodingUserInfoKey: Any]) {
         self.nodes = nodes
+        self.userInfo = userInfo
         self.codingPath = codingPath
     }
 
@@ -497,25 +507,26 @@ struct UnkeyedNodeDecoder: UnkeyedDecodingContainer {
     }
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
         let (node, path) = try next()
-        return try decodeValue(type, from: node, codingPath: path)
+        return try decodeValue(type, from: node, codingPath: path, userInfo: userInfo)
     }
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type) throws -> KeyedDecodingContainer<NestedKey> {
         let (node, path) = try next()
-        return try NodeDecoder(node: node, codingPath: path).container(keyedBy: type)
+        return try NodeDecoder(node: node, codingPath: path, userInfo: userInfo).container(keyedBy: type)
     }
     mutating func nestedUnkeyedContainer() throws -> any UnkeyedDecodingContainer {
         let (node, path) = try next()
-        return try NodeDecoder(node: node, codingPath: path).unkeyedContainer()
+        return try NodeDecoder(node: node, codingPath: path, userInfo: userInfo).unkeyedContainer()
     }
     mutating func superDecoder() throws -> any Decoder {
         let (node, path) = try next()
-        return NodeDecoder(node: node, codingPath: path)
+        return NodeDecoder(node: node, codingPath: path, userInfo: userInfo)
     }
 }
 
 struct SingleValueNodeDecoder: SingleValueDecodingContainer {
     let node: BinaryNode
     let codingPath: [any CodingKey]
+    let userInfo: [CodingUserInfoKey: Any]
 
     func decodeNil() -> Bool {
         if case .null = node { return true }
@@ -573,5 +584,5 @@ struct SingleValueNodeDecoder: SingleValueDecodingContainer {
     func decode(_ type: UInt16.Type) throws -> UInt16 { try integer(UInt16.self) }
     func decode(_ type: UInt32.Type) throws -> UInt32 { try integer(UInt32.self) }
     func decode(_ type: UInt64.Type) throws -> UInt64 { try integer(UInt64.self) }
-    func decode<T: Decodable>(_ type: T.Type) throws -> T { try decodeValue(type, from: node, codingPath: codingPath) }
+    func decode<T: Decodable>(_ type: T.Type) throws -> T { try decodeValue(type, from: node, codingPath: codingPath, userInfo: userInfo) }
 }

@@ -257,7 +257,9 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
     ) async throws -> Res where Act: DistributedActor, Act.ID == ClusterActorID, Err: Error, Res: Codable {
         let reply = try await call(actor.id, target: target, invocation: invocation)
         do {
-            return try BinaryDecoder().decode(Res.self, fromSlice: reply)
+            var decoder = BinaryDecoder()
+            decoder.userInfo[.actorSystemKey] = self
+            return try decoder.decode(Res.self, fromSlice: reply)
         } catch {
             throw ClusterActorSystemError.invalidReply(target: target.identifier, reason: "return value: \(error)")
         }
@@ -352,7 +354,7 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
         }
         let handler = ClusterResultHandler()
         do {
-            try await entry.invoke(self, ClusterInvocationDecoder(envelope: envelope), RemoteCallTarget(envelope.target), handler)
+            try await entry.invoke(self, ClusterInvocationDecoder(envelope: envelope, system: self), RemoteCallTarget(envelope.target), handler)
         } catch {
             // Unknown target, undecodable argument, unencodable return value: the call did not run (or not fully).
             logger.debug("call \(envelope.target) on \(envelope.recipient) failed: \(error)")

@@ -25,9 +25,15 @@ public struct ClusterInvocationDecoder: DistributedTargetInvocationDecoder {
     public typealias SerializationRequirement = Codable
 
     let envelope: CallEnvelope
+    private let decoder: BinaryDecoder
     private var next = 0
 
-    init(envelope: CallEnvelope) { self.envelope = envelope }
+    init(envelope: CallEnvelope, system: ClusterActorSystem) {
+        self.envelope = envelope
+        var decoder = BinaryDecoder()
+        decoder.userInfo[.actorSystemKey] = system
+        self.decoder = decoder
+    }
 
     public mutating func decodeGenericSubstitutions() throws -> [Any.Type] { [] }
 
@@ -38,7 +44,7 @@ public struct ClusterInvocationDecoder: DistributedTargetInvocationDecoder {
         }
         defer { next += 1 }
         do {
-            return try BinaryDecoder().decode(Argument.self, fromSlice: envelope.arguments[next])
+            return try decoder.decode(Argument.self, fromSlice: envelope.arguments[next])
         } catch {
             throw ClusterActorSystemError.argumentDecodingFailed(target: envelope.target, index: next, reason: "\(error)")
         }
