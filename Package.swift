@@ -56,6 +56,13 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Distributed actors over Transport: ClusterActorSystem, the binary Codable coder, call/error envelopes.
+        .target(name: "ActorSystem", dependencies: [
+            "Transport",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Loads the CUDA driver, NVRTC and cuBLASLt at run time (dlopen); builds with no CUDA SDK.
         .target(name: "CUDARuntime", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
@@ -104,6 +111,11 @@ let package = Package(
                           dependencies: ["Calibration", "CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors",
                                          "Tokenizer", "COpenBLAS", .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/CalibrationBenchmarks"),
+        .executableTarget(name: "TransportBenchmarks",
+                          dependencies: ["Transport", .product(name: "NIOCore", package: "swift-nio"),
+                                         .product(name: "NIOPosix", package: "swift-nio"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          path: "Benchmarks/TransportBenchmarks"),
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 
@@ -117,6 +129,11 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOTestUtils", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "ActorSystemTests", dependencies: [
+            "ActorSystem", "Transport",
+            .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "NVFP4Tests", dependencies: ["NVFP4", "SafeTensors"]),

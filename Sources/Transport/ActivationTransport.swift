@@ -85,32 +85,62 @@ public struct TensorChunks: AsyncSequence, Sendable {
     }
 }
 
-/// Pulls bulk items off a connection's bounded queue, one consumer at a time. Tracks where the consumer is so that
-/// an undrained tensor is skipped when the next one is asked for.
-final class BulkReceiver: Sendable {
-    private let connection: PeerConnection
+/// Where a ``BulkReceiver`` gets its items and keeps the id of the tensor being read: a TCP connection's bounded
+/// queue, or an in-process pipe.
+protocol BulkItemSource: Sendable {
+    /// The next item, or `nil` once the source is closed and drained.
+    func nextItem() async throws -> BulkItem?
+    func setOpen(_ id: UInt64?) async throws
+    func currentlyOpen() async throws -> UInt64?
+    /// Names the peer in errors.
+    var peerName: String { get }
+}
+
+/// The bulk queue of one ``PeerConnection``, read on its event loop.
+struct ConnectionBulkSource: BulkItemSource {
+    let connection: PeerConnection
     /// Id of the tensor whose chunks are still arriving, guarded by the event loop.
-    private let open: NIOLoopBoundBox<UInt64?>
+    let open: NIOLoopBoundBox<UInt64?>
 
     init(connection: PeerConnection) {
         self.connection = connection
         self.open = NIOLoopBoundBox.makeBoxSendingValue(nil, as: UInt64?.self, eventLoop: connection.channel.eventLoop)
     }
 
-    private func nextItem() async throws -> BulkItem? {
+    var peerName: String { connection.peer.name }
+
+    func nextItem() async throws -> BulkItem? {
         let handler = connection.handler
         return try await connection.channel.eventLoop.flatSubmit { handler.value.nextBulkItem() }.get()
     }
 
-    private func setOpen(_ id: UInt64?) async throws {
+    func setOpen(_ id: UInt64?) async throws {
         let open = self.open
         try await connection.channel.eventLoop.submit { open.value = id }.get()
     }
 
-    private func currentlyOpen() async throws -> UInt64? {
+    func currentlyOpen() async throws -> UInt64? {
         let open = self.open
         return try await connection.channel.eventLoop.submit { open.value }.get()
     }
+}
+
+/// Pulls bulk items off a source, one consumer at a time. Tracks where the consumer is so that
+/// an undrained tensor is skipped when the next one is asked for.
+final class BulkReceiver: Sendable {
+    private let source: any BulkItemSource
+
+    init(source: some BulkItemSource) {
+        self.source = source
+    }
+
+    convenience init(connection: PeerConnection) {
+        self.init(source: ConnectionBulkSource(connection: connection))
+    }
+
+    private func nextItem() async throws -> BulkItem? { try await source.nextItem() }
+    private func setOpen(_ id: UInt64?) async throws { try await source.setOpen(id) }
+    private func currentlyOpen() async throws -> UInt64? { try await source.currentlyOpen() }
 
     /// Next tensor start, skipping what is left of an undrained one; `nil` when the connection is closed.
     func nextTensor() async throws -> IncomingTensor? {
@@ -135,7 +165,7 @@ final class BulkReceiver: Sendable {
             throw TransportError.bulkTransferFailed(tensorID: tensorID, reason: "chunks read after a later tensor was requested")
         }
         guard let item = try await nextItem() else {
-            throw TransportError.connectionClosed(peer: connection.peer.name)
+            throw TransportError.connectionClosed(peer: source.peerName)
         }
         switch item {
         case .chunk(let id, let flags, let bytes):

@@ -20,6 +20,7 @@ enum BulkItem: Sendable {
 /// What the handler hands out once the handshake succeeds.
 struct AuthenticatedPeer: Sendable {
     var identity: NodeIdentity
+    var purpose: ConnectionPurpose
     var handler: NIOLoopBound<ConnectionHandler>
     var inboundCalls: AsyncStream<InboundCall>
 }
@@ -59,6 +60,8 @@ final class ConnectionHandler: ChannelDuplexHandler {
     }
 
     let side: Side
+    /// The client's declared purpose; on the server, learnt from the HELLO.
+    private(set) var purpose: ConnectionPurpose
     let localIdentity: NodeIdentity
     private let key: SymmetricKey
     let configuration: TransportConfiguration
@@ -69,7 +72,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var handshakeTimeout: Scheduled<Void>?
     /// Set before closing so waiters and logs see why.
-    private var closeReason: TransportError?
+    private(set) var closeReason: TransportError?
 
     // Calls we made.
     private var nextCorrelationID: UInt64 = 1
@@ -93,9 +96,10 @@ final class ConnectionHandler: ChannelDuplexHandler {
     private var readsPaused = false
     private var readPending = false
 
-    init(side: Side, identity: NodeIdentity, token: ClusterToken?, configuration: TransportConfiguration,
-         logger: Logger, authPromise: EventLoopPromise<AuthenticatedPeer>) {
+    init(side: Side, purpose: ConnectionPurpose = .control, identity: NodeIdentity, token: ClusterToken?,
+         configuration: TransportConfiguration, logger: Logger, authPromise: EventLoopPromise<AuthenticatedPeer>) {
         self.side = side
+        self.purpose = purpose
         self.localIdentity = identity
         self.key = Handshake.key(for: token)
         self.configuration = configuration
@@ -140,7 +144,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
         case .server:
             state = .serverAwaitingHello
         case .client:
-            let hello = Handshake.Greeting(identity: localIdentity, nonce: Handshake.makeNonce()).encoded()
+            let hello = Handshake.Greeting(identity: localIdentity, nonce: Handshake.makeNonce(), purpose: purpose).encoded()
             state = .clientAwaitingChallenge(hello: hello)
             context.writeAndFlush(wrapOutboundOut(Frame(type: .hello, correlationID: 0, payload: hello)), promise: nil)
         }
@@ -228,6 +232,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
         switch (state, frame.type) {
         case (.serverAwaitingHello, .hello):
             let hello = try Handshake.Greeting.decode(frame.payload, type: .hello)
+            purpose = hello.purpose ?? .control
             let challenge = Handshake.Greeting(identity: localIdentity, nonce: Handshake.makeNonce()).encoded()
             state = .serverAwaitingProof(transcript: Handshake.transcript(hello: frame.payload, challenge: challenge),
                                          peer: hello.identity)
@@ -288,7 +293,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
         logger.debug("authenticated \(peer)")
         scheduleHeartbeat(context: context)
         scheduleDeadPeerCheck(context: context)
-        authPromise.succeed(AuthenticatedPeer(identity: peer, handler: NIOLoopBound(self, eventLoop: context.eventLoop),
+        authPromise.succeed(AuthenticatedPeer(identity: peer, purpose: purpose, handler: NIOLoopBound(self, eventLoop: context.eventLoop),
                                               inboundCalls: inboundCalls))
     }
 

@@ -14,10 +14,13 @@ enum Handshake {
     static let clientLabel = Array("NVFC/1 client proof".utf8)
     static let serverLabel = Array("NVFC/1 server proof".utf8)
 
-    /// HELLO and CHALLENGE share one layout: role u8, name length u8, name UTF-8, nonce (32 bytes).
+    /// HELLO and CHALLENGE share one layout: role u8, name length u8, name UTF-8, nonce (32 bytes); HELLO may end
+    /// with the connection purpose (u8; absent means control).
     struct Greeting: Equatable {
         var identity: NodeIdentity
         var nonce: [UInt8]
+        /// Only HELLO carries it.
+        var purpose: ConnectionPurpose? = nil
 
         func encoded() -> ByteBuffer {
             let name = Array(identity.name.utf8)
@@ -27,6 +30,7 @@ enum Handshake {
             buffer.writeInteger(UInt8(name.count))
             buffer.writeBytes(name)
             buffer.writeBytes(nonce)
+            if let purpose { buffer.writeInteger(purpose.rawValue) }
             return buffer
         }
 
@@ -38,10 +42,21 @@ enum Handshake {
             guard let nameLength = payload.readInteger(as: UInt8.self),
                   let name = payload.readString(length: Int(nameLength))
             else { throw TransportError.protocolViolation(.malformedPayload(type: type, field: "name")) }
-            guard payload.readableBytes == nonceSize, let nonce = payload.readBytes(length: nonceSize) else {
+            let trailer = type == .hello ? 1 : 0
+            guard payload.readableBytes == nonceSize || payload.readableBytes == nonceSize + trailer,
+                  let nonce = payload.readBytes(length: nonceSize)
+            else {
                 throw TransportError.protocolViolation(.malformedPayload(type: type, field: "nonce (must be 32 bytes)"))
             }
-            return Greeting(identity: NodeIdentity(name: name, role: NodeRole(rawValue: role)), nonce: nonce)
+            var purpose: ConnectionPurpose?
+            if type == .hello {
+                let raw = payload.readInteger(as: UInt8.self) ?? ConnectionPurpose.control.rawValue
+                guard let known = ConnectionPurpose(rawValue: raw) else {
+                    throw TransportError.protocolViolation(.malformedPayload(type: type, field: "connection purpose \(raw)"))
+                }
+                purpose = known
+            }
+            return Greeting(identity: NodeIdentity(name: name, role: NodeRole(rawValue: role)), nonce: nonce, purpose: purpose)
         }
     }
 

@@ -23,6 +23,8 @@ extension TransportRequestHandler {
 public final class PeerConnection: Sendable {
     /// The peer's identity, proven by the handshake.
     public let peer: NodeIdentity
+    /// Control (calls and messages) or bulk (activation tensors), as the connecting side declared it.
+    public let purpose: ConnectionPurpose
     public let remoteAddress: SocketAddress?
     public let configuration: TransportConfiguration
     let channel: any Channel
@@ -33,6 +35,7 @@ public final class PeerConnection: Sendable {
     init(channel: any Channel, authenticated: AuthenticatedPeer, configuration: TransportConfiguration, logger: Logger) {
         self.channel = channel
         self.peer = authenticated.identity
+        self.purpose = authenticated.purpose
         self.handler = authenticated.handler
         self.inboundCalls = authenticated.inboundCalls
         self.remoteAddress = channel.remoteAddress
@@ -43,7 +46,7 @@ public final class PeerConnection: Sendable {
     /// Connects, runs the handshake and returns once both sides have proven the token.
     /// Throws ``TransportError/authenticationFailed(peer:reason:)`` when the tokens differ.
     public static func connect(
-        host: String, port: Int, identity: NodeIdentity, token: ClusterToken?,
+        host: String, port: Int, identity: NodeIdentity, token: ClusterToken?, purpose: ConnectionPurpose = .control,
         configuration: TransportConfiguration = TransportConfiguration(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) async throws -> PeerConnection {
@@ -57,7 +60,7 @@ public final class PeerConnection: Sendable {
             .channelOption(.maxMessagesPerRead, value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try installPipeline(on: channel, side: .client, identity: identity, token: token,
+                    try installPipeline(on: channel, side: .client, purpose: purpose, identity: identity, token: token,
                                         configuration: configuration, logger: logger, authPromise: authPromise)
                 }
             }
@@ -152,13 +155,24 @@ public final class PeerConnection: Sendable {
     public func waitUntilClosed() async {
         try? await channel.closeFuture.get()
     }
+
+    /// Waits for the connection to close and says why: a protocol violation, a dead peer, a local `close()`
+    /// or the peer closing (``TransportError/connectionClosed(peer:)``).
+    public func closeReason() async -> TransportError {
+        try? await channel.closeFuture.get()
+        let handler = self.handler
+        let peer = self.peer.name
+        let reason = try? await channel.eventLoop.submit { handler.value.closeReason }.get()
+        return (reason ?? nil) ?? .connectionClosed(peer: peer)
+    }
 }
 
 /// Frame codec + connection state machine; used by clients, the server and the tests (on EmbeddedChannels).
-func installPipeline(on channel: any Channel, side: ConnectionHandler.Side, identity: NodeIdentity, token: ClusterToken?,
+func installPipeline(on channel: any Channel, side: ConnectionHandler.Side, purpose: ConnectionPurpose = .control,
+                     identity: NodeIdentity, token: ClusterToken?,
                      configuration: TransportConfiguration, logger: Logger,
                      authPromise: EventLoopPromise<AuthenticatedPeer>) throws {
-    let handler = ConnectionHandler(side: side, identity: identity, token: token, configuration: configuration,
+    let handler = ConnectionHandler(side: side, purpose: purpose, identity: identity, token: token, configuration: configuration,
                                     logger: logger, authPromise: authPromise)
     try channel.pipeline.syncOperations.addHandlers([
         ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits)),

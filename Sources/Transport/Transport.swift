@@ -45,6 +45,15 @@ public struct NodeIdentity: Sendable, Hashable, CustomStringConvertible {
     public var description: String { "\(name) (\(role))" }
 }
 
+/// What a connection carries, declared by the connecting side in its HELLO (and so covered by both proofs).
+/// Bulk connections carry activation tensors only, so control calls never wait behind a paused bulk stream.
+public enum ConnectionPurpose: UInt8, Sendable, Hashable, CustomStringConvertible {
+    case control = 0
+    case bulk = 1
+
+    public var description: String { self == .control ? "control" : "bulk" }
+}
+
 /// The shared cluster secret. Never written to the wire or to logs: `description` is redacted.
 public struct ClusterToken: Sendable, CustomStringConvertible {
     /// Tokens shorter than this are refused: the handshake MACs would be open to offline guessing.

@@ -2,6 +2,19 @@ import Logging
 import NIOCore
 import NIOPosix
 
+/// A connection the server refused because the peer did not prove the cluster token. Never carries the token or MACs.
+public struct AuthenticationFailure: Sendable, CustomStringConvertible {
+    /// The peer's socket address.
+    public var address: String
+    /// The name the peer claimed in its HELLO (unproven), if it got that far.
+    public var claimedName: String?
+    public var reason: String
+
+    public var description: String {
+        "authentication of \(claimedName.map { "\"\($0)\" at " } ?? "")\(address) failed: \(reason)"
+    }
+}
+
 /// Listens for peers, authenticates each one and serves it with a ``TransportRequestHandler``.
 /// A connection that fails the handshake or breaks the protocol is closed and logged; the server keeps accepting.
 public final class TransportServer: Sendable {
@@ -9,11 +22,15 @@ public final class TransportServer: Sendable {
     public let identity: NodeIdentity
     private let serverChannel: any Channel
     private let accepted: AsyncStream<PeerConnection>
+    /// Every refused handshake, as it happens (single consumer; the newest 256 are kept if nobody reads).
+    public let authenticationFailures: AsyncStream<AuthenticationFailure>
     private let children: NIOLoopBoundBox<[ObjectIdentifier: any Channel]>
     private let logger: Logger
 
     private init(serverChannel: any Channel, identity: NodeIdentity, accepted: AsyncStream<PeerConnection>,
+                 authenticationFailures: AsyncStream<AuthenticationFailure>,
                  children: NIOLoopBoundBox<[ObjectIdentifier: any Channel]>, logger: Logger) {
+        self.authenticationFailures = authenticationFailures
         self.serverChannel = serverChannel
         self.localAddress = serverChannel.localAddress!
         self.identity = identity
@@ -42,6 +59,8 @@ public final class TransportServer: Sendable {
             logger.notice("no cluster token: listening on loopback \(address) only; peers are not authenticated")
         }
         let (accepted, acceptedContinuation) = AsyncStream.makeStream(of: PeerConnection.self)
+        let (failures, failureContinuation) = AsyncStream.makeStream(of: AuthenticationFailure.self,
+                                                                     bufferingPolicy: .bufferingNewest(256))
         let acceptLoop = group.next()
         let children = NIOLoopBoundBox.makeBoxSendingValue([ObjectIdentifier: any Channel](), eventLoop: acceptLoop)
         let channel = try await ServerBootstrap(group: acceptLoop, childGroup: group)
@@ -60,15 +79,25 @@ public final class TransportServer: Sendable {
                     acceptedContinuation.yield(PeerConnection(channel: child, authenticated: authenticated,
                                                               configuration: configuration, logger: logger))
                 }
+                authPromise.futureResult.whenFailure { error in
+                    guard case .authenticationFailed(let peer, let reason) = error as? TransportError else { return }
+                    let address = child.remoteAddress.map { "\($0)" } ?? "unknown address"
+                    failureContinuation.yield(AuthenticationFailure(address: address, claimedName: peer == address ? nil : peer,
+                                                                    reason: reason))
+                }
                 return child.eventLoop.makeCompletedFuture {
                     try installPipeline(on: child, side: .server, identity: identity, token: token,
                                         configuration: configuration, logger: logger, authPromise: authPromise)
                 }
             }
             .bind(to: address).get()
-        channel.closeFuture.whenComplete { _ in acceptedContinuation.finish() }
+        channel.closeFuture.whenComplete { _ in
+            acceptedContinuation.finish()
+            failureContinuation.finish()
+        }
         logger.info("transport server \(identity) listening on \(channel.localAddress.map { "\($0)" } ?? "?")")
-        return TransportServer(serverChannel: channel, identity: identity, accepted: accepted, children: children, logger: logger)
+        return TransportServer(serverChannel: channel, identity: identity, accepted: accepted,
+                               authenticationFailures: failures, children: children, logger: logger)
     }
 
     /// Serves every authenticated connection until ``close()`` or cancellation; then closes all connections.

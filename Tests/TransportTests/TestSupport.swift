@@ -100,10 +100,10 @@ func withServer<T: Sendable>(
 }
 
 func connect(to server: TransportServer, token clientToken: ClusterToken? = token(correctToken),
-             identity: NodeIdentity = worker, configuration: TransportConfiguration = fastConfiguration(),
+             identity: NodeIdentity = worker, purpose: ConnectionPurpose = .control, configuration: TransportConfiguration = fastConfiguration(),
              logger: Logger = Logger(label: "test.client", factory: { _ in SwiftLogNoOpLogHandler() })) async throws -> PeerConnection {
     try await PeerConnection.connect(host: "127.0.0.1", port: server.port, identity: identity, token: clientToken,
-                                     configuration: configuration, logger: logger)
+                                     purpose: purpose, configuration: configuration, logger: logger)
 }
 
 /// Sends raw bytes to the server and waits (bounded) for the server to close the socket. Returns true if it closed.
