@@ -98,7 +98,7 @@ let package = Package(
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration",
+            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]
