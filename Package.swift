@@ -47,7 +47,8 @@ let package = Package(
         // A whole quantization job: read, (calibrate), quantize, write, verify.
         .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
                                                       "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime",
-                                                      .product(name: "Logging", package: "swift-log")]),
+                                                      .product(name: "Logging", package: "swift-log"),
+                                                      .product(name: "Crypto", package: "swift-crypto")]),
         // Length-prefixed TCP framing, authenticated handshake and the bulk activation data path (SwiftNIO).
         // Knows nothing of Llama.
         .target(name: "Transport", dependencies: [
@@ -148,7 +149,7 @@ let package = Package(
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration",
+            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

@@ -170,25 +170,27 @@ public final class QuantizeJob {
 
     /// Runs the job. For W4A4 the job calibrates on `options.calibration` unless a calibrator is given (tests
     /// pass fixed amax values that way); weight-only jobs use none.
+    ///
+    /// This is the cluster's pipeline on one machine: a ``CalibrationPlan``, one ``LayerRangeRunner`` over every
+    /// layer (layer-streaming schedule), a ``LayerExporter`` per layer and a ``CheckpointAssembler``.
     public func run(calibrator givenCalibrator: ActivationCalibrator? = nil) throws -> QuantizeSummary {
         let start = Date()
         logger.info("checking input", metadata: ["model": "\(options.modelDirectory.path)"])
         let inputs = try checkInputs()
         let config = inputs.config
+        let spec = try JobSpec(options: options)
         var calibrator = givenCalibrator
         var calibrationRecord: CalibrationRecord?
         if options.scheme.quantizesActivations && calibrator == nil {
-            let (made, record) = try makeCalibrator(inputs: inputs)
+            let (made, record) = try makeCalibrator(spec: spec, inputs: inputs)
             calibrator = made
             calibrationRecord = record
         }
         defer { (calibrator as? Finishable)?.finish() }
-        let output = try OutputDirectory(final: options.outputDirectory, jobID: options.jobID, force: options.force)
-        try output.create()
+        let assembler = try CheckpointAssembler(spec: spec, config: config, source: inputs.source, logger: logger)
         do {
-            var summary = try write(inputs: inputs, into: output.partial, calibrator: calibrator,
+            var summary = try write(spec: spec, inputs: inputs, into: assembler, calibrator: calibrator,
                                     calibrationRecord: calibrationRecord)
-            try output.commit()
             summary.seconds = Date().timeIntervalSince(start)
             summary.layers = config.numHiddenLayers
             if options.evaluationSamples > 0 {
@@ -202,64 +204,38 @@ public final class QuantizeJob {
             }
             return summary
         } catch {
-            output.discard()
+            assembler.discard()
             throw error
         }
     }
 
-    func write(inputs: Inputs, into directory: URL, calibrator: ActivationCalibrator?,
+    /// Chooses the device, plans the calibration chunks and starts a layer-streaming pass over every layer.
+    func makeCalibrator(spec: JobSpec, inputs: Inputs) throws -> (ActivationCalibrator, CalibrationRecord) {
+        let device = try spec.computeDevice(logger: logger)
+        let plan = try spec.makeCalibrationPlan(config: inputs.config, logger: logger)
+        let model = inputs.source
+        let runner = try LayerRangeRunner(
+            spec: spec, config: inputs.config, weights: model,
+            backend: CPUBackend(config: inputs.config, activationPrecision: spec.calibration.activationPrecision),
+            range: 0..<inputs.config.numHiddenLayers, embeds: true, logger: logger,
+            releaseWeights: { names in for name in names { try? model.releasePages(name) } })
+        let calibrator = try runner.streamingPass(plan: plan, progress: { [progress] in progress.calibration($0) })
+        return (calibrator, spec.calibrationRecord(plan: plan, device: device))
+    }
+
+    /// Streams every layer through calibration, export and the assembler, then finishes the checkpoint.
+    /// Weight quantization does not depend on calibration, only the activation scalars do, so layer L is exported
+    /// and written on a background stage while calibration runs layer L+1.
+    func write(spec: JobSpec, inputs: Inputs, into assembler: CheckpointAssembler, calibrator: ActivationCalibrator?,
                calibrationRecord: CalibrationRecord?) throws -> QuantizeSummary {
         let config = inputs.config, source = inputs.source
-        let layout = LinearTensorLayout(layout: options.layout, scheme: options.scheme)
-        var sourceDTypes: [String: SafeTensorsDType] = [:]
-        for tensor in config.nonQuantizedTensors { sourceDTypes[tensor.name] = try source.info(tensor.name).dtype }
-        let plan = ShardPlanner.plan(groups: checkpointTensorGroups(config: config, layout: layout, sourceDTypes: sourceDTypes),
-                                     maxShardSize: options.maxShardSize)
-        let writer = CheckpointWriter(directory: directory, plan: plan)
         var summary = QuantizeSummary(outputDirectory: options.outputDirectory)
         summary.sourceBytes = try source.tensorNames.reduce(0) { $0 + (try source.info($1).byteCount) }
         let linearBytes = try config.allLinears.reduce(0) { $0 + (try source.info($1.weightName).byteCount) }
         progress.start(totalLayers: config.numHiddenLayers, totalBytes: linearBytes)
+        let exporter = LayerExporter(spec: spec, config: config, source: source, weightAmax: inputs.weightAmax)
 
-        func copyVerbatim(_ name: String) throws {
-            try source.withBytes(name) { try writer.write(name, bytes: $0) }
-            try source.releasePages(name)
-        }
-
-        /// Quantizes and writes one layer. Weight quantization does not depend on calibration, only the
-        /// activation scalars do, so layer L is exported while calibration runs layer L+1.
-        func export(layer: Int, activationAmax: [FusedGroup: Float]?) throws -> (amax: [String: Float], bytes: Int) {
-            for norm in config.layerNorms(layer: layer) { try copyVerbatim(norm.name) }
-            let linears = config.linears(layer: layer)
-            var sharedScale: [FusedGroup: Float] = [:]
-            for group in FusedGroup.allCases {
-                let members = linears.filter { $0.kind.group == group }
-                sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { inputs.weightAmax[$0.weightName]! })
-            }
-            var recorded: [String: Float] = [:]
-            var bytes = 0
-            for linear in linears {
-                var inputScale: Float?
-                if options.scheme.quantizesActivations {
-                    guard let amax = activationAmax?[linear.kind.group], amax.isFinite, amax > 0 else {
-                        throw QuantizeJobError("\(linear.name): calibration produced no usable activation amax "
-                                               + "(\(activationAmax?[linear.kind.group].map { "\($0)" } ?? "none")); "
-                                               + "every Linear must be exercised by the calibration samples")
-                    }
-                    inputScale = FusedScales.inputScale(activationAmax: amax)
-                    recorded[linear.name] = amax
-                }
-                let weight = try quantize(source: source, linear: linear, weightScale2: sharedScale[linear.kind.group]!)
-                try source.releasePages(linear.weightName)
-                for (name, data) in try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale)) {
-                    try writer.write(name, data: data)
-                }
-                bytes += try source.info(linear.weightName).byteCount
-            }
-            return (recorded, bytes)
-        }
-
-        try copyVerbatim(LlamaConfig.embedTokensName)
+        try assembler.writeEmbeddings()
         let exportStage = PipelineStage<(amax: [String: Float], bytes: Int)>(label: "nvfp4.export")
         var bytesDone = 0
         /// Waits for the layer in flight, if any, and folds its result into the summary.
@@ -271,49 +247,38 @@ public final class QuantizeJob {
             progress.layerDone(layer: finishedLayer, bytesDone: bytesDone)
         }
         for layer in 0..<config.numHiddenLayers {
-            let activationAmax = try calibrator?.activationAmax(layer: layer)
+            let activationAmax: [FusedGroup: Float]?
+            do {
+                activationAmax = try calibrator?.activationAmax(layer: layer)
+            } catch {
+                // Let the layer in flight finish before the caller discards the directory it writes into.
+                _ = try? exportStage.waitForResult()
+                throw error
+            }
             // At most one layer is in flight: wait for layer L-1 before handing over layer L.
             try collectExport(finishedLayer: layer - 1)
-            exportStage.submit { try export(layer: layer, activationAmax: activationAmax) }
-        }
-        try collectExport(finishedLayer: config.numHiddenLayers - 1)
-        try copyVerbatim(LlamaConfig.finalNormName)
-        if !config.tieWordEmbeddings { try copyVerbatim(LlamaConfig.lmHeadName) }
-        try writer.finish()
-        progress.finish()
-        _ = try writeModelFiles(sourceDirectory: options.modelDirectory, outputDirectory: directory,
-                                configWriter: QuantizationConfigWriter(layout: options.layout, scheme: options.scheme,
-                                                                       omitScaleDTypeKeys: options.omitScaleDTypeKeys))
-        if options.scheme.quantizesActivations {
-            var record = calibrationRecord ?? CalibrationRecord(source: "provided by the caller", samples: 0, tokens: 0,
-                                                                  contentHash: "", device: "n/a")
-            record.activationAmax = summary.activationAmax
-            try record.write(to: directory.appendingPathComponent("calibration.json"), scheme: options.scheme)
-        }
-        logger.info("verifying the written checkpoint")
-        let report = try CheckpointVerifier(config: config, layout: layout, source: source).verify(directory: directory)
-        logger.info("verified", metadata: ["files": "\(report.files)", "tensors": "\(report.tensors)",
-                                           "linears": "\(report.quantizedLinears)"])
-        summary.outputBytes = report.bytes
-        summary.shards = plan.shards.count
-        return summary
-    }
-
-    func quantize(source: SafeTensorsModel, linear: LinearSpec, weightScale2: Float) throws -> NVFP4Weight {
-        let info = try source.info(linear.weightName)
-        if info.dtype == .bf16 {
-            return try source.withBytes(linear.weightName) { bytes in
-                try withBF16(bytes) {
-                    try NVFP4Quantizer.quantize(bf16: $0, rows: linear.outFeatures, cols: linear.inFeatures,
-                                                weightScale2: weightScale2, tensor: linear.weightName)
+            exportStage.submit {
+                let tensors = try exporter.export(layer: layer, activationAmax: activationAmax)
+                try assembler.add(layer: layer, tensors: tensors)
+                var recorded: [String: Float] = [:]
+                if spec.scheme.quantizesActivations, let activationAmax {
+                    for linear in config.linears(layer: layer) { recorded[linear.name] = activationAmax[linear.kind.group] }
                 }
+                return (recorded, try exporter.sourceLinearBytes(layer: layer))
             }
         }
-        let values = try source.floats(linear.weightName)
-        return try values.withUnsafeBufferPointer {
-            try NVFP4Quantizer.quantize(f32: $0, rows: linear.outFeatures, cols: linear.inFeatures,
-                                        weightScale2: weightScale2, tensor: linear.weightName)
+        try collectExport(finishedLayer: config.numHiddenLayers - 1)
+        progress.finish()
+        var record: CalibrationRecord?
+        if options.scheme.quantizesActivations {
+            record = calibrationRecord ?? CalibrationRecord(source: "provided by the caller", samples: 0, tokens: 0,
+                                                            contentHash: "", device: "n/a")
+            record?.activationAmax = summary.activationAmax
         }
+        let report = try assembler.finish(calibration: record)
+        summary.outputBytes = report.bytes
+        summary.shards = assembler.plan.shards.count
+        return summary
     }
 }
 

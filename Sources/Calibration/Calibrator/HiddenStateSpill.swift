@@ -28,7 +28,7 @@ final class HiddenStateSpill {
         }
         let finalPath = path(ofChunk: chunk)
         let temporaryPath = finalPath + ".tmp"
-        let data = Self.littleEndianBytes(values)
+        let data = littleEndianFloatBytes(values)
         do {
             try data.write(to: URL(fileURLWithPath: temporaryPath))
         } catch {
@@ -53,18 +53,7 @@ final class HiddenStateSpill {
         guard data.count == count * MemoryLayout<Float>.size else {
             throw CalibrationError.scratchFile(path: path, message: "holds \(data.count) bytes, expected \(count * 4)")
         }
-        return data.withUnsafeBytes { bytes in
-            [Float](unsafeUninitializedCapacity: count) { output, initialized in
-                #if _endian(little)
-                UnsafeMutableRawBufferPointer(output).copyMemory(from: bytes)
-                #else
-                for index in 0..<count {
-                    output[index] = Float(bitPattern: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 4 * index, as: UInt32.self)))
-                }
-                #endif
-                initialized = count
-            }
-        }
+        return floatsFromLittleEndian(data)
     }
 
     /// Deletes every file and the directory; safe to call more than once.
@@ -72,15 +61,5 @@ final class HiddenStateSpill {
         guard created else { return }
         try? FileManager.default.removeItem(at: directory)
         created = false
-    }
-
-    private static func littleEndianBytes(_ values: [Float]) -> Data {
-        #if _endian(little)
-        return values.withUnsafeBytes { Data($0) }
-        #else
-        var data = Data(capacity: values.count * 4)
-        for value in values { withUnsafeBytes(of: value.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
-        return data
-        #endif
     }
 }

@@ -16,7 +16,26 @@ import Logging
 ///   layer, or when the calibrator goes away. Which chunks spill is decided once, so results do not depend on it.
 /// - A zero or non-finite amax, or a non-finite hidden state, stops the calibration with a ``CalibrationError``
 ///   naming the layer (and sample when known): a zero amax means a Linear was never exercised.
+/// - It may cover a contiguous range of layers only (a cluster worker's share): the range's input is then given
+///   hidden states instead of token ids, and with `retainsOutputs` the states after the range's last layer stay
+///   available through ``takeOutput(chunk:)``. Samples are grouped by ``calibrationChunkRanges(tokenCounts:chunkTokens:)``.
 public final class LayerStreamingCalibrator<Backend: ComputeBackend>: ActivationCalibrator {
+    /// What enters the first layer of the range.
+    public enum Input {
+        /// Embed each chunk's token ids (the range starts at layer 0).
+        case embed
+        /// The hidden states after the previous layer, asked for once per chunk before the first layer runs.
+        case hiddenStates((CalibrationChunk) throws -> HiddenStates)
+    }
+
+    /// One layer's calibration: the amax of each chunk (in chunk order) and their merge.
+    public struct LayerResult: Sendable {
+        public let layer: Int
+        public let chunkAmax: [ObservedAmax]
+        /// The merge over all chunks; every value finite and > 0.
+        public let amax: [FusedGroup: Float]
+    }
+
     public let backend: Backend
     /// Module name (e.g. `model.layers.3.self_attn.q_proj`) → amax, filled in as layers complete.
     public private(set) var perLinearAmax: [String: Float] = [:]
@@ -25,23 +44,26 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     public let sampleCount: Int
     public let chunkTokens: Int
     public let activationMemoryBudget: Int
+    /// The layers this calibrator runs, in order.
+    public let layers: Range<Int>
     /// The directory spilled chunks are written to (created only when a chunk spills).
     public var scratchDirectory: URL { spill.directory }
     /// How many chunks live in scratch files rather than memory (known after the first call).
     public private(set) var spilledChunkCount = 0
     /// How many chunks the samples were grouped into.
     public var chunkCount: Int { chunks.count }
-    /// Layers completed so far; the next call must ask for this one.
+    /// Layers of the range completed so far; the next call must ask for `layers.lowerBound + completedLayers`.
     public private(set) var completedLayers = 0
 
     private let weights: any WeightSource
-    private let samples: [CalibrationSample]
+    private let input: Input
+    private let retainsOutputs: Bool
     private let logger: Logger?
     private let releaseWeights: (([String]) -> Void)?
     private let progress: ((CalibrationProgress) -> Void)?
     private var chunks: [Chunk]
     private let spill: HiddenStateSpill
-    private var embedded = false
+    private var loadedInputs = false
     private var finished = false
     private var failedLayer: Int?
     /// Seconds spent inside calibration calls and tokens pushed through layers, for the ETA.
@@ -55,109 +77,146 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     }
 
     private struct Chunk {
-        /// Indices into `samples`.
-        let sampleRange: Range<Int>
+        let plan: CalibrationChunk
         let batch: SequenceBatch
         var storage: Storage = .none
         var spills = false
+        var sampleRange: Range<Int> { plan.sampleRange }
     }
 
     /// - Parameters:
     ///   - backend: does the arithmetic; its `config` gives the layer count.
     ///   - weights: the model's tensors, read layer by layer through the backend.
-    ///   - samples: the calibration samples, each run as its own causal sequence.
-    ///   - chunkTokens: the most tokens batched into one forward (a longer sample is still one chunk).
+    ///   - plan: the samples, grouped into chunks; each sample runs as its own causal sequence.
+    ///   - layers: the layers to calibrate (all of them when nil).
+    ///   - input: ``Input/embed`` (layers must start at 0) or the hidden states entering `layers.lowerBound`.
+    ///   - retainsOutputs: keep the states after the last layer for ``takeOutput(chunk:)`` until ``finish()``.
     ///   - activationMemoryBudget: bytes of f32 hidden states kept in memory; further chunks spill to files.
     ///   - scratchDirectory: where spill files go, in a fresh subdirectory; the system temporary directory if nil.
     ///   - logger: receives one info line per layer.
     ///   - releaseWeights: called with the tensor names of a layer once it is done (and with the embedding
     ///     table's name after embedding), so the caller can drop mapped pages (`SafeTensorsModel.releasePages`).
     ///   - progress: called after each chunk.
-    public init(backend: Backend, weights: any WeightSource, samples: [CalibrationSample], chunkTokens: Int = 4096,
-                activationMemoryBudget: Int = 8 << 30, scratchDirectory: URL? = nil, logger: Logger? = nil,
-                releaseWeights: (([String]) -> Void)? = nil,
+    public init(backend: Backend, weights: any WeightSource, plan: CalibrationPlan, layers: Range<Int>? = nil,
+                input: Input = .embed, retainsOutputs: Bool = false, activationMemoryBudget: Int = 8 << 30,
+                scratchDirectory: URL? = nil, logger: Logger? = nil, releaseWeights: (([String]) -> Void)? = nil,
                 progress: ((CalibrationProgress) -> Void)? = nil) throws {
-        guard !samples.isEmpty else { throw CalibrationError.invalidSetup("no calibration samples given") }
-        guard chunkTokens >= 1 else { throw CalibrationError.invalidSetup("chunkTokens must be at least 1, got \(chunkTokens)") }
+        guard !plan.chunks.isEmpty else { throw CalibrationError.invalidSetup("no calibration samples given") }
         guard activationMemoryBudget >= 0 else {
             throw CalibrationError.invalidSetup("the activation memory budget must not be negative, got \(activationMemoryBudget)")
         }
+        let layerCount = backend.config.numHiddenLayers
+        let layers = layers ?? 0..<layerCount
+        guard !layers.isEmpty, layers.lowerBound >= 0, layers.upperBound <= layerCount else {
+            throw CalibrationError.invalidSetup("layers \(layers.lowerBound)..<\(layers.upperBound) are not a non-empty "
+                                                + "range inside the model's 0..<\(layerCount)")
+        }
+        if case .embed = input, layers.lowerBound != 0 {
+            throw CalibrationError.invalidSetup("layers \(layers.lowerBound)..<\(layers.upperBound) do not start at 0, "
+                                                + "so they need hidden states, not token ids")
+        }
         let vocabSize = backend.config.vocabSize
-        for (index, sample) in samples.enumerated() {
-            guard !sample.tokens.isEmpty else {
-                throw CalibrationError.invalidSetup("sample \(index) (\(sample.source)) has no tokens")
-            }
-            if let bad = sample.tokens.firstIndex(where: { $0 < 0 || Int($0) >= vocabSize }) {
-                throw CalibrationError.invalidSetup("sample \(index) (\(sample.source)) has token id \(sample.tokens[bad]) at "
-                                                    + "position \(bad), outside the vocabulary 0..<\(vocabSize)")
+        for chunk in plan.chunks {
+            var offset = 0
+            for (position, count) in chunk.tokenCounts.enumerated() {
+                let tokens = chunk.tokenIDs[offset..<(offset + count)]
+                offset += count
+                if let bad = tokens.firstIndex(where: { $0 < 0 || Int($0) >= vocabSize }) {
+                    throw CalibrationError.invalidSetup(
+                        "sample \(chunk.sampleRange.lowerBound + position) (\(chunk.sources[position])) has token id "
+                            + "\(chunk.tokenIDs[bad]) at position \(bad - tokens.startIndex), outside the vocabulary 0..<\(vocabSize)")
+                }
             }
         }
         self.backend = backend
         self.weights = weights
-        self.samples = samples
-        self.chunkTokens = chunkTokens
+        self.layers = layers
+        self.input = input
+        self.retainsOutputs = retainsOutputs
+        self.chunkTokens = plan.chunkTokens
         self.activationMemoryBudget = activationMemoryBudget
         self.logger = logger
         self.releaseWeights = releaseWeights
         self.progress = progress
         self.spill = HiddenStateSpill(parent: scratchDirectory ?? FileManager.default.temporaryDirectory)
-        tokenTotal = samples.reduce(0) { $0 + $1.tokens.count }
-        sampleCount = samples.count
-        chunks = try Self.groupIntoChunks(samples.map(\.tokens.count), chunkTokens: chunkTokens)
+        tokenTotal = plan.tokenCount
+        sampleCount = plan.sampleCount
+        chunks = try plan.chunks.map { Chunk(plan: $0, batch: try $0.batch()) }
     }
 
-    /// A calibrator over a loaded calibration set.
+    /// A calibrator over all layers for `samples`, grouped into chunks of at most `chunkTokens` tokens.
+    public convenience init(backend: Backend, weights: any WeightSource, samples: [CalibrationSample], chunkTokens: Int = 4096,
+                            activationMemoryBudget: Int = 8 << 30, scratchDirectory: URL? = nil, logger: Logger? = nil,
+                            releaseWeights: (([String]) -> Void)? = nil,
+                            progress: ((CalibrationProgress) -> Void)? = nil) throws {
+        try self.init(backend: backend, weights: weights, calibrationSet: CalibrationSet(samples: samples),
+                      chunkTokens: chunkTokens, activationMemoryBudget: activationMemoryBudget,
+                      scratchDirectory: scratchDirectory, logger: logger, releaseWeights: releaseWeights, progress: progress)
+    }
+
+    /// A calibrator over all layers for a loaded calibration set.
     public convenience init(backend: Backend, weights: any WeightSource, calibrationSet: CalibrationSet,
                             chunkTokens: Int = 4096, activationMemoryBudget: Int = 8 << 30,
                             scratchDirectory: URL? = nil, logger: Logger? = nil,
                             releaseWeights: (([String]) -> Void)? = nil,
                             progress: ((CalibrationProgress) -> Void)? = nil) throws {
-        try self.init(backend: backend, weights: weights, samples: calibrationSet.samples, chunkTokens: chunkTokens,
-                      activationMemoryBudget: activationMemoryBudget, scratchDirectory: scratchDirectory, logger: logger,
-                      releaseWeights: releaseWeights, progress: progress)
+        guard activationMemoryBudget >= 0 else {
+            throw CalibrationError.invalidSetup("the activation memory budget must not be negative, got \(activationMemoryBudget)")
+        }
+        let plan = try CalibrationPlan(set: calibrationSet, source: "", chunkTokens: chunkTokens)
+        try self.init(backend: backend, weights: weights, plan: plan, activationMemoryBudget: activationMemoryBudget,
+                      scratchDirectory: scratchDirectory, logger: logger, releaseWeights: releaseWeights, progress: progress)
     }
 
     deinit { spill.removeAll() }
 
-    /// Greedy, in order: a chunk takes samples while their tokens fit `chunkTokens`.
-    private static func groupIntoChunks(_ counts: [Int], chunkTokens: Int) throws -> [Chunk] {
-        var chunks: [Chunk] = []
-        var start = 0
-        var tokens = 0
-        for (index, count) in counts.enumerated() {
-            if index > start, tokens + count > chunkTokens {
-                chunks.append(Chunk(sampleRange: start..<index, batch: try SequenceBatch(tokenCounts: Array(counts[start..<index]))))
-                start = index
-                tokens = 0
-            }
-            tokens += count
-        }
-        chunks.append(Chunk(sampleRange: start..<counts.count, batch: try SequenceBatch(tokenCounts: Array(counts[start...]))))
-        return chunks
-    }
-
     public var layerCount: Int { backend.config.numHiddenLayers }
 
-    /// The amax of each observed input of `layer`, which must be the next layer (0 first).
+    /// The amax of each observed input of `layer`, which must be the next layer of the range.
     public func activationAmax(layer: Int) throws -> [FusedGroup: Float] {
         if let failedLayer { throw CalibrationError.failedEarlier(layer: failedLayer) }
         if finished { throw CalibrationError.finished }
         guard (0..<layerCount).contains(layer) else {
             throw CalibrationError.layerOutOfRange(layer: layer, layerCount: layerCount)
         }
-        guard layer == completedLayers else {
-            throw CalibrationError.layerOutOfOrder(requested: layer, expected: completedLayers)
+        let expected = layers.lowerBound + completedLayers
+        guard layer == expected else {
+            throw CalibrationError.layerOutOfOrder(requested: layer, expected: expected)
         }
+        return try calibrateNextLayer().amax
+    }
+
+    /// Calibrates the next layer of the range and returns each chunk's amax with their merge.
+    public func calibrateNextLayer() throws -> LayerResult {
+        if let failedLayer { throw CalibrationError.failedEarlier(layer: failedLayer) }
+        if finished || completedLayers == layers.count { throw CalibrationError.finished }
+        let layer = layers.lowerBound + completedLayers
         do {
-            let amax = try calibrate(layer: layer)
+            let result = try calibrate(layer: layer)
             completedLayers += 1
-            if completedLayers == layerCount { finish() }
-            return amax
+            if completedLayers == layers.count && !retainsOutputs { finish() }
+            return result
         } catch {
             failedLayer = layer
             finish()
             throw error
         }
+    }
+
+    /// The hidden states of `chunk` after the range's last layer (once, then released). Needs `retainsOutputs`
+    /// and every layer of the range done.
+    public func takeOutput(chunk: Int) throws -> HiddenStates {
+        if let failedLayer { throw CalibrationError.failedEarlier(layer: failedLayer) }
+        guard retainsOutputs, completedLayers == layers.count, !finished else { throw CalibrationError.finished }
+        guard chunks.indices.contains(chunk) else {
+            throw CalibrationError.invalidSetup("chunk \(chunk) does not exist; the plan has \(chunks.count) chunks")
+        }
+        if case .none = chunks[chunk].storage {
+            throw CalibrationError.invalidSetup("the output of chunk \(chunk) was already taken")
+        }
+        let values = try takeStates(of: chunk)
+        chunks[chunk].storage = .none
+        return HiddenStates(hiddenSize: config.hiddenSize, values: values)
     }
 
     /// Releases the hidden states and deletes the scratch files; later calls throw ``CalibrationError/finished``.
@@ -169,15 +228,16 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
 
     // MARK: - Steps
 
-    private func calibrate(layer: Int) throws -> [FusedGroup: Float] {
-        if !embedded { try embedAll() }
+    private func calibrate(layer: Int) throws -> LayerResult {
+        if !loadedInputs { try loadInputs() }
         let start = ContinuousClock.now
-        let (observed, tokensDone) = try runAllChunks(layer: layer, start: start)
+        let (chunkAmax, tokensDone) = try runAllChunks(layer: layer, start: start)
         let layerSeconds = seconds(since: start)
         busySeconds += layerSeconds
         // The backend's copy of the weights went away with runAllChunks; now the source's pages may go too.
         releaseWeights?(config.linears(layer: layer).map(\.weightName) + config.layerNorms(layer: layer).map(\.name))
 
+        let observed = chunkAmax.reduce(ObservedAmax.zero) { $0.merging($1) }
         var result: [FusedGroup: Float] = [:]
         for group in FusedGroup.allCases {
             let amax = observed[group]
@@ -191,48 +251,48 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             + "\(format(layerSeconds)) s (\(format(Double(tokensDone) / max(layerSeconds, 1e-9))) tokens/s); amax "
             + "qkv \(observed.qkv), o \(observed.o), gate_up \(observed.gateUp), down \(observed.down)"
         logger?.info("\(summary)")
-        return result
+        return LayerResult(layer: layer, chunkAmax: chunkAmax, amax: result)
     }
 
-    /// Loads `layer`, runs every chunk through it and drops it again; returns the merged amax and the tokens run.
-    private func runAllChunks(layer: Int, start: ContinuousClock.Instant) throws -> (ObservedAmax, Int) {
+    /// Loads `layer`, runs every chunk through it and drops it again; returns each chunk's amax and the tokens run.
+    private func runAllChunks(layer: Int, start: ContinuousClock.Instant) throws -> ([ObservedAmax], Int) {
         let loaded = try backend.loadLayer(layer, from: weights)
-        var observed = ObservedAmax.zero
+        var chunkAmax: [ObservedAmax] = []
         var samplesDone = 0
         var tokensDone = 0
         for index in chunks.indices {
             var hidden = HiddenStates(hiddenSize: backend.config.hiddenSize, values: try takeStates(of: index))
-            let batch = chunks[index].batch
-            let chunkAmax = try backend.forward(layer: loaded, hidden: &hidden, batch: batch)
-            let range = chunks[index].sampleRange
-            for group in FusedGroup.allCases where !chunkAmax[group].isFinite {
-                throw CalibrationError.invalidAmax(layer: layer, group: group, amax: chunkAmax[group],
-                                                   samples: range.lowerBound...(range.upperBound - 1))
-            }
-            try checkFinite(hidden.values, chunk: index, layer: layer)
-            observed = observed.merging(chunkAmax)
+            let amax = try forwardChecked(backend: backend, layer: loaded, index: layer, hidden: &hidden,
+                                          batch: chunks[index].batch, chunk: chunks[index].plan)
+            chunkAmax.append(amax)
             try store(hidden.values, chunk: index)
 
-            samplesDone += range.count
-            tokensDone += batch.totalTokens
-            layerTokensDone += batch.totalTokens
+            samplesDone += chunks[index].sampleRange.count
+            tokensDone += chunks[index].batch.totalTokens
+            layerTokensDone += chunks[index].batch.totalTokens
             reportProgress(layer: layer, samplesDone: samplesDone, tokensDone: tokensDone,
                            seconds: seconds(since: start))
         }
-        return (observed, tokensDone)
+        return (chunkAmax, tokensDone)
     }
 
     private var config: LlamaConfig { backend.config }
 
-    private func embedAll() throws {
+    /// Embeds every chunk (or takes the given states) and decides, once, which chunks spill.
+    private func loadInputs() throws {
         let start = ContinuousClock.now
         var residentBytes = 0
         for index in chunks.indices {
-            let range = chunks[index].sampleRange
-            let tokenIDs = samples[range].flatMap { $0.tokens.map(Int.init) }
-            let hidden = try backend.embed(tokenIDs, from: weights)
-            try hidden.check(matches: chunks[index].batch, hiddenSize: config.hiddenSize)
-            try checkFinite(hidden.values, chunk: index, layer: nil)
+            let chunk = chunks[index].plan
+            let hidden: HiddenStates
+            switch input {
+            case .embed:
+                hidden = try embedChecked(backend: backend, weights: weights, chunk: chunk, batch: chunks[index].batch)
+            case .hiddenStates(let provide):
+                hidden = try provide(chunk)
+                try hidden.check(matches: chunks[index].batch, hiddenSize: config.hiddenSize)
+                try chunk.checkFinite(hidden.values, hiddenSize: config.hiddenSize, layer: layers.lowerBound - 1)
+            }
             let bytes = hidden.values.count * MemoryLayout<Float>.size
             if residentBytes + bytes <= activationMemoryBudget {
                 residentBytes += bytes
@@ -242,10 +302,11 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             }
             try store(hidden.values, chunk: index)
         }
-        embedded = true
-        releaseWeights?([LlamaConfig.embedTokensName])
+        loadedInputs = true
+        if case .embed = input { releaseWeights?([LlamaConfig.embedTokensName]) }
         busySeconds += seconds(since: start)
-        let summary = "calibration: embedded \(sampleCount) samples (\(tokenTotal) tokens) in \(chunks.count) chunks of up to "
+        let what = if case .embed = input { "embedded" } else { "received the hidden states of" }
+        let summary = "calibration: \(what) \(sampleCount) samples (\(tokenTotal) tokens) in \(chunks.count) chunks of up to "
             + "\(chunkTokens) tokens; \(formatMiB(residentBytes)) MiB of hidden states in memory, "
             + "\(spilledChunkCount) chunks spilled to \(spill.directory.path)"
         logger?.info("\(summary)")
@@ -272,32 +333,12 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         }
     }
 
-    /// Throws naming the first sample of the chunk whose rows hold a NaN or infinity.
-    private func checkFinite(_ values: [Float], chunk: Int, layer: Int?) throws {
-        let allFinite = values.withUnsafeBufferPointer { buffer in
-            // Summing `x * 0` is NaN exactly when some x is NaN or infinite, and vectorizes, unlike a branch.
-            var probe: Float = 0
-            for value in buffer { probe += value * 0 }
-            return probe == 0
-        }
-        if allFinite { return }
-        let batch = chunks[chunk].batch
-        let width = config.hiddenSize
-        for position in 0..<batch.sampleCount {
-            let rows = batch.rows(ofSample: position)
-            if values[(rows.lowerBound * width)..<(rows.upperBound * width)].contains(where: { !$0.isFinite }) {
-                let sample = chunks[chunk].sampleRange.lowerBound + position
-                throw CalibrationError.nonFiniteHiddenState(layer: layer, sample: sample, source: samples[sample].source)
-            }
-        }
-    }
-
     private func reportProgress(layer: Int, samplesDone: Int, tokensDone: Int, seconds: Double) {
         guard let progress else { return }
         let rate = seconds > 0 ? Double(tokensDone) / seconds : 0
         let overallSeconds = busySeconds + seconds
         let overallRate = overallSeconds > 0 ? Double(layerTokensDone) / overallSeconds : 0
-        let remainingTokens = tokenTotal * layerCount - layerTokensDone
+        let remainingTokens = tokenTotal * layers.count - layerTokensDone
         let eta: Double? = overallRate > 0 ? Double(remainingTokens) / overallRate : nil
         progress(CalibrationProgress(layer: layer, layerCount: layerCount, samplesDone: samplesDone,
                                      sampleCount: sampleCount, tokensPerSecond: rate, estimatedSecondsRemaining: eta))
@@ -310,4 +351,28 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
 
     private func format(_ value: Double) -> String { String(format: "%.1f", value) }
     private func formatMiB(_ bytes: Int) -> String { String(format: "%.1f", Double(bytes) / 1_048_576) }
+}
+
+/// The embeddings of `chunk`'s token ids, checked for shape and finiteness. Every schedule embeds through this.
+public func embedChecked<Backend: ComputeBackend>(backend: Backend, weights: any WeightSource, chunk: CalibrationChunk,
+                                                  batch: SequenceBatch) throws -> HiddenStates {
+    let hidden = try backend.embed(chunk.tokenIDs.map(Int.init), from: weights)
+    try hidden.check(matches: batch, hiddenSize: backend.config.hiddenSize)
+    try chunk.checkFinite(hidden.values, hiddenSize: backend.config.hiddenSize, layer: nil)
+    return hidden
+}
+
+/// Runs one layer over one chunk in place, rejecting a non-finite amax (naming the chunk's samples) or a
+/// non-finite output (naming the sample). Every schedule runs layers through this, so all report alike.
+public func forwardChecked<Backend: ComputeBackend>(backend: Backend, layer loaded: Backend.LoadedLayer, index layer: Int,
+                                                    hidden: inout HiddenStates, batch: SequenceBatch,
+                                                    chunk: CalibrationChunk) throws -> ObservedAmax {
+    let amax = try backend.forward(layer: loaded, hidden: &hidden, batch: batch)
+    let range = chunk.sampleRange
+    for group in FusedGroup.allCases where !amax[group].isFinite {
+        throw CalibrationError.invalidAmax(layer: layer, group: group, amax: amax[group],
+                                           samples: range.lowerBound...(range.upperBound - 1))
+    }
+    try chunk.checkFinite(hidden.values, hiddenSize: backend.config.hiddenSize, layer: layer)
+    return amax
 }

@@ -1,0 +1,161 @@
+import Checkpoint
+import Foundation
+import LlamaModel
+import Logging
+import SafeTensors
+
+/// A layer's tensors that do not fit the output plan, naming the layer and tensor.
+public enum CheckpointAssemblyError: Error, CustomStringConvertible, Equatable, Sendable {
+    case layerOutOfOrder(received: Int, expected: Int?)
+    case checksumMismatch(layer: Int, tensor: String, expected: String, actual: String)
+    case missingTensors(layer: Int, tensors: [String])
+    case unexpectedTensors(layer: Int, tensors: [String])
+    case tensorMismatch(layer: Int, tensor: String, reason: String)
+    case wrongStep(String)
+
+    public var description: String {
+        switch self {
+        case .layerOutOfOrder(let received, let expected):
+            let next = expected.map { "layer \($0) is next" } ?? "every layer was already added"
+            return "checkpoint assembly: layer \(received) arrived out of order; \(next)"
+        case .checksumMismatch(let layer, let tensor, let expected, let actual):
+            return "checkpoint assembly: layer \(layer): \(tensor) was sent with SHA-256 \(expected), but its bytes hash "
+                + "to \(actual); the transfer damaged it"
+        case .missingTensors(let layer, let tensors):
+            return "checkpoint assembly: layer \(layer) lacks \(tensors.joined(separator: ", "))"
+        case .unexpectedTensors(let layer, let tensors):
+            return "checkpoint assembly: layer \(layer) has tensors the checkpoint does not plan: \(tensors.joined(separator: ", "))"
+        case .tensorMismatch(let layer, let tensor, let reason):
+            return "checkpoint assembly: layer \(layer): \(tensor): \(reason)"
+        case .wrongStep(let message):
+            return "checkpoint assembly: \(message)"
+        }
+    }
+}
+
+/// Writes the output checkpoint from exported layers (the coordinator's side, and `coordctl quantize`'s): plans
+/// the shards from the config alone, writes into `OUTPUT.partial-<jobID>`, embeddings first, then each layer's
+/// tensors in layer order, then the final norm and `lm_head`, `config.json` and the tokenizer files,
+/// `calibration.json` (W4A4), verifies everything with ``CheckpointVerifier`` and renames the directory into place.
+/// Call ``discard()`` after any failure. Not thread-safe: one caller at a time.
+public final class CheckpointAssembler {
+    public let spec: JobSpec
+    public let config: LlamaConfig
+    public let plan: ShardPlan
+    /// Where the checkpoint is written until ``finish(calibration:)`` renames it.
+    public var partialDirectory: URL { output.partial }
+    /// The layer ``add(layer:tensors:)`` expects next (nil once all are added).
+    public var nextLayer: Int? { layersAdded < config.numHiddenLayers ? layersAdded : nil }
+
+    private let source: SafeTensorsModel
+    private let logger: Logger
+    private let output: OutputDirectory
+    private let writer: CheckpointWriter
+    private let layout: LinearTensorLayout
+    private var embeddingsWritten = false
+    private var layersAdded = 0
+
+    /// Checks the output path (see `OutputDirectory`) and creates a fresh partial directory.
+    public init(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel, logger: Logger) throws {
+        self.spec = spec
+        self.config = config
+        self.source = source
+        self.logger = logger
+        layout = spec.tensorLayout
+        var sourceDTypes: [String: SafeTensorsDType] = [:]
+        for tensor in config.nonQuantizedTensors { sourceDTypes[tensor.name] = try source.info(tensor.name).dtype }
+        plan = ShardPlanner.plan(groups: checkpointTensorGroups(config: config, layout: layout, sourceDTypes: sourceDTypes),
+                                 maxShardSize: spec.maxShardSize)
+        output = try OutputDirectory(final: spec.outputDirectory, jobID: spec.jobID, force: spec.force)
+        try output.create()
+        writer = CheckpointWriter(directory: output.partial, plan: plan)
+    }
+
+    /// The tensors of `layer` the plan expects, in write order.
+    public func plannedTensors(layer: Int) -> [PlannedTensor] {
+        let norms = config.layerNorms(layer: layer).map { norm in
+            plan.shards.lazy.flatMap(\.tensors).first { $0.name == norm.name }!
+        }
+        return norms + config.linears(layer: layer).flatMap { layout.plannedTensors(for: $0) }
+    }
+
+    /// Copies `model.embed_tokens.weight` from the source (first in every plan).
+    public func writeEmbeddings() throws {
+        guard !embeddingsWritten else { throw CheckpointAssemblyError.wrongStep("the embeddings were already written") }
+        try copyVerbatim(LlamaConfig.embedTokensName)
+        embeddingsWritten = true
+    }
+
+    /// Writes the tensors of `layer`, which must be the next layer, after checking that they are exactly the planned
+    /// ones (names, dtypes, shapes, sizes) and that each one's bytes match its SHA-256. Any order of `tensors` works.
+    public func add(layer: Int, tensors: [ExportedTensor]) throws {
+        guard embeddingsWritten else { throw CheckpointAssemblyError.wrongStep("layer \(layer) added before the embeddings") }
+        guard layer == nextLayer else { throw CheckpointAssemblyError.layerOutOfOrder(received: layer, expected: nextLayer) }
+        let planned = plannedTensors(layer: layer)
+        var byName: [String: ExportedTensor] = [:]
+        for tensor in tensors {
+            guard byName.updateValue(tensor, forKey: tensor.name) == nil else {
+                throw CheckpointAssemblyError.tensorMismatch(layer: layer, tensor: tensor.name, reason: "sent twice")
+            }
+        }
+        let plannedNames = Set(planned.map(\.name))
+        let unexpected = byName.keys.filter { !plannedNames.contains($0) }.sorted()
+        guard unexpected.isEmpty else { throw CheckpointAssemblyError.unexpectedTensors(layer: layer, tensors: unexpected) }
+        let missing = planned.map(\.name).filter { byName[$0] == nil }
+        guard missing.isEmpty else { throw CheckpointAssemblyError.missingTensors(layer: layer, tensors: missing) }
+        for expected in planned {
+            let tensor = byName[expected.name]!
+            guard tensor.dtype == expected.dtype, tensor.shape == expected.shape else {
+                throw CheckpointAssemblyError.tensorMismatch(
+                    layer: layer, tensor: tensor.name,
+                    reason: "is \(tensor.dtype.rawValue) \(tensor.shape), the plan has \(expected.dtype.rawValue) \(expected.shape)")
+            }
+            guard tensor.data.count == expected.byteCount else {
+                throw CheckpointAssemblyError.tensorMismatch(layer: layer, tensor: tensor.name,
+                                                             reason: "holds \(tensor.data.count) bytes, expected \(expected.byteCount)")
+            }
+            let actual = sha256Hex(tensor.data)
+            guard actual == tensor.sha256 else {
+                throw CheckpointAssemblyError.checksumMismatch(layer: layer, tensor: tensor.name, expected: tensor.sha256,
+                                                               actual: actual)
+            }
+        }
+        for expected in planned { try writer.write(expected.name, data: byName[expected.name]!.data) }
+        layersAdded += 1
+    }
+
+    /// Writes the final norm and `lm_head`, the model files and (W4A4) `calibration.json` from `calibration`,
+    /// verifies the whole checkpoint and renames it into place.
+    @discardableResult
+    public func finish(calibration: CalibrationRecord?) throws -> VerificationReport {
+        guard nextLayer == nil else {
+            throw CheckpointAssemblyError.wrongStep("finish called before layer \(layersAdded) was added")
+        }
+        try copyVerbatim(LlamaConfig.finalNormName)
+        if !config.tieWordEmbeddings { try copyVerbatim(LlamaConfig.lmHeadName) }
+        try writer.finish()
+        let directory = output.partial
+        _ = try writeModelFiles(sourceDirectory: spec.modelDirectory, outputDirectory: directory,
+                                configWriter: QuantizationConfigWriter(layout: spec.layout, scheme: spec.scheme,
+                                                                       omitScaleDTypeKeys: spec.omitScaleDTypeKeys))
+        if spec.scheme.quantizesActivations {
+            let record = calibration ?? CalibrationRecord(source: "provided by the caller", samples: 0, tokens: 0,
+                                                          contentHash: "", device: "n/a")
+            try record.write(to: directory.appendingPathComponent("calibration.json"), scheme: spec.scheme)
+        }
+        logger.info("verifying the written checkpoint")
+        let report = try CheckpointVerifier(config: config, layout: layout, source: source).verify(directory: directory)
+        logger.info("verified", metadata: ["files": "\(report.files)", "tensors": "\(report.tensors)",
+                                           "linears": "\(report.quantizedLinears)"])
+        try output.commit()
+        return report
+    }
+
+    /// Removes the partial directory after a failure.
+    public func discard() { output.discard() }
+
+    private func copyVerbatim(_ name: String) throws {
+        try source.withBytes(name) { try writer.write(name, bytes: $0) }
+        try source.releasePages(name)
+    }
+}

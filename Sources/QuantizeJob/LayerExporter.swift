@@ -1,0 +1,134 @@
+import Checkpoint
+import Crypto
+import Foundation
+import LlamaModel
+import NVFP4
+import SafeTensors
+
+/// One tensor of the output checkpoint, ready to be written, with the SHA-256 of its bytes so that it can cross a
+/// network and be checked on arrival.
+public struct ExportedTensor: Codable, Sendable, Equatable {
+    public var name: String
+    public var dtype: SafeTensorsDType
+    public var shape: [Int]
+    public var data: Data
+    /// Lower-case hex SHA-256 of `data`.
+    public var sha256: String
+
+    /// Hashes `data`.
+    public init(name: String, dtype: SafeTensorsDType, shape: [Int], data: Data) {
+        self.init(name: name, dtype: dtype, shape: shape, data: data, sha256: sha256Hex(data))
+    }
+
+    public init(name: String, dtype: SafeTensorsDType, shape: [Int], data: Data, sha256: String) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.data = data
+        self.sha256 = sha256
+    }
+}
+
+/// Quantizes one decoder layer into exactly the tensors `coordctl quantize` writes for it: the two norms verbatim,
+/// then each Linear in the job's layout (q/k/v and gate/up sharing one global weight scale; input scales from the
+/// calibrated activation amax for W4A4). Names use global layer indices, so the output needs no renaming.
+/// Stateless between calls: layers may be exported in any order and on another thread than calibration.
+public final class LayerExporter: Sendable {
+    public let spec: JobSpec
+    public let config: LlamaConfig
+    private let source: SafeTensorsModel
+    private let layout: LinearTensorLayout
+    private let weightAmax: [String: Float]
+
+    /// - Parameter weightAmax: `max |W|` per Linear weight name when already known (the one-machine job scans
+    ///   every weight first); missing ones are computed from `source` (rejecting NaN, Inf and all-zero weights).
+    public init(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel, weightAmax: [String: Float] = [:]) {
+        self.spec = spec
+        self.config = config
+        self.source = source
+        self.layout = spec.tensorLayout
+        self.weightAmax = weightAmax
+    }
+
+    /// The tensors of `layer`, in write order. `activationAmax` (W4A4 only) holds one amax per fused group.
+    public func export(layer: Int, activationAmax: [FusedGroup: Float]?) throws -> [ExportedTensor] {
+        guard (0..<config.numHiddenLayers).contains(layer) else {
+            throw QuantizeJobError("layer \(layer) does not exist; the model has \(config.numHiddenLayers) layers")
+        }
+        var tensors: [ExportedTensor] = []
+        for norm in config.layerNorms(layer: layer) {
+            let info = try source.info(norm.name)
+            tensors.append(ExportedTensor(name: norm.name, dtype: info.dtype, shape: info.shape, data: try source.data(norm.name)))
+            try source.releasePages(norm.name)
+        }
+        let linears = config.linears(layer: layer)
+        var sharedScale: [FusedGroup: Float] = [:]
+        for group in FusedGroup.allCases {
+            let members = linears.filter { $0.kind.group == group }
+            sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: try members.map { try amax(of: $0) })
+        }
+        for linear in linears {
+            var inputScale: Float?
+            if spec.scheme.quantizesActivations {
+                guard let amax = activationAmax?[linear.kind.group], amax.isFinite, amax > 0 else {
+                    throw QuantizeJobError("\(linear.name): calibration produced no usable activation amax "
+                                           + "(\(activationAmax?[linear.kind.group].map { "\($0)" } ?? "none")); "
+                                           + "every Linear must be exercised by the calibration samples")
+                }
+                inputScale = FusedScales.inputScale(activationAmax: amax)
+            }
+            let weight = try quantize(linear, weightScale2: sharedScale[linear.kind.group]!)
+            try source.releasePages(linear.weightName)
+            let planned = layout.plannedTensors(for: linear)
+            let bytes = try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale))
+            for (plan, tensor) in zip(planned, bytes) {
+                tensors.append(ExportedTensor(name: tensor.name, dtype: plan.dtype, shape: plan.shape, data: tensor.bytes))
+            }
+        }
+        return tensors
+    }
+
+    /// ``export(layer:activationAmax:)`` with amax per Linear module name, as the coordinator's statistics hold
+    /// them (other layers' entries are ignored). The members of a fused group read one input, so they must agree.
+    public func export(layer: Int, linearAmax: [String: Float]) throws -> [ExportedTensor] {
+        var groups: [FusedGroup: Float] = [:]
+        for group in FusedGroup.allCases {
+            let names = config.linears(layer: layer).filter { $0.kind.group == group }.map(\.name)
+            let values = names.compactMap { linearAmax[$0] }
+            guard values.count == names.count else { continue }  // reported as missing by the export
+            guard values.allSatisfy({ $0.bitPattern == values[0].bitPattern }) else {
+                throw QuantizeJobError("layer \(layer): \(names.joined(separator: ", ")) read the same input but have "
+                                       + "different activation amax \(values)")
+            }
+            groups[group] = values[0]
+        }
+        return try export(layer: layer, activationAmax: groups)
+    }
+
+    /// Source bytes of the layer's Linear weights (for progress).
+    public func sourceLinearBytes(layer: Int) throws -> Int {
+        try config.linears(layer: layer).reduce(0) { $0 + (try source.info($1.weightName).byteCount) }
+    }
+
+    private func amax(of linear: LinearSpec) throws -> Float {
+        if let known = weightAmax[linear.weightName] { return known }
+        return try QuantizeJob.weightAmax(source: source, name: linear.weightName, cols: linear.inFeatures)
+    }
+
+    private func quantize(_ linear: LinearSpec, weightScale2: Float) throws -> NVFP4Weight {
+        let info = try source.info(linear.weightName)
+        if info.dtype == .bf16 {
+            return try source.withBytes(linear.weightName) { bytes in
+                try withBF16(bytes) {
+                    try NVFP4Quantizer.quantize(bf16: $0, rows: linear.outFeatures, cols: linear.inFeatures,
+                                                weightScale2: weightScale2, tensor: linear.weightName)
+                }
+            }
+        }
+        let values = try source.floats(linear.weightName)
+        return try values.withUnsafeBufferPointer {
+            try NVFP4Quantizer.quantize(f32: $0, rows: linear.outFeatures, cols: linear.inFeatures,
+                                        weightScale2: weightScale2, tensor: linear.weightName)
+        }
+    }
+}

@@ -1,0 +1,412 @@
+import CPUBackend
+import Calibration
+import Checkpoint
+import ComputeBackend
+import Foundation
+import LlamaModel
+import Logging
+import QuantizeJob
+import SafeTensors
+import Testing
+
+/// How one worker of a simulated cluster runs its range.
+enum RangeSchedule {
+    /// All layers loaded, chunk by chunk, hidden states passed on as bytes.
+    case pipelined
+    /// Layer by layer over every chunk, inputs read back from a ``BoundaryStateStore``, spilling everything.
+    case streamingFromBoundaryStore
+}
+
+/// Drives the engine as a coordinator and one worker per range would, in one process: everything that would
+/// cross the network crosses a JSON or raw-bytes round trip here. Returns the final output directory.
+func runAsCluster(options: QuantizeOptions, ranges: [(Range<Int>, RangeSchedule)], scratch: URL) throws -> URL {
+    var options = options
+    options.calibration.scratchDirectory = scratch
+    let logger = quietLogger()
+    // Coordinator: the job spec travels to every worker.
+    let spec = try JSONDecoder().decode(JobSpec.self, from: JSONEncoder().encode(try JobSpec(options: options)))
+    let config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
+    let plan = try JSONDecoder().decode(CalibrationPlan.self, from: JSONEncoder().encode(
+        try spec.makeCalibrationPlan(config: config, logger: logger)))
+    var record = spec.calibrationRecord(plan: plan, device: try spec.computeDevice(logger: logger))
+
+    // Workers: each checks the model, opens its own copy of the weights and runs its range.
+    var workers: [(range: Range<Int>, schedule: RangeSchedule, source: SafeTensorsModel, runner: LayerRangeRunner<CPUBackend>)] = []
+    for (range, schedule) in ranges {
+        try ModelCheck.verify(spec)
+        let source = try SafeTensorsModel(directory: spec.modelPath)
+        let runner = try LayerRangeRunner(spec: spec, config: config, weights: source,
+                                          backend: CPUBackend(config: config, activationPrecision: spec.calibration.activationPrecision),
+                                          range: range, embeds: range.lowerBound == 0, logger: logger)
+        workers.append((range, schedule, source, runner))
+    }
+
+    // Calibration: chunk outputs flow worker to worker; chunk amax flow to the coordinator, which merges by max.
+    var merged: [String: Float] = [:]
+    func collect(_ result: ChunkResult) throws {
+        for report in result.reports(config: config) {
+            let received = try JSONDecoder().decode(ChunkAmaxReport.self, from: JSONEncoder().encode(report))
+            for (module, amax) in received.amax { merged[module] = max(merged[module] ?? 0, amax) }
+        }
+    }
+    var outputs: [Int: Data] = [:]  // chunk → raw bytes of the last range's output
+    for worker in workers {
+        let input = { (chunk: CalibrationChunk) throws -> HiddenStates? in
+            guard worker.range.lowerBound > 0 else { return nil }
+            return try HiddenStates(hiddenSize: config.hiddenSize, littleEndianBytes: outputs[chunk.index]!,
+                                    expectedTokens: chunk.tokenCount)
+        }
+        switch worker.schedule {
+        case .pipelined:
+            for chunk in plan.chunks {
+                let result = try worker.runner.run(chunk: chunk, hidden: try input(chunk))
+                try collect(result)
+                outputs[chunk.index] = result.output.littleEndianBytes()
+            }
+            worker.runner.releaseLayers()
+        case .streamingFromBoundaryStore:
+            let store = try BoundaryStateStore(scratchDirectory: spec.scratchDirectory, jobID: spec.jobID,
+                                               firstLayer: worker.range.lowerBound, hiddenSize: config.hiddenSize)
+            for chunk in plan.chunks { try store.save(try #require(try input(chunk)), chunk: chunk.index) }
+            let results = try worker.runner.runStreaming(plan: plan, input: {
+                try store.load(chunk: $0.index, expectedTokens: $0.tokenCount)
+            })
+            for result in results {
+                try collect(result)
+                outputs[result.chunk] = result.output.littleEndianBytes()
+            }
+            try store.removeAll()
+        }
+    }
+
+    // Export: each worker exports its own layers; the coordinator assembles them in layer order.
+    let assembler = try CheckpointAssembler(spec: spec, config: config, source: try SafeTensorsModel(directory: spec.modelPath),
+                                            logger: logger)
+    do {
+        try assembler.writeEmbeddings()
+        for worker in workers {
+            let exporter = LayerExporter(spec: spec, config: config, source: worker.source)
+            for layer in worker.range {
+                let tensors = try exporter.export(layer: layer, linearAmax: merged)
+                try assembler.add(layer: layer, tensors: try JSONDecoder().decode([ExportedTensor].self,
+                                                                                  from: JSONEncoder().encode(tensors)))
+            }
+        }
+        record.activationAmax = merged
+        try assembler.finish(calibration: record)
+    } catch {
+        assembler.discard()
+        throw error
+    }
+    return spec.outputDirectory
+}
+
+/// Relative path → contents of every file under `directory`.
+func directoryContents(_ directory: URL) throws -> [String: Data] {
+    var result: [String: Data] = [:]
+    let enumerator = try #require(FileManager.default.enumerator(atPath: directory.path))
+    while let path = enumerator.nextObject() as? String {
+        var isDirectory: ObjCBool = false
+        let url = directory.appendingPathComponent(path)
+        if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue {
+            result[path] = try Data(contentsOf: url)
+        }
+    }
+    return result
+}
+
+func expectIdenticalDirectories(_ left: URL, _ right: URL, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let a = try directoryContents(left), b = try directoryContents(right)
+    #expect(a.keys.sorted() == b.keys.sorted(), sourceLocation: sourceLocation)
+    for (name, data) in a { #expect(b[name] == data, "\(name) differs", sourceLocation: sourceLocation) }
+    #expect(!a.isEmpty, sourceLocation: sourceLocation)
+}
+
+/// W4A4 options on the fixture model with its token-id calibration file, in several chunks.
+func fixtureW4A4Options(output: URL, layout: CheckpointLayout) -> QuantizeOptions {
+    var options = QuantizeOptions(modelDirectory: Fixtures.tinyLlama, outputDirectory: output)
+    options.evaluationSamples = 0
+    options.scheme = .nvfp4
+    options.layout = layout
+    options.jobID = "cluster-test"
+    options.calibration.dataPath = Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path
+    options.calibration.selection.minTokens = 1
+    options.calibration.device = "cpu"
+    options.calibration.chunkTokens = 64
+    return options
+}
+
+func runEmbedded(_ options: QuantizeOptions) throws -> QuantizeSummary {
+    let logger = quietLogger()
+    return try QuantizeJob(options: options, logger: logger, progress: ProgressReporter(logger: logger, interactive: false)).run()
+}
+
+@Suite struct ClusterEngineTests {
+    @Test(arguments: CheckpointLayout.allCases)
+    func twoRangesGiveTheEmbeddedJobsBytes(layout: CheckpointLayout) throws {
+        try withTemporaryDirectory("cluster") { parent throws in
+            let embedded = fixtureW4A4Options(output: parent.appendingPathComponent("embedded"), layout: layout)
+            _ = try runEmbedded(embedded)
+            var options = embedded
+            options.outputDirectory = parent.appendingPathComponent("cluster")
+            let plan = try JobSpec(options: options).makeCalibrationPlan(config: try Fixtures.tinyConfig(), logger: quietLogger())
+            #expect(plan.chunks.count > 1, "the test must route several chunks")
+            let output = try runAsCluster(options: options, ranges: [(0..<1, .pipelined), (1..<2, .pipelined)],
+                                          scratch: parent.appendingPathComponent("scratch"))
+            try expectIdenticalDirectories(embedded.outputDirectory, output)
+            #expect(FileManager.default.fileExists(atPath: output.appendingPathComponent("calibration.json").path))
+            #expect(try entries(of: parent, prefix: "cluster.partial") == [])
+        }
+    }
+
+    @Test func threeRangesAndBothSchedulesGiveTheEmbeddedJobsBytes() throws {
+        try withTemporaryDirectory("cluster3") { parent throws in
+            let model = try TinyModelBuilder(layers: 5).write(to: parent.appendingPathComponent("model"))
+            let calibration = parent.appendingPathComponent("calib.jsonl")
+            var generator = SplitMix64(seed: 7)
+            let lines = (0..<9).map { index -> String in
+                let ids = (0..<(5 + index * 3)).map { _ in Int(generator.next() % 48) }
+                return "{\"input_ids\": \(ids)}"
+            }
+            try Data(lines.joined(separator: "\n").utf8).write(to: calibration)
+            var embedded = QuantizeOptions(modelDirectory: model, outputDirectory: parent.appendingPathComponent("embedded"))
+            embedded.evaluationSamples = 0
+            embedded.jobID = "three"
+            embedded.maxShardSize = 20_000  // several shards and an index
+            embedded.calibration.dataPath = calibration.path
+            embedded.calibration.selection.minTokens = 1
+            embedded.calibration.device = "cpu"
+            embedded.calibration.chunkTokens = 40
+            embedded.calibration.activationMemoryBudget = 0  // the embedded job spills every chunk
+            embedded.calibration.scratchDirectory = parent.appendingPathComponent("scratch-embedded")
+            _ = try runEmbedded(embedded)
+            var options = embedded
+            options.outputDirectory = parent.appendingPathComponent("cluster")
+            let output = try runAsCluster(
+                options: options,
+                ranges: [(0..<2, .pipelined), (2..<3, .streamingFromBoundaryStore), (3..<5, .pipelined)],
+                scratch: parent.appendingPathComponent("scratch"))
+            try expectIdenticalDirectories(embedded.outputDirectory, output)
+            #expect(try directoryContents(output).keys.contains("model.safetensors.index.json"))
+            // The boundary store removed its files at the end of the job.
+            #expect(!FileManager.default.fileExists(atPath: parent.appendingPathComponent("scratch/nvfp4-boundary-three").path))
+        }
+    }
+
+    @Test func pipelinedAndStreamingSchedulesAgreeBitForBit() throws {
+        let options = fixtureW4A4Options(output: URL(fileURLWithPath: "/nonexistent/out"), layout: .compressedTensors)
+        let spec = try JobSpec(options: options)
+        let config = try Fixtures.tinyConfig()
+        let plan = try spec.makeCalibrationPlan(config: config, logger: quietLogger())
+        func runner() throws -> LayerRangeRunner<CPUBackend> {
+            try LayerRangeRunner(spec: spec, config: config, weights: try SafeTensorsModel(directory: spec.modelPath),
+                                 backend: CPUBackend(config: config, activationPrecision: spec.calibration.activationPrecision),
+                                 range: 0..<2, embeds: true, logger: quietLogger())
+        }
+        let pipelined = try runner()
+        let perChunk = try plan.chunks.map { try pipelined.run(chunk: $0) }
+        let streamed = try runner().runStreaming(plan: plan)
+        #expect(perChunk == streamed)
+        #expect(perChunk.allSatisfy { $0.layerAmax.map(\.layer) == [0, 1] })
+        // Each chunk's report names all 7 Linears of its layer, as the coordinator's store expects.
+        let reports = perChunk[0].reports(config: config)
+        #expect(reports.map(\.layer) == [0, 1] && reports.allSatisfy { $0.amax.count == 7 && $0.chunk == 0 })
+    }
+
+    @Test func restartedWorkerResumesFromItsBoundaryStore() throws {
+        try withTemporaryDirectory("cluster-resume") { parent throws in
+            let options = fixtureW4A4Options(output: parent.appendingPathComponent("out"), layout: .compressedTensors)
+            let spec = try JobSpec(options: options)
+            let config = try Fixtures.tinyConfig()
+            let plan = try spec.makeCalibrationPlan(config: config, logger: quietLogger())
+            func runner(_ range: Range<Int>) throws -> LayerRangeRunner<CPUBackend> {
+                try LayerRangeRunner(spec: spec, config: config, weights: try SafeTensorsModel(directory: spec.modelPath),
+                                     backend: CPUBackend(config: config, activationPrecision: spec.calibration.activationPrecision),
+                                     range: range, embeds: range.lowerBound == 0, logger: quietLogger())
+            }
+            let first = try runner(0..<1)
+            let store = try BoundaryStateStore(scratchDirectory: parent, jobID: spec.jobID, firstLayer: 1,
+                                               hiddenSize: config.hiddenSize)
+            let uninterrupted = try runner(1..<2)
+            var expected: [ChunkResult] = []
+            for chunk in plan.chunks {
+                let boundary = try first.run(chunk: chunk).output
+                try store.save(boundary, chunk: chunk.index)
+                expected.append(try uninterrupted.run(chunk: chunk, hidden: boundary))
+            }
+            #expect(try store.storedChunks() == Array(plan.chunks.indices))
+            // A new process: only the store survives.
+            let restarted = try runner(1..<2)
+            let resumed = try plan.chunks.map { try restarted.run(chunk: $0, hidden: try store.load(chunk: $0.index)) }
+            #expect(resumed == expected)
+            try store.removeAll()
+            #expect(try store.storedChunks() == [])
+            #expect(!FileManager.default.fileExists(atPath: store.jobDirectory.path))
+        }
+    }
+}
+
+@Suite struct BoundaryStateStoreTests {
+    static func states(tokens: Int, width: Int, seed: UInt64) -> HiddenStates {
+        var generator = SplitMix64(seed: seed)
+        var values = (0..<(tokens * width)).map { _ in Float(bitPattern: UInt32(truncatingIfNeeded: generator.next())) }
+        values = values.map { $0.isNaN ? -0.0 : $0 }  // HiddenStates compares values; NaN never equals itself
+        values[0] = .leastNonzeroMagnitude
+        return HiddenStates(hiddenSize: width, values: values)
+    }
+
+    @Test func roundTripIsBitExactAndListsChunks() throws {
+        try withTemporaryDirectory("boundary") { parent throws in
+            let store = try BoundaryStateStore(scratchDirectory: parent, jobID: "job-1", firstLayer: 3, hiddenSize: 16)
+            #expect(try store.storedChunks() == [])
+            let a = Self.states(tokens: 5, width: 16, seed: 1), b = Self.states(tokens: 2, width: 16, seed: 2)
+            try store.save(a, chunk: 4)
+            try store.save(b, chunk: 0)
+            #expect(try store.storedChunks() == [0, 4])
+            let loaded = try store.load(chunk: 4, expectedTokens: 5)
+            #expect(loaded.values.map(\.bitPattern) == a.values.map(\.bitPattern))
+            #expect(try store.load(chunk: 0) == b)
+            // Overwriting is atomic and leaves no temporary file behind.
+            try store.save(a, chunk: 0)
+            #expect(try store.load(chunk: 0) == a)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: store.directory.path).sorted()
+                == ["chunk-000000.hs", "chunk-000004.hs"])
+            // Raw bytes are the little-endian f32 values, nothing else.
+            #expect(a.littleEndianBytes().count == 5 * 16 * 4)
+            #expect(try HiddenStates(hiddenSize: 16, littleEndianBytes: a.littleEndianBytes()) == a)
+        }
+    }
+
+    @Test func corruptionIsDetectedAndNamesTheFile() throws {
+        try withTemporaryDirectory("boundary") { parent throws in
+            let store = try BoundaryStateStore(scratchDirectory: parent, jobID: "job-2", firstLayer: 1, hiddenSize: 16)
+            try store.save(Self.states(tokens: 3, width: 16, seed: 3), chunk: 2)
+            let url = store.url(ofChunk: 2)
+            var bytes = try Data(contentsOf: url)
+            bytes[bytes.count - 5] ^= 0x01
+            try bytes.write(to: url)
+            let flipped = expectFailure { _ = try store.load(chunk: 2) }
+            guard case .corrupt(let path, let reason)? = flipped as? BoundaryStateError else {
+                Issue.record("expected corrupt, got \(String(describing: flipped))")
+                return
+            }
+            #expect(path == url.path && reason.contains("SHA-256"))
+
+            try bytes.prefix(100).write(to: url)
+            #expect((expectFailure { _ = try store.load(chunk: 2) } as? BoundaryStateError).map { "\($0)" }?
+                .contains("payload bytes") == true)
+            try store.save(Self.states(tokens: 3, width: 16, seed: 3), chunk: 2)
+            #expect((expectFailure { _ = try store.load(chunk: 2, expectedTokens: 4) } as? BoundaryStateError).map { "\($0)" }?
+                .contains("3 tokens, expected 4") == true)
+            #expect(expectFailure { _ = try store.load(chunk: 7) } is BoundaryStateError)
+            #expect(expectFailure { _ = try BoundaryStateStore(scratchDirectory: parent, jobID: "../x", firstLayer: 0, hiddenSize: 16) }
+                as? BoundaryStateError == .invalidJobID("../x"))
+        }
+    }
+
+    @Test func hiddenStateBytesOfTheWrongSizeAreRefused() {
+        #expect(expectFailure { _ = try HiddenStates(hiddenSize: 4, littleEndianBytes: Data(count: 20)) } is HiddenStateBytesError)
+        #expect(expectFailure { _ = try HiddenStates(hiddenSize: 4, littleEndianBytes: Data(count: 32), expectedTokens: 3) }
+            is HiddenStateBytesError)
+    }
+}
+
+@Suite struct JobSpecTests {
+    @Test func specTravelsAsJSONAndGivesBackTheOptions() throws {
+        var options = fixtureW4A4Options(output: URL(fileURLWithPath: "/tmp/out"), layout: .modelopt)
+        options.calibration.selection.seed = 42
+        options.calibration.activationPrecision = .float32
+        options.calibration.scratchDirectory = URL(fileURLWithPath: "/tmp/scratch")
+        let spec = try JobSpec(options: options)
+        let decoded = try JSONDecoder().decode(JobSpec.self, from: JSONEncoder().encode(spec))
+        #expect(decoded == spec)
+        #expect(try JobSpec(options: decoded.quantizeOptions) == spec)
+        #expect(spec.configSHA256.count == 64)
+        #expect(String(decoding: try JSONEncoder().encode(spec), as: UTF8.self).contains("\"modelopt\""))
+    }
+
+    @Test func modelCheckNamesThePathAndBothHashes() throws {
+        try withTemporaryDirectory("modelcheck") { parent throws in
+            let model = try TinyModelBuilder().write(to: parent.appendingPathComponent("model"))
+            let spec = try JobSpec(options: QuantizeOptions(modelDirectory: model, outputDirectory: parent.appendingPathComponent("out")))
+            try ModelCheck.verify(spec)
+            let config = model.appendingPathComponent("config.json")
+            try (try Data(contentsOf: config) + Data(" ".utf8)).write(to: config)
+            let thrown = expectFailure { try ModelCheck.verify(spec) }
+            guard case .configMismatch(let path, let expected, let actual)? = thrown as? ModelCheckError else {
+                Issue.record("expected configMismatch, got \(String(describing: thrown))")
+                return
+            }
+            #expect(path == config.path && expected == spec.configSHA256 && actual != expected)
+            let text = "\(thrown!)"
+            #expect(text.contains(config.path) && text.contains(expected) && text.contains(actual))
+        }
+    }
+}
+
+@Suite struct CheckpointAssemblerTests {
+    /// An assembler for a W4A4 job on the fixture, its embeddings written, and layer 0's and 1's exported tensors.
+    func prepared(_ parent: URL) throws -> (CheckpointAssembler, [[ExportedTensor]]) {
+        var options = QuantizeOptions(modelDirectory: Fixtures.tinyLlama, outputDirectory: parent.appendingPathComponent("OUT"))
+        options.scheme = .nvfp4
+        options.jobID = "assembler"
+        let spec = try JobSpec(options: options)
+        let config = try Fixtures.tinyConfig()
+        let source = try SafeTensorsModel(directory: Fixtures.tinyLlama.path)
+        let exporter = LayerExporter(spec: spec, config: config, source: source)
+        let amax: [FusedGroup: Float] = [.qkv: 3, .o: 1.5, .gateUp: 2.25, .down: 7]
+        let layers = try (0..<2).map { try exporter.export(layer: $0, activationAmax: amax) }
+        let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: quietLogger())
+        try assembler.writeEmbeddings()
+        return (assembler, layers)
+    }
+
+    @Test func wrongChecksumIsRejectedNamingLayerAndTensor() throws {
+        try withTemporaryDirectory("assembler") { parent throws in
+            let (assembler, layers) = try prepared(parent)
+            var tensors = layers[0]
+            let index = try #require(tensors.firstIndex { $0.name.hasSuffix("mlp.up_proj.weight_packed") })
+            tensors[index].data[0] ^= 0x10
+            let thrown = expectFailure { try assembler.add(layer: 0, tensors: tensors) }
+            guard case .checksumMismatch(let layer, let tensor, _, _)? = thrown as? CheckpointAssemblyError else {
+                Issue.record("expected checksumMismatch, got \(String(describing: thrown))")
+                return
+            }
+            #expect(layer == 0 && tensor == "model.layers.0.mlp.up_proj.weight_packed")
+            #expect("\(thrown!)".contains("layer 0") && "\(thrown!)".contains(tensor))
+            assembler.discard()
+            #expect(!FileManager.default.fileExists(atPath: assembler.partialDirectory.path))
+        }
+    }
+
+    @Test func missingOrForeignTensorsAreRejected() throws {
+        try withTemporaryDirectory("assembler") { parent throws in
+            let (assembler, layers) = try prepared(parent)
+            let missing = layers[0].filter { $0.name != "model.layers.0.self_attn.k_proj.input_global_scale" }
+            #expect(expectFailure { try assembler.add(layer: 0, tensors: missing) } as? CheckpointAssemblyError
+                == .missingTensors(layer: 0, tensors: ["model.layers.0.self_attn.k_proj.input_global_scale"]))
+            var renamed = layers[0]
+            renamed[0].name = "model.layers.1.input_layernorm.weight"
+            #expect(expectFailure { try assembler.add(layer: 0, tensors: renamed) } as? CheckpointAssemblyError
+                == .unexpectedTensors(layer: 0, tensors: ["model.layers.1.input_layernorm.weight"]))
+            assembler.discard()
+        }
+    }
+
+    @Test func layersMustArriveInOrder() throws {
+        try withTemporaryDirectory("assembler") { parent throws in
+            let (assembler, layers) = try prepared(parent)
+            #expect(expectFailure { try assembler.add(layer: 1, tensors: layers[1]) } as? CheckpointAssemblyError
+                == .layerOutOfOrder(received: 1, expected: 0))
+            #expect(expectFailure { try assembler.finish(calibration: nil) } is CheckpointAssemblyError)
+            // Shuffled tensors of the right layer are fine; then the whole checkpoint verifies and appears.
+            try assembler.add(layer: 0, tensors: layers[0].reversed())
+            #expect(expectFailure { try assembler.add(layer: 0, tensors: layers[0]) } as? CheckpointAssemblyError
+                == .layerOutOfOrder(received: 0, expected: 1))
+            try assembler.add(layer: 1, tensors: layers[1])
+            let report = try assembler.finish(calibration: nil)
+            #expect(report.quantizedLinears == 14)
+            #expect(FileManager.default.fileExists(atPath: parent.appendingPathComponent("OUT/model.safetensors").path))
+        }
+    }
+}
