@@ -72,10 +72,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // What coordd, workerd and coordctl say to each other: @Resolvable actor protocols and Codable messages.
-        .target(name: "ClusterProtocol", dependencies: ["ActorSystem", "ClusterState", "QuantizeJob", "Transport"]),
+        .target(name: "ClusterProtocol", dependencies: ["ActorSystem", "ClusterState", "QuantizeJob", "Transport", "Calibration",
+                                                        .product(name: "Logging", package: "swift-log")]),
         // The Coordinator distributed actor, job runners and coordd's service.
         .target(name: "Coordinator", dependencies: [
-            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel",
+            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "Calibration",
+            "SafeTensors",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),

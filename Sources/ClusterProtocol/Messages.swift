@@ -1,6 +1,10 @@
+import ActorSystem
+import Calibration
 import ClusterState
 import Foundation
+import Logging
 import QuantizeJob
+import Transport
 
 /// Where a node listens; how peers find its actors.
 public struct NodeAddress: Codable, Sendable, Hashable, CustomStringConvertible {
@@ -123,13 +127,11 @@ public struct WorkerAssignment: Codable, Sendable {
     /// The next worker of the route (where hidden states go); nil for the last range.
     public var successor: NodeAddress?
     public var successorName: String?
-    /// Token counts of every chunk of the calibration plan, so a later range knows each batch's shape.
-    public var chunkTokenCounts: [[Int]]
-    /// Token ids of every chunk (first range only; empty elsewhere).
-    public var chunkTokenIDs: [[Int32]]
+    /// Every chunk of the calibration plan (token ids for the first range; shapes and sample names for all).
+    public var chunks: [CalibrationChunk]
 
     public init(jobID: String, spec: JobSpec, firstLayer: Int, endLayer: Int, embeddings: Bool, successor: NodeAddress?,
-                successorName: String?, chunkTokenCounts: [[Int]], chunkTokenIDs: [[Int32]]) {
+                successorName: String?, chunks: [CalibrationChunk]) {
         self.jobID = jobID
         self.spec = spec
         self.firstLayer = firstLayer
@@ -137,8 +139,7 @@ public struct WorkerAssignment: Codable, Sendable {
         self.embeddings = embeddings
         self.successor = successor
         self.successorName = successorName
-        self.chunkTokenCounts = chunkTokenCounts
-        self.chunkTokenIDs = chunkTokenIDs
+        self.chunks = chunks
     }
 
     public var range: Range<Int> { firstLayer..<endLayer }
@@ -202,16 +203,17 @@ public struct ChunkReport: Codable, Sendable, Equatable {
     }
 }
 
-/// Activation amax per fused group (`qkv`, `o`, `gate_up`, `down`), nil for weight-only schemes.
+/// Export one layer. `linearAmax` holds the final activation amax of each of its Linears (W4A4); nil for
+/// weight-only schemes.
 public struct ExportRequest: Codable, Sendable, Equatable {
     public var jobID: String
     public var layer: Int
-    public var groupAmax: [String: Float]?
-    /// Bulk ids of this layer's tensors start here (see ``BulkTensorID``).
-    public init(jobID: String, layer: Int, groupAmax: [String: Float]?) {
+    public var linearAmax: [String: Float]?
+
+    public init(jobID: String, layer: Int, linearAmax: [String: Float]?) {
         self.jobID = jobID
         self.layer = layer
-        self.groupAmax = groupAmax
+        self.linearAmax = linearAmax
     }
 }
 
@@ -299,4 +301,26 @@ public enum BulkTensorID {
     }
 
     public static func isExport(_ id: UInt64) -> Bool { id & exportBase != 0 }
+}
+
+extension NodeAddress {
+    /// The actor-system endpoint of this address.
+    public var endpoint: ClusterEndpoint { ClusterEndpoint(host: host, port: port) }
+}
+
+extension ClusterActorSystem {
+    /// The id of the actor registered under the well-known `name` on the node at `address`.
+    public func wellKnownID(_ name: String, at address: NodeAddress) -> ClusterActorID {
+        ClusterActorID.wellKnown(name, at: address.endpoint)
+    }
+
+    /// Where this system listens, once bound.
+    public var boundAddress: NodeAddress? { boundPort.map { NodeAddress(host: endpoint.host, port: $0) } }
+
+    /// `start` with a ``NodeAddress``.
+    public static func start(identity: NodeIdentity, listen: NodeAddress?, token: ClusterToken?,
+                             configuration: TransportConfiguration, logger: Logger) async throws -> ClusterActorSystem {
+        try await start(identity: identity, listen: listen.map { (host: $0.host, port: $0.port) }, token: token,
+                        configuration: configuration, logger: logger)
+    }
 }

@@ -76,10 +76,10 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         let spec = submission.spec
         let jobID = spec.jobID
         try JobRunner.checkSubmission(submission)
-        let record = try store.createJob(modelPath: spec.modelDirectory, outputPath: spec.outputDirectory,
+        let record = try store.createJob(modelPath: spec.modelPath, outputPath: spec.outputPath,
                                          options: submission, configHash: spec.configSHA256, id: jobID)
-        logger.info("job submitted", metadata: ["job": "\(record.id)", "model": "\(spec.modelDirectory)",
-                                                "output": "\(spec.outputDirectory)"])
+        logger.info("job submitted", metadata: ["job": "\(record.id)", "model": "\(spec.modelPath)",
+                                                "output": "\(spec.outputPath)"])
         start(jobID: record.id, submission: submission)
         return record.id
     }
@@ -145,7 +145,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     }
 
     /// Exported tensors from a worker's data path.
-    public func receiveExportedTensor(from peer: String, id: UInt64, bytes: [UInt8]) async {
+    public func receiveExportedTensor(from peer: String, id: UInt64, bytes: Data) async {
         await mailbox.deliver(peer: peer, id: id, bytes: bytes)
     }
 

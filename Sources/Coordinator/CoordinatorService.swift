@@ -41,28 +41,29 @@ public struct CoordinatorService: Service {
                 throw ClusterJobError(node: "coordd", message: "--listen \(configuration.listen) is not a loopback "
                                       + "address; without --token-file coordd listens on loopback only")
             }
-            logger.warning("no cluster token: listening on loopback only (\(configuration.listen)); "
-                           + "give --token-file to accept workers on other hosts")
+            logger.warning(Logger.Message(stringLiteral: "no cluster token: listening on loopback only (\(configuration.listen)); "
+                           + "give --token-file to accept workers on other hosts"))
         }
         let store = try ClusterStateStore(stateDirectory: configuration.stateDirectory)
         let system = try await ClusterActorSystem.start(
             identity: NodeIdentity(name: "coordinator", role: .coordinator), listen: configuration.listen,
             token: configuration.token, configuration: configuration.transport, logger: logger)
-        let coordinator = system.makeWellKnown(WellKnownActor.coordinator) {
+        let coordinator = try system.makeActor(named: WellKnownActor.coordinator) {
             Coordinator(actorSystem: system, store: store, settings: configuration.settings, logger: logger)
         }
         let bound = system.boundAddress!
         logger.info("coordd listening", metadata: ["address": "\(bound)", "state": "\(configuration.stateDirectory)"])
         onReady?(bound)
-        try await coordinator.resumeUnfinishedJobs()
+        try await coordinator.whenLocal { try await $0.resumeUnfinishedJobs() }
 
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for await event in system.peerEvents {
                         switch event {
-                        case .disconnected(let peer, let reason) where peer.role == .worker:
-                            await coordinator.peerDisconnected(name: peer.name, reason: reason)
+                        case .disconnected(let peer, let reason) where peer.identity.role == .worker
+                            && peer.purpose == .control:
+                            await coordinator.whenLocal { await $0.peerDisconnected(name: peer.identity.name, reason: "\(reason)") }
                         case .authenticationFailed(let address, let reason):
                             logger.warning("refused a peer that failed authentication",
                                            metadata: ["address": "\(address)", "reason": "\(reason)"])
@@ -79,7 +80,7 @@ public struct CoordinatorService: Service {
         } onGracefulShutdown: {
             Task {
                 logger.info("shutting down: stopping job runners; unfinished jobs resume at the next start")
-                await coordinator.drain()
+                await coordinator.whenLocal { await $0.drain() }
                 await system.shutdown()
             }
         }
@@ -96,8 +97,8 @@ private func receiveBulk(system: ClusterActorSystem, coordinator: Coordinator, l
                 do {
                     for try await tensor in stream.tensors {
                         let buffer = try await tensor.chunks.collect(maxBytes: Int.max)
-                        let bytes = Array(buffer.readableBytesView)
-                        await coordinator.receiveExportedTensor(from: stream.peer.name, id: tensor.id, bytes: bytes)
+                        let bytes = Data(buffer.readableBytesView)
+                        await coordinator.whenLocal { await $0.receiveExportedTensor(from: stream.peer.name, id: tensor.id, bytes: bytes) }
                     }
                 } catch {
                     logger.warning("data path from \(stream.peer.name) closed: \(error)")

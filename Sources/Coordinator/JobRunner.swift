@@ -1,11 +1,13 @@
 import ActorSystem
 import ClusterProtocol
 import ClusterState
+import Calibration
 import Distributed
 import Foundation
 import LlamaModel
 import Logging
 import QuantizeJob
+import SafeTensors
 
 /// Drives one job from queued to a terminal state: plan, load, route calibration chunks, merge statistics, export,
 /// write. Survives the loss of a worker (waits for it, or re-plans over the survivors) and a coordd restart (every
@@ -61,8 +63,7 @@ actor JobRunner {
         if let split = submission.split, split.isEmpty || split.contains(where: { $0 < 1 }) {
             throw ClusterJobError(node: "coordinator", message: "--split needs positive layer counts, got \(split)")
         }
-        let configPath = URL(fileURLWithPath: submission.spec.modelDirectory).appendingPathComponent("config.json").path
-        _ = try LlamaConfig.load(path: configPath)
+        _ = try LlamaConfig.load(path: submission.spec.modelDirectory.appendingPathComponent("config.json").path)
     }
 
     struct LiveFigures: Sendable {
@@ -82,7 +83,7 @@ actor JobRunner {
         let done = recorded.reduce(0) { total, entry in
             total + entry.value.reduce(0) { $0 + calibrationPlan.chunks[$1].tokenCount }
         }
-        let remaining = max(0, calibrationPlan.tokenTotal * layers - done)
+        let remaining = max(0, calibrationPlan.tokenCount * layers - done)
         return LiveFigures(tokensPerSecond: rate, etaSeconds: Double(remaining) / (rate * Double(layers)),
                            outputBytes: outputBytes)
     }
@@ -177,8 +178,8 @@ actor JobRunner {
                     finish(as: .failed, reason: "\(error)")
                     return
                 }
-                logger.warning("lost worker(s) \(dead.joined(separator: ", ")): \(error); waiting up to "
-                               + "\(Int(settings.workerGraceSeconds)) s for them, then re-planning")
+                let lostNames = dead.joined(separator: ", ")
+                logger.warning("lost worker(s) \(lostNames): \(error); waiting up to \(Int(settings.workerGraceSeconds)) s for them, then re-planning")
                 do {
                     try await recoverPlan(dead: dead)
                 } catch {
@@ -215,14 +216,13 @@ actor JobRunner {
         lost = [:]
         workerFailure = nil
         let spec = submission.spec
-        let configPath = URL(fileURLWithPath: spec.modelDirectory).appendingPathComponent("config.json").path
-        let config = try LlamaConfig.load(path: configPath)
+        let config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
         self.config = config
         plan = try await ensurePlan(layerCount: config.numHiddenLayers)
         try checkInterrupted()
 
         try move(to: .loading)
-        if calibrationPlan == nil { calibrationPlan = try CalibrationPlan.build(spec: spec, logger: logger) }
+        if calibrationPlan == nil { calibrationPlan = try spec.makeCalibrationPlan(config: config, logger: logger) }
         let calibrationPlan = self.calibrationPlan!
         let workers = try await resolveWorkers()
         try await load(workers: workers, calibrationPlan: calibrationPlan)
@@ -235,7 +235,7 @@ actor JobRunner {
         try move(to: .exporting)
         try await exportAndWrite(workers: workers, calibrationPlan: calibrationPlan, config: config)
         try move(to: .succeeded)
-        logger.info("job succeeded", metadata: ["output": "\(spec.outputDirectory)"])
+        logger.info("job succeeded", metadata: ["output": "\(spec.outputPath)"])
         await tellWorkersToStop(discardState: true)
     }
 
@@ -273,8 +273,8 @@ actor JobRunner {
                                                  workers: chosen.map { WorkerCapacity(name: $0.name, memoryBytes: $0.memoryBytes) },
                                                  split: submission.split)
                 try store.savePlan(jobID: jobID, plan: plan)
-                logger.info("planned: " + plan.map { "\($0.worker) \($0.range.lowerBound)..<\($0.range.upperBound)" }
-                    .joined(separator: ", "))
+                logger.info(Logger.Message(stringLiteral: "planned: " + plan.map { "\($0.worker) \($0.range.lowerBound)..<\($0.range.upperBound)" }
+                    .joined(separator: ", ")))
                 return plan
             }
             if ContinuousClock.now >= deadline {
@@ -314,8 +314,8 @@ actor JobRunner {
         }
         try store.savePlan(jobID: jobID, plan: current)
         plan = current
-        logger.info("re-planned: " + current.map { "\($0.worker) \($0.range.lowerBound)..<\($0.range.upperBound)" }
-            .joined(separator: ", "))
+        logger.info(Logger.Message(stringLiteral: "re-planned: " + current.map { "\($0.worker) \($0.range.lowerBound)..<\($0.range.upperBound)" }
+            .joined(separator: ", ")))
     }
 
     /// f32 weights of one decoder layer, as the CPU backend holds them.
@@ -354,8 +354,7 @@ actor JobRunner {
                     jobID: jobID, spec: spec, firstLayer: worker.assignment.range.lowerBound,
                     endLayer: worker.assignment.range.upperBound, embeddings: worker.assignment.embeddings,
                     successor: next?.info.address, successorName: next?.info.name,
-                    chunkTokenCounts: calibrationPlan.chunks.map(\.tokenCounts),
-                    chunkTokenIDs: worker.assignment.embeddings ? calibrationPlan.chunks.map(\.tokenIDs) : [])
+                    chunks: calibrationPlan.chunks)
                 let endpoint = worker.endpoint
                 group.addTask {
                     try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.loadLayers(assignment) }
@@ -390,8 +389,8 @@ actor JobRunner {
             startRange[chunk] = range > 0 && keptByRange[range]!.contains(chunk) ? range : 0
         }
         let pending = startRange.count
-        logger.info("calibrating \(chunkCount) chunks (\(calibrationPlan.samples) samples, \(calibrationPlan.tokenTotal) "
-                    + "tokens) through \(workers.count) worker(s); \(chunkCount - pending) chunks already done")
+        logger.info(Logger.Message(stringLiteral: "calibrating \(chunkCount) chunks (\(calibrationPlan.sampleCount) samples, \(calibrationPlan.tokenCount) "
+                    + "tokens) through \(workers.count) worker(s); \(chunkCount - pending) chunks already done"))
         for range in workers.indices.dropFirst() {
             let chunks = startRange.filter { $0.value == range }.map(\.key).sorted()
             if chunks.isEmpty { continue }
@@ -422,42 +421,41 @@ actor JobRunner {
         let spec = submission.spec
         var record: CalibrationRecord?
         if spec.scheme.quantizesActivations {
-            var amax = try store.activationAmax(jobID: jobID)
-            amax = amax.filter { _ in true }
-            record = calibrationPlan.record(activationAmax: amax)
+            var calibration = spec.calibrationRecord(plan: calibrationPlan, device: try spec.computeDevice(logger: logger))
+            calibration.activationAmax = try store.activationAmax(jobID: jobID)
+            record = calibration
         }
-        let assembler = try CheckpointAssembler(spec: spec, config: config, logger: logger)
+        let source = try SafeTensorsModel(directory: spec.modelPath)
+        let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: logger)
         do {
-            let scaleRecords = spec.scheme.quantizesActivations ? try store.activationScaleRecords(jobID: jobID) : []
+            try assembler.writeEmbeddings()
+            let finalAmax = record?.activationAmax
             let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
             for layer in 0..<config.numHiddenLayers {
                 try checkInterrupted()
                 let owner = workers.first { $0.assignment.range.contains(layer) }!
-                var groupAmax: [String: Float]?
-                if spec.scheme.quantizesActivations {
-                    var groups: [String: Float] = [:]
-                    for linear in config.linears(layer: layer) {
-                        guard let row = scaleRecords.first(where: { $0.moduleName == linear.name }) else {
-                            throw ClusterJobError(node: "coordinator", message: "no final amax for \(linear.name)")
-                        }
-                        groups[linear.kind.group.rawValue] = row.amax
-                    }
-                    groupAmax = groups
+                let linearAmax = finalAmax.map { amax in
+                    Dictionary(uniqueKeysWithValues: config.linears(layer: layer).compactMap { linear in
+                        amax[linear.name].map { (linear.name, $0) }
+                    })
                 }
-                let request = ExportRequest(jobID: jobID, layer: layer, groupAmax: groupAmax)
+                let request = ExportRequest(jobID: jobID, layer: layer, linearAmax: linearAmax)
                 let endpoint = owner.endpoint
                 let manifest = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.exportLayer(request) }
                 var tensors: [ExportedTensor] = []
                 for entry in manifest.entries {
                     let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
-                    tensors.append(ExportedTensor(name: entry.name, dtype: entry.dtype, shape: entry.shape, data: bytes,
+                    guard let dtype = SafeTensorsDType(rawValue: entry.dtype) else {
+                        throw ClusterJobError(node: owner.info.name, message: "tensor \(entry.name) has dtype \(entry.dtype)")
+                    }
+                    tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes,
                                                   sha256: entry.sha256))
                 }
                 try assembler.add(layer: layer, tensors: tensors)
                 outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
             }
             try move(to: .merging)
-            let report = try assembler.finish(calibrationRecord: record)
+            let report = try assembler.finish(calibration: record)
             outputBytes = Int64(report.bytes)
         } catch {
             assembler.discard()

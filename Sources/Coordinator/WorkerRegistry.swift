@@ -56,10 +56,10 @@ actor BulkMailbox {
         let peer: String
         let id: UInt64
     }
-    private var arrived: [Key: [UInt8]] = [:]
-    private var waiting: [Key: CheckedContinuation<[UInt8], Error>] = [:]
+    private var arrived: [Key: Data] = [:]
+    private var waiting: [Key: CheckedContinuation<Data, Error>] = [:]
 
-    func deliver(peer: String, id: UInt64, bytes: [UInt8]) {
+    func deliver(peer: String, id: UInt64, bytes: Data) {
         let key = Key(peer: peer, id: id)
         if let waiter = waiting.removeValue(forKey: key) {
             waiter.resume(returning: bytes)
@@ -69,7 +69,7 @@ actor BulkMailbox {
     }
 
     /// The bytes of tensor `id` from `peer`, waiting for them if needed. Fails when `failAll(peer:)` is called.
-    func take(peer: String, id: UInt64) async throws -> [UInt8] {
+    func take(peer: String, id: UInt64) async throws -> Data {
         let key = Key(peer: peer, id: id)
         if let bytes = arrived.removeValue(forKey: key) { return bytes }
         return try await withCheckedThrowingContinuation { waiting[key] = $0 }

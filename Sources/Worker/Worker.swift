@@ -25,7 +25,7 @@ public distributed actor Worker: WorkerEndpoint {
     let chunkDelay: Duration
     let compute = ComputeQueue(label: "workerd.compute")
     private var job: ActiveRangeJob?
-    private var incoming: [String: Task<Void, Never>] = [:]
+    private var coordinatorBulk: (any ActivationTransport)?
 
     public init(actorSystem: ClusterActorSystem, name: String, device: String, scratchDirectory: URL,
                 coordinator: NodeAddress, chunkDelay: Duration = .zero, logger: Logger) {
@@ -62,7 +62,7 @@ public distributed actor Worker: WorkerEndpoint {
         }
         var successor: (any ActivationTransport)?
         if let next = assignment.successor {
-            successor = try await actorSystem.openBulkTransport(to: actorSystem.endpoint(for: next))
+            successor = try await actorSystem.openBulkTransport(to: next.endpoint)
         }
         job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor)
         let seconds = secondsSince(start)
@@ -105,14 +105,19 @@ public distributed actor Worker: WorkerEndpoint {
             throw ClusterJobError(node: name, message: "layer \(request.layer) is not in this worker's range "
                                   + "\(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
         }
-        let tensors = try await compute.run { try job.compute.export(layer: request.layer, groupAmax: request.groupAmax) }
-        let transport = try await actorSystem.openBulkTransport(to: actorSystem.endpoint(for: coordinatorAddress))
+        let tensors = try await compute.run { try job.compute.export(layer: request.layer, linearAmax: request.linearAmax) }
+        let transport = try await coordinatorDataPath()
         var entries: [ExportManifest.Entry] = []
         for (index, tensor) in tensors.enumerated() {
             let id = BulkTensorID.exportedTensor(layer: request.layer, index: index)
-            entries.append(ExportManifest.Entry(name: tensor.name, dtype: tensor.dtype, shape: tensor.shape,
+            entries.append(ExportManifest.Entry(name: tensor.name, dtype: tensor.dtype.rawValue, shape: tensor.shape,
                                                 byteCount: tensor.data.count, sha256: tensor.sha256, bulkID: id))
-            try await transport.sendTensor(id: id, chunks: byteChunks(tensor.data))
+            do {
+                try await transport.sendTensor(id: id, chunks: byteChunks(tensor.data))
+            } catch {
+                coordinatorBulk = nil
+                throw error
+            }
         }
         return ExportManifest(layer: request.layer, entries: entries)
     }
@@ -131,6 +136,14 @@ public distributed actor Worker: WorkerEndpoint {
         if discardState {
             try RangeCompute.discardKeptState(jobID: jobID, workerName: name, scratchDirectory: scratchDirectory)
         }
+    }
+
+    /// The data path to the coordinator, opened on first use and kept.
+    private func coordinatorDataPath() async throws -> any ActivationTransport {
+        if let coordinatorBulk { return coordinatorBulk }
+        let transport = try await actorSystem.openBulkTransport(to: coordinatorAddress.endpoint)
+        coordinatorBulk = transport
+        return transport
     }
 
     // MARK: Local API (workerd)
@@ -156,12 +169,12 @@ public distributed actor Worker: WorkerEndpoint {
     }
 
     /// Hidden states from the predecessor. Called by workerd's data-path loop, one tensor at a time in arrival order.
-    public func receiveHiddenStates(from peer: String, id: UInt64, bytes: ByteBuffer) async {
+    public func receiveHiddenStates(from peer: String, id: UInt64, bytes: Data) async {
         guard let job else {
             logger.warning("hidden states for chunk \(id) from \(peer) arrived with no job loaded; dropped")
             return
         }
-        guard !BulkTensorID.isExport(id), Int(id) < job.assignment.chunkTokenCounts.count else {
+        guard !BulkTensorID.isExport(id), Int(id) < job.assignment.chunks.count else {
             await reportFailure(job: job, message: "\(peer) sent tensor id \(id), which is no chunk of this job")
             return
         }
@@ -197,14 +210,14 @@ public distributed actor Worker: WorkerEndpoint {
     }
 
     /// Runs one chunk through the range, reports its amax, and forwards the output to the successor.
-    private func process(job: ActiveRangeJob, chunk: Int, input: ByteBuffer?, fromStore: Bool = false) async throws {
+    private func process(job: ActiveRangeJob, chunk: Int, input: Data?, fromStore: Bool = false) async throws {
         let start = ContinuousClock.now
         let result = try await compute.run { try job.compute.run(chunk: chunk, input: input, fromStore: fromStore) }
         if chunkDelay > .zero { try await Task.sleep(for: chunkDelay) }
         if job.isCancelled { return }
         let report = ChunkReport(jobID: job.assignment.jobID, worker: name, chunk: chunk,
-                                 sampleCount: job.assignment.chunkTokenCounts[chunk].count,
-                                 tokenCount: job.assignment.chunkTokenCounts[chunk].reduce(0, +),
+                                 sampleCount: job.assignment.chunks[chunk].sampleRange.count,
+                                 tokenCount: job.assignment.chunks[chunk].tokenCount,
                                  seconds: secondsSince(start), layers: result.amax)
         if let successor = job.successor {
             try await successor.sendTensor(id: BulkTensorID.hiddenStates(chunk: chunk), chunks: byteChunks(result.output))
@@ -249,15 +262,15 @@ final class ActiveRangeJob: @unchecked Sendable {
 }
 
 /// Splits bytes into 4 MiB ByteBuffers for the data path.
-func byteChunks(_ data: [UInt8]) -> [ByteBuffer] {
+func byteChunks(_ data: Data) -> [ByteBuffer] {
     let size = 4 << 20
     var chunks: [ByteBuffer] = []
-    var offset = 0
+    var offset = data.startIndex
     repeat {
-        let end = min(offset + size, data.count)
+        let end = min(offset + size, data.endIndex)
         chunks.append(ByteBuffer(bytes: data[offset..<end]))
         offset = end
-    } while offset < data.count
+    } while offset < data.endIndex
     return chunks
 }
 

@@ -54,13 +54,14 @@ public struct WorkerService: Service {
         let system = try await ClusterActorSystem.start(
             identity: NodeIdentity(name: configuration.name, role: .worker), listen: configuration.listen,
             token: configuration.token, configuration: configuration.transport, logger: logger)
+        let stopping = StopFlag()
         var advertised = configuration.advertise ?? system.boundAddress!
         if advertised.port == 0 { advertised.port = system.boundAddress!.port }
         if advertised.host == "0.0.0.0" || advertised.host == "::" {
             throw ClusterJobError(node: configuration.name, message: "listening on \(advertised.host): give --advertise "
                                   + "HOST:PORT, the address other nodes reach this worker at")
         }
-        let worker = system.makeWellKnown(WellKnownActor.worker) {
+        let worker = try system.makeActor(named: WellKnownActor.worker) {
             Worker(actorSystem: system, name: configuration.name, device: configuration.device,
                    scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
                    chunkDelay: configuration.chunkDelay, logger: logger)
@@ -75,7 +76,7 @@ public struct WorkerService: Service {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     await registerAndBeat(system: system, coordinatorAddress: configuration.coordinator, info: info,
-                                          worker: worker, logger: logger)
+                                          worker: worker, stopping: stopping, logger: logger)
                 }
                 group.addTask {
                     await withTaskGroup(of: Void.self) { streams in
@@ -83,8 +84,9 @@ public struct WorkerService: Service {
                             streams.addTask {
                                 do {
                                     for try await tensor in stream.tensors {
-                                        let bytes = try await tensor.chunks.collect(maxBytes: Int.max)
-                                        await worker.receiveHiddenStates(from: stream.peer.name, id: tensor.id, bytes: bytes)
+                                        let buffer = try await tensor.chunks.collect(maxBytes: Int.max)
+                                        await worker.whenLocal { await $0.receiveHiddenStates(from: stream.peer.name, id: tensor.id,
+                                                                         bytes: Data(buffer.readableBytesView)) }
                                     }
                                 } catch {
                                     logger.warning("data path from \(stream.peer.name) closed: \(error)")
@@ -96,9 +98,10 @@ public struct WorkerService: Service {
                 await group.waitForAll()
             }
         } onGracefulShutdown: {
+            stopping.set()
             Task {
                 logger.info("shutting down: finishing the chunk in progress; kept hidden states stay on disk")
-                await worker.stopForShutdown()
+                await worker.whenLocal { await $0.stopForShutdown() }
                 await system.shutdown()
             }
         }
@@ -110,9 +113,10 @@ public let workerSoftwareVersion = "NVFP4Cluster 0.1.0"
 
 /// Registers with the coordinator, retrying until it answers, then sends heartbeats; starts over when it goes away.
 private func registerAndBeat(system: ClusterActorSystem, coordinatorAddress: NodeAddress,
-                             info: @escaping @Sendable () -> WorkerInfo, worker: Worker, logger: Logger) async {
+                             info: @escaping @Sendable () -> WorkerInfo, worker: Worker, stopping: StopFlag,
+                             logger: Logger) async {
     var announcedWaiting = false
-    while !Task.isCancelled && !system.isShuttingDown {
+    while !Task.isCancelled && !stopping.isSet {
         do {
             let coordinator = try $CoordinatorEndpoint.resolve(
                 id: system.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress), using: system)
@@ -120,18 +124,26 @@ private func registerAndBeat(system: ClusterActorSystem, coordinatorAddress: Nod
             announcedWaiting = false
             logger.info("registered with the coordinator", metadata: ["coordinator": "\(coordinatorAddress)",
                                                                       "version": "\(reply.coordinatorVersion)"])
-            while !Task.isCancelled && !system.isShuttingDown {
+            while !Task.isCancelled && !stopping.isSet {
                 try await Task.sleep(for: .seconds(reply.heartbeatSeconds))
                 try await coordinator.heartbeat(worker: info().name, freeDiskBytes: info().freeDiskBytes)
             }
         } catch {
-            if system.isShuttingDown { return }
+            if stopping.isSet { return }
             if !announcedWaiting {
                 logger.warning("coordinator \(coordinatorAddress) not reachable (\(error)); retrying every second")
                 announcedWaiting = true
             }
-            await worker.coordinatorLost()
+            await worker.whenLocal { await $0.coordinatorLost() }
             try? await Task.sleep(for: .seconds(1))
         }
     }
+}
+
+/// Set once, read from any task.
+final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
 }

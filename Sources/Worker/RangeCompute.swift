@@ -1,0 +1,90 @@
+import CPUBackend
+import Calibration
+import ClusterProtocol
+import ComputeBackend
+import Foundation
+import LlamaModel
+import Logging
+import QuantizeJob
+import SafeTensors
+
+/// A worker's compute for one job: its layer range loaded on the CPU backend, the hidden states kept at the range's
+/// entry for resume, and the exporter of its layers. Not thread-safe: the worker calls it from its compute queue.
+final class RangeCompute: @unchecked Sendable {
+    let assignment: WorkerAssignment
+    let config: LlamaConfig
+    private let source: SafeTensorsModel
+    private let runner: LayerRangeRunner<CPUBackend>
+    private let boundary: BoundaryStateStore?
+    private let exporter: LayerExporter
+
+    /// Checks the model against the coordinator's config hash, then loads the range (W4A4 only: weight-only jobs
+    /// only export).
+    init(assignment: WorkerAssignment, workerName: String, scratchDirectory: URL, logger: Logger) throws {
+        let spec = assignment.spec
+        try ModelCheck.verify(spec)
+        config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
+        let source = try SafeTensorsModel(directory: spec.modelPath)
+        self.source = source
+        self.assignment = assignment
+        runner = try LayerRangeRunner(spec: spec, config: config, weights: source,
+                                      backend: CPUBackend(config: config,
+                                                          activationPrecision: spec.calibration.activationPrecision),
+                                      range: assignment.range, embeds: assignment.embeddings, logger: logger,
+                                      releaseWeights: { names in for name in names { try? source.releasePages(name) } })
+        boundary = assignment.embeddings ? nil
+            : try BoundaryStateStore(scratchDirectory: Self.jobScratch(scratchDirectory, workerName: workerName),
+                                     jobID: assignment.jobID, firstLayer: assignment.firstLayer,
+                                     hiddenSize: config.hiddenSize)
+        exporter = LayerExporter(spec: spec, config: config, source: source)
+        if spec.scheme.quantizesActivations { try runner.loadLayers() }
+    }
+
+    static func jobScratch(_ scratch: URL, workerName: String) -> URL {
+        scratch.appendingPathComponent("kept-\(workerName)")
+    }
+
+    /// Runs chunk `index` through the range. The first range embeds; later ones take `input` (raw little-endian
+    /// f32 from the predecessor, kept on disk first) or, with `fromStore`, the copy kept earlier.
+    func run(chunk index: Int, input: Data?, fromStore: Bool) throws -> (output: Data, amax: [LayerAmax]) {
+        let chunk = assignment.chunks[index]
+        var hidden: HiddenStates?
+        if let boundary {
+            if fromStore {
+                hidden = try boundary.load(chunk: index, expectedTokens: chunk.tokenCount)
+            } else {
+                guard let input else {
+                    throw ClusterJobError(node: "worker", message: "chunk \(index) arrived without hidden states")
+                }
+                let states = try HiddenStates(hiddenSize: config.hiddenSize, littleEndianBytes: input,
+                                              expectedTokens: chunk.tokenCount)
+                try boundary.save(states, chunk: index)
+                hidden = states
+            }
+        }
+        let result = try runner.run(chunk: chunk, hidden: hidden)
+        let amax = result.layerAmax.map {
+            LayerAmax(layer: $0.layer, qkv: $0.amax.qkv, o: $0.amax.o, gateUp: $0.amax.gateUp, down: $0.amax.down)
+        }
+        let output = assignment.successor == nil ? Data() : result.output.littleEndianBytes()
+        return (output, amax)
+    }
+
+    func storedChunks() throws -> [Int] { try boundary?.storedChunks() ?? [] }
+
+    func export(layer: Int, linearAmax: [String: Float]?) throws -> [ExportedTensor] {
+        if let linearAmax { return try exporter.export(layer: layer, linearAmax: linearAmax) }
+        return try exporter.export(layer: layer, activationAmax: nil)
+    }
+
+    func close() { runner.releaseLayers() }
+
+    /// Removes the hidden states kept for `jobID` (job finished or cancelled).
+    static func discardKeptState(jobID: String, workerName: String, scratchDirectory: URL) throws {
+        let store = try BoundaryStateStore(scratchDirectory: jobScratch(scratchDirectory, workerName: workerName),
+                                           jobID: jobID, firstLayer: 0, hiddenSize: 1)
+        if FileManager.default.fileExists(atPath: store.jobDirectory.path) {
+            try FileManager.default.removeItem(at: store.jobDirectory)
+        }
+    }
+}
