@@ -179,7 +179,7 @@ func installPipeline(on channel: any Channel, side: ConnectionHandler.Side, purp
                                     logger: logger, authPromise: authPromise)
     try channel.pipeline.syncOperations.addHandlers([
         ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits)),
-        MessageToByteHandler(FrameEncoder()),
+        FrameWriter(),
         handler,
     ])
 }
