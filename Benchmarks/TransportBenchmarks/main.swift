@@ -1,1 +1,218 @@
-print("TransportBenchmarks")
+// Loopback throughput of the bulk activation path (TCPActivationTransport over an authenticated bulk connection)
+// beside a plain blocking POSIX socket copy of the same bytes, and the in-process LocalActivationTransport.
+//
+//   swift run -c release TransportBenchmarks [total GiB, default 2]
+//
+// Tensors are 1200 × 8192 × 2 bytes: one 70B sample's hidden states (1200 tokens, hidden size 8192, BF16).
+
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Transport
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+let tensorBytes = 1200 * 8192 * 2
+let totalGiB = CommandLine.arguments.dropFirst().first.flatMap(Double.init) ?? 2
+let tensorCount = max(1, Int((totalGiB * Double(1 << 30)) / Double(tensorBytes)))
+let totalBytes = tensorCount * tensorBytes
+
+/// One tensor's worth of non-trivial bytes, reused for every tensor (the sender slices it, never copies).
+let tensor: ByteBuffer = {
+    var buffer = ByteBuffer()
+    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: tensorBytes) { raw in
+        for index in 0..<tensorBytes { raw[index] = UInt8(truncatingIfNeeded: index &* 2_654_435_761 >> 7) }
+        return tensorBytes
+    }
+    return buffer
+}()
+
+struct Measurement {
+    var name: String
+    var seconds: Double
+    var gbPerSecond: Double { Double(totalBytes) / seconds / 1e9 }
+}
+
+func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+/// A lock-protected flag/counter readable from any thread.
+final class ByteCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bytes = 0
+    func add(_ n: Int) { lock.lock(); bytes += n; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return bytes }
+}
+
+// MARK: TCP bulk path
+
+func measureTCPBulk(configuration: TransportConfiguration, label: String) async throws -> Measurement {
+    let logger = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
+    let token = try ClusterToken("benchmark-token-0123456789abcdef")
+    let done = AsyncStream.makeStream(of: Double.self)
+    struct Receiver: TransportRequestHandler {
+        let expected: Int
+        let done: AsyncStream<Double>.Continuation
+        func handleRequest(type: UInt16, payload: ByteBuffer, from connection: PeerConnection) async throws -> ByteBuffer { payload }
+        func connectionOpened(_ connection: PeerConnection) async {
+            let transport = TCPActivationTransport(connection: connection)
+            var received = 0
+            do {
+                for try await incoming in transport.incomingTensors {
+                    for try await chunk in incoming.chunks { received += chunk.readableBytes }
+                    if received >= expected {
+                        done.yield(now())
+                        return
+                    }
+                }
+            } catch {
+                print("receiver failed: \(error)")
+            }
+            done.yield(now())
+        }
+    }
+    let server = try await TransportServer.bind(host: "127.0.0.1", port: 0, identity: NodeIdentity(name: "receiver", role: .worker),
+                                                token: token, configuration: configuration, logger: logger)
+    let serving = Task { await server.serve(with: Receiver(expected: totalBytes, done: done.continuation)) }
+    let connection = try await PeerConnection.connect(host: "127.0.0.1", port: server.port,
+                                                      identity: NodeIdentity(name: "sender", role: .worker), token: token,
+                                                      purpose: .bulk, configuration: configuration, logger: logger)
+    let sender = TCPActivationTransport(connection: connection)
+    let start = now()
+    for id in 0..<tensorCount {
+        try await sender.sendTensor(id: UInt64(id), chunks: [tensor])
+    }
+    var finished = done.stream.makeAsyncIterator()
+    let end = await finished.next() ?? now()
+    await connection.close()
+    await server.close()
+    serving.cancel()
+    return Measurement(name: "TCPActivationTransport \(label)", seconds: end - start)
+}
+
+// MARK: Local (in-process) path
+
+func measureLocal() async throws -> Measurement {
+    let (a, b) = LocalActivationTransport.makePair()
+    let start = now()
+    let receiver = Task {
+        var received = 0
+        for try await incoming in b.incomingTensors {
+            for try await chunk in incoming.chunks { received += chunk.readableBytes }
+            if received >= totalBytes { break }
+        }
+        return received
+    }
+    for id in 0..<tensorCount {
+        // 1 MiB slices, as a producer handing over a tensor piecewise would.
+        var rest = tensor
+        var chunks: [ByteBuffer] = []
+        while rest.readableBytes > 0 { chunks.append(rest.readSlice(length: min(1 << 20, rest.readableBytes))!) }
+        try await a.sendTensor(id: UInt64(id), chunks: chunks)
+    }
+    _ = try await receiver.value
+    return Measurement(name: "LocalActivationTransport (in-process, by reference)", seconds: now() - start)
+}
+
+// MARK: Plain POSIX sockets
+
+func posixCheck(_ result: Int32, _ what: String) -> Int32 {
+    if result < 0 { fatalError("\(what) failed: \(String(cString: strerror(errno)))") }
+    return result
+}
+
+func measurePOSIX() -> Measurement {
+    #if canImport(Glibc)
+    let streamType = Int32(SOCK_STREAM.rawValue)
+    #else
+    let streamType = SOCK_STREAM
+    #endif
+    let listener = posixCheck(socket(AF_INET, streamType, 0), "socket")
+    var yes: Int32 = 1
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+            _ = posixCheck(bind(listener, raw, length), "bind")
+            _ = posixCheck(getsockname(listener, raw, &length), "getsockname")
+        }
+    }
+    _ = posixCheck(listen(listener, 1), "listen")
+
+    let received = ByteCounter()
+    let finished = DispatchSemaphore(value: 0)
+    let reader = Thread {
+        let connection = posixCheck(accept(listener, nil, nil), "accept")
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        var total = 0
+        while total < totalBytes {
+            let n = recv(connection, buffer, 1 << 20, 0)
+            if n <= 0 { break }
+            total += n
+        }
+        buffer.deallocate()
+        received.add(total)
+        close(connection)
+        finished.signal()
+    }
+    reader.start()
+
+    let client = posixCheck(socket(AF_INET, streamType, 0), "socket")
+    withUnsafePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+            _ = posixCheck(connect(client, raw, socklen_t(MemoryLayout<sockaddr_in>.size)), "connect")
+        }
+    }
+    let start = now()
+    tensor.withUnsafeReadableBytes { bytes in
+        for _ in 0..<tensorCount {
+            var offset = 0
+            while offset < bytes.count {
+                let n = send(client, bytes.baseAddress! + offset, bytes.count - offset, 0)
+                if n <= 0 { fatalError("send failed: \(String(cString: strerror(errno)))") }
+                offset += n
+            }
+        }
+    }
+    finished.wait()
+    let end = now()
+    close(client)
+    close(listener)
+    precondition(received.value == totalBytes, "POSIX receiver got \(received.value) of \(totalBytes) bytes")
+    return Measurement(name: "plain blocking POSIX socket (send/recv, 1 MiB reads)", seconds: end - start)
+}
+
+// MARK: Run
+
+print("TransportBenchmarks: \(tensorCount) tensors of 1200x8192x2 = \(tensorBytes) bytes, " +
+      String(format: "%.2f GiB total, loopback, %d cores", Double(totalBytes) / Double(1 << 30), ProcessInfo.processInfo.activeProcessorCount))
+// POSIX first and last, so a machine that speeds up or slows down during the run shows in the two baselines.
+let posixBefore = measurePOSIX()
+let tcp = try await measureTCPBulk(configuration: TransportConfiguration(), label: "(defaults: 1 MiB chunks, 4 in flight, 8 MiB rx)")
+var large = TransportConfiguration()
+large.bulkChunkSize = 4 << 20
+large.bulkWritesInFlight = 8
+large.bulkReceiveBufferBytes = 32 << 20
+let tcpLarge = try await measureTCPBulk(configuration: large, label: "(4 MiB chunks, 8 in flight, 32 MiB rx)")
+let local = try await measureLocal()
+let posixAfter = measurePOSIX()
+let baseline = max(posixBefore.gbPerSecond, posixAfter.gbPerSecond)
+
+func row(_ name: String, _ seconds: String, _ rate: String, _ ratio: String) -> String {
+    name.padding(toLength: 80, withPad: " ", startingAt: 0) + " " + seconds.leftPad(8) + " " + rate.leftPad(8) + " " + ratio.leftPad(10)
+}
+extension String {
+    func leftPad(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
+}
+print(row("path", "seconds", "GB/s", "vs POSIX"))
+for measurement in [posixBefore, tcp, tcpLarge, local, posixAfter] {
+    print(row(measurement.name, String(format: "%.3f", measurement.seconds), String(format: "%.2f", measurement.gbPerSecond),
+              String(format: "%.2fx", measurement.gbPerSecond / baseline)))
+}

@@ -367,7 +367,7 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
     // MARK: Connections
 
     /// The cached control connection to `endpoint`, dialed (and authenticated) on first use or after a drop.
-    private func controlConnection(to endpoint: ClusterEndpoint) async throws -> PeerConnection {
+    private func controlConnection(to endpoint: ClusterEndpoint, redialIfClosed: Bool = true) async throws -> PeerConnection {
         let key = endpoint.address
         let task = try state.withLock { state -> Task<PeerConnection, any Error> in
             guard !state.isShutDown else { throw ClusterActorSystemError.shutDown }
@@ -376,14 +376,23 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
             state.connections[key] = task
             return task
         }
+        let connection: PeerConnection
         do {
-            return try await task.value
+            connection = try await task.value
         } catch {
             state.withLock { state in
                 if state.connections[key] == task { state.connections[key] = nil }
             }
             throw error
         }
+        guard connection.isOpen || !redialIfClosed else {
+            // Closed, but its watcher has not forgotten it yet: dial again now rather than fail the call.
+            state.withLock { state in
+                if state.connections[key] == task { state.connections[key] = nil }
+            }
+            return try await controlConnection(to: endpoint, redialIfClosed: false)
+        }
+        return connection
     }
 
     /// Connects, authenticates, checks the node name, starts serving the peer's requests on the connection and

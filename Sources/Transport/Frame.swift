@@ -149,13 +149,41 @@ public struct FrameEncoder: MessageToByteEncoder {
 
     static func encode(_ frame: Frame, into out: inout ByteBuffer) {
         out.reserveCapacity(minimumWritableBytes: Frame.headerSize + frame.payload.readableBytes)
+        encodeHeader(frame, into: &out)
+        var payload = frame.payload
+        out.writeBuffer(&payload)
+    }
+
+    static func encodeHeader(_ frame: Frame, into out: inout ByteBuffer) {
         out.writeInteger(Frame.magic)
         out.writeInteger(Frame.protocolVersion)
         out.writeInteger(frame.type.rawValue)
         out.writeInteger(frame.flags.rawValue)
         out.writeInteger(frame.correlationID)
         out.writeInteger(UInt32(frame.payload.readableBytes))
-        var payload = frame.payload
-        out.writeBuffer(&payload)
+    }
+}
+
+/// Writes frames like ``FrameEncoder``, but sends a large payload as its own buffer after the header, so bulk
+/// chunks reach the socket in one vectored write without being copied.
+final class FrameWriter: ChannelOutboundHandler {
+    typealias OutboundIn = Frame
+    typealias OutboundOut = ByteBuffer
+
+    /// Below this, copying the payload next to its header is cheaper than a second buffer.
+    static let copyThreshold = 64 << 10
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        if frame.payload.readableBytes < Self.copyThreshold {
+            var out = context.channel.allocator.buffer(capacity: Frame.headerSize + frame.payload.readableBytes)
+            FrameEncoder.encode(frame, into: &out)
+            context.write(wrapOutboundOut(out), promise: promise)
+        } else {
+            var header = context.channel.allocator.buffer(capacity: Frame.headerSize)
+            FrameEncoder.encodeHeader(frame, into: &header)
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(frame.payload), promise: promise)
+        }
     }
 }

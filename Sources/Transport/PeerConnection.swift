@@ -151,6 +151,9 @@ public final class PeerConnection: Sendable {
         try? await channel.closeFuture.get()
     }
 
+    /// Whether the connection is still open (it may close right after this returns).
+    public var isOpen: Bool { channel.isActive }
+
     /// Returns when the connection has closed, for whatever reason.
     public func waitUntilClosed() async {
         try? await channel.closeFuture.get()
@@ -176,7 +179,7 @@ func installPipeline(on channel: any Channel, side: ConnectionHandler.Side, purp
                                     logger: logger, authPromise: authPromise)
     try channel.pipeline.syncOperations.addHandlers([
         ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits)),
-        MessageToByteHandler(FrameEncoder()),
+        FrameWriter(),
         handler,
     ])
 }

@@ -7,7 +7,9 @@ import NIOCore
 /// - ``PeerConnection``: one authenticated connection; `call` (request/response keyed by correlation id,
 ///   with a deadline), `send` (one-way), `serveRequests` (answer the peer's calls).
 /// - ``TransportServer``: accepts connections, runs the mutual HMAC handshake, hands out ``PeerConnection``s.
-/// - ``ActivationTransport`` / ``TCPActivationTransport``: raw tensor bytes in bounded chunks with back-pressure.
+/// - ``ActivationTransport`` / ``TCPActivationTransport``: raw tensor bytes in bounded chunks with back-pressure;
+///   ``LocalActivationTransport``: the same contract in-process. ``ConnectionPurpose`` (in the HELLO) marks
+///   connections dedicated to bulk data.
 ///
 /// The module knows nothing of models: payloads are opaque bytes and request types are plain `UInt16`s.
 public enum Transport {}

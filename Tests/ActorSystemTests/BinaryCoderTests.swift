@@ -137,3 +137,25 @@ struct CallEnvelopeTests {
         }
     }
 }
+
+@Suite("Invocation decoder")
+struct InvocationDecoderTests {
+    @Test("arguments decode in order; a missing or mistyped argument names the target and its index")
+    func argumentErrors() async throws {
+        let system = try await startSystem("node-a")
+        try await withSystems([system]) {
+            let envelope = CallEnvelope(recipient: "w", target: "target-x",
+                                        arguments: [try BinaryEncoder().encode("text")[...], try BinaryEncoder().encode(Int32(5))[...]])
+            var decoder = ClusterInvocationDecoder(envelope: envelope, system: system)
+            #expect(try decoder.decodeNextArgument() as String == "text")
+            #expect { _ = try decoder.decodeNextArgument() as Int64 } throws: { error in
+                guard case .argumentDecodingFailed(let target, let index, let reason) = error as? ClusterActorSystemError else { return false }
+                return target == "target-x" && index == 1 && reason.contains("Int64 needs 8 bytes")
+            }
+            #expect(throws: ClusterActorSystemError.argumentDecodingFailed(
+                target: "target-x", index: 2, reason: "the call carries only 2 argument(s)")) {
+                _ = try decoder.decodeNextArgument() as Int
+            }
+        }
+    }
+}
