@@ -5,3 +5,5 @@
 ///   of token sequences (with a SHA-256 content hash so runs can prove they used the same samples), and ships a
 ///   default public-domain calibration set and a held-out evaluation set (`Resources/README.md`).
 /// - The observers and the layer-streaming calibration loop live beside it.
+/// - `CalibrationPlan` groups the selected samples into chunks with ``calibrationChunkRanges(tokenCounts:chunkTokens:)``,
+///   the one grouping every schedule uses; ``LayerStreamingCalibrator`` runs all layers or a worker's range of them.

@@ -3,6 +3,16 @@
 /// One whole quantization job on one machine: check the input, plan the output, stream every decoder layer
 /// through the NVFP4 quantizer (and, for W4A4, through calibration), write, verify, and rename the output
 /// into place. `coordctl quantize` is a thin shell around ``QuantizeJob``.
+///
+/// The same job split across machines uses the same pieces, which know nothing of the network:
+/// - ``JobSpec`` (what travels to every worker) and ``ModelCheck`` (a worker's model is the coordinator's);
+/// - `CalibrationPlan` (Calibration): the samples in chunks, built once by the coordinator;
+/// - ``LayerRangeRunner``: a worker's contiguous range of layers, chunk by chunk (pipelined) or layer by layer;
+/// - ``BoundaryStateStore``: the hidden states entering a range, on disk, so a restart resumes at the range's start;
+/// - ``LayerExporter``: one layer's output tensors with their SHA-256;
+/// - ``CheckpointAssembler``: the coordinator's writer, verifier and atomic rename.
+/// ``QuantizeJob/run(calibrator:)`` is one range over all layers feeding the exporter and assembler, so a cluster
+/// run and `coordctl quantize` write byte-identical checkpoints.
 import CPUBackend
 import Calibration
 import Checkpoint

@@ -410,3 +410,79 @@ func runEmbedded(_ options: QuantizeOptions) throws -> QuantizeSummary {
         }
     }
 }
+
+@Suite struct LayerRangeRunnerErrorTests {
+    let spec: JobSpec
+    let config: LlamaConfig
+    let plan: CalibrationPlan
+
+    init() throws {
+        var options = fixtureW4A4Options(output: URL(fileURLWithPath: "/nonexistent/out"), layout: .compressedTensors)
+        options.calibration.chunkTokens = 1  // one sample per chunk, so chunk i is sample i
+        spec = try JobSpec(options: options)
+        config = try Fixtures.tinyConfig()
+        plan = try spec.makeCalibrationPlan(config: config, logger: quietLogger())
+    }
+
+    func runner(_ range: Range<Int>, weights: any WeightSource) throws -> LayerRangeRunner<CPUBackend> {
+        try LayerRangeRunner(spec: spec, config: config, weights: weights, backend: CPUBackend(config: config),
+                             range: range, embeds: range.lowerBound == 0, logger: quietLogger())
+    }
+
+    /// An infinite down_proj weight in layer 1 poisons that layer's output; the second range names layer and sample,
+    /// in both schedules, as LayerStreamingCalibrator does.
+    @Test func nonFiniteOutputNamesLayerAndSample() throws {
+        let model = try SafeTensorsModel(directory: Fixtures.tinyLlama.path)
+        let name = "model.layers.1.mlp.down_proj.weight"
+        let description = try #require(model.describeTensor(name))
+        var floats = try model.floats(name, expectedShape: description.shape)
+        floats[0] = .infinity
+        var overrides = InMemoryWeightSource()
+        overrides.set(name, shape: description.shape, floats: floats)
+        let poisoned = OverlayWeightSource(base: model, overrides: overrides)
+
+        let chunk = plan.chunks[3]
+        let boundary = try runner(0..<1, weights: model).run(chunk: chunk).output
+        let expected = CalibrationError.nonFiniteHiddenState(layer: 1, sample: 3, source: chunk.sources[0])
+        let pipelined = expectFailure { _ = try runner(1..<2, weights: poisoned).run(chunk: chunk, hidden: boundary) }
+        #expect(pipelined as? CalibrationError == expected)
+        #expect("\(pipelined!)".contains("output of layer 1 for sample 3"))
+
+        let first = try runner(0..<1, weights: model)
+        let boundaries = try plan.chunks.map { try first.run(chunk: $0).output }
+        let pass = try runner(1..<2, weights: poisoned).streamingPass(plan: plan, input: { boundaries[$0.index] })
+        let streamed = expectFailure { _ = try pass.calibrateNextLayer() }
+        // Layer-streaming runs chunk 0 (sample 0) through layer 1 first.
+        #expect(streamed as? CalibrationError == .nonFiniteHiddenState(layer: 1, sample: 0, source: plan.chunks[0].sources[0]))
+    }
+
+    @Test func inputMustMatchTheRange() throws {
+        let model = try SafeTensorsModel(directory: Fixtures.tinyLlama.path)
+        let chunk = plan.chunks[0]
+        let states = HiddenStates(hiddenSize: config.hiddenSize, values: [Float](repeating: 0.5, count: chunk.tokenCount * config.hiddenSize))
+        #expect(expectFailure { _ = try runner(1..<2, weights: model).run(chunk: chunk) } is CalibrationError)
+        #expect(expectFailure { _ = try runner(0..<1, weights: model).run(chunk: chunk, hidden: states) } is CalibrationError)
+        let short = HiddenStates(hiddenSize: config.hiddenSize, values: Array(states.values.dropLast(config.hiddenSize)))
+        #expect(expectFailure { _ = try runner(1..<2, weights: model).run(chunk: chunk, hidden: short) } is ComputeBackendError)
+        var nan = states
+        nan.values[0] = .nan
+        #expect(expectFailure { _ = try runner(1..<2, weights: model).run(chunk: chunk, hidden: nan) } as? CalibrationError
+            == .nonFiniteHiddenState(layer: 0, sample: 0, source: chunk.sources[0]))
+        #expect(expectFailure {
+            _ = try LayerRangeRunner(spec: spec, config: config, weights: model, backend: CPUBackend(config: config),
+                                     range: 1..<3, embeds: false, logger: quietLogger())
+        } is CalibrationError)
+    }
+
+    @Test func chunkingIsTheSharedGreedyGrouping() throws {
+        #expect(try calibrationChunkRanges(tokenCounts: [3, 4, 10, 2, 2, 2], chunkTokens: 7) == [0..<2, 2..<3, 3..<6])
+        #expect(try calibrationChunkRanges(tokenCounts: [9], chunkTokens: 4) == [0..<1])
+        let plan = try CalibrationPlan(set: CalibrationSet(samples: (1...4).map {
+            CalibrationSample(source: "s\($0)", tokens: [Int32](repeating: Int32($0), count: $0))
+        }), source: "test", chunkTokens: 5)
+        #expect(plan.chunks.map(\.sampleRange) == [0..<2, 2..<3, 3..<4])
+        #expect(plan.chunks[0].tokenIDs == [1, 2, 2] && plan.chunks[0].sources == ["s1", "s2"])
+        #expect(plan.tokenCount == 10 && plan.sampleCount == 4)
+        #expect(try JSONDecoder().decode(CalibrationPlan.self, from: JSONEncoder().encode(plan)) == plan)
+    }
+}
