@@ -277,10 +277,8 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
     /// Sends the call and returns the encoded return value; throws what the remote threw as ``RemoteCallError``.
     private func call(_ id: ClusterActorID, target: RemoteCallTarget, invocation: ClusterInvocationEncoder) async throws
         -> ArraySlice<UInt8> {
-        guard invocation.genericSubstitutions == 0 else {
-            throw ClusterActorSystemError.genericSubstitutionsUnsupported(target: target.identifier)
-        }
         let envelope = CallEnvelope(recipient: id.name, target: target.identifier,
+                                    substitutions: invocation.genericSubstitutions,
                                     arguments: invocation.arguments.map { $0[...] }).encoded()
         let limit = configuration.frameLimits.maxControlPayload - 2  // the REQUEST body starts with the u16 type
         guard envelope.count <= limit else {

@@ -6,10 +6,16 @@ public struct ClusterInvocationEncoder: DistributedTargetInvocationEncoder {
     public typealias SerializationRequirement = Codable
 
     var arguments: [[UInt8]] = []
-    /// Counted, then refused by `remoteCall`, which knows the target's name for the error.
-    var genericSubstitutions = 0
+    /// Mangled type names. Our distributed functions are monomorphic; the one substitution that occurs is the actor
+    /// system type of a `@Resolvable` protocol's stub, which the receiver checks (``ClusterInvocationDecoder``).
+    var genericSubstitutions: [String] = []
 
-    public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws { genericSubstitutions += 1 }
+    public mutating func recordGenericSubstitution<T>(_ type: T.Type) throws {
+        guard let name = _mangledTypeName(type) else {
+            throw ClusterActorSystemError.genericSubstitutionsUnsupported(target: String(reflecting: type))
+        }
+        genericSubstitutions.append(name)
+    }
 
     public mutating func recordArgument<Value: Codable>(_ argument: RemoteCallArgument<Value>) throws {
         arguments.append(try BinaryEncoder().encode(argument.value))
@@ -28,14 +34,25 @@ public struct ClusterInvocationDecoder: DistributedTargetInvocationDecoder {
     private let decoder: BinaryDecoder
     private var next = 0
 
-    init(envelope: CallEnvelope, system: ClusterActorSystem) {
+    init(envelope: CallEnvelope, system: ClusterActorSystem?) {
         self.envelope = envelope
         var decoder = BinaryDecoder()
-        decoder.userInfo[.actorSystemKey] = system
+        if let system { decoder.userInfo[.actorSystemKey] = system }
         self.decoder = decoder
     }
 
-    public mutating func decodeGenericSubstitutions() throws -> [Any.Type] { [] }
+    /// Only actor and actor-system types are accepted: they come from `@Resolvable` stubs (the distributed actor a
+    /// protocol requirement is called on). Anything else would be a generic distributed function, which the cluster
+    /// does not have.
+    public mutating func decodeGenericSubstitutions() throws -> [Any.Type] {
+        try envelope.substitutions.map { name in
+            guard let type = _typeByName(name),
+                  type is any DistributedActorSystem.Type || type is any DistributedActor.Type else {
+                throw ClusterActorSystemError.genericSubstitutionsUnsupported(target: envelope.target)
+            }
+            return type
+        }
+    }
 
     public mutating func decodeNextArgument<Argument: Codable>() throws -> Argument {
         guard next < envelope.arguments.count else {
@@ -55,14 +72,22 @@ public struct ClusterInvocationDecoder: DistributedTargetInvocationDecoder {
 }
 
 /// The body of an actor-call REQUEST (little-endian; Docs/wire-protocol.md, "Actor calls"):
-/// `u8 version ‖ u32 len ‖ recipient name ‖ u32 len ‖ target identifier ‖ u32 generic substitution count (0)
-///  ‖ u32 argument count ‖ count × (u32 len ‖ binary-encoded argument)`.
+/// `u8 version ‖ u32 len ‖ recipient name ‖ u32 len ‖ target identifier ‖ u32 generic substitution count
+///  ‖ count × (u32 len ‖ mangled type name) ‖ u32 argument count ‖ count × (u32 len ‖ binary-encoded argument)`.
 struct CallEnvelope: Equatable {
     static let version: UInt8 = 1
 
     var recipient: String
     var target: String
+    var substitutions: [String] = []
     var arguments: [ArraySlice<UInt8>]
+
+    init(recipient: String, target: String, substitutions: [String] = [], arguments: [ArraySlice<UInt8>]) {
+        self.recipient = recipient
+        self.target = target
+        self.substitutions = substitutions
+        self.arguments = arguments
+    }
 
     func encoded() -> [UInt8] {
         var out: [UInt8] = [Self.version]
@@ -72,7 +97,12 @@ struct CallEnvelope: Equatable {
         out += recipientBytes
         appendU32(targetBytes.count, to: &out)
         out += targetBytes
-        appendU32(0, to: &out)
+        appendU32(substitutions.count, to: &out)
+        for name in substitutions {
+            let nameBytes = Array(name.utf8)
+            appendU32(nameBytes.count, to: &out)
+            out += nameBytes
+        }
         appendU32(arguments.count, to: &out)
         for argument in arguments {
             appendU32(argument.count, to: &out)
@@ -90,7 +120,9 @@ struct CallEnvelope: Equatable {
         let recipient = try reader.string("recipient name")
         let target = try reader.string("target identifier")
         let generic = try reader.u32("generic substitution count")
-        guard generic == 0 else { throw ClusterActorSystemError.genericSubstitutionsUnsupported(target: target) }
+        guard generic <= 8 else { throw ClusterActorSystemError.genericSubstitutionsUnsupported(target: target) }
+        var substitutions: [String] = []
+        for index in 0..<generic { substitutions.append(try reader.string("generic substitution \(index)")) }
         let count = try reader.u32("argument count")
         guard count <= reader.remaining / 4 else {
             throw ClusterActorSystemError.malformedInvocation(reason: "argument count \(count) cannot fit in \(reader.remaining) bytes")
@@ -100,7 +132,7 @@ struct CallEnvelope: Equatable {
         guard reader.remaining == 0 else {
             throw ClusterActorSystemError.malformedInvocation(reason: "\(reader.remaining) bytes after the last argument")
         }
-        return CallEnvelope(recipient: recipient, target: target, arguments: arguments)
+        return CallEnvelope(recipient: recipient, target: target, substitutions: substitutions, arguments: arguments)
     }
 }
 

@@ -17,8 +17,8 @@ import Transport
 public distributed actor Worker: WorkerEndpoint {
     public typealias ActorSystem = ClusterActorSystem
 
-    nonisolated public let name: String
-    nonisolated public let device: String
+    public let name: String
+    public let device: String
     let scratchDirectory: URL
     let coordinatorAddress: NodeAddress
     let logger: Logger
@@ -88,7 +88,7 @@ public distributed actor Worker: WorkerEndpoint {
         job.enqueueBackground { [weak self] in
             for chunk in replay {
                 guard let self else { return }
-                try await self.processStored(jobID: jobID, chunk: chunk)
+                try await self.whenLocal { try await $0.processStored(jobID: jobID, chunk: chunk) }
             }
         }
         return replay
@@ -206,7 +206,12 @@ public distributed actor Worker: WorkerEndpoint {
 
     private func processStored(jobID: String, chunk: Int) async throws {
         let job = try activeJob(jobID)
-        try await process(job: job, chunk: chunk, input: nil, fromStore: true)
+        do {
+            try await process(job: job, chunk: chunk, input: nil, fromStore: true)
+        } catch {
+            if !job.isCancelled { await reportFailure(job: job, message: "kept chunk \(chunk): \(error)") }
+            throw error
+        }
     }
 
     /// Runs one chunk through the range, reports its amax, and forwards the output to the successor.

@@ -61,13 +61,14 @@ public struct WorkerService: Service {
             throw ClusterJobError(node: configuration.name, message: "listening on \(advertised.host): give --advertise "
                                   + "HOST:PORT, the address other nodes reach this worker at")
         }
+        let advertisedAddress = advertised
         let worker = try system.makeActor(named: WellKnownActor.worker) {
             Worker(actorSystem: system, name: configuration.name, device: configuration.device,
                    scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
                    chunkDelay: configuration.chunkDelay, logger: logger)
         }
-        logger.info("workerd listening", metadata: ["address": "\(advertised)", "coordinator": "\(configuration.coordinator)"])
-        let info = { WorkerInfo(name: configuration.name, address: advertised, device: configuration.device,
+        logger.info("workerd listening", metadata: ["address": "\(advertisedAddress)", "coordinator": "\(configuration.coordinator)"])
+        let info: @Sendable () -> WorkerInfo = { WorkerInfo(name: configuration.name, address: advertisedAddress, device: configuration.device,
                                 memoryBytes: configuration.memoryBytes,
                                 freeDiskBytes: freeDiskBytes(at: configuration.scratchDirectory),
                                 softwareVersion: workerSoftwareVersion) }

@@ -29,7 +29,7 @@ struct ConnectionOptions: ParsableArguments {
         logger.logLevel = .warning
         let system = try await ClusterActorSystem.start(
             identity: NodeIdentity(name: "coordctl-\(ProcessInfo.processInfo.processIdentifier)", role: .client),
-            listen: nil, token: token, configuration: transport, logger: logger)
+            listen: nil as NodeAddress?, token: token, configuration: transport, logger: logger)
         let coordinator = try $CoordinatorEndpoint.resolve(id: system.wellKnownID(WellKnownActor.coordinator, at: address),
                                                            using: system)
         return (system, coordinator)

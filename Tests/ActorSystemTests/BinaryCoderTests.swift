@@ -125,9 +125,17 @@ struct CallEnvelopeTests {
         #expect { try CallEnvelope.decode(bytes + [0]) } throws: { error in
             error as? ClusterActorSystemError == .malformedInvocation(reason: "1 bytes after the last argument")
         }
-        var generic = bytes
-        generic[11] = 1  // generic substitution count (after version, two 1-byte strings with u32 lengths)
-        #expect { try CallEnvelope.decode(generic) } throws: { error in
+        var tooGeneric = bytes
+        tooGeneric[11] = 9  // generic substitution count (after version, two 1-byte strings with u32 lengths)
+        #expect { try CallEnvelope.decode(tooGeneric) } throws: { error in
+            error as? ClusterActorSystemError == .genericSubstitutionsUnsupported(target: "t")
+        }
+        // A substitution that is no actor-system type (a generic distributed function) is refused when decoded.
+        let generic = CallEnvelope(recipient: "w", target: "t", substitutions: [_mangledTypeName(Int.self)!], arguments: [])
+        let decoded = try CallEnvelope.decode(generic.encoded())
+        #expect(decoded == generic)
+        var decoder = ClusterInvocationDecoder(envelope: decoded, system: nil)
+        #expect { try decoder.decodeGenericSubstitutions() } throws: { error in
             error as? ClusterActorSystemError == .genericSubstitutionsUnsupported(target: "t")
         }
         var foreign = bytes
