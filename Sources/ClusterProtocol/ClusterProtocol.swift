@@ -30,7 +30,7 @@ public protocol CoordinatorEndpoint: DistributedActor where ActorSystem == Clust
     /// One chunk of samples has passed every layer of a worker's range.
     distributed func reportChunk(_ report: ChunkReport) async throws
     /// A worker failed in the background (while consuming hidden states from its predecessor).
-    distributed func reportFailure(jobID: String, worker: String, message: String) async throws
+    distributed func reportFailure(jobID: String, attempt: Int, worker: String, message: String) async throws
 
     /// Starts a job; returns its id.
     distributed func submit(_ submission: JobSubmission) async throws -> String

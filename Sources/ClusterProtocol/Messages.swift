@@ -119,6 +119,8 @@ public struct JobSubmission: Codable, Sendable {
 /// The part of a job one worker runs.
 public struct WorkerAssignment: Codable, Sendable {
     public var jobID: String
+    /// Which attempt of the job (it grows with every resume); reports of older attempts are ignored.
+    public var attempt: Int
     public var spec: JobSpec
     public var firstLayer: Int
     public var endLayer: Int
@@ -130,9 +132,10 @@ public struct WorkerAssignment: Codable, Sendable {
     /// Every chunk of the calibration plan (token ids for the first range; shapes and sample names for all).
     public var chunks: [CalibrationChunk]
 
-    public init(jobID: String, spec: JobSpec, firstLayer: Int, endLayer: Int, embeddings: Bool, successor: NodeAddress?,
-                successorName: String?, chunks: [CalibrationChunk]) {
+    public init(jobID: String, attempt: Int, spec: JobSpec, firstLayer: Int, endLayer: Int, embeddings: Bool,
+                successor: NodeAddress?, successorName: String?, chunks: [CalibrationChunk]) {
         self.jobID = jobID
+        self.attempt = attempt
         self.spec = spec
         self.firstLayer = firstLayer
         self.endLayer = endLayer
@@ -184,6 +187,7 @@ public struct LayerAmax: Codable, Sendable, Equatable {
 
 public struct ChunkReport: Codable, Sendable, Equatable {
     public var jobID: String
+    public var attempt: Int
     public var worker: String
     public var chunk: Int
     public var sampleCount: Int
@@ -191,9 +195,10 @@ public struct ChunkReport: Codable, Sendable, Equatable {
     public var seconds: Double
     public var layers: [LayerAmax]
 
-    public init(jobID: String, worker: String, chunk: Int, sampleCount: Int, tokenCount: Int, seconds: Double,
-                layers: [LayerAmax]) {
+    public init(jobID: String, attempt: Int, worker: String, chunk: Int, sampleCount: Int, tokenCount: Int,
+                seconds: Double, layers: [LayerAmax]) {
         self.jobID = jobID
+        self.attempt = attempt
         self.worker = worker
         self.chunk = chunk
         self.sampleCount = sampleCount

@@ -50,6 +50,10 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     }
 
     public distributed func heartbeat(worker: String, freeDiskBytes: Int64) async throws {
+        // A coordd that restarted knows the worker from SQLite but has no live endpoint for it yet.
+        guard await registry.info(worker) != nil else {
+            throw ClusterJobError(node: "coordinator", message: "worker \(worker) is not registered here; register again")
+        }
         do {
             try store.recordHeartbeat(workerName: worker, freeDiskBytes: freeDiskBytes)
         } catch ClusterStateError.workerIsDead {
@@ -64,10 +68,10 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         try await runner.record(report)
     }
 
-    public distributed func reportFailure(jobID: String, worker: String, message: String) async throws {
+    public distributed func reportFailure(jobID: String, attempt: Int, worker: String, message: String) async throws {
         logger.error("worker reports a failure", metadata: ["job": "\(jobID)", "worker": "\(worker)",
                                                            "reason": "\(message)"])
-        await runners[jobID]?.workerFailed(worker: worker, message: message)
+        await runners[jobID]?.workerFailed(worker: worker, attempt: attempt, message: message)
     }
 
     // MARK: Client-facing

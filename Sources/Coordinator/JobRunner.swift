@@ -30,6 +30,10 @@ actor JobRunner {
     private var lost: [String: String] = [:]
     private var workerFailure: (worker: String, message: String)?
     private var progressWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Grows with every attempt; workers tag reports with the attempt that loaded them.
+    private var attemptNumber = 0
+    /// Reports count only once this attempt's workers are loaded.
+    private var acceptingReports = false
 
     // Known once an attempt has planned.
     private var config: LlamaConfig?
@@ -91,8 +95,10 @@ actor JobRunner {
     // MARK: Events
 
     func record(_ report: ChunkReport) throws {
-        guard let config, let calibrationPlan else {
-            throw ClusterJobError(node: "coordinator", message: "job \(jobID) is not calibrating")
+        // Work of an earlier attempt (before a resume) may still arrive; its results are redone by this one.
+        guard report.attempt == attemptNumber, acceptingReports, let config, let calibrationPlan else {
+            logger.debug("ignoring a report of attempt \(report.attempt) from \(report.worker) (now \(attemptNumber))")
+            return
         }
         guard calibrationPlan.chunks.indices.contains(report.chunk) else {
             throw ClusterJobError(node: "coordinator", message: "chunk \(report.chunk) is not part of job \(jobID)")
@@ -116,7 +122,8 @@ actor JobRunner {
         signalProgress()
     }
 
-    func workerFailed(worker: String, message: String) {
+    func workerFailed(worker: String, attempt: Int, message: String) {
+        guard attempt == attemptNumber, acceptingReports else { return }
         workerFailure = (worker, message)
         signalProgress()
     }
@@ -169,9 +176,11 @@ actor JobRunner {
                     logger.info("stopped for shutdown; the job resumes when coordd starts again")
                     return
                 }
+                acceptingReports = false
                 // A worker's connection often drops a moment after its calls start failing.
                 try? await Task.sleep(for: .milliseconds(500))
-                let dead = await deadPlannedWorkers()
+                // Lost during the attempt (it may already be back), or not registered now.
+                let dead = Array(Set(lost.keys).union(await deadPlannedWorkers())).sorted()
                 if dead.isEmpty {
                     logger.error("job failed: \(error)")
                     await tellWorkersToStop(discardState: false)
@@ -215,6 +224,8 @@ actor JobRunner {
     private func attempt() async throws {
         lost = [:]
         workerFailure = nil
+        acceptingReports = false
+        attemptNumber += 1
         let spec = submission.spec
         let config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
         self.config = config
@@ -351,7 +362,7 @@ actor JobRunner {
             for (index, worker) in workers.enumerated() {
                 let next = index + 1 < workers.count ? workers[index + 1] : nil
                 let assignment = WorkerAssignment(
-                    jobID: jobID, spec: spec, firstLayer: worker.assignment.range.lowerBound,
+                    jobID: jobID, attempt: attemptNumber, spec: spec, firstLayer: worker.assignment.range.lowerBound,
                     endLayer: worker.assignment.range.upperBound, embeddings: worker.assignment.embeddings,
                     successor: next?.info.address, successorName: next?.info.name,
                     chunks: calibrationPlan.chunks)
@@ -373,6 +384,7 @@ actor JobRunner {
         let chunkCount = calibrationPlan.chunks.count
         let layerCount = config.numHiddenLayers
         recorded = try store.recordedChunks(jobID: jobID)
+        acceptingReports = true
         calibrationStart = .now
         layerTokensThisRun = 0
 

@@ -181,7 +181,7 @@ public distributed actor Worker: WorkerEndpoint {
         do {
             try await process(job: job, chunk: Int(id), input: bytes)
         } catch {
-            await reportFailure(job: job, message: "chunk \(id): \(error)")
+            if !job.isCancelled { await reportFailure(job: job, message: "chunk \(id): \(error)") }
         }
     }
 
@@ -189,7 +189,8 @@ public distributed actor Worker: WorkerEndpoint {
     private func reportFailure(job: ActiveRangeJob, message: String) async {
         logger.error("\(message)", metadata: ["job": "\(job.assignment.jobID)"])
         do {
-            try await coordinator().reportFailure(jobID: job.assignment.jobID, worker: name, message: message)
+            try await coordinator().reportFailure(jobID: job.assignment.jobID, attempt: job.assignment.attempt, worker: name,
+                                                  message: message)
         } catch {
             logger.error("could not report the failure to the coordinator: \(error)")
         }
@@ -220,7 +221,7 @@ public distributed actor Worker: WorkerEndpoint {
         let result = try await compute.run { try job.compute.run(chunk: chunk, input: input, fromStore: fromStore) }
         if chunkDelay > .zero { try await Task.sleep(for: chunkDelay) }
         if job.isCancelled { return }
-        let report = ChunkReport(jobID: job.assignment.jobID, worker: name, chunk: chunk,
+        let report = ChunkReport(jobID: job.assignment.jobID, attempt: job.assignment.attempt, worker: name, chunk: chunk,
                                  sampleCount: job.assignment.chunks[chunk].sampleRange.count,
                                  tokenCount: job.assignment.chunks[chunk].tokenCount,
                                  seconds: secondsSince(start), layers: result.amax)
