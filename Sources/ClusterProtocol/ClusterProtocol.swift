@@ -49,6 +49,10 @@ public protocol WorkerEndpoint: DistributedActor where ActorSystem == ClusterAct
     /// First range only: embeds chunk `chunk` of the calibration plan, runs it through the range and forwards the
     /// hidden states to the successor. Returns once they are handed to the data path.
     distributed func calibrate(_ order: CalibrateOrder) async throws
+    /// A single-range plan (every layer on one worker, e.g. `coordctl quantize`): starts a layer-at-a-time pass
+    /// over every chunk in the background, so that only one layer's weights are resident, and reports each layer's
+    /// chunks as the layer completes. Failures arrive through `reportFailure`.
+    distributed func calibrateAll(jobID: String) async throws
     /// A later range after a restart: runs the chunks whose input hidden states it kept on disk, as if they had
     /// just arrived. Returns the chunks it had; the coordinator re-sends the rest from an earlier range.
     distributed func replayStoredChunks(jobID: String, chunks: [Int]) async throws -> [Int]

@@ -129,11 +129,12 @@ public struct WorkerAssignment: Codable, Sendable {
     /// The next worker of the route (where hidden states go); nil for the last range.
     public var successor: NodeAddress?
     public var successorName: String?
-    /// Every chunk of the calibration plan (token ids for the first range; shapes and sample names for all).
-    public var chunks: [CalibrationChunk]
+    /// The calibration plan: every chunk's token ids, shapes and sample names.
+    public var plan: CalibrationPlan
+    public var chunks: [CalibrationChunk] { plan.chunks }
 
     public init(jobID: String, attempt: Int, spec: JobSpec, firstLayer: Int, endLayer: Int, embeddings: Bool,
-                successor: NodeAddress?, successorName: String?, chunks: [CalibrationChunk]) {
+                successor: NodeAddress?, successorName: String?, plan: CalibrationPlan) {
         self.jobID = jobID
         self.attempt = attempt
         self.spec = spec
@@ -142,7 +143,7 @@ public struct WorkerAssignment: Codable, Sendable {
         self.embeddings = embeddings
         self.successor = successor
         self.successorName = successorName
-        self.chunks = chunks
+        self.plan = plan
     }
 
     public var range: Range<Int> { firstLayer..<endLayer }

@@ -26,6 +26,8 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     let registry = WorkerRegistry()
     let mailbox = BulkMailbox()
     private var runners: [String: JobRunner] = [:]
+    /// In-process mode: worker name → the worker actor itself (no lookup by address).
+    private var localWorkers: [String: any WorkerEndpoint] = [:]
 
     public init(actorSystem: ClusterActorSystem, store: ClusterStateStore, settings: CoordinatorSettings,
                 logger: Logger) {
@@ -130,6 +132,12 @@ public distributed actor Coordinator: CoordinatorEndpoint {
 
     // MARK: Local API (coordd)
 
+    /// In-process mode (`coordctl quantize`): jobs reach this worker directly instead of through its address.
+    public func addLocalWorker(_ worker: any WorkerEndpoint, info: WorkerInfo) async throws {
+        localWorkers[info.name] = worker
+        _ = try await register(info)
+    }
+
     /// Resumes every job that was queued or running when coordd stopped.
     public func resumeUnfinishedJobs() async throws {
         for job in try store.listJobs() where !job.state.isTerminal {
@@ -161,7 +169,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
 
     private func start(jobID: String, submission: JobSubmission) {
         let runner = JobRunner(jobID: jobID, submission: submission, store: store, registry: registry,
-                               mailbox: mailbox, system: actorSystem, settings: settings,
+                               mailbox: mailbox, system: actorSystem, localWorkers: localWorkers, settings: settings,
                                logger: logger.withMetadata("job", jobID))
         runners[jobID] = runner
         Task { await runner.run() }

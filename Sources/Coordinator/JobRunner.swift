@@ -19,6 +19,7 @@ actor JobRunner {
     let registry: WorkerRegistry
     let mailbox: BulkMailbox
     let system: ClusterActorSystem
+    let localWorkers: [String: any WorkerEndpoint]
     let settings: CoordinatorSettings
     let logger: Logger
 
@@ -48,13 +49,15 @@ actor JobRunner {
     private var outputBytes: Int64?
 
     init(jobID: String, submission: JobSubmission, store: ClusterStateStore, registry: WorkerRegistry,
-         mailbox: BulkMailbox, system: ClusterActorSystem, settings: CoordinatorSettings, logger: Logger) {
+         mailbox: BulkMailbox, system: ClusterActorSystem, localWorkers: [String: any WorkerEndpoint] = [:],
+         settings: CoordinatorSettings, logger: Logger) {
         self.jobID = jobID
         self.submission = submission
         self.store = store
         self.registry = registry
         self.mailbox = mailbox
         self.system = system
+        self.localWorkers = localWorkers
         self.settings = settings
         self.logger = logger
     }
@@ -348,11 +351,14 @@ actor JobRunner {
             guard let info = await registry.info(entry.worker) else {
                 throw ClusterJobError(node: entry.worker, message: "not registered")
             }
-            let id = system.wellKnownID(WellKnownActor.worker, at: info.address)
-            result.append(PlannedWorker(assignment: entry, info: info,
-                                        endpoint: try $WorkerEndpoint.resolve(id: id, using: system)))
+            result.append(PlannedWorker(assignment: entry, info: info, endpoint: try endpoint(of: info)))
         }
         return result
+    }
+
+    private func endpoint(of info: WorkerInfo) throws -> any WorkerEndpoint {
+        if let local = localWorkers[info.name] { return local }
+        return try $WorkerEndpoint.resolve(id: system.wellKnownID(WellKnownActor.worker, at: info.address), using: system)
     }
 
     private func load(workers: [PlannedWorker], calibrationPlan: CalibrationPlan) async throws {
@@ -365,7 +371,7 @@ actor JobRunner {
                     jobID: jobID, attempt: attemptNumber, spec: spec, firstLayer: worker.assignment.range.lowerBound,
                     endLayer: worker.assignment.range.upperBound, embeddings: worker.assignment.embeddings,
                     successor: next?.info.address, successorName: next?.info.name,
-                    chunks: calibrationPlan.chunks)
+                    plan: calibrationPlan)
                 let endpoint = worker.endpoint
                 group.addTask {
                     try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.loadLayers(assignment) }
@@ -411,6 +417,11 @@ actor JobRunner {
         }
         let first = workers[0].endpoint
         let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
+        if workers.count == 1 && pending > 0 {
+            // One range holds every layer: a layer-at-a-time pass keeps a single layer resident.
+            try await first.calibrateAll(jobID: jobID)
+            startRange = [:]
+        }
         for chunk in startRange.filter({ $0.value == 0 }).map(\.key).sorted() {
             try checkInterrupted()
             let order = CalibrateOrder(jobID: jobID, chunk: chunk)
@@ -479,9 +490,7 @@ actor JobRunner {
         for entry in plan {
             guard let info = await registry.info(entry.worker) else { continue }
             do {
-                let endpoint = try $WorkerEndpoint.resolve(id: system.wellKnownID(WellKnownActor.worker, at: info.address),
-                                                           using: system)
-                try await endpoint.cancel(jobID: jobID, discardState: discardState)
+                try await endpoint(of: info).cancel(jobID: jobID, discardState: discardState)
             } catch {
                 logger.warning("could not tell \(entry.worker) to stop: \(error)")
             }

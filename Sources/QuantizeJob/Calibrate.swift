@@ -47,7 +47,7 @@ public enum ComputeDevice: CustomStringConvertible, Equatable {
 extension QuantizeJob {
     /// Perplexity of the original model against the written checkpoint (W4A4 emulated, or dequantized weights for
     /// weight-only) on held-out text that calibration never saw.
-    func qualityReport(inputs: Inputs) throws -> QualityReport {
+    public func qualityReport(inputs: Inputs) throws -> QualityReport {
         let tokenizer = try BPETokenizer.load(modelDirectory: options.modelDirectory.path)
         let set = try CalibrationData.loadHeldOutEvaluation(
             tokenizer: tokenizer, vocabSize: inputs.config.vocabSize,

@@ -85,6 +85,8 @@ public struct QuantizeSummary: Sendable {
     /// Why the quality report is missing, when it was asked for and failed.
     public var qualityFailure: String?
 
+    public init(outputDirectory: URL) { self.outputDirectory = outputDirectory }
+
     public var description: String {
         let ratio = outputBytes > 0 ? Double(sourceBytes) / Double(outputBytes) : 0
         return """

@@ -37,7 +37,10 @@ final class RangeCompute: @unchecked Sendable {
                                      jobID: assignment.jobID, firstLayer: assignment.firstLayer,
                                      hiddenSize: config.hiddenSize)
         exporter = LayerExporter(spec: spec, config: config, source: source)
-        if spec.scheme.quantizesActivations { try runner.loadLayers() }
+        // A range holding every layer calibrates layer by layer (calibrateAll) and loads nothing up front.
+        if spec.scheme.quantizesActivations && !(assignment.embeddings && assignment.successor == nil) {
+            try runner.loadLayers()
+        }
     }
 
     static func jobScratch(_ scratch: URL, workerName: String) -> URL {
@@ -70,6 +73,21 @@ final class RangeCompute: @unchecked Sendable {
         return (output, amax)
     }
 
+    /// Starts a layer-at-a-time pass over every chunk (single-range plans).
+    func startStreamingPass() throws -> StreamingPass {
+        runner.releaseLayers()
+        return StreamingPass(calibrator: try runner.streamingPass(plan: assignment.plan))
+    }
+
+    func streamNextLayer(_ pass: StreamingPass) throws -> StreamedLayer {
+        let result = try pass.calibrator.calibrateNextLayer()
+        return StreamedLayer(layer: result.layer, chunkAmax: result.chunkAmax.map {
+            LayerAmax(layer: result.layer, qkv: $0.qkv, o: $0.o, gateUp: $0.gateUp, down: $0.down)
+        })
+    }
+
+    func finishStreamingPass(_ pass: StreamingPass) { pass.calibrator.finish() }
+
     func storedChunks() throws -> [Int] { try boundary?.storedChunks() ?? [] }
 
     func export(layer: Int, linearAmax: [String: Float]?) throws -> [ExportedTensor] {
@@ -87,4 +105,16 @@ final class RangeCompute: @unchecked Sendable {
             try FileManager.default.removeItem(at: store.jobDirectory)
         }
     }
+}
+
+/// A layer-at-a-time calibration in progress; used only from the worker's compute queue.
+final class StreamingPass: @unchecked Sendable {
+    let calibrator: LayerStreamingCalibrator<CPUBackend>
+    init(calibrator: LayerStreamingCalibrator<CPUBackend>) { self.calibrator = calibrator }
+}
+
+/// One layer of a layer-at-a-time pass: the amax of every chunk.
+struct StreamedLayer: Sendable {
+    let layer: Int
+    let chunkAmax: [LayerAmax]
 }

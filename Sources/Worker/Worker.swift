@@ -26,6 +26,8 @@ public distributed actor Worker: WorkerEndpoint {
     let compute = ComputeQueue(label: "workerd.compute")
     private var job: ActiveRangeJob?
     private var coordinatorBulk: (any ActivationTransport)?
+    /// In-process mode (`coordctl quantize`): the coordinator actor itself, no lookup.
+    private var localCoordinator: (any CoordinatorEndpoint)?
 
     public init(actorSystem: ClusterActorSystem, name: String, device: String, scratchDirectory: URL,
                 coordinator: NodeAddress, chunkDelay: Duration = .zero, logger: Logger) {
@@ -39,7 +41,8 @@ public distributed actor Worker: WorkerEndpoint {
     }
 
     private func coordinator() throws -> any CoordinatorEndpoint {
-        try $CoordinatorEndpoint.resolve(id: actorSystem.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress),
+        if let localCoordinator { return localCoordinator }
+        return try $CoordinatorEndpoint.resolve(id: actorSystem.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress),
                                          using: actorSystem)
     }
 
@@ -78,6 +81,44 @@ public distributed actor Worker: WorkerEndpoint {
                                   + "holds layers \(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
         }
         try await process(job: job, chunk: order.chunk, input: nil)
+    }
+
+    public distributed func calibrateAll(jobID: String) async throws {
+        let job = try activeJob(jobID)
+        guard job.assignment.embeddings, job.assignment.successor == nil else {
+            throw ClusterJobError(node: name, message: "calibrateAll needs a range holding every layer")
+        }
+        let compute = self.compute
+        job.enqueueBackground { [weak self] in
+            do {
+                let pass = try await compute.run { try job.compute.startStreamingPass() }
+                for _ in job.assignment.range {
+                    if job.isCancelled { return }
+                    let start = ContinuousClock.now
+                    let layer = try await compute.run { try job.compute.streamNextLayer(pass) }
+                    if job.isCancelled { return }
+                    guard let self else { return }
+                    try await self.whenLocal { try await $0.reportLayer(job: job, layer: layer, start: start) }
+                }
+                _ = try? await compute.run { job.compute.finishStreamingPass(pass) }
+            } catch {
+                guard let self, !job.isCancelled else { return }
+                await self.whenLocal { await $0.reportFailure(job: job, message: "\(error)") }
+            }
+        }
+    }
+
+    /// Reports every chunk's amax for one layer of a layer-at-a-time pass.
+    private func reportLayer(job: ActiveRangeJob, layer: StreamedLayer, start: ContinuousClock.Instant) async throws {
+        let seconds = secondsSince(start)
+        for (index, amax) in layer.chunkAmax.enumerated() {
+            let chunk = job.assignment.chunks[index]
+            if chunkDelay > .zero { try await Task.sleep(for: chunkDelay) }
+            try await coordinator().reportChunk(ChunkReport(
+                jobID: job.assignment.jobID, attempt: job.assignment.attempt, worker: name, chunk: index,
+                sampleCount: chunk.sampleRange.count, tokenCount: chunk.tokenCount,
+                seconds: seconds / Double(layer.chunkAmax.count), layers: [amax]))
+        }
     }
 
     public distributed func replayStoredChunks(jobID: String, chunks: [Int]) async throws -> [Int] {
@@ -147,6 +188,12 @@ public distributed actor Worker: WorkerEndpoint {
     }
 
     // MARK: Local API (workerd)
+
+    /// In-process mode: talk to `coordinator` directly and send exported tensors over `dataPath`.
+    public func useLocalCoordinator(_ coordinator: any CoordinatorEndpoint, dataPath: any ActivationTransport) {
+        localCoordinator = coordinator
+        coordinatorBulk = dataPath
+    }
 
     /// The coordinator went away: its job state is stale. Stop computing; kept hidden states stay for a resume.
     public func coordinatorLost() async {

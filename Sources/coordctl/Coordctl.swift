@@ -57,9 +57,9 @@ extension QuantizationScheme: ExpressibleByArgument {}
 extension CheckpointLayout: ExpressibleByArgument {}
 extension CPUBackend.ActivationPrecision: ExpressibleByArgument {}
 
-struct Quantize: ParsableCommand {
+struct Quantize: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Quantize a model on this machine.",
+        abstract: "Quantize a model on this machine (the cluster's coordinator and one worker, in this process).",
         discussion: """
             Reads a Hugging Face Llama-family directory (config.json plus model.safetensors or sharded files with \
             model.safetensors.index.json) and writes an NVFP4 checkpoint.
@@ -82,10 +82,10 @@ struct Quantize: ParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: Logger.Level = .info
 
-    func run() throws {
+    func run() async throws {
         bootstrapLogging(level: logLevel)
         let logger = Logger(label: "coordctl.quantize")
-        let summary = try QuantizeJob(options: try job.makeOptions(), logger: logger).run()
+        let summary = try await EmbeddedQuantize.run(options: try job.makeOptions(), logger: logger)
         print(summary.description)
     }
 }

@@ -1,0 +1,102 @@
+import ActorSystem
+import Calibration
+import ClusterProtocol
+import ClusterState
+import Coordinator
+import Distributed
+import Foundation
+import Logging
+import QuantizeJob
+import Transport
+import Worker
+
+/// `coordctl quantize` is the cluster in one process: the same `Coordinator` and `Worker` actors as coordd and
+/// workerd, with one worker holding every layer, calling each other directly and passing exported tensors over an
+/// in-process data path (`LocalActivationTransport`). The job state lives in a temporary SQLite file. Its output is
+/// byte-identical to a multi-worker run on the same inputs.
+enum EmbeddedQuantize {
+    static func run(options: QuantizeOptions, logger: Logger) async throws -> QuantizeSummary {
+        let start = Date()
+        // Every input check, with its message, before any work (the cluster runs them too, but later and remotely).
+        let job = QuantizeJob(options: options, logger: logger)
+        let inputs = try job.checkInputs()
+        let spec = try JobSpec(options: options)
+
+        let stateDirectory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("coordctl-state-\(options.jobID)-\(UUID().uuidString.prefix(8))")
+        defer { try? FileManager.default.removeItem(at: stateDirectory) }
+        let store = try ClusterStateStore(stateDirectory: stateDirectory.path)
+        defer { try? store.close() }
+
+        var quiet = logger
+        quiet.logLevel = .warning
+        let system = try await ClusterActorSystem.start(identity: NodeIdentity(name: "coordctl", role: .coordinator),
+                                                        listen: nil as NodeAddress?, token: nil,
+                                                        configuration: TransportConfiguration(), logger: quiet)
+        let coordinator = Coordinator(actorSystem: system, store: store, settings: CoordinatorSettings(), logger: logger)
+        let scratch = spec.scratchDirectory
+        let worker = Worker(actorSystem: system, name: "local", device: spec.calibration.device,
+                            scratchDirectory: scratch, coordinator: NodeAddress(host: "127.0.0.1", port: 0), logger: logger)
+        let (workerEnd, coordinatorEnd) = LocalActivationTransport.makePair(names: ("worker", "coordinator"))
+        await worker.whenLocal { $0.useLocalCoordinator(coordinator, dataPath: workerEnd) }
+        let receiving = Task {
+            for try await tensor in coordinatorEnd.incomingTensors {
+                let bytes = Data(try await tensor.chunks.collect(maxBytes: Int.max).readableBytesView)
+                await coordinator.whenLocal { await $0.receiveExportedTensor(from: "local", id: tensor.id, bytes: bytes) }
+            }
+        }
+        defer { receiving.cancel() }
+        let info = WorkerInfo(name: "local", address: NodeAddress(host: "127.0.0.1", port: 0), device: spec.calibration.device,
+                              memoryBytes: Int64(ProcessInfo.processInfo.physicalMemory),
+                              freeDiskBytes: freeDiskBytes(at: scratch), softwareVersion: workerSoftwareVersion)
+        try await coordinator.whenLocal { try await $0.addLocalWorker(worker, info: info) }
+
+        let jobID = try await coordinator.submit(JobSubmission(spec: spec, workerCount: 1))
+        let status = try await follow(jobID: jobID, coordinator: coordinator, logger: logger)
+        await workerEnd.close()
+        await system.shutdown()
+        guard status.state == .succeeded else {
+            throw QuantizeJobError(status.failureReason ?? "the job ended \(status.phase.rawValue)")
+        }
+
+        var summary = QuantizeSummary(outputDirectory: options.outputDirectory)
+        summary.layers = inputs.config.numHiddenLayers
+        summary.quantizedLinears = inputs.config.allLinears.count
+        summary.sourceBytes = try inputs.source.tensorNames.reduce(0) { $0 + (try inputs.source.info($1).byteCount) }
+        summary.outputBytes = Int(status.outputBytes ?? 0)
+        summary.shards = try FileManager.default.contentsOfDirectory(atPath: options.outputDirectory.path)
+            .filter { $0.hasSuffix(".safetensors") }.count
+        summary.activationAmax = try store.activationAmax(jobID: jobID)
+        summary.seconds = Date().timeIntervalSince(start)
+        if options.evaluationSamples > 0 {
+            // The checkpoint is complete at this point; a failed report is told, not fatal.
+            do {
+                summary.quality = try job.qualityReport(inputs: inputs)
+            } catch {
+                logger.warning("quality report failed: \(error)")
+                summary.qualityFailure = "\(error)"
+            }
+        }
+        return summary
+    }
+
+    /// Polls the job until it ends, logging a line whenever its phase or progress changes.
+    private static func follow(jobID: String, coordinator: Coordinator, logger: Logger) async throws -> JobStatus {
+        var last = ""
+        while true {
+            let status = try await coordinator.status(jobID: jobID)
+            var line = "phase \(status.phase.rawValue)"
+            if status.phase == .calibrating, let through = status.samplesThrough.values.first {
+                line += ", \(through) samples through every layer"
+                if let rate = status.tokensPerSecond { line += String(format: ", %.0f tokens/s", rate) }
+                if let eta = status.etaSeconds { line += ", ETA \(formatDuration(eta))" }
+            }
+            if line != last {
+                logger.info("\(line)")
+                last = line
+            }
+            if status.phase.isTerminal { return status }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}
