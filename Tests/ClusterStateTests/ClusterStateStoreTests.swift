@@ -169,6 +169,24 @@ struct ClusterStateStoreTests {
         #expect(conflict?.description.contains("layer 0 chunk 1") == true)
     }
 
+    @Test func recordedChunksListWhatAResumeMaySkip() throws {
+        let directory = try TemporaryStateDirectory()
+        let id: String
+        do {
+            let store = try open(directory)
+            id = try calibratingJob(store)
+            #expect(try store.recordedChunks(jobID: id).isEmpty)
+            try store.recordChunkAmax(jobID: id, layer: 0, chunk: 0, sampleCount: 2, amax: [layerModules(0)[0]: 1])
+            try store.recordChunkAmax(jobID: id, layer: 0, chunk: 2, sampleCount: 2, amax: [layerModules(0)[0]: 1])
+            try store.recordChunkAmax(jobID: id, layer: 2, chunk: 0, sampleCount: 2, amax: [layerModules(2)[0]: 1])
+            try store.close()
+        }
+        // After a restart (a fresh store on the same directory) the same chunks are known.
+        let reopened = try open(directory)
+        #expect(try reopened.recordedChunks(jobID: id) == [0: [0, 2], 2: [0]])
+        #expect(throws: ClusterStateError.jobNotFound("nope")) { try reopened.recordedChunks(jobID: "nope") }
+    }
+
     @Test func badChunkReportsAreRefusedNamingTheField() throws {
         let directory = try TemporaryStateDirectory()
         let store = try open(directory)
