@@ -1,6 +1,11 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// Swift 6.3.1 crashes optimizing coordctl in release builds (SIL deserialization of the witness table of the
+/// `Coordinator` actor's conformance to its `@Resolvable` protocol, which `coordctl quantize` uses in-process).
+/// coordctl holds no hot code (the work runs in the library modules, optimized as usual), so it is built unoptimized.
+let thinClientSettings: [SwiftSetting] = [.unsafeFlags(["-Onone"], .when(configuration: .release))]
+
 let package = Package(
     name: "NVFP4Cluster",
     platforms: [.macOS(.v14)],
@@ -106,7 +111,7 @@ let package = Package(
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], swiftSettings: thinClientSettings),
         .executableTarget(name: "NVFP4Benchmarks", dependencies: ["NVFP4", "SafeTensors"],
                           path: "Benchmarks/NVFP4Benchmarks"),
 
