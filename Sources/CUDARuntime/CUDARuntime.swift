@@ -45,6 +45,16 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
     case symbolNotFound(library: String, symbol: String)
     /// A CUDA, NVRTC or cuBLASLt call returned an error code.
     case callFailed(call: String, code: Int32, message: String?)
+    /// The driver loaded but reports no CUDA device.
+    case noDevice
+    /// `cuda:N` named a device that does not exist.
+    case deviceOutOfRange(ordinal: Int, count: Int)
+    /// A device name other than `cuda` or `cuda:N`.
+    case invalidDeviceName(String)
+    /// NVRTC rejected a kernel source; `log` is the compiler's output.
+    case compilationFailed(source: String, architecture: String, log: String)
+    /// An argument that the call would reject or misuse, named with the reason.
+    case invalidArgument(call: String, reason: String)
 
     public var description: String {
         switch self {
@@ -54,6 +64,16 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
             return "the \(library) library has no symbol \(symbol); is it too old?"
         case let .callFailed(call, code, message):
             return "\(call) failed with code \(code)" + (message.map { ": \($0)" } ?? "")
+        case .noDevice:
+            return "the CUDA driver loaded but reports no device"
+        case let .deviceOutOfRange(ordinal, count):
+            return "CUDA device \(ordinal) does not exist; this machine has \(count) (0..<\(count))"
+        case let .invalidDeviceName(name):
+            return "device name \(name) is not cuda or cuda:N"
+        case let .compilationFailed(source, architecture, log):
+            return "NVRTC could not compile \(source) for \(architecture):\n\(log)"
+        case let .invalidArgument(call, reason):
+            return "\(call): \(reason)"
         }
     }
 }
