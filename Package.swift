@@ -55,6 +55,10 @@ let package = Package(
         ]),
         // Loads the CUDA driver, NVRTC and cuBLASLt at run time (dlopen); builds with no CUDA SDK.
         .target(name: "CUDARuntime", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // The GPU compute backend and NVFP4 quantizer over CUDARuntime; kernels are CUDA C++ resources compiled by NVRTC.
+        .target(name: "CUDABackend", dependencies: ["CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4",
+                                                      .product(name: "Logging", package: "swift-log")],
+                resources: [.copy("Resources")]),
         // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
         .target(name: "Coordinator", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"),
@@ -76,6 +80,7 @@ let package = Package(
                           path: "Benchmarks/TokenizerBenchmarks"),
 
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
+        .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4"]),
         .testTarget(name: "CoordinatorTests", dependencies: ["Coordinator", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport",
