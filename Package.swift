@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "Checkpoint", dependencies: ["NVFP4", "SafeTensors", "LlamaModel"]),
         // A whole quantization job: read, (calibrate), quantize, write, verify.
         .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
-                                                      "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime",
+                                                      "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime", "CUDABackend",
                                                       .product(name: "Logging", package: "swift-log")]),
         // Length-prefixed TCP framing, authenticated handshake and the bulk activation data path (SwiftNIO).
         // Knows nothing of Llama.
@@ -76,6 +76,10 @@ let package = Package(
                           dependencies: ["Calibration", "CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors",
                                          "Tokenizer", "COpenBLAS", .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/CalibrationBenchmarks"),
+        .executableTarget(name: "CUDABenchmarks",
+                          dependencies: ["CUDABackend", "CUDARuntime", "CPUBackend", "ComputeBackend", "LlamaModel", "NVFP4", "SafeTensors",
+                                         .product(name: "Logging", package: "swift-log")],
+                          path: "Benchmarks/CUDABenchmarks"),
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 

@@ -93,6 +93,14 @@ public final class DeviceBuffer: @unchecked Sendable {
                                  "cuMemcpyDtoHAsync(\(host.count) bytes)")
     }
 
+    /// Device-to-device copy of `count` bytes from `source` (both from offset 0).
+    public func copy(from source: DeviceBuffer, byteCount count: Int, stream: CUDAStream) throws {
+        try checkRange(offset: 0, count: count, call: "cuMemcpyDtoDAsync")
+        try source.checkRange(offset: 0, count: count, call: "cuMemcpyDtoDAsync")
+        try context.driver.check(context.driver.cuMemcpyDtoDAsync(address, source.address, count, stream.handle),
+                                 "cuMemcpyDtoDAsync(\(count) bytes)")
+    }
+
     public func fill(byte: UInt8, byteCount count: Int? = nil, stream: CUDAStream) throws {
         let count = count ?? byteCount
         try checkRange(offset: 0, count: count, call: "cuMemsetD8Async")

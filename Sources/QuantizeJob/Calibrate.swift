@@ -1,4 +1,5 @@
 import CPUBackend
+import CUDABackend
 import CUDARuntime
 import Calibration
 import Checkpoint
@@ -91,47 +92,75 @@ extension QuantizeJob {
         }
         logger.info("calibration data: \(set.summary)")
         let model = inputs.source
-        let calibrator = try LayerStreamingCalibrator(
-            backend: CPUBackend(config: inputs.config, activationPrecision: calibration.activationPrecision), weights: inputs.source, calibrationSet: set,
-            chunkTokens: calibration.chunkTokens, activationMemoryBudget: calibration.activationMemoryBudget,
-            scratchDirectory: calibration.scratchDirectory, logger: logger,
-            releaseWeights: { names in for name in names { try? model.releasePages(name) } },
-            progress: { [progress] in progress.calibration($0) })
+        let calibrator = try device.makeCalibrator(config: inputs.config, precision: calibration.activationPrecision) { backend in
+            func streaming<Backend: ComputeBackend>(_ backend: Backend) throws -> ActivationCalibrator {
+                try LayerStreamingCalibrator(
+                    backend: backend, weights: inputs.source, calibrationSet: set,
+                    chunkTokens: calibration.chunkTokens, activationMemoryBudget: calibration.activationMemoryBudget,
+                    scratchDirectory: calibration.scratchDirectory, logger: logger,
+                    releaseWeights: { names in for name in names { try? model.releasePages(name) } },
+                    progress: { [progress] in progress.calibration($0) })
+            }
+            return try streaming(backend)
+        }
         let record = CalibrationRecord(source: source, samples: set.samples.count, tokens: set.tokenTotal,
                                        contentHash: set.contentHash,
-                                       device: "\(device) (\(calibration.activationPrecision.rawValue) activations)")
+                                       device: "\(device) (\(device.activationLabel(calibration.activationPrecision)) activations)")
         return (calibrator, record)
     }
 }
 
 /// Where calibration runs.
-public enum ComputeDevice: CustomStringConvertible, Equatable {
+public enum ComputeDevice: CustomStringConvertible {
     case cpu
+    /// An opened GPU (kernels compiled, cuBLASLt loaded).
+    case cuda(CUDADevice)
 
-    public var description: String { "cpu" }
+    public var description: String {
+        switch self {
+        case .cpu: "cpu"
+        case .cuda(let device): "cuda:\(device.context.ordinal) (\(device.context.name), \(device.context.architecture))"
+        }
+    }
 
-    /// `auto` picks CUDA when present and usable, otherwise the CPU with one log line. The CUDA backend is not
-    /// written yet, so an explicit `cuda` fails at once, saying whether a driver was even found.
+    /// `cpu`, `cuda`, `cuda:N` or `auto`. `auto` opens GPU 0 when one is usable and otherwise says in one log line why
+    /// it uses the CPU; an explicit `cuda` that cannot be opened fails at once with the reason.
     static func select(_ name: String, logger: Logger, locator: CUDALibraryLocator = CUDALibraryLocator()) throws -> ComputeDevice {
         switch name {
         case "cpu": return .cpu
         case "auto":
-            if (try? locator.open(.driver)) != nil {
-                logger.info("device auto: a CUDA driver is present, but this build has no CUDA backend yet; using the CPU")
-            } else {
-                logger.info("device auto: no CUDA driver found; using the CPU")
+            do {
+                return .cuda(try CUDADevice(ordinal: 0, locator: locator, logger: logger))
+            } catch {
+                logger.info("device auto: no usable CUDA GPU (\(error)); using the CPU")
+                return .cpu
             }
-            return .cpu
         default:
             guard name == "cuda" || name.hasPrefix("cuda:") else {
                 throw QuantizeJobError("--device \(name): expected cpu, cuda, cuda:N or auto")
             }
             do {
-                _ = try locator.open(.driver)
+                return .cuda(try CUDADevice(ordinal: try cudaDeviceOrdinal(from: name), locator: locator, logger: logger))
             } catch {
                 throw QuantizeJobError("--device \(name): no usable GPU here: \(error)")
             }
-            throw QuantizeJobError("--device \(name): this build has no CUDA backend yet; use --device cpu or auto")
+        }
+    }
+
+    /// The layer-streaming calibrator over this device's backend.
+    func makeCalibrator(config: LlamaConfig, precision: CPUBackend.ActivationPrecision,
+                        build: (any ComputeBackend) throws -> ActivationCalibrator) throws -> ActivationCalibrator {
+        switch self {
+        case .cpu: try build(CPUBackend(config: config, activationPrecision: precision))
+        case .cuda(let device): try build(CUDABackend(config: config, device: device))
+        }
+    }
+
+    /// What the activations are rounded to: the GPU always computes in BF16.
+    func activationLabel(_ precision: CPUBackend.ActivationPrecision) -> String {
+        switch self {
+        case .cpu: precision.rawValue
+        case .cuda: CPUBackend.ActivationPrecision.bfloat16.rawValue
         }
     }
 }
