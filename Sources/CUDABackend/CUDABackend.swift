@@ -13,7 +13,7 @@ public enum CUDABackendError: Error, CustomStringConvertible, Equatable, Sendabl
     public var description: String {
         switch self {
         case .unsupportedHeadDim(let headDim):
-            "head_dim \(headDim) is not supported by the CUDA attention kernel (64 or 128)"
+            "head_dim \(headDim) is not supported by the CUDA attention kernel (32, 64 or 128)"
         case .unsupportedShape(let field, let value, let reason):
             "\(field) = \(value): \(reason)"
         case .inputTransformUnsupported:
@@ -48,7 +48,7 @@ public struct CUDABackend: ComputeBackend {
 
     /// Rejects shapes the kernels cannot run: head_dim other than 64/128, widths that break 16-byte rows.
     public static func validate(_ config: LlamaConfig) throws {
-        guard config.headDim == 64 || config.headDim == 128 else { throw CUDABackendError.unsupportedHeadDim(config.headDim) }
+        guard [32, 64, 128].contains(config.headDim) else { throw CUDABackendError.unsupportedHeadDim(config.headDim) }
         guard config.numAttentionHeads % config.numKeyValueHeads == 0 else {
             throw CUDABackendError.unsupportedShape(field: "num_key_value_heads", value: config.numKeyValueHeads,
                                                     reason: "must divide num_attention_heads \(config.numAttentionHeads)")
@@ -278,7 +278,7 @@ public struct CUDABackend: ComputeBackend {
                                             .pointer(rope.address(atByteOffset: maxLength * half * 4)), .int32(Int32(qkvWidth)),
                                             .int32(Int32(config.numAttentionHeads + config.numKeyValueHeads)), .int32(Int32(headDim))])
         let scaleLog2 = Float(1 / Double(headDim).squareRoot() * 1.4426950408889634)
-        try (headDim == 64 ? kernels.attention64 : kernels.attention128).launch(
+        try (headDim == 32 ? kernels.attention32 : headDim == 64 ? kernels.attention64 : kernels.attention128).launch(
             grid: ((maxLength + 63) / 64, batch.sampleCount, config.numAttentionHeads), block: (128, 1, 1), stream: stream,
             arguments: [.pointer(qkv.address), .pointer(attention.address), .pointer(offsets), .pointer(lengths),
                         .int32(Int32(qkvWidth)), .int32(Int32(config.numAttentionHeads)), .int32(Int32(config.numKeyValueHeads)),

@@ -68,6 +68,7 @@ public struct CUDAKernels: Sendable {
     public let rope: CUDAFunction
     public let swiGLU: CUDAFunction
     public let residualAdd: CUDAFunction
+    public let attention32: CUDAFunction
     public let attention64: CUDAFunction
     public let attention128: CUDAFunction
     public let cacheKey: KernelCacheKey
@@ -100,6 +101,7 @@ public struct CUDAKernels: Sendable {
         rope = try module.function("rope_bf16")
         swiGLU = try module.function("swiglu_bf16")
         residualAdd = try module.function("residual_add_bf16")
+        attention32 = try module.function("attention_d32")
         attention64 = try module.function("attention_d64")
         attention128 = try module.function("attention_d128")
     }

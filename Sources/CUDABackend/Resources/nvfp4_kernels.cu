@@ -347,3 +347,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_d128(const bf16_t* q
                                                                  float scale_log2) {
     attention<128>(qkv, out, offsets, lengths, row_stride, heads, kv_heads, scale_log2);
 }
+
+extern "C" __global__ void __launch_bounds__(128) attention_d32(const bf16_t* qkv, bf16_t* out, const int* offsets,
+                                                                const int* lengths, int row_stride, int heads, int kv_heads,
+                                                                float scale_log2) {
+    attention<32>(qkv, out, offsets, lengths, row_stride, heads, kv_heads, scale_log2);
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# device-run.sh STEP... — runs on the GPU machine after `tar xJf nvfp4-device.tar.xz -C /tmp` (see device-build.sh).
+# Finds the CUDA libraries (driver from the system, NVRTC and cuBLASLt from a CUDA install or PyTorch's wheels), then
+# runs each STEP, logging to $OUT (or /tmp/out):
+#   golden        GPU quantizer vs Tests/Fixtures/nvfp4-golden.safetensors (run from the repository root)
+#   tiny          forward-check on Tests/Fixtures/tiny-llama (CUDA vs CPU amax)
+#   layer         70B-shaped decoder layer: PyTorch vs ours on the same weights and inputs; GEMM peak; copy bandwidth;
+#                 NVFP4 quantization of an 8192x28672 matrix
+#   smollm2 DIR   quantizer-check and forward-check on the model in DIR, then coordctl quantize --device cpu and cuda
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+paths=""
+for name in libnvrtc.so.13 libcublasLt.so.13 libnvrtc.so.12 libcublasLt.so.12; do
+    found=$(find /usr/local /opt /usr/lib -name "$name" 2>/dev/null | head -1)
+    [ -n "$found" ] && paths="$paths:$(dirname "$found")"
+done
+export LD_LIBRARY_PATH="$here/lib$paths:${LD_LIBRARY_PATH:-}"
+export NVFP4_KERNEL_CACHE=/tmp/nvfp4-kernels
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+bench="$here/bin/CUDABenchmarks"
+coordctl="$here/bin/coordctl"
+while [ $# -gt 0 ]; do
+    step=$1; shift
+    case "$step" in
+        golden) "$bench" golden Tests/Fixtures/nvfp4-golden.safetensors --json "$out/golden.json" 2>&1 | tee "$out/golden.log" ;;
+        tiny) "$bench" forward-check Tests/Fixtures/tiny-llama --json "$out/tiny.json" 2>&1 | tee "$out/tiny.log" ;;
+        layer)
+            python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/layer70b --layers 1 --tokens 16384 2>&1 | tee "$out/layer.log"
+            python3 "$here/scripts/cuda_layer_bench_torch.py" bench /tmp/layer70b --repeats 3 --json "$out/layer-torch.json" 2>&1 | tee -a "$out/layer.log"
+            "$bench" layer-bench /tmp/layer70b 5 --json "$out/layer-ours.json" 2>&1 | tee -a "$out/layer.log" ;;
+        smollm2)
+            model=$1; shift
+            "$bench" quantizer-check "$model" --json "$out/smol-quantizer.json" 2>&1 | tee "$out/smollm2.log"
+            "$bench" forward-check "$model" --json "$out/smol-forward.json" 2>&1 | tee -a "$out/smollm2.log"
+            for device in cpu cuda; do
+                rm -rf "/tmp/smol-$device"
+                /usr/bin/time -v "$coordctl" quantize --model "$model" --output "/tmp/smol-$device" --device "$device" \
+                    --samples "${SAMPLES:-64}" --eval-samples 0 2>&1 | grep -v "^\s*\(Page\|Volun\|Invol\|Swaps\|File sys\|Socket\|Signals\|Average\|Minor\|Major\|Exit\|Percent\|System time\|User time\)" \
+                    | tee -a "$out/smollm2.log"
+            done
+            python3 "$here/scripts/compare_cuda_cpu_outputs.py" /tmp/smol-cpu /tmp/smol-cuda 2>&1 | tee -a "$out/smollm2.log" ;;
+        *) echo "unknown step $step"; exit 2 ;;
+    esac
+done
