@@ -15,6 +15,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/nvfp4/bin" "$stage/nvfp4/lib" "$stage/nvfp4/scripts"
 cp "$bin/coordctl" "$bin/CUDABenchmarks" "$stage/nvfp4/bin/"
+command -v strip >/dev/null && strip "$stage/nvfp4/bin/coordctl" "$stage/nvfp4/bin/CUDABenchmarks"
 # Bundle.module looks for <package>_<target>.resources next to the executable.
 for bundle in "$bin"/NVFP4Cluster_*.resources; do cp -R "$bundle" "$stage/nvfp4/bin/"; done
 # Shared libraries outside glibc and the CUDA driver (OpenBLAS and its Fortran runtime), resolved through symlinks.

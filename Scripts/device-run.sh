@@ -6,6 +6,7 @@
 #   tiny          forward-check on Tests/Fixtures/tiny-llama (CUDA vs CPU amax)
 #   layer         70B-shaped decoder layer: PyTorch vs ours on the same weights and inputs; GEMM peak; copy bandwidth;
 #                 NVFP4 quantization of an 8192x28672 matrix
+#   e2e           an 8-layer 70B-shaped model (vocab 128256) quantized by coordctl --device cuda with 256 samples
 #   smollm2 DIR   quantizer-check and forward-check on the model in DIR, then coordctl quantize --device cpu and cuda
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,15 +32,25 @@ while [ $# -gt 0 ]; do
             python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/layer70b --layers 1 --tokens 16384 2>&1 | tee "$out/layer.log"
             python3 "$here/scripts/cuda_layer_bench_torch.py" bench /tmp/layer70b --repeats 3 --json "$out/layer-torch.json" 2>&1 | tee -a "$out/layer.log"
             "$bench" layer-bench /tmp/layer70b 5 --json "$out/layer-ours.json" 2>&1 | tee -a "$out/layer.log" ;;
+        e2e)
+            python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/e2e --layers 8 --vocab 128256 --tokens 2048 --calib 256 2>&1 | tee "$out/e2e.log"
+            df -h /tmp | tail -1 | tee -a "$out/e2e.log"
+            started=$SECONDS
+            "$coordctl" quantize --model /tmp/e2e/model --output /tmp/e2e-out --device cuda --calib /tmp/e2e/calib.jsonl \
+                --samples 256 --eval-samples 0 --force 2>&1 | tee -a "$out/e2e.log"
+            echo "coordctl quantize --device cuda (8 layers): $((SECONDS - started)) s wall" | tee -a "$out/e2e.log"
+            du -sh /tmp/e2e-out | tee -a "$out/e2e.log"
+            rm -rf /tmp/e2e-out ;;
         smollm2)
             model=$1; shift
             "$bench" quantizer-check "$model" --json "$out/smol-quantizer.json" 2>&1 | tee "$out/smollm2.log"
             "$bench" forward-check "$model" --json "$out/smol-forward.json" 2>&1 | tee -a "$out/smollm2.log"
             for device in cpu cuda; do
                 rm -rf "/tmp/smol-$device"
-                /usr/bin/time -v "$coordctl" quantize --model "$model" --output "/tmp/smol-$device" --device "$device" \
-                    --samples "${SAMPLES:-64}" --eval-samples 0 2>&1 | grep -v "^\s*\(Page\|Volun\|Invol\|Swaps\|File sys\|Socket\|Signals\|Average\|Minor\|Major\|Exit\|Percent\|System time\|User time\)" \
-                    | tee -a "$out/smollm2.log"
+                started=$SECONDS
+                "$coordctl" quantize --model "$model" --output "/tmp/smol-$device" --device "$device" \
+                    --samples "${SAMPLES:-64}" --eval-samples 0 2>&1 | tee -a "$out/smollm2.log"
+                echo "coordctl quantize --device $device: $((SECONDS - started)) s wall" | tee -a "$out/smollm2.log"
             done
             python3 "$here/scripts/compare_cuda_cpu_outputs.py" /tmp/smol-cpu /tmp/smol-cuda 2>&1 | tee -a "$out/smollm2.log" ;;
         *) echo "unknown step $step"; exit 2 ;;

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch side of the CUDA layer benchmark (Docs/benchmarks.md), and the generator of its shared inputs.
 
-  cuda_layer_bench_torch.py make DIR [--layers N] [--vocab V] [--tokens T] [--seed S]
+  cuda_layer_bench_torch.py make DIR [--layers N] [--vocab V] [--tokens T] [--seed S] [--calib SAMPLES]
       writes DIR/model (config.json + model.safetensors: a Llama-3.3-70B-shaped model with N random BF16 layers),
-      DIR/hidden.safetensors ("hidden", BF16 [T, 8192]) and DIR/lengths.json (sample lengths 150-1200 summing to T)
+      DIR/hidden.safetensors ("hidden", BF16 [T, 8192]) and DIR/lengths.json (sample lengths 150-1200 summing to T),
+      and with --calib DIR/calib.jsonl (SAMPLES records of random token ids, 150-1200 tokens each)
   cuda_layer_bench_torch.py bench DIR [--repeats R] [--json PATH]
       times transformers' LlamaDecoderLayer (BF16, SDPA) over the same samples, one sample per forward (causal,
       batch 1), with forward pre-hooks that keep the running max |x| of the q/o/gate/down inputs on the device;
@@ -67,6 +68,12 @@ def make(args):
         json.dump(lengths, f)
     save_file({"hidden": torch.randn(args.tokens, HIDDEN, device=dev).bfloat16().cpu()},
               os.path.join(args.dir, "hidden.safetensors"))
+    if args.calib:
+        # Token-id calibration records (lengths 150-1200) for an end-to-end `coordctl quantize --calib`.
+        with open(os.path.join(args.dir, "calib.jsonl"), "w") as f:
+            for _ in range(args.calib):
+                n = rng.randint(150, 1200)
+                f.write(json.dumps({"input_ids": [rng.randrange(args.vocab) for _ in range(n)]}) + "\n")
     print(f"made {args.dir}: {args.layers} layers, vocab {args.vocab}, {len(lengths)} samples, {sum(lengths)} tokens")
 
 
@@ -161,7 +168,7 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("make"); m.add_argument("dir"); m.add_argument("--layers", type=int, default=1)
     m.add_argument("--vocab", type=int, default=256); m.add_argument("--tokens", type=int, default=16384)
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=int, default=0); m.add_argument("--calib", type=int, default=0)
     b = sub.add_parser("bench"); b.add_argument("dir"); b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--json")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ public final class CUDADevice: @unchecked Sendable {
     /// Staging buffers' last copies (see ``upload(_:to:atByteOffset:stream:)``).
     var stagingEvents: [CUDAEvent?] = [nil, nil]
     var pendingStaging: [CUDAEvent?] = [nil, nil]
+    var downloadEvents: [CUDAEvent?] = [nil, nil]
 
     /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLASLt, and compiles (or loads from cache) the kernels.
     public init(ordinal: Int = 0, locator: CUDALibraryLocator = CUDALibraryLocator(), cache: KernelCache = KernelCache(),
@@ -118,7 +119,10 @@ final class Workspace: @unchecked Sendable {
     /// A device buffer named `name` of at least `bytes` (contents undefined).
     func device(_ name: String, bytes: Int) throws -> DeviceBuffer {
         if let buffer = buffers[name], buffer.byteCount >= bytes { return buffer }
-        buffers[name] = nil
+        if buffers[name] != nil {
+            try context.synchronize()  // queued work may still use the smaller buffer
+            buffers[name] = nil
+        }
         let buffer = try DeviceBuffer(context: context, byteCount: max(bytes, 256))
         buffers[name] = buffer
         return buffer
@@ -126,7 +130,10 @@ final class Workspace: @unchecked Sendable {
 
     func host(_ name: String, bytes: Int) throws -> PinnedHostBuffer {
         if let buffer = pinned[name], buffer.byteCount >= bytes { return buffer }
-        pinned[name] = nil
+        if pinned[name] != nil {
+            try context.synchronize()
+            pinned[name] = nil
+        }
         let buffer = try PinnedHostBuffer(context: context, byteCount: max(bytes, 256))
         pinned[name] = buffer
         return buffer

@@ -51,10 +51,35 @@ __device__ __forceinline__ u32 block_scale_code(float block_amax, float d) {
     return e4m3_encode_magnitude(s);
 }
 
-__device__ __forceinline__ u32 e2m1_code(float y) {
-    float a = fabsf(y);
-    u32 m = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) + (a > 5.0f);
-    return y < 0.0f ? (m | 8u) : m;
+// E2M1 rounding of y = fl(x / d) without the division. The CPU quantizer counts the thresholds fl(|y|) passes
+// (> 0.25, >= 0.75, > 1.25, >= 1.75, > 2.5, >= 3.5, > 5). With round-to-nearest-even and thresholds of even mantissa,
+// fl(q) > t holds exactly when q > t + ulp(t)/2, and fl(q) >= t when q >= t - ulp(t⁻)/2. Those midpoints times d are exact
+// in double; and for a float a, a > B iff a > RD(B), a >= B iff a >= RU(B). So each block computes eight float bounds
+// once and every element costs eight comparisons. The eighth, fl(q) > 0 (q > 2^-150), keeps the CPU's sign rule:
+// the sign bit is set only when y < 0, so an x whose quotient underflows to -0 gets code 0.
+struct E2M1Bounds {
+    float b[7];
+    float nonzero;
+};
+
+__device__ __forceinline__ E2M1Bounds e2m1_bounds(float d) {
+    double dd = (double)d;
+    E2M1Bounds r;
+    r.b[0] = __double2float_rd(__dmul_rn(0.25 + 0x1p-26, dd));
+    r.b[1] = __double2float_ru(__dmul_rn(0.75 - 0x1p-25, dd));
+    r.b[2] = __double2float_rd(__dmul_rn(1.25 + 0x1p-24, dd));
+    r.b[3] = __double2float_ru(__dmul_rn(1.75 - 0x1p-24, dd));
+    r.b[4] = __double2float_rd(__dmul_rn(2.5 + 0x1p-23, dd));
+    r.b[5] = __double2float_ru(__dmul_rn(3.5 - 0x1p-23, dd));
+    r.b[6] = __double2float_rd(__dmul_rn(5.0 + 0x1p-22, dd));
+    r.nonzero = __double2float_rd(__dmul_rn(0x1p-150, dd));
+    return r;
+}
+
+__device__ __forceinline__ u32 e2m1_code(float x, const E2M1Bounds& r) {
+    float a = fabsf(x);
+    u32 m = (a > r.b[0]) + (a >= r.b[1]) + (a > r.b[2]) + (a >= r.b[3]) + (a > r.b[4]) + (a >= r.b[5]) + (a > r.b[6]);
+    return (x < 0.0f && a > r.nonzero) ? (m | 8u) : m;
 }
 
 // One thread per 16-element block: reads 32 bytes, writes 8 packed bytes and one scale byte.
@@ -71,12 +96,12 @@ extern "C" __global__ void nvfp4_quantize(const bf16_t* __restrict__ weight, u64
     float d = __fmul_rn(6.0f, weight_scale_2);
     u32 code = block_scale_code(bf16_to_float(max_bits), d);
     scales[block] = (unsigned char)code;
-    float denominator = __fmul_rn(e4m3_value(code), weight_scale_2);
+    E2M1Bounds bounds = e2m1_bounds(__fmul_rn(e4m3_value(code), weight_scale_2));
     u64 out = 0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-        u32 even = e2m1_code(__fdiv_rn(bf16_to_float(words[i] & 0xffffu), denominator));
-        u32 odd = e2m1_code(__fdiv_rn(bf16_to_float(words[i] >> 16), denominator));
+        u32 even = e2m1_code(bf16_to_float(words[i] & 0xffffu), bounds);
+        u32 odd = e2m1_code(bf16_to_float(words[i] >> 16), bounds);
         out |= (u64)(even | (odd << 4)) << (8 * i);
     }
     packed[block] = out;
