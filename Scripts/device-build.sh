@@ -31,6 +31,7 @@ for library in "$stage"/nvfp4/lib/*; do
     done
 done
 cp Scripts/device-run.sh Scripts/reference/cuda_layer_bench_torch.py Scripts/reference/compare_cuda_cpu_outputs.py \
+    Scripts/reference/cuda_cpu_torch_amax.py \
     Scripts/gguf_to_hf.py "$stage/nvfp4/scripts/"
 mkdir -p "$carry"
 tar -C "$stage" -cJf "$carry/nvfp4-device.tar.xz" nvfp4

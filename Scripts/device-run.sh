@@ -45,14 +45,20 @@ while [ $# -gt 0 ]; do
             model=$1; shift
             "$bench" quantizer-check "$model" --json "$out/smol-quantizer.json" 2>&1 | tee "$out/smollm2.log"
             "$bench" forward-check "$model" --json "$out/smol-forward.json" 2>&1 | tee -a "$out/smollm2.log"
+            python3 "$here/scripts/cuda_cpu_torch_amax.py" ids "$model" Sources/Calibration/Resources/default-calibration.jsonl \
+                /tmp/smol-ids.jsonl --samples "${SAMPLES:-64}" 2>&1 | tee -a "$out/smollm2.log"
             for device in cpu cuda; do
                 rm -rf "/tmp/smol-$device"
                 started=$SECONDS
                 "$coordctl" quantize --model "$model" --output "/tmp/smol-$device" --device "$device" \
-                    --samples "${SAMPLES:-64}" --eval-samples 0 2>&1 | tee -a "$out/smollm2.log"
+                    --calib /tmp/smol-ids.jsonl --samples "${SAMPLES:-64}" --eval-samples 0 2>&1 | tee -a "$out/smollm2.log"
                 echo "coordctl quantize --device $device: $((SECONDS - started)) s wall" | tee -a "$out/smollm2.log"
             done
-            python3 "$here/scripts/compare_cuda_cpu_outputs.py" /tmp/smol-cpu /tmp/smol-cuda 2>&1 | tee -a "$out/smollm2.log" ;;
+            python3 "$here/scripts/compare_cuda_cpu_outputs.py" /tmp/smol-cpu /tmp/smol-cuda 2>&1 | tee -a "$out/smollm2.log"
+            python3 "$here/scripts/cuda_cpu_torch_amax.py" compare "$model" /tmp/smol-ids.jsonl /tmp/smol-cpu /tmp/smol-cuda \
+                "$out/smol-threeway.json" 2>&1 | tee -a "$out/smollm2.log"
+            cp /tmp/smol-cpu/calibration.json "$out/smol-cpu-calibration.json"
+            cp /tmp/smol-cuda/calibration.json "$out/smol-cuda-calibration.json" ;;
         *) echo "unknown step $step"; exit 2 ;;
     esac
 done
