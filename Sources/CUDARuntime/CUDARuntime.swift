@@ -1,10 +1,18 @@
 /// # CUDARuntime
 ///
 /// The CUDA libraries the GPU backend needs — the driver API (`libcuda.so.1`), NVRTC and cuBLASLt — are opened at
-/// run time with `dlopen`, so the package builds and runs on machines without CUDA. This module holds the pure
-/// parts that can be tested anywhere: where to look for each library (``CUDALibrary``, ``CUDALibraryLocator``),
-/// typed errors that name the call or the file (``CUDAError``), and the on-disk cache key of compiled kernels
-/// (``KernelCacheKey``).
+/// run time with `dlopen`, so the package builds and runs on machines without CUDA. The C entry points are declared
+/// here as `@convention(c)` function types and resolved with `dlsym`; every return code becomes a ``CUDAError`` that
+/// names the call.
+///
+/// - Discovery: ``CUDALibrary``, ``CUDALibraryLocator`` (CUDA 13 then 12 names, `LD_LIBRARY_PATH`, env overrides).
+/// - Driver: ``CUDADriver``, ``CUDAContext`` (primary context), ``DeviceBuffer`` (`cuMemAlloc`, never managed memory),
+///   ``PinnedHostBuffer``, ``CUDAStream``, ``CUDAEvent``, ``CUDAModule``/``CUDAFunction`` (cubin load, launch).
+/// - ``NVRTC`` compiles kernel sources for the device's own architecture; ``KernelCache`` keeps the cubins on disk
+///   under ``KernelCacheKey`` (source SHA-256, architecture, NVRTC version).
+/// - ``CuBLASLt``: row-major BF16 GEMMs with FP32 accumulation, one cached plan per ``GEMMShape``.
+/// - Pure argument checks that run anywhere: ``validateLaunch(kernel:grid:block:)``, ``GEMMShape/validate()``,
+///   ``validateDeviceOrdinal(_:deviceCount:)``, ``cudaDeviceOrdinal(from:)``.
 import Crypto
 import Foundation
 
