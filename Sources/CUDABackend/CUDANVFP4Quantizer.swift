@@ -61,7 +61,7 @@ public struct CUDANVFP4Quantizer: Sendable {
     public func quantizeOnDevice(weight: CUdeviceptr, rows: Int, cols: Int, weightScale2 s2: Float, packed: CUdeviceptr,
                                  scales: CUdeviceptr, stream: CUDAStream) throws {
         let blocks = rows * cols / 16
-        try device.kernels.nvfp4Quantize.launch(grid: ((2 * blocks + 255) / 256, 1, 1), block: (256, 1, 1), stream: stream,
+        try device.kernels.nvfp4Quantize.launch(grid: ((blocks + 255) / 256, 1, 1), block: (256, 1, 1), stream: stream,
                                                 arguments: [.pointer(weight), .pointer(packed), .pointer(scales), .float(s2),
                                                             .int64(Int64(blocks))])
     }

@@ -82,31 +82,29 @@ __device__ __forceinline__ u32 e2m1_code(float x, const E2M1Bounds& r) {
     return (x < 0.0f && a > r.nonzero) ? (m | 8u) : m;
 }
 
-// Two threads per 16-element block, each with one 16-byte half, so a warp's loads and stores are contiguous. The pair
-// exchanges its half maxima with one shuffle; both compute the block's scale and bounds, the even one stores the scale.
-extern "C" __global__ void nvfp4_quantize(const bf16_t* __restrict__ weight, u32* __restrict__ packed,
+// One thread per 16-element block: reads 32 bytes, writes 8 packed bytes and one scale byte.
+extern "C" __global__ void nvfp4_quantize(const bf16_t* __restrict__ weight, u64* __restrict__ packed,
                                           unsigned char* __restrict__ scales, float weight_scale_2, long long blocks) {
-    long long half = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    bool active = half < 2 * blocks;
-    uint4 v = active ? reinterpret_cast<const uint4*>(weight)[half] : make_uint4(0, 0, 0, 0);
-    u32 words[4] = {v.x, v.y, v.z, v.w};
+    long long block = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (block >= blocks) return;
+    const uint4* source = reinterpret_cast<const uint4*>(weight) + block * 2;
+    uint4 low = source[0], high = source[1];
+    u32 words[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
     u32 max_bits = 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) max_bits = max(max_bits, max(words[i] & 0x7fffu, (words[i] >> 16) & 0x7fffu));
-    max_bits = max(max_bits, __shfl_xor_sync(0xffffffffu, max_bits, 1));
-    if (!active) return;
+    for (int i = 0; i < 8; ++i) max_bits = max(max_bits, max(words[i] & 0x7fffu, (words[i] >> 16) & 0x7fffu));
     float d = __fmul_rn(6.0f, weight_scale_2);
     u32 code = block_scale_code(bf16_to_float(max_bits), d);
-    if ((half & 1) == 0) scales[half >> 1] = (unsigned char)code;
+    scales[block] = (unsigned char)code;
     E2M1Bounds bounds = e2m1_bounds(__fmul_rn(e4m3_value(code), weight_scale_2));
-    u32 out = 0;
+    u64 out = 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < 8; ++i) {
         u32 even = e2m1_code(bf16_to_float(words[i] & 0xffffu), bounds);
         u32 odd = e2m1_code(bf16_to_float(words[i] >> 16), bounds);
-        out |= (even | (odd << 4)) << (8 * i);
+        out |= (u64)(even | (odd << 4)) << (8 * i);
     }
-    packed[half] = out;
+    packed[block] = out;
 }
 
 // max |x| of a BF16 tensor (count a multiple of 8) as float bits into *amax.
