@@ -64,30 +64,14 @@ struct E2M1Thresholds {
     u32 pair[8];  // (0x7fff - T) in both 16-bit halves
 };
 
-// RD and RU of a positive double to the BF16 grid, as BF16 bits, by integer rounding of its bits: the double's
-// mantissa is cut to BF16's 7 bits (RD) or first raised by 2^45 - 1 ulps (RU, a carry bumps the exponent as it should).
-// Results below BF16's normal range take the (slow, rare) double-to-float conversion path.
-__device__ __forceinline__ u32 bf16_rd_bits(double value) {
-    u64 u = (u64)__double_as_longlong(value);
-    int exponent = (int)(u >> 52) - 1023 + 127;
-    if (exponent <= 0) return __float_as_uint(__double2float_rd(value)) >> 16;
-    if (exponent >= 255) return 0x7f7fu;
-    return ((u32)exponent << 7) | (u32)((u >> 45) & 0x7fu);
+__device__ __forceinline__ u32 strict_threshold(double bound) {  // x > T  <=>  a > bound
+    return __float_as_uint(__double2float_rd(bound)) >> 16;
 }
 
-__device__ __forceinline__ u32 bf16_ru_bits(double value) {
-    u64 u = (u64)__double_as_longlong(value) + ((1ull << 45) - 1);
-    int exponent = (int)(u >> 52) - 1023 + 127;
-    if (exponent <= 0) {
-        u32 f = __float_as_uint(__double2float_ru(value));
-        return (f >> 16) + ((f & 0xffffu) != 0u ? 1u : 0u);
-    }
-    if (exponent >= 255) return 0x7f80u;
-    return ((u32)exponent << 7) | (u32)((u >> 45) & 0x7fu);
+__device__ __forceinline__ u32 at_least_threshold(double bound) {  // x > T  <=>  a >= bound
+    u32 u = __float_as_uint(__double2float_ru(bound));
+    return (u >> 16) + ((u & 0xffffu) != 0u ? 1u : 0u) - 1u;
 }
-
-__device__ __forceinline__ u32 strict_threshold(double bound) { return bf16_rd_bits(bound); }        // x > T <=> a > bound
-__device__ __forceinline__ u32 at_least_threshold(double bound) { return bf16_ru_bits(bound) - 1u; } // x > T <=> a >= bound
 
 __device__ __forceinline__ E2M1Thresholds e2m1_thresholds(float d) {
     double dd = (double)d;
@@ -99,8 +83,7 @@ __device__ __forceinline__ E2M1Thresholds e2m1_thresholds(float d) {
     t[4] = strict_threshold(__dmul_rn(2.5 + 0x1p-23, dd));
     t[5] = at_least_threshold(__dmul_rn(3.5 - 0x1p-23, dd));
     t[6] = strict_threshold(__dmul_rn(5.0 + 0x1p-22, dd));
-    // fl(q) > 0: 2^-150·d is below the smallest BF16 (2^-133) unless d >= 2^17, so T is 0 on the fast path.
-    t[7] = dd < 0x1p17 ? 0u : strict_threshold(__dmul_rn(0x1p-150, dd));
+    t[7] = strict_threshold(__dmul_rn(0x1p-150, dd));
     E2M1Thresholds r;
 #pragma unroll
     for (int k = 0; k < 8; ++k) r.pair[k] = (0x7fffu - t[k]) * 0x00010001u;
