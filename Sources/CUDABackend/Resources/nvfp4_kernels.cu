@@ -53,52 +53,33 @@ __device__ __forceinline__ u32 block_scale_code(float block_amax, float d) {
 
 // E2M1 rounding of y = fl(x / d) without the division. The CPU quantizer counts the thresholds fl(|y|) passes
 // (> 0.25, >= 0.75, > 1.25, >= 1.75, > 2.5, >= 3.5, > 5). With round-to-nearest-even and thresholds of even mantissa,
-// fl(q) > t holds exactly when q > t + ulp(t)/2, and fl(q) >= t when q >= t - ulp(t⁻)/2. Those midpoints times d are
-// exact in double. The elements are BF16, so for a BF16 a: a > B iff a > RD_bf16(B), and a >= B iff a >= RU_bf16(B),
-// and for non-negative BF16 values the order is that of their 15 magnitude bits. Each block thus gets eight integer
-// thresholds T (x > T), and two elements are compared at once in the 16-bit halves of a word: x + (0x7fff - T) sets
-// bit 15 of its half exactly when x > T, without carrying into the other half. The eighth threshold, fl(q) > 0
-// (q > 2^-150), keeps the CPU's sign rule: the sign bit is set only when y < 0, so a quotient that underflows to -0
-// gets code 0. (NaN elements would get other codes than on the CPU; callers reject NaN/Inf weights before this.)
-struct E2M1Thresholds {
-    u32 pair[8];  // (0x7fff - T) in both 16-bit halves
+// fl(q) > t holds exactly when q > t + ulp(t)/2, and fl(q) >= t when q >= t - ulp(t⁻)/2. Those midpoints times d are exact
+// in double; and for a float a, a > B iff a > RD(B), a >= B iff a >= RU(B). So each block computes eight float bounds
+// once and every element costs eight comparisons. The eighth, fl(q) > 0 (q > 2^-150), keeps the CPU's sign rule:
+// the sign bit is set only when y < 0, so an x whose quotient underflows to -0 gets code 0.
+struct E2M1Bounds {
+    float b[7];
+    float nonzero;
 };
 
-__device__ __forceinline__ u32 strict_threshold(double bound) {  // x > T  <=>  a > bound
-    return __float_as_uint(__double2float_rd(bound)) >> 16;
-}
-
-__device__ __forceinline__ u32 at_least_threshold(double bound) {  // x > T  <=>  a >= bound
-    u32 u = __float_as_uint(__double2float_ru(bound));
-    return (u >> 16) + ((u & 0xffffu) != 0u ? 1u : 0u) - 1u;
-}
-
-__device__ __forceinline__ E2M1Thresholds e2m1_thresholds(float d) {
+__device__ __forceinline__ E2M1Bounds e2m1_bounds(float d) {
     double dd = (double)d;
-    u32 t[8];
-    t[0] = strict_threshold(__dmul_rn(0.25 + 0x1p-26, dd));
-    t[1] = at_least_threshold(__dmul_rn(0.75 - 0x1p-25, dd));
-    t[2] = strict_threshold(__dmul_rn(1.25 + 0x1p-24, dd));
-    t[3] = at_least_threshold(__dmul_rn(1.75 - 0x1p-24, dd));
-    t[4] = strict_threshold(__dmul_rn(2.5 + 0x1p-23, dd));
-    t[5] = at_least_threshold(__dmul_rn(3.5 - 0x1p-23, dd));
-    t[6] = strict_threshold(__dmul_rn(5.0 + 0x1p-22, dd));
-    t[7] = strict_threshold(__dmul_rn(0x1p-150, dd));
-    E2M1Thresholds r;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) r.pair[k] = (0x7fffu - t[k]) * 0x00010001u;
+    E2M1Bounds r;
+    r.b[0] = __double2float_rd(__dmul_rn(0.25 + 0x1p-26, dd));
+    r.b[1] = __double2float_ru(__dmul_rn(0.75 - 0x1p-25, dd));
+    r.b[2] = __double2float_rd(__dmul_rn(1.25 + 0x1p-24, dd));
+    r.b[3] = __double2float_ru(__dmul_rn(1.75 - 0x1p-24, dd));
+    r.b[4] = __double2float_rd(__dmul_rn(2.5 + 0x1p-23, dd));
+    r.b[5] = __double2float_ru(__dmul_rn(3.5 - 0x1p-23, dd));
+    r.b[6] = __double2float_rd(__dmul_rn(5.0 + 0x1p-22, dd));
+    r.nonzero = __double2float_rd(__dmul_rn(0x1p-150, dd));
     return r;
 }
 
-// The E2M1 codes of the two BF16 values in `word`, packed into one byte (low half in the low nibble).
-__device__ __forceinline__ u32 e2m1_pair(u32 word, const E2M1Thresholds& r) {
-    u32 magnitude = word & 0x7fff7fffu;
-    u32 count = 0;
-#pragma unroll
-    for (int k = 0; k < 7; ++k) count += ((magnitude + r.pair[k]) >> 15) & 0x00010001u;
-    u32 nonzero = ((magnitude + r.pair[7]) >> 15) & 0x00010001u;
-    count |= (nonzero & (word >> 15) & 0x00010001u) << 3;
-    return (count & 0xfu) | ((count >> 12) & 0xf0u);
+__device__ __forceinline__ u32 e2m1_code(float x, const E2M1Bounds& r) {
+    float a = fabsf(x);
+    u32 m = (a > r.b[0]) + (a >= r.b[1]) + (a > r.b[2]) + (a >= r.b[3]) + (a > r.b[4]) + (a >= r.b[5]) + (a > r.b[6]);
+    return (x < 0.0f && a > r.nonzero) ? (m | 8u) : m;
 }
 
 // One thread per 16-element block: reads 32 bytes, writes 8 packed bytes and one scale byte.
@@ -115,10 +96,14 @@ extern "C" __global__ void nvfp4_quantize(const bf16_t* __restrict__ weight, u64
     float d = __fmul_rn(6.0f, weight_scale_2);
     u32 code = block_scale_code(bf16_to_float(max_bits), d);
     scales[block] = (unsigned char)code;
-    E2M1Thresholds thresholds = e2m1_thresholds(__fmul_rn(e4m3_value(code), weight_scale_2));
+    E2M1Bounds bounds = e2m1_bounds(__fmul_rn(e4m3_value(code), weight_scale_2));
     u64 out = 0;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) out |= (u64)e2m1_pair(words[i], thresholds) << (8 * i);
+    for (int i = 0; i < 8; ++i) {
+        u32 even = e2m1_code(bf16_to_float(words[i] & 0xffffu), bounds);
+        u32 odd = e2m1_code(bf16_to_float(words[i] >> 16), bounds);
+        out |= (u64)(even | (odd << 4)) << (8 * i);
+    }
     packed[block] = out;
 }
 
