@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "Checkpoint", dependencies: ["NVFP4", "SafeTensors", "LlamaModel"]),
         // A whole quantization job: read, (calibrate), quantize, write, verify.
         .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
-                                                      "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime",
+                                                      "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime", "CUDABackend",
                                                       .product(name: "Logging", package: "swift-log"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),
         // Length-prefixed TCP framing, authenticated handshake and the bulk activation data path (SwiftNIO).
@@ -71,6 +71,10 @@ let package = Package(
         ]),
         // Loads the CUDA driver, NVRTC and cuBLASLt at run time (dlopen); builds with no CUDA SDK.
         .target(name: "CUDARuntime", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // The GPU compute backend and NVFP4 quantizer over CUDARuntime; kernels are CUDA C++ resources compiled by NVRTC.
+        .target(name: "CUDABackend", dependencies: ["CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4",
+                                                      .product(name: "Logging", package: "swift-log")],
+                resources: [.copy("Resources")]),
         // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
         .target(name: "ClusterState", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"),
@@ -124,6 +128,10 @@ let package = Package(
                                          .product(name: "NIOPosix", package: "swift-nio"),
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/TransportBenchmarks"),
+        .executableTarget(name: "CUDABenchmarks",
+                          dependencies: ["CUDABackend", "CUDARuntime", "CPUBackend", "ComputeBackend", "LlamaModel", "NVFP4", "SafeTensors",
+                                         .product(name: "Logging", package: "swift-log")],
+                          path: "Benchmarks/CUDABenchmarks"),
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 
@@ -131,6 +139,7 @@ let package = Package(
         // coordd, workerd and coordctl as separate processes (loopback, network namespaces, faults).
         .testTarget(name: "ClusterTests", dependencies: ["coordd", "workerd", "coordctl"]),
         .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4"]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport",
             .product(name: "NIOCore", package: "swift-nio"),

@@ -1,10 +1,18 @@
 /// # CUDARuntime
 ///
 /// The CUDA libraries the GPU backend needs — the driver API (`libcuda.so.1`), NVRTC and cuBLASLt — are opened at
-/// run time with `dlopen`, so the package builds and runs on machines without CUDA. This module holds the pure
-/// parts that can be tested anywhere: where to look for each library (``CUDALibrary``, ``CUDALibraryLocator``),
-/// typed errors that name the call or the file (``CUDAError``), and the on-disk cache key of compiled kernels
-/// (``KernelCacheKey``).
+/// run time with `dlopen`, so the package builds and runs on machines without CUDA. The C entry points are declared
+/// here as `@convention(c)` function types and resolved with `dlsym`; every return code becomes a ``CUDAError`` that
+/// names the call.
+///
+/// - Discovery: ``CUDALibrary``, ``CUDALibraryLocator`` (CUDA 13 then 12 names, `LD_LIBRARY_PATH`, env overrides).
+/// - Driver: ``CUDADriver``, ``CUDAContext`` (primary context), ``DeviceBuffer`` (`cuMemAlloc`, never managed memory),
+///   ``PinnedHostBuffer``, ``CUDAStream``, ``CUDAEvent``, ``CUDAModule``/``CUDAFunction`` (cubin load, launch).
+/// - ``NVRTC`` compiles kernel sources for the device's own architecture; ``KernelCache`` keeps the cubins on disk
+///   under ``KernelCacheKey`` (source SHA-256, architecture, NVRTC version).
+/// - ``CuBLASLt``: row-major BF16 GEMMs with FP32 accumulation, one cached plan per ``GEMMShape``.
+/// - Pure argument checks that run anywhere: ``validateLaunch(kernel:grid:block:)``, ``GEMMShape/validate()``,
+///   ``validateDeviceOrdinal(_:deviceCount:)``, ``cudaDeviceOrdinal(from:)``.
 import Crypto
 import Foundation
 
@@ -45,6 +53,16 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
     case symbolNotFound(library: String, symbol: String)
     /// A CUDA, NVRTC or cuBLASLt call returned an error code.
     case callFailed(call: String, code: Int32, message: String?)
+    /// The driver loaded but reports no CUDA device.
+    case noDevice
+    /// `cuda:N` named a device that does not exist.
+    case deviceOutOfRange(ordinal: Int, count: Int)
+    /// A device name other than `cuda` or `cuda:N`.
+    case invalidDeviceName(String)
+    /// NVRTC rejected a kernel source; `log` is the compiler's output.
+    case compilationFailed(source: String, architecture: String, log: String)
+    /// An argument that the call would reject or misuse, named with the reason.
+    case invalidArgument(call: String, reason: String)
 
     public var description: String {
         switch self {
@@ -54,6 +72,16 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
             return "the \(library) library has no symbol \(symbol); is it too old?"
         case let .callFailed(call, code, message):
             return "\(call) failed with code \(code)" + (message.map { ": \($0)" } ?? "")
+        case .noDevice:
+            return "the CUDA driver loaded but reports no device"
+        case let .deviceOutOfRange(ordinal, count):
+            return "CUDA device \(ordinal) does not exist; this machine has \(count) (0..<\(count))"
+        case let .invalidDeviceName(name):
+            return "device name \(name) is not cuda or cuda:N"
+        case let .compilationFailed(source, architecture, log):
+            return "NVRTC could not compile \(source) for \(architecture):\n\(log)"
+        case let .invalidArgument(call, reason):
+            return "\(call): \(reason)"
         }
     }
 }

@@ -153,10 +153,14 @@ public struct LoadReport: Codable, Sendable, Equatable {
     public var worker: String
     public var layers: Int
     public var seconds: Double
-    public init(worker: String, layers: Int, seconds: Double) {
+    /// The device the range computes on, as `calibration.json` names it (e.g. `cpu (bf16 activations)`).
+    public var device: String
+
+    public init(worker: String, layers: Int, seconds: Double, device: String) {
         self.worker = worker
         self.layers = layers
         self.seconds = seconds
+        self.device = device
     }
 }
 

@@ -39,6 +39,8 @@ actor JobRunner {
     // Known once an attempt has planned.
     private var config: LlamaConfig?
     private var calibrationPlan: CalibrationPlan?
+    /// What the loaded workers compute on, for `calibration.json`.
+    private var deviceLabel = ""
     private var plan: [LayerAssignment] = []
     /// layer → chunks recorded.
     private var recorded: [Int: Set<Int>] = [:]
@@ -377,10 +379,13 @@ actor JobRunner {
                     try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.loadLayers(assignment) }
                 }
             }
+            var devices: [String] = []
             for try await report in group {
+                if !devices.contains(report.device) { devices.append(report.device) }
                 logger.info("worker loaded its range", metadata: ["worker": "\(report.worker)", "layers": "\(report.layers)",
                                                                   "seconds": "\(String(format: "%.1f", report.seconds))"])
             }
+            deviceLabel = devices.sorted().joined(separator: ", ")
         }
     }
 
@@ -444,7 +449,7 @@ actor JobRunner {
         let spec = submission.spec
         var record: CalibrationRecord?
         if spec.scheme.quantizesActivations {
-            var calibration = spec.calibrationRecord(plan: calibrationPlan, device: try spec.computeDevice(logger: logger))
+            var calibration = spec.calibrationRecord(plan: calibrationPlan, deviceLabel: deviceLabel)
             calibration.activationAmax = try store.activationAmax(jobID: jobID)
             record = calibration
         }

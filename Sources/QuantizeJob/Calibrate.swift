@@ -1,4 +1,5 @@
 import CPUBackend
+import CUDABackend
 import CUDARuntime
 import Calibration
 import Checkpoint
@@ -12,33 +13,47 @@ import SafeTensors
 import Tokenizer
 
 /// Where calibration runs.
-public enum ComputeDevice: CustomStringConvertible, Equatable {
+public enum ComputeDevice: CustomStringConvertible {
     case cpu
+    /// An opened GPU (kernels compiled, cuBLASLt loaded).
+    case cuda(CUDADevice)
 
-    public var description: String { "cpu" }
+    public var description: String {
+        switch self {
+        case .cpu: "cpu"
+        case .cuda(let device): "cuda:\(device.context.ordinal) (\(device.context.name), \(device.context.architecture))"
+        }
+    }
 
-    /// `auto` picks CUDA when present and usable, otherwise the CPU with one log line. The CUDA backend is not
-    /// written yet, so an explicit `cuda` fails at once, saying whether a driver was even found.
-    static func select(_ name: String, logger: Logger, locator: CUDALibraryLocator = CUDALibraryLocator()) throws -> ComputeDevice {
+    /// `cpu`, `cuda`, `cuda:N` or `auto`. `auto` opens GPU 0 when one is usable and otherwise says in one log line why
+    /// it uses the CPU; an explicit `cuda` that cannot be opened fails at once with the reason.
+    public static func select(_ name: String, logger: Logger, locator: CUDALibraryLocator = CUDALibraryLocator()) throws -> ComputeDevice {
         switch name {
         case "cpu": return .cpu
         case "auto":
-            if (try? locator.open(.driver)) != nil {
-                logger.info("device auto: a CUDA driver is present, but this build has no CUDA backend yet; using the CPU")
-            } else {
-                logger.info("device auto: no CUDA driver found; using the CPU")
+            do {
+                return .cuda(try CUDADevice(ordinal: 0, locator: locator, logger: logger))
+            } catch {
+                logger.info("device auto: no usable CUDA GPU (\(error)); using the CPU")
+                return .cpu
             }
-            return .cpu
         default:
             guard name == "cuda" || name.hasPrefix("cuda:") else {
                 throw QuantizeJobError("--device \(name): expected cpu, cuda, cuda:N or auto")
             }
             do {
-                _ = try locator.open(.driver)
+                return .cuda(try CUDADevice(ordinal: try cudaDeviceOrdinal(from: name), locator: locator, logger: logger))
             } catch {
                 throw QuantizeJobError("--device \(name): no usable GPU here: \(error)")
             }
-            throw QuantizeJobError("--device \(name): this build has no CUDA backend yet; use --device cpu or auto")
+        }
+    }
+
+    /// What the activations are rounded to: the GPU always computes in BF16.
+    public func activationLabel(_ precision: CPUBackend.ActivationPrecision) -> String {
+        switch self {
+        case .cpu: precision.rawValue
+        case .cuda: CPUBackend.ActivationPrecision.bfloat16.rawValue
         }
     }
 }

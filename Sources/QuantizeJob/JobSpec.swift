@@ -2,6 +2,8 @@ import CPUBackend
 import Calibration
 import Checkpoint
 import Crypto
+import CUDABackend
+import ComputeBackend
 import Foundation
 import LlamaModel
 import Logging
@@ -140,9 +142,27 @@ public struct JobSpec: Codable, Sendable, Equatable {
 
     /// What `calibration.json` says about `plan` (its amax values are added as layers complete).
     public func calibrationRecord(plan: CalibrationPlan, device: ComputeDevice) -> CalibrationRecord {
+        calibrationRecord(plan: plan, deviceLabel: deviceLabel(device))
+    }
+
+    /// ``calibrationRecord(plan:device:)`` with the device already described (by the workers that computed).
+    public func calibrationRecord(plan: CalibrationPlan, deviceLabel: String) -> CalibrationRecord {
         CalibrationRecord(source: plan.source, samples: plan.sampleCount, tokens: plan.tokenCount,
-                          contentHash: plan.contentHash,
-                          device: "\(device) (\(calibration.activationPrecision.rawValue) activations)")
+                          contentHash: plan.contentHash, device: deviceLabel)
+    }
+
+    /// How `calibration.json` names a device and the precision its activations were rounded to.
+    public func deviceLabel(_ device: ComputeDevice) -> String {
+        "\(device) (\(device.activationLabel(calibration.activationPrecision)) activations)"
+    }
+
+    /// The calibration backend of `device`, handed to `body` (generic over the backend type).
+    public func withBackend<R>(on device: ComputeDevice, config: LlamaConfig,
+                               _ body: (any ComputeBackend) throws -> R) throws -> R {
+        switch device {
+        case .cpu: try body(CPUBackend(config: config, activationPrecision: calibration.activationPrecision))
+        case .cuda(let gpu): try body(CUDABackend(config: config, device: gpu))
+        }
     }
 }
 

@@ -226,12 +226,16 @@ public final class QuantizeJob {
         let device = try spec.computeDevice(logger: logger)
         let plan = try spec.makeCalibrationPlan(config: inputs.config, logger: logger)
         let model = inputs.source
-        let runner = try LayerRangeRunner(
-            spec: spec, config: inputs.config, weights: model,
-            backend: CPUBackend(config: inputs.config, activationPrecision: spec.calibration.activationPrecision),
-            range: 0..<inputs.config.numHiddenLayers, embeds: true, logger: logger,
-            releaseWeights: { names in for name in names { try? model.releasePages(name) } })
-        let calibrator = try runner.streamingPass(plan: plan, progress: { [progress] in progress.calibration($0) })
+        let calibrator = try spec.withBackend(on: device, config: inputs.config) { backend in
+            func streaming<Backend: ComputeBackend>(_ backend: Backend) throws -> ActivationCalibrator {
+                let runner = try LayerRangeRunner(
+                    spec: spec, config: inputs.config, weights: model, backend: backend,
+                    range: 0..<inputs.config.numHiddenLayers, embeds: true, logger: logger,
+                    releaseWeights: { names in for name in names { try? model.releasePages(name) } })
+                return try runner.streamingPass(plan: plan, progress: { [progress] in progress.calibration($0) })
+            }
+            return try streaming(backend)
+        }
         return (calibrator, spec.calibrationRecord(plan: plan, device: device))
     }
 

@@ -14,24 +14,33 @@ final class RangeCompute: @unchecked Sendable {
     let assignment: WorkerAssignment
     let config: LlamaConfig
     private let source: SafeTensorsModel
-    private let runner: LayerRangeRunner<CPUBackend>
+    private let runner: any RangeRunning
+    /// The device this range computes on, as `calibration.json` names it.
+    let deviceLabel: String
     private let boundary: BoundaryStateStore?
     private let exporter: LayerExporter
 
     /// Checks the model against the coordinator's config hash, then loads the range (W4A4 only: weight-only jobs
     /// only export).
-    init(assignment: WorkerAssignment, workerName: String, scratchDirectory: URL, logger: Logger) throws {
+    init(assignment: WorkerAssignment, workerName: String, device deviceName: String, scratchDirectory: URL,
+         logger: Logger) throws {
         let spec = assignment.spec
         try ModelCheck.verify(spec)
         config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
         let source = try SafeTensorsModel(directory: spec.modelPath)
         self.source = source
         self.assignment = assignment
-        runner = try LayerRangeRunner(spec: spec, config: config, weights: source,
-                                      backend: CPUBackend(config: config,
-                                                          activationPrecision: spec.calibration.activationPrecision),
-                                      range: assignment.range, embeds: assignment.embeddings, logger: logger,
-                                      releaseWeights: { names in for name in names { try? source.releasePages(name) } })
+        let device = try ComputeDevice.select(deviceName, logger: logger)
+        deviceLabel = spec.deviceLabel(device)
+        let config = self.config
+        runner = try spec.withBackend(on: device, config: config) { backend in
+            func erase<Backend: ComputeBackend>(_ backend: Backend) throws -> any RangeRunning {
+                try LayerRangeRunner(spec: spec, config: config, weights: source, backend: backend,
+                                     range: assignment.range, embeds: assignment.embeddings, logger: logger,
+                                     releaseWeights: { names in for name in names { try? source.releasePages(name) } })
+            }
+            return try erase(backend)
+        }
         boundary = assignment.embeddings ? nil
             : try BoundaryStateStore(scratchDirectory: Self.jobScratch(scratchDirectory, workerName: workerName),
                                      jobID: assignment.jobID, firstLayer: assignment.firstLayer,
@@ -76,13 +85,13 @@ final class RangeCompute: @unchecked Sendable {
     /// Starts a layer-at-a-time pass over every chunk (single-range plans).
     func startStreamingPass() throws -> StreamingPass {
         runner.releaseLayers()
-        return StreamingPass(calibrator: try runner.streamingPass(plan: assignment.plan))
+        return StreamingPass(calibrator: try runner.layerPass(plan: assignment.plan))
     }
 
     func streamNextLayer(_ pass: StreamingPass) throws -> StreamedLayer {
-        let result = try pass.calibrator.calibrateNextLayer()
-        return StreamedLayer(layer: result.layer, chunkAmax: result.chunkAmax.map {
-            LayerAmax(layer: result.layer, qkv: $0.qkv, o: $0.o, gateUp: $0.gateUp, down: $0.down)
+        let (layer, chunkAmax) = try pass.calibrator.nextLayer()
+        return StreamedLayer(layer: layer, chunkAmax: chunkAmax.map {
+            LayerAmax(layer: layer, qkv: $0.qkv, o: $0.o, gateUp: $0.gateUp, down: $0.down)
         })
     }
 
@@ -109,8 +118,33 @@ final class RangeCompute: @unchecked Sendable {
 
 /// A layer-at-a-time calibration in progress; used only from the worker's compute queue.
 final class StreamingPass: @unchecked Sendable {
-    let calibrator: LayerStreamingCalibrator<CPUBackend>
-    init(calibrator: LayerStreamingCalibrator<CPUBackend>) { self.calibrator = calibrator }
+    let calibrator: any LayerPass
+    init(calibrator: any LayerPass) { self.calibrator = calibrator }
+}
+
+/// A ``LayerRangeRunner`` with its backend type erased, so one worker type serves the CPU and the GPU.
+protocol RangeRunning: AnyObject {
+    func run(chunk: CalibrationChunk, hidden: HiddenStates?) throws -> ChunkResult
+    func loadLayers() throws
+    func releaseLayers()
+    func layerPass(plan: CalibrationPlan) throws -> any LayerPass
+}
+
+/// A layer-at-a-time pass with its backend type erased.
+protocol LayerPass: AnyObject {
+    func nextLayer() throws -> (layer: Int, chunkAmax: [ObservedAmax])
+    func finish()
+}
+
+extension LayerRangeRunner: RangeRunning {
+    func layerPass(plan: CalibrationPlan) throws -> any LayerPass { try streamingPass(plan: plan) }
+}
+
+extension LayerStreamingCalibrator: LayerPass {
+    func nextLayer() throws -> (layer: Int, chunkAmax: [ObservedAmax]) {
+        let result = try calibrateNextLayer()
+        return (result.layer, result.chunkAmax)
+    }
 }
 
 /// One layer of a layer-at-a-time pass: the amax of every chunk.

@@ -60,8 +60,10 @@ public distributed actor Worker: WorkerEndpoint {
         let logger = self.logger
         logger.info("loading layers \(assignment.firstLayer)..<\(assignment.endLayer)",
                     metadata: ["job": "\(assignment.jobID)"])
+        let deviceName = device
         let compute = try await self.compute.run {
-            try RangeCompute(assignment: assignment, workerName: name, scratchDirectory: scratch, logger: logger)
+            try RangeCompute(assignment: assignment, workerName: name, device: deviceName, scratchDirectory: scratch,
+                             logger: logger)
         }
         var successor: (any ActivationTransport)?
         if let next = assignment.successor {
@@ -71,7 +73,7 @@ public distributed actor Worker: WorkerEndpoint {
         let seconds = secondsSince(start)
         logger.info("loaded \(assignment.range.count) layers in \(String(format: "%.1f", seconds)) s",
                     metadata: ["job": "\(assignment.jobID)"])
-        return LoadReport(worker: name, layers: assignment.range.count, seconds: seconds)
+        return LoadReport(worker: name, layers: assignment.range.count, seconds: seconds, device: compute.deviceLabel)
     }
 
     public distributed func calibrate(_ order: CalibrateOrder) async throws {

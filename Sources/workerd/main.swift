@@ -32,8 +32,8 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "Worker name, unique in the cluster (default: the host name).")
     var name: String?
 
-    @Option(name: .long, help: "Compute device: cpu (CUDA: see `coordctl quantize --device`).")
-    var device: String = "cpu"
+    @Option(name: .long, help: "Compute device for calibration: cpu, cuda, cuda:N, or auto (a GPU when one is usable, else the CPU).")
+    var device: String = "auto"
 
     @Option(name: .long, help: "File holding the cluster token (mode 600).")
     var tokenFile: String?
@@ -48,8 +48,8 @@ struct Workerd: AsyncParsableCommand {
     var logLevel: Logger.Level = .info
 
     func validate() throws {
-        guard device == "cpu" else {
-            throw ValidationError("--device \(device): workerd computes on the CPU in this version")
+        guard ["cpu", "auto", "cuda"].contains(device) || device.hasPrefix("cuda:") else {
+            throw ValidationError("--device must be cpu, cuda, cuda:N or auto (got '\(device)')")
         }
     }
 

@@ -82,3 +82,70 @@ import Testing
         #expect(key.url(in: URL(fileURLWithPath: "/cache")).path == "/cache/" + key.fileName)
     }
 }
+
+@Suite struct CUDAArgumentCheckTests {
+    @Test func deviceNamesParseToOrdinals() throws {
+        #expect(try cudaDeviceOrdinal(from: "cuda") == 0)
+        #expect(try cudaDeviceOrdinal(from: "cuda:3") == 3)
+        for bad in ["cuda:", "cuda:-1", "cuda:x", "gpu", "cuda1"] {
+            #expect(throws: CUDAError.invalidDeviceName(bad)) { _ = try cudaDeviceOrdinal(from: bad) }
+        }
+    }
+
+    @Test func deviceOrdinalsAreCheckedAgainstTheDeviceCount() {
+        #expect(throws: CUDAError.noDevice) { try validateDeviceOrdinal(0, deviceCount: 0) }
+        #expect(throws: CUDAError.deviceOutOfRange(ordinal: 2, count: 2)) { try validateDeviceOrdinal(2, deviceCount: 2) }
+        #expect(throws: Never.self) { try validateDeviceOrdinal(1, deviceCount: 2) }
+        #expect(CUDAError.deviceOutOfRange(ordinal: 2, count: 2).description.contains("device 2 does not exist"))
+    }
+
+    @Test func launchShapesAreCheckedBeforeTheDriverSeesThem() {
+        #expect(throws: CUDAError.self) { try validateLaunch(kernel: "k", grid: (0, 1, 1), block: (256, 1, 1)) }
+        #expect(throws: CUDAError.self) { try validateLaunch(kernel: "k", grid: (1, 70000, 1), block: (256, 1, 1)) }
+        #expect(throws: CUDAError.self) { try validateLaunch(kernel: "k", grid: (1, 1, 1), block: (1024, 2, 1)) }
+        #expect(throws: Never.self) { try validateLaunch(kernel: "k", grid: (1 << 20, 65535, 1), block: (1024, 1, 1)) }
+        do {
+            try validateLaunch(kernel: "rmsnorm_bf16", grid: (1, 1, 1), block: (0, 1, 1))
+        } catch {
+            #expect("\(error)".contains("cuLaunchKernel(rmsnorm_bf16)") && "\(error)".contains("block.x is 0"))
+        }
+    }
+
+    @Test func gemmShapesNeedPositiveSixteenByteRows() {
+        #expect(throws: Never.self) { try GEMMShape(rows: 150, inner: 8192, outputs: 10240).validate() }
+        #expect(throws: CUDAError.self) { try GEMMShape(rows: 0, inner: 8192, outputs: 10240).validate() }
+        #expect(throws: CUDAError.self) { try GEMMShape(rows: 4, inner: 8190, outputs: 10240).validate() }
+        #expect(GEMMShape(rows: 2, inner: 3, outputs: 4).flops == 48)
+    }
+
+    @Test func nvrtcOptionsNameTheArchitectureAndIEEEMath() {
+        let options = NVRTC.options(architecture: "sm_90")
+        #expect(options.contains("--gpu-architecture=sm_90"))
+        #expect(options.contains("--prec-div=true") && options.contains("--prec-sqrt=true") && options.contains("--ftz=false"))
+    }
+}
+
+@Suite struct KernelCacheTests {
+    @Test func aCompiledKernelIsReusedFromDiskAndRecompiledForAnotherKey() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kernel-cache-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let cache = KernelCache(directory: directory)
+        let key = KernelCacheKey(source: "a", architecture: "sm_90", compilerVersion: "13.0")
+        var compilations = 0
+        let first = try cache.cubin(for: key) { compilations += 1; return [1, 2, 3] }
+        let second = try cache.cubin(for: key) { compilations += 1; return [9] }
+        #expect(first.image == [1, 2, 3] && !first.fromCache)
+        #expect(second.image == [1, 2, 3] && second.fromCache)
+        let other = try cache.cubin(for: KernelCacheKey(source: "a", architecture: "sm_121", compilerVersion: "13.0")) {
+            compilations += 1
+            return [4]
+        }
+        #expect(other.image == [4] && compilations == 2)
+        #expect(FileManager.default.fileExists(atPath: key.url(in: directory).path))
+    }
+
+    @Test func theCacheDirectoryHonoursItsOverride() {
+        #expect(KernelCache.defaultDirectory(environment: ["NVFP4_KERNEL_CACHE": "/tmp/k"]).path == "/tmp/k")
+        #expect(KernelCache.defaultDirectory(environment: ["HOME": "/home/u"]).path == "/home/u/.cache/nvfp4cluster/kernels")
+    }
+}

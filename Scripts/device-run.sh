@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# device-run.sh STEP... — runs on the GPU machine after `tar xJf nvfp4-device.tar.xz -C /tmp` (see device-build.sh).
+# Finds the CUDA libraries (driver from the system, NVRTC and cuBLASLt from a CUDA install or PyTorch's wheels), then
+# runs each STEP, logging to $OUT (or /tmp/out):
+#   golden        GPU quantizer vs Tests/Fixtures/nvfp4-golden.safetensors (run from the repository root)
+#   tiny          forward-check on Tests/Fixtures/tiny-llama (CUDA vs CPU amax)
+#   layer         70B-shaped decoder layer: PyTorch vs ours on the same weights and inputs; GEMM peak; copy bandwidth;
+#                 NVFP4 quantization of an 8192x28672 matrix
+#   e2e           an 8-layer 70B-shaped model (vocab 128256) quantized by coordctl --device cuda with 256 samples
+#   smollm2 DIR   quantizer-check and forward-check on the model in DIR, then coordctl quantize --device cpu and cuda
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+paths=""
+for name in libnvrtc.so.13 libcublasLt.so.13 libnvrtc.so.12 libcublasLt.so.12; do
+    found=$(find /usr/local /opt /usr/lib -name "$name" 2>/dev/null | head -1)
+    [ -n "$found" ] && paths="$paths:$(dirname "$found")"
+done
+export LD_LIBRARY_PATH="$here/lib$paths:${LD_LIBRARY_PATH:-}"
+export NVFP4_KERNEL_CACHE=/tmp/nvfp4-kernels
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+bench="$here/bin/CUDABenchmarks"
+coordctl="$here/bin/coordctl"
+while [ $# -gt 0 ]; do
+    step=$1; shift
+    case "$step" in
+        golden) "$bench" golden Tests/Fixtures/nvfp4-golden.safetensors --json "$out/golden.json" 2>&1 | tee "$out/golden.log" ;;
+        tiny) "$bench" forward-check Tests/Fixtures/tiny-llama --json "$out/tiny.json" 2>&1 | tee "$out/tiny.log" ;;
+        layer)
+            python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/layer70b --layers 1 --tokens 16384 2>&1 | tee "$out/layer.log"
+            python3 "$here/scripts/cuda_layer_bench_torch.py" bench /tmp/layer70b --repeats 3 --json "$out/layer-torch.json" 2>&1 | tee -a "$out/layer.log"
+            "$bench" layer-bench /tmp/layer70b 5 --json "$out/layer-ours.json" 2>&1 | tee -a "$out/layer.log" ;;
+        e2e)
+            python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/e2e --layers 8 --vocab 128256 --tokens 2048 --calib 256 2>&1 | tee "$out/e2e.log"
+            df -h /tmp | tail -1 | tee -a "$out/e2e.log"
+            started=$SECONDS
+            "$coordctl" quantize --model /tmp/e2e/model --output /tmp/e2e-out --device cuda --calib /tmp/e2e/calib.jsonl \
+                --samples 256 --eval-samples 0 --force 2>&1 | tee -a "$out/e2e.log"
+            echo "coordctl quantize --device cuda (8 layers): $((SECONDS - started)) s wall" | tee -a "$out/e2e.log"
+            du -sh /tmp/e2e-out | tee -a "$out/e2e.log"
+            rm -rf /tmp/e2e-out ;;
+        smollm2)
+            model=$1; shift
+            "$bench" quantizer-check "$model" --json "$out/smol-quantizer.json" 2>&1 | tee "$out/smollm2.log"
+            "$bench" forward-check "$model" --json "$out/smol-forward.json" 2>&1 | tee -a "$out/smollm2.log"
+            python3 "$here/scripts/cuda_cpu_torch_amax.py" ids "$model" Sources/Calibration/Resources/default-calibration.jsonl \
+                /tmp/smol-ids.jsonl --samples "${SAMPLES:-64}" 2>&1 | tee -a "$out/smollm2.log"
+            for device in cpu cuda; do
+                rm -rf "/tmp/smol-$device"
+                started=$SECONDS
+                "$coordctl" quantize --model "$model" --output "/tmp/smol-$device" --device "$device" \
+                    --calib /tmp/smol-ids.jsonl --samples "${SAMPLES:-64}" --eval-samples 0 2>&1 | tee -a "$out/smollm2.log"
+                echo "coordctl quantize --device $device: $((SECONDS - started)) s wall" | tee -a "$out/smollm2.log"
+            done
+            python3 "$here/scripts/compare_cuda_cpu_outputs.py" /tmp/smol-cpu /tmp/smol-cuda 2>&1 | tee -a "$out/smollm2.log"
+            python3 "$here/scripts/cuda_cpu_torch_amax.py" compare "$model" /tmp/smol-ids.jsonl /tmp/smol-cpu /tmp/smol-cuda \
+                "$out/smol-threeway.json" 2>&1 | tee -a "$out/smollm2.log"
+            cp /tmp/smol-cpu/calibration.json "$out/smol-cpu-calibration.json"
+            cp /tmp/smol-cuda/calibration.json "$out/smol-cuda-calibration.json" ;;
+        *) echo "unknown step $step"; exit 2 ;;
+    esac
+done

@@ -1,0 +1,397 @@
+import CUDARuntime
+import ComputeBackend
+import Foundation
+import LlamaModel
+import NVFP4
+
+/// A model shape or call the GPU backend does not handle, named with the reason.
+public enum CUDABackendError: Error, CustomStringConvertible, Equatable, Sendable {
+    case unsupportedHeadDim(Int)
+    case unsupportedShape(field: String, value: Int, reason: String)
+    case inputTransformUnsupported
+
+    public var description: String {
+        switch self {
+        case .unsupportedHeadDim(let headDim):
+            "head_dim \(headDim) is not supported by the CUDA attention kernel (32, 64 or 128)"
+        case .unsupportedShape(let field, let value, let reason):
+            "\(field) = \(value): \(reason)"
+        case .inputTransformUnsupported:
+            "the CUDA backend has no kernels for Linear input transforms (W4A4 emulation); use the CPU backend for evaluation"
+        }
+    }
+}
+
+/// The ``ComputeBackend`` on a CUDA GPU. See ``CUDADevice`` for the overview.
+public struct CUDABackend: ComputeBackend {
+    public let config: LlamaConfig
+    public let device: CUDADevice
+    /// RoPE `inv_freq` from LlamaModel, the same table the CPU backend uses.
+    public let inverseFrequencies: [Float]
+    /// Most tokens one kernel pass takes; larger batches are split by samples (amax is a max, so merging is exact).
+    public let maxTokensPerPass: Int
+
+    var width: Int { config.hiddenSize }
+    var queryWidth: Int { config.numAttentionHeads * config.headDim }
+    var qkvWidth: Int { queryWidth + 2 * config.numKeyValueHeads * config.headDim }
+    var intermediate: Int { config.intermediateSize }
+
+    /// Checks that the kernels handle `config`, and sizes the token passes to `memoryFraction` of the free memory.
+    public init(config: LlamaConfig, device: CUDADevice, memoryFraction: Double = 0.5) throws {
+        try Self.validate(config)
+        self.config = config
+        self.device = device
+        inverseFrequencies = config.rope.inverseFrequencies(headDim: config.headDim)
+        let free = try device.exclusive { try device.context.memoryInfo().free }
+        maxTokensPerPass = Self.tokensPerPass(config: config, freeBytes: Int(Double(free) * memoryFraction))
+    }
+
+    /// Rejects shapes the kernels cannot run: head_dim other than 64/128, widths that break 16-byte rows.
+    public static func validate(_ config: LlamaConfig) throws {
+        guard [32, 64, 128].contains(config.headDim) else { throw CUDABackendError.unsupportedHeadDim(config.headDim) }
+        guard config.numAttentionHeads % config.numKeyValueHeads == 0 else {
+            throw CUDABackendError.unsupportedShape(field: "num_key_value_heads", value: config.numKeyValueHeads,
+                                                    reason: "must divide num_attention_heads \(config.numAttentionHeads)")
+        }
+        for (field, value) in [("hidden_size", config.hiddenSize), ("intermediate_size", config.intermediateSize)] where value % 16 != 0 {
+            throw CUDABackendError.unsupportedShape(field: field, value: value, reason: "must be a multiple of 16")
+        }
+    }
+
+    /// Device bytes one token needs during a layer pass (activations and scratch), and the tokens that fit in `freeBytes`.
+    public static func tokensPerPass(config: LlamaConfig, freeBytes: Int) -> Int {
+        let queryWidth = config.numAttentionHeads * config.headDim
+        let qkvWidth = queryWidth + 2 * config.numKeyValueHeads * config.headDim
+        let bf16Elements = 3 * config.hiddenSize + qkvWidth + queryWidth + 3 * config.intermediateSize
+        let perToken = 2 * bf16Elements + 4 * config.hiddenSize + 8
+        return max(1, freeBytes / perToken)
+    }
+
+    // MARK: - Weights
+
+    /// A decoder layer's BF16 weights in device memory, q/k/v and gate/up stacked by rows. `ready` fires when the
+    /// uploads (on the copy stream) are done; the forward waits on it, so loading can overlap earlier compute.
+    public final class LoadedLayer: @unchecked Sendable {
+        public let index: Int
+        public let qkvWeight: DeviceBuffer
+        public let oWeight: DeviceBuffer
+        public let gateUpWeight: DeviceBuffer
+        public let downWeight: DeviceBuffer
+        public let inputNorm: DeviceBuffer
+        public let postAttentionNorm: DeviceBuffer
+        let ready: CUDAEvent
+
+        init(index: Int, qkvWeight: DeviceBuffer, oWeight: DeviceBuffer, gateUpWeight: DeviceBuffer, downWeight: DeviceBuffer,
+             inputNorm: DeviceBuffer, postAttentionNorm: DeviceBuffer, ready: CUDAEvent) {
+            self.index = index
+            self.qkvWeight = qkvWeight
+            self.oWeight = oWeight
+            self.gateUpWeight = gateUpWeight
+            self.downWeight = downWeight
+            self.inputNorm = inputNorm
+            self.postAttentionNorm = postAttentionNorm
+            self.ready = ready
+        }
+    }
+
+    public final class LoadedOutputHead: @unchecked Sendable {
+        let finalNorm: DeviceBuffer
+        let weight: DeviceBuffer
+        let ready: CUDAEvent
+
+        init(finalNorm: DeviceBuffer, weight: DeviceBuffer, ready: CUDAEvent) {
+            self.finalNorm = finalNorm
+            self.weight = weight
+            self.ready = ready
+        }
+    }
+
+    public func loadLayer(_ index: Int, from source: some WeightSource) throws -> LoadedLayer {
+        guard (0..<config.numHiddenLayers).contains(index) else {
+            throw ComputeBackendError.layerOutOfRange(layer: index, layerCount: config.numHiddenLayers)
+        }
+        let linears = Dictionary(uniqueKeysWithValues: config.linears(layer: index).map { ($0.kind, $0) })
+        let norms = config.layerNorms(layer: index)
+        return try device.exclusive {
+            func load(_ specs: [(name: String, shape: [Int])]) throws -> DeviceBuffer {
+                let total = specs.reduce(0) { $0 + $1.shape.reduce(1, *) }
+                let buffer = try DeviceBuffer(context: device.context, byteCount: total * 2)
+                var offset = 0
+                for spec in specs {
+                    offset += try uploadBF16(spec.name, shape: spec.shape, from: source, into: buffer, atByteOffset: offset)
+                }
+                return buffer
+            }
+            func linear(_ kind: LinearKind) -> (name: String, shape: [Int]) { (linears[kind]!.weightName, linears[kind]!.shape) }
+            let layer = LoadedLayer(
+                index: index,
+                qkvWeight: try load([linear(.q), linear(.k), linear(.v)]),
+                oWeight: try load([linear(.o)]),
+                gateUpWeight: try load([linear(.gate), linear(.up)]),
+                downWeight: try load([linear(.down)]),
+                inputNorm: try load([(norms[0].name, norms[0].shape)]),
+                postAttentionNorm: try load([(norms[1].name, norms[1].shape)]),
+                ready: try CUDAEvent(context: device.context, timing: false))
+            try layer.ready.record(on: device.copyStream)
+            return layer
+        }
+    }
+
+    public func loadOutputHead(from source: some WeightSource) throws -> LoadedOutputHead {
+        try device.exclusive {
+            let norm = try DeviceBuffer(context: device.context, byteCount: width * 2)
+            _ = try uploadBF16(LlamaConfig.finalNormName, shape: [width], from: source, into: norm, atByteOffset: 0)
+            let weight = try DeviceBuffer(context: device.context, byteCount: config.vocabSize * width * 2)
+            _ = try uploadBF16(config.outputEmbeddingName, shape: [config.vocabSize, width], from: source, into: weight, atByteOffset: 0)
+            let head = LoadedOutputHead(finalNorm: norm, weight: weight, ready: try CUDAEvent(context: device.context, timing: false))
+            try head.ready.record(on: device.copyStream)
+            return head
+        }
+    }
+
+    /// Uploads one tensor as BF16 (converting F16/F32 on the host) after checking its shape and size; returns its bytes.
+    func uploadBF16(_ name: String, shape: [Int], from source: some WeightSource, into buffer: DeviceBuffer,
+                    atByteOffset offset: Int) throws -> Int {
+        guard let description = source.describeTensor(name) else { throw LlamaWeightError.missingTensor(name: name) }
+        guard description.shape == shape else { throw LlamaWeightError.shapeMismatch(name: name, expected: shape, actual: description.shape) }
+        guard let type = WeightElementType(rawValue: description.dtype) else {
+            throw LlamaWeightError.unsupportedDType(name: name, dtype: description.dtype)
+        }
+        let count = description.elementCount
+        try source.withTensorBytes(name) { bytes in
+            guard bytes.count == count * type.byteWidth else {
+                throw LlamaWeightError.byteCountMismatch(name: name, expected: count * type.byteWidth, actual: bytes.count)
+            }
+            if type == .bf16 {
+                try device.upload(bytes, to: buffer, atByteOffset: offset, stream: device.copyStream)
+            } else {
+                let converted = widenToFloat(bytes, type: type, count: count).map { BFloat16.fromFloat($0) }
+                try converted.withUnsafeBytes { try device.upload($0, to: buffer, atByteOffset: offset, stream: device.copyStream) }
+            }
+        }
+        return count * 2
+    }
+
+    // MARK: - Forward
+
+    public func forward(layer: LoadedLayer, hidden: inout HiddenStates, batch: SequenceBatch,
+                        inputTransform: (any LinearInputTransform)?) throws -> ObservedAmax {
+        guard inputTransform == nil else { throw CUDABackendError.inputTransformUnsupported }
+        try hidden.check(matches: batch, hiddenSize: width)
+        var observed = ObservedAmax.zero
+        for pass in Self.passes(batch, maxTokens: maxTokensPerPass) {
+            let sub = try SequenceBatch(tokenCounts: Array(batch.tokenCounts[pass]))
+            let rows = batch.sampleOffsets[pass.lowerBound]..<(batch.sampleOffsets[pass.lowerBound] + sub.totalTokens)
+            let amax = try device.exclusive {
+                let stream = device.computeStream
+                let count = sub.totalTokens * width
+                let floats = try device.workspace.device("hidden.f32", bytes: count * 4)
+                let states = try device.workspace.device("hidden", bytes: count * 2)
+                try hidden.values.withUnsafeBytes { all in
+                    let bytes = UnsafeRawBufferPointer(rebasing: all[(rows.lowerBound * width * 4)..<(rows.upperBound * width * 4)])
+                    try device.upload(bytes, to: floats, stream: stream)
+                }
+                try device.kernels.f32ToBF16.launch(grid: gridStride(count), block: (256, 1, 1), stream: stream,
+                                                    arguments: [.pointer(floats.address), .pointer(states.address), .int64(Int64(count))])
+                let amax = try forwardOnDevice(layer: layer, hidden: states, batch: sub)
+                try device.kernels.bf16ToF32.launch(grid: gridStride(count), block: (256, 1, 1), stream: stream,
+                                                    arguments: [.pointer(states.address), .pointer(floats.address), .int64(Int64(count))])
+                try hidden.values.withUnsafeMutableBytes { all in
+                    let bytes = UnsafeMutableRawBufferPointer(rebasing: all[(rows.lowerBound * width * 4)..<(rows.upperBound * width * 4)])
+                    try device.download(floats, byteCount: count * 4, into: bytes, stream: stream)
+                }
+                return amax
+            }
+            observed = observed.merging(amax)
+        }
+        return observed
+    }
+
+    /// Sample ranges whose tokens fit in `maxTokens` (a longer sample goes alone).
+    public static func passes(_ batch: SequenceBatch, maxTokens: Int) -> [Range<Int>] {
+        var passes: [Range<Int>] = []
+        var start = 0
+        var tokens = 0
+        for (sample, count) in batch.tokenCounts.enumerated() {
+            if sample > start && tokens + count > maxTokens {
+                passes.append(start..<sample)
+                start = sample
+                tokens = 0
+            }
+            tokens += count
+        }
+        passes.append(start..<batch.sampleCount)
+        return passes
+    }
+
+    /// The layer over device-resident BF16 hidden states `[batch.totalTokens, hidden]`, in place, on the compute stream.
+    /// Returns the four observed amax values (one 16-byte read back). Callers hold ``CUDADevice/exclusive(_:)``; the
+    /// benchmarks call this directly to time the layer without host transfers.
+    public func forwardOnDevice(layer: LoadedLayer, hidden: DeviceBuffer, batch: SequenceBatch) throws -> ObservedAmax {
+        let stream = device.computeStream
+        let kernels = device.kernels
+        let workspace = device.workspace
+        let tokens = batch.totalTokens
+        let headDim = config.headDim
+        let half = headDim / 2
+        guard hidden.byteCount >= tokens * width * 2 else {
+            throw CUDAError.invalidArgument(call: "CUDABackend.forwardOnDevice", reason: "hidden buffer holds fewer than \(tokens) rows")
+        }
+
+        let normed = try workspace.device("normed", bytes: tokens * width * 2)
+        let qkv = try workspace.device("qkv", bytes: tokens * qkvWidth * 2)
+        let attention = try workspace.device("attention", bytes: tokens * queryWidth * 2)
+        let projected = try workspace.device("projected", bytes: tokens * width * 2)
+        let gateUp = try workspace.device("gateUp", bytes: tokens * 2 * intermediate * 2)
+        let activated = try workspace.device("activated", bytes: tokens * intermediate * 2)
+        let amax = try workspace.device("amax", bytes: 16)
+        let metadata = try workspace.device("metadata", bytes: (tokens + 2 * batch.sampleCount) * 4)
+        let maxLength = batch.tokenCounts.max()!
+        let rope = try workspace.device("rope", bytes: 2 * maxLength * half * 4)
+
+        // Positions within each sample, sample offsets and lengths; then the BF16-rounded cos/sin tables.
+        var integers = [Int32]()
+        integers.reserveCapacity(tokens + 2 * batch.sampleCount)
+        for count in batch.tokenCounts { integers += (0..<Int32(count)) }
+        integers += batch.sampleOffsets.map { Int32($0) }
+        integers += batch.tokenCounts.map { Int32($0) }
+        try integers.withUnsafeBytes { try device.upload($0, to: metadata, stream: stream) }
+        let table = ropeTable(positions: maxLength)
+        try table.withUnsafeBytes { try device.upload($0, to: rope, stream: stream) }
+        let positions = metadata.address
+        let offsets = metadata.address(atByteOffset: tokens * 4)
+        let lengths = metadata.address(atByteOffset: (tokens + batch.sampleCount) * 4)
+
+        try amax.fill(byte: 0, byteCount: 16, stream: stream)
+        try stream.wait(for: layer.ready)
+        let epsilon = Float(config.rmsNormEps)
+        let normThreads = 256
+
+        // Attention block.
+        try kernels.rmsNorm.launch(grid: (tokens, 1, 1), block: (normThreads, 1, 1), stream: stream,
+                                   arguments: [.pointer(hidden.address), .pointer(layer.inputNorm.address), .pointer(normed.address),
+                                               .pointer(amax.address), .int32(Int32(width)), .float(epsilon)])
+        try device.blas.matmul(GEMMShape(rows: tokens, inner: width, outputs: qkvWidth), input: normed.address,
+                               weight: layer.qkvWeight.address, output: qkv.address, stream: stream)
+        try kernels.rope.launch(grid: (tokens, 1, 1), block: (256, 1, 1), stream: stream,
+                                arguments: [.pointer(qkv.address), .pointer(positions), .pointer(rope.address),
+                                            .pointer(rope.address(atByteOffset: maxLength * half * 4)), .int32(Int32(qkvWidth)),
+                                            .int32(Int32(config.numAttentionHeads + config.numKeyValueHeads)), .int32(Int32(headDim))])
+        let scaleLog2 = Float(1 / Double(headDim).squareRoot() * 1.4426950408889634)
+        try (headDim == 32 ? kernels.attention32 : headDim == 64 ? kernels.attention64 : kernels.attention128).launch(
+            grid: ((maxLength + 63) / 64, batch.sampleCount, config.numAttentionHeads), block: (128, 1, 1), stream: stream,
+            arguments: [.pointer(qkv.address), .pointer(attention.address), .pointer(offsets), .pointer(lengths),
+                        .int32(Int32(qkvWidth)), .int32(Int32(config.numAttentionHeads)), .int32(Int32(config.numKeyValueHeads)),
+                        .float(scaleLog2)])
+        try kernels.bf16Amax.launch(grid: gridStride(tokens * queryWidth / 8), block: (256, 1, 1), stream: stream,
+                                    arguments: [.pointer(attention.address), .int64(Int64(tokens * queryWidth)),
+                                                .pointer(amax.address(atByteOffset: 4))])
+        try device.blas.matmul(GEMMShape(rows: tokens, inner: queryWidth, outputs: width), input: attention.address,
+                               weight: layer.oWeight.address, output: projected.address, stream: stream)
+        try kernels.residualAdd.launch(grid: gridStride(tokens * width / 2), block: (256, 1, 1), stream: stream,
+                                       arguments: [.pointer(hidden.address), .pointer(projected.address), .int64(Int64(tokens * width))])
+
+        // MLP block.
+        try kernels.rmsNorm.launch(grid: (tokens, 1, 1), block: (normThreads, 1, 1), stream: stream,
+                                   arguments: [.pointer(hidden.address), .pointer(layer.postAttentionNorm.address),
+                                               .pointer(normed.address), .pointer(amax.address(atByteOffset: 8)),
+                                               .int32(Int32(width)), .float(epsilon)])
+        try device.blas.matmul(GEMMShape(rows: tokens, inner: width, outputs: 2 * intermediate), input: normed.address,
+                               weight: layer.gateUpWeight.address, output: gateUp.address, stream: stream)
+        try kernels.swiGLU.launch(grid: gridStride(tokens * intermediate / 2), block: (256, 1, 1), stream: stream,
+                                  arguments: [.pointer(gateUp.address), .pointer(activated.address), .pointer(amax.address(atByteOffset: 12)),
+                                              .int32(Int32(tokens)), .int32(Int32(intermediate))])
+        try device.blas.matmul(GEMMShape(rows: tokens, inner: intermediate, outputs: width), input: activated.address,
+                               weight: layer.downWeight.address, output: projected.address, stream: stream)
+        try kernels.residualAdd.launch(grid: gridStride(tokens * width / 2), block: (256, 1, 1), stream: stream,
+                                       arguments: [.pointer(hidden.address), .pointer(projected.address), .int64(Int64(tokens * width))])
+
+        var bits = [UInt32](repeating: 0, count: 4)
+        try bits.withUnsafeMutableBytes { try device.download(amax, byteCount: 16, into: $0, stream: stream) }
+        return ObservedAmax(qkv: Float(bitPattern: bits[0]), o: Float(bitPattern: bits[1]), gateUp: Float(bitPattern: bits[2]),
+                            down: Float(bitPattern: bits[3]))
+    }
+
+    /// cos then sin of `f32(p) · inv_freq[i]` for p < `positions`, rounded to BF16 (as transformers' BF16 forward and the
+    /// CPU backend's bf16 mode use them), `[2][positions][headDim/2]`.
+    func ropeTable(positions: Int) -> [Float] {
+        var cosines: [Float] = []
+        var sines: [Float] = []
+        cosines.reserveCapacity(positions * inverseFrequencies.count)
+        sines.reserveCapacity(positions * inverseFrequencies.count)
+        for position in 0..<positions {
+            for frequency in inverseFrequencies {
+                let angle = Float(position) * frequency
+                cosines.append(BFloat16.toFloat(BFloat16.fromFloat(cos(angle))))
+                sines.append(BFloat16.toFloat(BFloat16.fromFloat(sin(angle))))
+            }
+        }
+        return cosines + sines
+    }
+
+    // MARK: - Output head
+
+    public func logits(_ hidden: HiddenStates, head: LoadedOutputHead) throws -> [Float] {
+        guard hidden.hiddenSize == width else {
+            throw ComputeBackendError.hiddenStatesMismatch(expectedTokens: hidden.tokenCount, expectedHiddenSize: width,
+                                                           actualTokens: hidden.tokenCount, actualHiddenSize: hidden.hiddenSize)
+        }
+        let tokens = hidden.tokenCount
+        let vocab = config.vocabSize
+        var result = [Float](repeating: 0, count: tokens * vocab)
+        try device.exclusive {
+            let stream = device.computeStream
+            let count = tokens * width
+            let floats = try device.workspace.device("head.f32", bytes: count * 4)
+            let states = try device.workspace.device("head.states", bytes: count * 2)
+            let normed = try device.workspace.device("head.normed", bytes: count * 2)
+            let output = try device.workspace.device("head.logits", bytes: tokens * vocab * 4)
+            try hidden.values.withUnsafeBytes { try device.upload($0, to: floats, stream: stream) }
+            try device.kernels.f32ToBF16.launch(grid: gridStride(count), block: (256, 1, 1), stream: stream,
+                                                arguments: [.pointer(floats.address), .pointer(states.address), .int64(Int64(count))])
+            try stream.wait(for: head.ready)
+            try device.kernels.rmsNorm.launch(grid: (tokens, 1, 1), block: (256, 1, 1), stream: stream,
+                                              arguments: [.pointer(states.address), .pointer(head.finalNorm.address), .pointer(normed.address),
+                                                          .pointer(0), .int32(Int32(width)), .float(Float(config.rmsNormEps))])
+            try device.blas.matmul(GEMMShape(rows: tokens, inner: width, outputs: vocab, floatOutput: true), input: normed.address,
+                                   weight: head.weight.address, output: output.address, stream: stream)
+            try result.withUnsafeMutableBytes { try device.download(output, byteCount: $0.count, into: $0, stream: stream) }
+        }
+        return result
+    }
+
+    public func negativeLogLikelihood(_ hidden: HiddenStates, batch: SequenceBatch, tokenIDs: [Int],
+                                      head: LoadedOutputHead) throws -> NegativeLogLikelihood {
+        try hidden.check(matches: batch, hiddenSize: width)
+        guard tokenIDs.count == batch.totalTokens else {
+            throw ComputeBackendError.tokenCountMismatch(expected: batch.totalTokens, actual: tokenIDs.count)
+        }
+        for (position, tokenID) in tokenIDs.enumerated() where !(0..<config.vocabSize).contains(tokenID) {
+            throw ComputeBackendError.tokenIDOutOfRange(position: position, tokenID: tokenID, vocabSize: config.vocabSize)
+        }
+        var predictions: [(row: Int, target: Int)] = []
+        for sample in 0..<batch.sampleCount {
+            for row in batch.rows(ofSample: sample).dropLast() { predictions.append((row, tokenIDs[row + 1])) }
+        }
+        let chunkRows = max(1, (1 << 24) / config.vocabSize)
+        var total = NegativeLogLikelihood()
+        var start = 0
+        while start < predictions.count {
+            let chunk = predictions[start..<min(start + chunkRows, predictions.count)]
+            var selected: [Float] = []
+            selected.reserveCapacity(chunk.count * width)
+            for prediction in chunk { selected += hidden.values[(prediction.row * width)..<((prediction.row + 1) * width)] }
+            let chunkLogits = try logits(HiddenStates(hiddenSize: width, values: selected), head: head)
+            for (offset, prediction) in chunk.enumerated() {
+                let row = chunkLogits[(offset * config.vocabSize)..<((offset + 1) * config.vocabSize)]
+                let largest = row.max() ?? 0
+                var sum: Double = 0
+                for value in row { sum += Foundation.exp(Double(value - largest)) }
+                total.sum -= Double(row[row.startIndex + prediction.target] - largest) - Foundation.log(sum)
+                total.count += 1
+            }
+            start += chunk.count
+        }
+        return total
+    }
+}

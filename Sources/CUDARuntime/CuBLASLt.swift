@@ -1,0 +1,187 @@
+import Foundation
+
+/// cuBLASLt, resolved with `dlsym`: row-major BF16 GEMMs `Y = X · Wᵀ` with FP32 accumulation.
+public final class CuBLASLt: @unchecked Sendable {
+    public let library: LoadedLibrary
+    public let context: CUDAContext
+
+    typealias Create = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
+    typealias Destroy = @convention(c) (OpaquePointer?) -> Int32
+    typealias DescCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, Int32) -> Int32
+    typealias SetAttribute = @convention(c) (OpaquePointer?, Int32, UnsafeRawPointer, Int) -> Int32
+    typealias LayoutCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, UInt64, UInt64, Int64) -> Int32
+    typealias PreferenceCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
+    typealias Heuristic = @convention(c) (OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?,
+                                          OpaquePointer?, Int32, UnsafeMutableRawPointer, UnsafeMutablePointer<Int32>) -> Int32
+    typealias Matmul = @convention(c) (OpaquePointer?, OpaquePointer?, UnsafeRawPointer, UnsafeRawPointer?, OpaquePointer?,
+                                       UnsafeRawPointer?, OpaquePointer?, UnsafeRawPointer, UnsafeRawPointer?, OpaquePointer?,
+                                       UnsafeMutableRawPointer?, OpaquePointer?, UnsafeRawPointer?, UnsafeMutableRawPointer?, Int,
+                                       OpaquePointer?) -> Int32
+
+    let cublasLtCreate: Create
+    let cublasLtDestroy: Destroy
+    let cublasLtMatmulDescCreate: DescCreate
+    let cublasLtMatmulDescSetAttribute: SetAttribute
+    let cublasLtMatmulDescDestroy: Destroy
+    let cublasLtMatrixLayoutCreate: LayoutCreate
+    let cublasLtMatrixLayoutDestroy: Destroy
+    let cublasLtMatmulPreferenceCreate: PreferenceCreate
+    let cublasLtMatmulPreferenceSetAttribute: SetAttribute
+    let cublasLtMatmulPreferenceDestroy: Destroy
+    let cublasLtMatmulAlgoGetHeuristic: Heuristic
+    let cublasLtMatmul: Matmul
+
+    let handle: OpaquePointer?
+    /// Scratch space cuBLASLt may use; 32 MiB is what its Hopper kernels ask for at most.
+    public let workspace: DeviceBuffer
+    let lock = NSLock()
+    var plans: [GEMMShape: Plan] = [:]
+
+    /// Data types (cudaDataType) and compute type (cublasComputeType_t) values.
+    static let bfloat16: Int32 = 14
+    static let float32: Int32 = 0
+    static let computeFloat32: Int32 = 68
+
+    public init(context: CUDAContext, locator: CUDALibraryLocator = CUDALibraryLocator(), workspaceBytes: Int = 32 << 20) throws {
+        let library = try locator.open(.cublasLt)
+        self.library = library
+        self.context = context
+        func resolve<T>(_ name: String, as type: T.Type) throws -> T { unsafeBitCast(try library.symbol(name), to: type) }
+        cublasLtCreate = try resolve("cublasLtCreate", as: Create.self)
+        cublasLtDestroy = try resolve("cublasLtDestroy", as: Destroy.self)
+        cublasLtMatmulDescCreate = try resolve("cublasLtMatmulDescCreate", as: DescCreate.self)
+        cublasLtMatmulDescSetAttribute = try resolve("cublasLtMatmulDescSetAttribute", as: SetAttribute.self)
+        cublasLtMatmulDescDestroy = try resolve("cublasLtMatmulDescDestroy", as: Destroy.self)
+        cublasLtMatrixLayoutCreate = try resolve("cublasLtMatrixLayoutCreate", as: LayoutCreate.self)
+        cublasLtMatrixLayoutDestroy = try resolve("cublasLtMatrixLayoutDestroy", as: Destroy.self)
+        cublasLtMatmulPreferenceCreate = try resolve("cublasLtMatmulPreferenceCreate", as: PreferenceCreate.self)
+        cublasLtMatmulPreferenceSetAttribute = try resolve("cublasLtMatmulPreferenceSetAttribute", as: SetAttribute.self)
+        cublasLtMatmulPreferenceDestroy = try resolve("cublasLtMatmulPreferenceDestroy", as: Destroy.self)
+        cublasLtMatmulAlgoGetHeuristic = try resolve("cublasLtMatmulAlgoGetHeuristic", as: Heuristic.self)
+        cublasLtMatmul = try resolve("cublasLtMatmul", as: Matmul.self)
+        var handle: OpaquePointer?
+        try Self.check(cublasLtCreate(&handle), "cublasLtCreate")
+        self.handle = handle
+        workspace = try DeviceBuffer(context: context, byteCount: workspaceBytes)
+    }
+
+    deinit {
+        for plan in plans.values { plan.destroy(self) }
+        _ = cublasLtDestroy(handle)
+    }
+
+    static func check(_ code: Int32, _ call: @autoclosure () -> String) throws {
+        guard code != 0 else { return }
+        throw CUDAError.callFailed(call: call(), code: code, message: statusName(code))
+    }
+
+    static func statusName(_ code: Int32) -> String? {
+        [1: "CUBLAS_STATUS_NOT_INITIALIZED", 3: "CUBLAS_STATUS_ALLOC_FAILED", 7: "CUBLAS_STATUS_INVALID_VALUE",
+         8: "CUBLAS_STATUS_ARCH_MISMATCH", 11: "CUBLAS_STATUS_MAPPING_ERROR", 13: "CUBLAS_STATUS_EXECUTION_FAILED",
+         14: "CUBLAS_STATUS_INTERNAL_ERROR", 15: "CUBLAS_STATUS_NOT_SUPPORTED"][code]
+    }
+
+    /// The descriptors and chosen algorithm of one GEMM shape, built once.
+    final class Plan {
+        var operation: OpaquePointer?
+        var weightLayout: OpaquePointer?
+        var inputLayout: OpaquePointer?
+        var outputLayout: OpaquePointer?
+        var algorithm = [UInt8](repeating: 0, count: 1024)
+
+        func destroy(_ lt: CuBLASLt) {
+            _ = lt.cublasLtMatmulDescDestroy(operation)
+            _ = lt.cublasLtMatrixLayoutDestroy(weightLayout)
+            _ = lt.cublasLtMatrixLayoutDestroy(inputLayout)
+            _ = lt.cublasLtMatrixLayoutDestroy(outputLayout)
+        }
+    }
+
+    func plan(for shape: GEMMShape) throws -> Plan {
+        lock.lock()
+        defer { lock.unlock() }
+        if let plan = plans[shape] { return plan }
+        let plan = Plan()
+        // Row-major Y[M,N] = X[M,K]·W[N,K]ᵀ is column-major Yᵀ[N,M] = (W as K×N)ᵀ · (X as K×M).
+        try Self.check(cublasLtMatmulDescCreate(&plan.operation, Self.computeFloat32, Self.float32), "cublasLtMatmulDescCreate")
+        var transposed: Int32 = 1
+        var plain: Int32 = 0
+        try Self.check(cublasLtMatmulDescSetAttribute(plan.operation, 3, &transposed, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
+        try Self.check(cublasLtMatmulDescSetAttribute(plan.operation, 4, &plain, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
+        let (m, n, k) = (UInt64(shape.rows), UInt64(shape.outputs), UInt64(shape.inner))
+        try Self.check(cublasLtMatrixLayoutCreate(&plan.weightLayout, Self.bfloat16, k, n, Int64(k)), "cublasLtMatrixLayoutCreate(W)")
+        try Self.check(cublasLtMatrixLayoutCreate(&plan.inputLayout, Self.bfloat16, k, m, Int64(k)), "cublasLtMatrixLayoutCreate(X)")
+        try Self.check(cublasLtMatrixLayoutCreate(&plan.outputLayout, shape.floatOutput ? Self.float32 : Self.bfloat16, n, m, Int64(n)),
+                       "cublasLtMatrixLayoutCreate(Y)")
+        var preference: OpaquePointer?
+        try Self.check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate")
+        defer { _ = cublasLtMatmulPreferenceDestroy(preference) }
+        var workspaceBytes = UInt64(workspace.byteCount)
+        try Self.check(cublasLtMatmulPreferenceSetAttribute(preference, 1, &workspaceBytes, 8),
+                       "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
+        var found: Int32 = 0
+        try plan.algorithm.withUnsafeMutableBytes { result in
+            try Self.check(cublasLtMatmulAlgoGetHeuristic(handle, plan.operation, plan.weightLayout, plan.inputLayout, plan.outputLayout,
+                                                          plan.outputLayout, preference, 1, result.baseAddress!, &found),
+                           "cublasLtMatmulAlgoGetHeuristic(\(shape))")
+        }
+        guard found > 0 else {
+            throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(shape))", code: 15, message: "no algorithm found")
+        }
+        plans[shape] = plan
+        return plan
+    }
+
+    /// `Y[rows, outputs] = X[rows, inner] · W[outputs, inner]ᵀ (+ Y when accumulate)`, BF16 inputs, FP32 accumulation,
+    /// BF16 output (or F32 when the shape says so). All row-major and dense.
+    public func matmul(_ shape: GEMMShape, input: CUdeviceptr, weight: CUdeviceptr, output: CUdeviceptr, accumulate: Bool = false,
+                       stream: CUDAStream) throws {
+        try shape.validate()
+        let plan = try plan(for: shape)
+        var alpha: Float = 1
+        var beta: Float = accumulate ? 1 : 0
+        let code = plan.algorithm.withUnsafeBytes { algorithm in
+            cublasLtMatmul(handle, plan.operation, &alpha, UnsafeRawPointer(bitPattern: UInt(weight)), plan.weightLayout,
+                           UnsafeRawPointer(bitPattern: UInt(input)), plan.inputLayout, &beta,
+                           UnsafeRawPointer(bitPattern: UInt(output)), plan.outputLayout,
+                           UnsafeMutableRawPointer(bitPattern: UInt(output)), plan.outputLayout, algorithm.baseAddress,
+                           UnsafeMutableRawPointer(bitPattern: UInt(workspace.address)), workspace.byteCount, stream.handle)
+        }
+        try Self.check(code, "cublasLtMatmul(\(shape))")
+    }
+}
+
+/// The shape of a row-major GEMM `Y[rows, outputs] = X[rows, inner] · W[outputs, inner]ᵀ`.
+public struct GEMMShape: Hashable, Sendable, CustomStringConvertible {
+    public let rows: Int
+    public let inner: Int
+    public let outputs: Int
+    /// F32 output instead of BF16 (logits).
+    public let floatOutput: Bool
+
+    public init(rows: Int, inner: Int, outputs: Int, floatOutput: Bool = false) {
+        self.rows = rows
+        self.inner = inner
+        self.outputs = outputs
+        self.floatOutput = floatOutput
+    }
+
+    public var description: String { "[\(rows)x\(inner)]·[\(outputs)x\(inner)]ᵀ" }
+
+    /// 2·M·N·K.
+    public var flops: Double { 2 * Double(rows) * Double(inner) * Double(outputs) }
+
+    /// cuBLASLt takes 32-bit sizes and needs 16-byte aligned BF16 rows for its tensor-core kernels.
+    public func validate() throws {
+        let call = "cublasLtMatmul(\(self))"
+        guard rows > 0, inner > 0, outputs > 0 else {
+            throw CUDAError.invalidArgument(call: call, reason: "every dimension must be positive")
+        }
+        guard rows <= Int(Int32.max), inner <= Int(Int32.max), outputs <= Int(Int32.max) else {
+            throw CUDAError.invalidArgument(call: call, reason: "a dimension exceeds 2^31-1")
+        }
+        guard inner % 8 == 0, outputs % 8 == 0 else {
+            throw CUDAError.invalidArgument(call: call, reason: "inner and outputs must be multiples of 8 (16-byte BF16 rows)")
+        }
+    }
+}
