@@ -30,7 +30,7 @@ t_embedded=$(elapsed "$t0")
 run_cluster() {  # run_cluster NAME WORKERS SPLIT
     local name=$1 count=$2 split=$3
     local state="$work/state-$name"
-    "$bin/coordd" --listen 127.0.0.1:0 --state-dir "$state" --token-file "$work/token" 2>"$work/coordd-$name.log" &
+    "$bin/coordd" --listen 127.0.0.1:0 --state-dir "$state" --token-file "$work/token" >/dev/null 2>"$work/coordd-$name.log" &
     pids+=($!)
     local address=""
     for _ in $(seq 100); do
@@ -40,7 +40,7 @@ run_cluster() {  # run_cluster NAME WORKERS SPLIT
     done
     for i in $(seq "$count"); do
         "$bin/workerd" --coordinator "$address" --name "w$i" --token-file "$work/token" \
-            --scratch "$work/scratch-$name-$i" 2>"$work/workerd-$name-$i.log" &
+            --scratch "$work/scratch-$name-$i" >/dev/null 2>"$work/workerd-$name-$i.log" &
         pids+=($!)
     done
     local ctl=("$bin/coordctl" --coordinator "$address" --token-file "$work/token")
@@ -52,11 +52,16 @@ run_cluster() {  # run_cluster NAME WORKERS SPLIT
     start=$(now)
     job=$("${ctl[@]}" submit "${common[@]}" --output "$work/$name" --split "$split" | tail -n1)
     "${ctl[@]}" status "$job" --watch --json >/dev/null
-    elapsed "$start"
+    elapsed "$start" > "$work/time-$name"
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    pids=()
 }
 
-t_one=$(run_cluster one 1 30)
-t_two=$(run_cluster two 2 15,15)
+# Not in $(...): the daemons started inside would hold the substitution open.
+run_cluster one 1 30
+run_cluster two 2 15,15
+t_one=$(cat "$work/time-one")
+t_two=$(cat "$work/time-two")
 
 same() { diff -rq "$work/embedded" "$work/$1" >/dev/null && echo yes || echo NO; }
 printf '\nSmolLM2-135M, W4A4, %s samples, CPU, %s cores (%s)\n\n' "$samples" "$(nproc)" "$(uname -m)"
