@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Transport
 
 /// Reads a cluster token file: the secret is the file's content without surrounding whitespace. The file should be
@@ -32,4 +33,13 @@ public struct TokenFileError: Error, CustomStringConvertible, Sendable {
     public let path: String
     public let reason: String
     public var description: String { "token file \(path) \(reason)" }
+}
+
+/// Logs of the executables go to standard error at `level`; standard output carries only results.
+public func bootstrapStandardErrorLogging(level: Logger.Level) {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ClusterProtocol
 import CPUBackend
 import Calibration
 import Checkpoint
@@ -83,7 +84,7 @@ struct Quantize: AsyncParsableCommand {
     var logLevel: Logger.Level = .info
 
     func run() async throws {
-        bootstrapLogging(level: logLevel)
+        bootstrapStandardErrorLogging(level: logLevel)
         let logger = Logger(label: "coordctl.quantize")
         let summary = try await EmbeddedQuantize.run(options: try job.makeOptions(), logger: logger)
         print(summary.description)
@@ -189,11 +190,4 @@ struct JobOptions: ParsableArguments {
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
-/// Logs go to standard error at `level`; standard output carries only results.
-func bootstrapLogging(level: Logger.Level) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
-}
+

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ClusterProtocol
 import Calibration
 import CPUBackend
 import Evaluation
@@ -53,7 +54,7 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
-        bootstrapLogging(level: logLevel)
+        bootstrapStandardErrorLogging(level: logLevel)
         let logger = Logger(label: "coordctl.eval")
         let originalDirectory = URL(fileURLWithPath: original)
         let configPath = originalDirectory.appendingPathComponent("config.json").path

@@ -37,7 +37,7 @@ struct Coordd: AsyncParsableCommand {
     var logLevel: Logger.Level = .info
 
     func run() async throws {
-        bootstrapDaemonLogging(level: logLevel)
+        bootstrapStandardErrorLogging(level: logLevel)
         let logger = Logger(label: "coordd")
         var configuration = CoordinatorService.Configuration(
             listen: try NodeAddress(parsing: listen), stateDirectory: stateDir,
@@ -51,11 +51,3 @@ struct Coordd: AsyncParsableCommand {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
-
-func bootstrapDaemonLogging(level: Logger.Level) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
-}

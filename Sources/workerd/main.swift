@@ -54,7 +54,7 @@ struct Workerd: AsyncParsableCommand {
     }
 
     func run() async throws {
-        bootstrapDaemonLogging(level: logLevel)
+        bootstrapStandardErrorLogging(level: logLevel)
         let workerName = name ?? ProcessInfo.processInfo.hostName
         let logger = Logger(label: "workerd.\(workerName)")
         var configuration = WorkerService.Configuration(
@@ -71,11 +71,3 @@ struct Workerd: AsyncParsableCommand {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
-
-func bootstrapDaemonLogging(level: Logger.Level) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
-}
