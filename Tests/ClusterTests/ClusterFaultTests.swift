@@ -36,6 +36,34 @@ import Testing
         }
     }
 
+    @Test func aWorkerThatStaysDeadHasItsRangeReplannedOntoTheOther() throws {
+        try withTemporaryDirectory("cluster-replan") { directory in
+            let reference = try embeddedReference(in: directory, extra: Self.chunking)
+            let cluster = LocalCluster(directory: directory, token: try writeToken("replan-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator(extra: ["--worker-grace", "2"])
+            try cluster.startWorker("w1", extra: Self.slow)
+            try cluster.startWorker("w2", extra: Self.slow)
+            try cluster.waitForWorkers(["w1", "w2"])
+
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + Self.chunking))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
+            try waitUntil {
+                let through = try cluster.status(job)["samples_through"] as? [String: Int]
+                return (through?["1-1"] ?? 0) >= 2
+            }
+            cluster.workers["w2"]!.kill()  // and it never comes back
+
+            let status = try cluster.waitForEnd(job, timeout: 180)
+            #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
+            try expectIdenticalDirectories(reference, output)
+            #expect(cluster.coordd!.output.contains("re-planned: w1 0..<2"))
+            let workers = try #require(status["workers"] as? [[String: Any]])
+            #expect(workers.map { $0["name"] as? String } == ["w1"])
+        }
+    }
+
     @Test func restartedCoordinatorResumesAndTheJobCompletesIdentically() throws {
         try withTemporaryDirectory("cluster-restart") { directory in
             let reference = try embeddedReference(in: directory, extra: Self.chunking)
