@@ -7,89 +7,81 @@ import Testing
     static let slow = ["--debug-chunk-delay-ms", "300"]
     static let chunking = ["--chunk-tokens", "1"]
 
-    @Test func killedWorkerRestartsAndTheJobCompletesIdentically() throws {
-        try withTemporaryDirectory("cluster-kill") { directory in
-            let reference = try embeddedReference(in: directory, extra: Self.chunking)
-            let cluster = LocalCluster(directory: directory, token: try writeToken("kill-token-0123456789abcdef", in: directory))
+    /// A two-worker job (layer 0 on w1, layer 1 on w2) stopped in mid-calibration, with what it needs to finish.
+    struct InterruptedJob {
+        let cluster: LocalCluster
+        let job: String
+        let output: URL
+        let reference: URL
+    }
+
+    /// Starts coordd (on `listen`) and two slow workers, submits the tiny model, and returns once two samples have
+    /// passed the second range. `body` interrupts the job and checks the result.
+    static func withJobInMidCalibration(_ label: String, coordinatorListen: String = "127.0.0.1:0",
+                                        coordinatorExtra: [String] = [],
+                                        _ body: (InterruptedJob) throws -> Void) throws {
+        try withTemporaryDirectory(label) { directory in
+            let reference = try embeddedReference(in: directory, extra: chunking)
+            let cluster = LocalCluster(directory: directory,
+                                       token: try writeToken("\(label)-token-0123456789abcdef", in: directory))
             defer { cluster.stopAll() }
-            try cluster.startCoordinator(extra: ["--worker-grace", "60"])
-            try cluster.startWorker("w1", extra: Self.slow)
-            try cluster.startWorker("w2", extra: Self.slow)
+            try cluster.startCoordinator(listen: coordinatorListen, extra: coordinatorExtra)
+            try cluster.startWorker("w1", extra: slow)
+            try cluster.startWorker("w2", extra: slow)
             try cluster.waitForWorkers(["w1", "w2"])
 
             let output = directory.appendingPathComponent("out")
-            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + Self.chunking))
-            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + chunking))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
             try waitUntil {
                 let through = try cluster.status(job)["samples_through"] as? [String: Int]
                 return (through?["1-1"] ?? 0) >= 2
             }
+            try body(InterruptedJob(cluster: cluster, job: job, output: output, reference: reference))
+        }
+    }
+
+    /// Waits for the job to end and checks it succeeded with the bytes of the uninterrupted embedded run.
+    static func expectCompletesIdentically(_ interrupted: InterruptedJob,
+                                           sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
+        let status = try interrupted.cluster.waitForEnd(interrupted.job, timeout: 180)
+        #expect(status["state"] as? String == "succeeded",
+                "status: \(status)\n\(interrupted.cluster.coordd!.output)", sourceLocation: sourceLocation)
+        try expectIdenticalDirectories(interrupted.reference, interrupted.output, sourceLocation: sourceLocation)
+        return status
+    }
+
+    @Test func killedWorkerRestartsAndTheJobCompletesIdentically() throws {
+        try Self.withJobInMidCalibration("kill", coordinatorExtra: ["--worker-grace", "60"]) { interrupted in
+            let cluster = interrupted.cluster
             cluster.workers["w2"]!.kill()  // SIGKILL, mid-calibration
-            try waitUntil { (try? cluster.status(job)["workers"] as? [[String: Any]])?
+            try waitUntil { (try? cluster.status(interrupted.job)["workers"] as? [[String: Any]])?
                 .contains { $0["name"] as? String == "w2" && $0["health"] as? String == "dead" } ?? false }
             try cluster.startWorker("w2", extra: Self.slow)  // same name and scratch, a new port
-
-            let status = try cluster.waitForEnd(job, timeout: 180)
-            #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
-            try expectIdenticalDirectories(reference, output)
+            _ = try Self.expectCompletesIdentically(interrupted)
             #expect(cluster.coordd!.output.contains("worker connection lost"))
         }
     }
 
     @Test func aWorkerThatStaysDeadHasItsRangeReplannedOntoTheOther() throws {
-        try withTemporaryDirectory("cluster-replan") { directory in
-            let reference = try embeddedReference(in: directory, extra: Self.chunking)
-            let cluster = LocalCluster(directory: directory, token: try writeToken("replan-token-0123456789abcdef", in: directory))
-            defer { cluster.stopAll() }
-            try cluster.startCoordinator(extra: ["--worker-grace", "2"])
-            try cluster.startWorker("w1", extra: Self.slow)
-            try cluster.startWorker("w2", extra: Self.slow)
-            try cluster.waitForWorkers(["w1", "w2"])
-
-            let output = directory.appendingPathComponent("out")
-            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + Self.chunking))
-            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
-            try waitUntil {
-                let through = try cluster.status(job)["samples_through"] as? [String: Int]
-                return (through?["1-1"] ?? 0) >= 2
-            }
-            cluster.workers["w2"]!.kill()  // and it never comes back
-
-            let status = try cluster.waitForEnd(job, timeout: 180)
-            #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
-            try expectIdenticalDirectories(reference, output)
-            #expect(cluster.coordd!.output.contains("re-planned: w1 0..<2"))
+        try Self.withJobInMidCalibration("replan", coordinatorExtra: ["--worker-grace", "2"]) { interrupted in
+            interrupted.cluster.workers["w2"]!.kill()  // and it never comes back
+            let status = try Self.expectCompletesIdentically(interrupted)
+            #expect(interrupted.cluster.coordd!.output.contains("re-planned: w1 0..<2"))
             let workers = try #require(status["workers"] as? [[String: Any]])
             #expect(workers.map { $0["name"] as? String } == ["w1"])
         }
     }
 
     @Test func restartedCoordinatorResumesAndTheJobCompletesIdentically() throws {
-        try withTemporaryDirectory("cluster-restart") { directory in
-            let reference = try embeddedReference(in: directory, extra: Self.chunking)
-            let cluster = LocalCluster(directory: directory, token: try writeToken("restart-token-0123456789abcd", in: directory))
-            defer { cluster.stopAll() }
-            let listen = "127.0.0.1:\(try freeLoopbackPort())"
-            try cluster.startCoordinator(listen: listen)
-            try cluster.startWorker("w1", extra: Self.slow)
-            try cluster.startWorker("w2", extra: Self.slow)
-            try cluster.waitForWorkers(["w1", "w2"])
-
-            let output = directory.appendingPathComponent("out")
-            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + Self.chunking))
-            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
-            try waitUntil {
-                let through = try cluster.status(job)["samples_through"] as? [String: Int]
-                return (through?["1-1"] ?? 0) >= 2
-            }
+        let listen = "127.0.0.1:\(try freeLoopbackPort())"
+        try Self.withJobInMidCalibration("restart", coordinatorListen: listen) { interrupted in
+            let cluster = interrupted.cluster
             cluster.coordd!.kill()  // SIGKILL: no chance to persist anything more
             try cluster.startCoordinator(listen: listen)
             // The job is still known, and resumes once the workers have registered again on their own.
-            let resumed = try cluster.status(job)
-            #expect(resumed["job_id"] as? String == job)
-            let status = try cluster.waitForEnd(job, timeout: 180)
-            #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
-            try expectIdenticalDirectories(reference, output)
+            #expect(try cluster.status(interrupted.job)["job_id"] as? String == interrupted.job)
+            _ = try Self.expectCompletesIdentically(interrupted)
             #expect(cluster.coordd!.output.contains("resuming job after a restart"))
         }
     }
