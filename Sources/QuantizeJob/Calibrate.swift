@@ -49,6 +49,17 @@ public enum ComputeDevice: CustomStringConvertible {
         }
     }
 
+    /// The weight quantizer of this device: the GPU's for CUDA (bit-identical to the CPU's), none (the CPU's) else.
+    public var bf16WeightQuantizer: BF16WeightQuantizer? {
+        switch self {
+        case .cpu: nil
+        case .cuda(let device):
+            { [quantizer = CUDANVFP4Quantizer(device: device)] values, rows, cols, s2, tensor in
+                try quantizer.quantize(bf16: values, rows: rows, cols: cols, weightScale2: s2, tensor: tensor)
+            }
+        }
+    }
+
     /// What the activations are rounded to: the GPU always computes in BF16.
     public func activationLabel(_ precision: CPUBackend.ActivationPrecision) -> String {
         switch self {

@@ -33,21 +33,29 @@ public struct ExportedTensor: Codable, Sendable, Equatable {
 /// then each Linear in the job's layout (q/k/v and gate/up sharing one global weight scale; input scales from the
 /// calibrated activation amax for W4A4). Names use global layer indices, so the output needs no renaming.
 /// Stateless between calls: layers may be exported in any order and on another thread than calibration.
+/// Quantizes a BF16 `[rows, cols]` weight against its S2, bit-identical to ``NVFP4Quantizer``: the GPU quantizer
+/// plugs in here. Arguments: values, rows, cols, weightScale2, tensor name.
+public typealias BF16WeightQuantizer = @Sendable (UnsafeBufferPointer<UInt16>, Int, Int, Float, String) throws -> NVFP4Weight
+
 public final class LayerExporter: Sendable {
     public let spec: JobSpec
     public let config: LlamaConfig
     private let source: SafeTensorsModel
     private let layout: LinearTensorLayout
     private let weightAmax: [String: Float]
+    private let bf16Quantizer: BF16WeightQuantizer?
 
     /// - Parameter weightAmax: `max |W|` per Linear weight name when already known (the one-machine job scans
     ///   every weight first); missing ones are computed from `source` (rejecting NaN, Inf and all-zero weights).
-    public init(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel, weightAmax: [String: Float] = [:]) {
+    /// - Parameter bf16Quantizer: quantizes BF16 weights instead of the CPU quantizer (e.g. on the GPU).
+    public init(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel, weightAmax: [String: Float] = [:],
+                bf16Quantizer: BF16WeightQuantizer? = nil) {
         self.spec = spec
         self.config = config
         self.source = source
         self.layout = spec.tensorLayout
         self.weightAmax = weightAmax
+        self.bf16Quantizer = bf16Quantizer
     }
 
     /// The tensors of `layer`, in write order. `activationAmax` (W4A4 only) holds one amax per fused group.
@@ -120,8 +128,11 @@ public final class LayerExporter: Sendable {
         if info.dtype == .bf16 {
             return try source.withBytes(linear.weightName) { bytes in
                 try withBF16(bytes) {
-                    try NVFP4Quantizer.quantize(bf16: $0, rows: linear.outFeatures, cols: linear.inFeatures,
-                                                weightScale2: weightScale2, tensor: linear.weightName)
+                    if let bf16Quantizer {
+                        return try bf16Quantizer($0, linear.outFeatures, linear.inFeatures, weightScale2, linear.weightName)
+                    }
+                    return try NVFP4Quantizer.quantize(bf16: $0, rows: linear.outFeatures, cols: linear.inFeatures,
+                                                       weightScale2: weightScale2, tensor: linear.weightName)
                 }
             }
         }

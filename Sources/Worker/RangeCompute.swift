@@ -45,7 +45,7 @@ final class RangeCompute: @unchecked Sendable {
             : try BoundaryStateStore(scratchDirectory: Self.jobScratch(scratchDirectory, workerName: workerName),
                                      jobID: assignment.jobID, firstLayer: assignment.firstLayer,
                                      hiddenSize: config.hiddenSize)
-        exporter = LayerExporter(spec: spec, config: config, source: source)
+        exporter = LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
         // A range holding every layer calibrates layer by layer (calibrateAll) and loads nothing up front.
         if spec.scheme.quantizesActivations && !(assignment.embeddings && assignment.successor == nil) {
             try runner.loadLayers()
