@@ -105,7 +105,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "workerd", dependencies: [
-            "Worker", "ClusterProtocol", "Transport",
+            "Worker", "ClusterProtocol", "Transport", "Checkpoint",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

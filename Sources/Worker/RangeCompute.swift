@@ -17,13 +17,16 @@ final class RangeCompute: @unchecked Sendable {
     private let runner: any RangeRunning
     /// The device this range computes on, as `calibration.json` names it.
     let deviceLabel: String
+    /// The range's weights do not fit the worker's memory budget: it collects every chunk's input first, then runs
+    /// them layer by layer (one layer resident), and forwards the outputs at the end. Same results, no pipelining.
+    let streams: Bool
     private let boundary: BoundaryStateStore?
     private let exporter: LayerExporter
 
     /// Checks the model against the coordinator's config hash, then loads the range (W4A4 only: weight-only jobs
     /// only export).
     init(assignment: WorkerAssignment, workerName: String, device deviceName: String, scratchDirectory: URL,
-         logger: Logger) throws {
+         memoryBudget: Int, logger: Logger) throws {
         let spec = assignment.spec
         try ModelCheck.verify(spec)
         config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
@@ -46,8 +49,15 @@ final class RangeCompute: @unchecked Sendable {
                                      jobID: assignment.jobID, firstLayer: assignment.firstLayer,
                                      hiddenSize: config.hiddenSize)
         exporter = LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
-        // A range holding every layer calibrates layer by layer (calibrateAll) and loads nothing up front.
-        if spec.scheme.quantizesActivations && !(assignment.embeddings && assignment.successor == nil) {
+        let holdsEveryLayer = assignment.embeddings && assignment.successor == nil
+        let residentBytes = LayerRangeRunner<CPUBackend>.residentWeightBytes(config: config, range: assignment.range)
+        streams = spec.scheme.quantizesActivations && !holdsEveryLayer && residentBytes > memoryBudget
+        if streams {
+            let range = "\(assignment.firstLayer)..<\(assignment.endLayer)"
+            logger.info("layers \(range) need \(residentBytes >> 20) MiB, over the memory budget of \(memoryBudget >> 20) MiB: calibrating them one layer at a time")
+        }
+        // A range holding every layer (calibrateAll) or streaming loads nothing up front.
+        if spec.scheme.quantizesActivations && !holdsEveryLayer && !streams {
             try runner.loadLayers()
         }
     }
@@ -82,10 +92,28 @@ final class RangeCompute: @unchecked Sendable {
         return (output, amax)
     }
 
-    /// Starts a layer-at-a-time pass over every chunk (single-range plans).
+    /// Keeps chunk `index`'s input (a streaming range collects every chunk before it starts).
+    func keep(chunk index: Int, input: Data) throws {
+        guard let boundary else { return }
+        try boundary.save(try HiddenStates(hiddenSize: config.hiddenSize, littleEndianBytes: input,
+                                           expectedTokens: assignment.chunks[index].tokenCount), chunk: index)
+    }
+
+    /// Starts a layer-at-a-time pass over every chunk: the first range embeds, later ones read the kept inputs; with a
+    /// successor the outputs are retained for ``output(of:chunk:)``.
     func startStreamingPass() throws -> StreamingPass {
         runner.releaseLayers()
-        return StreamingPass(calibrator: try runner.layerPass(plan: assignment.plan))
+        let boundary = self.boundary
+        let input: ((CalibrationChunk) throws -> HiddenStates)? = boundary.map { store in
+            { chunk in try store.load(chunk: chunk.index, expectedTokens: chunk.tokenCount) }
+        }
+        return StreamingPass(calibrator: try runner.layerPass(plan: assignment.plan, input: input,
+                                                              retainsOutputs: assignment.successor != nil))
+    }
+
+    /// The output of `chunk` after a finished streaming pass, as raw little-endian f32 for the successor.
+    func output(of pass: StreamingPass, chunk: Int) throws -> Data {
+        try pass.calibrator.output(chunk: chunk).littleEndianBytes()
     }
 
     func streamNextLayer(_ pass: StreamingPass) throws -> StreamedLayer {
@@ -127,17 +155,22 @@ protocol RangeRunning: AnyObject {
     func run(chunk: CalibrationChunk, hidden: HiddenStates?) throws -> ChunkResult
     func loadLayers() throws
     func releaseLayers()
-    func layerPass(plan: CalibrationPlan) throws -> any LayerPass
+    func layerPass(plan: CalibrationPlan, input: ((CalibrationChunk) throws -> HiddenStates)?, retainsOutputs: Bool) throws
+        -> any LayerPass
 }
 
 /// A layer-at-a-time pass with its backend type erased.
 protocol LayerPass: AnyObject {
     func nextLayer() throws -> (layer: Int, chunkAmax: [ObservedAmax])
+    func output(chunk: Int) throws -> HiddenStates
     func finish()
 }
 
 extension LayerRangeRunner: RangeRunning {
-    func layerPass(plan: CalibrationPlan) throws -> any LayerPass { try streamingPass(plan: plan) }
+    func layerPass(plan: CalibrationPlan, input: ((CalibrationChunk) throws -> HiddenStates)?, retainsOutputs: Bool) throws
+        -> any LayerPass {
+        try streamingPass(plan: plan, input: input, retainsOutputs: retainsOutputs)
+    }
 }
 
 extension LayerStreamingCalibrator: LayerPass {
@@ -145,6 +178,8 @@ extension LayerStreamingCalibrator: LayerPass {
         let result = try calibrateNextLayer()
         return (result.layer, result.chunkAmax)
     }
+
+    func output(chunk: Int) throws -> HiddenStates { try takeOutput(chunk: chunk) }
 }
 
 /// One layer of a layer-at-a-time pass: the amax of every chunk.

@@ -23,6 +23,8 @@ public distributed actor Worker: WorkerEndpoint {
     let coordinatorAddress: NodeAddress
     let logger: Logger
     let chunkDelay: Duration
+    /// Bytes of layer weights this worker may hold at once; a range above it is calibrated one layer at a time.
+    let memoryBudget: Int
     let compute = ComputeQueue(label: "workerd.compute")
     private var job: ActiveRangeJob?
     private var coordinatorBulk: (any ActivationTransport)?
@@ -30,13 +32,15 @@ public distributed actor Worker: WorkerEndpoint {
     private var localCoordinator: (any CoordinatorEndpoint)?
 
     public init(actorSystem: ClusterActorSystem, name: String, device: String, scratchDirectory: URL,
-                coordinator: NodeAddress, chunkDelay: Duration = .zero, logger: Logger) {
+                coordinator: NodeAddress, chunkDelay: Duration = .zero,
+                memoryBudget: Int = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8, logger: Logger) {
         self.actorSystem = actorSystem
         self.name = name
         self.device = device
         self.scratchDirectory = scratchDirectory
         self.coordinatorAddress = coordinator
         self.chunkDelay = chunkDelay
+        self.memoryBudget = memoryBudget
         self.logger = logger
     }
 
@@ -61,9 +65,10 @@ public distributed actor Worker: WorkerEndpoint {
         logger.info("loading layers \(assignment.firstLayer)..<\(assignment.endLayer)",
                     metadata: ["job": "\(assignment.jobID)"])
         let deviceName = device
+        let budget = memoryBudget
         let compute = try await self.compute.run {
             try RangeCompute(assignment: assignment, workerName: name, device: deviceName, scratchDirectory: scratch,
-                             logger: logger)
+                             memoryBudget: budget, logger: logger)
         }
         var successor: (any ActivationTransport)?
         if let next = assignment.successor {
@@ -90,6 +95,12 @@ public distributed actor Worker: WorkerEndpoint {
         guard job.assignment.embeddings, job.assignment.successor == nil else {
             throw ClusterJobError(node: name, message: "calibrateAll needs a range holding every layer")
         }
+        startLayerAtATimePass(job)
+    }
+
+    /// Runs every chunk through the range one layer at a time in the background, reporting each layer's chunks as
+    /// the layer completes, then (with a successor) forwards every chunk's output in order.
+    private func startLayerAtATimePass(_ job: ActiveRangeJob) {
         let compute = self.compute
         job.enqueueBackground { [weak self] in
             do {
@@ -101,6 +112,13 @@ public distributed actor Worker: WorkerEndpoint {
                     if job.isCancelled { return }
                     guard let self else { return }
                     try await self.whenLocal { try await $0.reportLayer(job: job, layer: layer, start: start) }
+                }
+                if let successor = job.successor {
+                    for chunk in job.assignment.chunks.indices {
+                        if job.isCancelled { return }
+                        let output = try await compute.run { try job.compute.output(of: pass, chunk: chunk) }
+                        try await successor.sendTensor(id: BulkTensorID.hiddenStates(chunk: chunk), chunks: byteChunks(output))
+                    }
                 }
                 _ = try? await compute.run { job.compute.finishStreamingPass(pass) }
             } catch {
@@ -264,8 +282,18 @@ public distributed actor Worker: WorkerEndpoint {
         }
     }
 
-    /// Runs one chunk through the range, reports its amax, and forwards the output to the successor.
+    /// Runs one chunk through the range, reports its amax, and forwards the output to the successor. A streaming
+    /// range only keeps the chunk, and starts its layer-at-a-time pass once every chunk is there.
     private func process(job: ActiveRangeJob, chunk: Int, input: Data?, fromStore: Bool = false) async throws {
+        if job.compute.streams {
+            if let input { try await compute.run { try job.compute.keep(chunk: chunk, input: input) } }
+            job.collected.insert(chunk)
+            if job.collected.count == job.assignment.chunks.count && !job.streamingStarted {
+                job.streamingStarted = true
+                startLayerAtATimePass(job)
+            }
+            return
+        }
         let start = ContinuousClock.now
         let result = try await compute.run { try job.compute.run(chunk: chunk, input: input, fromStore: fromStore) }
         if chunkDelay > .zero { try await Task.sleep(for: chunkDelay) }
@@ -288,6 +316,9 @@ final class ActiveRangeJob: @unchecked Sendable {
     let compute: RangeCompute
     let successor: (any ActivationTransport)?
     var chunksDone = 0
+    /// Streaming ranges: the chunks whose input is here, and whether the pass has started.
+    var collected: Set<Int> = []
+    var streamingStarted = false
     private let lock = NSLock()
     private var cancelled = false
     private var background: [Task<Void, Never>] = []

@@ -23,6 +23,8 @@ public struct WorkerService: Service {
         public var transport = TransportConfiguration()
         /// Sleeps after each chunk (`--debug-chunk-delay-ms`): gives fault tests a mid-calibration moment.
         public var chunkDelay: Duration = .zero
+        /// Bytes of layer weights held at once (`--memory-budget`); a larger range is calibrated one layer at a time.
+        public var memoryBudget = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8
 
         public init(coordinator: NodeAddress, listen: NodeAddress, name: String, device: String, token: ClusterToken?,
                     scratchDirectory: URL) {
@@ -65,7 +67,7 @@ public struct WorkerService: Service {
         let worker = try system.makeActor(named: WellKnownActor.worker) {
             Worker(actorSystem: system, name: configuration.name, device: configuration.device,
                    scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
-                   chunkDelay: configuration.chunkDelay, logger: logger)
+                   chunkDelay: configuration.chunkDelay, memoryBudget: configuration.memoryBudget, logger: logger)
         }
         logger.info("workerd listening", metadata: ["address": "\(advertisedAddress)", "coordinator": "\(configuration.coordinator)"])
         let info: @Sendable () -> WorkerInfo = { WorkerInfo(name: configuration.name, address: advertisedAddress, device: configuration.device,

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Checkpoint
 import ClusterProtocol
 import Foundation
 import Logging
@@ -41,6 +42,9 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "Directory for kept hidden states and spill files.")
     var scratch: String = FileManager.default.temporaryDirectory.appendingPathComponent("workerd").path
 
+    @Option(name: .long, help: "Memory for layer weights (e.g. 100GB; default 80% of RAM). A range that needs more is calibrated one layer at a time: correct, but not pipelined with the other workers.")
+    var memoryBudget: String?
+
     @Option(name: .long, help: .hidden)
     var debugChunkDelayMs: Int = 0
 
@@ -63,6 +67,7 @@ struct Workerd: AsyncParsableCommand {
             scratchDirectory: URL(fileURLWithPath: scratch))
         configuration.advertise = try advertise.map { try NodeAddress(parsing: $0) }
         configuration.chunkDelay = .milliseconds(debugChunkDelayMs)
+        if let memoryBudget { configuration.memoryBudget = try ShardPlanner.parseSize(memoryBudget) }
         let service = WorkerService(configuration: configuration, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
                                                       logger: logger))

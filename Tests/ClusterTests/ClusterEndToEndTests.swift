@@ -40,6 +40,28 @@ import Testing
         }
     }
 
+    @Test func workersOverTheirMemoryBudgetCalibrateLayerByLayerWithTheSameBytes() throws {
+        try withTemporaryDirectory("cluster-budget") { directory in
+            let chunking = ["--chunk-tokens", "100"]
+            let reference = try embeddedReference(in: directory, extra: chunking)
+            let cluster = LocalCluster(directory: directory, token: try writeToken("budget-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            // One layer of the tiny model holds 0.74 MB of f32 weights: 100 KB forces the layer-at-a-time schedule.
+            try cluster.startWorker("w1", extra: ["--memory-budget", "100KB"])
+            try cluster.startWorker("w2", extra: ["--memory-budget", "100KB"])
+            try cluster.waitForWorkers(["w1", "w2"])
+
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + chunking))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
+            let status = try cluster.waitForEnd(job)
+            #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
+            try expectIdenticalDirectories(reference, output)
+            #expect(cluster.workers["w2"]!.output.contains("calibrating them one layer at a time"))
+        }
+    }
+
     @Test func wrongTokenAndGarbageAreRefusedWhileTheClusterCarriesOn() throws {
         try withTemporaryDirectory("cluster-auth") { directory in
             let cluster = LocalCluster(directory: directory, token: try writeToken("auth-token-0123456789abcdef", in: directory))
