@@ -334,3 +334,9 @@ extension ClusterActorSystem {
                         configuration: configuration, logger: logger)
     }
 }
+
+/// Seconds since `start`, for rates and durations in reports and logs.
+public func secondsSince(_ start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+}

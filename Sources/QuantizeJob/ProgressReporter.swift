@@ -57,7 +57,8 @@ public final class ProgressReporter: @unchecked Sendable {
         if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 
-    static func duration(_ seconds: Double) -> String {
+    /// `4m05s`, `1h02m`: durations in progress and status lines.
+    public static func duration(_ seconds: Double) -> String {
         let s = Int(seconds.rounded())
         return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s / 60 % 60) : String(format: "%dm%02ds", s / 60, s % 60)
     }

@@ -298,7 +298,8 @@ public final class QuantizeJob {
     }
 }
 
-func formatBytes(_ bytes: Int) -> String {
+/// `478 kB`, `12.3 MB`, `4.02 GB`: sizes in summaries and status lines.
+public func formatBytes(_ bytes: Int) -> String {
     let value = Double(bytes)
     if value >= 1e9 { return String(format: "%.2f GB", value / 1e9) }
     if value >= 1e6 { return String(format: "%.1f MB", value / 1e6) }

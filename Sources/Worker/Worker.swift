@@ -360,11 +360,6 @@ func byteChunks(_ data: Data) -> [ByteBuffer] {
     return chunks
 }
 
-func secondsSince(_ start: ContinuousClock.Instant) -> Double {
-    let elapsed = ContinuousClock.now - start
-    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-}
-
 /// Free bytes on the file system holding `url`, 0 when unknown.
 public func freeDiskBytes(at url: URL) -> Int64 {
     let attributes = try? FileManager.default.attributesOfFileSystem(forPath: url.path)

@@ -191,7 +191,7 @@ struct Workers: AsyncParsableCommand {
               + pad("HEALTH", 8) + "LAST HEARTBEAT")
         for worker in workers {
             print(pad(worker.name, 16) + pad(worker.address, 22) + pad(worker.device, 10)
-                  + pad(formatGB(worker.memoryBytes), 10) + pad(formatGB(worker.freeDiskBytes), 11)
+                  + pad(formatBytes(Int(worker.memoryBytes)), 10) + pad(formatBytes(Int(worker.freeDiskBytes)), 11)
                   + pad(worker.health, 8) + worker.lastHeartbeat
                   + (worker.deathReason.map { "  (\($0))" } ?? ""))
         }
@@ -227,8 +227,8 @@ func render(_ status: JobStatus) -> String {
         }
     }
     if let rate = status.tokensPerSecond { lines.append(String(format: "  speed:   %.1f tokens/s", rate)) }
-    if let eta = status.etaSeconds { lines.append("  eta:     \(formatDuration(eta))") }
-    if let bytes = status.outputBytes { lines.append("  output size: \(formatGB(bytes))") }
+    if let eta = status.etaSeconds { lines.append("  eta:     \(ProgressReporter.duration(eta))") }
+    if let bytes = status.outputBytes { lines.append("  output size: \(formatBytes(Int(bytes)))") }
     if let reason = status.failureReason { lines.append("  reason:  \(reason)") }
     lines.append("  updated: \(status.updatedAt)")
     return lines.joined(separator: "\n")
@@ -238,15 +238,3 @@ func pad(_ text: String, _ width: Int) -> String {
     text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
 }
 
-func formatGB(_ bytes: Int64) -> String {
-    let value = Double(bytes)
-    if value >= 1e9 { return String(format: "%.1f GB", value / 1e9) }
-    return String(format: "%.0f MB", value / 1e6)
-}
-
-func formatDuration(_ seconds: Double) -> String {
-    let total = Int(seconds.rounded())
-    if total >= 3600 { return "\(total / 3600) h \(total % 3600 / 60) min" }
-    if total >= 60 { return "\(total / 60) min \(total % 60) s" }
-    return "\(total) s"
-}

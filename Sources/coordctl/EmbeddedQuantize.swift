@@ -89,7 +89,7 @@ enum EmbeddedQuantize {
             if status.phase == .calibrating, let through = status.samplesThrough.values.first {
                 line += ", \(through) samples through every layer"
                 if let rate = status.tokensPerSecond { line += String(format: ", %.0f tokens/s", rate) }
-                if let eta = status.etaSeconds { line += ", ETA \(formatDuration(eta))" }
+                if let eta = status.etaSeconds { line += ", ETA \(ProgressReporter.duration(eta))" }
             }
             if line != last {
                 logger.info("\(line)")
