@@ -207,6 +207,86 @@ public struct CUDABackend: ComputeBackend {
         return observed
     }
 
+    // MARK: - Resident hidden states
+
+    /// Share of the free device memory that calibration may fill with resident hidden states.
+    public static let residentStateFraction = 0.4
+
+    public func residentStateCapacity() throws -> Int {
+        let free = try device.exclusive { try device.context.memoryInfo().free }
+        return Int(Double(free) * Self.residentStateFraction)
+    }
+
+    public func residentStateBytes(tokens: Int) -> Int { tokens * width * 2 }
+
+    /// BF16 states in device memory, split into the passes ``maxTokensPerPass`` allows, each with its metadata
+    /// already on the device, so a forward enqueues kernels only.
+    public func makeResident(_ hidden: HiddenStates, batch: SequenceBatch) throws -> DeviceHiddenStates {
+        try hidden.check(matches: batch, hiddenSize: width)
+        return try device.exclusive {
+            let stream = device.computeStream
+            let count = batch.totalTokens * width
+            let buffer = try DeviceBuffer(context: device.context, byteCount: count * 2)
+            let floats = try device.workspace.device("hidden.f32", bytes: count * 4)
+            try hidden.values.withUnsafeBytes { try device.upload($0, to: floats, stream: stream) }
+            try device.kernels.f32ToBF16.launch(grid: gridStride(count), block: (256, 1, 1), stream: stream,
+                                                arguments: [.pointer(floats.address), .pointer(buffer.address), .int64(Int64(count))])
+            var passes: [DeviceHiddenStates.Pass] = []
+            for samples in Self.passes(batch, maxTokens: maxTokensPerPass) {
+                let sub = try SequenceBatch(tokenCounts: Array(batch.tokenCounts[samples]))
+                let metadata = try uploadMetadata(sub, into: DeviceBuffer(context: device.context, byteCount: Self.metadataBytes(sub)))
+                passes.append(.init(firstRow: batch.sampleOffsets[samples.lowerBound], batch: sub, metadata: metadata))
+            }
+            return DeviceHiddenStates(buffer: buffer, batch: batch, passes: passes)
+        }
+    }
+
+    public func hostStates(_ states: DeviceHiddenStates) throws -> HiddenStates {
+        let count = states.batch.totalTokens * width
+        var values = [Float](repeating: 0, count: count)
+        try device.exclusive {
+            let stream = device.computeStream
+            let floats = try device.workspace.device("hidden.f32", bytes: count * 4)
+            try device.kernels.bf16ToF32.launch(grid: gridStride(count), block: (256, 1, 1), stream: stream,
+                                                arguments: [.pointer(states.buffer.address), .pointer(floats.address), .int64(Int64(count))])
+            try values.withUnsafeMutableBytes { try device.download(floats, byteCount: count * 4, into: $0, stream: stream) }
+        }
+        return HiddenStates(hiddenSize: width, values: values)
+    }
+
+    /// Enqueues the layer over every pass of `states` and the scan for non-finite outputs; returns at once.
+    public func enqueueForward(layer: LoadedLayer, states: inout DeviceHiddenStates, batch: SequenceBatch) throws -> PendingDeviceForward {
+        guard batch == states.batch else {
+            throw ComputeBackendError.hiddenStatesMismatch(expectedTokens: batch.totalTokens, expectedHiddenSize: width,
+                                                           actualTokens: states.batch.totalTokens, actualHiddenSize: width)
+        }
+        return try device.exclusive {
+            let stream = device.computeStream
+            let result = try DeviceBuffer(context: device.context, byteCount: 32)
+            try result.fill(byte: 0, byteCount: 32, stream: stream)
+            for pass in states.passes {
+                try enqueueLayer(layer, hidden: states.buffer.address(atByteOffset: pass.firstRow * width * 2), batch: pass.batch,
+                                 metadata: pass.metadata.address, amax: result.address)
+            }
+            let count = batch.totalTokens * width
+            try device.kernels.bf16FirstNonFiniteRow.launch(
+                grid: gridStride(count / 8), block: (256, 1, 1), stream: stream,
+                arguments: [.pointer(states.buffer.address), .int64(Int64(count)), .int32(Int32(width)), .pointer(result.address + 16)])
+            return PendingDeviceForward(result: result)
+        }
+    }
+
+    /// Waits for the forward (and everything enqueued before it) and reads its 20 bytes of results.
+    public func completeForward(_ pending: PendingDeviceForward) throws -> ResidentForwardResult {
+        var bits = [UInt32](repeating: 0, count: 5)
+        try device.exclusive {
+            try bits.withUnsafeMutableBytes { try device.download(pending.result, byteCount: 20, into: $0, stream: device.computeStream) }
+        }
+        let amax = ObservedAmax(qkv: Float(bitPattern: bits[0]), o: Float(bitPattern: bits[1]), gateUp: Float(bitPattern: bits[2]),
+                                down: Float(bitPattern: bits[3]))
+        return ResidentForwardResult(amax: amax, firstNonFiniteRow: bits[4] == 0 ? nil : Int(UInt32.max - bits[4]))
+    }
+
     /// Sample ranges whose tokens fit in `maxTokens` (a longer sample goes alone).
     public static func passes(_ batch: SequenceBatch, maxTokens: Int) -> [Range<Int>] {
         var passes: [Range<Int>] = []
@@ -228,15 +308,61 @@ public struct CUDABackend: ComputeBackend {
     /// Returns the four observed amax values (one 16-byte read back). Callers hold ``CUDADevice/exclusive(_:)``; the
     /// benchmarks call this directly to time the layer without host transfers.
     public func forwardOnDevice(layer: LoadedLayer, hidden: DeviceBuffer, batch: SequenceBatch) throws -> ObservedAmax {
+        guard hidden.byteCount >= batch.totalTokens * width * 2 else {
+            throw CUDAError.invalidArgument(call: "CUDABackend.forwardOnDevice", reason: "hidden buffer holds fewer than \(batch.totalTokens) rows")
+        }
+        let stream = device.computeStream
+        let amax = try device.workspace.device("amax", bytes: 16)
+        try amax.fill(byte: 0, byteCount: 16, stream: stream)
+        let metadata = try uploadMetadata(batch, into: device.workspace.device("metadata", bytes: Self.metadataBytes(batch)))
+        try enqueueLayer(layer, hidden: hidden.address, batch: batch, metadata: metadata.address, amax: amax.address)
+        var bits = [UInt32](repeating: 0, count: 4)
+        try bits.withUnsafeMutableBytes { try device.download(amax, byteCount: 16, into: $0, stream: stream) }
+        return ObservedAmax(qkv: Float(bitPattern: bits[0]), o: Float(bitPattern: bits[1]), gateUp: Float(bitPattern: bits[2]),
+                            down: Float(bitPattern: bits[3]))
+    }
+
+    /// Bytes of a batch's metadata: each token's position, then each sample's first row and length (Int32).
+    static func metadataBytes(_ batch: SequenceBatch) -> Int { (batch.totalTokens + 2 * batch.sampleCount) * 4 }
+
+    /// Enqueues the upload of `batch`'s metadata into `buffer` on the compute stream.
+    func uploadMetadata(_ batch: SequenceBatch, into buffer: DeviceBuffer) throws -> DeviceBuffer {
+        var integers = [Int32]()
+        integers.reserveCapacity(batch.totalTokens + 2 * batch.sampleCount)
+        for count in batch.tokenCounts { integers += (0..<Int32(count)) }
+        integers += batch.sampleOffsets.map { Int32($0) }
+        integers += batch.tokenCounts.map { Int32($0) }
+        try integers.withUnsafeBytes { try device.upload($0, to: buffer, stream: device.computeStream) }
+        return buffer
+    }
+
+    /// The BF16-rounded RoPE table for at least `positions` positions on the device, built once per model and grown
+    /// when a longer sample comes (see ``ropeTable(positions:)``); returns it with the positions it holds.
+    func deviceRopeTable(positions: Int) throws -> (buffer: DeviceBuffer, positions: Int) {
+        if let cached = device.ropeTable, cached.frequencies == inverseFrequencies, cached.positions >= positions {
+            return (cached.buffer, cached.positions)
+        }
+        let count = max(positions, 2048)
+        let table = ropeTable(positions: count)
+        let buffer = try DeviceBuffer(context: device.context, byteCount: table.count * 4)
+        try table.withUnsafeBytes { try device.upload($0, to: buffer, stream: device.computeStream) }
+        device.ropeTable = (inverseFrequencies, count, buffer)
+        return (buffer, count)
+    }
+
+    /// Enqueues one decoder layer over `batch.totalTokens` BF16 rows at `hidden`, in place, on the compute stream;
+    /// the four observed amax values are max-ed (as float bits) into the 16 bytes at `amax`. `metadata` is the
+    /// batch's (``uploadMetadata(_:into:)``). Nothing waits for the device. Callers hold ``CUDADevice/exclusive(_:)``.
+    func enqueueLayer(_ layer: LoadedLayer, hidden: CUdeviceptr, batch: SequenceBatch, metadata: CUdeviceptr,
+                      amax: CUdeviceptr) throws {
         let stream = device.computeStream
         let kernels = device.kernels
         let workspace = device.workspace
         let tokens = batch.totalTokens
         let headDim = config.headDim
+        let maxLength = batch.tokenCounts.max()!
+        let (rope, ropePositions) = try deviceRopeTable(positions: maxLength)
         let half = headDim / 2
-        guard hidden.byteCount >= tokens * width * 2 else {
-            throw CUDAError.invalidArgument(call: "CUDABackend.forwardOnDevice", reason: "hidden buffer holds fewer than \(tokens) rows")
-        }
 
         let normed = try workspace.device("normed", bytes: tokens * width * 2)
         let qkv = try workspace.device("qkv", bytes: tokens * qkvWidth * 2)
@@ -244,38 +370,23 @@ public struct CUDABackend: ComputeBackend {
         let projected = try workspace.device("projected", bytes: tokens * width * 2)
         let gateUp = try workspace.device("gateUp", bytes: tokens * 2 * intermediate * 2)
         let activated = try workspace.device("activated", bytes: tokens * intermediate * 2)
-        let amax = try workspace.device("amax", bytes: 16)
-        let metadata = try workspace.device("metadata", bytes: (tokens + 2 * batch.sampleCount) * 4)
-        let maxLength = batch.tokenCounts.max()!
-        let rope = try workspace.device("rope", bytes: 2 * maxLength * half * 4)
+        let positions = metadata
+        let offsets = metadata + CUdeviceptr(tokens * 4)
+        let lengths = metadata + CUdeviceptr((tokens + batch.sampleCount) * 4)
 
-        // Positions within each sample, sample offsets and lengths; then the BF16-rounded cos/sin tables.
-        var integers = [Int32]()
-        integers.reserveCapacity(tokens + 2 * batch.sampleCount)
-        for count in batch.tokenCounts { integers += (0..<Int32(count)) }
-        integers += batch.sampleOffsets.map { Int32($0) }
-        integers += batch.tokenCounts.map { Int32($0) }
-        try integers.withUnsafeBytes { try device.upload($0, to: metadata, stream: stream) }
-        let table = ropeTable(positions: maxLength)
-        try table.withUnsafeBytes { try device.upload($0, to: rope, stream: stream) }
-        let positions = metadata.address
-        let offsets = metadata.address(atByteOffset: tokens * 4)
-        let lengths = metadata.address(atByteOffset: (tokens + batch.sampleCount) * 4)
-
-        try amax.fill(byte: 0, byteCount: 16, stream: stream)
         try stream.wait(for: layer.ready)
         let epsilon = Float(config.rmsNormEps)
         let normThreads = 256
 
         // Attention block.
         try kernels.rmsNorm.launch(grid: (tokens, 1, 1), block: (normThreads, 1, 1), stream: stream,
-                                   arguments: [.pointer(hidden.address), .pointer(layer.inputNorm.address), .pointer(normed.address),
-                                               .pointer(amax.address), .int32(Int32(width)), .float(epsilon)])
+                                   arguments: [.pointer(hidden), .pointer(layer.inputNorm.address), .pointer(normed.address),
+                                               .pointer(amax), .int32(Int32(width)), .float(epsilon)])
         try device.blas.matmul(GEMMShape(rows: tokens, inner: width, outputs: qkvWidth), input: normed.address,
                                weight: layer.qkvWeight.address, output: qkv.address, stream: stream)
         try kernels.rope.launch(grid: (tokens, 1, 1), block: (256, 1, 1), stream: stream,
                                 arguments: [.pointer(qkv.address), .pointer(positions), .pointer(rope.address),
-                                            .pointer(rope.address(atByteOffset: maxLength * half * 4)), .int32(Int32(qkvWidth)),
+                                            .pointer(rope.address(atByteOffset: ropePositions * half * 4)), .int32(Int32(qkvWidth)),
                                             .int32(Int32(config.numAttentionHeads + config.numKeyValueHeads)), .int32(Int32(headDim))])
         let scaleLog2 = Float(1 / Double(headDim).squareRoot() * 1.4426950408889634)
         try (headDim == 32 ? kernels.attention32 : headDim == 64 ? kernels.attention64 : kernels.attention128).launch(
@@ -285,31 +396,26 @@ public struct CUDABackend: ComputeBackend {
                         .float(scaleLog2)])
         try kernels.bf16Amax.launch(grid: gridStride(tokens * queryWidth / 8), block: (256, 1, 1), stream: stream,
                                     arguments: [.pointer(attention.address), .int64(Int64(tokens * queryWidth)),
-                                                .pointer(amax.address(atByteOffset: 4))])
+                                                .pointer(amax + 4)])
         try device.blas.matmul(GEMMShape(rows: tokens, inner: queryWidth, outputs: width), input: attention.address,
                                weight: layer.oWeight.address, output: projected.address, stream: stream)
         try kernels.residualAdd.launch(grid: gridStride(tokens * width / 2), block: (256, 1, 1), stream: stream,
-                                       arguments: [.pointer(hidden.address), .pointer(projected.address), .int64(Int64(tokens * width))])
+                                       arguments: [.pointer(hidden), .pointer(projected.address), .int64(Int64(tokens * width))])
 
         // MLP block.
         try kernels.rmsNorm.launch(grid: (tokens, 1, 1), block: (normThreads, 1, 1), stream: stream,
-                                   arguments: [.pointer(hidden.address), .pointer(layer.postAttentionNorm.address),
-                                               .pointer(normed.address), .pointer(amax.address(atByteOffset: 8)),
+                                   arguments: [.pointer(hidden), .pointer(layer.postAttentionNorm.address),
+                                               .pointer(normed.address), .pointer(amax + 8),
                                                .int32(Int32(width)), .float(epsilon)])
         try device.blas.matmul(GEMMShape(rows: tokens, inner: width, outputs: 2 * intermediate), input: normed.address,
                                weight: layer.gateUpWeight.address, output: gateUp.address, stream: stream)
         try kernels.swiGLU.launch(grid: gridStride(tokens * intermediate / 2), block: (256, 1, 1), stream: stream,
-                                  arguments: [.pointer(gateUp.address), .pointer(activated.address), .pointer(amax.address(atByteOffset: 12)),
+                                  arguments: [.pointer(gateUp.address), .pointer(activated.address), .pointer(amax + 12),
                                               .int32(Int32(tokens)), .int32(Int32(intermediate))])
         try device.blas.matmul(GEMMShape(rows: tokens, inner: intermediate, outputs: width), input: activated.address,
                                weight: layer.downWeight.address, output: projected.address, stream: stream)
         try kernels.residualAdd.launch(grid: gridStride(tokens * width / 2), block: (256, 1, 1), stream: stream,
-                                       arguments: [.pointer(hidden.address), .pointer(projected.address), .int64(Int64(tokens * width))])
-
-        var bits = [UInt32](repeating: 0, count: 4)
-        try bits.withUnsafeMutableBytes { try device.download(amax, byteCount: 16, into: $0, stream: stream) }
-        return ObservedAmax(qkv: Float(bitPattern: bits[0]), o: Float(bitPattern: bits[1]), gateUp: Float(bitPattern: bits[2]),
-                            down: Float(bitPattern: bits[3]))
+                                       arguments: [.pointer(hidden), .pointer(projected.address), .int64(Int64(tokens * width))])
     }
 
     /// cos then sin of `f32(p) · inv_freq[i]` for p < `positions`, rounded to BF16 (as transformers' BF16 forward and the
@@ -394,4 +500,28 @@ public struct CUDABackend: ComputeBackend {
         }
         return total
     }
+}
+
+/// Hidden states of one calibration chunk in device memory (BF16 `[tokens, hidden]`), with each pass's metadata.
+public final class DeviceHiddenStates: @unchecked Sendable {
+    struct Pass {
+        let firstRow: Int
+        let batch: SequenceBatch
+        let metadata: DeviceBuffer
+    }
+
+    let buffer: DeviceBuffer
+    public let batch: SequenceBatch
+    let passes: [Pass]
+
+    init(buffer: DeviceBuffer, batch: SequenceBatch, passes: [Pass]) {
+        self.buffer = buffer
+        self.batch = batch
+        self.passes = passes
+    }
+}
+
+/// An enqueued layer forward: its 32-byte result slot (four amax bit patterns, then the non-finite row flag).
+public struct PendingDeviceForward: @unchecked Sendable {
+    let result: DeviceBuffer
 }

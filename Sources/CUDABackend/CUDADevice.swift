@@ -28,8 +28,12 @@ public final class CUDADevice: @unchecked Sendable {
     let lock = NSLock()
     let workspace: Workspace
     /// Staging buffers' last copies (see ``upload(_:to:atByteOffset:stream:)``).
-    var stagingEvents: [CUDAEvent?] = [nil, nil]
-    var pendingStaging: [CUDAEvent?] = [nil, nil]
+    /// Two staging buffers per stream (compute, copy), so that an upload on one never waits for the other's work.
+    var stagingEvents: [CUDAEvent?] = [nil, nil, nil, nil]
+    var pendingStaging: [CUDAEvent?] = [nil, nil, nil, nil]
+    /// The BF16 RoPE cos/sin table on the device (see `CUDABackend.ropeTable(positions:)`), rebuilt when a longer
+    /// sample or another model needs it.
+    var ropeTable: (frequencies: [Float], positions: Int, buffer: DeviceBuffer)?
     var downloadEvents: [CUDAEvent?] = [nil, nil]
 
     /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLASLt, and compiles (or loads from cache) the kernels.
@@ -63,6 +67,7 @@ public struct CUDAKernels: Sendable {
     public let module: CUDAModule
     public let nvfp4Quantize: CUDAFunction
     public let bf16Amax: CUDAFunction
+    public let bf16FirstNonFiniteRow: CUDAFunction
     public let f32ToBF16: CUDAFunction
     public let bf16ToF32: CUDAFunction
     public let rmsNorm: CUDAFunction
@@ -96,6 +101,7 @@ public struct CUDAKernels: Sendable {
         module = try CUDAModule(context: context, image: image)
         nvfp4Quantize = try module.function("nvfp4_quantize")
         bf16Amax = try module.function("bf16_amax")
+        bf16FirstNonFiniteRow = try module.function("bf16_first_nonfinite_row")
         f32ToBF16 = try module.function("f32_to_bf16")
         bf16ToF32 = try module.function("bf16_to_f32")
         rmsNorm = try module.function("rmsnorm_bf16")

@@ -11,18 +11,20 @@ extension CUDADevice {
     /// Callers hold ``exclusive(_:)``.
     func upload(_ bytes: UnsafeRawBufferPointer, to buffer: DeviceBuffer, atByteOffset offset: Int = 0, stream: CUDAStream) throws {
         guard bytes.count > 0 else { return }
-        let staging = [try workspace.host("staging0", bytes: Self.stagingBytes), try workspace.host("staging1", bytes: Self.stagingBytes)]
+        let lane = stream === copyStream ? 2 : 0
+        let staging = [try workspace.host("staging\(lane)", bytes: Self.stagingBytes),
+                       try workspace.host("staging\(lane + 1)", bytes: Self.stagingBytes)]
         var done = 0
         var slot = 0
         while done < bytes.count {
             let count = min(Self.stagingBytes, bytes.count - done)
-            if let pending = pendingStaging[slot] { try pending.synchronize() }
+            if let pending = pendingStaging[lane + slot] { try pending.synchronize() }
             parallelCopy(to: staging[slot].pointer, from: bytes.baseAddress! + done, count: count)
             try buffer.copy(from: UnsafeRawBufferPointer(start: staging[slot].pointer, count: count), toByteOffset: offset + done,
                             stream: stream)
-            let event = try stagingEvent(slot)
+            let event = try stagingEvent(lane + slot)
             try event.record(on: stream)
-            pendingStaging[slot] = event
+            pendingStaging[lane + slot] = event
             done += count
             slot ^= 1
         }

@@ -9,6 +9,25 @@ public protocol ComputeBackend: Sendable {
 
     var config: LlamaConfig { get }
 
+    /// Hidden states held in the backend's own memory between layers (see ``ResidentForwardResult``); the host
+    /// ``HiddenStates`` for a backend without memory of its own.
+    associatedtype ResidentStates = HiddenStates
+    /// A forward that was enqueued and not yet waited for.
+    associatedtype PendingForward = ResidentForwardResult
+
+    /// Bytes of resident states the backend can hold now; 0 keeps states on the host.
+    func residentStateCapacity() throws -> Int
+    /// Bytes one chunk of `tokens` tokens takes as resident states.
+    func residentStateBytes(tokens: Int) -> Int
+    /// Copies host states of `batch` into the backend's memory.
+    func makeResident(_ hidden: HiddenStates, batch: SequenceBatch) throws -> ResidentStates
+    /// Copies resident states back to the host.
+    func hostStates(_ states: ResidentStates) throws -> HiddenStates
+    /// Starts one decoder layer over resident states, in place; it may return before the work is done.
+    func enqueueForward(layer: LoadedLayer, states: inout ResidentStates, batch: SequenceBatch) throws -> PendingForward
+    /// Waits for an enqueued forward and returns what it observed.
+    func completeForward(_ pending: PendingForward) throws -> ResidentForwardResult
+
     /// Loads decoder layer `index` (7 Linears, 2 norms) from `source`, checking names and shapes against
     /// ``config``.
     func loadLayer(_ index: Int, from source: some WeightSource) throws -> LoadedLayer

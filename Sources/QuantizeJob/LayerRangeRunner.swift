@@ -134,10 +134,22 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
         }
         try loadLayers()
         var layerAmax: [(layer: Int, amax: ObservedAmax)] = []
-        for (offset, layer) in range.enumerated() {
-            let amax = try forwardChecked(backend: backend, layer: loaded[offset], index: layer, hidden: &hidden,
-                                          batch: batch, chunk: chunk)
-            layerAmax.append((layer, amax))
+        if try backend.residentStateCapacity() >= backend.residentStateBytes(tokens: batch.totalTokens) {
+            // The states cross to the backend once for the whole range, not once per layer.
+            var states = try backend.makeResident(hidden, batch: batch)
+            for (offset, layer) in range.enumerated() {
+                let result = try backend.completeForward(try backend.enqueueForward(layer: loaded[offset], states: &states, batch: batch))
+                try checkAmax(result.amax, layer: layer, chunk: chunk)
+                if let row = result.firstNonFiniteRow { throw chunk.nonFiniteHiddenState(row: row, layer: layer) }
+                layerAmax.append((layer, result.amax))
+            }
+            hidden = try backend.hostStates(states)
+        } else {
+            for (offset, layer) in range.enumerated() {
+                let amax = try forwardChecked(backend: backend, layer: loaded[offset], index: layer, hidden: &hidden,
+                                              batch: batch, chunk: chunk)
+                layerAmax.append((layer, amax))
+            }
         }
         return ChunkResult(chunk: chunk.index, sampleCount: chunk.sampleRange.count, output: hidden, layerAmax: layerAmax)
     }

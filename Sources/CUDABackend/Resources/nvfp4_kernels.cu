@@ -120,6 +120,24 @@ extern "C" __global__ void bf16_amax(const bf16_t* __restrict__ values, long lon
     warp_amax(amax, max_bits << 16);
 }
 
+// The first row of a BF16 [rows, width] tensor holding a NaN or infinity, as atomicMax of ~row into *flag (0: none),
+// so that calibration can name the sample without reading device-resident hidden states back.
+extern "C" __global__ void bf16_first_nonfinite_row(const bf16_t* __restrict__ values, long long count, int width, u32* flag) {
+    long long vectors = count / 8;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += (long long)gridDim.x * blockDim.x) {
+        uint4 v = reinterpret_cast<const uint4*>(values)[i];
+        u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            u32 bits = (w[k >> 1] >> (16 * (k & 1))) & 0x7f80u;
+            if (bits == 0x7f80u) {
+                atomicMax(flag, 0xffffffffu - (u32)((i * 8 + k) / width));
+                break;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Format conversions for the host's f32 hidden states.
 

@@ -69,6 +69,18 @@ public struct CalibrationChunk: Codable, Sendable, Equatable {
             }
         }
     }
+
+    /// The error for a non-finite output at `row` of the chunk's concatenated states, naming the row's sample.
+    public func nonFiniteHiddenState(row: Int, layer: Int?) -> CalibrationError {
+        var offset = 0
+        for (position, count) in tokenCounts.enumerated() {
+            if row < offset + count {
+                return .nonFiniteHiddenState(layer: layer, sample: sampleRange.lowerBound + position, source: sources[position])
+            }
+            offset += count
+        }
+        return .nonFiniteHiddenState(layer: layer, sample: sampleRange.upperBound - 1, source: sources.last ?? "")
+    }
 }
 
 /// The selected calibration samples grouped into chunks, plus what `calibration.json` records about them. Built

@@ -11,9 +11,12 @@ import Logging
 /// - Samples are grouped once, in order, into chunks of at most `chunkTokens` tokens (a longer sample is a chunk
 ///   of its own; a sample is never split). Each chunk is one `SequenceBatch`. Max is associative, so the chunking
 ///   changes nothing but speed.
-/// - Hidden states stay in memory as f32 while they fit `activationMemoryBudget` bytes; the chunks that do not
-///   are kept in a scratch directory (raw little-endian f32, exact), removed by ``finish()``, after the last
-///   layer, or when the calibrator goes away. Which chunks spill is decided once, so results do not depend on it.
+/// - Hidden states stay in the backend's own memory while they fit its ``ComputeBackend/residentStateCapacity()``
+///   (a GPU's memory; none on the CPU): each such chunk crosses the bus once on entering the range and once on
+///   leaving it, and while the device runs every chunk through layer L the next layer is loaded. The other chunks
+///   stay in host memory as f32 while they fit `activationMemoryBudget` bytes; the rest are kept in a scratch
+///   directory (raw little-endian f32, exact), removed by ``finish()``, after the last layer, or when the
+///   calibrator goes away. Where each chunk lives is decided once, so results do not depend on it.
 /// - A zero or non-finite amax, or a non-finite hidden state, stops the calibration with a ``CalibrationError``
 ///   naming the layer (and sample when known): a zero amax means a Linear was never exercised.
 /// - It may cover a contiguous range of layers only (a cluster worker's share): the range's input is then given
@@ -50,6 +53,8 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     public var scratchDirectory: URL { spill.directory }
     /// How many chunks live in scratch files rather than memory (known after the first call).
     public private(set) var spilledChunkCount = 0
+    /// How many chunks live in the backend's own memory (known after the first call).
+    public private(set) var residentChunkCount = 0
     /// How many chunks the samples were grouped into.
     public var chunkCount: Int { chunks.count }
     /// Layers of the range completed so far; the next call must ask for `layers.lowerBound + completedLayers`.
@@ -69,11 +74,14 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     /// Seconds spent inside calibration calls and tokens pushed through layers, for the ETA.
     private var busySeconds = 0.0
     private var layerTokensDone = 0
+    /// The next layer, loaded while the backend still ran the previous one.
+    private var prefetched: (layer: Int, loaded: Backend.LoadedLayer)?
 
     private enum Storage {
         case none
         case memory([Float])
         case spilled
+        case resident(Backend.ResidentStates)
     }
 
     private struct Chunk {
@@ -81,6 +89,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         let batch: SequenceBatch
         var storage: Storage = .none
         var spills = false
+        var resident = false
         var sampleRange: Range<Int> { plan.sampleRange }
     }
 
@@ -222,6 +231,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     /// Releases the hidden states and deletes the scratch files; later calls throw ``CalibrationError/finished``.
     public func finish() {
         finished = true
+        prefetched = nil
         for index in chunks.indices { chunks[index].storage = .none }
         spill.removeAll()
     }
@@ -255,23 +265,49 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     }
 
     /// Loads `layer`, runs every chunk through it and drops it again; returns each chunk's amax and the tokens run.
+    /// Resident chunks are enqueued first; the next layer loads while the backend works through them.
     private func runAllChunks(layer: Int, start: ContinuousClock.Instant) throws -> ([ObservedAmax], Int) {
-        let loaded = try backend.loadLayer(layer, from: weights)
-        var chunkAmax: [ObservedAmax] = []
+        let loaded: Backend.LoadedLayer
+        if let prefetched, prefetched.layer == layer {
+            loaded = prefetched.loaded
+        } else {
+            loaded = try backend.loadLayer(layer, from: weights)
+        }
+        prefetched = nil
+        var chunkAmax = [ObservedAmax](repeating: .zero, count: chunks.count)
+        var pending: [(chunk: Int, forward: Backend.PendingForward)] = []
         var samplesDone = 0
         var tokensDone = 0
         for index in chunks.indices {
-            var hidden = HiddenStates(hiddenSize: backend.config.hiddenSize, values: try takeStates(of: index))
-            let amax = try forwardChecked(backend: backend, layer: loaded, index: layer, hidden: &hidden,
-                                          batch: chunks[index].batch, chunk: chunks[index].plan)
-            chunkAmax.append(amax)
-            try store(hidden.values, chunk: index)
-
+            if chunks[index].resident {
+                guard case .resident(var states) = chunks[index].storage else {
+                    preconditionFailure("chunk \(index) has no resident hidden states")
+                }
+                chunks[index].storage = .none  // keeps `states` uniquely referenced
+                let forward = try backend.enqueueForward(layer: loaded, states: &states, batch: chunks[index].batch)
+                chunks[index].storage = .resident(states)
+                pending.append((index, forward))
+            } else {
+                var hidden = HiddenStates(hiddenSize: backend.config.hiddenSize, values: try takeStates(of: index))
+                chunkAmax[index] = try forwardChecked(backend: backend, layer: loaded, index: layer, hidden: &hidden,
+                                                      batch: chunks[index].batch, chunk: chunks[index].plan)
+                try store(hidden.values, chunk: index)
+            }
             samplesDone += chunks[index].sampleRange.count
             tokensDone += chunks[index].batch.totalTokens
             layerTokensDone += chunks[index].batch.totalTokens
             reportProgress(layer: layer, samplesDone: samplesDone, tokensDone: tokensDone,
                            seconds: seconds(since: start))
+        }
+        if !pending.isEmpty && layer + 1 < layers.upperBound {
+            prefetched = (layer + 1, try backend.loadLayer(layer + 1, from: weights))
+        }
+        for (index, forward) in pending {
+            let result = try backend.completeForward(forward)
+            let chunk = chunks[index].plan
+            try checkAmax(result.amax, layer: layer, chunk: chunk)
+            if let row = result.firstNonFiniteRow { throw chunk.nonFiniteHiddenState(row: row, layer: layer) }
+            chunkAmax[index] = result.amax
         }
         return (chunkAmax, tokensDone)
     }
@@ -282,6 +318,8 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     private func loadInputs() throws {
         let start = ContinuousClock.now
         var residentBytes = 0
+        let backendCapacity = try backend.residentStateCapacity()
+        var backendBytes = 0
         for index in chunks.indices {
             let chunk = chunks[index].plan
             let hidden: HiddenStates
@@ -293,8 +331,15 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
                 try hidden.check(matches: chunks[index].batch, hiddenSize: config.hiddenSize)
                 try chunk.checkFinite(hidden.values, hiddenSize: config.hiddenSize, layer: layers.lowerBound - 1)
             }
+            let deviceBytes = backend.residentStateBytes(tokens: chunks[index].batch.totalTokens)
             let bytes = hidden.values.count * MemoryLayout<Float>.size
-            if residentBytes + bytes <= activationMemoryBudget {
+            if backendBytes + deviceBytes <= backendCapacity {
+                backendBytes += deviceBytes
+                chunks[index].resident = true
+                residentChunkCount += 1
+                chunks[index].storage = .resident(try backend.makeResident(hidden, batch: chunks[index].batch))
+                continue
+            } else if residentBytes + bytes <= activationMemoryBudget {
                 residentBytes += bytes
             } else {
                 chunks[index].spills = true
@@ -307,7 +352,8 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         busySeconds += seconds(since: start)
         let what = if case .embed = input { "embedded" } else { "received the hidden states of" }
         let summary = "calibration: \(what) \(sampleCount) samples (\(tokenTotal) tokens) in \(chunks.count) chunks of up to "
-            + "\(chunkTokens) tokens; \(formatMiB(residentBytes)) MiB of hidden states in memory, "
+            + "\(chunkTokens) tokens; \(residentChunkCount) chunks (\(formatMiB(backendBytes)) MiB) kept in the backend's memory, "
+            + "\(formatMiB(residentBytes)) MiB of hidden states in host memory, "
             + "\(spilledChunkCount) chunks spilled to \(spill.directory.path)"
         logger?.info("\(summary)")
     }
@@ -319,6 +365,9 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             return values
         case .spilled:
             return try spill.read(chunk: chunk, count: chunks[chunk].batch.totalTokens * config.hiddenSize)
+        case .resident(let states):
+            chunks[chunk].storage = .none
+            return try backend.hostStates(states).values
         case .none:
             preconditionFailure("chunk \(chunk) has no hidden states")
         }
@@ -368,11 +417,16 @@ public func forwardChecked<Backend: ComputeBackend>(backend: Backend, layer load
                                                     hidden: inout HiddenStates, batch: SequenceBatch,
                                                     chunk: CalibrationChunk) throws -> ObservedAmax {
     let amax = try backend.forward(layer: loaded, hidden: &hidden, batch: batch)
+    try checkAmax(amax, layer: layer, chunk: chunk)
+    try chunk.checkFinite(hidden.values, hiddenSize: backend.config.hiddenSize, layer: layer)
+    return amax
+}
+
+/// Rejects a non-finite amax of `chunk` at `layer`, naming the chunk's samples.
+public func checkAmax(_ amax: ObservedAmax, layer: Int, chunk: CalibrationChunk) throws {
     let range = chunk.sampleRange
     for group in FusedGroup.allCases where !amax[group].isFinite {
         throw CalibrationError.invalidAmax(layer: layer, group: group, amax: amax[group],
                                            samples: range.lowerBound...(range.upperBound - 1))
     }
-    try chunk.checkFinite(hidden.values, hiddenSize: backend.config.hiddenSize, layer: layer)
-    return amax
 }
