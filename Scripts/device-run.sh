@@ -8,6 +8,9 @@
 #                 NVFP4 quantization of an 8192x28672 matrix
 #   e2e           an 8-layer 70B-shaped model (vocab 128256) quantized by coordctl --device cuda with 256 samples
 #   smollm2 DIR   quantizer-check and forward-check on the model in DIR, then coordctl quantize --device cpu and cuda
+#   daemons DIR   coordd and two `workerd --device cuda` (layers split 15,15 on the one GPU) quantize DIR with the ids of
+#                 the smollm2 step; the checkpoint is compared with `coordctl quantize --device cuda`'s (run smollm2 first)
+#   quantizer     Benchmarks/cuda/quantizer-variants.sh (from the repository root): quantizer kernel variants, nvcc, ncu
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-/tmp/out}
@@ -41,6 +44,30 @@ while [ $# -gt 0 ]; do
             echo "coordctl quantize --device cuda (8 layers): $((SECONDS - started)) s wall" | tee -a "$out/e2e.log"
             du -sh /tmp/e2e-out | tee -a "$out/e2e.log"
             rm -rf /tmp/e2e-out ;;
+        quantizer) bash Benchmarks/cuda/quantizer-variants.sh "$out" ;;
+        daemons)
+            model=$1; shift
+            state=/tmp/daemons; rm -rf "$state" /tmp/smol-daemons; mkdir -p "$state"
+            C="--coordinator 127.0.0.1:7070"
+            "$here/bin/coordd" --listen 127.0.0.1:7070 --state-dir "$state/coordd" > "$out/coordd.log" 2>&1 & coordd=$!
+            sleep 1
+            for worker in gpu-a gpu-b; do
+                "$here/bin/workerd" $C --name "$worker" --device cuda --scratch "$state/$worker" > "$out/workerd-$worker.log" 2>&1 &
+                echo $! >> "$state/pids"
+            done
+            for _ in $(seq 60); do [ "$("$coordctl" $C workers 2>/dev/null | grep -c gpu-)" = 2 ] && break; sleep 0.5; done
+            "$coordctl" $C workers 2>&1 | tee "$out/daemons.log"
+            started=$SECONDS
+            job=$("$coordctl" $C submit --model "$model" --output /tmp/smol-daemons --calib /tmp/smol-ids.jsonl \
+                --samples "${SAMPLES:-64}" --split 15,15 2>&1 | tee -a "$out/daemons.log" | tail -n1)
+            "$coordctl" $C status "$job" --watch 2>&1 | tail -n 30 | tee -a "$out/daemons.log"
+            echo "coordd + 2 workerd --device cuda: $((SECONDS - started)) s wall" | tee -a "$out/daemons.log"
+            kill -TERM $(cat "$state/pids") $coordd; wait
+            grep -h -E "CUDA device|resident|calibrated layer|error" "$out"/workerd-*.log | head -20 | tee -a "$out/daemons.log"
+            python3 "$here/scripts/compare_cuda_cpu_outputs.py" /tmp/smol-cuda /tmp/smol-daemons 2>&1 | tee -a "$out/daemons.log"
+            for file in /tmp/smol-cuda/*.safetensors; do
+                cmp "$file" "/tmp/smol-daemons/$(basename "$file")" && echo "identical: $(basename "$file")"
+            done 2>&1 | tee -a "$out/daemons.log" ;;
         smollm2)
             model=$1; shift
             "$bench" quantizer-check "$model" --json "$out/smol-quantizer.json" 2>&1 | tee "$out/smollm2.log"
