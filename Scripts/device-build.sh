@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # device-build.sh [CARRY_DIR] — builds coordctl, coordd, workerd and CUDABenchmarks as static-stdlib release binaries and packs them, with
 # their resource bundles, the BLAS libraries they link and the device scripts, into CARRY_DIR/nvfp4-device.tar.xz
+# (coordctl, CUDABenchmarks) and CARRY_DIR/nvfp4-daemons.tar.xz (coordd, workerd; each archive under 64 MiB, the
+# device tool's limit per call; unpack both into the same directory)
 # (default: <package root>/.devcarry, which should be git-ignored). Carry CARRY_DIR to a GPU machine that has no Swift,
 # unpack and run Scripts/device-run.sh there (Docs/operations.md, "Running on a GPU machine").
 set -euo pipefail
@@ -34,5 +36,6 @@ cp Scripts/device-run.sh Scripts/reference/cuda_layer_bench_torch.py Scripts/ref
     Scripts/reference/cuda_cpu_torch_amax.py \
     Scripts/gguf_to_hf.py "$stage/nvfp4/scripts/"
 mkdir -p "$carry"
-tar -C "$stage" -cJf "$carry/nvfp4-device.tar.xz" nvfp4
+tar -C "$stage" -I "xz -T2" -cf "$carry/nvfp4-daemons.tar.xz" nvfp4/bin/coordd nvfp4/bin/workerd
+tar -C "$stage" -I "xz -T2" -cf "$carry/nvfp4-device.tar.xz" --exclude nvfp4/bin/coordd --exclude nvfp4/bin/workerd nvfp4
 ls -la "$carry"
