@@ -35,7 +35,9 @@ var results: [String: Any] = [:]
 func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 
 /// Times `body` on the compute stream with events: `warmup` untimed runs, then the median of `repeats`, in ms.
-func timeOnDevice(_ device: CUDADevice, warmup: Int = 2, repeats: Int = 10, prepare: () throws -> Void = {},
+/// Median milliseconds of `body` on the compute stream; with `launches` > 1, the mean of that many back-to-back runs
+/// between the two events (steady state: the host's launch latency no longer shows).
+func timeOnDevice(_ device: CUDADevice, warmup: Int = 2, repeats: Int = 10, launches: Int = 1, prepare: () throws -> Void = {},
                   _ body: () throws -> Void) throws -> Double {
     let start = try CUDAEvent(context: device.context)
     let stop = try CUDAEvent(context: device.context)
@@ -43,10 +45,10 @@ func timeOnDevice(_ device: CUDADevice, warmup: Int = 2, repeats: Int = 10, prep
     for run in 0..<(warmup + repeats) {
         try prepare()
         try start.record(on: device.computeStream)
-        try body()
+        for _ in 0..<launches { try body() }
         try stop.record(on: device.computeStream)
         try stop.synchronize()
-        if run >= warmup { times.append(Double(try stop.milliseconds(since: start))) }
+        if run >= warmup { times.append(Double(try stop.milliseconds(since: start)) / Double(launches)) }
     }
     return median(times)
 }
@@ -276,8 +278,23 @@ func bf16Values(_ source: some WeightSource, _ name: String) throws -> (values: 
         try quantizer.quantizeOnDevice(weight: layer.downWeight.address, rows: rows, cols: cols, weightScale2: s2,
                                        packed: packed.address, scales: scales.address, stream: stream)
     }
+    let quantizeSteadyMs = try timeOnDevice(device, launches: 20) {
+        try quantizer.quantizeOnDevice(weight: layer.downWeight.address, rows: rows, cols: cols, weightScale2: s2,
+                                       packed: packed.address, scales: scales.address, stream: stream)
+    }
+    let copySteadyMs = try timeOnDevice(device, launches: 20) {
+        try copyTarget.copy(from: copySource, byteCount: copyBytes, stream: stream)
+    }
     let quantizeBytes = Double(count * 2 + count / 2 + count / 16)
     let quantizeBandwidth = quantizeBytes / (quantizeMs / 1000) / 1e9
+    let steadyBandwidth = quantizeBytes / (quantizeSteadyMs / 1000) / 1e9
+    let copySteadyBandwidth = 2 * Double(copyBytes) / (copySteadyMs / 1000) / 1e9
+    print("steady state (20 back-to-back launches per timing): copy \(String(format: "%.0f", copySteadyBandwidth)) GB/s, " +
+          "quantize \(String(format: "%.4f", quantizeSteadyMs)) ms = \(String(format: "%.0f", steadyBandwidth)) GB/s = " +
+          "\(String(format: "%.1f", steadyBandwidth / copySteadyBandwidth * 100))% of copy bandwidth")
+    report["quantizeSteadyMs"] = quantizeSteadyMs
+    report["quantizeSteadyGBps"] = steadyBandwidth
+    report["copySteadyGBps"] = copySteadyBandwidth
     print("NVFP4 quantization \(rows)x\(cols): amax \(String(format: "%.3f", amaxMs)) ms (\(String(format: "%.0f", Double(count * 2) / (amaxMs / 1000) / 1e9)) GB/s), " +
           "quantize \(String(format: "%.3f", quantizeMs)) ms = \(String(format: "%.0f", quantizeBandwidth)) GB/s = " +
           "\(String(format: "%.0f", quantizeBandwidth / copyBandwidth * 100))% of copy bandwidth")

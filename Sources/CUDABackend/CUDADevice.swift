@@ -24,13 +24,15 @@ public final class CUDADevice: @unchecked Sendable {
     public let computeStream: CUDAStream
     /// Weight uploads run here, overlapping the compute of the previous layer.
     public let copyStream: CUDAStream
+    /// The NVFP4 export of finished layers runs here, beside calibration.
+    public let exportStream: CUDAStream
     /// Serializes use of the streams and the shared workspace.
     let lock = NSLock()
     let workspace: Workspace
     /// Staging buffers' last copies (see ``upload(_:to:atByteOffset:stream:)``).
-    /// Two staging buffers per stream (compute, copy), so that an upload on one never waits for the other's work.
-    var stagingEvents: [CUDAEvent?] = [nil, nil, nil, nil]
-    var pendingStaging: [CUDAEvent?] = [nil, nil, nil, nil]
+    /// Two staging buffers per stream (compute, copy, export), so that an upload on one never waits for another's work.
+    var stagingEvents: [CUDAEvent?] = Array(repeating: nil, count: 6)
+    var pendingStaging: [CUDAEvent?] = Array(repeating: nil, count: 6)
     /// The BF16 RoPE cos/sin table on the device (see `CUDABackend.ropeTable(positions:)`), rebuilt when a longer
     /// sample or another model needs it.
     var ropeTable: (frequencies: [Float], positions: Int, buffer: DeviceBuffer)?
@@ -46,6 +48,7 @@ public final class CUDADevice: @unchecked Sendable {
         blas = try CuBLASLt(context: context, locator: locator)
         computeStream = try CUDAStream(context: context)
         copyStream = try CUDAStream(context: context)
+        exportStream = try CUDAStream(context: context)
         workspace = Workspace(context: context)
         let memory = try context.memoryInfo()
         let driverVersion = try driver.driverVersion()

@@ -17,7 +17,7 @@ public struct CUDANVFP4Quantizer: Sendable {
             throw NVFP4Error.sizeMismatch(tensor: tensor, expected: (values.count / max(cols, 1)) * cols, actual: values.count)
         }
         let bits: UInt32 = try device.exclusive {
-            let stream = device.computeStream
+            let stream = device.exportStream
             let weight = try device.workspace.device("quantizer.weight", bytes: values.count * 2)
             try device.upload(UnsafeRawBufferPointer(values), to: weight, stream: stream)
             return try deviceAmaxBits(weight: weight.address, count: values.count, stream: stream)
@@ -36,7 +36,7 @@ public struct CUDANVFP4Quantizer: Sendable {
         var packed = [UInt8](repeating: 0, count: rows * cols / 2)
         var scales = [UInt8](repeating: 0, count: rows * cols / 16)
         try device.exclusive {
-            let stream = device.computeStream
+            let stream = device.exportStream
             let weight = try device.workspace.device("quantizer.weight", bytes: values.count * 2)
             let packedBuffer = try device.workspace.device("quantizer.packed", bytes: packed.count)
             let scaleBuffer = try device.workspace.device("quantizer.scales", bytes: scales.count)

@@ -11,7 +11,7 @@ extension CUDADevice {
     /// Callers hold ``exclusive(_:)``.
     func upload(_ bytes: UnsafeRawBufferPointer, to buffer: DeviceBuffer, atByteOffset offset: Int = 0, stream: CUDAStream) throws {
         guard bytes.count > 0 else { return }
-        let lane = stream === copyStream ? 2 : 0
+        let lane = stream === copyStream ? 2 : stream === exportStream ? 4 : 0
         let staging = [try workspace.host("staging\(lane)", bytes: Self.stagingBytes),
                        try workspace.host("staging\(lane + 1)", bytes: Self.stagingBytes)]
         var done = 0

@@ -44,6 +44,10 @@ actor JobRunner {
     private var plan: [LayerAssignment] = []
     /// layer → chunks recorded.
     private var recorded: [Int: Set<Int>] = [:]
+    /// Every layer's scales are final (the export of the last layers may go ahead).
+    private var calibrationDone = false
+    /// Calibration and export run side by side; the first of them to fail stops the other through this.
+    private var siblingFailure: String?
 
     // Live figures.
     private var calibrationStart: ContinuousClock.Instant?
@@ -223,12 +227,26 @@ actor JobRunner {
         if let failure = workerFailure {
             throw ClusterJobError(node: failure.worker, message: failure.message)
         }
+        if let siblingFailure { throw ClusterJobError(node: "coordinator", message: siblingFailure) }
+    }
+
+    /// Runs `work`; if it fails, wakes the sibling task so that it stops too.
+    private func stoppingSiblingOnFailure(_ work: () async throws -> Void) async throws {
+        do {
+            try await work()
+        } catch {
+            if siblingFailure == nil { siblingFailure = "\(error)" }
+            signalProgress()
+            throw error
+        }
     }
 
     /// One pass from the state on disk to the end. Any failure throws; `run` decides what follows.
     private func attempt() async throws {
         lost = [:]
         workerFailure = nil
+        siblingFailure = nil
+        calibrationDone = false
         acceptingReports = false
         attemptNumber += 1
         let spec = submission.spec
@@ -245,11 +263,25 @@ actor JobRunner {
         try checkInterrupted()
 
         if spec.scheme.quantizesActivations {
+            // Layer L is exported as soon as its scales are final, while later layers still calibrate.
             try move(to: .calibrating)
-            try await calibrate(workers: workers, calibrationPlan: calibrationPlan, config: config)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await self.stoppingSiblingOnFailure {
+                        try await self.calibrate(workers: workers, calibrationPlan: calibrationPlan, config: config)
+                    }
+                }
+                group.addTask {
+                    try await self.stoppingSiblingOnFailure {
+                        try await self.exportAndWrite(workers: workers, calibrationPlan: calibrationPlan, config: config)
+                    }
+                }
+                try await group.waitForAll()
+            }
+        } else {
+            try move(to: .exporting)
+            try await exportAndWrite(workers: workers, calibrationPlan: calibrationPlan, config: config)
         }
-        try move(to: .exporting)
-        try await exportAndWrite(workers: workers, calibrationPlan: calibrationPlan, config: config)
         try move(to: .succeeded)
         logger.info("job succeeded", metadata: ["output": "\(spec.outputPath)"])
         await tellWorkersToStop(discardState: true)
@@ -441,31 +473,33 @@ actor JobRunner {
             try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount)
         }
         logger.info("calibration complete: activation scales of \(layerCount) layers are final")
+        try move(to: .exporting)
+        calibrationDone = true
+        signalProgress()
     }
 
     // MARK: Export and merge
 
+    /// Exports every layer in order and merges the checkpoint. For W4A4 it runs beside ``calibrate``: each layer waits
+    /// until every chunk has passed it, then freezes its scales and exports; the merge waits for the whole calibration.
     private func exportAndWrite(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) async throws {
         let spec = submission.spec
-        var record: CalibrationRecord?
-        if spec.scheme.quantizesActivations {
-            var calibration = spec.calibrationRecord(plan: calibrationPlan, deviceLabel: deviceLabel)
-            calibration.activationAmax = try store.activationAmax(jobID: jobID)
-            record = calibration
-        }
+        let chunkCount = calibrationPlan.chunks.count
         let source = try SafeTensorsModel(directory: spec.modelPath)
         let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: logger)
         do {
             try assembler.writeEmbeddings()
-            let finalAmax = record?.activationAmax
             let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
             for layer in 0..<config.numHiddenLayers {
                 try checkInterrupted()
                 let owner = workers.first { $0.assignment.range.contains(layer) }!
-                let linearAmax = finalAmax.map { amax in
-                    Dictionary(uniqueKeysWithValues: config.linears(layer: layer).compactMap { linear in
-                        amax[linear.name].map { (linear.name, $0) }
-                    })
+                var linearAmax: [String: Float]?
+                if spec.scheme.quantizesActivations {
+                    while !calibrationDone && (recorded[layer]?.count ?? 0) < chunkCount {
+                        await waitForProgress()
+                        try checkInterrupted()
+                    }
+                    linearAmax = try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount)
                 }
                 let request = ExportRequest(jobID: jobID, layer: layer, linearAmax: linearAmax)
                 let endpoint = owner.endpoint
@@ -481,6 +515,16 @@ actor JobRunner {
                 }
                 try assembler.add(layer: layer, tensors: tensors)
                 outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
+            }
+            var record: CalibrationRecord?
+            if spec.scheme.quantizesActivations {
+                while !calibrationDone {
+                    await waitForProgress()
+                    try checkInterrupted()
+                }
+                var calibration = spec.calibrationRecord(plan: calibrationPlan, deviceLabel: deviceLabel)
+                calibration.activationAmax = try store.activationAmax(jobID: jobID)
+                record = calibration
             }
             try move(to: .merging)
             let report = try assembler.finish(calibration: record)

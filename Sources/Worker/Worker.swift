@@ -26,6 +26,8 @@ public distributed actor Worker: WorkerEndpoint {
     /// Bytes of layer weights this worker may hold at once; a range above it is calibrated one layer at a time.
     let memoryBudget: Int
     let compute = ComputeQueue(label: "workerd.compute")
+    /// Exports run beside calibration (layer L quantizes and streams while layer L+1 calibrates).
+    let exportQueue = ComputeQueue(label: "workerd.export")
     private var job: ActiveRangeJob?
     private var coordinatorBulk: (any ActivationTransport)?
     /// In-process mode (`coordctl quantize`): the coordinator actor itself, no lookup.
@@ -166,7 +168,7 @@ public distributed actor Worker: WorkerEndpoint {
             throw ClusterJobError(node: name, message: "layer \(request.layer) is not in this worker's range "
                                   + "\(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
         }
-        let tensors = try await compute.run { try job.compute.export(layer: request.layer, linearAmax: request.linearAmax) }
+        let tensors = try await exportQueue.run { try job.compute.export(layer: request.layer, linearAmax: request.linearAmax) }
         let transport = try await coordinatorDataPath()
         var entries: [ExportManifest.Entry] = []
         for (index, tensor) in tensors.enumerated() {
