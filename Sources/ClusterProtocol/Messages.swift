@@ -336,7 +336,10 @@ extension ClusterActorSystem {
 }
 
 /// Seconds since `start`, for rates and durations in reports and logs.
-public func secondsSince(_ start: ContinuousClock.Instant) -> Double {
-    let elapsed = ContinuousClock.now - start
+public func secondsSince(_ start: ContinuousClock.Instant) -> Double { seconds(from: start, to: .now) }
+
+/// Seconds from `start` to `end`.
+public func seconds(from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) -> Double {
+    let elapsed = end - start
     return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
 }

@@ -503,7 +503,9 @@ actor JobRunner {
                 }
                 let request = ExportRequest(jobID: jobID, layer: layer, linearAmax: linearAmax)
                 let endpoint = owner.endpoint
+                let exportStart = ContinuousClock.now
                 let manifest = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.exportLayer(request) }
+                let receiveStart = ContinuousClock.now
                 var tensors: [ExportedTensor] = []
                 for entry in manifest.entries {
                     let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
@@ -513,7 +515,9 @@ actor JobRunner {
                     tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes,
                                                   sha256: entry.sha256))
                 }
+                let writeStart = ContinuousClock.now
                 try assembler.add(layer: layer, tensors: tensors)
+                logger.info("wrote layer \(layer): export call \(String(format: "%.2f", seconds(from: exportStart, to: receiveStart))) s, receive \(String(format: "%.2f", seconds(from: receiveStart, to: writeStart))) s, check and write \(String(format: "%.2f", secondsSince(writeStart))) s")
                 outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
             }
             var record: CalibrationRecord?

@@ -103,7 +103,9 @@ public final class CheckpointAssembler {
         guard unexpected.isEmpty else { throw CheckpointAssemblyError.unexpectedTensors(layer: layer, tensors: unexpected) }
         let missing = planned.map(\.name).filter { byName[$0] == nil }
         guard missing.isEmpty else { throw CheckpointAssemblyError.missingTensors(layer: layer, tensors: missing) }
-        for expected in planned {
+        // Hash every tensor on all cores first; checking them one by one below then costs nothing.
+        let actualHashes = try concurrentMap(planned) { sha256Hex(byName[$0.name]!.data) }
+        for (expected, actual) in zip(planned, actualHashes) {
             let tensor = byName[expected.name]!
             guard tensor.dtype == expected.dtype, tensor.shape == expected.shape else {
                 throw CheckpointAssemblyError.tensorMismatch(
@@ -114,7 +116,6 @@ public final class CheckpointAssembler {
                 throw CheckpointAssemblyError.tensorMismatch(layer: layer, tensor: tensor.name,
                                                              reason: "holds \(tensor.data.count) bytes, expected \(expected.byteCount)")
             }
-            let actual = sha256Hex(tensor.data)
             guard actual == tensor.sha256 else {
                 throw CheckpointAssemblyError.checksumMismatch(layer: layer, tensor: tensor.name, expected: tensor.sha256,
                                                                actual: actual)

@@ -33,6 +33,18 @@ public struct ExportedTensor: Codable, Sendable, Equatable {
 /// then each Linear in the job's layout (q/k/v and gate/up sharing one global weight scale; input scales from the
 /// calibrated activation amax for W4A4). Names use global layer indices, so the output needs no renaming.
 /// Stateless between calls: layers may be exported in any order and on another thread than calibration.
+/// Seconds one layer's export spent per step, for the logs (export speed decides a GPU job's wall time).
+public struct ExportTimings: Sendable, Equatable {
+    /// max |W| of each Linear (its fused group's S2 needs every member's).
+    public var weightAmax = 0.0
+    /// NVFP4 quantization (GPU or CPU).
+    public var quantize = 0.0
+    /// Laying out the tensors' bytes and hashing them.
+    public var packAndHash = 0.0
+
+    public init() {}
+}
+
 /// Quantizes a BF16 `[rows, cols]` weight against its S2, bit-identical to ``NVFP4Quantizer``: the GPU quantizer
 /// plugs in here. Arguments: values, rows, cols, weightScale2, tensor name.
 public typealias BF16WeightQuantizer = @Sendable (UnsafeBufferPointer<UInt16>, Int, Int, Float, String) throws -> NVFP4Weight
@@ -60,6 +72,12 @@ public final class LayerExporter: Sendable {
 
     /// The tensors of `layer`, in write order. `activationAmax` (W4A4 only) holds one amax per fused group.
     public func export(layer: Int, activationAmax: [FusedGroup: Float]?) throws -> [ExportedTensor] {
+        var timings = ExportTimings()
+        return try export(layer: layer, activationAmax: activationAmax, timings: &timings)
+    }
+
+    /// ``export(layer:activationAmax:)``, adding the time of each step to `timings`.
+    public func export(layer: Int, activationAmax: [FusedGroup: Float]?, timings: inout ExportTimings) throws -> [ExportedTensor] {
         guard (0..<config.numHiddenLayers).contains(layer) else {
             throw QuantizeJobError("layer \(layer) does not exist; the model has \(config.numHiddenLayers) layers")
         }
@@ -71,10 +89,14 @@ public final class LayerExporter: Sendable {
         }
         let linears = config.linears(layer: layer)
         var sharedScale: [FusedGroup: Float] = [:]
+        var started = ContinuousClock.now
+        // One core reads a few GB/s; the Linears of a 70B layer are 1.7 GB.
+        let linearAmax = try concurrentMap(linears) { try self.amax(of: $0) }
         for group in FusedGroup.allCases {
-            let members = linears.filter { $0.kind.group == group }
-            sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: try members.map { try amax(of: $0) })
+            let members = linears.indices.filter { linears[$0].kind.group == group }
+            sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { linearAmax[$0] })
         }
+        timings.weightAmax += started.secondsElapsed
         for linear in linears {
             var inputScale: Float?
             if spec.scheme.quantizesActivations {
@@ -85,20 +107,34 @@ public final class LayerExporter: Sendable {
                 }
                 inputScale = FusedScales.inputScale(activationAmax: amax)
             }
+            started = .now
             let weight = try quantize(linear, weightScale2: sharedScale[linear.kind.group]!)
             try source.releasePages(linear.weightName)
+            timings.quantize += started.secondsElapsed
+            started = .now
             let planned = layout.plannedTensors(for: linear)
             let bytes = try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale))
             for (plan, tensor) in zip(planned, bytes) {
-                tensors.append(ExportedTensor(name: tensor.name, dtype: plan.dtype, shape: plan.shape, data: tensor.bytes))
+                tensors.append(ExportedTensor(name: tensor.name, dtype: plan.dtype, shape: plan.shape, data: tensor.bytes, sha256: ""))
             }
+            timings.packAndHash += started.secondsElapsed
         }
+        started = .now
+        let hashes = try concurrentMap(tensors) { sha256Hex($0.data) }
+        for index in tensors.indices where tensors[index].sha256.isEmpty { tensors[index].sha256 = hashes[index] }
+        timings.packAndHash += started.secondsElapsed
         return tensors
     }
 
     /// ``export(layer:activationAmax:)`` with amax per Linear module name, as the coordinator's statistics hold
     /// them (other layers' entries are ignored). The members of a fused group read one input, so they must agree.
     public func export(layer: Int, linearAmax: [String: Float]) throws -> [ExportedTensor] {
+        var timings = ExportTimings()
+        return try export(layer: layer, linearAmax: linearAmax, timings: &timings)
+    }
+
+    /// ``export(layer:linearAmax:)``, adding the time of each step to `timings`.
+    public func export(layer: Int, linearAmax: [String: Float], timings: inout ExportTimings) throws -> [ExportedTensor] {
         var groups: [FusedGroup: Float] = [:]
         for group in FusedGroup.allCases {
             let names = config.linears(layer: layer).filter { $0.kind.group == group }.map(\.name)
@@ -110,7 +146,7 @@ public final class LayerExporter: Sendable {
             }
             groups[group] = values[0]
         }
-        return try export(layer: layer, activationAmax: groups)
+        return try export(layer: layer, activationAmax: groups, timings: &timings)
     }
 
     /// Source bytes of the layer's Linear weights (for progress).
@@ -142,4 +178,34 @@ public final class LayerExporter: Sendable {
                                         weightScale2: weightScale2, tensor: linear.weightName)
         }
     }
+}
+
+extension ContinuousClock.Instant {
+    /// Seconds from this instant to now.
+    var secondsElapsed: Double {
+        let elapsed = ContinuousClock.now - self
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+    }
+}
+
+/// `transform` of every item on all cores, in order; rethrows the first item's error.
+func concurrentMap<Item, Output>(_ items: [Item], _ transform: (Item) throws -> Output) throws -> [Output] {
+    var results = [Result<Output, any Error>?](repeating: nil, count: items.count)
+    withoutActuallyEscaping(transform) { transform in
+        results.withUnsafeMutableBufferPointer { buffer in
+            let slots = UncheckedSendable(buffer)
+            let work = UncheckedSendable(transform)
+            let inputs = UncheckedSendable(items)
+            DispatchQueue.concurrentPerform(iterations: items.count) { index in
+                slots.value[index] = Result { try work.value(inputs.value[index]) }
+            }
+        }
+    }
+    return try results.map { try $0!.get() }
+}
+
+/// Hands values to `concurrentPerform`, whose iterations touch disjoint slots or only read.
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }

@@ -127,9 +127,10 @@ final class RangeCompute: @unchecked Sendable {
 
     func storedChunks() throws -> [Int] { try boundary?.storedChunks() ?? [] }
 
-    func export(layer: Int, linearAmax: [String: Float]?) throws -> [ExportedTensor] {
-        if let linearAmax { return try exporter.export(layer: layer, linearAmax: linearAmax) }
-        return try exporter.export(layer: layer, activationAmax: nil)
+    func export(layer: Int, linearAmax: [String: Float]?) throws -> (tensors: [ExportedTensor], timings: ExportTimings) {
+        var timings = ExportTimings()
+        if let linearAmax { return (try exporter.export(layer: layer, linearAmax: linearAmax, timings: &timings), timings) }
+        return (try exporter.export(layer: layer, activationAmax: nil, timings: &timings), timings)
     }
 
     func close() { runner.releaseLayers() }

@@ -11,6 +11,7 @@ import ClusterProtocol
 import Distributed
 import Foundation
 import Logging
+import QuantizeJob
 import NIOCore
 import Transport
 
@@ -168,7 +169,12 @@ public distributed actor Worker: WorkerEndpoint {
             throw ClusterJobError(node: name, message: "layer \(request.layer) is not in this worker's range "
                                   + "\(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
         }
-        let tensors = try await exportQueue.run { try job.compute.export(layer: request.layer, linearAmax: request.linearAmax) }
+        let (tensors, timings) = try await exportQueue.run { try job.compute.export(layer: request.layer, linearAmax: request.linearAmax) }
+        let sendStart = ContinuousClock.now
+        defer {
+            let bytes = tensors.reduce(0) { $0 + $1.data.count }
+            logger.info("exported layer \(request.layer): \(formatBytes(bytes)); weight amax \(String(format: "%.2f", timings.weightAmax)) s, quantize \(String(format: "%.2f", timings.quantize)) s, pack and hash \(String(format: "%.2f", timings.packAndHash)) s, send \(String(format: "%.2f", secondsSince(sendStart))) s")
+        }
         let transport = try await coordinatorDataPath()
         var entries: [ExportManifest.Entry] = []
         for (index, tensor) in tensors.enumerated() {
