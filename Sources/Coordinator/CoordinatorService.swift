@@ -96,8 +96,7 @@ private func receiveBulk(system: ClusterActorSystem, coordinator: Coordinator, l
             group.addTask {
                 do {
                     for try await tensor in stream.tensors {
-                        let buffer = try await tensor.chunks.collect(maxBytes: Int.max)
-                        let bytes = Data(buffer.readableBytesView)
+                        let bytes = try await tensor.chunks.collectData()
                         await coordinator.whenLocal { await $0.receiveExportedTensor(from: stream.peer.name, id: tensor.id, bytes: bytes) }
                     }
                 } catch {

@@ -482,42 +482,30 @@ actor JobRunner {
 
     /// Exports every layer in order and merges the checkpoint. For W4A4 it runs beside ``calibrate``: each layer waits
     /// until every chunk has passed it, then freezes its scales and exports; the merge waits for the whole calibration.
+    /// The export of layer L+1 is asked for while layer L is checked and written.
     private func exportAndWrite(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) async throws {
         let spec = submission.spec
-        let chunkCount = calibrationPlan.chunks.count
         let source = try SafeTensorsModel(directory: spec.modelPath)
         let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: logger)
+        let layerCount = config.numHiddenLayers
+        var next: Task<(tensors: [ExportedTensor], seconds: Double), any Error>?
+        func startExport(_ layer: Int) -> Task<(tensors: [ExportedTensor], seconds: Double), any Error> {
+            Task {
+                let started = ContinuousClock.now
+                let tensors = try await self.exportLayer(layer, workers: workers, chunkCount: calibrationPlan.chunks.count)
+                return (tensors, secondsSince(started))
+            }
+        }
         do {
             try assembler.writeEmbeddings()
-            let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
-            for layer in 0..<config.numHiddenLayers {
+            next = startExport(0)
+            for layer in 0..<layerCount {
+                let (tensors, exportSeconds) = try await next!.value
+                next = layer + 1 < layerCount ? startExport(layer + 1) : nil
                 try checkInterrupted()
-                let owner = workers.first { $0.assignment.range.contains(layer) }!
-                var linearAmax: [String: Float]?
-                if spec.scheme.quantizesActivations {
-                    while !calibrationDone && (recorded[layer]?.count ?? 0) < chunkCount {
-                        await waitForProgress()
-                        try checkInterrupted()
-                    }
-                    linearAmax = try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount)
-                }
-                let request = ExportRequest(jobID: jobID, layer: layer, linearAmax: linearAmax)
-                let endpoint = owner.endpoint
-                let exportStart = ContinuousClock.now
-                let manifest = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.exportLayer(request) }
-                let receiveStart = ContinuousClock.now
-                var tensors: [ExportedTensor] = []
-                for entry in manifest.entries {
-                    let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
-                    guard let dtype = SafeTensorsDType(rawValue: entry.dtype) else {
-                        throw ClusterJobError(node: owner.info.name, message: "tensor \(entry.name) has dtype \(entry.dtype)")
-                    }
-                    tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes,
-                                                  sha256: entry.sha256))
-                }
                 let writeStart = ContinuousClock.now
                 try assembler.add(layer: layer, tensors: tensors)
-                logger.info("wrote layer \(layer): export call \(String(format: "%.2f", seconds(from: exportStart, to: receiveStart))) s, receive \(String(format: "%.2f", seconds(from: receiveStart, to: writeStart))) s, check and write \(String(format: "%.2f", secondsSince(writeStart))) s")
+                logger.info("wrote layer \(layer): exported in \(String(format: "%.2f", exportSeconds)) s, checked and written in \(String(format: "%.2f", secondsSince(writeStart))) s")
                 outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
             }
             var record: CalibrationRecord?
@@ -534,9 +522,43 @@ actor JobRunner {
             let report = try assembler.finish(calibration: record)
             outputBytes = Int64(report.bytes)
         } catch {
+            // The look-ahead export must not outlive this attempt (a later one reuses the tensor ids).
+            if let pending = next {
+                if siblingFailure == nil { siblingFailure = "\(error)" }
+                signalProgress()
+                _ = await pending.result
+            }
             assembler.discard()
             throw error
         }
+    }
+
+    /// Waits until `layer`'s scales are final (W4A4), freezes them, has the owning worker export the layer and takes
+    /// its tensors from the data path.
+    private func exportLayer(_ layer: Int, workers: [PlannedWorker], chunkCount: Int) async throws -> [ExportedTensor] {
+        try checkInterrupted()
+        let owner = workers.first { $0.assignment.range.contains(layer) }!
+        var linearAmax: [String: Float]?
+        if submission.spec.scheme.quantizesActivations {
+            while !calibrationDone && (recorded[layer]?.count ?? 0) < chunkCount {
+                await waitForProgress()
+                try checkInterrupted()
+            }
+            linearAmax = try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount)
+        }
+        let request = ExportRequest(jobID: jobID, layer: layer, linearAmax: linearAmax)
+        let endpoint = owner.endpoint
+        let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
+        let manifest = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.exportLayer(request) }
+        var tensors: [ExportedTensor] = []
+        for entry in manifest.entries {
+            let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
+            guard let dtype = SafeTensorsDType(rawValue: entry.dtype) else {
+                throw ClusterJobError(node: owner.info.name, message: "tensor \(entry.name) has dtype \(entry.dtype)")
+            }
+            tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes, sha256: entry.sha256))
+        }
+        return tensors
     }
 
     private func tellWorkersToStop(discardState: Bool) async {

@@ -83,6 +83,19 @@ public struct TensorChunks: AsyncSequence, Sendable {
         }
         return whole
     }
+
+    /// Appends every chunk to one `Data`: one copy per byte, where ``collect(maxBytes:)`` followed by a conversion
+    /// to `Data` costs two and regrows the buffer (hundreds of MB per exported layer).
+    public func collectData(maxBytes: Int = .max) async throws -> Data {
+        var whole = Data()
+        for try await chunk in self {
+            guard whole.count + chunk.readableBytes <= maxBytes else {
+                throw TransportError.bulkTransferFailed(tensorID: tensorID, reason: "more than \(maxBytes) bytes")
+            }
+            whole.append(contentsOf: chunk.readableBytesView)
+        }
+        return whole
+    }
 }
 
 /// Where a ``BulkReceiver`` gets its items and keeps the id of the tensor being read: a TCP connection's bounded

@@ -87,9 +87,9 @@ public struct WorkerService: Service {
                             streams.addTask {
                                 do {
                                     for try await tensor in stream.tensors {
-                                        let buffer = try await tensor.chunks.collect(maxBytes: Int.max)
+                                        let bytes = try await tensor.chunks.collectData()
                                         await worker.whenLocal { await $0.receiveHiddenStates(from: stream.peer.name, id: tensor.id,
-                                                                         bytes: Data(buffer.readableBytesView)) }
+                                                                                              bytes: bytes) }
                                     }
                                 } catch {
                                     logger.warning("data path from \(stream.peer.name) closed: \(error)")

@@ -37,11 +37,11 @@ enum EmbeddedQuantize {
         let scratch = spec.scratchDirectory
         let worker = Worker(actorSystem: system, name: "local", device: spec.calibration.device,
                             scratchDirectory: scratch, coordinator: NodeAddress(host: "127.0.0.1", port: 0), logger: logger)
-        let (workerEnd, coordinatorEnd) = LocalActivationTransport.makePair(names: ("worker", "coordinator"))
+        let (workerEnd, coordinatorEnd) = LocalActivationTransport.makePair(bufferBytes: 64 << 20, names: ("worker", "coordinator"))
         await worker.whenLocal { $0.useLocalCoordinator(coordinator, dataPath: workerEnd) }
         let receiving = Task {
             for try await tensor in coordinatorEnd.incomingTensors {
-                let bytes = Data(try await tensor.chunks.collect(maxBytes: Int.max).readableBytesView)
+                let bytes = try await tensor.chunks.collectData()
                 await coordinator.whenLocal { await $0.receiveExportedTensor(from: "local", id: tensor.id, bytes: bytes) }
             }
         }

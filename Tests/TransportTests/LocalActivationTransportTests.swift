@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import Testing
 @testable import Transport
@@ -29,6 +30,20 @@ struct LocalActivationTransportTests {
         #expect(Array(t3Bytes.readableBytesView) == [5, 6])
         await a.close()
         #expect(try await incoming.next() == nil)
+    }
+
+    @Test("collectData joins the chunks into one Data, byte for byte, and refuses more than maxBytes")
+    func collectDataJoinsChunks() async throws {
+        let (a, b) = LocalActivationTransport.makePair()
+        let chunks = (0..<5).map { patternChunk(index: $0, size: 3000 + 8 * $0) }
+        try await a.sendTensor(id: 1, chunks: chunks)
+        try await a.sendTensor(id: 2, chunks: chunks)
+        var incoming = b.incomingTensors.makeAsyncIterator()
+        let whole = try await #require(try await incoming.next()).chunks.collectData()
+        #expect(whole == Data(chunks.flatMap { Array($0.readableBytesView) }))
+        let second = try #require(try await incoming.next())
+        await #expect(throws: TransportError.self) { _ = try await second.chunks.collectData(maxBytes: 6000) }
+        await a.close()
     }
 
     @Test("the buffer is bounded: a sender waits for a slow consumer, and the peak stays within bound + one chunk")
