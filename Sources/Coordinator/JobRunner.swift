@@ -482,13 +482,15 @@ actor JobRunner {
 
     /// Exports every layer in order and merges the checkpoint. For W4A4 it runs beside ``calibrate``: each layer waits
     /// until every chunk has passed it, then freezes its scales and exports; the merge waits for the whole calibration.
-    /// The export of layer L+1 is asked for while layer L is checked and written.
+    /// Two layers are asked for ahead of the one being written, so a worker quantizes layer L+1 while it still streams
+    /// layer L, and the coordinator checks and writes L meanwhile.
     private func exportAndWrite(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) async throws {
         let spec = submission.spec
         let source = try SafeTensorsModel(directory: spec.modelPath)
         let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: logger)
         let layerCount = config.numHiddenLayers
-        var next: Task<(tensors: [ExportedTensor], seconds: Double), any Error>?
+        var pending: [Task<(tensors: [ExportedTensor], seconds: Double), any Error>] = []
+        let lookAhead = 2
         func startExport(_ layer: Int) -> Task<(tensors: [ExportedTensor], seconds: Double), any Error> {
             Task {
                 let started = ContinuousClock.now
@@ -498,10 +500,10 @@ actor JobRunner {
         }
         do {
             try assembler.writeEmbeddings()
-            next = startExport(0)
+            pending = (0..<min(lookAhead, layerCount)).map { startExport($0) }
             for layer in 0..<layerCount {
-                let (tensors, exportSeconds) = try await next!.value
-                next = layer + 1 < layerCount ? startExport(layer + 1) : nil
+                let (tensors, exportSeconds) = try await pending.removeFirst().value
+                if layer + lookAhead < layerCount { pending.append(startExport(layer + lookAhead)) }
                 try checkInterrupted()
                 let writeStart = ContinuousClock.now
                 try assembler.add(layer: layer, tensors: tensors)
@@ -522,11 +524,11 @@ actor JobRunner {
             let report = try assembler.finish(calibration: record)
             outputBytes = Int64(report.bytes)
         } catch {
-            // The look-ahead export must not outlive this attempt (a later one reuses the tensor ids).
-            if let pending = next {
+            // Look-ahead exports must not outlive this attempt (a later one reuses the tensor ids).
+            if !pending.isEmpty {
                 if siblingFailure == nil { siblingFailure = "\(error)" }
                 signalProgress()
-                _ = await pending.result
+                for task in pending { _ = await task.result }
             }
             assembler.discard()
             throw error
