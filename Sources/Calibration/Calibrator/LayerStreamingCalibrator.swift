@@ -317,7 +317,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     /// Embeds every chunk (or takes the given states) and decides, once, which chunks spill.
     private func loadInputs() throws {
         let start = ContinuousClock.now
-        var residentBytes = 0
+        var hostBytes = 0
         let backendCapacity = try backend.residentStateCapacity()
         var backendBytes = 0
         for index in chunks.indices {
@@ -339,8 +339,8 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
                 residentChunkCount += 1
                 chunks[index].storage = .resident(try backend.makeResident(hidden, batch: chunks[index].batch))
                 continue
-            } else if residentBytes + bytes <= activationMemoryBudget {
-                residentBytes += bytes
+            } else if hostBytes + bytes <= activationMemoryBudget {
+                hostBytes += bytes
             } else {
                 chunks[index].spills = true
                 spilledChunkCount += 1
@@ -353,7 +353,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         let what = if case .embed = input { "embedded" } else { "received the hidden states of" }
         let summary = "calibration: \(what) \(sampleCount) samples (\(tokenTotal) tokens) in \(chunks.count) chunks of up to "
             + "\(chunkTokens) tokens; \(residentChunkCount) chunks (\(formatMiB(backendBytes)) MiB) kept in the backend's memory, "
-            + "\(formatMiB(residentBytes)) MiB of hidden states in host memory, "
+            + "\(formatMiB(hostBytes)) MiB of hidden states in host memory, "
             + "\(spilledChunkCount) chunks spilled to \(spill.directory.path)"
         logger?.info("\(summary)")
     }
