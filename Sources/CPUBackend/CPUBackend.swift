@@ -155,39 +155,7 @@ public struct CPUBackend: ComputeBackend {
 
     public func negativeLogLikelihood(_ hidden: HiddenStates, batch: SequenceBatch, tokenIDs: [Int],
                                       head: LoadedOutputHead) throws -> NegativeLogLikelihood {
-        try hidden.check(matches: batch, hiddenSize: config.hiddenSize)
-        guard tokenIDs.count == batch.totalTokens else {
-            throw ComputeBackendError.tokenCountMismatch(expected: batch.totalTokens, actual: tokenIDs.count)
-        }
-        for (position, tokenID) in tokenIDs.enumerated() where !(0..<config.vocabSize).contains(tokenID) {
-            throw ComputeBackendError.tokenIDOutOfRange(position: position, tokenID: tokenID, vocabSize: config.vocabSize)
-        }
-        // Rows that predict a next token, with that token; logits are computed a chunk of rows at a time
-        // to bound memory with large vocabularies.
-        var predictions: [(row: Int, target: Int)] = []
-        for sample in 0..<batch.sampleCount {
-            let rows = batch.rows(ofSample: sample)
-            for row in rows.dropLast() { predictions.append((row, tokenIDs[row + 1])) }
-        }
-        let chunkRows = max(1, logitsChunkElements / config.vocabSize)
-        var total = NegativeLogLikelihood()
-        var start = 0
-        while start < predictions.count {
-            let chunk = predictions[start..<min(start + chunkRows, predictions.count)]
-            var selected: [Float] = []
-            selected.reserveCapacity(chunk.count * config.hiddenSize)
-            for prediction in chunk {
-                selected += hidden.values[(prediction.row * config.hiddenSize)..<((prediction.row + 1) * config.hiddenSize)]
-            }
-            let chunkLogits = try logits(HiddenStates(hiddenSize: config.hiddenSize, values: selected), head: head)
-            for (offset, prediction) in chunk.enumerated() {
-                let row = chunkLogits[(offset * config.vocabSize)..<((offset + 1) * config.vocabSize)]
-                total.sum -= Double(logSoftmax(row, at: prediction.target))
-                total.count += 1
-            }
-            start += chunk.count
-        }
-        return total
+        try nextTokenNegativeLogLikelihood(hidden, batch: batch, tokenIDs: tokenIDs, head: head, chunkElements: logitsChunkElements)
     }
 
     /// The layer with BF16 rounding points (see the type's overview). Amax is observed on the rounded inputs.
@@ -437,14 +405,6 @@ public func maxAbsolute(_ values: [Float]) -> Float {
         if magnitude > largest { largest = magnitude } else if magnitude.isNaN { sawNaN = true }
     }
     return sawNaN ? .nan : largest
-}
-
-/// `log softmax(logits)[index]`, with the log-sum-exp accumulated in f64.
-public func logSoftmax(_ logits: ArraySlice<Float>, at index: Int) -> Float {
-    let largest = logits.max() ?? 0
-    var sum: Double = 0
-    for value in logits { sum += Foundation.exp(Double(value - largest)) }
-    return Float(Double(logits[logits.startIndex + index] - largest) - Foundation.log(sum))
 }
 
 /// `x · Wᵀ`: x is `[rows, inner]`, W is `[outputs, inner]`; the result is `[rows, outputs]`.

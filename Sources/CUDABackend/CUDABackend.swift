@@ -468,37 +468,7 @@ public struct CUDABackend: ComputeBackend {
 
     public func negativeLogLikelihood(_ hidden: HiddenStates, batch: SequenceBatch, tokenIDs: [Int],
                                       head: LoadedOutputHead) throws -> NegativeLogLikelihood {
-        try hidden.check(matches: batch, hiddenSize: width)
-        guard tokenIDs.count == batch.totalTokens else {
-            throw ComputeBackendError.tokenCountMismatch(expected: batch.totalTokens, actual: tokenIDs.count)
-        }
-        for (position, tokenID) in tokenIDs.enumerated() where !(0..<config.vocabSize).contains(tokenID) {
-            throw ComputeBackendError.tokenIDOutOfRange(position: position, tokenID: tokenID, vocabSize: config.vocabSize)
-        }
-        var predictions: [(row: Int, target: Int)] = []
-        for sample in 0..<batch.sampleCount {
-            for row in batch.rows(ofSample: sample).dropLast() { predictions.append((row, tokenIDs[row + 1])) }
-        }
-        let chunkRows = max(1, (1 << 24) / config.vocabSize)
-        var total = NegativeLogLikelihood()
-        var start = 0
-        while start < predictions.count {
-            let chunk = predictions[start..<min(start + chunkRows, predictions.count)]
-            var selected: [Float] = []
-            selected.reserveCapacity(chunk.count * width)
-            for prediction in chunk { selected += hidden.values[(prediction.row * width)..<((prediction.row + 1) * width)] }
-            let chunkLogits = try logits(HiddenStates(hiddenSize: width, values: selected), head: head)
-            for (offset, prediction) in chunk.enumerated() {
-                let row = chunkLogits[(offset * config.vocabSize)..<((offset + 1) * config.vocabSize)]
-                let largest = row.max() ?? 0
-                var sum: Double = 0
-                for value in row { sum += Foundation.exp(Double(value - largest)) }
-                total.sum -= Double(row[row.startIndex + prediction.target] - largest) - Foundation.log(sum)
-                total.count += 1
-            }
-            start += chunk.count
-        }
-        return total
+        try nextTokenNegativeLogLikelihood(hidden, batch: batch, tokenIDs: tokenIDs, head: head, chunkElements: 1 << 24)
     }
 }
 

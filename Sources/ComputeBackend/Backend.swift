@@ -1,3 +1,4 @@
+import Foundation
 import LlamaModel
 
 /// The operations calibration and evaluation need from a compute backend. See ``ComputeBackendOverview``.
@@ -95,4 +96,51 @@ public func gatherEmbeddings(_ tokenIDs: [Int], config: LlamaConfig, source: som
         return values
     }
     return HiddenStates(hiddenSize: width, values: values)
+}
+
+extension ComputeBackend {
+    /// ``negativeLogLikelihood(_:batch:tokenIDs:head:)`` from ``logits(_:head:)``: checks the token ids, then takes the
+    /// logits of the rows that predict a next token `chunkElements / vocabSize` rows at a time (bounding memory for
+    /// large vocabularies) and sums `-log softmax` of each target.
+    public func nextTokenNegativeLogLikelihood(_ hidden: HiddenStates, batch: SequenceBatch, tokenIDs: [Int],
+                                               head: LoadedOutputHead, chunkElements: Int) throws -> NegativeLogLikelihood {
+        let width = config.hiddenSize
+        let vocabSize = config.vocabSize
+        try hidden.check(matches: batch, hiddenSize: width)
+        guard tokenIDs.count == batch.totalTokens else {
+            throw ComputeBackendError.tokenCountMismatch(expected: batch.totalTokens, actual: tokenIDs.count)
+        }
+        for (position, tokenID) in tokenIDs.enumerated() where !(0..<vocabSize).contains(tokenID) {
+            throw ComputeBackendError.tokenIDOutOfRange(position: position, tokenID: tokenID, vocabSize: vocabSize)
+        }
+        var predictions: [(row: Int, target: Int)] = []
+        for sample in 0..<batch.sampleCount {
+            for row in batch.rows(ofSample: sample).dropLast() { predictions.append((row, tokenIDs[row + 1])) }
+        }
+        let chunkRows = max(1, chunkElements / vocabSize)
+        var total = NegativeLogLikelihood()
+        var start = 0
+        while start < predictions.count {
+            let chunk = predictions[start..<min(start + chunkRows, predictions.count)]
+            var selected: [Float] = []
+            selected.reserveCapacity(chunk.count * width)
+            for prediction in chunk { selected += hidden.values[(prediction.row * width)..<((prediction.row + 1) * width)] }
+            let chunkLogits = try logits(HiddenStates(hiddenSize: width, values: selected), head: head)
+            for (offset, prediction) in chunk.enumerated() {
+                let row = chunkLogits[(offset * vocabSize)..<((offset + 1) * vocabSize)]
+                total.sum -= Double(logSoftmax(row, at: prediction.target))
+                total.count += 1
+            }
+            start += chunk.count
+        }
+        return total
+    }
+}
+
+/// `log softmax(logits)[index]`, with the log-sum-exp accumulated in f64.
+public func logSoftmax(_ logits: ArraySlice<Float>, at index: Int) -> Float {
+    let largest = logits.max() ?? 0
+    var sum: Double = 0
+    for value in logits { sum += Foundation.exp(Double(value - largest)) }
+    return Float(Double(logits[logits.startIndex + index] - largest) - Foundation.log(sum))
 }
