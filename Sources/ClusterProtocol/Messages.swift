@@ -334,12 +334,3 @@ extension ClusterActorSystem {
                         configuration: configuration, logger: logger)
     }
 }
-
-/// Seconds since `start`, for rates and durations in reports and logs.
-public func secondsSince(_ start: ContinuousClock.Instant) -> Double { seconds(from: start, to: .now) }
-
-/// Seconds from `start` to `end`.
-public func seconds(from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) -> Double {
-    let elapsed = end - start
-    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-}

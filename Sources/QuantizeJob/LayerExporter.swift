@@ -1,3 +1,4 @@
+import Calibration
 import Checkpoint
 import Crypto
 import Foundation
@@ -96,7 +97,7 @@ public final class LayerExporter: Sendable {
             let members = linears.indices.filter { linears[$0].kind.group == group }
             sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { linearAmax[$0] })
         }
-        timings.weightAmax += started.secondsElapsed
+        timings.weightAmax += secondsSince(started)
         for linear in linears {
             var inputScale: Float?
             if spec.scheme.quantizesActivations {
@@ -110,19 +111,19 @@ public final class LayerExporter: Sendable {
             started = .now
             let weight = try quantize(linear, weightScale2: sharedScale[linear.kind.group]!)
             try source.releasePages(linear.weightName)
-            timings.quantize += started.secondsElapsed
+            timings.quantize += secondsSince(started)
             started = .now
             let planned = layout.plannedTensors(for: linear)
             let bytes = try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale))
             for (plan, tensor) in zip(planned, bytes) {
                 tensors.append(ExportedTensor(name: tensor.name, dtype: plan.dtype, shape: plan.shape, data: tensor.bytes, sha256: ""))
             }
-            timings.packAndHash += started.secondsElapsed
+            timings.packAndHash += secondsSince(started)
         }
         started = .now
         let hashes = try concurrentMap(tensors) { sha256Hex($0.data) }
         for index in tensors.indices where tensors[index].sha256.isEmpty { tensors[index].sha256 = hashes[index] }
-        timings.packAndHash += started.secondsElapsed
+        timings.packAndHash += secondsSince(started)
         return tensors
     }
 
@@ -177,14 +178,6 @@ public final class LayerExporter: Sendable {
             try NVFP4Quantizer.quantize(f32: $0, rows: linear.outFeatures, cols: linear.inFeatures,
                                         weightScale2: weightScale2, tensor: linear.weightName)
         }
-    }
-}
-
-extension ContinuousClock.Instant {
-    /// Seconds from this instant to now.
-    var secondsElapsed: Double {
-        let elapsed = ContinuousClock.now - self
-        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
     }
 }
 

@@ -138,10 +138,8 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
             // The states cross to the backend once for the whole range, not once per layer.
             var states = try backend.makeResident(hidden, batch: batch)
             for (offset, layer) in range.enumerated() {
-                let result = try backend.completeForward(try backend.enqueueForward(layer: loaded[offset], states: &states, batch: batch))
-                try checkAmax(result.amax, layer: layer, chunk: chunk)
-                if let row = result.firstNonFiniteRow { throw chunk.nonFiniteHiddenState(row: row, layer: layer) }
-                layerAmax.append((layer, result.amax))
+                let forward = try backend.enqueueForward(layer: loaded[offset], states: &states, batch: batch)
+                layerAmax.append((layer, try checkedAmax(try backend.completeForward(forward), layer: layer, chunk: chunk)))
             }
             hidden = try backend.hostStates(states)
         } else {

@@ -7,6 +7,7 @@
 /// Compute runs on a dedicated thread (``ComputeQueue``), never on the concurrency pool, so that calls, heartbeats
 /// and the data path stay responsive while a chunk is being computed.
 import ActorSystem
+import Calibration
 import ClusterProtocol
 import Distributed
 import Foundation

@@ -242,7 +242,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         if !loadedInputs { try loadInputs() }
         let start = ContinuousClock.now
         let (chunkAmax, tokensDone) = try runAllChunks(layer: layer, start: start)
-        let layerSeconds = seconds(since: start)
+        let layerSeconds = secondsSince(start)
         busySeconds += layerSeconds
         // The backend's copy of the weights went away with runAllChunks; now the source's pages may go too.
         releaseWeights?(config.linears(layer: layer).map(\.weightName) + config.layerNorms(layer: layer).map(\.name))
@@ -297,17 +297,13 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             tokensDone += chunks[index].batch.totalTokens
             layerTokensDone += chunks[index].batch.totalTokens
             reportProgress(layer: layer, samplesDone: samplesDone, tokensDone: tokensDone,
-                           seconds: seconds(since: start))
+                           seconds: secondsSince(start))
         }
         if !pending.isEmpty && layer + 1 < layers.upperBound {
             prefetched = (layer + 1, try backend.loadLayer(layer + 1, from: weights))
         }
         for (index, forward) in pending {
-            let result = try backend.completeForward(forward)
-            let chunk = chunks[index].plan
-            try checkAmax(result.amax, layer: layer, chunk: chunk)
-            if let row = result.firstNonFiniteRow { throw chunk.nonFiniteHiddenState(row: row, layer: layer) }
-            chunkAmax[index] = result.amax
+            chunkAmax[index] = try checkedAmax(try backend.completeForward(forward), layer: layer, chunk: chunks[index].plan)
         }
         return (chunkAmax, tokensDone)
     }
@@ -349,7 +345,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         }
         loadedInputs = true
         if case .embed = input { releaseWeights?([LlamaConfig.embedTokensName]) }
-        busySeconds += seconds(since: start)
+        busySeconds += secondsSince(start)
         let what = if case .embed = input { "embedded" } else { "received the hidden states of" }
         let summary = "calibration: \(what) \(sampleCount) samples (\(tokenTotal) tokens) in \(chunks.count) chunks of up to "
             + "\(chunkTokens) tokens; \(residentChunkCount) chunks (\(formatMiB(backendBytes)) MiB) kept in the backend's memory, "
@@ -393,10 +389,6 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
                                      sampleCount: sampleCount, tokensPerSecond: rate, estimatedSecondsRemaining: eta))
     }
 
-    private func seconds(since start: ContinuousClock.Instant) -> Double {
-        let elapsed = ContinuousClock.now - start
-        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-    }
 
     private func format(_ value: Double) -> String { String(format: "%.1f", value) }
     private func formatMiB(_ bytes: Int) -> String { String(format: "%.1f", Double(bytes) / 1_048_576) }
@@ -422,11 +414,25 @@ public func forwardChecked<Backend: ComputeBackend>(backend: Backend, layer load
     return amax
 }
 
+/// The amax of a completed resident forward (``ComputeBackend/completeForward(_:)``), rejecting a non-finite amax or
+/// output as ``forwardChecked(backend:layer:index:hidden:batch:chunk:)`` does.
+public func checkedAmax(_ result: ResidentForwardResult, layer: Int, chunk: CalibrationChunk) throws -> ObservedAmax {
+    try checkAmax(result.amax, layer: layer, chunk: chunk)
+    if let row = result.firstNonFiniteRow { throw chunk.nonFiniteHiddenState(row: row, layer: layer) }
+    return result.amax
+}
+
 /// Rejects a non-finite amax of `chunk` at `layer`, naming the chunk's samples.
-public func checkAmax(_ amax: ObservedAmax, layer: Int, chunk: CalibrationChunk) throws {
+func checkAmax(_ amax: ObservedAmax, layer: Int, chunk: CalibrationChunk) throws {
     let range = chunk.sampleRange
     for group in FusedGroup.allCases where !amax[group].isFinite {
         throw CalibrationError.invalidAmax(layer: layer, group: group, amax: amax[group],
                                            samples: range.lowerBound...(range.upperBound - 1))
     }
+}
+
+/// Seconds since `start`, for rates, durations and the logs of every stage built on calibration.
+public func secondsSince(_ start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
 }
