@@ -35,13 +35,7 @@ final class Daemon: @unchecked Sendable {
         log = directory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8)).log")
         FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
-        if prefix.isEmpty {
-            process.executableURL = executable
-            process.arguments = arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: prefix[0])
-            process.arguments = Array(prefix.dropFirst()) + [executable.path] + arguments
-        }
+        process.setCommand(executable, arguments, prefix: prefix)
         process.standardOutput = handle
         process.standardError = handle
         process.standardInput = FileHandle.nullDevice
@@ -95,13 +89,7 @@ struct CommandResult {
 /// Runs a binary to completion.
 func run(_ executable: URL, _ arguments: [String], in directory: URL, prefix: [String] = []) throws -> CommandResult {
     let process = Process()
-    if prefix.isEmpty {
-        process.executableURL = executable
-        process.arguments = arguments
-    } else {
-        process.executableURL = URL(fileURLWithPath: prefix[0])
-        process.arguments = Array(prefix.dropFirst()) + [executable.path] + arguments
-    }
+    process.setCommand(executable, arguments, prefix: prefix)
     let id = UUID().uuidString
     let stdoutURL = directory.appendingPathComponent("out-\(id)")
     let stderrURL = directory.appendingPathComponent("err-\(id)")
@@ -293,4 +281,17 @@ func embeddedReference(in directory: URL, extra: [String] = []) throws -> URL {
 func tinySubmitArguments(output: URL, extra: [String] = []) -> [String] {
     ["submit", "--model", Fixtures.tinyLlama.path, "--output", output.path, "--calib", Fixtures.tinyCalibration.path,
      "--min-tokens", "1", "--device", "cpu", "--eval-samples", "0"] + extra
+}
+
+extension Process {
+    /// Sets the executable and arguments, run through `prefix` (e.g. `ip netns exec NAME`) when one is given.
+    func setCommand(_ executable: URL, _ arguments: [String], prefix: [String]) {
+        if prefix.isEmpty {
+            executableURL = executable
+            self.arguments = arguments
+        } else {
+            executableURL = URL(fileURLWithPath: prefix[0])
+            self.arguments = Array(prefix.dropFirst()) + [executable.path] + arguments
+        }
+    }
 }
