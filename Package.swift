@@ -6,6 +6,10 @@ import PackageDescription
 /// coordctl holds no hot code (the work runs in the library modules, optimized as usual), so it is built unoptimized.
 let thinClientSettings: [SwiftSetting] = [.unsafeFlags(["-Onone"], .when(configuration: .release))]
 
+/// The numeric kernels (quantizer, CPU forward, calibration loop, evaluation) are optimized in debug builds too: the
+/// tests run whole models through them (SmolLM2 end to end), which unoptimized Swift loops make 20-50× slower.
+let numericSettings: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "NVFP4Cluster",
     platforms: [.macOS(.v14)],
@@ -27,7 +31,7 @@ let package = Package(
     ],
     targets: [
         // Pure numerics: codecs and the block quantizer. No I/O.
-        .target(name: "NVFP4"),
+        .target(name: "NVFP4", swiftSettings: numericSettings),
         // safetensors reading (mmap, validated) and streaming writing.
         .target(name: "SafeTensors"),
         // Llama-family config parsing and weight naming.
@@ -39,14 +43,16 @@ let package = Package(
         // The compute-backend protocol that calibration drives.
         .target(name: "ComputeBackend", dependencies: ["LlamaModel"]),
         // F32 CPU backend over BLAS.
-        .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS"]),
+        .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS"],
+                swiftSettings: numericSettings),
         // Calibration data, observers and the layer-streaming calibration loop.
         .target(name: "Calibration", dependencies: ["ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4",
                                                       .product(name: "Logging", package: "swift-log")],
-                resources: [.copy("Resources")]),
+                resources: [.copy("Resources")], swiftSettings: numericSettings),
         // Perplexity of the original model against the W4A4-emulated checkpoint.
         .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "LlamaModel", "NVFP4", "SafeTensors",
-                                                     "Checkpoint", .product(name: "Logging", package: "swift-log")]),
+                                                     "Checkpoint", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: numericSettings),
         // Export layouts, sharding, verification and atomic output.
         .target(name: "Checkpoint", dependencies: ["NVFP4", "SafeTensors", "LlamaModel"]),
         // A whole quantization job: read, (calibrate), quantize, write, verify.
@@ -77,26 +83,34 @@ let package = Package(
                 resources: [.copy("Resources")]),
         // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
         .target(name: "ClusterState", dependencies: [
+            "NVFP4",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // What coordd, workerd and coordctl say to each other: @Resolvable actor protocols and Codable messages.
         .target(name: "ClusterProtocol", dependencies: ["ActorSystem", "ClusterState", "QuantizeJob", "Transport", "Calibration",
+                                                        "LlamaModel", "NVFP4",
                                                         .product(name: "Logging", package: "swift-log")]),
         // The Coordinator distributed actor, job runners and coordd's service.
         .target(name: "Coordinator", dependencies: [
             "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "Calibration",
-            "SafeTensors",
+            "SafeTensors", "NVFP4", "Evaluation",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // The Worker distributed actor (a layer range: calibrate, forward, export) and workerd's service.
         .target(name: "Worker", dependencies: [
             "ClusterProtocol", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "ComputeBackend", "CPUBackend",
-            "Calibration", "SafeTensors",
+            "Calibration", "SafeTensors", "NVFP4",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        // The embedded mode: coordd's Coordinator and one Worker in one process (`coordctl quantize`, and the tests).
+        .target(name: "LocalCluster", dependencies: [
+            "Coordinator", "Worker", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob",
+            "Evaluation", "Calibration", "LlamaModel",
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "coordd", dependencies: [
             "Coordinator", "ClusterProtocol", "Transport",
@@ -111,7 +125,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "coordctl", dependencies: [
-            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "Coordinator", "Worker",
+            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "Coordinator", "Worker", "LocalCluster",
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -135,10 +149,12 @@ let package = Package(
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],
                           path: "Benchmarks/TokenizerBenchmarks"),
 
+        // Reads a written W4A4 checkpoint's scales from its bytes and compares them with references (test support).
+        .target(name: "W4A4Probes", dependencies: ["SafeTensors"], path: "Tests/W4A4Probes"),
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
         // coordd, workerd and coordctl as separate processes (loopback, network namespaces, faults).
-        .testTarget(name: "ClusterTests", dependencies: ["coordd", "workerd", "coordctl"]),
-        .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(name: "ClusterTests", dependencies: ["coordd", "workerd", "coordctl", "W4A4Probes"]),
+        .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", "NVFP4", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4"]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport",
@@ -165,7 +181,7 @@ let package = Package(
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "QuantizeJob", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend",
+            "LocalCluster", "QuantizeJob", "ClusterState", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

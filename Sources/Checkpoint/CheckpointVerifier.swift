@@ -18,11 +18,17 @@ public struct CheckpointVerifier {
     public let layout: LinearTensorLayout
     /// The source model, to check that unquantized tensors were copied byte for byte. Optional.
     public let source: SafeTensorsModel?
+    /// The job's own calibration result (layer → fused group → amax). When given for a W4A4 checkpoint, every stored
+    /// activation scale must be exactly the one this amax gives, bit for bit; the written tensors are read, not a
+    /// record beside them.
+    public let activationAmax: [Int: [FusedGroup: ActivationAmax]]?
 
-    public init(config: LlamaConfig, layout: LinearTensorLayout, source: SafeTensorsModel?) {
+    public init(config: LlamaConfig, layout: LinearTensorLayout, source: SafeTensorsModel?,
+                activationAmax: [Int: [FusedGroup: ActivationAmax]]? = nil) {
         self.config = config
         self.layout = layout
         self.source = source
+        self.activationAmax = activationAmax
     }
 
     public func verify(directory: URL) throws -> VerificationReport {
@@ -78,6 +84,9 @@ public struct CheckpointVerifier {
             let linears = config.linears(layer: layer)
             for linear in linears {
                 try verifyScales(of: linear, model: model)
+                if let activationAmax, layout.scheme.quantizesActivations {
+                    try verifyInputScale(of: linear, against: activationAmax[layer]?[linear.kind.group], model: model)
+                }
                 report.quantizedLinears += 1
             }
             for group in FusedGroup.allCases where group.members.count > 1 {
@@ -113,6 +122,24 @@ public struct CheckpointVerifier {
             }
         }
         try model.releasePages(scalesName)
+    }
+
+    /// The stored activation scale is `f32(amax / 2688)` of the calibrated amax (or its f32 reciprocal in
+    /// compressed-tensors), bit for bit.
+    func verifyInputScale(of linear: LinearSpec, against amax: ActivationAmax?, model: SafeTensorsModel) throws {
+        let name = layout.tensorName(.inputScale, of: linear)
+        guard let amax else {
+            throw CheckpointError(name, "has no calibrated activation amax for group \(linear.kind.group.rawValue) of layer "
+                                  + "\(linear.layer) to check against")
+        }
+        let stored = try scalar(name, model: model)
+        let expected = layout.storedValue(InputScale(amax))
+        guard stored.bitPattern == expected.bitPattern else {
+            throw CheckpointError(name, "in \(try model.file(containing: name).path) is \(stored), but the calibrated "
+                                  + "activation amax \(amax) of \(linear.kind.group.rawValue) gives \(expected) "
+                                  + "(\(layout.layout == .compressedTensors ? "1 / (amax / 2688)" : "amax / 2688")); "
+                                  + "the checkpoint's activation scales do not come from its calibration")
+        }
     }
 
     func verifyUnquantizedCopies(model: SafeTensorsModel) throws {

@@ -7,10 +7,10 @@ import SafeTensors
 public struct QuantizedLinear: Sendable {
     public let spec: LinearSpec
     public let weight: NVFP4Weight
-    /// `input_scale = amax_x / 2688`; nil for weight-only checkpoints.
-    public let inputScale: Float?
+    /// From the calibrated activation amax of the Linear's fused group; nil for weight-only checkpoints.
+    public let inputScale: InputScale?
 
-    public init(spec: LinearSpec, weight: NVFP4Weight, inputScale: Float?) {
+    public init(spec: LinearSpec, weight: NVFP4Weight, inputScale: InputScale?) {
         self.spec = spec
         self.weight = weight
         self.inputScale = inputScale
@@ -80,6 +80,16 @@ public struct LinearTensorLayout: Sendable {
         layout == .compressedTensors ? 1 / scale : scale
     }
 
+    /// The activation scale as this layout stores it: `input_global_scale = f32(1/Sx)` or `input_scale = Sx`.
+    public func storedValue(_ scale: InputScale) -> Float {
+        layout == .compressedTensors ? scale.globalScale : scale.value
+    }
+
+    /// A stored activation scale read back in `input_scale` terms.
+    public func inputScale(stored value: Float) -> InputScale {
+        InputScale(stored: layout == .compressedTensors ? 1 / value : value)
+    }
+
     /// Bytes of each planned tensor of `linear`, in `plannedTensors` order.
     public func tensorBytes(_ linear: QuantizedLinear) throws -> [(name: String, bytes: Data)] {
         try roles.map { role in
@@ -95,7 +105,7 @@ public struct LinearTensorLayout: Sendable {
                 guard let scale = linear.inputScale else {
                     throw CheckpointError(linear.spec.name, "W4A4 checkpoint needs an input scale, but none was calibrated")
                 }
-                return (name, float32Bytes(storedScale(scale)))
+                return (name, float32Bytes(storedValue(scale)))
             }
         }
     }

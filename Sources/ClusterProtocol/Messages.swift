@@ -2,7 +2,9 @@ import ActorSystem
 import Calibration
 import ClusterState
 import Foundation
+import LlamaModel
 import Logging
+import NVFP4
 import QuantizeJob
 import Transport
 
@@ -173,20 +175,34 @@ public struct CalibrateOrder: Codable, Sendable, Equatable {
     }
 }
 
-/// Max |x| of the four observed inputs of one layer over one chunk.
+/// Max |x| of the four observed inputs of one layer over one chunk, one per fused group of the Linears reading it.
 public struct LayerAmax: Codable, Sendable, Equatable {
     public var layer: Int
-    public var qkv: Float
-    public var o: Float
-    public var gateUp: Float
-    public var down: Float
+    public var qkv: ActivationAmax
+    public var o: ActivationAmax
+    public var gateUp: ActivationAmax
+    public var down: ActivationAmax
 
-    public init(layer: Int, qkv: Float, o: Float, gateUp: Float, down: Float) {
+    public init(layer: Int, qkv: ActivationAmax, o: ActivationAmax, gateUp: ActivationAmax, down: ActivationAmax) {
         self.layer = layer
         self.qkv = qkv
         self.o = o
         self.gateUp = gateUp
         self.down = down
+    }
+
+    public subscript(group: FusedGroup) -> ActivationAmax {
+        switch group {
+        case .qkv: qkv
+        case .o: o
+        case .gateUp: gateUp
+        case .down: down
+        }
+    }
+
+    /// Fused group → amax.
+    public var byGroup: [FusedGroup: ActivationAmax] {
+        Dictionary(uniqueKeysWithValues: FusedGroup.allCases.map { ($0, self[$0]) })
     }
 }
 
@@ -213,17 +229,17 @@ public struct ChunkReport: Codable, Sendable, Equatable {
     }
 }
 
-/// Export one layer. `linearAmax` holds the final activation amax of each of its Linears (W4A4); nil for
-/// weight-only schemes.
+/// Export one layer. `activationAmax` holds the layer's final activation amax per fused group (W4A4); nil for
+/// weight-only schemes. The worker derives the input scales from it where it lays out the tensors.
 public struct ExportRequest: Codable, Sendable, Equatable {
     public var jobID: String
     public var layer: Int
-    public var linearAmax: [String: Float]?
+    public var activationAmax: [FusedGroup: ActivationAmax]?
 
-    public init(jobID: String, layer: Int, linearAmax: [String: Float]?) {
+    public init(jobID: String, layer: Int, activationAmax: [FusedGroup: ActivationAmax]?) {
         self.jobID = jobID
         self.layer = layer
-        self.linearAmax = linearAmax
+        self.activationAmax = activationAmax
     }
 }
 

@@ -21,16 +21,16 @@ public enum ClusterStateError: Error, Equatable, Sendable, CustomStringConvertib
     case invalidChunk(jobID: String, layer: Int, chunk: Int)
     case invalidSampleCount(jobID: String, layer: Int, chunk: Int, sampleCount: Int)
     case emptyAmaxReport(jobID: String, layer: Int, chunk: Int)
-    case invalidAmax(jobID: String, layer: Int, chunk: Int, module: String, value: Float)
+    case invalidAmax(jobID: String, layer: Int, chunk: Int, input: String, value: Float)
     case chunkConflict(jobID: String, layer: Int, chunk: Int, reason: String)
     case layerAlreadyCompleted(jobID: String, layer: Int)
     case invalidExpectedChunkCount(jobID: String, layer: Int, count: Int)
     /// Chunks `missingChunks` (of `0 ..< expectedChunks`) have not been recorded for the layer yet.
     case layerIncomplete(jobID: String, layer: Int, expectedChunks: Int, missingChunks: [Int])
     case unexpectedChunks(jobID: String, layer: Int, expectedChunks: Int, chunks: [Int])
-    case moduleMissingChunks(jobID: String, layer: Int, module: String, missingChunks: [Int])
-    /// Spec §4: a zero merged amax means the Linear was never exercised.
-    case zeroActivationAmax(jobID: String, layer: Int, module: String)
+    case inputMissingChunks(jobID: String, layer: Int, input: String, missingChunks: [Int])
+    /// Spec §4: a zero merged amax means the Linears reading that input were never exercised.
+    case zeroActivationAmax(jobID: String, layer: Int, input: String)
 
     public var description: String {
         switch self {
@@ -73,10 +73,10 @@ public enum ClusterStateError: Error, Equatable, Sendable, CustomStringConvertib
         case .invalidSampleCount(let id, let layer, let chunk, let count):
             return "job '\(id)' layer \(layer) chunk \(chunk): sample count \(count) must be at least 1"
         case .emptyAmaxReport(let id, let layer, let chunk):
-            return "job '\(id)' layer \(layer) chunk \(chunk): the report has no Linear amax values"
-        case .invalidAmax(let id, let layer, let chunk, let module, let value):
-            return "job '\(id)' layer \(layer) chunk \(chunk): amax of '\(module)' is \(value); "
-                + "it must be finite and not negative" + (module.isEmpty ? " (and the module name is empty)" : "")
+            return "job '\(id)' layer \(layer) chunk \(chunk): the report has no activation amax values"
+        case .invalidAmax(let id, let layer, let chunk, let input, let value):
+            return "job '\(id)' layer \(layer) chunk \(chunk): amax of input '\(input)' is \(value); "
+                + "it must be finite and not negative" + (input.isEmpty ? " (and the input name is empty)" : "")
         case .chunkConflict(let id, let layer, let chunk, let reason):
             return "job '\(id)' layer \(layer) chunk \(chunk) was already recorded differently: \(reason)"
         case .layerAlreadyCompleted(let id, let layer):
@@ -88,10 +88,10 @@ public enum ClusterStateError: Error, Equatable, Sendable, CustomStringConvertib
                 + "(\(Self.list(missing)))"
         case .unexpectedChunks(let id, let layer, let expected, let chunks):
             return "job '\(id)' layer \(layer) has chunks \(Self.list(chunks)) outside 0..<\(expected)"
-        case .moduleMissingChunks(let id, let layer, let module, let missing):
-            return "job '\(id)' layer \(layer): '\(module)' has no amax for chunks \(Self.list(missing))"
-        case .zeroActivationAmax(let id, let layer, let module):
-            return "job '\(id)' layer \(layer): '\(module)' has amax 0 over every chunk; the Linear was never exercised"
+        case .inputMissingChunks(let id, let layer, let input, let missing):
+            return "job '\(id)' layer \(layer): input '\(input)' has no amax for chunks \(Self.list(missing))"
+        case .zeroActivationAmax(let id, let layer, let input):
+            return "job '\(id)' layer \(layer): input '\(input)' has amax 0 over every chunk; the Linears reading it were never exercised"
         }
     }
 

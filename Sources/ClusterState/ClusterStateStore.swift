@@ -1,17 +1,28 @@
 import Foundation
 import GRDB
+import NVFP4
 
 extension JobState: DatabaseValueConvertible {}
 extension WorkerHealth: DatabaseValueConvertible {}
+
+/// Stored as a REAL (every Float is exact as a Double), so `MAX(amax)` compares numbers.
+extension ActivationAmax: DatabaseValueConvertible {
+    public var databaseValue: DatabaseValue { Double(value).databaseValue }
+
+    public static func fromDatabaseValue(_ dbValue: DatabaseValue) -> ActivationAmax? {
+        Double.fromDatabaseValue(dbValue).map { ActivationAmax(Float($0)) }
+    }
+}
 
 /// coordd's durable state: jobs, workers, plans, per-layer progress and activation statistics, in SQLite
 /// (`<state-dir>/coordd.sqlite`, WAL). Every method runs in one transaction, so a crash leaves either the whole
 /// update or none of it, and a restarted coordd sees every job and resumes running ones from ``resumePoint(jobID:)``.
 ///
-/// Statistics: workers report, per chunk of samples and per layer, the input amax of each Linear. Rows are unique per
-/// (job, layer, chunk, module), so a retried chunk never counts twice; the merge is `MAX` in SQL. Once every chunk
-/// has passed a layer, ``completeLayer(jobID:layer:expectedChunkCount:)`` freezes the layer's scales,
-/// `input_scale = f32(amax / 2688)` (spec §4).
+/// Statistics: workers report, per chunk of samples and per layer, the amax of each observed input (one per fused
+/// group of Linears that read it, named by the caller, e.g. `qkv`). Rows are unique per (job, layer, chunk, input),
+/// so a retried chunk never counts twice; the merge is `MAX` in SQL. Once every chunk has passed a layer,
+/// ``completeLayer(jobID:layer:expectedChunkCount:)`` freezes the layer's amax. The store keeps amax only: scales
+/// are derived where the checkpoint is written.
 public final class ClusterStateStore: Sendable {
     /// Path of the SQLite file.
     public let path: String
@@ -19,8 +30,6 @@ public final class ClusterStateStore: Sendable {
     private let now: @Sendable () -> Date
 
     public static let fileName = "coordd.sqlite"
-    /// `input_scale = f32(amax / activationScaleDenominator)`; 2688 = 6 (E2M1 max) × 448 (E4M3 max).
-    public static let activationScaleDenominator: Float = 2688
 
     /// Opens (creating if needed) the state in `stateDirectory` and brings its schema up to date.
     /// - Parameter now: The clock for timestamps; tests pass a fixed one.
@@ -138,7 +147,61 @@ public final class ClusterStateStore: Sendable {
                 t.primaryKey(["jobId", "layer", "moduleName"])
             }
         }
+        migrator.registerMigration("v2-amax-per-input") { db in
+            // v1 kept one row per Linear plus a derived input_scale. Statistics now stay per observed input; those
+            // of unfinished v1 jobs are dropped, so such a job calibrates again when it resumes.
+            try db.drop(table: "activationScale")
+            try db.drop(table: "chunkAmax")
+            try db.execute(sql: "DELETE FROM layerChunk")
+            try db.execute(sql: "UPDATE layerProgress SET samplesDone = 0, completed = 0, completedAt = NULL")
+            try db.create(table: "chunkAmax") { t in
+                t.column("jobId", .text).notNull()
+                t.column("layer", .integer).notNull()
+                t.column("chunk", .integer).notNull()
+                t.column("input", .text).notNull()
+                t.column("amax", .double).notNull()
+                t.primaryKey(["jobId", "layer", "chunk", "input"])
+                t.foreignKey(["jobId", "layer", "chunk"], references: "layerChunk", onDelete: .cascade)
+            }
+            try db.create(table: "layerAmax") { t in
+                t.column("jobId", .text).notNull().references("job", onDelete: .cascade)
+                t.column("layer", .integer).notNull()
+                t.column("input", .text).notNull()
+                t.column("amax", .double).notNull()
+                t.primaryKey(["jobId", "layer", "input"])
+            }
+        }
+        migrator.registerMigration("v3-job-quality") { db in
+            try db.create(table: "jobQuality") { t in
+                t.primaryKey("jobId", .text).references("job", onDelete: .cascade)
+                // The JobQuality as JSON: perplexities may be Inf or NaN, which SQLite's REAL does not keep.
+                t.column("json", .text).notNull()
+            }
+        }
         return migrator
+    }
+
+    // MARK: Quality
+
+    /// Stores the job's closing quality report and gate decision (replacing an earlier one).
+    public func recordQuality(jobID: String, quality: JobQuality) throws {
+        let json = String(decoding: try JSONEncoder().encode(quality), as: UTF8.self)
+        try pool.write { db in
+            _ = try Self.requireJob(db, jobID)
+            try db.execute(sql: "INSERT OR REPLACE INTO jobQuality (jobId, json) VALUES (?, ?)", arguments: [jobID, json])
+        }
+    }
+
+    /// The job's quality report, if it measured one.
+    public func quality(jobID: String) throws -> JobQuality? {
+        try pool.read { db in try Self.quality(db, jobID) }
+    }
+
+    private static func quality(_ db: Database, _ jobID: String) throws -> JobQuality? {
+        guard let json = try String.fetchOne(db, sql: "SELECT json FROM jobQuality WHERE jobId = ?", arguments: [jobID]) else {
+            return nil
+        }
+        return try JSONDecoder().decode(JobQuality.self, from: Data(json.utf8))
     }
 
     // MARK: Jobs
@@ -314,14 +377,14 @@ public final class ClusterStateStore: Sendable {
 
     // MARK: Progress and statistics
 
-    /// Records one chunk's per-Linear input amax for one layer, and the chunk's sample count.
+    /// Records one chunk's amax of each observed input of one layer, and the chunk's sample count.
     ///
     /// Idempotent: a retried chunk whose values are already stored changes nothing and returns `.alreadyRecorded`,
     /// even after the layer completed. Otherwise the values merge by max. New values for a completed layer are refused.
-    /// - Parameter amax: Full Linear name (unique across layers, e.g. `model.layers.3.self_attn.q_proj`) → amax.
+    /// - Parameter amax: Input name (the fused group reading it, e.g. `qkv`) → amax over the chunk.
     @discardableResult
     public func recordChunkAmax(jobID: String, layer: Int, chunk: Int, sampleCount: Int,
-                                amax: [String: Float]) throws -> ChunkRecordOutcome {
+                                amax: [String: ActivationAmax]) throws -> ChunkRecordOutcome {
         try pool.write { db in
             let job = try Self.requireJob(db, jobID)
             guard !job.state.isTerminal else { throw ClusterStateError.jobIsTerminal(jobID: jobID, state: job.state) }
@@ -332,9 +395,9 @@ public final class ClusterStateStore: Sendable {
                                                            sampleCount: sampleCount)
             }
             guard !amax.isEmpty else { throw ClusterStateError.emptyAmaxReport(jobID: jobID, layer: layer, chunk: chunk) }
-            for (module, value) in amax.sorted(by: { $0.key < $1.key })
-            where module.isEmpty || !value.isFinite || value < 0 {
-                throw ClusterStateError.invalidAmax(jobID: jobID, layer: layer, chunk: chunk, module: module, value: value)
+            for (input, amax) in amax.sorted(by: { $0.key < $1.key })
+            where input.isEmpty || !amax.value.isFinite || amax.value < 0 {
+                throw ClusterStateError.invalidAmax(jobID: jobID, layer: layer, chunk: chunk, input: input, value: amax.value)
             }
 
             let chunkKey: [String: (any DatabaseValueConvertible)?] = ["jobId": jobID, "layer": layer, "chunk": chunk]
@@ -343,10 +406,10 @@ public final class ClusterStateStore: Sendable {
                 throw ClusterStateError.chunkConflict(jobID: jobID, layer: layer, chunk: chunk, reason:
                     "sample count was \(existingChunk.sampleCount), now \(sampleCount)")
             }
-            var stored: [String: Float] = [:]
+            var stored: [String: ActivationAmax] = [:]
             for row in try ChunkAmaxRecord.filter(Column("jobId") == jobID && Column("layer") == layer
                                                   && Column("chunk") == chunk).fetchAll(db) {
-                stored[row.moduleName] = row.amax
+                stored[row.input] = row.amax
             }
             if existingChunk != nil, amax.allSatisfy({ stored[$0.key] == $0.value }) {
                 return .alreadyRecorded
@@ -358,11 +421,11 @@ public final class ClusterStateStore: Sendable {
                 try LayerChunkRecord(jobId: jobID, layer: layer, chunk: chunk, sampleCount: sampleCount,
                                      recordedAt: now()).insert(db)
             }
-            for (module, value) in amax {
+            for (input, value) in amax {
                 try db.execute(sql: """
-                    INSERT INTO chunkAmax (jobId, layer, chunk, moduleName, amax) VALUES (?, ?, ?, ?, ?)
-                    ON CONFLICT (jobId, layer, chunk, moduleName) DO UPDATE SET amax = MAX(amax, excluded.amax)
-                    """, arguments: [jobID, layer, chunk, module, value])
+                    INSERT INTO chunkAmax (jobId, layer, chunk, input, amax) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT (jobId, layer, chunk, input) DO UPDATE SET amax = MAX(amax, excluded.amax)
+                    """, arguments: [jobID, layer, chunk, input, value])
             }
             try db.execute(sql: """
                 INSERT INTO layerProgress (jobId, layer, samplesDone, completed)
@@ -373,17 +436,16 @@ public final class ClusterStateStore: Sendable {
         }
     }
 
-    /// Freezes a layer's statistics once chunks `0 ..< expectedChunkCount` have all been recorded, for every Linear
-    /// of the layer, and returns the Linear name → `input_scale = f32(amax / 2688)`. Calling it again for a completed
-    /// layer returns the stored scales.
+    /// Freezes a layer's statistics once chunks `0 ..< expectedChunkCount` have all been recorded, for every observed
+    /// input of the layer, and returns input name → merged amax. Calling it again for a completed layer returns the
+    /// stored values.
     @discardableResult
-    public func completeLayer(jobID: String, layer: Int, expectedChunkCount: Int) throws -> [String: Float] {
+    public func completeLayer(jobID: String, layer: Int, expectedChunkCount: Int) throws -> [String: ActivationAmax] {
         try pool.write { db in
             let job = try Self.requireJob(db, jobID)
             try Self.checkLayer(job, layer)
             if try Self.progress(db, jobID, layer)?.completed == true {
-                return try Self.scales(db, ActivationScaleRecord.filter(Column("jobId") == jobID
-                                                                        && Column("layer") == layer))
+                return try Self.amaxByInput(db, LayerAmaxRecord.filter(Column("jobId") == jobID && Column("layer") == layer))
             }
             guard !job.state.isTerminal else { throw ClusterStateError.jobIsTerminal(jobID: jobID, state: job.state) }
             guard expectedChunkCount >= 1 else {
@@ -402,30 +464,28 @@ public final class ClusterStateStore: Sendable {
                 throw ClusterStateError.layerIncomplete(jobID: jobID, layer: layer, expectedChunks: expectedChunkCount,
                                                         missingChunks: missing)
             }
-            var chunksByModule: [String: Set<Int>] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT moduleName, chunk FROM chunkAmax WHERE jobId = ? AND layer = ?",
+            var chunksByInput: [String: Set<Int>] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT input, chunk FROM chunkAmax WHERE jobId = ? AND layer = ?",
                                         arguments: [jobID, layer]) {
-                chunksByModule[row["moduleName"], default: []].insert(row["chunk"])
+                chunksByInput[row["input"], default: []].insert(row["chunk"])
             }
-            for module in chunksByModule.keys.sorted() {
-                let moduleMissing = expected.subtracting(chunksByModule[module]!).sorted()
-                guard moduleMissing.isEmpty else {
-                    throw ClusterStateError.moduleMissingChunks(jobID: jobID, layer: layer, module: module,
-                                                                missingChunks: moduleMissing)
+            for input in chunksByInput.keys.sorted() {
+                let inputMissing = expected.subtracting(chunksByInput[input]!).sorted()
+                guard inputMissing.isEmpty else {
+                    throw ClusterStateError.inputMissingChunks(jobID: jobID, layer: layer, input: input,
+                                                               missingChunks: inputMissing)
                 }
             }
-            var result: [String: Float] = [:]
+            var result: [String: ActivationAmax] = [:]
             for row in try Row.fetchAll(db, sql: """
-                SELECT moduleName, MAX(amax) AS amax FROM chunkAmax WHERE jobId = ? AND layer = ?
-                GROUP BY moduleName ORDER BY moduleName
+                SELECT input, MAX(amax) AS amax FROM chunkAmax WHERE jobId = ? AND layer = ?
+                GROUP BY input ORDER BY input
                 """, arguments: [jobID, layer]) {
-                let module: String = row["moduleName"]
-                let amax: Float = row["amax"]
-                guard amax > 0 else { throw ClusterStateError.zeroActivationAmax(jobID: jobID, layer: layer, module: module) }
-                let scale = amax / Self.activationScaleDenominator
-                try ActivationScaleRecord(jobId: jobID, layer: layer, moduleName: module, amax: amax,
-                                          inputScale: scale).insert(db)
-                result[module] = scale
+                let input: String = row["input"]
+                let amax: ActivationAmax = row["amax"]
+                guard amax.value > 0 else { throw ClusterStateError.zeroActivationAmax(jobID: jobID, layer: layer, input: input) }
+                try LayerAmaxRecord(jobId: jobID, layer: layer, input: input, amax: amax).insert(db)
+                result[input] = amax
             }
             try db.execute(sql: "UPDATE layerProgress SET completed = 1, completedAt = ? WHERE jobId = ? AND layer = ?",
                            arguments: [now(), jobID, layer])
@@ -478,34 +538,25 @@ public final class ClusterStateStore: Sendable {
         }
     }
 
-    /// Linear name → max input amax over every chunk recorded so far (completed layers or not).
-    public func activationAmax(jobID: String) throws -> [String: Float] {
+    /// Layer → input name → max amax over every chunk recorded so far (completed layers or not).
+    public func activationAmax(jobID: String) throws -> [Int: [String: ActivationAmax]] {
         try pool.read { db in
             _ = try Self.requireJob(db, jobID)
-            var result: [String: Float] = [:]
+            var result: [Int: [String: ActivationAmax]] = [:]
             for row in try Row.fetchAll(db, sql: """
-                SELECT moduleName, MAX(amax) AS amax FROM chunkAmax WHERE jobId = ? GROUP BY moduleName
+                SELECT layer, input, MAX(amax) AS amax FROM chunkAmax WHERE jobId = ? GROUP BY layer, input
                 """, arguments: [jobID]) {
-                result[row["moduleName"]] = row["amax"] as Float
+                result[row["layer"] as Int, default: [:]][row["input"] as String] = row["amax"] as ActivationAmax
             }
             return result
         }
     }
 
-    /// Linear name → final `input_scale` of every completed layer.
-    public func activationScales(jobID: String) throws -> [String: Float] {
+    /// The final amax rows of every completed layer, by layer and input name.
+    public func layerAmaxRecords(jobID: String) throws -> [LayerAmaxRecord] {
         try pool.read { db in
             _ = try Self.requireJob(db, jobID)
-            return try Self.scales(db, ActivationScaleRecord.filter(Column("jobId") == jobID))
-        }
-    }
-
-    /// The final scale rows (amax and `input_scale`) of every completed layer, by layer and Linear name.
-    public func activationScaleRecords(jobID: String) throws -> [ActivationScaleRecord] {
-        try pool.read { db in
-            _ = try Self.requireJob(db, jobID)
-            return try ActivationScaleRecord.filter(Column("jobId") == jobID)
-                .order(Column("layer"), Column("moduleName")).fetchAll(db)
+            return try LayerAmaxRecord.filter(Column("jobId") == jobID).order(Column("layer"), Column("input")).fetchAll(db)
         }
     }
 
@@ -529,6 +580,7 @@ public final class ClusterStateStore: Sendable {
             return JobStatus(jobID: job.id, phase: job.state, model: job.modelPath, output: job.outputPath,
                              workers: workers, samplesThrough: samplesThrough, tokensPerSecond: tokensPerSecond,
                              etaSeconds: etaSeconds, outputBytes: outputBytes, failureReason: job.failureReason,
+                             quality: try Self.quality(db, jobID),
                              createdAt: job.createdAt, updatedAt: job.updatedAt)
         }
     }
@@ -568,10 +620,10 @@ public final class ClusterStateStore: Sendable {
         return next
     }
 
-    private static func scales(_ db: Database, _ request: QueryInterfaceRequest<ActivationScaleRecord>) throws
-        -> [String: Float] {
-        var result: [String: Float] = [:]
-        for record in try request.fetchAll(db) { result[record.moduleName] = record.inputScale }
+    private static func amaxByInput(_ db: Database, _ request: QueryInterfaceRequest<LayerAmaxRecord>) throws
+        -> [String: ActivationAmax] {
+        var result: [String: ActivationAmax] = [:]
+        for record in try request.fetchAll(db) { result[record.input] = record.amax }
         return result
     }
 }

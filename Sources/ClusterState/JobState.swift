@@ -1,6 +1,6 @@
 /// A job's phase. Stored as its raw value, which is also what `coordctl status --json` prints as `phase`.
 public enum JobState: String, Codable, Sendable, CaseIterable {
-    case queued, loading, calibrating, exporting, merging, succeeded, failed, cancelled
+    case queued, loading, calibrating, exporting, merging, evaluating, succeeded, failed, cancelled
 
     /// Succeeded, failed and cancelled jobs never change again.
     public var isTerminal: Bool {
@@ -15,6 +15,7 @@ public enum JobState: String, Codable, Sendable, CaseIterable {
     /// - `loading → exporting` skips calibration (weight-only schemes).
     /// - `calibrating → loading` and `exporting → loading` re-load weights after a worker loss or a coordd restart.
     /// - `exporting → succeeded` when there is nothing to merge (one shard writer).
+    /// - `merging → evaluating` when the written checkpoint's quality is measured before it is renamed into place.
     /// - Every non-terminal phase may fail or be cancelled. A phase never moves to itself.
     public var allowedNextStates: Set<JobState> {
         switch self {
@@ -22,7 +23,8 @@ public enum JobState: String, Codable, Sendable, CaseIterable {
         case .loading: return [.calibrating, .exporting, .failed, .cancelled]
         case .calibrating: return [.exporting, .loading, .failed, .cancelled]
         case .exporting: return [.merging, .succeeded, .loading, .failed, .cancelled]
-        case .merging: return [.succeeded, .failed, .cancelled]
+        case .merging: return [.evaluating, .succeeded, .failed, .cancelled]
+        case .evaluating: return [.succeeded, .failed, .cancelled]
         case .succeeded, .failed, .cancelled: return []
         }
     }

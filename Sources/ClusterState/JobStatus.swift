@@ -43,7 +43,7 @@ public struct JobStatus: Codable, Sendable, Equatable {
         public init(_ phase: JobState) {
             switch phase {
             case .queued: self = .queued
-            case .loading, .calibrating, .exporting, .merging: self = .running
+            case .loading, .calibrating, .exporting, .merging, .evaluating: self = .running
             case .succeeded: self = .succeeded
             case .failed: self = .failed
             case .cancelled: self = .cancelled
@@ -79,13 +79,15 @@ public struct JobStatus: Codable, Sendable, Equatable {
     public var etaSeconds: Double?
     public var outputBytes: Int64?
     public var failureReason: String?
+    /// The closing quality report and gate of a job that measured it; nil before that, or without evaluation.
+    public var quality: JobQuality?
     /// ISO 8601, UTC, whole seconds.
     public var createdAt: String
     public var updatedAt: String
 
     public init(jobID: String, phase: JobState, model: String, output: String, workers: [Worker],
                 samplesThrough: [String: Int], tokensPerSecond: Double?, etaSeconds: Double?, outputBytes: Int64?,
-                failureReason: String?, createdAt: Date, updatedAt: Date) {
+                failureReason: String?, quality: JobQuality? = nil, createdAt: Date, updatedAt: Date) {
         self.schemaVersion = Self.currentSchemaVersion
         self.state = State(phase)
         self.jobID = jobID
@@ -98,6 +100,7 @@ public struct JobStatus: Codable, Sendable, Equatable {
         self.etaSeconds = etaSeconds
         self.outputBytes = outputBytes
         self.failureReason = failureReason
+        self.quality = quality
         self.createdAt = Self.timestamp(createdAt)
         self.updatedAt = Self.timestamp(updatedAt)
     }
@@ -123,6 +126,7 @@ public struct JobStatus: Codable, Sendable, Equatable {
         case etaSeconds = "eta_seconds"
         case outputBytes = "output_bytes"
         case failureReason = "failure_reason"
+        case quality
         case createdAt = "created_at"
         case updatedAt = "updated_at"
     }
@@ -142,6 +146,7 @@ public struct JobStatus: Codable, Sendable, Equatable {
         try container.encode(etaSeconds, forKey: .etaSeconds)
         try container.encode(outputBytes, forKey: .outputBytes)
         try container.encode(failureReason, forKey: .failureReason)
+        try container.encode(quality, forKey: .quality)
         try container.encode(createdAt, forKey: .createdAt)
         try container.encode(updatedAt, forKey: .updatedAt)
     }
@@ -151,5 +156,80 @@ public struct JobStatus: Codable, Sendable, Equatable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         return try encoder.encode(self)
+    }
+}
+
+/// Perplexity of the original model against the written checkpoint on held-out text, and what the quality gate made
+/// of it (`status --json`'s `quality`). Perplexities that are not finite appear as the strings `inf` or `nan`.
+public struct JobQuality: Codable, Sendable, Equatable {
+    public enum Gate: String, Codable, Sendable {
+        case passed, failed
+        /// `--no-quality-gate`.
+        case off
+    }
+
+    public var samples: Int
+    public var tokens: Int
+    public var originalPerplexity: Double
+    public var quantizedPerplexity: Double
+    /// The gate's limit on quantized / original perplexity; nil when it was off.
+    public var maxPerplexityRatio: Double?
+    public var gate: Gate
+
+    public init(samples: Int, tokens: Int, originalPerplexity: Double, quantizedPerplexity: Double,
+                maxPerplexityRatio: Double?, gate: Gate) {
+        self.samples = samples
+        self.tokens = tokens
+        self.originalPerplexity = originalPerplexity
+        self.quantizedPerplexity = quantizedPerplexity
+        self.maxPerplexityRatio = maxPerplexityRatio
+        self.gate = gate
+    }
+
+    /// quantized / original.
+    public var perplexityRatio: Double { quantizedPerplexity / originalPerplexity }
+
+    enum CodingKeys: String, CodingKey {
+        case samples, tokens, gate
+        case originalPerplexity = "original_perplexity"
+        case quantizedPerplexity = "quantized_perplexity"
+        case perplexityRatio = "perplexity_ratio"
+        case maxPerplexityRatio = "max_perplexity_ratio"
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(samples, forKey: .samples)
+        try container.encode(tokens, forKey: .tokens)
+        try container.encode(gate, forKey: .gate)
+        try Self.encode(originalPerplexity, forKey: .originalPerplexity, in: &container)
+        try Self.encode(quantizedPerplexity, forKey: .quantizedPerplexity, in: &container)
+        try Self.encode(perplexityRatio, forKey: .perplexityRatio, in: &container)
+        try container.encode(maxPerplexityRatio, forKey: .maxPerplexityRatio)
+    }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        samples = try container.decode(Int.self, forKey: .samples)
+        tokens = try container.decode(Int.self, forKey: .tokens)
+        gate = try container.decode(Gate.self, forKey: .gate)
+        originalPerplexity = try Self.decode(.originalPerplexity, in: container)
+        quantizedPerplexity = try Self.decode(.quantizedPerplexity, in: container)
+        maxPerplexityRatio = try container.decodeIfPresent(Double.self, forKey: .maxPerplexityRatio)
+    }
+
+    // JSON has no Inf or NaN: such values travel as their Swift spelling.
+    private static func encode(_ value: Double, forKey key: CodingKeys,
+                               in container: inout KeyedEncodingContainer<CodingKeys>) throws {
+        if value.isFinite { try container.encode(value, forKey: key) } else { try container.encode("\(value)", forKey: key) }
+    }
+
+    private static func decode(_ key: CodingKeys, in container: KeyedDecodingContainer<CodingKeys>) throws -> Double {
+        if let value = try? container.decode(Double.self, forKey: key) { return value }
+        let text = try container.decode(String.self, forKey: key)
+        guard let value = Double(text) else {
+            throw DecodingError.dataCorruptedError(forKey: key, in: container, debugDescription: "not a number: \(text)")
+        }
+        return value
     }
 }

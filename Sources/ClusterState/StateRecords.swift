@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import NVFP4
 
 /// A row of `job`.
 public struct JobRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
@@ -100,26 +101,27 @@ struct LayerChunkRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     var recordedAt: Date
 }
 
-/// A row of `chunkAmax`: one Linear's input amax over one chunk. Unique per (job, layer, chunk, module).
+/// A row of `chunkAmax`: the amax of one observed input (a fused group's, e.g. `qkv`) over one chunk.
+/// Unique per (job, layer, chunk, input).
 struct ChunkAmaxRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
     static let databaseTableName = "chunkAmax"
 
     var jobId: String
     var layer: Int
     var chunk: Int
-    var moduleName: String
-    var amax: Float
+    var input: String
+    var amax: ActivationAmax
 }
 
-/// A row of `activationScale`: a Linear's final merged amax and its `input_scale = f32(amax / 2688)`.
-public struct ActivationScaleRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
-    public static let databaseTableName = "activationScale"
+/// A row of `layerAmax`: the final merged amax of one observed input of a completed layer. Scales are derived
+/// from it where the checkpoint is written, never stored beside it.
+public struct LayerAmaxRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "layerAmax"
 
     public var jobId: String
     public var layer: Int
-    public var moduleName: String
-    public var amax: Float
-    public var inputScale: Float
+    public var input: String
+    public var amax: ActivationAmax
 }
 
 /// Where a running job picks up after a restart or a re-plan.

@@ -3,9 +3,11 @@ import ClusterProtocol
 import ClusterState
 import Calibration
 import Distributed
+import Evaluation
 import Foundation
 import LlamaModel
 import Logging
+import NVFP4
 import QuantizeJob
 import SafeTensors
 
@@ -48,6 +50,9 @@ actor JobRunner {
     private var calibrationDone = false
     /// Calibration and export run side by side; the first of them to fail stops the other through this.
     private var siblingFailure: String?
+
+    /// Runs the quality report off the actor's executor (it computes for seconds to hours).
+    private let evaluationQueue = ComputeQueue(label: "coordd.evaluation")
 
     // Live figures.
     private var calibrationStart: ContinuousClock.Instant?
@@ -113,10 +118,12 @@ actor JobRunner {
             throw ClusterJobError(node: "coordinator", message: "chunk \(report.chunk) is not part of job \(jobID)")
         }
         for layerAmax in report.layers {
-            var amax: [String: Float] = [:]
-            for linear in config.linears(layer: layerAmax.layer) {
-                amax[linear.name] = layerAmax.value(of: linear.kind.group)
+            guard (0..<config.numHiddenLayers).contains(layerAmax.layer) else {
+                throw ClusterJobError(node: "coordinator", message: "\(report.worker) reported layer \(layerAmax.layer), "
+                                      + "which job \(jobID)'s model does not have")
             }
+            // One value per observed input (fused group), as the worker measured it.
+            let amax = Dictionary(uniqueKeysWithValues: FusedGroup.allCases.map { ($0.rawValue, layerAmax[$0]) })
             try store.recordChunkAmax(jobID: jobID, layer: layerAmax.layer, chunk: report.chunk,
                                       sampleCount: report.sampleCount, amax: amax)
             recorded[layerAmax.layer, default: []].insert(report.chunk)
@@ -256,7 +263,12 @@ actor JobRunner {
         try checkInterrupted()
 
         try move(to: .loading)
-        if calibrationPlan == nil { calibrationPlan = try spec.makeCalibrationPlan(config: config, logger: logger) }
+        if calibrationPlan == nil {
+            // A weight-only job reads no calibration data (the model may have no tokenizer).
+            calibrationPlan = spec.scheme.quantizesActivations
+                ? try spec.makeCalibrationPlan(config: config, logger: logger)
+                : .uncalibrated(chunkTokens: spec.calibration.chunkTokens)
+        }
         let calibrationPlan = self.calibrationPlan!
         let workers = try await resolveWorkers()
         try await load(workers: workers, calibrationPlan: calibrationPlan)
@@ -517,12 +529,20 @@ actor JobRunner {
                     try checkInterrupted()
                 }
                 var calibration = spec.calibrationRecord(plan: calibrationPlan, deviceLabel: deviceLabel)
-                calibration.activationAmax = try store.activationAmax(jobID: jobID)
+                calibration.activationAmax = try store.activationAmax(jobID: jobID).mapValues(Self.byGroup)
                 record = calibration
             }
             try move(to: .merging)
             let report = try assembler.finish(calibration: record)
             outputBytes = Int64(report.bytes)
+            if spec.evaluationSamples > 0 {
+                try move(to: .evaluating)
+                try await judgeQuality(spec: spec, config: config, source: source, assembler: assembler)
+            }
+            try assembler.commit()
+        } catch let failure as QualityGateFailure {
+            // The rejected checkpoint stays as OUTPUT.partial-<id>, for inspection.
+            throw failure
         } catch {
             // Look-ahead exports must not outlive this attempt (a later one reuses the tensor ids).
             if !pending.isEmpty {
@@ -535,20 +555,63 @@ actor JobRunner {
         }
     }
 
+    /// Measures the perplexity of the verified checkpoint (still in its partial directory) against the original,
+    /// records it for `status`, and throws ``QualityGateFailure`` when the gate rejects it.
+    private func judgeQuality(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel,
+                              assembler: CheckpointAssembler) async throws {
+        let directory = assembler.partialDirectory
+        let logger = self.logger
+        let report: QualityReport
+        do {
+            report = try await evaluationQueue.run {
+                try QualityEvaluation.report(spec: spec, config: config, original: source, checkpointDirectory: directory,
+                                             logger: logger)
+            }
+        } catch {
+            throw ClusterJobError(node: "coordinator", message: "the quality report failed, so the checkpoint cannot be "
+                                  + "judged: \(error) (--eval-samples 0 skips the report and its gate)")
+        }
+        try checkInterrupted()
+        let gate = spec.maxPerplexityRatio.map { QualityGate(maxPerplexityRatio: $0) }
+        var failure = gate?.failure(of: report)
+        try store.recordQuality(jobID: jobID, quality: JobQuality(
+            samples: report.samples, tokens: report.tokens, originalPerplexity: report.originalPerplexity,
+            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio,
+            gate: gate == nil ? .off : failure == nil ? .passed : .failed))
+        let verdict = gate == nil ? "off" : failure == nil ? "passed" : "failed"
+        logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples; gate \(verdict)")
+        if failure != nil {
+            failure?.keptAt = directory.path
+            throw failure!
+        }
+    }
+
+    /// Fused group → amax of one layer, from the store's input names.
+    static func byGroup(_ amax: [String: ActivationAmax]) throws -> [FusedGroup: ActivationAmax] {
+        var result: [FusedGroup: ActivationAmax] = [:]
+        for (input, value) in amax {
+            guard let group = FusedGroup(rawValue: input) else {
+                throw ClusterJobError(node: "coordinator", message: "the job's state holds statistics of an unknown input '\(input)'")
+            }
+            result[group] = value
+        }
+        return result
+    }
+
     /// Waits until `layer`'s scales are final (W4A4), freezes them, has the owning worker export the layer and takes
     /// its tensors from the data path.
     private func exportLayer(_ layer: Int, workers: [PlannedWorker], chunkCount: Int) async throws -> [ExportedTensor] {
         try checkInterrupted()
         let owner = workers.first { $0.assignment.range.contains(layer) }!
-        var linearAmax: [String: Float]?
+        var activationAmax: [FusedGroup: ActivationAmax]?
         if submission.spec.scheme.quantizesActivations {
             while !calibrationDone && (recorded[layer]?.count ?? 0) < chunkCount {
                 await waitForProgress()
                 try checkInterrupted()
             }
-            linearAmax = try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount)
+            activationAmax = try Self.byGroup(try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount))
         }
-        let request = ExportRequest(jobID: jobID, layer: layer, linearAmax: linearAmax)
+        let request = ExportRequest(jobID: jobID, layer: layer, activationAmax: activationAmax)
         let endpoint = owner.endpoint
         let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
         let manifest = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.exportLayer(request) }
@@ -571,17 +634,6 @@ actor JobRunner {
             } catch {
                 logger.warning("could not tell \(entry.worker) to stop: \(error)")
             }
-        }
-    }
-}
-
-extension LayerAmax {
-    func value(of group: FusedGroup) -> Float {
-        switch group {
-        case .qkv: qkv
-        case .o: o
-        case .gateUp: gateUp
-        case .down: down
         }
     }
 }

@@ -7,9 +7,9 @@ import NVFP4
 /// NVFP4 GEMM does to its activations at run time. Groups without a scale are left unchanged.
 public struct NVFP4InputFakeQuantization: LinearInputTransform {
     /// `Sx` per layer and fused group.
-    public let inputScales: [[FusedGroup: Float]]
+    public let inputScales: [[FusedGroup: InputScale]]
 
-    public init(inputScales: [[FusedGroup: Float]]) {
+    public init(inputScales: [[FusedGroup: InputScale]]) {
         self.inputScales = inputScales
     }
 

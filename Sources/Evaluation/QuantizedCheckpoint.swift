@@ -189,25 +189,21 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
     }
 
     /// The Linear's activation scale `Sx`, or nil for a weight-only checkpoint.
-    public func inputScale(_ linear: LinearSpec) throws -> Float? {
-        scheme.quantizesActivations ? try scale(.inputScale, of: linear) : nil
+    public func inputScale(_ linear: LinearSpec) throws -> InputScale? {
+        scheme.quantizesActivations ? InputScale(stored: try scale(.inputScale, of: linear)) : nil
     }
 
     /// One `Sx` per fused group of `layer`, as vLLM reduces the members' scales when it fuses them
     /// (spec §5: modelopt takes the largest `Sx`, compressed-tensors the largest stored `1/Sx`); the
     /// members are equal in checkpoints this project writes. Empty for a weight-only checkpoint.
-    public func inputScales(layer: Int) throws -> [FusedGroup: Float] {
+    public func inputScales(layer: Int) throws -> [FusedGroup: InputScale] {
         guard scheme.quantizesActivations else { return [:] }
         let linears = config.linears(layer: layer)
-        var scales: [FusedGroup: Float] = [:]
+        var scales: [FusedGroup: InputScale] = [:]
         for group in FusedGroup.allCases {
             let members = linears.filter { $0.kind.group == group }
-            switch layout {
-            case .modelopt:
-                scales[group] = try members.map { try scalar(.inputScale, of: $0) }.max()!
-            case .compressedTensors:
-                scales[group] = 1 / (try members.map { try scalar(.inputScale, of: $0) }.max()!)
-            }
+            let largestStored = try members.map { try scalar(.inputScale, of: $0) }.max()!
+            scales[group] = tensorLayout.inputScale(stored: largestStored)
         }
         return scales
     }

@@ -21,7 +21,7 @@ public enum LinearKind: String, CaseIterable, Sendable {
 
 /// Linears that read one input tensor and share a weight global scale and an input scale (spec §5).
 /// Each group is also one observed activation in calibration.
-public enum FusedGroup: String, CaseIterable, Sendable {
+public enum FusedGroup: String, CaseIterable, Sendable, Codable, CodingKeyRepresentable {
     /// q/k/v read the input_layernorm output.
     case qkv
     /// gate/up read the post_attention_layernorm output.

@@ -6,18 +6,15 @@ public enum FusedScales {
         NVFP4Quantizer.weightScale2(amax: memberAmax.max() ?? 0)
     }
 
-    /// `input_scale = Sx = f32(amax_x / 2688)` (spec §4).
-    public static func inputScale(activationAmax: Float) -> Float {
-        activationAmax / NVFP4Quantizer.scaleDenominator
-    }
 }
 
 /// W4A4 emulation of a Linear's input: per-16 dynamic block scales under the calibrated global scale, as the
 /// NVFP4 GEMM computes them at run time. Used for the quality report, never for checkpoint bytes.
 public enum NVFP4ActivationEmulation {
     /// Quantizes and dequantizes `values` in place, block by block along the last dimension of length `cols`.
-    public static func fakeQuantize(_ values: UnsafeMutableBufferPointer<Float>, cols: Int, inputScale sx: Float) {
+    public static func fakeQuantize(_ values: UnsafeMutableBufferPointer<Float>, cols: Int, inputScale: InputScale) {
         precondition(cols % 16 == 0, "activation width must be a multiple of 16")
+        let sx = inputScale.value
         let d = 6 * sx
         var index = 0
         while index + 16 <= values.count {

@@ -68,21 +68,3 @@ public enum ComputeDevice: CustomStringConvertible {
         }
     }
 }
-
-
-extension QuantizeJob {
-    /// Perplexity of the original model against the written checkpoint (W4A4 emulated, or dequantized weights for
-    /// weight-only) on held-out text that calibration never saw.
-    public func qualityReport(inputs: Inputs) throws -> QualityReport {
-        let tokenizer = try BPETokenizer.load(modelDirectory: options.modelDirectory.path)
-        let set = try CalibrationData.loadHeldOutEvaluation(
-            tokenizer: tokenizer, vocabSize: inputs.config.vocabSize,
-            options: CalibrationOptions(samples: options.evaluationSamples, minTokens: 1,
-                                        maxTokens: options.evaluationMaxTokens))
-        logger.info("quality report: perplexity on \(set.samples.count) held-out samples (\(set.tokenTotal) tokens)")
-        let checkpoint = try QuantizedCheckpoint(directory: options.outputDirectory, originalConfig: inputs.config)
-        let evaluator = PerplexityEvaluator(backend: CPUBackend(config: inputs.config), logger: logger)
-        return try evaluator.evaluate(original: inputs.source, checkpoint: checkpoint,
-                                      samples: set.samples.map { $0.tokens.map(Int.init) })
-    }
-}

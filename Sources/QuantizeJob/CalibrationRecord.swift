@@ -1,11 +1,8 @@
 import Calibration
 import Checkpoint
 import Foundation
+import LlamaModel
 import NVFP4
-
-/// Calibrators that hold scratch files until told to finish.
-protocol Finishable: AnyObject { func finish() }
-extension LayerStreamingCalibrator: Finishable {}
 
 /// What `calibration.json` records, so a user can audit every activation scale.
 public struct CalibrationRecord: Codable, Sendable, Equatable {
@@ -15,11 +12,12 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
     /// SHA-256 of the selected token ids.
     public var contentHash: String
     public var device: String
-    /// Linear module name → activation amax.
-    public var activationAmax: [String: Float] = [:]
+    /// Layer → fused group → activation amax: one value per observed input. Expanded to Linear names only when
+    /// written.
+    public var activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]
 
     public init(source: String, samples: Int, tokens: Int, contentHash: String, device: String,
-                activationAmax: [String: Float] = [:]) {
+                activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]) {
         self.source = source
         self.samples = samples
         self.tokens = tokens
@@ -28,11 +26,21 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
         self.activationAmax = activationAmax
     }
 
-    /// Writes `calibration.json` (modules sorted, shortest round-tripping decimals).
-    public func write(to url: URL, scheme: QuantizationScheme) throws {
-        let modules = activationAmax.keys.sorted()
-        func entries(_ value: (Float) -> Float) -> String {
-            modules.map { "    \"\($0)\": \(jsonNumber(value(activationAmax[$0]!)))" }.joined(separator: ",\n")
+    /// Each Linear of `config` with its group's amax (Linears of layers without statistics are left out).
+    public func linearAmax(config: LlamaConfig) -> [(linear: LinearSpec, amax: ActivationAmax)] {
+        (0..<config.numHiddenLayers).flatMap { layer in
+            config.linears(layer: layer).compactMap { linear in
+                activationAmax[layer]?[linear.kind.group].map { (linear, $0) }
+            }
+        }
+    }
+
+    /// Writes `calibration.json`: per Linear module (sorted by name) its amax and `input_scale`, in shortest
+    /// round-tripping decimals.
+    public func write(to url: URL, scheme: QuantizationScheme, config: LlamaConfig) throws {
+        let modules = linearAmax(config: config).sorted { $0.linear.name < $1.linear.name }
+        func entries(_ value: (ActivationAmax) -> Float) -> String {
+            modules.map { "    \"\($0.linear.name)\": \(jsonNumber(value($0.amax)))" }.joined(separator: ",\n")
         }
         let text = """
             {
@@ -44,10 +52,10 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
               "calibration_set_sha256": "\(contentHash)",
               "device": "\(device)",
               "activation_amax": {
-            \(entries { $0 })
+            \(entries { $0.value })
               },
               "input_scale": {
-            \(entries { FusedScales.inputScale(activationAmax: $0) })
+            \(entries { InputScale($0).value })
               }
             }
 

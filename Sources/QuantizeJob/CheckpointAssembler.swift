@@ -2,6 +2,7 @@ import Checkpoint
 import Foundation
 import LlamaModel
 import Logging
+import NVFP4
 import SafeTensors
 
 /// A layer's tensors that do not fit the output plan, naming the layer and tensor.
@@ -36,13 +37,15 @@ public enum CheckpointAssemblyError: Error, CustomStringConvertible, Equatable, 
 /// Writes the output checkpoint from exported layers (the coordinator's side, and `coordctl quantize`'s): plans
 /// the shards from the config alone, writes into `OUTPUT.partial-<jobID>`, embeddings first, then each layer's
 /// tensors in layer order, then the final norm and `lm_head`, `config.json` and the tokenizer files,
-/// `calibration.json` (W4A4), verifies everything with ``CheckpointVerifier`` and renames the directory into place.
-/// Call ``discard()`` after any failure. Not thread-safe: one caller at a time.
+/// `calibration.json` (W4A4), verifies everything with ``CheckpointVerifier`` (every stored activation scale against
+/// the calibration it came from), and, once the caller has also judged its quality, renames the directory into place
+/// with ``commit()``. Call ``discard()`` after a failure that leaves nothing worth inspecting. Not thread-safe: one
+/// caller at a time.
 public final class CheckpointAssembler {
     public let spec: JobSpec
     public let config: LlamaConfig
     public let plan: ShardPlan
-    /// Where the checkpoint is written until ``finish(calibration:)`` renames it.
+    /// Where the checkpoint is written until ``commit()`` renames it.
     public var partialDirectory: URL { output.partial }
     /// The layer ``add(layer:tensors:)`` expects next (nil once all are added).
     public var nextLayer: Int? { layersAdded < config.numHiddenLayers ? layersAdded : nil }
@@ -54,6 +57,7 @@ public final class CheckpointAssembler {
     private let layout: LinearTensorLayout
     private var embeddingsWritten = false
     private var layersAdded = 0
+    private var finished = false
 
     /// Checks the output path (see `OutputDirectory`) and creates a fresh partial directory.
     public init(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel, logger: Logger) throws {
@@ -125,8 +129,9 @@ public final class CheckpointAssembler {
         layersAdded += 1
     }
 
-    /// Writes the final norm and `lm_head`, the model files and (W4A4) `calibration.json` from `calibration`,
-    /// verifies the whole checkpoint and renames it into place.
+    /// Writes the final norm and `lm_head`, the model files and (W4A4) `calibration.json` from `calibration`, and
+    /// verifies the whole checkpoint in ``partialDirectory``: every loader rule, and for W4A4 every stored activation
+    /// scale against `calibration`'s amax, bit for bit.
     @discardableResult
     public func finish(calibration: CalibrationRecord?) throws -> VerificationReport {
         guard nextLayer == nil else {
@@ -139,17 +144,27 @@ public final class CheckpointAssembler {
         _ = try writeModelFiles(sourceDirectory: spec.modelDirectory, outputDirectory: directory,
                                 configWriter: QuantizationConfigWriter(layout: spec.layout, scheme: spec.scheme,
                                                                        omitScaleDTypeKeys: spec.omitScaleDTypeKeys))
+        var activationAmax: [Int: [FusedGroup: ActivationAmax]]?
         if spec.scheme.quantizesActivations {
-            let record = calibration ?? CalibrationRecord(source: "provided by the caller", samples: 0, tokens: 0,
-                                                          contentHash: "", device: "n/a")
-            try record.write(to: directory.appendingPathComponent("calibration.json"), scheme: spec.scheme)
+            guard let calibration else {
+                throw CheckpointAssemblyError.wrongStep("a W4A4 checkpoint needs the calibration its scales came from")
+            }
+            try calibration.write(to: directory.appendingPathComponent("calibration.json"), scheme: spec.scheme, config: config)
+            activationAmax = calibration.activationAmax
         }
         logger.info("verifying the written checkpoint")
-        let report = try CheckpointVerifier(config: config, layout: layout, source: source).verify(directory: directory)
+        let report = try CheckpointVerifier(config: config, layout: layout, source: source, activationAmax: activationAmax)
+            .verify(directory: directory)
         logger.info("verified", metadata: ["files": "\(report.files)", "tensors": "\(report.tensors)",
                                            "linears": "\(report.quantizedLinears)"])
-        try output.commit()
+        finished = true
         return report
+    }
+
+    /// Renames the verified checkpoint to its final name.
+    public func commit() throws {
+        guard finished else { throw CheckpointAssemblyError.wrongStep("commit called before the checkpoint was verified") }
+        try output.commit()
     }
 
     /// Removes the partial directory after a failure.

@@ -51,6 +51,9 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public var calibration: Calibration
     public var evaluationSamples: Int
     public var evaluationMaxTokens: Int
+    /// The job fails when the quantized perplexity exceeds this multiple of the original's (or is not finite);
+    /// nil turns the gate off. No gate without evaluation samples.
+    public var maxPerplexityRatio: Double?
     /// SHA-256 (lower-case hex) of `<modelPath>/config.json` when the job was made.
     public var configSHA256: String
 
@@ -73,6 +76,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             scratchDirectory: calibration.scratchDirectory?.path, device: calibration.device)
         evaluationSamples = options.evaluationSamples
         evaluationMaxTokens = options.evaluationMaxTokens
+        maxPerplexityRatio = options.maxPerplexityRatio
         configSHA256 = try ModelCheck.configSHA256(modelDirectory: options.modelDirectory)
     }
 
@@ -94,6 +98,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         options.calibration.device = calibration.device
         options.evaluationSamples = evaluationSamples
         options.evaluationMaxTokens = evaluationMaxTokens
+        options.maxPerplexityRatio = maxPerplexityRatio
         return options
     }
 

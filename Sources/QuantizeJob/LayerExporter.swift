@@ -71,14 +71,16 @@ public final class LayerExporter: Sendable {
         self.bf16Quantizer = bf16Quantizer
     }
 
-    /// The tensors of `layer`, in write order. `activationAmax` (W4A4 only) holds one amax per fused group.
-    public func export(layer: Int, activationAmax: [FusedGroup: Float]?) throws -> [ExportedTensor] {
+    /// The tensors of `layer`, in write order. `activationAmax` (W4A4 only) holds the calibrated amax of each fused
+    /// group's input; each member's input scale is derived from it here, where the tensors are laid out.
+    public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?) throws -> [ExportedTensor] {
         var timings = ExportTimings()
         return try export(layer: layer, activationAmax: activationAmax, timings: &timings)
     }
 
     /// ``export(layer:activationAmax:)``, adding the time of each step to `timings`.
-    public func export(layer: Int, activationAmax: [FusedGroup: Float]?, timings: inout ExportTimings) throws -> [ExportedTensor] {
+    public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?,
+                       timings: inout ExportTimings) throws -> [ExportedTensor] {
         guard (0..<config.numHiddenLayers).contains(layer) else {
             throw QuantizeJobError("layer \(layer) does not exist; the model has \(config.numHiddenLayers) layers")
         }
@@ -92,21 +94,21 @@ public final class LayerExporter: Sendable {
         var sharedScale: [FusedGroup: Float] = [:]
         var started = ContinuousClock.now
         // One core reads a few GB/s; the Linears of a 70B layer are 1.7 GB.
-        let linearAmax = try concurrentMap(linears) { try self.amax(of: $0) }
+        let memberWeightAmax = try concurrentMap(linears) { try self.amax(of: $0) }
         for group in FusedGroup.allCases {
             let members = linears.indices.filter { linears[$0].kind.group == group }
-            sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { linearAmax[$0] })
+            sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { memberWeightAmax[$0] })
         }
         timings.weightAmax += secondsSince(started)
         for linear in linears {
-            var inputScale: Float?
+            var inputScale: InputScale?
             if spec.scheme.quantizesActivations {
-                guard let amax = activationAmax?[linear.kind.group], amax.isFinite, amax > 0 else {
+                guard let amax = activationAmax?[linear.kind.group], amax.isUsable else {
                     throw QuantizeJobError("\(linear.name): calibration produced no usable activation amax "
                                            + "(\(activationAmax?[linear.kind.group].map { "\($0)" } ?? "none")); "
                                            + "every Linear must be exercised by the calibration samples")
                 }
-                inputScale = FusedScales.inputScale(activationAmax: amax)
+                inputScale = InputScale(amax)
             }
             started = .now
             let weight = try quantize(linear, weightScale2: sharedScale[linear.kind.group]!)
@@ -125,29 +127,6 @@ public final class LayerExporter: Sendable {
         for index in tensors.indices where tensors[index].sha256.isEmpty { tensors[index].sha256 = hashes[index] }
         timings.packAndHash += secondsSince(started)
         return tensors
-    }
-
-    /// ``export(layer:activationAmax:)`` with amax per Linear module name, as the coordinator's statistics hold
-    /// them (other layers' entries are ignored). The members of a fused group read one input, so they must agree.
-    public func export(layer: Int, linearAmax: [String: Float]) throws -> [ExportedTensor] {
-        var timings = ExportTimings()
-        return try export(layer: layer, linearAmax: linearAmax, timings: &timings)
-    }
-
-    /// ``export(layer:linearAmax:)``, adding the time of each step to `timings`.
-    public func export(layer: Int, linearAmax: [String: Float], timings: inout ExportTimings) throws -> [ExportedTensor] {
-        var groups: [FusedGroup: Float] = [:]
-        for group in FusedGroup.allCases {
-            let names = config.linears(layer: layer).filter { $0.kind.group == group }.map(\.name)
-            let values = names.compactMap { linearAmax[$0] }
-            guard values.count == names.count else { continue }  // reported as missing by the export
-            guard values.allSatisfy({ $0.bitPattern == values[0].bitPattern }) else {
-                throw QuantizeJobError("layer \(layer): \(names.joined(separator: ", ")) read the same input but have "
-                                       + "different activation amax \(values)")
-            }
-            groups[group] = values[0]
-        }
-        return try export(layer: layer, activationAmax: groups, timings: &timings)
     }
 
     /// Source bytes of the layer's Linear weights (for progress).

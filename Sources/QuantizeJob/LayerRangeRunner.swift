@@ -4,23 +4,6 @@ import Foundation
 import LlamaModel
 import Logging
 
-/// One layer's observed input amax for one chunk, as a worker reports it to the coordinator
-/// (`ClusterStateStore.recordChunkAmax(jobID:layer:chunk:sampleCount:amax:)` takes exactly these fields).
-public struct ChunkAmaxReport: Codable, Sendable, Equatable {
-    public var layer: Int
-    public var chunk: Int
-    public var sampleCount: Int
-    /// Linear module name → amax (the members of a fused group share their group's value).
-    public var amax: [String: Float]
-
-    public init(layer: Int, chunk: Int, sampleCount: Int, amax: [String: Float]) {
-        self.layer = layer
-        self.chunk = chunk
-        self.sampleCount = sampleCount
-        self.amax = amax
-    }
-}
-
 /// What one chunk's pass through a range of layers produced.
 public struct ChunkResult: Sendable, Equatable {
     public let chunk: Int
@@ -37,26 +20,11 @@ public struct ChunkResult: Sendable, Equatable {
         self.layerAmax = layerAmax
     }
 
-    /// One report per layer, for the coordinator.
-    public func reports(config: LlamaConfig) -> [ChunkAmaxReport] {
-        layerAmax.map { entry in
-            ChunkAmaxReport(layer: entry.layer, chunk: chunk, sampleCount: sampleCount,
-                            amax: linearAmax(layer: entry.layer, observed: entry.amax, config: config))
-        }
-    }
-
     public static func == (left: ChunkResult, right: ChunkResult) -> Bool {
         left.chunk == right.chunk && left.sampleCount == right.sampleCount && left.output == right.output
             && left.layerAmax.map(\.layer) == right.layerAmax.map(\.layer)
             && left.layerAmax.map(\.amax) == right.layerAmax.map(\.amax)
     }
-}
-
-/// Linear module name → its group's amax, for every Linear of `layer`.
-public func linearAmax(layer: Int, observed: ObservedAmax, config: LlamaConfig) -> [String: Float] {
-    var result: [String: Float] = [:]
-    for linear in config.linears(layer: layer) { result[linear.name] = observed.amax(of: linear.kind) }
-    return result
 }
 
 /// Runs calibration chunks through a contiguous range of decoder layers: a cluster worker's share, or all layers

@@ -1,18 +1,16 @@
 /// # QuantizeJob
 ///
-/// One whole quantization job on one machine: check the input, plan the output, stream every decoder layer
-/// through the NVFP4 quantizer (and, for W4A4, through calibration), write, verify, and rename the output
-/// into place. `coordctl quantize` is a thin shell around ``QuantizeJob``.
-///
-/// The same job split across machines uses the same pieces, which know nothing of the network:
+/// The engine of a quantization job, which knows nothing of the network. One pipeline uses it: the coordinator
+/// and its workers, in coordd/workerd or in one process for `coordctl quantize` (LocalCluster).
+/// - ``QuantizeOptions`` and ``QuantizeJob/checkInputs()``: every input check, before any work;
 /// - ``JobSpec`` (what travels to every worker) and ``ModelCheck`` (a worker's model is the coordinator's);
 /// - `CalibrationPlan` (Calibration): the samples in chunks, built once by the coordinator;
 /// - ``LayerRangeRunner``: a worker's contiguous range of layers, chunk by chunk (pipelined) or layer by layer;
 /// - ``BoundaryStateStore``: the hidden states entering a range, on disk, so a restart resumes at the range's start;
-/// - ``LayerExporter``: one layer's output tensors with their SHA-256;
-/// - ``CheckpointAssembler``: the coordinator's writer, verifier and atomic rename.
-/// ``QuantizeJob/run(calibrator:)`` is one range over all layers feeding the exporter and assembler, so a cluster
-/// run and `coordctl quantize` write byte-identical checkpoints.
+/// - ``LayerExporter``: one layer's output tensors with their SHA-256, input scales derived from the calibrated
+///   amax per fused group;
+/// - ``CheckpointAssembler``: the coordinator's writer and verifier, and the atomic rename;
+/// - ``QualityEvaluation`` and ``QualityGate``: the perplexity report that decides whether the job succeeded.
 import CPUBackend
 import Calibration
 import Checkpoint
@@ -63,6 +61,9 @@ public struct QuantizeOptions: Sendable {
     /// the calibration set.
     public var evaluationSamples = 16
     public var evaluationMaxTokens = 1200
+    /// The quality gate: the job fails when the quantized perplexity exceeds this multiple of the original's (or is
+    /// not finite). nil turns it off.
+    public var maxPerplexityRatio: Double? = QualityGate.defaultMaxPerplexityRatio
 
     public init(modelDirectory: URL, outputDirectory: URL) {
         self.modelDirectory = modelDirectory
@@ -78,12 +79,12 @@ public struct QuantizeSummary: Sendable {
     public var seconds = 0.0
     public var outputDirectory: URL
     public var shards = 0
-    /// Activation amax per Linear module name (W4A4 only).
-    public var activationAmax: [String: Float] = [:]
+    /// Layer → fused group → activation amax (W4A4 only).
+    public var activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]
     /// Perplexity of the original against the quantized model, when it was measured.
     public var quality: QualityReport?
-    /// Why the quality report is missing, when it was asked for and failed.
-    public var qualityFailure: String?
+    /// The gate's limit on quantized/original perplexity; nil when the gate was off.
+    public var maxPerplexityRatio: Double?
 
     public init(outputDirectory: URL) { self.outputDirectory = outputDirectory }
 
@@ -97,9 +98,12 @@ public struct QuantizeSummary: Sendable {
     }
 
     var qualityDescription: String {
-        if let quality { return "\nquality on held-out text (not used for calibration):\n" + quality.description }
-        if let qualityFailure { return "\nquality report not available: \(qualityFailure)" }
-        return ""
+        guard let quality else {
+            return "\nquality report: skipped (--eval-samples 0), so no quality gate was applied"
+        }
+        let gate = maxPerplexityRatio.map { String(format: "quality gate: passed (limit %.3g× the original perplexity)", $0) }
+            ?? "quality gate: off (--no-quality-gate)"
+        return "\nquality on held-out text (not used for calibration):\n" + quality.description + "\n" + gate
     }
 }
 
@@ -112,12 +116,10 @@ public struct QuantizeJobError: Error, CustomStringConvertible {
 public final class QuantizeJob {
     public let options: QuantizeOptions
     let logger: Logger
-    let progress: ProgressReporter
 
-    public init(options: QuantizeOptions, logger: Logger, progress: ProgressReporter? = nil) {
+    public init(options: QuantizeOptions, logger: Logger) {
         self.options = options
         self.logger = logger
-        self.progress = progress ?? ProgressReporter(logger: logger)
     }
 
     /// Everything the job checks before doing any work; each failure names the file, field or tensor.
@@ -179,123 +181,6 @@ public final class QuantizeJob {
     static func checkFinite(source: SafeTensorsModel, name: String) throws {
         _ = try tensorAmax(source: source, name: name, cols: try source.info(name).shape.last ?? 1)
     }
-
-    /// Runs the job. For W4A4 the job calibrates on `options.calibration` unless a calibrator is given (tests
-    /// pass fixed amax values that way); weight-only jobs use none.
-    ///
-    /// This is the cluster's pipeline on one machine: a ``CalibrationPlan``, one ``LayerRangeRunner`` over every
-    /// layer (layer-streaming schedule), a ``LayerExporter`` per layer and a ``CheckpointAssembler``.
-    public func run(calibrator givenCalibrator: ActivationCalibrator? = nil) throws -> QuantizeSummary {
-        let start = Date()
-        logger.info("checking input", metadata: ["model": "\(options.modelDirectory.path)"])
-        let inputs = try checkInputs()
-        let config = inputs.config
-        let spec = try JobSpec(options: options)
-        var calibrator = givenCalibrator
-        var calibrationRecord: CalibrationRecord?
-        if options.scheme.quantizesActivations && calibrator == nil {
-            let (made, record) = try makeCalibrator(spec: spec, inputs: inputs)
-            calibrator = made
-            calibrationRecord = record
-        }
-        defer { (calibrator as? Finishable)?.finish() }
-        let assembler = try CheckpointAssembler(spec: spec, config: config, source: inputs.source, logger: logger)
-        do {
-            var summary = try write(spec: spec, inputs: inputs, into: assembler, calibrator: calibrator,
-                                    calibrationRecord: calibrationRecord)
-            summary.seconds = Date().timeIntervalSince(start)
-            summary.layers = config.numHiddenLayers
-            if options.evaluationSamples > 0 {
-                // The checkpoint is complete at this point; a failed report is told, not fatal.
-                do {
-                    summary.quality = try qualityReport(inputs: inputs)
-                } catch {
-                    logger.warning("quality report failed: \(error)")
-                    summary.qualityFailure = "\(error)"
-                }
-            }
-            return summary
-        } catch {
-            assembler.discard()
-            throw error
-        }
-    }
-
-    /// Chooses the device, plans the calibration chunks and starts a layer-streaming pass over every layer.
-    func makeCalibrator(spec: JobSpec, inputs: Inputs) throws -> (ActivationCalibrator, CalibrationRecord) {
-        let device = try spec.computeDevice(logger: logger)
-        let plan = try spec.makeCalibrationPlan(config: inputs.config, logger: logger)
-        let model = inputs.source
-        let calibrator = try spec.withBackend(on: device, config: inputs.config) { backend in
-            func streaming<Backend: ComputeBackend>(_ backend: Backend) throws -> ActivationCalibrator {
-                let runner = try LayerRangeRunner(
-                    spec: spec, config: inputs.config, weights: model, backend: backend,
-                    range: 0..<inputs.config.numHiddenLayers, embeds: true, logger: logger,
-                    releaseWeights: { names in for name in names { try? model.releasePages(name) } })
-                return try runner.streamingPass(plan: plan, progress: { [progress] in progress.calibration($0) })
-            }
-            return try streaming(backend)
-        }
-        return (calibrator, spec.calibrationRecord(plan: plan, device: device))
-    }
-
-    /// Streams every layer through calibration, export and the assembler, then finishes the checkpoint.
-    /// Weight quantization does not depend on calibration, only the activation scalars do, so layer L is exported
-    /// and written on a background stage while calibration runs layer L+1.
-    func write(spec: JobSpec, inputs: Inputs, into assembler: CheckpointAssembler, calibrator: ActivationCalibrator?,
-               calibrationRecord: CalibrationRecord?) throws -> QuantizeSummary {
-        let config = inputs.config, source = inputs.source
-        var summary = QuantizeSummary(outputDirectory: options.outputDirectory)
-        summary.sourceBytes = try source.tensorNames.reduce(0) { $0 + (try source.info($1).byteCount) }
-        let linearBytes = try config.allLinears.reduce(0) { $0 + (try source.info($1.weightName).byteCount) }
-        progress.start(totalLayers: config.numHiddenLayers, totalBytes: linearBytes)
-        let exporter = LayerExporter(spec: spec, config: config, source: source, weightAmax: inputs.weightAmax)
-
-        try assembler.writeEmbeddings()
-        let exportStage = PipelineStage<(amax: [String: Float], bytes: Int)>(label: "nvfp4.export")
-        var bytesDone = 0
-        /// Waits for the layer in flight, if any, and folds its result into the summary.
-        func collectExport(finishedLayer: Int) throws {
-            guard let finished = try exportStage.waitForResult() else { return }
-            summary.activationAmax.merge(finished.amax) { a, _ in a }
-            bytesDone += finished.bytes
-            summary.quantizedLinears += LinearKind.allCases.count
-            progress.layerDone(layer: finishedLayer, bytesDone: bytesDone)
-        }
-        for layer in 0..<config.numHiddenLayers {
-            let activationAmax: [FusedGroup: Float]?
-            do {
-                activationAmax = try calibrator?.activationAmax(layer: layer)
-            } catch {
-                // Let the layer in flight finish before the caller discards the directory it writes into.
-                _ = try? exportStage.waitForResult()
-                throw error
-            }
-            // At most one layer is in flight: wait for layer L-1 before handing over layer L.
-            try collectExport(finishedLayer: layer - 1)
-            exportStage.submit {
-                let tensors = try exporter.export(layer: layer, activationAmax: activationAmax)
-                try assembler.add(layer: layer, tensors: tensors)
-                var recorded: [String: Float] = [:]
-                if spec.scheme.quantizesActivations, let activationAmax {
-                    for linear in config.linears(layer: layer) { recorded[linear.name] = activationAmax[linear.kind.group] }
-                }
-                return (recorded, try exporter.sourceLinearBytes(layer: layer))
-            }
-        }
-        try collectExport(finishedLayer: config.numHiddenLayers - 1)
-        progress.finish()
-        var record: CalibrationRecord?
-        if options.scheme.quantizesActivations {
-            record = calibrationRecord ?? CalibrationRecord(source: "provided by the caller", samples: 0, tokens: 0,
-                                                            contentHash: "", device: "n/a")
-            record?.activationAmax = summary.activationAmax
-        }
-        let report = try assembler.finish(calibration: record)
-        summary.outputBytes = report.bytes
-        summary.shards = assembler.plan.shards.count
-        return summary
-    }
 }
 
 /// `478 kB`, `12.3 MB`, `4.02 GB`: sizes in summaries and status lines.
@@ -304,6 +189,12 @@ public func formatBytes(_ bytes: Int) -> String {
     if value >= 1e9 { return String(format: "%.2f GB", value / 1e9) }
     if value >= 1e6 { return String(format: "%.1f MB", value / 1e6) }
     return String(format: "%.0f kB", value / 1e3)
+}
+
+/// `4m05s`, `1h02m`: durations in progress and status lines.
+public func formatDuration(_ seconds: Double) -> String {
+    let s = Int(seconds.rounded())
+    return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s / 60 % 60) : String(format: "%dm%02ds", s / 60, s % 60)
 }
 
 /// BF16 elements of a mapped tensor; copies only when the data offset is not 2-byte aligned.
@@ -316,36 +207,4 @@ func withBF16<R>(_ bytes: UnsafeRawBufferPointer, _ body: (UnsafeBufferPointer<U
         count = bytes.count / 2
     }
     return try copy.withUnsafeBufferPointer(body)
-}
-
-/// A one-slot background stage: `submit` starts work on a serial queue, `waitForResult` blocks until it is done
-/// and rethrows its error. Used to overlap a layer's export with the next layer's calibration.
-final class PipelineStage<Result>: @unchecked Sendable {
-    private let queue: DispatchQueue
-    private let group = DispatchGroup()
-    private var outcome: Swift.Result<Result, Error>?
-
-    init(label: String) { queue = DispatchQueue(label: label) }
-
-    /// The work touches state owned by the caller, which does not use it until `waitForResult` returns.
-    func submit(_ work: @escaping () throws -> Result) {
-        let box = UncheckedSendableBox(work)
-        group.enter()
-        queue.async {
-            self.outcome = Swift.Result { try box.value() }
-            self.group.leave()
-        }
-    }
-
-    /// The result of the last submitted work, or nil when nothing was submitted since the last call.
-    func waitForResult() throws -> Result? {
-        group.wait()
-        defer { outcome = nil }
-        return try outcome?.get()
-    }
-}
-
-struct UncheckedSendableBox<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
 }

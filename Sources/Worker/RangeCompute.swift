@@ -5,6 +5,7 @@ import ComputeBackend
 import Foundation
 import LlamaModel
 import Logging
+import NVFP4
 import QuantizeJob
 import SafeTensors
 
@@ -85,9 +86,7 @@ final class RangeCompute: @unchecked Sendable {
             }
         }
         let result = try runner.run(chunk: chunk, hidden: hidden)
-        let amax = result.layerAmax.map {
-            LayerAmax(layer: $0.layer, qkv: $0.amax.qkv, o: $0.amax.o, gateUp: $0.amax.gateUp, down: $0.amax.down)
-        }
+        let amax = result.layerAmax.map { LayerAmax(layer: $0.layer, observed: $0.amax) }
         let output = assignment.successor == nil ? Data() : result.output.littleEndianBytes()
         return (output, amax)
     }
@@ -118,19 +117,17 @@ final class RangeCompute: @unchecked Sendable {
 
     func streamNextLayer(_ pass: StreamingPass) throws -> StreamedLayer {
         let (layer, chunkAmax) = try pass.calibrator.nextLayer()
-        return StreamedLayer(layer: layer, chunkAmax: chunkAmax.map {
-            LayerAmax(layer: layer, qkv: $0.qkv, o: $0.o, gateUp: $0.gateUp, down: $0.down)
-        })
+        return StreamedLayer(layer: layer, chunkAmax: chunkAmax.map { LayerAmax(layer: layer, observed: $0) })
     }
 
     func finishStreamingPass(_ pass: StreamingPass) { pass.calibrator.finish() }
 
     func storedChunks() throws -> [Int] { try boundary?.storedChunks() ?? [] }
 
-    func export(layer: Int, linearAmax: [String: Float]?) throws -> (tensors: [ExportedTensor], timings: ExportTimings) {
+    func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?) throws
+        -> (tensors: [ExportedTensor], timings: ExportTimings) {
         var timings = ExportTimings()
-        if let linearAmax { return (try exporter.export(layer: layer, linearAmax: linearAmax, timings: &timings), timings) }
-        return (try exporter.export(layer: layer, activationAmax: nil, timings: &timings), timings)
+        return (try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings), timings)
     }
 
     func close() { runner.releaseLayers() }
@@ -187,4 +184,12 @@ extension LayerStreamingCalibrator: LayerPass {
 struct StreamedLayer: Sendable {
     let layer: Int
     let chunkAmax: [LayerAmax]
+}
+
+extension LayerAmax {
+    /// What the backend observed, as it travels to the coordinator.
+    init(layer: Int, observed: ObservedAmax) {
+        self.init(layer: layer, qkv: ActivationAmax(observed.qkv), o: ActivationAmax(observed.o),
+                  gateUp: ActivationAmax(observed.gateUp), down: ActivationAmax(observed.down))
+    }
 }

@@ -170,7 +170,7 @@ public distributed actor Worker: WorkerEndpoint {
             throw ClusterJobError(node: name, message: "layer \(request.layer) is not in this worker's range "
                                   + "\(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
         }
-        let (tensors, timings) = try await exportQueue.run { try job.compute.export(layer: request.layer, linearAmax: request.linearAmax) }
+        let (tensors, timings) = try await exportQueue.run { try job.compute.export(layer: request.layer, activationAmax: request.activationAmax) }
         let sendStart = ContinuousClock.now
         defer {
             let bytes = tensors.reduce(0) { $0 + $1.data.count }
@@ -373,17 +373,4 @@ func byteChunks(_ data: Data) -> [ByteBuffer] {
 public func freeDiskBytes(at url: URL) -> Int64 {
     let attributes = try? FileManager.default.attributesOfFileSystem(forPath: url.path)
     return (attributes?[.systemFreeSize] as? NSNumber)?.int64Value ?? 0
-}
-
-/// A serial thread for blocking compute, awaited from async code.
-public final class ComputeQueue: Sendable {
-    private let queue: DispatchQueue
-
-    public init(label: String) { queue = DispatchQueue(label: label) }
-
-    public func run<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            queue.async { continuation.resume(with: Result { try work() }) }
-        }
-    }
 }

@@ -227,8 +227,20 @@ func render(_ status: JobStatus) -> String {
         }
     }
     if let rate = status.tokensPerSecond { lines.append(String(format: "  speed:   %.1f tokens/s", rate)) }
-    if let eta = status.etaSeconds { lines.append("  eta:     \(ProgressReporter.duration(eta))") }
+    if let eta = status.etaSeconds { lines.append("  eta:     \(formatDuration(eta))") }
     if let bytes = status.outputBytes { lines.append("  output size: \(formatBytes(Int(bytes)))") }
+    if let quality = status.quality {
+        let gate: String
+        switch quality.gate {
+        case .passed: gate = String(format: "gate passed (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
+        case .failed: gate = String(format: "gate FAILED (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
+        case .off: gate = "gate off"
+        }
+        let ratio = quality.perplexityRatio.isFinite ? String(format: "%.3g×", quality.perplexityRatio) : "not finite"
+        lines.append("  quality: perplexity \(formatPerplexity(quality.originalPerplexity)) → "
+                     + "\(formatPerplexity(quality.quantizedPerplexity)) (\(ratio)) on \(quality.samples) held-out samples, "
+                     + "\(quality.tokens) tokens; \(gate)")
+    }
     if let reason = status.failureReason { lines.append("  reason:  \(reason)") }
     lines.append("  updated: \(status.updatedAt)")
     return lines.joined(separator: "\n")

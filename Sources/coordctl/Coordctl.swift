@@ -4,6 +4,7 @@ import CPUBackend
 import Calibration
 import Checkpoint
 import Foundation
+import LocalCluster
 import Logging
 import QuantizeJob
 
@@ -74,8 +75,11 @@ struct Quantize: AsyncParsableCommand {
               modelopt            NVIDIA modelopt's layout (weight, weight_scale, weight_scale_2, input_scale);
                                   W4A4 only, since vLLM's modelopt loader has no weight-only NVFP4.
 
-            The job writes into OUTPUT.partial-<id>/ and renames it to OUTPUT only after verification; an existing \
-            non-empty OUTPUT is replaced only with --force.
+            The job writes into OUTPUT.partial-<id>/ and renames it to OUTPUT only after verification (every tensor, \
+            and every activation scale against the calibration it came from) and the quality gate: the perplexity of \
+            the quantized model on held-out text must be finite and at most --max-perplexity-ratio (default 2) times \
+            the original's. A checkpoint that fails the gate stays as OUTPUT.partial-<id>/ for inspection and the \
+            command exits non-zero. An existing non-empty OUTPUT is replaced only with --force.
             """)
 
     @OptionGroup var job: JobOptions
@@ -86,7 +90,7 @@ struct Quantize: AsyncParsableCommand {
     func run() async throws {
         bootstrapStandardErrorLogging(level: logLevel)
         let logger = Logger(label: "coordctl.quantize")
-        let summary = try await EmbeddedQuantize.run(options: try job.makeOptions(), logger: logger)
+        let summary = try await LocalCluster.quantize(options: try job.makeOptions(), logger: logger)
         print(summary.description)
     }
 }
@@ -144,11 +148,20 @@ struct JobOptions: ParsableArguments {
     @Option(name: .long, help: "Calibration activations: bf16 (round where a BF16 forward rounds, as modelopt calibrates) or f32.")
     var activationPrecision: CPUBackend.ActivationPrecision = .bfloat16
 
-    @Option(name: .long, help: "Held-out samples for the closing quality report (perplexity of the original against the quantized model); 0 skips it.")
+    @Option(name: .long, help: "Held-out samples for the closing quality report (perplexity of the original against the quantized model); 0 skips the report and its gate.")
     var evalSamples: Int = 16
+
+    @Option(name: .long, help: ArgumentHelp("Quality gate: the job fails, and its checkpoint stays as OUTPUT.partial-<id>, when the quantized perplexity is not finite or exceeds X times the original's.", valueName: "X"))
+    var maxPerplexityRatio: Double = QualityGate.defaultMaxPerplexityRatio
+
+    @Flag(name: .long, help: "Turn the quality gate off: the checkpoint is kept whatever its perplexity (the report is still printed).")
+    var noQualityGate = false
 
     func validate() throws {
         if evalSamples < 0 { throw ValidationError("--eval-samples must not be negative") }
+        if !maxPerplexityRatio.isFinite || maxPerplexityRatio < 1 {
+            throw ValidationError("--max-perplexity-ratio must be a number of at least 1 (got \(maxPerplexityRatio))")
+        }
         if samples < 1 { throw ValidationError("--samples must be at least 1") }
         if chunkTokens < 1 { throw ValidationError("--chunk-tokens must be at least 1") }
         if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1") }
@@ -176,6 +189,7 @@ struct JobOptions: ParsableArguments {
         options.calibration.activationPrecision = activationPrecision
         options.calibration.chunkTokens = chunkTokens
         options.evaluationSamples = evalSamples
+        options.maxPerplexityRatio = noQualityGate ? nil : maxPerplexityRatio
         return options
     }
 

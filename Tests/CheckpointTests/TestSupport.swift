@@ -112,7 +112,8 @@ struct ReferenceCheckpoint: Sendable {
                     packed: [UInt8](try reference.data(linear.name + ".weight")),
                     blockScales: [UInt8](try reference.data(linear.name + ".weight_scale")),
                     weightScale2: try float32(reference, linear.name + ".weight_scale_2"))
-                let inputScale = scheme.quantizesActivations ? try float32(reference, linear.name + ".input_scale") : nil
+                let inputScale = scheme.quantizesActivations
+                    ? InputScale(stored: try float32(reference, linear.name + ".input_scale")) : nil
                 for (name, bytes) in try linearLayout.tensorBytes(QuantizedLinear(spec: linear, weight: weight,
                                                                                     inputScale: inputScale)) {
                     try writer.write(name, data: bytes)

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import NVFP4
 import Testing
 @testable import ClusterState
 
@@ -133,7 +134,7 @@ struct ClusterStateStoreTests {
         #expect(try reopened.job(id: queued.id)?.state == .queued)
         #expect(try reopened.plan(jobID: id).map(\.range) == [0 ..< 2, 2 ..< 4])
         #expect(try reopened.status(jobID: id) == statusBefore)
-        #expect(try reopened.activationAmax(jobID: id) == ["model.layers.0.self_attn.q_proj": 3.25])
+        #expect(try reopened.activationAmax(jobID: id) == [0: ["model.layers.0.self_attn.q_proj": 3.25]])
         #expect(try reopened.listWorkers().map(\.name) == ["a", "b"])
         #expect(try reopened.runningJobs().map(\.id) == [id])
     }
@@ -152,14 +153,14 @@ struct ClusterStateStoreTests {
                 == .alreadyRecorded)
         #expect(try store.recordChunkAmax(jobID: id, layer: 0, chunk: 1, sampleCount: 3, amax: [o: 0.25])
                 == .alreadyRecorded)
-        #expect(try store.activationAmax(jobID: id) == [q: 2.5, o: 0.5])
+        #expect(try store.activationAmax(jobID: id) == [0: [q: 2.5, o: 0.5]])
         #expect(try store.layerProgress(jobID: id).map(\.samplesDone) == [7])
 
         // A retry that reports different values merges by max (q's lower 2.0 does not replace 2.5); it still
         // counts the chunk's samples once.
         #expect(try store.recordChunkAmax(jobID: id, layer: 0, chunk: 1, sampleCount: 3, amax: [q: 2.0, o: 0.75])
                 == .recorded)
-        #expect(try store.activationAmax(jobID: id) == [q: 2.5, o: 0.75])
+        #expect(try store.activationAmax(jobID: id) == [0: [q: 2.5, o: 0.75]])
         #expect(try store.layerProgress(jobID: id).map(\.samplesDone) == [7])
 
         let conflict = #expect(throws: ClusterStateError.chunkConflict(jobID: id, layer: 0, chunk: 1,
@@ -193,14 +194,14 @@ struct ClusterStateStoreTests {
         let id = try calibratingJob(store)
         let q = layerModules(0)[0]
         let nan = #expect(throws: ClusterStateError.self) {
-            try store.recordChunkAmax(jobID: id, layer: 0, chunk: 0, sampleCount: 1, amax: [q: .nan])
+            try store.recordChunkAmax(jobID: id, layer: 0, chunk: 0, sampleCount: 1, amax: [q: ActivationAmax(.nan)])
         }
         #expect(nan?.description.contains(q) == true)
-        #expect(throws: ClusterStateError.invalidAmax(jobID: id, layer: 0, chunk: 0, module: q, value: -1)) {
+        #expect(throws: ClusterStateError.invalidAmax(jobID: id, layer: 0, chunk: 0, input: q, value: -1)) {
             try store.recordChunkAmax(jobID: id, layer: 0, chunk: 0, sampleCount: 1, amax: [q: -1])
         }
-        #expect(throws: ClusterStateError.invalidAmax(jobID: id, layer: 0, chunk: 0, module: q, value: .infinity)) {
-            try store.recordChunkAmax(jobID: id, layer: 0, chunk: 0, sampleCount: 1, amax: [q: .infinity])
+        #expect(throws: ClusterStateError.invalidAmax(jobID: id, layer: 0, chunk: 0, input: q, value: .infinity)) {
+            try store.recordChunkAmax(jobID: id, layer: 0, chunk: 0, sampleCount: 1, amax: [q: ActivationAmax(.infinity)])
         }
         #expect(throws: ClusterStateError.layerOutOfRange(jobID: id, layer: 4, layerCount: 4)) {
             try store.recordChunkAmax(jobID: id, layer: 4, chunk: 0, sampleCount: 1, amax: [q: 1])
@@ -222,12 +223,13 @@ struct ClusterStateStoreTests {
         #expect(try store.layerProgress(jobID: id).isEmpty)
     }
 
-    @Test func completeLayerWaitsForEveryChunkThenStoresAmaxOver2688Exactly() throws {
+    @Test func completeLayerWaitsForEveryChunkThenFreezesTheMaxAmaxExactly() throws {
         let directory = try TemporaryStateDirectory()
         let store = try open(directory)
         let id = try calibratingJob(store)
         let (q, o) = (layerModules(1)[0], layerModules(1)[1])
-        // amax bit patterns and f32(amax / 2688) bit patterns, computed independently with numpy float32.
+        // amax bit patterns and f32(amax / 2688) bit patterns, computed independently with numpy float32. The store
+        // keeps amax only; the scale is derived where the checkpoint is written (InputScale), checked here end to end.
         let qChunks: [UInt32] = [0x3FA9_34EC, 0x409C_2BC7, 0x403C_46E5]   // 1.3219275, 4.880344, 2.941827
         let expectedQScale: UInt32 = 0x3AED_F991                        // f32(4.880344 / 2688)
         let oChunks: [UInt32] = [0x3DCC_CCCD, 0x3DCC_CCCD, 0x3DCC_CCCD]   // 0.1
@@ -238,7 +240,8 @@ struct ClusterStateStoreTests {
         }
         for chunk in 0 ..< 2 {
             try store.recordChunkAmax(jobID: id, layer: 1, chunk: chunk, sampleCount: 2,
-                                      amax: [q: Float(bitPattern: qChunks[chunk]), o: Float(bitPattern: oChunks[chunk])])
+                                      amax: [q: ActivationAmax(Float(bitPattern: qChunks[chunk])),
+                                             o: ActivationAmax(Float(bitPattern: oChunks[chunk]))])
         }
         let incomplete = #expect(throws: ClusterStateError.layerIncomplete(jobID: id, layer: 1, expectedChunks: 3,
                                                                          missingChunks: [2])) {
@@ -246,20 +249,22 @@ struct ClusterStateStoreTests {
         }
         #expect(incomplete?.description.contains("1 of 3 chunks missing (2)") == true)
         // Chunk 2 reports q only: o is still missing a chunk.
-        try store.recordChunkAmax(jobID: id, layer: 1, chunk: 2, sampleCount: 2, amax: [q: Float(bitPattern: qChunks[2])])
-        #expect(throws: ClusterStateError.moduleMissingChunks(jobID: id, layer: 1, module: o, missingChunks: [2])) {
+        try store.recordChunkAmax(jobID: id, layer: 1, chunk: 2, sampleCount: 2, amax: [q: ActivationAmax(Float(bitPattern: qChunks[2]))])
+        #expect(throws: ClusterStateError.inputMissingChunks(jobID: id, layer: 1, input: o, missingChunks: [2])) {
             try store.completeLayer(jobID: id, layer: 1, expectedChunkCount: 3)
         }
-        try store.recordChunkAmax(jobID: id, layer: 1, chunk: 2, sampleCount: 2, amax: [o: Float(bitPattern: oChunks[2])])
+        try store.recordChunkAmax(jobID: id, layer: 1, chunk: 2, sampleCount: 2, amax: [o: ActivationAmax(Float(bitPattern: oChunks[2]))])
         #expect(throws: ClusterStateError.unexpectedChunks(jobID: id, layer: 1, expectedChunks: 2, chunks: [2])) {
             try store.completeLayer(jobID: id, layer: 1, expectedChunkCount: 2)
         }
-        #expect(try store.activationScales(jobID: id).isEmpty)
+        #expect(try store.layerAmaxRecords(jobID: id).isEmpty)
 
-        let scales = try store.completeLayer(jobID: id, layer: 1, expectedChunkCount: 3)
-        #expect(scales[q]?.bitPattern == expectedQScale)
-        #expect(scales[o]?.bitPattern == expectedOScale)
-        #expect(try store.completeLayer(jobID: id, layer: 1, expectedChunkCount: 3) == scales)
+        let amax = try store.completeLayer(jobID: id, layer: 1, expectedChunkCount: 3)
+        #expect(amax[q]?.value.bitPattern == qChunks[1])
+        #expect(amax[o]?.value.bitPattern == oChunks[0])
+        #expect(amax[q].map { InputScale($0).value.bitPattern } == expectedQScale)
+        #expect(amax[o].map { InputScale($0).value.bitPattern } == expectedOScale)
+        #expect(try store.completeLayer(jobID: id, layer: 1, expectedChunkCount: 3) == amax)
         #expect(try store.layerProgress(jobID: id).first { $0.layer == 1 }?.completed == true)
 
         // Statistics of a completed layer are final; an identical retry is still fine.
@@ -267,14 +272,13 @@ struct ClusterStateStoreTests {
             try store.recordChunkAmax(jobID: id, layer: 1, chunk: 0, sampleCount: 2, amax: [q: 100])
         }
         #expect(try store.recordChunkAmax(jobID: id, layer: 1, chunk: 2, sampleCount: 2,
-                                          amax: [o: Float(bitPattern: oChunks[2])]) == .alreadyRecorded)
+                                          amax: [o: ActivationAmax(Float(bitPattern: oChunks[2]))]) == .alreadyRecorded)
 
         try store.close()
         let reopened = try open(directory)
-        let persisted = try reopened.activationScaleRecords(jobID: id)
-        #expect(persisted.map(\.moduleName) == [o, q])
-        #expect(persisted.map(\.inputScale.bitPattern) == [expectedOScale, expectedQScale])
-        #expect(persisted.map(\.amax.bitPattern) == [oChunks[0], qChunks[1]])
+        let persisted = try reopened.layerAmaxRecords(jobID: id)
+        #expect(persisted.map(\.input) == [o, q])
+        #expect(persisted.map(\.amax.value.bitPattern) == [oChunks[0], qChunks[1]])
     }
 
     @Test func aLinearThatNeverSawInputIsAnError() throws {
@@ -283,11 +287,11 @@ struct ClusterStateStoreTests {
         let id = try calibratingJob(store)
         let o = layerModules(0)[1]
         try store.recordChunkAmax(jobID: id, layer: 0, chunk: 0, sampleCount: 1, amax: [o: 0])
-        let error = #expect(throws: ClusterStateError.zeroActivationAmax(jobID: id, layer: 0, module: o)) {
+        let error = #expect(throws: ClusterStateError.zeroActivationAmax(jobID: id, layer: 0, input: o)) {
             try store.completeLayer(jobID: id, layer: 0, expectedChunkCount: 1)
         }
         #expect(error?.description.contains(o) == true)
-        #expect(try store.activationScales(jobID: id).isEmpty)
+        #expect(try store.layerAmaxRecords(jobID: id).isEmpty)
         #expect(try store.lastCompletedLayer(jobID: id) == nil)
     }
 
@@ -298,7 +302,7 @@ struct ClusterStateStoreTests {
         for layer in [0, 1, 3] {
             for chunk in 0 ..< 2 {
                 try store.recordChunkAmax(jobID: id, layer: layer, chunk: chunk, sampleCount: 4,
-                                          amax: Dictionary(uniqueKeysWithValues: layerModules(layer).map { ($0, 1.0) }))
+                                          amax: Dictionary(uniqueKeysWithValues: layerModules(layer).map { ($0, ActivationAmax(1)) }))
             }
             try store.completeLayer(jobID: id, layer: layer, expectedChunkCount: 2)
         }
@@ -406,7 +410,8 @@ struct ClusterStateStoreTests {
         }
         #expect(mode == "wal")
         #expect(Set(tables).isSuperset(of: ["job", "worker", "planEntry", "layerProgress", "layerChunk", "chunkAmax",
-                                            "activationScale"]))
+                                            "layerAmax", "jobQuality"]))
+        #expect(!tables.contains("activationScale"), "scales are derived where they are written, never stored")
     }
 
     @Test func aStateDirectoryThatIsAFileIsRefused() throws {

@@ -26,7 +26,7 @@ struct JobStatusTests {
         let object = try #require(try JSONSerialization.jsonObject(with: status.jsonData()) as? [String: Any])
         #expect(Set(object.keys) == ["schema_version", "state", "job_id", "phase", "model", "output", "workers",
                                      "samples_through", "tokens_per_second", "eta_seconds", "output_bytes",
-                                     "failure_reason", "created_at", "updated_at"])
+                                     "failure_reason", "quality", "created_at", "updated_at"])
         #expect(object["schema_version"] as? Int == 1)
         #expect(object["state"] as? String == "running")
         #expect(object["phase"] as? String == "calibrating")
@@ -35,6 +35,7 @@ struct JobStatusTests {
         #expect(object["output"] as? String == "/out/llama-nvfp4")
         #expect(object["tokens_per_second"] as? Double == 1500.5)
         #expect(object["eta_seconds"] is NSNull && object["output_bytes"] is NSNull && object["failure_reason"] is NSNull)
+        #expect(object["quality"] is NSNull)
         #expect(object["created_at"] as? String == "2027-01-15T08:00:00Z")
         // 5 layers over memory 2:1 → 0..<3 and 3..<5.
         #expect(object["samples_through"] as? [String: Int] == ["0-2": 6, "3-4": 3])
@@ -50,7 +51,9 @@ struct JobStatusTests {
 
     @Test func coarseStateFollowsThePhase() throws {
         #expect(JobStatus.State(.queued) == .queued)
-        for phase in [JobState.loading, .calibrating, .exporting, .merging] { #expect(JobStatus.State(phase) == .running) }
+        for phase in [JobState.loading, .calibrating, .exporting, .merging, .evaluating] {
+            #expect(JobStatus.State(phase) == .running)
+        }
         #expect(JobStatus.State(.succeeded) == .succeeded)
         #expect(JobStatus.State(.failed) == .failed)
         #expect(JobStatus.State(.cancelled) == .cancelled)
@@ -63,5 +66,34 @@ struct JobStatusTests {
         #expect(status.state == .failed && status.phase == .failed)
         #expect(status.failureReason == "no worker can take layers 30..<60")
         #expect(status.workers.isEmpty && status.samplesThrough.isEmpty)
+    }
+
+    /// The quality report survives the store and the JSON schema, also when a perplexity is not finite (a broken
+    /// checkpoint), which JSON cannot hold as a number.
+    @Test(arguments: [(48.04, 67.36, JobQuality.Gate.passed), (48.04, Double.infinity, .failed), (48.04, .nan, .failed)])
+    func qualityFiguresRoundTrip(original: Double, quantized: Double, gate: JobQuality.Gate) throws {
+        let directory = try TemporaryStateDirectory()
+        let store = try ClusterStateStore(stateDirectory: directory.path)
+        try store.createJob(modelPath: "/m", outputPath: "/o", options: ["a": 1], configHash: "h", id: "q")
+        let quality = JobQuality(samples: 16, tokens: 6017, originalPerplexity: original, quantizedPerplexity: quantized,
+                                 maxPerplexityRatio: 2, gate: gate)
+        try store.recordQuality(jobID: "q", quality: quality)
+        let status = try store.status(jobID: "q")
+        let stored = try #require(status.quality)
+        #expect(stored.samples == 16 && stored.tokens == 6017 && stored.gate == gate && stored.maxPerplexityRatio == 2)
+        #expect(stored.originalPerplexity == original)
+        #expect(stored.quantizedPerplexity.bitPattern == quantized.bitPattern || (quantized.isNaN && stored.quantizedPerplexity.isNaN))
+        let object = try #require(try JSONSerialization.jsonObject(with: status.jsonData()) as? [String: Any])
+        let json = try #require(object["quality"] as? [String: Any])
+        #expect(json["gate"] as? String == gate.rawValue)
+        #expect(json["original_perplexity"] as? Double == original)
+        if quantized.isFinite {
+            #expect(json["quantized_perplexity"] as? Double == quantized)
+            #expect(abs((json["perplexity_ratio"] as? Double ?? 0) - quantized / original) < 1e-12)
+        } else {
+            #expect(json["quantized_perplexity"] as? String == "\(quantized)")
+        }
+        let decoded = try JSONDecoder().decode(JobStatus.self, from: status.jsonData())
+        #expect(decoded.quality?.gate == gate)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import W4A4Probes
 
 /// coordd and two workerd as separate processes on loopback, driven through coordctl.
 @Suite(.serialized) struct ClusterEndToEndTests {
@@ -37,6 +38,47 @@ import Testing
             #expect(human.status == 0 && human.stdout.contains("succeeded") && human.stdout.contains("w2"))
             let list = try cluster.coordctl(["list"])
             #expect(list.stdout.contains(job))
+        }
+    }
+
+    /// W4A4 through coordd and two workerd in both layouts, judged on the bytes written, not against our own other
+    /// path: every stored activation scale is f32(amax / 2688) of the amax in calibration.json, and within BF16 noise
+    /// of modelopt's reference. The job's quality report reaches `status` (text and JSON).
+    @Test(arguments: ["compressed-tensors", "modelopt"])
+    func w4a4ScalesMatchTheirCalibrationAndModelopt(format: String) throws {
+        try withTemporaryDirectory("cluster-w4a4") { directory in
+            let cluster = LocalCluster(directory: directory, token: try writeToken("w4a4-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            try cluster.startWorker("w1")
+            try cluster.startWorker("w2")
+            try cluster.waitForWorkers(["w1", "w2"])
+
+            let output = directory.appendingPathComponent("out")
+            var arguments = tinySubmitArguments(output: output, extra: ["--split", "1,1", "--format", format])
+            arguments[arguments.firstIndex(of: "--eval-samples")! + 1] = "2"
+            let submitted = try cluster.coordctl(arguments)
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
+            let status = try cluster.waitForEnd(job)
+            try #require(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
+
+            let scales = try StoredActivationScales(directory: output)
+            #expect(scales.layout == format)
+            #expect(scales.stored.count == 14)
+            #expect(scales.mismatchesWithRecordedAmax() == [])
+            let agreement = ScaleAgreement(scales.inputScale, reference: try modeloptInputScales(
+                Fixtures.directory.appendingPathComponent("tiny-llama-nvfp4-modelopt")))
+            #expect(agreement.count == 14 && agreement.withinBF16Noise, "\(agreement)")
+
+            let quality = try #require(status["quality"] as? [String: Any], "status: \(status)")
+            #expect(quality["gate"] as? String == "passed")
+            #expect(quality["samples"] as? Int == 2)
+            #expect(quality["max_perplexity_ratio"] as? Double == 2)
+            let original = try #require(quality["original_perplexity"] as? Double)
+            let quantized = try #require(quality["quantized_perplexity"] as? Double)
+            #expect(original > 1 && quantized > 1 && quantized / original < 2)
+            let human = try cluster.coordctl(["status", job])
+            #expect(human.stdout.contains("quality: perplexity") && human.stdout.contains("gate passed"), "\(human.stdout)")
         }
     }
 

@@ -7,7 +7,11 @@ enum Binaries {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
 
+    /// `$NVFP4_TEST_BIN_DIR/name` when set (to run these tests against other binaries, e.g. an older commit's).
     static func url(_ name: String) throws -> URL {
+        if let directory = ProcessInfo.processInfo.environment["NVFP4_TEST_BIN_DIR"] {
+            return URL(fileURLWithPath: directory).appendingPathComponent(name)
+        }
         var candidates = [Bundle.main.bundleURL.appendingPathComponent(name)]
         if let executable = Bundle.main.executableURL {
             candidates.append(executable.deletingLastPathComponent().appendingPathComponent(name))

@@ -5,101 +5,10 @@ import ComputeBackend
 import Foundation
 import LlamaModel
 import Logging
+import NVFP4
 import QuantizeJob
 import SafeTensors
 import Testing
-
-/// How one worker of a simulated cluster runs its range.
-enum RangeSchedule {
-    /// All layers loaded, chunk by chunk, hidden states passed on as bytes.
-    case pipelined
-    /// Layer by layer over every chunk, inputs read back from a ``BoundaryStateStore``, spilling everything.
-    case streamingFromBoundaryStore
-}
-
-/// Drives the engine as a coordinator and one worker per range would, in one process: everything that would
-/// cross the network crosses a JSON or raw-bytes round trip here. Returns the final output directory.
-func runAsCluster(options: QuantizeOptions, ranges: [(Range<Int>, RangeSchedule)], scratch: URL) throws -> URL {
-    var options = options
-    options.calibration.scratchDirectory = scratch
-    let logger = quietLogger()
-    // Coordinator: the job spec travels to every worker.
-    let spec = try JSONDecoder().decode(JobSpec.self, from: JSONEncoder().encode(try JobSpec(options: options)))
-    let config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
-    let plan = try JSONDecoder().decode(CalibrationPlan.self, from: JSONEncoder().encode(
-        try spec.makeCalibrationPlan(config: config, logger: logger)))
-    var record = spec.calibrationRecord(plan: plan, device: try spec.computeDevice(logger: logger))
-
-    // Workers: each checks the model, opens its own copy of the weights and runs its range.
-    var workers: [(range: Range<Int>, schedule: RangeSchedule, source: SafeTensorsModel, runner: LayerRangeRunner<CPUBackend>)] = []
-    for (range, schedule) in ranges {
-        try ModelCheck.verify(spec)
-        let source = try SafeTensorsModel(directory: spec.modelPath)
-        let runner = try LayerRangeRunner(spec: spec, config: config, weights: source,
-                                          backend: CPUBackend(config: config, activationPrecision: spec.calibration.activationPrecision),
-                                          range: range, embeds: range.lowerBound == 0, logger: logger)
-        workers.append((range, schedule, source, runner))
-    }
-
-    // Calibration: chunk outputs flow worker to worker; chunk amax flow to the coordinator, which merges by max.
-    var merged: [String: Float] = [:]
-    func collect(_ result: ChunkResult) throws {
-        for report in result.reports(config: config) {
-            let received = try JSONDecoder().decode(ChunkAmaxReport.self, from: JSONEncoder().encode(report))
-            for (module, amax) in received.amax { merged[module] = max(merged[module] ?? 0, amax) }
-        }
-    }
-    var outputs: [Int: Data] = [:]  // chunk → raw bytes of the last range's output
-    for worker in workers {
-        let input = { (chunk: CalibrationChunk) throws -> HiddenStates? in
-            guard worker.range.lowerBound > 0 else { return nil }
-            return try HiddenStates(hiddenSize: config.hiddenSize, littleEndianBytes: outputs[chunk.index]!,
-                                    expectedTokens: chunk.tokenCount)
-        }
-        switch worker.schedule {
-        case .pipelined:
-            for chunk in plan.chunks {
-                let result = try worker.runner.run(chunk: chunk, hidden: try input(chunk))
-                try collect(result)
-                outputs[chunk.index] = result.output.littleEndianBytes()
-            }
-            worker.runner.releaseLayers()
-        case .streamingFromBoundaryStore:
-            let store = try BoundaryStateStore(scratchDirectory: spec.scratchDirectory, jobID: spec.jobID,
-                                               firstLayer: worker.range.lowerBound, hiddenSize: config.hiddenSize)
-            for chunk in plan.chunks { try store.save(try #require(try input(chunk)), chunk: chunk.index) }
-            let results = try worker.runner.runStreaming(plan: plan, input: {
-                try store.load(chunk: $0.index, expectedTokens: $0.tokenCount)
-            })
-            for result in results {
-                try collect(result)
-                outputs[result.chunk] = result.output.littleEndianBytes()
-            }
-            try store.removeAll()
-        }
-    }
-
-    // Export: each worker exports its own layers; the coordinator assembles them in layer order.
-    let assembler = try CheckpointAssembler(spec: spec, config: config, source: try SafeTensorsModel(directory: spec.modelPath),
-                                            logger: logger)
-    do {
-        try assembler.writeEmbeddings()
-        for worker in workers {
-            let exporter = LayerExporter(spec: spec, config: config, source: worker.source)
-            for layer in worker.range {
-                let tensors = try exporter.export(layer: layer, linearAmax: merged)
-                try assembler.add(layer: layer, tensors: try JSONDecoder().decode([ExportedTensor].self,
-                                                                                  from: JSONEncoder().encode(tensors)))
-            }
-        }
-        record.activationAmax = merged
-        try assembler.finish(calibration: record)
-    } catch {
-        assembler.discard()
-        throw error
-    }
-    return spec.outputDirectory
-}
 
 /// Relative path → contents of every file under `directory`.
 func directoryContents(_ directory: URL) throws -> [String: Data] {
@@ -122,77 +31,7 @@ func expectIdenticalDirectories(_ left: URL, _ right: URL, sourceLocation: Sourc
     #expect(!a.isEmpty, sourceLocation: sourceLocation)
 }
 
-/// W4A4 options on the fixture model with its token-id calibration file, in several chunks.
-func fixtureW4A4Options(output: URL, layout: CheckpointLayout) -> QuantizeOptions {
-    var options = QuantizeOptions(modelDirectory: Fixtures.tinyLlama, outputDirectory: output)
-    options.evaluationSamples = 0
-    options.scheme = .nvfp4
-    options.layout = layout
-    options.jobID = "cluster-test"
-    options.calibration.dataPath = Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path
-    options.calibration.selection.minTokens = 1
-    options.calibration.device = "cpu"
-    options.calibration.chunkTokens = 64
-    return options
-}
-
-func runEmbedded(_ options: QuantizeOptions) throws -> QuantizeSummary {
-    let logger = quietLogger()
-    return try QuantizeJob(options: options, logger: logger, progress: ProgressReporter(logger: logger, interactive: false)).run()
-}
-
 @Suite struct ClusterEngineTests {
-    @Test(arguments: CheckpointLayout.allCases)
-    func twoRangesGiveTheEmbeddedJobsBytes(layout: CheckpointLayout) throws {
-        try withTemporaryDirectory("cluster") { parent throws in
-            let embedded = fixtureW4A4Options(output: parent.appendingPathComponent("embedded"), layout: layout)
-            _ = try runEmbedded(embedded)
-            var options = embedded
-            options.outputDirectory = parent.appendingPathComponent("cluster")
-            let plan = try JobSpec(options: options).makeCalibrationPlan(config: try Fixtures.tinyConfig(), logger: quietLogger())
-            #expect(plan.chunks.count > 1, "the test must route several chunks")
-            let output = try runAsCluster(options: options, ranges: [(0..<1, .pipelined), (1..<2, .pipelined)],
-                                          scratch: parent.appendingPathComponent("scratch"))
-            try expectIdenticalDirectories(embedded.outputDirectory, output)
-            #expect(FileManager.default.fileExists(atPath: output.appendingPathComponent("calibration.json").path))
-            #expect(try entries(of: parent, prefix: "cluster.partial") == [])
-        }
-    }
-
-    @Test func threeRangesAndBothSchedulesGiveTheEmbeddedJobsBytes() throws {
-        try withTemporaryDirectory("cluster3") { parent throws in
-            let model = try TinyModelBuilder(layers: 5).write(to: parent.appendingPathComponent("model"))
-            let calibration = parent.appendingPathComponent("calib.jsonl")
-            var generator = SplitMix64(seed: 7)
-            let lines = (0..<9).map { index -> String in
-                let ids = (0..<(5 + index * 3)).map { _ in Int(generator.next() % 48) }
-                return "{\"input_ids\": \(ids)}"
-            }
-            try Data(lines.joined(separator: "\n").utf8).write(to: calibration)
-            var embedded = QuantizeOptions(modelDirectory: model, outputDirectory: parent.appendingPathComponent("embedded"))
-            embedded.evaluationSamples = 0
-            embedded.jobID = "three"
-            embedded.maxShardSize = 20_000  // several shards and an index
-            embedded.calibration.dataPath = calibration.path
-            embedded.calibration.selection.minTokens = 1
-            embedded.calibration.device = "cpu"
-            embedded.calibration.chunkTokens = 40
-            embedded.calibration.activationMemoryBudget = 0  // the embedded job spills every chunk
-            embedded.calibration.scratchDirectory = parent.appendingPathComponent("scratch-embedded")
-            _ = try runEmbedded(embedded)
-            var options = embedded
-            options.outputDirectory = parent.appendingPathComponent("cluster")
-            let output = try runAsCluster(
-                options: options,
-                ranges: [(0..<2, .pipelined), (2..<3, .streamingFromBoundaryStore), (3..<5, .pipelined)],
-                scratch: parent.appendingPathComponent("scratch"))
-            try expectIdenticalDirectories(embedded.outputDirectory, output)
-            #expect(try directoryContents(output).keys.contains("model.safetensors.index.json"))
-            // The boundary store removed its files at the end of the job.
-            #expect(!FileManager.default.fileExists(atPath: parent.appendingPathComponent("scratch/nvfp4-boundary-three").path))
-        }
-    }
-
     @Test func pipelinedAndStreamingSchedulesAgreeBitForBit() throws {
         let options = fixtureW4A4Options(output: URL(fileURLWithPath: "/nonexistent/out"), layout: .compressedTensors)
         let spec = try JobSpec(options: options)
@@ -208,9 +47,10 @@ func runEmbedded(_ options: QuantizeOptions) throws -> QuantizeSummary {
         let streamed = try runner().runStreaming(plan: plan)
         #expect(perChunk == streamed)
         #expect(perChunk.allSatisfy { $0.layerAmax.map(\.layer) == [0, 1] })
-        // Each chunk's report names all 7 Linears of its layer, as the coordinator's store expects.
-        let reports = perChunk[0].reports(config: config)
-        #expect(reports.map(\.layer) == [0, 1] && reports.allSatisfy { $0.amax.count == 7 && $0.chunk == 0 })
+        // One amax per observed input (fused group), each usable for a scale.
+        #expect(perChunk.allSatisfy { $0.layerAmax.allSatisfy { entry in
+            FusedGroup.allCases.allSatisfy { entry.amax[$0].isFinite && entry.amax[$0] > 0 }
+        } })
     }
 
     @Test func restartedWorkerResumesFromItsBoundaryStore() throws {
@@ -345,6 +185,9 @@ func runEmbedded(_ options: QuantizeOptions) throws -> QuantizeSummary {
 }
 
 @Suite struct CheckpointAssemblerTests {
+    static let amax: [FusedGroup: ActivationAmax] = [.qkv: ActivationAmax(3), .o: ActivationAmax(1.5),
+                                                     .gateUp: ActivationAmax(2.25), .down: ActivationAmax(7)]
+
     /// An assembler for a W4A4 job on the fixture, its embeddings written, and layer 0's and 1's exported tensors.
     func prepared(_ parent: URL) throws -> (CheckpointAssembler, [[ExportedTensor]]) {
         var options = QuantizeOptions(modelDirectory: Fixtures.tinyLlama, outputDirectory: parent.appendingPathComponent("OUT"))
@@ -354,8 +197,7 @@ func runEmbedded(_ options: QuantizeOptions) throws -> QuantizeSummary {
         let config = try Fixtures.tinyConfig()
         let source = try SafeTensorsModel(directory: Fixtures.tinyLlama.path)
         let exporter = LayerExporter(spec: spec, config: config, source: source)
-        let amax: [FusedGroup: Float] = [.qkv: 3, .o: 1.5, .gateUp: 2.25, .down: 7]
-        let layers = try (0..<2).map { try exporter.export(layer: $0, activationAmax: amax) }
+        let layers = try (0..<2).map { try exporter.export(layer: $0, activationAmax: Self.amax) }
         let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: quietLogger())
         try assembler.writeEmbeddings()
         return (assembler, layers)
@@ -404,8 +246,11 @@ func runEmbedded(_ options: QuantizeOptions) throws -> QuantizeSummary {
             #expect(expectFailure { try assembler.add(layer: 0, tensors: layers[0]) } as? CheckpointAssemblyError
                 == .layerOutOfOrder(received: 0, expected: 1))
             try assembler.add(layer: 1, tensors: layers[1])
-            let report = try assembler.finish(calibration: nil)
+            let report = try assembler.finish(calibration: CalibrationRecord(
+                source: "test", samples: 1, tokens: 1, contentHash: "", device: "none",
+                activationAmax: [0: Self.amax, 1: Self.amax]))
             #expect(report.quantizedLinears == 14)
+            try assembler.commit()
             #expect(FileManager.default.fileExists(atPath: parent.appendingPathComponent("OUT/model.safetensors").path))
         }
     }

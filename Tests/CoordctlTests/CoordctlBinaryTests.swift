@@ -3,12 +3,17 @@ import Foundation
 import LlamaModel
 import SafeTensors
 import Testing
+import W4A4Probes
 
 /// `coordctl quantize` as a user runs it. The binary must already be built: `swift build` (or
 /// `swift build --build-tests`, which builds every product) puts it at `.build/debug/coordctl`.
 enum Coordctl {
-    /// The built binary: next to the test bundle (same configuration), else `.build/debug` of this checkout.
+    /// The built binary: in `$NVFP4_TEST_BIN_DIR` when set (to run these tests against other binaries, e.g. an
+    /// older commit's), else next to the test bundle (same configuration), else `.build/debug` of this checkout.
     static func executable() throws -> URL {
+        if let directory = ProcessInfo.processInfo.environment["NVFP4_TEST_BIN_DIR"] {
+            return URL(fileURLWithPath: directory).appendingPathComponent("coordctl")
+        }
         var candidates = [Bundle.main.bundleURL.appendingPathComponent("coordctl")]
         if let executable = Bundle.main.executableURL {
             candidates.append(executable.deletingLastPathComponent().appendingPathComponent("coordctl"))
@@ -144,9 +149,56 @@ enum Coordctl {
             // The closing quality report: perplexity of the original against the W4A4-emulated checkpoint.
             #expect(result.stdout.contains("perplexity"), "stdout: \(result.stdout)")
             #expect(result.stdout.contains("held-out"), "stdout: \(result.stdout)")
+            #expect(result.stdout.contains("quality gate: passed (limit 2× the original perplexity)"), "stdout: \(result.stdout)")
             let record = try JSONSerialization.jsonObject(with: Data(contentsOf: output.appendingPathComponent("calibration.json"))) as? [String: Any]
             #expect(record?["samples"] as? Int == 8)
             #expect((record?["activation_amax"] as? [String: Any])?.count == 14)
+        }
+    }
+
+    /// W4A4 through the binary in both layouts: every stored activation scale is exactly f32(amax / 2688) of the amax
+    /// calibration.json records (its reciprocal in compressed-tensors), and within BF16 noise of modelopt's.
+    @Test(arguments: ["compressed-tensors", "modelopt"])
+    func w4a4StoresTheScalesOfItsCalibration(format: String) throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            let output = parent.appendingPathComponent("OUT")
+            let result = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output", output.path,
+                                           "--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path,
+                                           "--min-tokens", "1", "--device", "cpu", "--format", format], in: parent)
+            try #require(result.status == 0, "stderr: \(result.stderr)")
+            let scales = try StoredActivationScales(directory: output)
+            #expect(scales.layout == format)
+            #expect(scales.stored.count == 14)
+            #expect(scales.mismatchesWithRecordedAmax() == [])
+            let agreement = ScaleAgreement(scales.inputScale, reference: try modeloptInputScales(Fixtures.modelopt))
+            #expect(agreement.count == 14 && agreement.withinBF16Noise, "\(agreement)")
+        }
+    }
+
+    @Test func qualityGateCanBeTurnedOffAndSkipped() throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            let calib = ["--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path, "--min-tokens", "1",
+                         "--device", "cpu"]
+            let off = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output",
+                                        parent.appendingPathComponent("OFF").path, "--eval-samples", "2", "--no-quality-gate"]
+                                       + calib, in: parent)
+            #expect(off.status == 0, "stderr: \(off.stderr)")
+            #expect(off.stdout.contains("perplexity") && off.stdout.contains("quality gate: off"), "stdout: \(off.stdout)")
+            let skipped = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output",
+                                            parent.appendingPathComponent("SKIP").path, "--eval-samples", "0"] + calib, in: parent)
+            #expect(skipped.status == 0, "stderr: \(skipped.stderr)")
+            #expect(skipped.stdout.contains("quality report: skipped (--eval-samples 0), so no quality gate was applied"),
+                    "stdout: \(skipped.stdout)")
+        }
+    }
+
+    @Test(arguments: ["0.5", "nan", "abc"])
+    func badMaxPerplexityRatioIsAUsageError(value: String) throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            try expectRefusal(["quantize", "--model", Fixtures.tinyLlama.path, "--output", parent.appendingPathComponent("OUT").path,
+                               "--max-perplexity-ratio", value],
+                              mentions: ["--max-perplexity-ratio"], in: parent)
+            #expect(try entries(of: parent, prefix: "OUT") == [])
         }
     }
 

@@ -33,8 +33,8 @@ import Testing
 
     func text(_ error: (any Error)?) -> String { error.map { "\($0)" } ?? "(no error)" }
 
-    @Test func validBuiltModelPassesAndQuantizes() throws {
-        try withTemporaryDirectory("coordctl-input") { parent throws in
+    @Test func validBuiltModelPassesAndQuantizes() async throws {
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
             let model = try TinyModelBuilder().write(to: parent.appendingPathComponent("model"))
             let output = parent.appendingPathComponent("OUT")
             let job = makeJob(model: model, output: output)
@@ -42,26 +42,26 @@ import Testing
             #expect(inputs.config.numHiddenLayers == 2)
             #expect(inputs.weightAmax.count == 14)
             #expect(inputs.weightAmax.values.allSatisfy { $0 > 0 && $0 <= 0.1005 })
-            let summary = try job.run()
+            let summary = try await quantize(model: model, output: output)
             #expect(summary.quantizedLinears == 14)
             #expect(try SafeTensorsModel(directory: output.path).tensorNames.count == 14 * 3 + 2 * 2 + 3)
         }
     }
 
-    @Test func tiedEmbeddingsModelQuantizesWithoutLMHead() throws {
-        try withTemporaryDirectory("coordctl-input") { parent throws in
+    @Test func tiedEmbeddingsModelQuantizesWithoutLMHead() async throws {
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
             let model = try TinyModelBuilder(tieWordEmbeddings: true).write(to: parent.appendingPathComponent("model"))
             let output = parent.appendingPathComponent("OUT")
-            _ = try makeJob(model: model, output: output).run()
+            _ = try await quantize(model: model, output: output)
             let written = try SafeTensorsModel(directory: output.path)
             #expect(!written.contains("lm_head.weight"))
             #expect(written.contains("model.embed_tokens.weight"))
         }
     }
 
-    @Test func tiedSourceThatStillHasAnLMHeadDropsIt() throws {
+    @Test func tiedSourceThatStillHasAnLMHeadDropsIt() async throws {
         // Spec §8: with tie_word_embeddings no lm_head.weight is written, even if the source has one.
-        try withTemporaryDirectory("coordctl-input") { parent throws in
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
             let builder = TinyModelBuilder(tieWordEmbeddings: true)
             let model = try builder.write(to: parent.appendingPathComponent("model"), editTensors: { tensors in
                 var head = tensors[named: "model.embed_tokens.weight"]
@@ -69,15 +69,15 @@ import Testing
                 tensors.append(head)
             })
             let output = parent.appendingPathComponent("OUT")
-            _ = try makeJob(model: model, output: output).run()
+            _ = try await quantize(model: model, output: output)
             #expect(!(try SafeTensorsModel(directory: output.path).contains("lm_head.weight")))
         }
     }
 
     @Test(arguments: [SafeTensorsDType.f32, .f16])
-    func widerSourceDTypeQuantizesLikeBF16(dtype: SafeTensorsDType) throws {
+    func widerSourceDTypeQuantizesLikeBF16(dtype: SafeTensorsDType) async throws {
         // BF16 values widened to F32 (or F16, exact for these magnitudes) must give the same NVFP4 bytes.
-        try withTemporaryDirectory("coordctl-input") { parent throws in
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
             let bf16 = try TinyModelBuilder().write(to: parent.appendingPathComponent("bf16"))
             let wide = try TinyModelBuilder().write(to: parent.appendingPathComponent("wide"), editTensors: { tensors in
                 for index in tensors.indices where tensors[index].name.hasSuffix("_proj.weight") {
@@ -96,8 +96,8 @@ import Testing
             })
             let bf16Output = parent.appendingPathComponent("OUT-bf16")
             let wideOutput = parent.appendingPathComponent("OUT-wide")
-            _ = try makeJob(model: bf16, output: bf16Output).run()
-            _ = try makeJob(model: wide, output: wideOutput).run()
+            _ = try await quantize(model: bf16, output: bf16Output)
+            _ = try await quantize(model: wide, output: wideOutput)
             let expected = try SafeTensorsModel(directory: bf16Output.path)
             let actual = try SafeTensorsModel(directory: wideOutput.path)
             #expect(actual.tensorNames == expected.tensorNames)
@@ -118,13 +118,13 @@ import Testing
     }
 
     @Test
-    func outputThatIsTheModelDirectoryIsRefused() throws {
+    func outputThatIsTheModelDirectoryIsRefused() async throws {
         for outputIsParent in [false, true] {
-            try withTemporaryDirectory("coordctl-input") { parent throws in
+            try await withTemporaryDirectory("coordctl-input") { parent async throws in
                 let model = try TinyModelBuilder().write(to: parent.appendingPathComponent("model"))
                 let before = try Data(contentsOf: model.appendingPathComponent("model.safetensors"))
                 let output = outputIsParent ? parent : model
-                let thrown = expectFailure { _ = try makeJob(model: model, output: output) { $0.force = true }.run() }
+                let thrown = await expectFailure { _ = try await quantize(model: model, output: output) { $0.force = true } }
                 #expect(text(thrown).contains(output.standardizedFileURL.path))
                 #expect(try Data(contentsOf: model.appendingPathComponent("model.safetensors")) == before)
             }
@@ -132,11 +132,12 @@ import Testing
     }
 
     @Test(arguments: ["tiny-llama-nvfp4-llmcompressor", "tiny-llama-nvfp4-modelopt"])
-    func alreadyQuantizedModelIsRefusedBeforeAnyOutput(fixture: String) throws {
-        try withTemporaryDirectory("coordctl-input") { parent throws in
+    func alreadyQuantizedModelIsRefusedBeforeAnyOutput(fixture: String) async throws {
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
             let output = parent.appendingPathComponent("OUT")
-            let job = makeJob(model: Fixtures.directory.appendingPathComponent(fixture), output: output)
-            let thrown = expectFailure { _ = try job.run() }
+            let thrown = await expectFailure {
+                _ = try await quantize(model: Fixtures.directory.appendingPathComponent(fixture), output: output)
+            }
             // Today this is reported as the first Linear's BF16 weight being missing or mis-shaped.
             #expect(thrown is LlamaWeightError)
             #expect(text(thrown).contains("model.layers.0.self_attn.q_proj.weight"))
@@ -316,59 +317,63 @@ import Testing
         #expect((thrown as? LlamaConfigError)?.field == field)
     }
 
-    @Test func weightOnlyModeloptIsRefusedBeforeReadingAnything() throws {
+    @Test func weightOnlyModeloptIsRefusedBeforeReadingAnything() async throws {
         // The format check comes first: even a model directory that does not exist gets the format error.
-        try withTemporaryDirectory("coordctl-input") { parent throws in
-            let job = makeJob(model: parent.appendingPathComponent("no-such-model"), output: parent.appendingPathComponent("OUT"),
-                              scheme: .nvfp4a16, layout: .modelopt)
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
+            let model = parent.appendingPathComponent("no-such-model"), output = parent.appendingPathComponent("OUT")
+            let job = makeJob(model: model, output: output, scheme: .nvfp4a16, layout: .modelopt)
             let thrown = expectFailure { _ = try job.checkInputs() }
             #expect((thrown as? CheckpointError)?.subject == "--format modelopt")
             #expect(text(thrown).contains("compressed-tensors"))
-            let runThrown = expectFailure { _ = try job.run() }
+            let runThrown = await expectFailure {
+                _ = try await quantize(model: model, output: output, scheme: .nvfp4a16, layout: .modelopt)
+            }
             #expect((runThrown as? CheckpointError)?.subject == "--format modelopt")
             #expect(try entries(of: parent, prefix: "OUT") == [])
         }
     }
 
-    @Test func w4a4CalibratesTheFixtureModelLikeTheReferenceForward() throws {
-        try withTemporaryDirectory("coordctl-input") { parent throws in
+    @Test func w4a4CalibratesTheFixtureModelLikeTheReferenceForward() async throws {
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
             let output = parent.appendingPathComponent("OUT")
-            let job = makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4) { options in
+            let summary = try await quantize(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4) { options in
                 options.calibration.dataPath = Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path
                 options.calibration.selection.minTokens = 1
-                options.calibration.device = "cpu"
                 options.calibration.activationPrecision = .float32  // the fixture amax comes from an f32 forward
             }
-            let summary = try job.run()
             let reference = try Fixtures.referenceAmax()
-            #expect(summary.activationAmax.count == 14)
-            for (module, amax) in summary.activationAmax {
-                let expected = try #require(reference[module])
-                #expect(abs(Double(amax) - expected) <= expected * 1e-4, "\(module)")
+            let config = try Fixtures.tinyConfig()
+            // One value per observed input: 2 layers × 4 fused groups, each against every member's reference.
+            #expect(summary.activationAmax.values.reduce(0) { $0 + $1.count } == 8)
+            for linear in config.allLinears {
+                let amax = try #require(summary.activationAmax[linear.layer]?[linear.kind.group], "\(linear.name)")
+                let expected = try #require(reference[linear.name])
+                #expect(abs(Double(amax.value) - expected) <= expected * 1e-4, "\(linear.name)")
             }
         }
     }
 
-    @Test func calibrationWithNoSampleLongEnoughFailsBeforeWriting() throws {
-        try withTemporaryDirectory("coordctl-input") { parent throws in
+    @Test func calibrationWithNoSampleLongEnoughFailsBeforeWriting() async throws {
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
             let output = parent.appendingPathComponent("OUT")
-            let job = makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4) { options in
-                options.calibration.dataPath = Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path
+            let thrown = await expectFailure {
+                _ = try await quantize(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4) { options in
+                    options.calibration.dataPath = Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path
+                }
             }
-            let thrown = expectFailure { _ = try job.run() }
             #expect(text(thrown).contains("150"))
             #expect(try entries(of: parent, prefix: "OUT") == [])
         }
     }
 
-    @Test func existingOutputWithoutForce() throws {
-        try withTemporaryDirectory("coordctl-input") { parent throws in
+    @Test func existingOutputWithoutForce() async throws {
+        try await withTemporaryDirectory("coordctl-input") { parent async throws in
             let output = parent.appendingPathComponent("OUT")
             try FileManager.default.createDirectory(at: output, withIntermediateDirectories: false)
             try Data("keep".utf8).write(to: output.appendingPathComponent("keep.txt"))
-            let job = makeJob(model: Fixtures.tinyLlama, output: output)
-            for attempt in [{ _ = try job.checkInputs() }, { _ = try job.run() }] as [() throws -> Void] {
-                let thrown = expectFailure(attempt)
+            let checked = expectFailure { _ = try makeJob(model: Fixtures.tinyLlama, output: output).checkInputs() }
+            let run = await expectFailure { _ = try await quantize(model: Fixtures.tinyLlama, output: output) }
+            for thrown in [checked, run] {
                 #expect((thrown as? CheckpointError)?.subject == output.standardizedFileURL.path)
                 #expect(text(thrown).contains("--force"))
             }

@@ -1,18 +1,20 @@
 import Checkpoint
 import Foundation
+import LocalCluster
 import LlamaModel
 import NVFP4
 import QuantizeJob
 import SafeTensors
 import Testing
+import W4A4Probes
 
-/// Whole jobs on the tiny model, in process, against the reference exports. (These live here rather than in
-/// CheckpointTests because only this test target depends on QuantizeJob.)
+/// Whole jobs on the tiny model through the production path in process (LocalCluster: the coordinator and a worker,
+/// as `coordctl quantize` runs them), against the reference exports; and the exporter every worker runs.
 @Suite struct QuantizeJobOutputTests {
-    @Test func weightOnlyCompressedTensorsMatchesTheReference() throws {
-        try withTemporaryDirectory { parent throws in
+    @Test func weightOnlyCompressedTensorsMatchesTheReference() async throws {
+        try await withTemporaryDirectory { parent async throws in
             let output = parent.appendingPathComponent("OUT")
-            let summary = try makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4a16).run()
+            let summary = try await quantize(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4a16)
             #expect(summary.layers == 2)
             #expect(summary.quantizedLinears == 14)
             #expect(summary.shards == 1)
@@ -65,13 +67,12 @@ import Testing
         }
     }
 
-    @Test func w4a4ModeloptMatchesTheReference() throws {
-        try withTemporaryDirectory { parent throws in
+    @Test func w4a4ModeloptMatchesTheReference() async throws {
+        try await withTemporaryDirectory { parent async throws in
             let output = parent.appendingPathComponent("OUT")
-            let calibrator = try FixtureCalibrator()
-            let summary = try makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4, layout: .modelopt)
-                .run(calibrator: calibrator)
-            #expect(calibrator.layersAsked == [0, 1])
+            let summary = try await LocalCluster.quantize(options: fixtureW4A4Options(output: output, layout: .modelopt),
+                                                          logger: quietLogger())
+            #expect(summary.activationAmax.keys.sorted() == [0, 1])
 
             let written = try SafeTensorsModel(directory: output.path)
             let reference = try SafeTensorsModel(directory: Fixtures.modelopt.path)
@@ -82,16 +83,16 @@ import Testing
                 #expect(try written.data(p + ".weight_scale") == reference.data(p + ".weight_scale"), "\(p)")
                 #expect(try float32(written, p + ".weight_scale_2").bitPattern
                     == float32(reference, p + ".weight_scale_2").bitPattern, "\(p)")
-                let amax = try calibrator.value(module: p)
-                let inputScale = try float32(written, p + ".input_scale")
-                #expect(inputScale.bitPattern == (amax / 2688).bitPattern, "\(p)")
-                let referenceScale = try float32(reference, p + ".input_scale")
-                #expect(abs(inputScale - referenceScale) / referenceScale < 0.01, "\(p): \(inputScale) vs \(referenceScale)")
-                #expect(summary.activationAmax[p] == amax)
                 for suffix in [".weight_scale_2", ".input_scale"] {
                     #expect(try written.info(p + suffix).shape == [], "\(p)\(suffix) must be 0-d")
                 }
             }
+            // The stored tensors against calibration.json (exact) and against modelopt's BF16 calibration.
+            let scales = try StoredActivationScales(directory: output)
+            #expect(scales.layout == "modelopt")
+            #expect(scales.mismatchesWithRecordedAmax() == [])
+            let agreement = ScaleAgreement(scales.inputScale, reference: try modeloptInputScales(Fixtures.modelopt))
+            #expect(agreement.count == 14 && agreement.withinBF16Noise, "\(agreement)")
 
             let hf = try jsonObject(output.appendingPathComponent("hf_quant_config.json"))
             #expect(sameJSON(hf, try jsonObject(Fixtures.modelopt.appendingPathComponent("hf_quant_config.json"))))
@@ -113,23 +114,27 @@ import Testing
         }
     }
 
-    @Test func w4a4CompressedTensorsStoresReciprocalInputScales() throws {
-        try withTemporaryDirectory { parent throws in
+    @Test func w4a4CompressedTensorsStoresReciprocalInputScales() async throws {
+        try await withTemporaryDirectory { parent async throws in
             let output = parent.appendingPathComponent("OUT")
-            let calibrator = try FixtureCalibrator()
-            _ = try makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4).run(calibrator: calibrator)
+            _ = try await LocalCluster.quantize(options: fixtureW4A4Options(output: output, layout: .compressedTensors),
+                                                logger: quietLogger())
 
             let written = try SafeTensorsModel(directory: output.path)
             let reference = try SafeTensorsModel(directory: Fixtures.modelopt.path)
             #expect(try tensorSignature(written) == tensorSignature(SafeTensorsModel(directory: Fixtures.llmCompressor.path)))
             for linear in try Fixtures.tinyConfig().allLinears {
                 let p = linear.name
-                let inputScale = try calibrator.value(module: p) / 2688
-                #expect(try float32(written, p + ".input_global_scale").bitPattern == (1 / inputScale).bitPattern, "\(p)")
                 #expect(try written.info(p + ".input_global_scale").shape == [1])
                 #expect(try written.info(p + ".weight_global_scale").shape == [1])
                 #expect(try written.data(p + ".weight_packed") == reference.data(p + ".weight"), "\(p)")
             }
+            let scales = try StoredActivationScales(directory: output)
+            #expect(scales.layout == "compressed-tensors")
+            #expect(scales.mismatchesWithRecordedAmax() == [])
+            let agreement = ScaleAgreement(scales.inputScale, reference: try modeloptInputScales(Fixtures.modelopt))
+            #expect(agreement.count == 14 && agreement.withinBF16Noise, "\(agreement)")
+
             let config = try jsonObject(output.appendingPathComponent("config.json"))
             let quantization = try #require(config["quantization_config"] as? [String: Any])
             let group = try #require((quantization["config_groups"] as? [String: Any])?["group_0"] as? [String: Any])
@@ -140,12 +145,12 @@ import Testing
         }
     }
 
-    @Test func smallShardsGiveTheSameTensorsAndVerify() throws {
-        try withTemporaryDirectory { parent throws in
+    @Test func smallShardsGiveTheSameTensorsAndVerify() async throws {
+        try await withTemporaryDirectory { parent async throws in
             let single = parent.appendingPathComponent("SINGLE")
             let sharded = parent.appendingPathComponent("SHARDED")
-            _ = try makeJob(model: Fixtures.tinyLlama, output: single).run()
-            let summary = try makeJob(model: Fixtures.tinyLlama, output: sharded) { $0.maxShardSize = 100_000 }.run()
+            _ = try await quantize(model: Fixtures.tinyLlama, output: single)
+            let summary = try await quantize(model: Fixtures.tinyLlama, output: sharded) { $0.maxShardSize = 100_000 }
             #expect(summary.shards > 2)
 
             let names = try entries(of: sharded, prefix: "model-")
@@ -172,75 +177,116 @@ import Testing
         }
     }
 
-    @Test func omitScaleDTypeKeysReachesTheConfig() throws {
-        try withTemporaryDirectory { parent throws in
+    @Test func omitScaleDTypeKeysReachesTheConfig() async throws {
+        try await withTemporaryDirectory { parent async throws in
             let output = parent.appendingPathComponent("OUT")
-            _ = try makeJob(model: Fixtures.tinyLlama, output: output) { $0.omitScaleDTypeKeys = true }.run()
+            _ = try await quantize(model: Fixtures.tinyLlama, output: output) { $0.omitScaleDTypeKeys = true }
             let text = try String(contentsOf: output.appendingPathComponent("config.json"), encoding: .utf8)
             #expect(!text.contains("scale_dtype") && !text.contains("zp_dtype"))
             #expect(text.contains("\"group_size\": 16"))
         }
     }
 
-    @Test func calibratorThatThrowsLeavesNoOutput() throws {
-        try withTemporaryDirectory { parent throws in
+    /// A model whose layer-1 activations overflow to Inf (a finite but huge norm weight passes the input checks):
+    /// calibration fails mid-job, naming the layer.
+    func overflowingModel(in parent: URL) throws -> (model: URL, calibration: URL) {
+        let model = try TinyModelBuilder().write(to: parent.appendingPathComponent("model"), editTensors: { tensors in
+            let index = tensors.firstIndex { $0.name == "model.layers.1.post_attention_layernorm.weight" }!
+            let count = tensors[index].bytes.count / 2
+            tensors[index].bytes = Data(repeating: 0, count: 0)
+            for _ in 0..<count { withUnsafeBytes(of: UInt16(0x7F7F).littleEndian) { tensors[index].bytes.append(contentsOf: $0) } }
+        })
+        let calibration = parent.appendingPathComponent("calib.jsonl")
+        let lines = (0..<4).map { sample in "{\"input_ids\": [\((0..<40).map { String(($0 * 7 + sample) % 48) }.joined(separator: ", "))]}" }
+        try Data(lines.joined(separator: "\n").utf8).write(to: calibration)
+        return (model, calibration)
+    }
+
+    @Test func calibrationThatFailsMidJobLeavesNoOutput() async throws {
+        try await withTemporaryDirectory { parent async throws in
+            let (model, calibration) = try overflowingModel(in: parent)
             let output = parent.appendingPathComponent("OUT")
-            let job = makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4) { $0.jobID = "fail1" }
-            let thrown = expectFailure { _ = try job.run(calibrator: try FailingCalibrator(failingLayer: 1)) }
-            #expect(thrown as? CalibrationFailure == CalibrationFailure(layer: 1))
+            let thrown = await expectFailure {
+                _ = try await quantize(model: model, output: output, scheme: .nvfp4) { options in
+                    options.calibration.dataPath = calibration.path
+                    options.calibration.selection.minTokens = 1
+                }
+            }
+            #expect("\(thrown.map { "\($0)" } ?? "")".contains("layer 1"), "\(String(describing: thrown))")
             #expect(try entries(of: parent, prefix: "OUT") == [], "neither OUT nor OUT.partial-* may remain")
         }
     }
 
-    @Test func failedForcedJobKeepsTheOldOutput() throws {
-        try withTemporaryDirectory { parent throws in
+    @Test func failedForcedJobKeepsTheOldOutput() async throws {
+        try await withTemporaryDirectory { parent async throws in
+            let (model, calibration) = try overflowingModel(in: parent)
             let output = parent.appendingPathComponent("OUT")
             try FileManager.default.createDirectory(at: output, withIntermediateDirectories: false)
             try Data("old".utf8).write(to: output.appendingPathComponent("old.txt"))
-            let job = makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4) { $0.force = true }
-            _ = expectFailure { _ = try job.run(calibrator: try FailingCalibrator(failingLayer: 1)) }
-            #expect(try entries(of: parent, prefix: "") == ["OUT"])
+            _ = await expectFailure {
+                _ = try await quantize(model: model, output: output, scheme: .nvfp4) { options in
+                    options.force = true
+                    options.calibration.dataPath = calibration.path
+                    options.calibration.selection.minTokens = 1
+                }
+            }
+            #expect(try entries(of: parent, prefix: "OUT") == ["OUT"])
             #expect(try entries(of: output, prefix: "") == ["old.txt"])
         }
     }
 
-    @Test func forcedJobReplacesTheOldOutput() throws {
-        try withTemporaryDirectory { parent throws in
+    @Test func forcedJobReplacesTheOldOutput() async throws {
+        try await withTemporaryDirectory { parent async throws in
             let output = parent.appendingPathComponent("OUT")
             try FileManager.default.createDirectory(at: output, withIntermediateDirectories: false)
             try Data("old".utf8).write(to: output.appendingPathComponent("old.txt"))
-            _ = try makeJob(model: Fixtures.tinyLlama, output: output) { $0.force = true }.run()
+            _ = try await quantize(model: Fixtures.tinyLlama, output: output) { $0.force = true }
             #expect(try entries(of: parent, prefix: "") == ["OUT"])
             #expect(!FileManager.default.fileExists(atPath: output.appendingPathComponent("old.txt").path))
             #expect(FileManager.default.fileExists(atPath: output.appendingPathComponent("model.safetensors").path))
         }
     }
 
+    /// The exporter each worker runs: an amax that cannot make a scale, or a group without one, is refused naming
+    /// the Linear (spec §10 rule 10: every amax_x is finite and > 0).
     @Test(arguments: [Float.nan, 0, -1, .infinity])
     func unusableActivationAmaxIsRefused(bad: Float) throws {
-        // Spec §10 rule 10: every amax_x is finite and > 0.
-        try withTemporaryDirectory { parent throws in
-            let output = parent.appendingPathComponent("OUT")
-            let calibrator = ConstantCalibrator([.qkv: 1, .gateUp: 1, .o: bad, .down: 1])
-            let thrown = expectFailure {
-                _ = try makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4).run(calibrator: calibrator)
-            }
-            #expect(thrown is QuantizeJobError)
-            #expect("\(thrown.map { "\($0)" } ?? "")".contains("model.layers.0.self_attn.o_proj"))
-            #expect(try entries(of: parent, prefix: "OUT") == [])
-        }
+        let exporter = try w4a4Exporter(layout: .compressedTensors)
+        let amax: [FusedGroup: ActivationAmax] = [.qkv: ActivationAmax(1), .gateUp: ActivationAmax(1),
+                                                  .o: ActivationAmax(bad), .down: ActivationAmax(1)]
+        let thrown = expectFailure { _ = try exporter.export(layer: 0, activationAmax: amax) }
+        #expect(thrown is QuantizeJobError)
+        #expect("\(thrown.map { "\($0)" } ?? "")".contains("model.layers.0.self_attn.o_proj"))
     }
 
     @Test func missingFusedGroupInCalibrationIsRefused() throws {
-        try withTemporaryDirectory { parent throws in
-            let output = parent.appendingPathComponent("OUT")
-            let calibrator = ConstantCalibrator([.qkv: 1, .gateUp: 1, .o: 1])
-            let thrown = expectFailure {
-                _ = try makeJob(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4, layout: .modelopt)
-                    .run(calibrator: calibrator)
-            }
-            #expect("\(thrown.map { "\($0)" } ?? "")".contains("model.layers.0.mlp.down_proj"))
-            #expect(try entries(of: parent, prefix: "OUT") == [])
+        let exporter = try w4a4Exporter(layout: .modelopt)
+        let amax: [FusedGroup: ActivationAmax] = [.qkv: ActivationAmax(1), .gateUp: ActivationAmax(1), .o: ActivationAmax(1)]
+        let thrown = expectFailure { _ = try exporter.export(layer: 0, activationAmax: amax) }
+        #expect("\(thrown.map { "\($0)" } ?? "")".contains("model.layers.0.mlp.down_proj"))
+        #expect(expectFailure { _ = try exporter.export(layer: 1, activationAmax: nil) } is QuantizeJobError)
+    }
+
+    /// The amax of each fused group becomes every member's input scale, exactly f32(amax / 2688).
+    @Test(arguments: CheckpointLayout.allCases)
+    func exporterDerivesEachMembersScaleFromItsGroupsAmax(layout: CheckpointLayout) throws {
+        let exporter = try w4a4Exporter(layout: layout)
+        let amax: [FusedGroup: ActivationAmax] = [.qkv: ActivationAmax(3.5), .o: ActivationAmax(0.75),
+                                                  .gateUp: ActivationAmax(11.0625), .down: ActivationAmax(40)]
+        let tensors = try exporter.export(layer: 1, activationAmax: amax)
+        let suffix = layout == .modelopt ? ".input_scale" : ".input_global_scale"
+        for linear in try Fixtures.tinyConfig().linears(layer: 1) {
+            let tensor = try #require(tensors.first { $0.name == linear.name + suffix })
+            let stored = Float(bitPattern: tensor.data.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) })
+            let sx = try #require(amax[linear.kind.group]).value / 2688
+            #expect(stored.bitPattern == (layout == .modelopt ? sx : 1 / sx).bitPattern, "\(linear.name)")
         }
+    }
+
+    func w4a4Exporter(layout: CheckpointLayout) throws -> LayerExporter {
+        let options = jobOptions(model: Fixtures.tinyLlama, output: URL(fileURLWithPath: "/nonexistent/OUT"), scheme: .nvfp4,
+                                 layout: layout)
+        return LayerExporter(spec: try JobSpec(options: options), config: try Fixtures.tinyConfig(),
+                             source: try SafeTensorsModel(directory: Fixtures.tinyLlama.path))
     }
 }

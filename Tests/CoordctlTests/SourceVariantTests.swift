@@ -9,21 +9,21 @@ import Testing
 @Suite struct SourceVariantTests {
     /// Quantizes `plain` and `variant` builds of the same model and returns both outputs.
     func outputs(variant editTensors: (inout [TinyModelBuilder.Tensor]) -> Void, in parent: URL)
-        throws -> (plain: SafeTensorsModel, variant: SafeTensorsModel)
+        async throws -> (plain: SafeTensorsModel, variant: SafeTensorsModel)
     {
         let plain = try TinyModelBuilder().write(to: parent.appendingPathComponent("plain"))
         let variant = try TinyModelBuilder().write(to: parent.appendingPathComponent("variant"), editTensors: editTensors)
-        _ = try makeJob(model: plain, output: parent.appendingPathComponent("OUT-plain")).run()
-        _ = try makeJob(model: variant, output: parent.appendingPathComponent("OUT-variant")).run()
+        _ = try await quantize(model: plain, output: parent.appendingPathComponent("OUT-plain"))
+        _ = try await quantize(model: variant, output: parent.appendingPathComponent("OUT-variant"))
         return (try SafeTensorsModel(directory: parent.appendingPathComponent("OUT-plain").path),
                 try SafeTensorsModel(directory: parent.appendingPathComponent("OUT-variant").path))
     }
 
-    @Test func oddAlignedBF16DataAndExtraSourceTensors() throws {
+    @Test func oddAlignedBF16DataAndExtraSourceTensors() async throws {
         // A 1-byte tensor first puts every BF16 tensor at an odd offset; rotary inv_freq buffers appear in old
         // exports. Neither may change the output, and neither is copied (spec §8: nothing else is written).
-        try withTemporaryDirectory { parent throws in
-            let (plain, variant) = try outputs(variant: { tensors in
+        try await withTemporaryDirectory { parent async throws in
+            let (plain, variant) = try await outputs(variant: { tensors in
                 tensors.insert(.init(name: "aaa.odd", dtype: .u8, shape: [1], bytes: Data([7])), at: 0)
                 tensors.append(.init(name: "model.layers.0.self_attn.rotary_emb.inv_freq", dtype: .f32, shape: [8],
                                      bytes: Data(count: 32)))

@@ -2,6 +2,7 @@ import Calibration
 import Checkpoint
 import Foundation
 import LlamaModel
+import LocalCluster
 import Logging
 import NVFP4
 import QuantizeJob
@@ -31,73 +32,69 @@ enum Fixtures {
 
 /// A fresh, uniquely named directory under the system temporary directory, removed afterwards.
 func withTemporaryDirectory<R>(_ label: String = "coordctl-test", _ body: (URL) throws -> R) throws -> R {
-    let url = FileManager.default.temporaryDirectory
-        .appendingPathComponent("\(label)-\(UUID().uuidString)", isDirectory: true)
-    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    let url = try makeTemporaryDirectory(label)
     defer { try? FileManager.default.removeItem(at: url) }
     return try body(url)
 }
 
+/// ``withTemporaryDirectory(_:_:)`` for async bodies.
+func withTemporaryDirectory<R>(_ label: String = "coordctl-test", _ body: (URL) async throws -> R) async throws -> R {
+    let url = try makeTemporaryDirectory(label)
+    defer { try? FileManager.default.removeItem(at: url) }
+    return try await body(url)
+}
+
+private func makeTemporaryDirectory(_ label: String) throws -> URL {
+    let url = FileManager.default.temporaryDirectory
+        .appendingPathComponent("\(label)-\(UUID().uuidString)", isDirectory: true)
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
 func quietLogger() -> Logger { Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }) }
 
-/// A job over `model` writing to `output`, logging nowhere.
+/// The options of a job over `model` writing to `output`, without the quality report unless a test asks for it.
+func jobOptions(model: URL, output: URL, scheme: QuantizationScheme = .nvfp4a16,
+                layout: CheckpointLayout = .compressedTensors, configure: (inout QuantizeOptions) -> Void = { _ in })
+    -> QuantizeOptions
+{
+    var options = QuantizeOptions(modelDirectory: model, outputDirectory: output)
+    options.evaluationSamples = 0  // the quality report and its gate are tested where asked for
+    options.scheme = scheme
+    options.layout = layout
+    options.calibration.device = "cpu"
+    configure(&options)
+    return options
+}
+
+/// The input checks of a job, logging nowhere.
 func makeJob(model: URL, output: URL, scheme: QuantizationScheme = .nvfp4a16,
              layout: CheckpointLayout = .compressedTensors, configure: (inout QuantizeOptions) -> Void = { _ in })
     -> QuantizeJob
 {
-    var options = QuantizeOptions(modelDirectory: model, outputDirectory: output)
-    options.evaluationSamples = 0  // the quality report is tested on its own
-    options.scheme = scheme
-    options.layout = layout
-    configure(&options)
-    let logger = quietLogger()
-    return QuantizeJob(options: options, logger: logger, progress: ProgressReporter(logger: logger, interactive: false))
+    QuantizeJob(options: jobOptions(model: model, output: output, scheme: scheme, layout: layout, configure: configure),
+                logger: quietLogger())
 }
 
-/// Serves the activation amax values of tiny-llama-amax-fp32.json, as a calibration run would.
-final class FixtureCalibrator: ActivationCalibrator {
-    let amax: [String: Double]
-    private(set) var layersAsked: [Int] = []
-
-    init() throws { amax = try Fixtures.referenceAmax() }
-
-    /// The f32 value for a Linear module, as the job receives it.
-    func value(module: String) throws -> Float { Float(try #require(amax[module], "\(module) not in the amax fixture")) }
-
-    func activationAmax(layer: Int) throws -> [FusedGroup: Float] {
-        layersAsked.append(layer)
-        var result: [FusedGroup: Float] = [:]
-        for group in FusedGroup.allCases {
-            let values = try group.members.map { try value(module: "\(LlamaConfig.layerPrefix(layer)).\($0.rawValue)") }
-            // One observed input per fused group: the fixture must agree with itself.
-            guard Set(values).count == 1 else { throw QuantizeJobError("fixture amax differs within \(group)") }
-            result[group] = values[0]
-        }
-        return result
-    }
+/// Runs a job through the production path, as `coordctl quantize` does: the coordinator and a worker in this
+/// process (LocalCluster), logging nowhere.
+func quantize(model: URL, output: URL, scheme: QuantizationScheme = .nvfp4a16,
+              layout: CheckpointLayout = .compressedTensors, configure: (inout QuantizeOptions) -> Void = { _ in })
+    async throws -> QuantizeSummary
+{
+    try await LocalCluster.quantize(
+        options: jobOptions(model: model, output: output, scheme: scheme, layout: layout, configure: configure),
+        logger: quietLogger())
 }
 
-struct CalibrationFailure: Error, Equatable { let layer: Int }
-
-/// Throws at `failingLayer`, after answering the layers before it from the fixture.
-final class FailingCalibrator: ActivationCalibrator {
-    let base: FixtureCalibrator
-    let failingLayer: Int
-    init(failingLayer: Int) throws {
-        base = try FixtureCalibrator()
-        self.failingLayer = failingLayer
+/// W4A4 options on the fixture model with its token-id calibration file, in several chunks.
+func fixtureW4A4Options(output: URL, layout: CheckpointLayout) -> QuantizeOptions {
+    jobOptions(model: Fixtures.tinyLlama, output: output, scheme: .nvfp4, layout: layout) { options in
+        options.jobID = "cluster-test"
+        options.calibration.dataPath = Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path
+        options.calibration.selection.minTokens = 1
+        options.calibration.chunkTokens = 64
     }
-    func activationAmax(layer: Int) throws -> [FusedGroup: Float] {
-        if layer == failingLayer { throw CalibrationFailure(layer: layer) }
-        return try base.activationAmax(layer: layer)
-    }
-}
-
-/// Answers with a fixed map for every layer.
-final class ConstantCalibrator: ActivationCalibrator {
-    let values: [FusedGroup: Float]
-    init(_ values: [FusedGroup: Float]) { self.values = values }
-    func activationAmax(layer: Int) throws -> [FusedGroup: Float] { values }
 }
 
 func float32(_ model: SafeTensorsModel, _ name: String) throws -> Float {
@@ -133,10 +130,21 @@ func entries(of directory: URL, prefix: String) throws -> [String] {
     try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasPrefix(prefix) }.sorted()
 }
 
-/// Runs `body`, which must throw; returns the error's description.
+/// Runs `body`, which must throw; returns the error.
 func expectFailure(sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) -> (any Error)? {
     do {
         try body()
+        Issue.record("expected an error, but nothing was thrown", sourceLocation: sourceLocation)
+        return nil
+    } catch {
+        return error
+    }
+}
+
+/// ``expectFailure(sourceLocation:_:)`` for async bodies.
+func expectFailure(sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void) async -> (any Error)? {
+    do {
+        try await body()
         Issue.record("expected an error, but nothing was thrown", sourceLocation: sourceLocation)
         return nil
     } catch {

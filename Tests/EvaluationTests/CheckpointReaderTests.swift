@@ -88,13 +88,13 @@ func bits(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
             let checkpoint = try QuantizedCheckpoint(directory: output, originalConfig: config)
             for linear in config.allLinears {
                 let expected = try #require(amax[linear.name]) / 2688
-                #expect(try checkpoint.inputScale(linear)?.bitPattern == expected.bitPattern, "\(linear.name)")
+                #expect(try checkpoint.inputScale(linear)?.value.bitPattern == expected.bitPattern, "\(linear.name)")
             }
             for layer in 0..<config.numHiddenLayers {
                 let scales = try checkpoint.inputScales(layer: layer)
                 for group in FusedGroup.allCases {
                     let module = "\(LlamaConfig.layerPrefix(layer)).\(group.members[0].rawValue)"
-                    #expect(scales[group]?.bitPattern == (try #require(amax[module]) / 2688).bitPattern)
+                    #expect(scales[group]?.value.bitPattern == (try #require(amax[module]) / 2688).bitPattern)
                 }
             }
         }
@@ -113,7 +113,7 @@ func bits(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
             var exact = 0
             for linear in config.allLinears {
                 let expected = try #require(amax[linear.name]) / 2688
-                let read = try #require(try checkpoint.inputScale(linear))
+                let read = try #require(try checkpoint.inputScale(linear)).value
                 let stored = try model.withBytes(linear.name + ".input_global_scale") {
                     Float(bitPattern: UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)))
                 }
@@ -147,9 +147,9 @@ func bits(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         try withTemporaryDirectory { directory in
             let sharded = directory.appendingPathComponent("sharded")
             let single = directory.appendingPathComponent("single")
-            let summary = try writeTinyCheckpoint(to: sharded, layout: .modelopt, maxShardSize: 150_000)
+            let shards = try writeTinyCheckpoint(to: sharded, layout: .modelopt, maxShardSize: 150_000)
             try writeTinyCheckpoint(to: single, layout: .modelopt)
-            #expect(summary.shards > 1)
+            #expect(shards > 1)
             let config = try Fixtures.tinyConfig()
             let fromShards = try QuantizedCheckpoint(directory: sharded, originalConfig: config)
             let fromSingle = try QuantizedCheckpoint(directory: single, originalConfig: config)

@@ -129,7 +129,7 @@ func relativeDifference(_ a: Double, _ b: Double) -> Double { abs(a - b) / abs(b
             // and the emulation agree bit for bit, only the stored form of Sx differs.
             let modeloptCheckpoint = try QuantizedCheckpoint(directory: modelopt, originalConfig: config)
             let roundTripped = try (0..<config.numHiddenLayers).map { layer in
-                try modeloptCheckpoint.inputScales(layer: layer).mapValues { 1 / (1 / $0) }
+                try modeloptCheckpoint.inputScales(layer: layer).mapValues { InputScale(stored: 1 / $0.globalScale) }
             }
             let modeloptAsStoredByCompressed = try evaluator.negativeLogLikelihoods(samples: samples, variants: [
                 EvaluationVariant(name: "modelopt", weights: DequantizedWeightSource(base: model, checkpoint: modeloptCheckpoint),
@@ -140,12 +140,15 @@ func relativeDifference(_ a: Double, _ b: Double) -> Double { abs(a - b) / abs(b
     }
 
     @Test func fakeQuantizationUsesTheLayerAndGroupScale() throws {
-        let scales: [[FusedGroup: Float]] = [[.qkv: 0.001, .o: 0.0005], [.down: 0.002]]
+        let scales: [[FusedGroup: InputScale]] = [[.qkv: InputScale(stored: 0.001), .o: InputScale(stored: 0.0005)],
+                                                  [.down: InputScale(stored: 0.002)]]
         let transform = NVFP4InputFakeQuantization(inputScales: scales)
         let input: [Float] = (0..<64).map { Float(sin(Double($0) * 0.7)) * 1.3 }
         for (layer, group, scale) in [(0, FusedGroup.qkv, Float(0.001)), (0, .o, 0.0005), (1, .down, 0.002)] {
             var expected = input
-            expected.withUnsafeMutableBufferPointer { NVFP4ActivationEmulation.fakeQuantize($0, cols: 32, inputScale: scale) }
+            expected.withUnsafeMutableBufferPointer {
+                NVFP4ActivationEmulation.fakeQuantize($0, cols: 32, inputScale: InputScale(stored: scale))
+            }
             var actual = input
             actual.withUnsafeMutableBufferPointer { transform.transform($0, rows: 2, columns: 32, layer: layer, group: group) }
             #expect(bits(actual) == bits(expected))

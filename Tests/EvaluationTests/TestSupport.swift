@@ -4,6 +4,7 @@ import CPUBackend
 import Foundation
 import LlamaModel
 import Logging
+import NVFP4
 import QuantizeJob
 import SafeTensors
 import Testing
@@ -51,36 +52,49 @@ func withTemporaryDirectory<R>(_ body: (URL) throws -> R) throws -> R {
     return try body(url)
 }
 
-/// Serves the activation amax values of tiny-llama-amax-fp32.json, as a calibration run would.
-final class FixtureCalibrator: ActivationCalibrator {
-    let amax: [String: Float]
-
-    init() throws { amax = try Fixtures.referenceAmax() }
-
-    func activationAmax(layer: Int) throws -> [FusedGroup: Float] {
-        var result: [FusedGroup: Float] = [:]
+/// Layer → fused group → the activation amax of tiny-llama-amax-fp32.json (an f32 reference forward).
+func fixtureActivationAmax(config: LlamaConfig) throws -> [Int: [FusedGroup: ActivationAmax]] {
+    let amax = try Fixtures.referenceAmax()
+    var result: [Int: [FusedGroup: ActivationAmax]] = [:]
+    for layer in 0..<config.numHiddenLayers {
         for group in FusedGroup.allCases {
             let module = "\(LlamaConfig.layerPrefix(layer)).\(group.members[0].rawValue)"
-            result[group] = try #require(amax[module], "\(module) not in the amax fixture")
+            result[layer, default: [:]][group] = ActivationAmax(try #require(amax[module], "\(module) not in the amax fixture"))
         }
-        return result
     }
+    return result
 }
 
-/// Quantizes the tiny model into `output` with QuantizeJob (W4A4 takes the fixture amax values).
+/// Writes the tiny model's checkpoint into `output` with the job's exporter and assembler (the writer coordd uses),
+/// W4A4 scales from the fixture's reference amax, so the reader is tested against known values. Returns the shard
+/// count.
 @discardableResult
 func writeTinyCheckpoint(to output: URL, layout: CheckpointLayout, scheme: QuantizationScheme = .nvfp4,
-                         maxShardSize: Int? = nil) throws -> QuantizeSummary
+                         maxShardSize: Int? = nil) throws -> Int
 {
     var options = QuantizeOptions(modelDirectory: Fixtures.tinyLlama, outputDirectory: output)
-    options.evaluationSamples = 0  // the quality report has its own tests
     options.layout = layout
     options.scheme = scheme
     if let maxShardSize { options.maxShardSize = maxShardSize }
     options.jobID = "test"
-    let logger = quietLogger()
-    let job = QuantizeJob(options: options, logger: logger, progress: ProgressReporter(logger: logger, interactive: false))
-    return try job.run(calibrator: scheme == .nvfp4 ? try FixtureCalibrator() : nil)
+    let spec = try JobSpec(options: options)
+    let config = try Fixtures.tinyConfig()
+    let source = try SafeTensorsModel(directory: Fixtures.tinyLlama.path)
+    let amax = scheme.quantizesActivations ? try fixtureActivationAmax(config: config) : [:]
+    let exporter = LayerExporter(spec: spec, config: config, source: source)
+    let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: quietLogger())
+    try assembler.writeEmbeddings()
+    for layer in 0..<config.numHiddenLayers {
+        try assembler.add(layer: layer, tensors: try exporter.export(layer: layer, activationAmax: amax[layer]))
+    }
+    var calibration: CalibrationRecord?
+    if scheme.quantizesActivations {
+        calibration = CalibrationRecord(source: "tiny-llama-amax-fp32.json", samples: 8, tokens: 0, contentHash: "",
+                                        device: "reference", activationAmax: amax)
+    }
+    try assembler.finish(calibration: calibration)
+    try assembler.commit()
+    return assembler.plan.shards.count
 }
 
 /// Runs `body`, which must throw; returns the error.

@@ -147,13 +147,13 @@ import Testing
     @Test func activationEmulationKeepsRepresentableValues() {
         // With sx = 1 and a block max of 6 the block scale is exactly 1, so values on the E2M1 grid survive.
         var values: [Float] = [6, -4, 3, 2, 1.5, 1, 0.5, 0, -6, 4, -3, -2, -1.5, -1, -0.5, 0]
-        let sx: Float = 1
+        let sx = InputScale(stored: 1)
         let original = values
         values.withUnsafeMutableBufferPointer { NVFP4ActivationEmulation.fakeQuantize($0, cols: 16, inputScale: sx) }
         #expect(values == original)
         var noisy: [Float] = (0..<16).map { Float($0) * 0.37 - 2.9 }
         let before = noisy
-        noisy.withUnsafeMutableBufferPointer { NVFP4ActivationEmulation.fakeQuantize($0, cols: 16, inputScale: 0.01) }
+        noisy.withUnsafeMutableBufferPointer { NVFP4ActivationEmulation.fakeQuantize($0, cols: 16, inputScale: InputScale(stored: 0.01)) }
         #expect(noisy != before)
         for (a, b) in zip(noisy, before) { #expect(abs(a - b) <= abs(b) * 0.35 + 0.2) }
     }

@@ -117,6 +117,24 @@ public struct CalibrationPlan: Codable, Sendable, Equatable {
     }
 }
 
+extension CalibrationPlan {
+    /// The plan of a job that calibrates nothing (weight-only): no samples, no chunks.
+    public static func uncalibrated(chunkTokens: Int) -> CalibrationPlan {
+        CalibrationPlan(chunkTokens: chunkTokens, chunks: [], source: "none (weight-only)", sampleCount: 0, tokenCount: 0,
+                        contentHash: "")
+    }
+
+    private init(chunkTokens: Int, chunks: [CalibrationChunk], source: String, sampleCount: Int, tokenCount: Int,
+                 contentHash: String) {
+        self.chunkTokens = chunkTokens
+        self.chunks = chunks
+        self.source = source
+        self.sampleCount = sampleCount
+        self.tokenCount = tokenCount
+        self.contentHash = contentHash
+    }
+}
+
 /// Raw bytes that do not form the hidden states they are said to be.
 public struct HiddenStateBytesError: Error, CustomStringConvertible, Equatable, Sendable {
     public let message: String

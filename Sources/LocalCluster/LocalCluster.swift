@@ -1,11 +1,16 @@
+/// # LocalCluster
+///
+/// The embedded mode: the cluster in one process, as `coordctl quantize` runs it and as the tests drive it.
 import ActorSystem
 import Calibration
 import ClusterProtocol
 import ClusterState
 import Coordinator
 import Distributed
+import Evaluation
 import Foundation
 import Logging
+import LlamaModel
 import QuantizeJob
 import Transport
 import Worker
@@ -13,9 +18,11 @@ import Worker
 /// `coordctl quantize` is the cluster in one process: the same `Coordinator` and `Worker` actors as coordd and
 /// workerd, with one worker holding every layer, calling each other directly and passing exported tensors over an
 /// in-process data path (`LocalActivationTransport`). The job state lives in a temporary SQLite file. Its output is
-/// byte-identical to a multi-worker run on the same inputs.
-enum EmbeddedQuantize {
-    static func run(options: QuantizeOptions, logger: Logger) async throws -> QuantizeSummary {
+/// byte-identical to a multi-worker run on the same inputs, and it is gated on quality the same way.
+public enum LocalCluster {
+    /// Runs the job to its end. Throws when it did not succeed (input checks, calibration, verification, or a
+    /// failed quality gate, whose checkpoint stays as `OUTPUT.partial-<id>`).
+    public static func quantize(options: QuantizeOptions, logger: Logger) async throws -> QuantizeSummary {
         let start = Date()
         // Every input check, with its message, before any work (the cluster runs them too, but later and remotely).
         let job = QuantizeJob(options: options, logger: logger)
@@ -66,16 +73,20 @@ enum EmbeddedQuantize {
         summary.outputBytes = Int(status.outputBytes ?? 0)
         summary.shards = try FileManager.default.contentsOfDirectory(atPath: options.outputDirectory.path)
             .filter { $0.hasSuffix(".safetensors") }.count
-        summary.activationAmax = try store.activationAmax(jobID: jobID)
-        summary.seconds = Date().timeIntervalSince(start)
-        if options.evaluationSamples > 0 {
-            // The checkpoint is complete at this point; a failed report is told, not fatal.
-            do {
-                summary.quality = try job.qualityReport(inputs: inputs)
-            } catch {
-                logger.warning("quality report failed: \(error)")
-                summary.qualityFailure = "\(error)"
+        for (layer, amax) in try store.activationAmax(jobID: jobID) {
+            for (input, value) in amax {
+                guard let group = FusedGroup(rawValue: input) else { continue }
+                summary.activationAmax[layer, default: [:]][group] = value
             }
+        }
+        summary.seconds = Date().timeIntervalSince(start)
+        if let quality = status.quality {
+            summary.quality = QualityReport(samples: quality.samples, tokens: quality.tokens,
+                                            predictedTokens: quality.tokens - quality.samples,
+                                            originalPerplexity: quality.originalPerplexity,
+                                            quantizedPerplexity: quality.quantizedPerplexity,
+                                            scheme: spec.scheme, layout: spec.layout)
+            summary.maxPerplexityRatio = quality.maxPerplexityRatio
         }
         return summary
     }
@@ -89,7 +100,7 @@ enum EmbeddedQuantize {
             if status.phase == .calibrating, let through = status.samplesThrough.values.first {
                 line += ", \(through) samples through every layer"
                 if let rate = status.tokensPerSecond { line += String(format: ", %.0f tokens/s", rate) }
-                if let eta = status.etaSeconds { line += ", ETA \(ProgressReporter.duration(eta))" }
+                if let eta = status.etaSeconds { line += ", ETA \(formatDuration(eta))" }
             }
             if line != last {
                 logger.info("\(line)")
