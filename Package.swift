@@ -1,9 +1,10 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-/// Swift 6.3.1 crashes optimizing coordctl in release builds (SIL deserialization of the witness table of the
-/// `Coordinator` actor's conformance to its `@Resolvable` protocol, which `coordctl quantize` uses in-process).
-/// coordctl holds no hot code (the work runs in the library modules, optimized as usual), so it is built unoptimized.
+/// Swift 6.3.1 crashes optimizing coordctl and LocalCluster in release builds (SIL deserialization of the witness
+/// table of the `Coordinator` actor's conformance to its `@Resolvable` protocol, which the embedded mode uses
+/// in-process). Neither holds hot code (the work runs in the library modules, optimized as usual), so both are built
+/// unoptimized.
 let thinClientSettings: [SwiftSetting] = [.unsafeFlags(["-Onone"], .when(configuration: .release))]
 
 /// The numeric kernels (quantizer, CPU forward, calibration loop, evaluation) are optimized in debug builds too: the
@@ -111,7 +112,7 @@ let package = Package(
             "Coordinator", "Worker", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob",
             "Evaluation", "Calibration", "LlamaModel",
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], swiftSettings: thinClientSettings),
         .executableTarget(name: "coordd", dependencies: [
             "Coordinator", "ClusterProtocol", "Transport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -11,6 +11,12 @@
 #   daemons DIR   coordd and two `workerd --device cuda` (layers split 15,15 on the one GPU) quantize DIR with the ids of
 #                 the smollm2 step; the checkpoint is compared with `coordctl quantize --device cuda`'s (run smollm2 first)
 #   quantizer     Benchmarks/cuda/quantizer-variants.sh (from the repository root): quantizer kernel variants, nvcc, ncu
+#   recheck       (after smollm2, and daemons if run) each SmolLM2 W4A4 checkpoint judged on its bytes:
+#                 Scripts/reference/check_w4a4_scales.py against its calibration.json (exact) and modelopt's digest
+#   quality DIR   (from the repository root, with nvidia-modelopt and compressed-tensors importable) the quickstart's
+#                 job (W4A4, 64 samples, quality report and gate) on DIR; modelopt's own W4A4 export of DIR on the GPU
+#                 with the same 64 samples, judged by `coordctl eval` on the same held-out text; our checkpoint
+#                 loaded by transformers + compressed-tensors (Scripts/reference/transformers_load_check.py)
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-/tmp/out}
@@ -86,6 +92,26 @@ while [ $# -gt 0 ]; do
                 "$out/smol-threeway.json" 2>&1 | tee -a "$out/smollm2.log"
             cp /tmp/smol-cpu/calibration.json "$out/smol-cpu-calibration.json"
             cp /tmp/smol-cuda/calibration.json "$out/smol-cuda-calibration.json" ;;
+        recheck)
+            for checkpoint in /tmp/smol-cpu /tmp/smol-cuda /tmp/smol-daemons; do
+                [ -d "$checkpoint" ] || continue
+                python3 Scripts/reference/check_w4a4_scales.py "$checkpoint" Tests/Fixtures/smollm2-modelopt-digest.json
+            done 2>&1 | tee "$out/recheck.log" ;;
+        quality)
+            model=$1; shift
+            rm -rf /tmp/smol-quality /tmp/modelopt-export
+            started=$SECONDS
+            "$coordctl" quantize --model "$model" --output /tmp/smol-quality --samples 64 --device "${DEVICE:-cuda}" \
+                > "$out/quality-ours.txt" 2> "$out/quality-ours.log"
+            echo "coordctl quantize (exit $?): $((SECONDS - started)) s wall" | tee -a "$out/quality-ours.txt"
+            cat "$out/quality-ours.txt"
+            python3 Scripts/reference/check_w4a4_scales.py /tmp/smol-quality Tests/Fixtures/smollm2-modelopt-digest.json \
+                2>&1 | tee "$out/quality-scales.log"
+            python3 Scripts/reference/modelopt_reference.py "$model" Sources/Calibration/Resources/default-calibration.jsonl \
+                /tmp/modelopt-export "$out/modelopt-gpu-digest.json" --samples 64 --device cuda 2>&1 | tail -3 | tee "$out/quality-modelopt.log"
+            "$coordctl" eval --original "$model" --quantized /tmp/modelopt-export --samples 16 2>&1 | tail -4 | tee -a "$out/quality-modelopt.log"
+            python3 Scripts/reference/transformers_load_check.py "$model" /tmp/smol-quality \
+                Sources/Calibration/Resources/heldout-eval.jsonl --samples 16 --max-tokens 1200 2>&1 | tail -5 | tee "$out/quality-transformers.log" ;;
         *) echo "unknown step $step"; exit 2 ;;
     esac
 done

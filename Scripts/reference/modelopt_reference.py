@@ -60,9 +60,10 @@ def main():
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--min-tokens", type=int, default=150)
     p.add_argument("--max-tokens", type=int, default=1200)
+    p.add_argument("--device", default="cpu", help="where modelopt calibrates: cpu (as the digest was made) or cuda")
     a = p.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(a.model)
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.bfloat16).to(a.device)
     model.eval()
     samples = select_samples(a.calib, tokenizer, a.samples, a.min_tokens, a.max_tokens)
     print(f"{len(samples)} samples, {sum(map(len, samples))} tokens")
@@ -70,7 +71,7 @@ def main():
     def forward_loop(m):
         with torch.no_grad():
             for ids in samples:
-                m(torch.tensor([ids]))
+                m(torch.tensor([ids], device=a.device))
 
     t0 = time.time()
     mtq.quantize(model, mtq.NVFP4_DEFAULT_CFG, forward_loop)
