@@ -182,7 +182,7 @@ let package = Package(
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "LocalCluster", "QuantizeJob", "ClusterState", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend",
+            "LocalCluster", "QuantizeJob", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

@@ -81,20 +81,14 @@ public func modeloptInputScales(_ url: URL) throws -> [String: Float] {
         }
         return result
     }
-    return try StoredActivationScalesReader.modelopt(url)
-}
-
-enum StoredActivationScalesReader {
-    static func modelopt(_ directory: URL) throws -> [String: Float] {
-        let model = try SafeTensorsModel(directory: directory.path)
-        var result: [String: Float] = [:]
-        for name in model.tensorNames where name.hasSuffix(".input_scale") {
-            result[String(name.dropLast(".input_scale".count))] = try model.withBytes(name) {
-                Float(bitPattern: UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)))
-            }
+    let model = try SafeTensorsModel(directory: url.path)
+    var result: [String: Float] = [:]
+    for name in model.tensorNames where name.hasSuffix(".input_scale") {
+        result[String(name.dropLast(".input_scale".count))] = try model.withBytes(name) {
+            Float(bitPattern: UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)))
         }
-        return result
     }
+    return result
 }
 
 /// How far one set of activation scales is from another, Linear by Linear, as relative differences. The project
