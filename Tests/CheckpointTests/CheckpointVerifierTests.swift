@@ -1,6 +1,7 @@
 import Checkpoint
 import Foundation
 import LlamaModel
+import NVFP4
 import SafeTensors
 import Testing
 
@@ -41,6 +42,36 @@ import Testing
             #expect(report.quantizedLinears == 14)
             #expect(report.tensors == plan.tensorCount)
             #expect(report.files == plan.shards.count)
+        }
+    }
+
+    /// Rule 10: the verifier reads each stored activation scale and holds it to the job's calibrated amax. A
+    /// checkpoint whose scales came from anything else (here: amax 2688× too small, as when a scale was passed where
+    /// an amax was expected) is refused, naming the tensor; so is one whose calibration lacks a group.
+    @Test(arguments: [CheckpointLayout.compressedTensors, .modelopt])
+    func storedActivationScalesMustComeFromTheCalibratedAmax(layout: CheckpointLayout) throws {
+        let checkpoint = ReferenceCheckpoint(layout: layout, scheme: .nvfp4)
+        let config = try Fixtures.tinyConfig()
+        let reference = try Fixtures.modeloptReference()
+        try withTemporaryDirectory("ckverify") { directory in
+            try checkpoint.write(to: directory)
+            var amax: [Int: [FusedGroup: ActivationAmax]] = [:]
+            for linear in config.allLinears {
+                let sx = try float32(reference, linear.name + ".input_scale")
+                amax[linear.layer, default: [:]][linear.kind.group] = ActivationAmax(sx)  // a scale, not an amax
+            }
+            let verifier = CheckpointVerifier(config: config, layout: checkpoint.linearLayout,
+                                              source: try Fixtures.tinySource(), activationAmax: amax)
+            let error = expectCheckpointError { _ = try verifier.verify(directory: directory) }
+            let first = checkpoint.linearLayout.tensorName(.inputScale, of: config.linears(layer: 0)[0])
+            #expect(error?.subject == first)
+            #expect(error?.message.contains("do not come from its calibration") == true, "\(String(describing: error))")
+
+            amax[1]?[.down] = nil
+            let missing = CheckpointVerifier(config: config, layout: checkpoint.linearLayout, source: nil,
+                                             activationAmax: [1: amax[1]!])
+            let missingError = expectCheckpointError { _ = try missing.verify(directory: directory) }
+            #expect(missingError?.message.contains("no calibrated activation amax") == true)
         }
     }
 
