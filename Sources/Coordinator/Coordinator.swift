@@ -54,18 +54,18 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     public distributed func heartbeat(worker: String, freeDiskBytes: Int64) async throws {
         // A coordd that restarted knows the worker from SQLite but has no live endpoint for it yet.
         guard await registry.info(worker) != nil else {
-            throw ClusterJobError(node: "coordinator", message: "worker \(worker) is not registered here; register again")
+            throw CoordinatorError.workerNotRegistered(worker: worker)
         }
         do {
             try store.recordHeartbeat(workerName: worker, freeDiskBytes: freeDiskBytes)
         } catch ClusterStateError.workerIsDead {
-            throw ClusterJobError(node: "coordinator", message: "worker \(worker) was marked dead; register again")
+            throw CoordinatorError.workerMarkedDead(worker: worker)
         }
     }
 
     public distributed func reportChunk(_ report: ChunkReport) async throws {
         guard let runner = runners[report.jobID] else {
-            throw ClusterJobError(node: "coordinator", message: "job \(report.jobID) is not running")
+            throw CoordinatorError.jobNotRunning(jobID: report.jobID)
         }
         try await runner.record(report)
     }
@@ -82,8 +82,13 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         let spec = submission.spec
         let jobID = spec.jobID
         try JobRunner.checkSubmission(submission)
-        let record = try store.createJob(modelPath: spec.modelPath, outputPath: spec.outputPath,
+        let record: JobRecord
+        do {
+            record = try store.createJob(modelPath: spec.modelPath, outputPath: spec.outputPath,
                                          options: submission, configHash: spec.configSHA256, id: jobID)
+        } catch ClusterStateError.jobAlreadyExists {
+            throw CoordinatorError.jobAlreadyExists(jobID: jobID)
+        }
         logger.info("job submitted", metadata: ["job": "\(record.id)", "model": "\(spec.modelPath)",
                                                 "output": "\(spec.outputPath)"])
         start(jobID: record.id, submission: submission)
@@ -92,7 +97,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
 
     public distributed func status(jobID: String) async throws -> JobStatus {
         guard try store.job(id: jobID) != nil else {
-            throw ClusterJobError(node: "coordinator", message: "no job \(jobID)")
+            throw CoordinatorError.jobNotFound(jobID: jobID)
         }
         let live = await runners[jobID]?.liveFigures()
         return try store.status(jobID: jobID, tokensPerSecond: live?.tokensPerSecond, etaSeconds: live?.etaSeconds,
@@ -117,10 +122,10 @@ public distributed actor Coordinator: CoordinatorEndpoint {
 
     public distributed func cancel(jobID: String) async throws -> JobStatus {
         guard let job = try store.job(id: jobID) else {
-            throw ClusterJobError(node: "coordinator", message: "no job \(jobID)")
+            throw CoordinatorError.jobNotFound(jobID: jobID)
         }
         if job.state.isTerminal {
-            throw ClusterJobError(node: "coordinator", message: "job \(jobID) already \(job.state.rawValue)")
+            throw CoordinatorError.jobAlreadyEnded(jobID: jobID, state: job.state.rawValue)
         }
         if let runner = runners[jobID] {
             await runner.cancel()

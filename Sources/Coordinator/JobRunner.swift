@@ -76,12 +76,17 @@ actor JobRunner {
     /// Rejects a submission that cannot run before it is stored.
     static func checkSubmission(_ submission: JobSubmission) throws {
         if let count = submission.workerCount, count < 1 {
-            throw ClusterJobError(node: "coordinator", message: "--workers must be at least 1, got \(count)")
+            throw CoordinatorError.invalidSubmission(field: "--workers", reason: "must be at least 1, got \(count)")
         }
         if let split = submission.split, split.isEmpty || split.contains(where: { $0 < 1 }) {
-            throw ClusterJobError(node: "coordinator", message: "--split needs positive layer counts, got \(split)")
+            throw CoordinatorError.invalidSubmission(field: "--split", reason: "needs positive layer counts, got \(split)")
         }
-        _ = try LlamaConfig.load(path: submission.spec.modelDirectory.appendingPathComponent("config.json").path)
+        let configPath = submission.spec.modelDirectory.appendingPathComponent("config.json").path
+        do {
+            _ = try LlamaConfig.load(path: configPath)
+        } catch {
+            throw CoordinatorError.invalidSubmission(field: "--model", reason: "coordd cannot use \(configPath): \(error)")
+        }
     }
 
     struct LiveFigures: Sendable {

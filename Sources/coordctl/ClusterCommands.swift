@@ -26,7 +26,8 @@ struct ConnectionOptions: ParsableArguments {
         var transport = TransportConfiguration()
         transport.defaultCallTimeout = .milliseconds(Int64(timeout * 1000))
         var logger = Logger(label: "coordctl")
-        logger.logLevel = .warning
+        // Connection trouble is reported once, as a ClientError; the transport's own warnings would repeat it.
+        logger.logLevel = .error
         let system = try await ClusterActorSystem.start(
             identity: NodeIdentity(name: "coordctl-\(ProcessInfo.processInfo.processIdentifier)", role: .client),
             listen: nil as NodeAddress?, token: token, configuration: transport, logger: logger)
@@ -43,15 +44,88 @@ struct ConnectionOptions: ParsableArguments {
             return result
         } catch {
             await system.shutdown()
-            throw CoordctlError("coordd at \(self.coordinator): \(error)")
+            throw clientError(error)
+        }
+    }
+
+    /// What went wrong, in the words of someone talking to coordd at this address.
+    func clientError(_ error: any Error) -> ClientError {
+        ClientError(error, address: coordinator, tokenFile: tokenFile, timeout: timeout)
+    }
+}
+
+/// A client command's failure, naming coordd's address and what to do. Remote errors are decoded into the types
+/// coordd threw; no Swift type name or internal state reaches the user.
+enum ClientError: Error, CustomStringConvertible, Equatable {
+    case unreachable(address: String, reason: String)
+    case tokenRequired(address: String)
+    case tokenRejected(address: String, tokenFile: String)
+    case timedOut(address: String, seconds: Double)
+    case coordinator(address: String, CoordinatorError)
+    /// coordd answered with an error of a kind this coordctl does not know (a newer coordd, say).
+    case remote(address: String, message: String)
+
+    init(_ error: any Error, address: String, tokenFile: String?, timeout: Double) {
+        switch error {
+        case let error as ClientError:
+            self = error
+        case let remote as RemoteCallError:
+            if let refusal = try? remote.decode(as: CoordinatorError.self) {
+                self = .coordinator(address: address, refusal)
+            } else {
+                self = .remote(address: address, message: remote.message)
+            }
+        case ClusterActorSystemError.connectFailed(_, let reason):
+            self = .unreachable(address: address, reason: Self.plainReason(reason))
+        case ClusterActorSystemError.authenticationFailed:
+            self = tokenFile.map { .tokenRejected(address: address, tokenFile: $0) } ?? .tokenRequired(address: address)
+        case ClusterActorSystemError.callTimedOut:
+            self = .timedOut(address: address, seconds: timeout)
+        case ClusterActorSystemError.peerDisconnected(_, _, let reason):
+            self = .unreachable(address: address, reason: "the connection dropped (\(reason))")
+        default:
+            self = .remote(address: address, message: "\(error)")
+        }
+    }
+
+    /// `connection refused` rather than the socket library's nested report.
+    static func plainReason(_ reason: String) -> String {
+        let lowered = reason.lowercased()
+        for (needle, plain) in [("connection refused", "connection refused"), ("timed out", "connection timed out"),
+                                ("no route to host", "no route to host"), ("network is unreachable", "network is unreachable")]
+        where lowered.contains(needle) {
+            return plain
+        }
+        return reason
+    }
+
+    var description: String {
+        switch self {
+        case .unreachable(let address, let reason):
+            "cannot reach coordd at \(address): \(reason) (is coordd running, and listening on that address?)"
+        case .tokenRequired(let address):
+            "coordd at \(address) requires a cluster token: pass --token-file with the file coordd was started with"
+        case .tokenRejected(let address, let tokenFile):
+            "coordd at \(address) rejected the cluster token in \(tokenFile): it is not the token coordd was started with"
+        case .timedOut(let address, let seconds):
+            "coordd at \(address) did not answer within \(formatSeconds(seconds)) (--timeout)"
+        case .coordinator(let address, .jobNotFound(let id)):
+            "no job \(id) on coordd at \(address) (`coordctl list` shows the jobs it knows)"
+        case .coordinator(let address, .jobAlreadyEnded(let id, let state)):
+            "job \(id) on coordd at \(address) already \(state); there is nothing to cancel"
+        case .coordinator(let address, let refusal):
+            "coordd at \(address) refused: \(refusal)"
+        case .remote(let address, let message):
+            "coordd at \(address): \(message)"
         }
     }
 }
 
-struct CoordctlError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+/// `30 s`, `0.5 s`.
+private func formatSeconds(_ seconds: Double) -> String {
+    seconds == seconds.rounded() ? "\(Int(seconds)) s" : "\(seconds) s"
 }
+
 
 struct Submit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -125,7 +199,8 @@ struct Status: AsyncParsableCommand {
             do {
                 status = try await coordinator.status(jobID: job)
             } catch {
-                throw CoordctlError("coordd at \(connection.coordinator): \(error)")
+                await system.shutdown()
+                throw connection.clientError(error)
             }
             if json {
                 print(String(decoding: try status.jsonData(), as: UTF8.self))

@@ -82,6 +82,44 @@ import W4A4Probes
         }
     }
 
+    /// What a user reads when a client command fails: a sentence naming coordd's address and what to do, never a
+    /// Swift type name or an internal state.
+    @Test func clientErrorsNameTheAddressAndWhatToDo() throws {
+        try withTemporaryDirectory("cluster-client-errors") { directory in
+            let coordctl = try Binaries.url("coordctl")
+            let closed = try freeLoopbackPort()
+            let refused = try run(coordctl, ["status", "deadbeef", "--coordinator", "127.0.0.1:\(closed)"], in: directory)
+            #expect(refused.status == 1)
+            #expect(refused.stderr.contains("cannot reach coordd at 127.0.0.1:\(closed): connection refused (is coordd running"),
+                    "\(refused.stderr)")
+
+            let cluster = LocalCluster(directory: directory, token: try writeToken("client-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            let address = cluster.coordinatorAddress
+            let missing = try cluster.coordctl(["status", "deadbeef"])
+            #expect(missing.status == 1)
+            #expect(missing.stderr.contains("no job deadbeef on coordd at \(address)"), "\(missing.stderr)")
+            let cancel = try cluster.coordctl(["cancel", "deadbeef"])
+            #expect(cancel.stderr.contains("no job deadbeef on coordd at \(address)"), "\(cancel.stderr)")
+
+            let anonymous = try run(coordctl, ["list", "--coordinator", address], in: directory)
+            #expect(anonymous.status == 1)
+            #expect(anonymous.stderr.contains("coordd at \(address) requires a cluster token: pass --token-file"),
+                    "\(anonymous.stderr)")
+            let wrong = try writeToken("a-different-token-0123456789", in: directory, name: "wrong.token")
+            let rejected = try run(coordctl, ["list", "--coordinator", address, "--token-file", wrong.path], in: directory)
+            #expect(rejected.stderr.contains("coordd at \(address) rejected the cluster token in \(wrong.path)"),
+                    "\(rejected.stderr)")
+            for result in [refused, missing, cancel, anonymous, rejected] {
+                for leak in ["ClusterProtocol.", "ClusterJobError", "SingleConnectionFailure", "RemoteCallError",
+                                 "proof rejected", "errno"] {
+                    #expect(!result.stderr.contains(leak), "\(leak) in: \(result.stderr)")
+                }
+            }
+        }
+    }
+
     @Test func workersOverTheirMemoryBudgetCalibrateLayerByLayerWithTheSameBytes() throws {
         try withTemporaryDirectory("cluster-budget") { directory in
             let chunking = ["--chunk-tokens", "100"]

@@ -1,0 +1,27 @@
+import Foundation
+
+/// What coordd refuses, as a typed value that crosses the wire (Codable) and is decoded on the caller's side, so
+/// coordctl and workerd can say what happened in their own words, naming the job, worker or field.
+public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringConvertible {
+    case jobNotFound(jobID: String)
+    case jobAlreadyExists(jobID: String)
+    case jobAlreadyEnded(jobID: String, state: String)
+    /// A worker reported for a job coordd is not running (finished, cancelled, or from before a restart).
+    case jobNotRunning(jobID: String)
+    case workerNotRegistered(worker: String)
+    case workerMarkedDead(worker: String)
+    /// A submission that cannot run: the option or file at fault, and why.
+    case invalidSubmission(field: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .jobNotFound(let id): "no job \(id)"
+        case .jobAlreadyExists(let id): "a job \(id) already exists"
+        case .jobAlreadyEnded(let id, let state): "job \(id) already \(state)"
+        case .jobNotRunning(let id): "job \(id) is not running"
+        case .workerNotRegistered(let worker): "worker \(worker) is not registered; it must register again"
+        case .workerMarkedDead(let worker): "worker \(worker) was marked dead; it must register again"
+        case .invalidSubmission(let field, let reason): "\(field): \(reason)"
+        }
+    }
+}
