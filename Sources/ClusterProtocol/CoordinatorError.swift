@@ -1,4 +1,5 @@
 import Foundation
+import ActorSystem
 
 /// What coordd refuses, as a typed value that crosses the wire (Codable) and is decoded on the caller's side, so
 /// coordctl and workerd can say what happened in their own words, naming the job, worker or field.
@@ -24,4 +25,11 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
         case .invalidSubmission(let field, let reason): "\(field): \(reason)"
         }
     }
+}
+
+/// An error as an operator reads it in a job's failure reason or a log line: a remote error is its own message (which
+/// names its node), not the call's envelope with Swift type names.
+public func operatorDescription(of error: any Error) -> String {
+    if let remote = error as? RemoteCallError { return remote.message }
+    return "\(error)"
 }

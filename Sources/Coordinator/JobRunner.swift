@@ -203,19 +203,19 @@ actor JobRunner {
                 // Lost during the attempt (it may already be back), or not registered now.
                 let dead = Array(Set(lost.keys).union(await deadPlannedWorkers())).sorted()
                 if dead.isEmpty {
-                    logger.error("job failed: \(error)")
+                    logger.error("job failed: \(operatorDescription(of: error))")
                     await tellWorkersToStop(discardState: false)
-                    finish(as: .failed, reason: "\(error)")
+                    finish(as: .failed, reason: operatorDescription(of: error))
                     return
                 }
                 let lostNames = dead.joined(separator: ", ")
-                logger.warning("lost worker(s) \(lostNames): \(error); waiting up to \(Int(settings.workerGraceSeconds)) s for them, then re-planning")
+                logger.warning("lost worker(s) \(lostNames): \(operatorDescription(of: error)); waiting up to \(Int(settings.workerGraceSeconds)) s for them, then re-planning")
                 do {
                     try await recoverPlan(dead: dead)
                 } catch {
-                    logger.error("job failed: \(error)")
+                    logger.error("job failed: \(operatorDescription(of: error))")
                     await tellWorkersToStop(discardState: false)
-                    finish(as: .failed, reason: "\(error)")
+                    finish(as: .failed, reason: operatorDescription(of: error))
                     return
                 }
             }
@@ -247,7 +247,7 @@ actor JobRunner {
         do {
             try await work()
         } catch {
-            if siblingFailure == nil { siblingFailure = "\(error)" }
+            if siblingFailure == nil { siblingFailure = operatorDescription(of: error) }
             signalProgress()
             throw error
         }
@@ -551,7 +551,7 @@ actor JobRunner {
         } catch {
             // Look-ahead exports must not outlive this attempt (a later one reuses the tensor ids).
             if !pending.isEmpty {
-                if siblingFailure == nil { siblingFailure = "\(error)" }
+                if siblingFailure == nil { siblingFailure = operatorDescription(of: error) }
                 signalProgress()
                 for task in pending { _ = await task.result }
             }
