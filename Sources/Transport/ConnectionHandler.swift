@@ -369,9 +369,10 @@ final class ConnectionHandler: ChannelDuplexHandler {
         call.promise.completeWith(result)
     }
 
-    /// Starts a call; the future fails with `.timedOut` at `deadline`.
-    func startCall(messageType: UInt16, payload: ByteBuffer, deadline: NIODeadline) -> (id: UInt64, EventLoopFuture<ByteBuffer>) {
-        let eventLoop = context!.eventLoop
+    /// Starts a call on `eventLoop` (the channel's); the future fails with `.timedOut` at `deadline`, and at once
+    /// with `.connectionClosed` when the handler is not (or no longer) in a pipeline or not yet authenticated.
+    func startCall(messageType: UInt16, payload: ByteBuffer, deadline: NIODeadline,
+                   on eventLoop: any EventLoop) -> (id: UInt64, EventLoopFuture<ByteBuffer>) {
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
         guard case .authenticated = state, let context else {
             promise.fail(TransportError.connectionClosed(peer: peerName))

@@ -82,8 +82,9 @@ public final class PeerConnection: Sendable {
     /// Sends a request and waits for its response, its error envelope, the deadline or the connection's end.
     public func call(type: UInt16, payload: ByteBuffer, deadline: NIODeadline) async throws -> ByteBuffer {
         let handler = self.handler
-        let (id, response) = try await channel.eventLoop.submit {
-            handler.value.startCall(messageType: type, payload: payload, deadline: deadline)
+        let eventLoop = channel.eventLoop
+        let (id, response) = try await eventLoop.submit {
+            handler.value.startCall(messageType: type, payload: payload, deadline: deadline, on: eventLoop)
         }.get()
         return try await withTaskCancellationHandler {
             try await response.get()
