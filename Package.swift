@@ -48,7 +48,8 @@ let package = Package(
                 swiftSettings: numericSettings),
         // Calibration data, observers and the layer-streaming calibration loop.
         .target(name: "Calibration", dependencies: ["ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4",
-                                                      .product(name: "Logging", package: "swift-log")],
+                                                      .product(name: "Logging", package: "swift-log"),
+                                                      .product(name: "Crypto", package: "swift-crypto")],
                 resources: [.copy("Resources")], swiftSettings: numericSettings),
         // Perplexity of the original model against the W4A4-emulated checkpoint.
         .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "LlamaModel", "NVFP4", "SafeTensors",

@@ -1,7 +1,6 @@
 import CPUBackend
 import Calibration
 import Checkpoint
-import Crypto
 import CUDABackend
 import ComputeBackend
 import Foundation
@@ -211,6 +210,4 @@ public enum ModelCheck {
 }
 
 /// SHA-256 (lower-case hex) of `bytes`.
-func sha256Hex<Bytes: DataProtocol>(_ bytes: Bytes) -> String {
-    SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
-}
+func sha256Hex(_ bytes: Data) -> String { SHA256Hasher.hexDigest(of: bytes) }

@@ -1,6 +1,5 @@
 import Calibration
 import Checkpoint
-import Crypto
 import Foundation
 import LlamaModel
 import NVFP4
