@@ -275,18 +275,8 @@ public struct CPUBackend: ComputeBackend {
 
     /// cos and sin of `f32(p) · inv_freq[i]`, row-major `[positions, headDim/2]`.
     func ropeTable(positions: Int) -> (cosines: [Float], sines: [Float]) {
-        var cosines: [Float] = []
-        var sines: [Float] = []
-        cosines.reserveCapacity(positions * inverseFrequencies.count)
-        sines.reserveCapacity(positions * inverseFrequencies.count)
-        for position in 0..<positions {
-            for frequency in inverseFrequencies {
-                let angle = Float(position) * frequency
-                cosines.append(cos(angle))
-                sines.append(sin(angle))
-            }
-        }
-        return (cosines, sines)
+        let table = RopeTable(inverseFrequencies: inverseFrequencies, positions: positions)
+        return (table.cosines, table.sines)
     }
 
     /// Causal GQA attention of each sample; returns the heads concatenated, `[tokens, heads·headDim]`.

@@ -421,18 +421,8 @@ public struct CUDABackend: ComputeBackend {
     /// cos then sin of `f32(p) · inv_freq[i]` for p < `positions`, rounded to BF16 (as transformers' BF16 forward and the
     /// CPU backend's bf16 mode use them), `[2][positions][headDim/2]`.
     func ropeTable(positions: Int) -> [Float] {
-        var cosines: [Float] = []
-        var sines: [Float] = []
-        cosines.reserveCapacity(positions * inverseFrequencies.count)
-        sines.reserveCapacity(positions * inverseFrequencies.count)
-        for position in 0..<positions {
-            for frequency in inverseFrequencies {
-                let angle = Float(position) * frequency
-                cosines.append(BFloat16.toFloat(BFloat16.fromFloat(cos(angle))))
-                sines.append(BFloat16.toFloat(BFloat16.fromFloat(sin(angle))))
-            }
-        }
-        return cosines + sines
+        let table = RopeTable(inverseFrequencies: inverseFrequencies, positions: positions)
+        return (table.cosines + table.sines).map { BFloat16.toFloat(BFloat16.fromFloat($0)) }
     }
 
     // MARK: - Output head

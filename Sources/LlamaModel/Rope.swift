@@ -31,3 +31,28 @@ extension RopeParameters {
         }
     }
 }
+
+/// cos and sin of `f32(p) · inv_freq[i]` for positions `p < positions`, row-major `[positions, inv_freq.count]`: the
+/// one RoPE table the backends share (the GPU rounds it to BF16 before upload, as transformers' BF16 forward does).
+public struct RopeTable: Sendable, Equatable {
+    public let positions: Int
+    public let cosines: [Float]
+    public let sines: [Float]
+
+    public init(inverseFrequencies: [Float], positions: Int) {
+        var cosines: [Float] = []
+        var sines: [Float] = []
+        cosines.reserveCapacity(positions * inverseFrequencies.count)
+        sines.reserveCapacity(positions * inverseFrequencies.count)
+        for position in 0..<positions {
+            for frequency in inverseFrequencies {
+                let angle = Float(position) * frequency
+                cosines.append(cos(angle))
+                sines.append(sin(angle))
+            }
+        }
+        self.positions = positions
+        self.cosines = cosines
+        self.sines = sines
+    }
+}
