@@ -121,7 +121,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "workerd", dependencies: [
-            "Worker", "ClusterProtocol", "Transport", "Checkpoint",
+            "Worker", "ClusterProtocol", "Transport", "Checkpoint", "ComputeBackend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -129,6 +129,7 @@ let package = Package(
         .executableTarget(name: "coordctl", dependencies: [
             "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "Coordinator", "Worker", "LocalCluster",
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
+            "ComputeBackend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: thinClientSettings),

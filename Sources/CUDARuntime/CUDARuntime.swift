@@ -12,7 +12,7 @@
 ///   under ``KernelCacheKey`` (source SHA-256, architecture, NVRTC version).
 /// - ``CuBLASLt``: row-major BF16 GEMMs with FP32 accumulation, one cached plan per ``GEMMShape``.
 /// - Pure argument checks that run anywhere: ``validateLaunch(kernel:grid:block:)``, ``GEMMShape/validate()``,
-///   ``validateDeviceOrdinal(_:deviceCount:)``, ``cudaDeviceOrdinal(from:)``.
+///   ``validateDeviceOrdinal(_:deviceCount:)``.
 import Crypto
 import Foundation
 
@@ -57,8 +57,6 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
     case noDevice
     /// `cuda:N` named a device that does not exist.
     case deviceOutOfRange(ordinal: Int, count: Int)
-    /// A device name other than `cuda` or `cuda:N`.
-    case invalidDeviceName(String)
     /// NVRTC rejected a kernel source; `log` is the compiler's output.
     case compilationFailed(source: String, architecture: String, log: String)
     /// An argument that the call would reject or misuse, named with the reason.
@@ -76,8 +74,6 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
             return "the CUDA driver loaded but reports no device"
         case let .deviceOutOfRange(ordinal, count):
             return "CUDA device \(ordinal) does not exist; this machine has \(count) (0..<\(count))"
-        case let .invalidDeviceName(name):
-            return "device name \(name) is not cuda or cuda:N"
         case let .compilationFailed(source, architecture, log):
             return "NVRTC could not compile \(source) for \(architecture):\n\(log)"
         case let .invalidArgument(call, reason):

@@ -279,11 +279,3 @@ public func validateLaunch(kernel: String, grid: (Int, Int, Int), block: (Int, I
     }
 }
 
-/// Parses `cuda` (device 0) or `cuda:N`.
-public func cudaDeviceOrdinal(from name: String) throws -> Int {
-    if name == "cuda" { return 0 }
-    guard name.hasPrefix("cuda:"), let ordinal = Int(name.dropFirst(5)), ordinal >= 0 else {
-        throw CUDAError.invalidDeviceName(name)
-    }
-    return ordinal
-}

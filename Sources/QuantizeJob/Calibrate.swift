@@ -28,21 +28,18 @@ public enum ComputeDevice: CustomStringConvertible {
     /// `cpu`, `cuda`, `cuda:N` or `auto`. `auto` opens GPU 0 when one is usable and otherwise says in one log line why
     /// it uses the CPU; an explicit `cuda` that cannot be opened fails at once with the reason.
     public static func select(_ name: String, logger: Logger, locator: CUDALibraryLocator = CUDALibraryLocator()) throws -> ComputeDevice {
-        switch name {
-        case "cpu": return .cpu
-        case "auto":
+        switch try DeviceChoice(parsing: name) {
+        case .cpu: return .cpu
+        case .auto:
             do {
                 return .cuda(try CUDADevice(ordinal: 0, locator: locator, logger: logger))
             } catch {
                 logger.info("device auto: no usable CUDA GPU (\(error)); using the CPU")
                 return .cpu
             }
-        default:
-            guard name == "cuda" || name.hasPrefix("cuda:") else {
-                throw QuantizeJobError("--device \(name): expected cpu, cuda, cuda:N or auto")
-            }
+        case .cuda(let ordinal):
             do {
-                return .cuda(try CUDADevice(ordinal: try cudaDeviceOrdinal(from: name), locator: locator, logger: logger))
+                return .cuda(try CUDADevice(ordinal: ordinal, locator: locator, logger: logger))
             } catch {
                 throw QuantizeJobError("--device \(name): no usable GPU here: \(error)")
             }

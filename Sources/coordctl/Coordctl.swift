@@ -3,6 +3,7 @@ import ClusterProtocol
 import CPUBackend
 import Calibration
 import Checkpoint
+import ComputeBackend
 import Foundation
 import LocalCluster
 import Logging
@@ -166,8 +167,10 @@ struct JobOptions: ParsableArguments {
         if chunkTokens < 1 { throw ValidationError("--chunk-tokens must be at least 1") }
         if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1") }
         if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
-        if !["cpu", "auto"].contains(device) && !device.hasPrefix("cuda") {
-            throw ValidationError("--device must be cpu, cuda, cuda:N or auto (got '\(device)')")
+        do {
+            _ = try DeviceChoice(parsing: device)
+        } catch {
+            throw ValidationError(error.description)
         }
     }
 

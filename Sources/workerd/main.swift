@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checkpoint
+import ComputeBackend
 import ClusterProtocol
 import Foundation
 import Logging
@@ -52,8 +53,10 @@ struct Workerd: AsyncParsableCommand {
     var logLevel: Logger.Level = .info
 
     func validate() throws {
-        guard ["cpu", "auto", "cuda"].contains(device) || device.hasPrefix("cuda:") else {
-            throw ValidationError("--device must be cpu, cuda, cuda:N or auto (got '\(device)')")
+        do {
+            _ = try DeviceChoice(parsing: device)
+        } catch {
+            throw ValidationError(error.description)
         }
     }
 

@@ -84,14 +84,6 @@ import Testing
 }
 
 @Suite struct CUDAArgumentCheckTests {
-    @Test func deviceNamesParseToOrdinals() throws {
-        #expect(try cudaDeviceOrdinal(from: "cuda") == 0)
-        #expect(try cudaDeviceOrdinal(from: "cuda:3") == 3)
-        for bad in ["cuda:", "cuda:-1", "cuda:x", "gpu", "cuda1"] {
-            #expect(throws: CUDAError.invalidDeviceName(bad)) { _ = try cudaDeviceOrdinal(from: bad) }
-        }
-    }
-
     @Test func deviceOrdinalsAreCheckedAgainstTheDeviceCount() {
         #expect(throws: CUDAError.noDevice) { try validateDeviceOrdinal(0, deviceCount: 0) }
         #expect(throws: CUDAError.deviceOutOfRange(ordinal: 2, count: 2)) { try validateDeviceOrdinal(2, deviceCount: 2) }

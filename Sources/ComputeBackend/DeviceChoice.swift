@@ -1,0 +1,35 @@
+/// Where a job computes, as `--device` spells it: `cpu`, `auto` (GPU 0 when one is usable, else the CPU), `cuda`
+/// (GPU 0) or `cuda:N`. The one parser of that option, for coordctl, workerd and the engine.
+public enum DeviceChoice: Equatable, Sendable, CustomStringConvertible {
+    case cpu
+    case auto
+    case cuda(ordinal: Int)
+
+    public init(parsing text: String) throws(DeviceChoiceError) {
+        switch text {
+        case "cpu": self = .cpu
+        case "auto": self = .auto
+        case "cuda": self = .cuda(ordinal: 0)
+        default:
+            guard text.hasPrefix("cuda:"), let ordinal = Int(text.dropFirst(5)), ordinal >= 0 else {
+                throw DeviceChoiceError(text: text)
+            }
+            self = .cuda(ordinal: ordinal)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .cpu: "cpu"
+        case .auto: "auto"
+        case .cuda(let ordinal): "cuda:\(ordinal)"
+        }
+    }
+}
+
+/// A `--device` value that is none of the accepted spellings.
+public struct DeviceChoiceError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let text: String
+    public init(text: String) { self.text = text }
+    public var description: String { "--device must be cpu, auto, cuda or cuda:N with N a GPU number (got '\(text)')" }
+}
