@@ -74,7 +74,14 @@ public enum QualityEvaluation {
         logger.info("quality report: perplexity on \(set.samples.count) held-out samples (\(set.tokenTotal) tokens)")
         let checkpoint = try QuantizedCheckpoint(directory: checkpointDirectory, originalConfig: config)
         let evaluator = PerplexityEvaluator(backend: CPUBackend(config: config), logger: logger)
+        let started = ContinuousClock.now
         return try evaluator.evaluate(original: original, checkpoint: checkpoint,
-                                      samples: set.samples.map { $0.tokens.map(Int.init) })
+                                      samples: set.samples.map { $0.tokens.map(Int.init) }) { progress in
+            // Progress on a slow step: a 70B model takes a while on a CPU.
+            let elapsed = secondsSince(started)
+            let remaining = elapsed / Double(max(progress.completedLayers, 1))
+                * Double(progress.totalLayers - progress.completedLayers)
+            logger.info("quality report: layer \(progress.completedLayers)/\(progress.totalLayers) of both models, ETA \(formatDuration(remaining))")
+        }
     }
 }
