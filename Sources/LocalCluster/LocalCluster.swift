@@ -63,7 +63,7 @@ public enum LocalCluster {
         await workerEnd.close()
         await system.shutdown()
         guard status.state == .succeeded else {
-            throw QuantizeJobError(status.failureReason ?? "the job ended \(status.phase.rawValue)")
+            throw QuantizeJobError.jobFailed(jobID: jobID, reason: status.failureReason ?? "it ended \(status.phase.rawValue)")
         }
 
         var summary = QuantizeSummary(outputDirectory: options.outputDirectory)

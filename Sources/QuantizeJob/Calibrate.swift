@@ -41,7 +41,7 @@ public enum ComputeDevice: CustomStringConvertible {
             do {
                 return .cuda(try CUDADevice(ordinal: ordinal, locator: locator, logger: logger))
             } catch {
-                throw QuantizeJobError("--device \(name): no usable GPU here: \(error)")
+                throw QuantizeJobError.deviceUnavailable(device: name, reason: "\(error)")
             }
         }
     }

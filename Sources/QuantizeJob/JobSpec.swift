@@ -128,8 +128,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
             source = path
         } else {
             guard let tokenizer else {
-                throw QuantizeJobError("the built-in calibration set is text and needs the model's tokenizer.json; "
-                                       + "pass --calib with input_ids records instead")
+                throw QuantizeJobError.tokenizerRequired(model: modelPath)
             }
             set = try CalibrationData.loadDefault(tokenizer: tokenizer, vocabSize: config.vocabSize,
                                                   options: calibration.selection)

@@ -81,7 +81,7 @@ public final class LayerExporter: Sendable {
     public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?,
                        timings: inout ExportTimings) throws -> [ExportedTensor] {
         guard (0..<config.numHiddenLayers).contains(layer) else {
-            throw QuantizeJobError("layer \(layer) does not exist; the model has \(config.numHiddenLayers) layers")
+            throw QuantizeJobError.layerOutOfRange(layer: layer, layerCount: config.numHiddenLayers)
         }
         var tensors: [ExportedTensor] = []
         for norm in config.layerNorms(layer: layer) {
@@ -103,9 +103,8 @@ public final class LayerExporter: Sendable {
             var inputScale: InputScale?
             if spec.scheme.quantizesActivations {
                 guard let amax = activationAmax?[linear.kind.group], amax.isUsable else {
-                    throw QuantizeJobError("\(linear.name): calibration produced no usable activation amax "
-                                           + "(\(activationAmax?[linear.kind.group].map { "\($0)" } ?? "none")); "
-                                           + "every Linear must be exercised by the calibration samples")
+                    throw QuantizeJobError.unusableActivationAmax(linear: linear.name,
+                                                                  amax: activationAmax?[linear.kind.group]?.value)
                 }
                 inputScale = InputScale(amax)
             }

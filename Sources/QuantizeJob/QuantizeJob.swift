@@ -107,10 +107,38 @@ public struct QuantizeSummary: Sendable {
     }
 }
 
-public struct QuantizeJobError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+/// Why a job cannot run or did not finish, naming the option, file, layer or Linear at fault.
+public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The job ran and ended without success; `reason` is the coordinator's (it names the node or tensor).
+    case jobFailed(jobID: String, reason: String)
+    /// `--output` is the model directory or holds it.
+    case outputContainsModel(output: String, model: String)
+    /// No `config.json` in `--model`.
+    case modelConfigMissing(path: String)
+    /// The built-in calibration set is text; a model without a tokenizer needs `--calib` with token ids.
+    case tokenizerRequired(model: String)
+    /// `--device` named a GPU this machine cannot open.
+    case deviceUnavailable(device: String, reason: String)
+    case layerOutOfRange(layer: Int, layerCount: Int)
+    /// A W4A4 Linear whose fused group has no finite, positive calibrated amax.
+    case unusableActivationAmax(linear: String, amax: Float?)
+
+    public var description: String {
+        switch self {
+        case .jobFailed(let jobID, let reason): "job \(jobID) failed: \(reason)"
+        case .outputContainsModel(let output, let model):
+            "--output \(output) is or contains the source model directory \(model); choose another output directory"
+        case .modelConfigMissing(let path): "\(path): not found; --model must be a Hugging Face model directory"
+        case .tokenizerRequired(let model):
+            "the built-in calibration set is text and needs the model's tokenizer.json (none usable in \(model)); "
+                + "pass --calib with input_ids records instead"
+        case .deviceUnavailable(let device, let reason): "--device \(device): no usable GPU here: \(reason)"
+        case .layerOutOfRange(let layer, let count): "layer \(layer) does not exist; the model has \(count) layers"
+        case .unusableActivationAmax(let linear, let amax):
+            "\(linear): calibration produced no usable activation amax (\(amax.map { "\($0)" } ?? "none")); every Linear "
+                + "must be exercised by the calibration samples"
+        }
+    }
 }
 
 public final class QuantizeJob {
@@ -135,12 +163,11 @@ public final class QuantizeJob {
         let modelPath = options.modelDirectory.standardizedFileURL.resolvingSymlinksInPath().path
         let outputPath = options.outputDirectory.standardizedFileURL.resolvingSymlinksInPath().path
         if modelPath == outputPath || modelPath.hasPrefix(outputPath.hasSuffix("/") ? outputPath : outputPath + "/") {
-            throw QuantizeJobError("--output \(options.outputDirectory.path) is or contains the source model directory "
-                                   + "\(options.modelDirectory.path); choose another output directory")
+            throw QuantizeJobError.outputContainsModel(output: options.outputDirectory.path, model: options.modelDirectory.path)
         }
         let configPath = options.modelDirectory.appendingPathComponent("config.json").path
         guard FileManager.default.fileExists(atPath: configPath) else {
-            throw QuantizeJobError("\(configPath): not found; --model must be a Hugging Face model directory")
+            throw QuantizeJobError.modelConfigMissing(path: configPath)
         }
         let config = try LlamaConfig.load(path: configPath)
         let source = try SafeTensorsModel(directory: options.modelDirectory.path)
