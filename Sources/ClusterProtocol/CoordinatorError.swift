@@ -13,6 +13,8 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
     case workerMarkedDead(worker: String)
     /// A submission that cannot run: the option or file at fault, and why.
     case invalidSubmission(field: String, reason: String)
+    /// A coordd setting that cannot work, naming the option.
+    case badSetting(option: String, reason: String)
 
     public var description: String {
         switch self {
@@ -23,6 +25,7 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
         case .workerNotRegistered(let worker): "worker \(worker) is not registered; it must register again"
         case .workerMarkedDead(let worker): "worker \(worker) was marked dead; it must register again"
         case .invalidSubmission(let field, let reason): "\(field): \(reason)"
+        case .badSetting(let option, let reason): "coordd: \(option) \(reason)"
         }
     }
 }

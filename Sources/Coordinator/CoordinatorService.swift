@@ -38,8 +38,8 @@ public struct CoordinatorService: Service {
     public func run() async throws {
         if configuration.token == nil {
             guard configuration.listen.isLoopback else {
-                throw ClusterJobError(node: "coordd", message: "--listen \(configuration.listen) is not a loopback "
-                                      + "address; without --token-file coordd listens on loopback only")
+                throw CoordinatorError.badSetting(option: "--listen \(configuration.listen)",
+                                                  reason: "is not a loopback address; without --token-file coordd listens on loopback only")
             }
             logger.warning(Logger.Message(stringLiteral: "no cluster token: listening on loopback only (\(configuration.listen)); "
                            + "give --token-file to accept workers on other hosts"))

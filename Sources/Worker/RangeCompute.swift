@@ -13,6 +13,7 @@ import SafeTensors
 /// entry for resume, and the exporter of its layers. Not thread-safe: the worker calls it from its compute queue.
 final class RangeCompute: @unchecked Sendable {
     let assignment: WorkerAssignment
+    let workerName: String
     let config: LlamaConfig
     private let source: SafeTensorsModel
     private let runner: any RangeRunning
@@ -28,6 +29,7 @@ final class RangeCompute: @unchecked Sendable {
     /// only export).
     init(assignment: WorkerAssignment, workerName: String, device deviceName: String, scratchDirectory: URL,
          memoryBudget: Int, logger: Logger) throws {
+        self.workerName = workerName
         let spec = assignment.spec
         try ModelCheck.verify(spec)
         config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
@@ -77,7 +79,7 @@ final class RangeCompute: @unchecked Sendable {
                 hidden = try boundary.load(chunk: index, expectedTokens: chunk.tokenCount)
             } else {
                 guard let input else {
-                    throw ClusterJobError(node: "worker", message: "chunk \(index) arrived without hidden states")
+                    throw WorkerError.missingHiddenStates(worker: workerName, chunk: index)
                 }
                 let states = try HiddenStates(hiddenSize: config.hiddenSize, littleEndianBytes: input,
                                               expectedTokens: chunk.tokenCount)

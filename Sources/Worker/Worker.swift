@@ -88,8 +88,8 @@ public distributed actor Worker: WorkerEndpoint {
     public distributed func calibrate(_ order: CalibrateOrder) async throws {
         let job = try activeJob(order.jobID)
         guard job.assignment.embeddings else {
-            throw ClusterJobError(node: name, message: "calibrate(chunk:) goes to the first range only; this worker "
-                                  + "holds layers \(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
+            throw WorkerError.wrongRange(worker: name, call: "calibrate(chunk:) goes to the first range only",
+                                         range: job.assignment.range)
         }
         try await process(job: job, chunk: order.chunk, input: nil)
     }
@@ -97,7 +97,8 @@ public distributed actor Worker: WorkerEndpoint {
     public distributed func calibrateAll(jobID: String) async throws {
         let job = try activeJob(jobID)
         guard job.assignment.embeddings, job.assignment.successor == nil else {
-            throw ClusterJobError(node: name, message: "calibrateAll needs a range holding every layer")
+            throw WorkerError.wrongRange(worker: name, call: "calibrateAll needs a range holding every layer",
+                                         range: job.assignment.range)
         }
         startLayerAtATimePass(job)
     }
@@ -167,8 +168,7 @@ public distributed actor Worker: WorkerEndpoint {
     public distributed func exportLayer(_ request: ExportRequest) async throws -> ExportManifest {
         let job = try activeJob(request.jobID)
         guard job.assignment.range.contains(request.layer) else {
-            throw ClusterJobError(node: name, message: "layer \(request.layer) is not in this worker's range "
-                                  + "\(job.assignment.firstLayer)..<\(job.assignment.endLayer)")
+            throw WorkerError.layerNotInRange(worker: name, layer: request.layer, range: job.assignment.range)
         }
         let (tensors, timings) = try await exportQueue.run { try job.compute.export(layer: request.layer, activationAmax: request.activationAmax) }
         let sendStart = ContinuousClock.now
@@ -276,7 +276,7 @@ public distributed actor Worker: WorkerEndpoint {
 
     private func activeJob(_ jobID: String) throws -> ActiveRangeJob {
         guard let job, job.assignment.jobID == jobID else {
-            throw ClusterJobError(node: name, message: "job \(jobID) is not loaded here (loadLayers first)")
+            throw WorkerError.jobNotLoaded(worker: name, jobID: jobID)
         }
         return job
     }

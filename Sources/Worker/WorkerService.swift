@@ -49,8 +49,8 @@ public struct WorkerService: Service {
         let configuration = self.configuration
         let logger = self.logger
         if configuration.token == nil && !configuration.listen.isLoopback {
-            throw ClusterJobError(node: configuration.name, message: "--listen \(configuration.listen) is not a loopback "
-                                  + "address; without --token-file workerd listens on loopback only")
+            throw WorkerError.badSetting(worker: configuration.name, option: "--listen \(configuration.listen)",
+                                         reason: "is not a loopback address; without --token-file workerd listens on loopback only")
         }
         try FileManager.default.createDirectory(at: configuration.scratchDirectory, withIntermediateDirectories: true)
         let system = try await ClusterActorSystem.start(
@@ -60,8 +60,8 @@ public struct WorkerService: Service {
         var advertised = configuration.advertise ?? system.boundAddress!
         if advertised.port == 0 { advertised.port = system.boundAddress!.port }
         if advertised.host == "0.0.0.0" || advertised.host == "::" {
-            throw ClusterJobError(node: configuration.name, message: "listening on \(advertised.host): give --advertise "
-                                  + "HOST:PORT, the address other nodes reach this worker at")
+            throw WorkerError.badSetting(worker: configuration.name, option: "--listen \(advertised.host)",
+                                         reason: "needs --advertise HOST:PORT, the address other nodes reach this worker at")
         }
         let advertisedAddress = advertised
         let worker = try system.makeActor(named: WellKnownActor.worker) {

@@ -1,0 +1,30 @@
+import Foundation
+
+/// What a worker refuses, typed and Codable so the coordinator decodes it; every case names the worker.
+public enum WorkerError: Error, Codable, Sendable, Equatable, CustomStringConvertible {
+    /// A call for a job this worker has not loaded (it restarted, or the job was never planned onto it).
+    case jobNotLoaded(worker: String, jobID: String)
+    /// A layer outside the worker's range.
+    case layerNotInRange(worker: String, layer: Int, range: Range<Int>)
+    /// A call only the range that embeds (or holds every layer) takes.
+    case wrongRange(worker: String, call: String, range: Range<Int>)
+    /// A chunk that should have come with the predecessor's hidden states came without them.
+    case missingHiddenStates(worker: String, chunk: Int)
+    /// A daemon setting that cannot work, naming the option.
+    case badSetting(worker: String, option: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .jobNotLoaded(let worker, let jobID):
+            "worker \(worker) has not loaded job \(jobID) (it may have restarted; the coordinator loads it again)"
+        case .layerNotInRange(let worker, let layer, let range):
+            "worker \(worker) holds layers \(range.lowerBound)..<\(range.upperBound), not layer \(layer)"
+        case .wrongRange(let worker, let call, let range):
+            "worker \(worker) holds layers \(range.lowerBound)..<\(range.upperBound); \(call)"
+        case .missingHiddenStates(let worker, let chunk):
+            "worker \(worker): chunk \(chunk) arrived without the previous range's hidden states"
+        case .badSetting(let worker, let option, let reason):
+            "workerd \(worker): \(option) \(reason)"
+        }
+    }
+}
