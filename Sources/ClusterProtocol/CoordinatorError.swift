@@ -13,6 +13,10 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
     case workerMarkedDead(worker: String)
     /// A submission that cannot run: the option or file at fault, and why.
     case invalidSubmission(field: String, reason: String)
+    /// A worker reported a chunk the job's calibration plan does not have.
+    case chunkNotInJob(jobID: String, chunk: Int)
+    /// A worker reported a layer the job's model does not have.
+    case layerNotInModel(jobID: String, worker: String, layer: Int)
     /// A coordd setting that cannot work, naming the option.
     case badSetting(option: String, reason: String)
 
@@ -26,6 +30,9 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
         case .workerMarkedDead(let worker): "worker \(worker) was marked dead; it must register again"
         case .invalidSubmission(let field, let reason): "\(field): \(reason)"
         case .badSetting(let option, let reason): "coordd: \(option) \(reason)"
+        case .chunkNotInJob(let id, let chunk): "chunk \(chunk) is not part of job \(id)"
+        case .layerNotInModel(let id, let worker, let layer):
+            "\(worker) reported layer \(layer), which job \(id)'s model does not have"
         }
     }
 }

@@ -58,19 +58,6 @@ public enum ClusterProtocolError: Error, Codable, Sendable, Equatable, CustomStr
     }
 }
 
-/// A failure a job reports across the cluster, with the node and the reason. Codable, so it travels typed.
-public struct ClusterJobError: Error, Codable, Sendable, Equatable, CustomStringConvertible {
-    public var node: String
-    public var message: String
-
-    public init(node: String, message: String) {
-        self.node = node
-        self.message = message
-    }
-
-    public var description: String { "\(node): \(message)" }
-}
-
 /// What a worker tells the coordinator about itself.
 public struct WorkerInfo: Codable, Sendable, Equatable {
     public var name: String

@@ -157,7 +157,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         guard await registry.lose(name) else { return }
         logger.warning("worker connection lost", metadata: ["worker": "\(name)", "reason": "\(reason)"])
         _ = try? store.markWorkerDead(workerName: name, reason: reason)
-        await mailbox.failAll(peer: name, error: ClusterJobError(node: name, message: "connection lost: \(reason)"))
+        await mailbox.failAll(peer: name, error: JobFailure.connectionLost(worker: name, reason: reason))
         for runner in runners.values { await runner.workerLost(name: name, reason: reason) }
     }
 

@@ -120,12 +120,11 @@ actor JobRunner {
             return
         }
         guard calibrationPlan.chunks.indices.contains(report.chunk) else {
-            throw ClusterJobError(node: "coordinator", message: "chunk \(report.chunk) is not part of job \(jobID)")
+            throw CoordinatorError.chunkNotInJob(jobID: jobID, chunk: report.chunk)
         }
         for layerAmax in report.layers {
             guard (0..<config.numHiddenLayers).contains(layerAmax.layer) else {
-                throw ClusterJobError(node: "coordinator", message: "\(report.worker) reported layer \(layerAmax.layer), "
-                                      + "which job \(jobID)'s model does not have")
+                throw CoordinatorError.layerNotInModel(jobID: jobID, worker: report.worker, layer: layerAmax.layer)
             }
             // One value per observed input (fused group), as the worker measured it.
             let amax = Dictionary(uniqueKeysWithValues: FusedGroup.allCases.map { ($0.rawValue, layerAmax[$0]) })
@@ -235,11 +234,11 @@ actor JobRunner {
     private func checkInterrupted() throws {
         if cancelRequested { throw CancellationError() }
         if shutdownRequested { throw CancellationError() }
-        if let (name, reason) = lost.first { throw ClusterJobError(node: name, message: "worker lost: \(reason)") }
+        if let (name, reason) = lost.first { throw JobFailure.workerLost(worker: name, reason: reason) }
         if let failure = workerFailure {
-            throw ClusterJobError(node: failure.worker, message: failure.message)
+            throw JobFailure.workerFailed(worker: failure.worker, message: failure.message)
         }
-        if let siblingFailure { throw ClusterJobError(node: "coordinator", message: siblingFailure) }
+        if let siblingFailure { throw JobFailure.stoppedBeside(reason: siblingFailure) }
     }
 
     /// Runs `work`; if it fails, wakes the sibling task so that it stops too.
@@ -305,7 +304,7 @@ actor JobRunner {
     }
 
     private func move(to state: JobState) throws {
-        guard let job = try store.job(id: jobID) else { throw ClusterJobError(node: "coordinator", message: "job vanished") }
+        guard let job = try store.job(id: jobID) else { throw JobFailure.jobVanished(jobID: jobID) }
         if job.state == state { return }
         if state == .succeeded && job.state == .exporting {
             try store.updateJobState(jobID: jobID, to: .merging)
@@ -349,8 +348,8 @@ actor JobRunner {
                     try await recoverPlan(dead: missing)
                     return try store.plan(jobID: jobID)
                 }
-                throw ClusterJobError(node: "coordinator", message: "the job needs \(wanted) live worker(s); "
-                                      + "\(live.count) registered within \(Int(settings.workerGraceSeconds)) s")
+                throw JobFailure.notEnoughWorkers(needed: wanted, registered: live.count,
+                                                  graceSeconds: Int(settings.workerGraceSeconds))
             }
             await registry.waitForChange(after: generation, timeout: deadline - ContinuousClock.now)
         }
@@ -368,7 +367,7 @@ actor JobRunner {
             }
             await registry.waitForChange(after: generation, timeout: deadline - ContinuousClock.now)
         }
-        guard let config else { throw ClusterJobError(node: "coordinator", message: "no model config") }
+        guard let config else { throw JobFailure.noModelConfig(jobID: jobID) }
         var current = plan
         let live = await registry.liveWorkers()
         let completed = try store.lastCompletedLayer(jobID: jobID).map { $0 + 1 } ?? 0
@@ -400,7 +399,7 @@ actor JobRunner {
         var result: [PlannedWorker] = []
         for entry in plan {
             guard let info = await registry.info(entry.worker) else {
-                throw ClusterJobError(node: entry.worker, message: "not registered")
+                throw JobFailure.workerNotRegistered(worker: entry.worker)
             }
             result.append(PlannedWorker(assignment: entry, info: info, endpoint: try endpoint(of: info)))
         }
@@ -573,8 +572,7 @@ actor JobRunner {
                                              logger: logger)
             }
         } catch {
-            throw ClusterJobError(node: "coordinator", message: "the quality report failed, so the checkpoint cannot be "
-                                  + "judged: \(error) (--eval-samples 0 skips the report and its gate)")
+            throw JobFailure.qualityReportFailed(reason: "\(error)")
         }
         try checkInterrupted()
         let gate = spec.maxPerplexityRatio.map { QualityGate(maxPerplexityRatio: $0) }
@@ -596,7 +594,7 @@ actor JobRunner {
         var result: [FusedGroup: ActivationAmax] = [:]
         for (input, value) in amax {
             guard let group = FusedGroup(rawValue: input) else {
-                throw ClusterJobError(node: "coordinator", message: "the job's state holds statistics of an unknown input '\(input)'")
+                throw JobFailure.unknownStatisticsInput(input: input)
             }
             result[group] = value
         }
@@ -624,7 +622,7 @@ actor JobRunner {
         for entry in manifest.entries {
             let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
             guard let dtype = SafeTensorsDType(rawValue: entry.dtype) else {
-                throw ClusterJobError(node: owner.info.name, message: "tensor \(entry.name) has dtype \(entry.dtype)")
+                throw JobFailure.unknownTensorDType(worker: owner.info.name, tensor: entry.name, dtype: entry.dtype)
             }
             tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes, sha256: entry.sha256))
         }

@@ -1,0 +1,38 @@
+import Foundation
+
+/// Why an attempt of a job stopped. Its description becomes the job's failure reason in `coordctl status`, so each
+/// case names the worker, tensor or setting, in words an operator can act on.
+enum JobFailure: Error, CustomStringConvertible {
+    case workerLost(worker: String, reason: String)
+    /// The worker reported that its own work failed.
+    case workerFailed(worker: String, message: String)
+    /// Calibration and export run side by side; this one stopped because the other failed with `reason`.
+    case stoppedBeside(reason: String)
+    case connectionLost(worker: String, reason: String)
+    case jobVanished(jobID: String)
+    case notEnoughWorkers(needed: Int, registered: Int, graceSeconds: Int)
+    case workerNotRegistered(worker: String)
+    case noModelConfig(jobID: String)
+    case qualityReportFailed(reason: String)
+    case unknownStatisticsInput(input: String)
+    case unknownTensorDType(worker: String, tensor: String, dtype: String)
+
+    var description: String {
+        switch self {
+        case .workerLost(let worker, let reason): "worker \(worker) lost: \(reason)"
+        case .workerFailed(let worker, let message): "worker \(worker): \(message)"
+        case .stoppedBeside(let reason): reason
+        case .connectionLost(let worker, let reason): "connection to worker \(worker) lost: \(reason)"
+        case .jobVanished(let jobID): "job \(jobID) vanished from coordd's state"
+        case .notEnoughWorkers(let needed, let registered, let grace):
+            "the job needs \(needed) live worker(s); \(registered) registered within \(grace) s"
+        case .workerNotRegistered(let worker): "worker \(worker) of the plan is not registered"
+        case .noModelConfig(let jobID): "job \(jobID) has no model config loaded to re-plan with"
+        case .qualityReportFailed(let reason):
+            "the quality report failed, so the checkpoint cannot be judged: \(reason) (--eval-samples 0 skips the "
+                + "report and its gate)"
+        case .unknownStatisticsInput(let input): "the job's state holds statistics of an unknown input '\(input)'"
+        case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
+        }
+    }
+}
