@@ -59,6 +59,8 @@ public struct IncomingBulkStream: Sendable {
 /// Startup: ``start(identity:listen:token:configuration:logger:)``. Local actors register when ready (held weakly; a
 /// deinitialised actor resigns its id). Calls to remote ids go over one cached control connection per endpoint,
 /// dialed on first use and again after a drop. Shut down with ``shutdown()``.
+// @unchecked: DistributedActorSystem must be a class callable from any thread; all mutable state sits in `state`
+// (a Locked), the rest is set once in init.
 public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendable {
     public typealias ActorID = ClusterActorID
     public typealias InvocationEncoder = ClusterInvocationEncoder
@@ -145,6 +147,7 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
         let system = ClusterActorSystem(identity: identity,
                                         endpoint: ClusterEndpoint(host: listen.host, port: server.port, node: identity.name),
                                         token: token, server: server, configuration: configuration, logger: logger)
+        // Unstructured: the system outlives `start`; `shutdown()` closes the server, which ends both tasks, and awaits them.
         let serving = Task { await server.serve(with: InboundHandler(system: system)) }
         let failures = Task {
             for await failure in server.authenticationFailures {
@@ -370,6 +373,7 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
         let task = try state.withLock { state -> Task<PeerConnection, any Error> in
             guard !state.isShutDown else { throw ClusterActorSystemError.shutDown }
             if let existing = state.connections[key] { return existing }
+            // Unstructured: concurrent callers share one dial through the cache; shutdown cancels what is cached.
             let task = Task { try await self.dial(endpoint, purpose: .control) }
             state.connections[key] = task
             return task
@@ -413,6 +417,8 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
         }
         let info = PeerInfo(identity: connection.peer, address: endpoint.address, direction: .outbound, purpose: purpose)
         let key = endpoint.address
+        // Unstructured: the connection outlives this dial; the watcher ends when the connection closes, which
+        // `shutdown()` does to every connection.
         let watcher = Task {
             await withDiscardingTaskGroup { group in
                 // Either side may call on a connection; serve what the peer sends us on ours.
@@ -517,6 +523,7 @@ private struct InboundHandler: TransportRequestHandler {
 }
 
 /// A registered local actor, held weakly, with a way to invoke it that keeps its concrete type.
+// @unchecked: a weak reference (which Sendable checking does not admit) plus immutable fields; weak loads are atomic.
 final class RegistryEntry: @unchecked Sendable {
     let id: ClusterActorID
     private weak var reference: (any DistributedActor)?
@@ -541,6 +548,7 @@ extension ClusterActorSystem {
 }
 
 /// A well-known name handed to the next `assignID` on this task, once.
+// @unchecked: every mutable field is guarded by `lock` (NSLock; Mutex needs macOS 15, above this package's floor).
 final class NameReservation: @unchecked Sendable {
     let system: ObjectIdentifier
     private let lock = NSLock()
@@ -559,6 +567,7 @@ final class NameReservation: @unchecked Sendable {
 }
 
 /// A value behind a lock.
+// @unchecked: every mutable field is guarded by `lock` (NSLock; Mutex needs macOS 15, above this package's floor).
 final class Locked<Value>: @unchecked Sendable {
     private let lock = NSLock()
     private var value: Value

@@ -187,6 +187,7 @@ struct EnvelopeReader {
 }
 
 /// Captures what the distributed target returned or threw, as the reply bytes.
+// @unchecked: the runtime hands one handler to one invocation, which completes it exactly once, on one task.
 public final class ClusterResultHandler: DistributedTargetInvocationResultHandler, @unchecked Sendable {
     public typealias SerializationRequirement = Codable
 

@@ -71,6 +71,7 @@ public struct CUDABackend: ComputeBackend {
 
     /// A decoder layer's BF16 weights in device memory, q/k/v and gate/up stacked by rows. `ready` fires when the
     /// uploads (on the copy stream) are done; the forward waits on it, so loading can overlap earlier compute.
+    // @unchecked: device buffers and an event (C handles), immutable after the upload is enqueued.
     public final class LoadedLayer: @unchecked Sendable {
         public let index: Int
         public let qkvWeight: DeviceBuffer
@@ -94,6 +95,7 @@ public struct CUDABackend: ComputeBackend {
         }
     }
 
+    // @unchecked: device buffers (C handles), immutable after upload.
     public final class LoadedOutputHead: @unchecked Sendable {
         let finalNorm: DeviceBuffer
         let weight: DeviceBuffer
@@ -463,6 +465,8 @@ public struct CUDABackend: ComputeBackend {
 }
 
 /// Hidden states of one calibration chunk in device memory (BF16 `[tokens, hidden]`), with each pass's metadata.
+// @unchecked: device buffers (C handles); the calibrator uses one chunk's states from one task at a time, in
+// stream order.
 public final class DeviceHiddenStates: @unchecked Sendable {
     struct Pass {
         let firstRow: Int
@@ -482,6 +486,7 @@ public final class DeviceHiddenStates: @unchecked Sendable {
 }
 
 /// An enqueued layer forward: its 32-byte result slot (four amax bit patterns, then the non-finite row flag).
+// @unchecked: a device result slot and an event (C handles), read once after the event fires.
 public struct PendingDeviceForward: @unchecked Sendable {
     let result: DeviceBuffer
 }

@@ -16,6 +16,7 @@ import Logging
 ///   `CPUBackend` with `.bfloat16` activations, so the two agree to BF16 arithmetic differences.
 /// - ``CUDANVFP4Quantizer``: the NVFP4 weight quantizer, bit-identical to `NVFP4Quantizer` (same operations, IEEE
 ///   rounding, no fused multiply-adds).
+// @unchecked: libraries and streams are fixed at init; the staging and cache fields are guarded by `lock`.
 public final class CUDADevice: @unchecked Sendable {
     public let context: CUDAContext
     public let blas: CuBLASLt
@@ -118,6 +119,7 @@ public struct CUDAKernels: Sendable {
 }
 
 /// Grow-only scratch buffers, reused across calls so the hot path never allocates.
+// @unchecked: used only inside `CUDADevice.exclusive(_:)`, which holds the device's lock.
 final class Workspace: @unchecked Sendable {
     let context: CUDAContext
     var buffers: [String: DeviceBuffer] = [:]

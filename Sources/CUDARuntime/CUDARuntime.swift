@@ -83,6 +83,7 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
 }
 
 /// An opened library. Closed when the last reference goes away.
+// @unchecked: holds a dlopen handle (a raw pointer, not Sendable), immutable until deinit; dlsym is thread-safe.
 public final class LoadedLibrary: @unchecked Sendable {
     public let library: CUDALibrary
     /// The name or path that `dlopen` accepted.

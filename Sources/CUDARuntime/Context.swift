@@ -1,6 +1,8 @@
 import Foundation
 
 /// One GPU's primary context, made current on whichever thread calls into it.
+// @unchecked: wraps C handles (raw pointers, which are not Sendable) that never change after init; the CUDA
+// driver and libraries are thread-safe for these calls.
 public final class CUDAContext: @unchecked Sendable {
     public let driver: CUDADriver
     public let ordinal: Int
@@ -59,6 +61,7 @@ public final class CUDAContext: @unchecked Sendable {
 }
 
 /// Device memory from `cuMemAlloc` (never managed memory), freed when the last reference goes.
+// @unchecked: a device address and size, immutable until deinit frees them; ordering of uses is the streams' job.
 public final class DeviceBuffer: @unchecked Sendable {
     public let context: CUDAContext
     public let address: CUdeviceptr
@@ -115,6 +118,7 @@ public final class DeviceBuffer: @unchecked Sendable {
 }
 
 /// Page-locked host memory (`cuMemAllocHost`) for asynchronous copies.
+// @unchecked: a host pointer and size, immutable until deinit; callers order reads and writes with CUDA events.
 public final class PinnedHostBuffer: @unchecked Sendable {
     public let context: CUDAContext
     public let pointer: UnsafeMutableRawPointer
@@ -134,6 +138,8 @@ public final class PinnedHostBuffer: @unchecked Sendable {
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: pointer, count: byteCount) }
 }
 
+// @unchecked: wraps C handles (raw pointers, which are not Sendable) that never change after init; the CUDA
+// driver and libraries are thread-safe for these calls.
 public final class CUDAStream: @unchecked Sendable {
     public let context: CUDAContext
     public let handle: OpaquePointer?
@@ -157,6 +163,8 @@ public final class CUDAStream: @unchecked Sendable {
     }
 }
 
+// @unchecked: wraps C handles (raw pointers, which are not Sendable) that never change after init; the CUDA
+// driver and libraries are thread-safe for these calls.
 public final class CUDAEvent: @unchecked Sendable {
     public let context: CUDAContext
     public let handle: OpaquePointer?
@@ -187,6 +195,8 @@ public final class CUDAEvent: @unchecked Sendable {
 }
 
 /// A loaded module (cubin or PTX) and the kernels looked up in it.
+// @unchecked: wraps C handles (raw pointers, which are not Sendable) that never change after init; the CUDA
+// driver and libraries are thread-safe for these calls.
 public final class CUDAModule: @unchecked Sendable {
     public let context: CUDAContext
     let handle: OpaquePointer?
@@ -220,6 +230,8 @@ public enum KernelArgument: Sendable {
 }
 
 /// A kernel and its launch.
+// @unchecked: wraps C handles (raw pointers, which are not Sendable) that never change after init; the CUDA
+// driver and libraries are thread-safe for these calls.
 public final class CUDAFunction: @unchecked Sendable {
     public let module: CUDAModule
     public let name: String

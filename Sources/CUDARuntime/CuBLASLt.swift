@@ -1,6 +1,7 @@
 import Foundation
 
 /// cuBLASLt, resolved with `dlsym`: row-major BF16 GEMMs `Y = X · Wᵀ` with FP32 accumulation.
+// @unchecked: C function pointers and handle fixed at init; the plan cache is guarded by `lock`.
 public final class CuBLASLt: @unchecked Sendable {
     public let library: LoadedLibrary
     public let context: CUDAContext

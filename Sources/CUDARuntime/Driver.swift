@@ -5,6 +5,7 @@ public typealias CUdeviceptr = UInt64
 
 /// The driver API entry points the backend calls, resolved from `libcuda.so.1` with `dlsym`.
 /// Every call goes through ``check(_:_:)`` so a failure becomes ``CUDAError/callFailed(call:code:message:)``.
+// @unchecked: C function pointers resolved once in init (not Sendable as types); the driver API is thread-safe.
 public final class CUDADriver: @unchecked Sendable {
     public let library: LoadedLibrary
 

@@ -1,6 +1,7 @@
 import Foundation
 
 /// NVRTC, the run-time CUDA C++ compiler, resolved with `dlsym`.
+// @unchecked: C function pointers resolved once in init; NVRTC programs are created per call, never shared.
 public final class NVRTC: @unchecked Sendable {
     public let library: LoadedLibrary
 

@@ -177,6 +177,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
                                mailbox: mailbox, system: actorSystem, localWorkers: localWorkers, settings: settings,
                                logger: logger.withMetadata("job", jobID))
         runners[jobID] = runner
+        // Unstructured: a job outlives the submit call that starts it; `drain()` stops and awaits every runner.
         Task { await runner.run() }
     }
 }

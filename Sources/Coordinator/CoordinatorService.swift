@@ -56,33 +56,34 @@ public struct CoordinatorService: Service {
         onReady?(bound)
         try await coordinator.whenLocal { try await $0.resumeUnfinishedJobs() }
 
-        await withGracefulShutdownHandler {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for await event in system.peerEvents {
-                        switch event {
-                        case .disconnected(let peer, let reason) where peer.identity.role == .worker
-                            && peer.purpose == .control:
-                            await coordinator.whenLocal { await $0.peerDisconnected(name: peer.identity.name, reason: "\(reason)") }
-                        case .authenticationFailed(let address, let reason):
-                            logger.warning("refused a peer that failed authentication",
-                                           metadata: ["address": "\(address)", "reason": "\(reason)"])
-                        default:
-                            break
-                        }
+        // Serve until graceful shutdown (SIGTERM) reaches this task: then drain the job runners and close the system,
+        // which ends the two loops. Structured: the shutdown step is a child of the same group, not a spawned Task.
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await event in system.peerEvents {
+                    switch event {
+                    case .disconnected(let peer, let reason) where peer.identity.role == .worker
+                        && peer.purpose == .control:
+                        await coordinator.whenLocal { await $0.peerDisconnected(name: peer.identity.name, reason: "\(reason)") }
+                    case .authenticationFailed(let address, let reason):
+                        logger.warning("refused a peer that failed authentication",
+                                       metadata: ["address": "\(address)", "reason": "\(reason)"])
+                    default:
+                        break
                     }
                 }
-                group.addTask {
-                    await receiveBulk(system: system, coordinator: coordinator, logger: logger)
-                }
-                await group.waitForAll()
             }
-        } onGracefulShutdown: {
-            Task {
+            group.addTask {
+                await receiveBulk(system: system, coordinator: coordinator, logger: logger)
+            }
+            group.addTask {
+                // Returns at graceful shutdown, or throws when the group is cancelled: stop either way.
+                try? await gracefulShutdown()
                 logger.info("shutting down: stopping job runners; unfinished jobs resume at the next start")
                 await coordinator.whenLocal { await $0.drain() }
                 await system.shutdown()
             }
+            await group.waitForAll()
         }
         try store.close()
         logger.info("coordd stopped")

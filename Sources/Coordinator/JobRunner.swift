@@ -507,6 +507,8 @@ actor JobRunner {
         let layerCount = config.numHiddenLayers
         var pending: [Task<(tensors: [ExportedTensor], seconds: Double), any Error>] = []
         let lookAhead = 2
+        // Unstructured: the look-ahead window slides (start L+2 when L is written), which a task group's
+        // all-or-nothing scope cannot express; every started task is awaited below, also on failure.
         func startExport(_ layer: Int) -> Task<(tensors: [ExportedTensor], seconds: Double), any Error> {
             Task {
                 let started = ContinuousClock.now

@@ -30,6 +30,8 @@ actor WorkerRegistry {
     /// Waits until the registry changes or `timeout` passes.
     func waitForChange(after seenGeneration: Int, timeout: Duration) async {
         if generation != seenGeneration { return }
+        // Unstructured: the timer must wake the continuation below, which a child task of this call could not
+        // outlive; it is cancelled as soon as the wait ends.
         let timer = Task { [weak self] in
             try? await Task.sleep(for: timeout)
             await self?.wakeAll()

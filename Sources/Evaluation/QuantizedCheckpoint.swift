@@ -9,6 +9,7 @@ import SafeTensors
 /// Opening checks, before any arithmetic: `config.json` declares an NVFP4 `quantization_config`, its model
 /// dimensions equal the original model's, and every Linear has its packed weight, block scales and global
 /// scale (and, for W4A4, its input scale) with the dtypes and shapes the original config implies.
+// @unchecked: immutable after init; it holds SafeTensorsModel maps (raw pointers) that are only read.
 public final class QuantizedCheckpoint: @unchecked Sendable {
     public let directory: URL
     public let layout: CheckpointLayout

@@ -46,6 +46,7 @@ public enum LocalCluster {
                             scratchDirectory: scratch, coordinator: NodeAddress(host: "127.0.0.1", port: 0), logger: logger)
         let (workerEnd, coordinatorEnd) = LocalActivationTransport.makePair(bufferBytes: 64 << 20, names: ("worker", "coordinator"))
         await worker.whenLocal { $0.useLocalCoordinator(coordinator, dataPath: workerEnd) }
+        // Unstructured: the receiver runs for the whole job, beside the polling below; it is cancelled on return.
         let receiving = Task {
             for try await tensor in coordinatorEnd.incomingTensors {
                 let bytes = try await tensor.chunks.collectData()

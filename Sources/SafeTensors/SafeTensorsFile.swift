@@ -8,6 +8,7 @@ import Darwin
 #endif
 
 /// A whole file mapped read-only; unmapped when the last owner goes away.
+// @unchecked: holds a read-only memory map (a raw pointer, not Sendable) that no Swift code mutates after init.
 final class ReadOnlyMapping: @unchecked Sendable {
     let base: UnsafeRawPointer
     let length: Int
@@ -49,6 +50,7 @@ final class ReadOnlyMapping: @unchecked Sendable {
 /// Reading is lenient about gaps between tensors (other writers may leave them) but strict about
 /// anything that would make a read wrong: out-of-range or overlapping offsets, sizes that disagree with
 /// shapes. ``validateTiling()`` adds the exact-tiling rule that files we write obey.
+// @unchecked: holds a read-only memory map (a raw pointer, not Sendable) that no Swift code mutates after init.
 public final class SafeTensorsFile: @unchecked Sendable {
     public let path: String
     /// `__metadata__`, empty when absent.

@@ -2,6 +2,7 @@ import Foundation
 
 /// A model directory: either a single `model.safetensors`, or `model.safetensors.index.json` whose
 /// `weight_map` names the shard holding each tensor. Shards are opened (mapped and validated) eagerly.
+// @unchecked: holds a read-only memory map (a raw pointer, not Sendable) that no Swift code mutates after init.
 public final class SafeTensorsModel: @unchecked Sendable {
     public static let singleFileName = "model.safetensors"
     public static let indexFileName = "model.safetensors.index.json"

@@ -11,6 +11,7 @@ import SafeTensors
 
 /// A worker's compute for one job: its layer range loaded on the CPU backend, the hidden states kept at the range's
 /// entry for resume, and the exporter of its layers. Not thread-safe: the worker calls it from its compute queue.
+// @unchecked: confined to the worker's serial compute queue (see above); the actor only hands it to that queue.
 final class RangeCompute: @unchecked Sendable {
     let assignment: WorkerAssignment
     let workerName: String
@@ -145,6 +146,7 @@ final class RangeCompute: @unchecked Sendable {
 }
 
 /// A layer-at-a-time calibration in progress; used only from the worker's compute queue.
+// @unchecked: confined to the worker's serial compute queue, like RangeCompute.
 final class StreamingPass: @unchecked Sendable {
     let calibrator: any LayerPass
     init(calibrator: any LayerPass) { self.calibrator = calibrator }

@@ -320,6 +320,8 @@ public distributed actor Worker: WorkerEndpoint {
 }
 
 /// One job's state on a worker.
+// @unchecked: `cancelled` and `background` are guarded by `lock`; the other vars are touched only by the Worker
+// actor, and the compute objects only on its serial queues.
 final class ActiveRangeJob: @unchecked Sendable {
     let assignment: WorkerAssignment
     let compute: RangeCompute
@@ -349,6 +351,8 @@ final class ActiveRangeJob: @unchecked Sendable {
     }
 
     func enqueueBackground(_ work: @escaping @Sendable () async throws -> Void) {
+        // Unstructured: the work outlives the distributed call that starts it (a layer-at-a-time pass reports as it
+        // goes); `cancel()` cancels every such task when the job stops.
         let task = Task {
             do { try await work() } catch {}
         }

@@ -75,38 +75,38 @@ public struct WorkerService: Service {
                                 freeDiskBytes: freeDiskBytes(at: configuration.scratchDirectory),
                                 softwareVersion: workerSoftwareVersion) }
 
-        await withGracefulShutdownHandler {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    await registerAndBeat(system: system, coordinatorAddress: configuration.coordinator, info: info,
-                                          worker: worker, stopping: stopping, logger: logger)
-                }
-                group.addTask {
-                    await withTaskGroup(of: Void.self) { streams in
-                        for await stream in system.incomingBulkStreams {
-                            streams.addTask {
-                                do {
-                                    for try await tensor in stream.tensors {
-                                        let bytes = try await tensor.chunks.collectData()
-                                        await worker.whenLocal { await $0.receiveHiddenStates(from: stream.peer.name, id: tensor.id,
-                                                                                              bytes: bytes) }
-                                    }
-                                } catch {
-                                    logger.warning("data path from \(stream.peer.name) closed: \(error)")
+        // Serve until graceful shutdown (SIGTERM) reaches this task: then finish the chunk in progress and close the
+        // system, which ends the other loops. Structured: the shutdown step is a child of the same group.
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await registerAndBeat(system: system, coordinatorAddress: configuration.coordinator, info: info,
+                                      worker: worker, stopping: stopping, logger: logger)
+            }
+            group.addTask {
+                await withTaskGroup(of: Void.self) { streams in
+                    for await stream in system.incomingBulkStreams {
+                        streams.addTask {
+                            do {
+                                for try await tensor in stream.tensors {
+                                    let bytes = try await tensor.chunks.collectData()
+                                    await worker.whenLocal { await $0.receiveHiddenStates(from: stream.peer.name, id: tensor.id,
+                                                                                          bytes: bytes) }
                                 }
+                            } catch {
+                                logger.warning("data path from \(stream.peer.name) closed: \(error)")
                             }
                         }
                     }
                 }
-                await group.waitForAll()
             }
-        } onGracefulShutdown: {
-            stopping.set()
-            Task {
+            group.addTask {
+                try? await gracefulShutdown()
+                stopping.set()
                 logger.info("shutting down: finishing the chunk in progress; kept hidden states stay on disk")
                 await worker.whenLocal { await $0.stopForShutdown() }
                 await system.shutdown()
             }
+            await group.waitForAll()
         }
         logger.info("workerd stopped")
     }
@@ -144,6 +144,7 @@ private func registerAndBeat(system: ClusterActorSystem, coordinatorAddress: Nod
 }
 
 /// Set once, read from any task.
+// @unchecked: every mutable field is guarded by `lock` (NSLock; Mutex needs macOS 15, above this package's floor).
 final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false

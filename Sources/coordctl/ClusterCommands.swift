@@ -192,26 +192,21 @@ struct Status: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let (system, coordinator) = try await connection.connect()
-        defer { Task { await system.shutdown() } }
-        var status: JobStatus
-        repeat {
-            do {
+        let status = try await connection.withCoordinator { coordinator in
+            var status: JobStatus
+            repeat {
                 status = try await coordinator.status(jobID: job)
-            } catch {
-                await system.shutdown()
-                throw connection.clientError(error)
-            }
-            if json {
-                print(String(decoding: try status.jsonData(), as: UTF8.self))
-            } else {
-                if watch { print("\u{1B}[2J\u{1B}[H", terminator: "") }
-                print(render(status))
-            }
-            if !watch || status.phase.isTerminal { break }
-            try await Task.sleep(for: .seconds(1))
-        } while true
-        await system.shutdown()
+                if json {
+                    print(String(decoding: try status.jsonData(), as: UTF8.self))
+                } else {
+                    if watch { print("\u{1B}[2J\u{1B}[H", terminator: "") }
+                    print(render(status))
+                }
+                if !watch || status.phase.isTerminal { break }
+                try await Task.sleep(for: .seconds(1))
+            } while true
+            return status
+        }
         switch status.state {
         case .failed: throw ExitCode(1)
         case .cancelled: throw ExitCode(2)
