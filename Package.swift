@@ -114,20 +114,27 @@ let package = Package(
             "Evaluation", "Calibration", "LlamaModel",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: thinClientSettings),
+        // The options coordd, workerd and coordctl share (--log-level, --token-file, --device).
+        .target(name: "CommandLineOptions", dependencies: [
+            "ClusterProtocol", "ComputeBackend", "Transport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "coordd", dependencies: [
-            "Coordinator", "ClusterProtocol", "Transport",
+            "Coordinator", "CommandLineOptions", "ClusterProtocol", "Transport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "workerd", dependencies: [
-            "Worker", "ClusterProtocol", "Transport", "Checkpoint", "ComputeBackend",
+            "Worker", "ClusterProtocol", "Transport", "Checkpoint", "ComputeBackend", "CommandLineOptions",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "coordctl", dependencies: [
             "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "Coordinator", "Worker", "LocalCluster",
+            "CommandLineOptions",
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
             "ComputeBackend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,5 +1,4 @@
 import Foundation
-import Logging
 import Transport
 
 /// Reads a cluster token file: the secret is the file's content without surrounding whitespace. The file should be
@@ -35,11 +34,3 @@ public struct TokenFileError: Error, CustomStringConvertible, Sendable {
     public var description: String { "token file \(path) \(reason)" }
 }
 
-/// Logs of the executables go to standard error at `level`; standard output carries only results.
-public func bootstrapStandardErrorLogging(level: Logger.Level) {
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
-}

@@ -1,6 +1,7 @@
 import ActorSystem
 import ArgumentParser
 import ClusterProtocol
+import CommandLineOptions
 import ClusterState
 import Distributed
 import Foundation
@@ -13,8 +14,7 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: "coordd's address, HOST:PORT.")
     var coordinator: String = "127.0.0.1:7070"
 
-    @Option(name: .long, help: "File holding the cluster token (mode 600); needed when coordd has one.")
-    var tokenFile: String?
+    @OptionGroup var token: TokenOptions
 
     @Option(name: .long, help: "Seconds to wait for coordd's answer.")
     var timeout: Double = 30
@@ -22,7 +22,7 @@ struct ConnectionOptions: ParsableArguments {
     /// Connects and resolves the coordinator actor; the caller shuts the system down.
     func connect() async throws -> (ClusterActorSystem, any CoordinatorEndpoint) {
         let address = try NodeAddress(parsing: coordinator)
-        let token = try tokenFile.map { try TokenFile.load(path: $0) }
+        let token = try self.token.loadToken()
         var transport = TransportConfiguration()
         transport.defaultCallTimeout = .milliseconds(Int64(timeout * 1000))
         var logger = Logger(label: "coordctl")
@@ -50,7 +50,7 @@ struct ConnectionOptions: ParsableArguments {
 
     /// What went wrong, in the words of someone talking to coordd at this address.
     func clientError(_ error: any Error) -> ClientError {
-        ClientError(error, address: coordinator, tokenFile: tokenFile, timeout: timeout)
+        ClientError(error, address: coordinator, tokenFile: token.tokenFile, timeout: timeout)
     }
 }
 

@@ -3,6 +3,7 @@ import ClusterProtocol
 import CPUBackend
 import Calibration
 import Checkpoint
+import CommandLineOptions
 import ComputeBackend
 import Foundation
 import LocalCluster
@@ -85,11 +86,10 @@ struct Quantize: AsyncParsableCommand {
 
     @OptionGroup var job: JobOptions
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
-    var logLevel: Logger.Level = .info
+    @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
-        bootstrapStandardErrorLogging(level: logLevel)
+        logging.bootstrap()
         let logger = Logger(label: "coordctl.quantize")
         let summary = try await LocalCluster.quantize(options: try job.makeOptions(), logger: logger)
         print(summary.description)
@@ -134,8 +134,7 @@ struct JobOptions: ParsableArguments {
     @Option(name: .long, help: "Shuffle calibration records with this seed before selecting them.")
     var seed: UInt64?
 
-    @Option(name: .long, help: "Compute device for calibration: cpu, cuda, cuda:N or auto.")
-    var device: String = "auto"
+    @OptionGroup var device: DeviceOptions
 
     @Option(name: .long, help: "Memory for calibration hidden states (e.g. 8GB); beyond it they spill to --scratch-dir.")
     var activationMemory: String = "8GB"
@@ -167,11 +166,6 @@ struct JobOptions: ParsableArguments {
         if chunkTokens < 1 { throw ValidationError("--chunk-tokens must be at least 1") }
         if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1") }
         if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
-        do {
-            _ = try DeviceChoice(parsing: device)
-        } catch {
-            throw ValidationError(error.description)
-        }
     }
 
     /// The options of a one-machine job.
@@ -186,7 +180,7 @@ struct JobOptions: ParsableArguments {
         options.calibration.dataPath = calib
         options.calibration.selection = CalibrationOptions(samples: samples, minTokens: minTokens, maxTokens: maxTokens,
                                                            seed: seed)
-        options.calibration.device = device
+        options.calibration.device = device.device
         options.calibration.activationMemoryBudget = try ShardPlanner.parseSize(activationMemory)
         options.calibration.scratchDirectory = scratchDir.map { URL(fileURLWithPath: $0) }
         options.calibration.activationPrecision = activationPrecision
@@ -205,6 +199,5 @@ struct JobOptions: ParsableArguments {
     }
 }
 
-extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 

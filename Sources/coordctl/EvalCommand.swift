@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineOptions
 import ClusterProtocol
 import Calibration
 import CPUBackend
@@ -44,8 +45,7 @@ struct Eval: ParsableCommand {
     @Option(name: .long, help: "Write the token ids evaluated to this .jsonl file (one {\"input_ids\": [...]} per line), e.g. for Scripts/reference/torch_w4a4_eval.py.")
     var dumpSamples: String?
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
-    var logLevel: Logger.Level = .info
+    @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         if samples < 1 { throw ValidationError("--samples must be at least 1") }
@@ -54,7 +54,7 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
-        bootstrapStandardErrorLogging(level: logLevel)
+        logging.bootstrap()
         let logger = Logger(label: "coordctl.eval")
         let originalDirectory = URL(fileURLWithPath: original)
         let configPath = originalDirectory.appendingPathComponent("config.json").path

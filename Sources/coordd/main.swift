@@ -1,5 +1,6 @@
 import ArgumentParser
 import ClusterProtocol
+import CommandLineOptions
 import Coordinator
 import Foundation
 import Logging
@@ -27,21 +28,19 @@ struct Coordd: AsyncParsableCommand {
     @Option(name: .long, help: "Directory for coordd.sqlite (jobs, workers, plans, statistics).")
     var stateDir: String
 
-    @Option(name: .long, help: "File holding the cluster token (mode 600). Workers and coordctl use the same token.")
-    var tokenFile: String?
+    @OptionGroup var token: TokenOptions
 
     @Option(name: .long, help: "Seconds a job waits for a lost worker before re-planning its layers onto the others.")
     var workerGrace: Double = 30
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
-    var logLevel: Logger.Level = .info
+    @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
-        bootstrapStandardErrorLogging(level: logLevel)
+        logging.bootstrap()
         let logger = Logger(label: "coordd")
         var configuration = CoordinatorService.Configuration(
             listen: try NodeAddress(parsing: listen), stateDirectory: stateDir,
-            token: try tokenFile.map { try TokenFile.load(path: $0) })
+            token: try token.loadToken())
         configuration.settings.workerGraceSeconds = workerGrace
         let service = CoordinatorService(configuration: configuration, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
@@ -50,4 +49,3 @@ struct Coordd: AsyncParsableCommand {
     }
 }
 
-extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Checkpoint
-import ComputeBackend
+import CommandLineOptions
 import ClusterProtocol
 import Foundation
 import Logging
@@ -34,11 +34,9 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "Worker name, unique in the cluster (default: the host name).")
     var name: String?
 
-    @Option(name: .long, help: "Compute device for calibration: cpu, cuda, cuda:N, or auto (a GPU when one is usable, else the CPU).")
-    var device: String = "auto"
+    @OptionGroup var device: DeviceOptions
 
-    @Option(name: .long, help: "File holding the cluster token (mode 600).")
-    var tokenFile: String?
+    @OptionGroup var token: TokenOptions
 
     @Option(name: .long, help: "Directory for kept hidden states and spill files.")
     var scratch: String = FileManager.default.temporaryDirectory.appendingPathComponent("workerd").path
@@ -49,24 +47,15 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: .hidden)
     var debugChunkDelayMs: Int = 0
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
-    var logLevel: Logger.Level = .info
-
-    func validate() throws {
-        do {
-            _ = try DeviceChoice(parsing: device)
-        } catch {
-            throw ValidationError(error.description)
-        }
-    }
+    @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
-        bootstrapStandardErrorLogging(level: logLevel)
+        logging.bootstrap()
         let workerName = name ?? ProcessInfo.processInfo.hostName
         let logger = Logger(label: "workerd.\(workerName)")
         var configuration = WorkerService.Configuration(
             coordinator: try NodeAddress(parsing: coordinator), listen: try NodeAddress(parsing: listen), name: workerName,
-            device: device, token: try tokenFile.map { try TokenFile.load(path: $0) },
+            device: device.device, token: try token.loadToken(),
             scratchDirectory: URL(fileURLWithPath: scratch))
         configuration.advertise = try advertise.map { try NodeAddress(parsing: $0) }
         configuration.chunkDelay = .milliseconds(debugChunkDelayMs)
@@ -78,4 +67,3 @@ struct Workerd: AsyncParsableCommand {
     }
 }
 
-extension Logger.Level: @retroactive ExpressibleByArgument {}

@@ -1,0 +1,56 @@
+/// # CommandLineOptions
+///
+/// The options that coordd, workerd and coordctl share, declared once so that they are spelled, explained and checked
+/// the same way everywhere: `--log-level`, `--token-file` and `--device`.
+import ArgumentParser
+import ClusterProtocol
+import ComputeBackend
+import Logging
+import Transport
+
+/// `--log-level`. Logs go to standard error; standard output carries only results.
+public struct LoggingOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
+    public var logLevel: Logger.Level = .info
+
+    public init() {}
+
+    /// Sends every logger of the process to standard error at `--log-level`.
+    public func bootstrap() {
+        let level = logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}
+
+/// `--token-file`: the cluster token that authenticates every peer.
+public struct TokenOptions: ParsableArguments {
+    @Option(name: .long, help: "File holding the cluster token (mode 600); coordd, every workerd and coordctl use the same file. Without it, daemons listen on loopback only.")
+    public var tokenFile: String?
+
+    public init() {}
+
+    /// The token, or nil without `--token-file`; a bad file is an error naming it.
+    public func loadToken() throws -> ClusterToken? { try tokenFile.map { try TokenFile.load(path: $0) } }
+}
+
+/// `--device`: where calibration computes.
+public struct DeviceOptions: ParsableArguments {
+    @Option(name: .long, help: "Compute device for calibration: cpu, cuda (GPU 0), cuda:N, or auto (a GPU when one is usable, else the CPU).")
+    public var device: String = "auto"
+
+    public init() {}
+
+    public func validate() throws {
+        do {
+            _ = try DeviceChoice(parsing: device)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
