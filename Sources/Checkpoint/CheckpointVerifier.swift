@@ -209,7 +209,7 @@ public struct CheckpointVerifier {
 
     /// Rules 6 and 8: config and exclusion lists.
     func verifyConfig(directory: URL) throws {
-        let configURL = directory.appendingPathComponent("config.json")
+        let configURL = ModelDirectory(directory).configURL
         guard let written = try? JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as? [String: Any] else {
             throw CheckpointError(configURL.path, "is missing or not a JSON object")
         }

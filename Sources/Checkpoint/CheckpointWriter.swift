@@ -176,11 +176,11 @@ public final class CheckpointWriter {
 public func writeModelFiles(
     sourceDirectory: URL, outputDirectory: URL, configWriter: QuantizationConfigWriter
 ) throws -> [String] {
-    let configURL = sourceDirectory.appendingPathComponent("config.json")
+    let configURL = ModelDirectory(sourceDirectory).configURL
     let original = try Data(contentsOf: configURL)
     try configWriter.configWithQuantization(original: original, source: configURL.path)
-        .write(to: outputDirectory.appendingPathComponent("config.json"))
-    var written = ["config.json"]
+        .write(to: ModelDirectory(outputDirectory).configURL)
+    var written = [ModelDirectory.configFileName]
     if configWriter.layout == .modelopt {
         try Data(configWriter.hfQuantConfigJSON().utf8).write(to: outputDirectory.appendingPathComponent("hf_quant_config.json"))
         written.append("hf_quant_config.json")

@@ -81,11 +81,11 @@ actor JobRunner {
         if let split = submission.split, split.isEmpty || split.contains(where: { $0 < 1 }) {
             throw CoordinatorError.invalidSubmission(field: "--split", reason: "needs positive layer counts, got \(split)")
         }
-        let configPath = submission.spec.modelDirectory.appendingPathComponent("config.json").path
+        let model = ModelDirectory(submission.spec.modelDirectory)
         do {
-            _ = try LlamaConfig.load(path: configPath)
+            _ = try model.loadConfig()
         } catch {
-            throw CoordinatorError.invalidSubmission(field: "--model", reason: "coordd cannot use \(configPath): \(error)")
+            throw CoordinatorError.invalidSubmission(field: "--model", reason: "coordd cannot use \(model.configURL.path): \(error)")
         }
     }
 
@@ -261,7 +261,7 @@ actor JobRunner {
         acceptingReports = false
         attemptNumber += 1
         let spec = submission.spec
-        let config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
+        let config = try ModelDirectory(spec.modelDirectory).loadConfig()
         self.config = config
         plan = try await ensurePlan(layerCount: config.numHiddenLayers)
         try checkInterrupted()

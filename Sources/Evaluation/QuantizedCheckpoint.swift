@@ -24,7 +24,7 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
     public init(directory: URL, originalConfig: LlamaConfig) throws {
         self.directory = directory
         self.config = originalConfig
-        let configPath = directory.appendingPathComponent("config.json").path
+        let configPath = ModelDirectory(directory).configURL.path
         guard FileManager.default.fileExists(atPath: configPath) else {
             throw EvaluationError(configPath, "not found; the quantized directory must be an NVFP4 checkpoint with a config.json")
         }

@@ -189,7 +189,7 @@ public enum ModelCheckError: Error, CustomStringConvertible, Equatable, Sendable
 public enum ModelCheck {
     /// SHA-256 (lower-case hex) of `<modelDirectory>/config.json`.
     public static func configSHA256(modelDirectory: URL) throws -> String {
-        let path = modelDirectory.appendingPathComponent("config.json").path
+        let path = ModelDirectory(modelDirectory).configURL.path
         do {
             return sha256Hex(try Data(contentsOf: URL(fileURLWithPath: path)))
         } catch {
@@ -200,7 +200,7 @@ public enum ModelCheck {
     /// Throws ``ModelCheckError/configMismatch(path:expectedSHA256:actualSHA256:)`` unless the config.json at the
     /// spec's model path hashes to `spec.configSHA256`.
     public static func verify(_ spec: JobSpec) throws {
-        let path = spec.modelDirectory.appendingPathComponent("config.json").path
+        let path = ModelDirectory(spec.modelDirectory).configURL.path
         let actual = try configSHA256(modelDirectory: spec.modelDirectory)
         guard actual == spec.configSHA256 else {
             throw ModelCheckError.configMismatch(path: path, expectedSHA256: spec.configSHA256, actualSHA256: actual)

@@ -165,11 +165,9 @@ public final class QuantizeJob {
         if modelPath == outputPath || modelPath.hasPrefix(outputPath.hasSuffix("/") ? outputPath : outputPath + "/") {
             throw QuantizeJobError.outputContainsModel(output: options.outputDirectory.path, model: options.modelDirectory.path)
         }
-        let configPath = options.modelDirectory.appendingPathComponent("config.json").path
-        guard FileManager.default.fileExists(atPath: configPath) else {
-            throw QuantizeJobError.modelConfigMissing(path: configPath)
-        }
-        let config = try LlamaConfig.load(path: configPath)
+        let model = ModelDirectory(options.modelDirectory)
+        guard model.hasConfig else { throw QuantizeJobError.modelConfigMissing(path: model.configURL.path) }
+        let config = try model.loadConfig()
         let source = try SafeTensorsModel(directory: options.modelDirectory.path)
         try validateWeights(config: config, model: source)
         // The output must not already exist (unless --force) before we spend time reading weights.

@@ -33,7 +33,7 @@ final class RangeCompute: @unchecked Sendable {
         self.workerName = workerName
         let spec = assignment.spec
         try ModelCheck.verify(spec)
-        config = try LlamaConfig.load(path: spec.modelDirectory.appendingPathComponent("config.json").path)
+        config = try ModelDirectory(spec.modelDirectory).loadConfig()
         let source = try SafeTensorsModel(directory: spec.modelPath)
         self.source = source
         self.assignment = assignment

@@ -57,11 +57,11 @@ struct Eval: ParsableCommand {
         logging.bootstrap()
         let logger = Logger(label: "coordctl.eval")
         let originalDirectory = URL(fileURLWithPath: original)
-        let configPath = originalDirectory.appendingPathComponent("config.json").path
-        guard FileManager.default.fileExists(atPath: configPath) else {
-            throw ValidationError("\(configPath): not found; --original must be a Hugging Face model directory")
+        let modelDirectory = ModelDirectory(originalDirectory)
+        guard modelDirectory.hasConfig else {
+            throw ValidationError("\(modelDirectory.configURL.path): not found; --original must be a Hugging Face model directory")
         }
-        let config = try LlamaConfig.load(path: configPath)
+        let config = try modelDirectory.loadConfig()
         let model = try SafeTensorsModel(directory: original)
         try validateWeights(config: config, model: model)
         // Check the checkpoint before tokenizing anything.
