@@ -21,12 +21,6 @@ import LlamaModel
 /// transformers' BF16 forward rounds them (every Linear output, RMSNorm output and weight product, RoPE products and
 /// sums, the attention output, SiLU and its product, residual adds), which is what modelopt calibrates with.
 public struct CPUBackend: ComputeBackend {
-    /// Where activations are rounded.
-    public enum ActivationPrecision: String, Sendable, CaseIterable {
-        case float32 = "f32"
-        case bfloat16 = "bf16"
-    }
-
     public let config: LlamaConfig
     public let activationPrecision: ActivationPrecision
     /// RoPE `inv_freq`, shared with every other backend through LlamaModel.

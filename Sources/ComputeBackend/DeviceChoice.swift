@@ -33,3 +33,11 @@ public struct DeviceChoiceError: Error, Equatable, Sendable, CustomStringConvert
     public init(text: String) { self.text = text }
     public var description: String { "--device must be cpu, auto, cuda or cuda:N with N a GPU number (got '\(text)')" }
 }
+
+/// Where calibration activations are rounded: to BF16 wherever transformers' BF16 forward rounds (as modelopt
+/// calibrates; the GPU always does this), or kept in f32 (the spec's alternative). Plain data, so a job's settings
+/// can carry it without linking a backend.
+public enum ActivationPrecision: String, Sendable, CaseIterable, Codable {
+    case float32 = "f32"
+    case bfloat16 = "bf16"
+}

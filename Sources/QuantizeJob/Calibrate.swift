@@ -58,10 +58,10 @@ public enum ComputeDevice: CustomStringConvertible {
     }
 
     /// What the activations are rounded to: the GPU always computes in BF16.
-    public func activationLabel(_ precision: CPUBackend.ActivationPrecision) -> String {
+    public func activationLabel(_ precision: ActivationPrecision) -> String {
         switch self {
         case .cpu: precision.rawValue
-        case .cuda: CPUBackend.ActivationPrecision.bfloat16.rawValue
+        case .cuda: ActivationPrecision.bfloat16.rawValue
         }
     }
 }

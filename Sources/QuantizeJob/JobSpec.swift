@@ -11,7 +11,6 @@ import Tokenizer
 // The job's enums travel inside JobSpec by their raw values (the command-line spellings).
 extension QuantizationScheme: Codable {}
 extension CheckpointLayout: Codable {}
-extension CPUBackend.ActivationPrecision: Codable {}
 
 /// Everything a worker and the coordinator need to run one job, as it travels between them. Paths are the same on
 /// every machine (the model directory is shared or copied to the same place); ``ModelCheck`` proves it is the same
@@ -26,7 +25,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         public var minTokens: Int
         public var maxTokens: Int
         public var chunkTokens: Int
-        public var activationPrecision: CPUBackend.ActivationPrecision
+        public var activationPrecision: ActivationPrecision
         /// Bytes of f32 hidden states kept in memory before spilling to `scratchDirectory`.
         public var activationMemoryBudget: Int
         public var scratchDirectory: String?

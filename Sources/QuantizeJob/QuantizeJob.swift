@@ -41,7 +41,7 @@ public struct CalibrationJobOptions: Sendable {
     /// `cpu`, `auto`, `cuda` or `cuda:N`.
     public var device = "auto"
     /// BF16 rounding points reproduce the BF16 forward that modelopt calibrates with; f32 is the spec's alternative.
-    public var activationPrecision: CPUBackend.ActivationPrecision = .bfloat16
+    public var activationPrecision: ActivationPrecision = .bfloat16
 
     public init() {}
 }

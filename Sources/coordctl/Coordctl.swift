@@ -59,7 +59,7 @@ func movingLeadingConnectionOptions(_ arguments: [String]) -> [String] {
 
 extension QuantizationScheme: ExpressibleByArgument {}
 extension CheckpointLayout: ExpressibleByArgument {}
-extension CPUBackend.ActivationPrecision: ExpressibleByArgument {}
+extension ActivationPrecision: ExpressibleByArgument {}
 
 struct Quantize: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -146,7 +146,7 @@ struct JobOptions: ParsableArguments {
     var scratchDir: String?
 
     @Option(name: .long, help: "Calibration activations: bf16 (round where a BF16 forward rounds, as modelopt calibrates) or f32.")
-    var activationPrecision: CPUBackend.ActivationPrecision = .bfloat16
+    var activationPrecision: ActivationPrecision = .bfloat16
 
     @Option(name: .long, help: "Held-out samples for the closing quality report (perplexity of the original against the quantized model); 0 skips the report and its gate.")
     var evalSamples: Int = 16
