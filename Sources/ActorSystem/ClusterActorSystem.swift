@@ -54,6 +54,28 @@ public struct IncomingBulkStream: Sendable {
     public var tensors: IncomingTensors { transport.incomingTensors }
 }
 
+extension ClusterActorSystem {
+    /// Hands every tensor that arrives on any incoming bulk connection, whole, to `receive`, until the system shuts
+    /// down. Connections are read side by side; one that breaks is logged and the others go on.
+    public func receiveIncomingTensors(
+        logger: Logger, _ receive: @escaping @Sendable (_ peer: String, _ id: UInt64, _ bytes: Data) async -> Void
+    ) async {
+        await withTaskGroup(of: Void.self) { group in
+            for await stream in incomingBulkStreams {
+                group.addTask {
+                    do {
+                        for try await tensor in stream.tensors {
+                            await receive(stream.peer.name, tensor.id, try await tensor.chunks.collectData())
+                        }
+                    } catch {
+                        logger.warning("data path from \(stream.peer.name) closed: \(error)")
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The cluster's `DistributedActorSystem`. Thread-safe; one per process (or several in tests).
 ///
 /// Startup: ``start(identity:listen:token:configuration:logger:)``. Local actors register when ready (held weakly; a

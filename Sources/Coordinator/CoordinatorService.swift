@@ -74,7 +74,10 @@ public struct CoordinatorService: Service {
                 }
             }
             group.addTask {
-                await receiveBulk(system: system, coordinator: coordinator, logger: logger)
+                // Every incoming bulk connection is a worker streaming exported layer tensors.
+                await system.receiveIncomingTensors(logger: logger) { peer, id, bytes in
+                    await coordinator.whenLocal { await $0.receiveExportedTensor(from: peer, id: id, bytes: bytes) }
+                }
             }
             group.addTask {
                 // Returns at graceful shutdown, or throws when the group is cancelled: stop either way.
@@ -87,23 +90,5 @@ public struct CoordinatorService: Service {
         }
         try store.close()
         logger.info("coordd stopped")
-    }
-}
-
-/// Every incoming bulk connection is a worker streaming exported layer tensors.
-private func receiveBulk(system: ClusterActorSystem, coordinator: Coordinator, logger: Logger) async {
-    await withTaskGroup(of: Void.self) { group in
-        for await stream in system.incomingBulkStreams {
-            group.addTask {
-                do {
-                    for try await tensor in stream.tensors {
-                        let bytes = try await tensor.chunks.collectData()
-                        await coordinator.whenLocal { await $0.receiveExportedTensor(from: stream.peer.name, id: tensor.id, bytes: bytes) }
-                    }
-                } catch {
-                    logger.warning("data path from \(stream.peer.name) closed: \(error)")
-                }
-            }
-        }
     }
 }

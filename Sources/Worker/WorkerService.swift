@@ -83,20 +83,9 @@ public struct WorkerService: Service {
                                       worker: worker, stopping: stopping, logger: logger)
             }
             group.addTask {
-                await withTaskGroup(of: Void.self) { streams in
-                    for await stream in system.incomingBulkStreams {
-                        streams.addTask {
-                            do {
-                                for try await tensor in stream.tensors {
-                                    let bytes = try await tensor.chunks.collectData()
-                                    await worker.whenLocal { await $0.receiveHiddenStates(from: stream.peer.name, id: tensor.id,
-                                                                                          bytes: bytes) }
-                                }
-                            } catch {
-                                logger.warning("data path from \(stream.peer.name) closed: \(error)")
-                            }
-                        }
-                    }
+                // Every incoming bulk connection is the predecessor streaming hidden states.
+                await system.receiveIncomingTensors(logger: logger) { peer, id, bytes in
+                    await worker.whenLocal { await $0.receiveHiddenStates(from: peer, id: id, bytes: bytes) }
                 }
             }
             group.addTask {
