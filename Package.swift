@@ -57,7 +57,8 @@ let package = Package(
                 swiftSettings: numericSettings),
         // Export layouts, sharding, verification and atomic output.
         .target(name: "Checkpoint", dependencies: ["NVFP4", "SafeTensors", "LlamaModel"]),
-        // A whole quantization job: read, (calibrate), quantize, write, verify.
+        // The engine of a job, no networking: input checks, JobSpec, the layer-range runner, the exporter, the
+        // checkpoint assembler, the quality report and gate.
         .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
                                                       "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime", "CUDABackend",
                                                       .product(name: "Logging", package: "swift-log"),
