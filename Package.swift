@@ -33,8 +33,10 @@ let package = Package(
     targets: [
         // Pure numerics: codecs and the block quantizer. No I/O.
         .target(name: "NVFP4", swiftSettings: numericSettings),
+        // The strict RFC 8259 JSON reader and string encoder (exact integers, duplicate keys, members in order).
+        .target(name: "StrictJSON"),
         // safetensors reading (mmap, validated) and streaming writing.
-        .target(name: "SafeTensors"),
+        .target(name: "SafeTensors", dependencies: ["StrictJSON"]),
         // Llama-family config parsing and weight naming.
         .target(name: "LlamaModel", dependencies: ["SafeTensors"]),
         // Byte-level BPE tokenizer (tokenizer.json).
@@ -47,7 +49,7 @@ let package = Package(
         .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS"],
                 swiftSettings: numericSettings),
         // Calibration data, observers and the layer-streaming calibration loop.
-        .target(name: "Calibration", dependencies: ["ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4",
+        .target(name: "Calibration", dependencies: ["ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4", "StrictJSON",
                                                       .product(name: "Logging", package: "swift-log"),
                                                       .product(name: "Crypto", package: "swift-crypto")],
                 resources: [.copy("Resources")], swiftSettings: numericSettings),

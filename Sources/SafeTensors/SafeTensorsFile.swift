@@ -1,4 +1,5 @@
 import Foundation
+import StrictJSON
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -222,9 +223,9 @@ struct HeaderParser {
         guard isValidUTF8(header) else {
             throw SafeTensorsError(path: path, message: "header is not valid UTF-8", kind: .headerEncoding)
         }
-        let root: JSONValue
+        let root: JSONNode
         do {
-            root = try JSONParser.parse(header)
+            root = try StrictJSONParser.parse(header)
         } catch {
             throw SafeTensorsError(path: path, message: "header is not valid JSON: \(error.description)", kind: .headerJSON)
         }
@@ -276,7 +277,7 @@ struct HeaderParser {
         "[\(range.lowerBound), \(range.upperBound)]"
     }
 
-    private func parseMetadata(_ value: JSONValue) throws -> [String: String] {
+    private func parseMetadata(_ value: JSONNode) throws -> [String: String] {
         guard case .object(let members) = value else {
             throw SafeTensorsError(
                 path: path, message: "'__metadata__' is \(value.kindName), not an object of strings", kind: .metadata)
@@ -296,14 +297,14 @@ struct HeaderParser {
         return metadata
     }
 
-    private func parseEntry(name: String, value: JSONValue) throws -> TensorInfo {
+    private func parseEntry(name: String, value: JSONNode) throws -> TensorInfo {
         func failure(_ message: String, _ kind: SafeTensorsError.Kind) -> SafeTensorsError {
             SafeTensorsError(path: path, tensor: name, message: message, kind: kind)
         }
         guard case .object(let members) = value else {
             throw failure("entry is \(value.kindName), not an object with dtype, shape and data_offsets", .malformedEntry)
         }
-        var fields: [String: JSONValue] = [:]
+        var fields: [String: JSONNode] = [:]
         for member in members {
             let (key, field) = (member.key, member.value)
             guard fields.updateValue(field, forKey: key) == nil else {

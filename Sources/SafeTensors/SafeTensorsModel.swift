@@ -1,4 +1,5 @@
 import Foundation
+import StrictJSON
 
 /// A model directory: either a single `model.safetensors`, or `model.safetensors.index.json` whose
 /// `weight_map` names the shard holding each tensor. Shards are opened (mapped and validated) eagerly.
@@ -127,10 +128,10 @@ public final class SafeTensorsModel: @unchecked Sendable {
         } catch {
             throw SafeTensorsError(path: indexPath, message: "cannot read: \(error.localizedDescription)", kind: .io)
         }
-        let root: JSONValue = try contents.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) throws -> JSONValue in
+        let root: JSONNode = try contents.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) throws -> JSONNode in
             guard isValidUTF8(bytes) else { throw failure("index is not valid UTF-8") }
             do throws(JSONParseError) {
-                return try JSONParser.parse(bytes)
+                return try StrictJSONParser.parse(bytes)
             } catch {
                 throw failure("index is not valid JSON: \(error.description)")
             }

@@ -1,4 +1,5 @@
 import Foundation
+import StrictJSON
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)

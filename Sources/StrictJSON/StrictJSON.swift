@@ -1,11 +1,14 @@
-// A small strict JSON reader and string encoder. Our own, rather than JSONSerialization, because header
-// validation needs what JSONSerialization hides: duplicate keys, exact integers (never a Double or a Bool
-// bridged through NSNumber), and members in file order.
+/// # StrictJSON
+///
+/// The project's strict RFC 8259 JSON reader and string encoder, for safetensors headers and indexes and calibration
+/// JSONL. Our own, rather than JSONSerialization or Codable, because those hide what validation needs: duplicate
+/// keys, exact integers (never a Double or a Bool bridged through NSNumber), members in file order, and the byte
+/// offset of an error.
 
 /// A parsed JSON value. Objects keep their members in file order, duplicates included.
-enum JSONValue {
+public enum JSONNode: Sendable {
     case object([JSONMember])
-    case array([JSONValue])
+    case array([JSONNode])
     case string(String)
     /// An integer literal (no fraction, no exponent) that fits in `Int`.
     case integer(Int)
@@ -15,7 +18,7 @@ enum JSONValue {
     case null
 
     /// What this value is, for error messages.
-    var kindName: String {
+    public var kindName: String {
         switch self {
         case .object: return "an object"
         case .array: return "an array"
@@ -28,21 +31,21 @@ enum JSONValue {
 }
 
 /// One `"key": value` member of a JSON object.
-struct JSONMember {
-    let key: String
-    let value: JSONValue
+public struct JSONMember: Sendable {
+    public let key: String
+    public let value: JSONNode
 }
 
-struct JSONParseError: Error {
-    let message: String
+public struct JSONParseError: Error, Sendable, CustomStringConvertible {
+    public let message: String
     /// Byte offset into the parsed text.
-    let offset: Int
+    public let offset: Int
 
-    var description: String { "\(message) at byte \(offset)" }
+    public var description: String { "\(message) at byte \(offset)" }
 }
 
 /// True if `bytes` is well-formed UTF-8 (no overlongs, no surrogates).
-func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
+public func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
     // Headers are almost always ASCII: check that fast, decode only when needed.
     if !bytes.contains(where: { $0 >= 0x80 }) { return true }
     var iterator = bytes.makeIterator()
@@ -57,19 +60,19 @@ func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
 }
 
 /// Parses one JSON document (surrounding whitespace allowed). The input must already be valid UTF-8.
-struct JSONParser {
+public struct StrictJSONParser {
     private let bytes: UnsafeRawBufferPointer
     private var position = 0
     private var depth = 0
     private static let maximumDepth = 256
 
-    static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONParseError) -> JSONValue {
-        var parser = JSONParser(bytes: bytes)
+    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONParseError) -> JSONNode {
+        var parser = StrictJSONParser(bytes: bytes)
         parser.skipWhitespace()
         let value = try parser.parseValue()
         parser.skipWhitespace()
         if parser.position != bytes.count {
-            throw JSONParseError(message: "unexpected content after the JSON value", offset: parser.position)
+            throw JSONParseError(message: "unexpected text after the JSON value", offset: parser.position)
         }
         return value
     }
@@ -91,7 +94,7 @@ struct JSONParser {
         }
     }
 
-    private mutating func parseValue() throws(JSONParseError) -> JSONValue {
+    private mutating func parseValue() throws(JSONParseError) -> JSONNode {
         guard position < bytes.count else { throw fail("unexpected end of JSON") }
         switch bytes[position] {
         case UInt8(ascii: "{"): return try parseObject()
@@ -119,7 +122,7 @@ struct JSONParser {
         if depth > Self.maximumDepth { throw fail("JSON nested deeper than \(Self.maximumDepth) levels") }
     }
 
-    private mutating func parseObject() throws(JSONParseError) -> JSONValue {
+    private mutating func parseObject() throws(JSONParseError) -> JSONNode {
         try enter()
         position += 1  // "{"
         var members: [JSONMember] = []
@@ -136,7 +139,7 @@ struct JSONParser {
             }
             let key = try parseString()
             skipWhitespace()
-            guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw fail("expected ':'") }
+            guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw fail("expected ':' after key") }
             position += 1
             skipWhitespace()
             let value = try parseValue()
@@ -150,15 +153,15 @@ struct JSONParser {
                 depth -= 1
                 return .object(members)
             } else {
-                throw fail("expected ',' or '}'")
+                throw fail("expected ',' or '}' in an object")
             }
         }
     }
 
-    private mutating func parseArray() throws(JSONParseError) -> JSONValue {
+    private mutating func parseArray() throws(JSONParseError) -> JSONNode {
         try enter()
         position += 1  // "["
-        var elements: [JSONValue] = []
+        var elements: [JSONNode] = []
         skipWhitespace()
         if position < bytes.count, bytes[position] == UInt8(ascii: "]") {
             position += 1
@@ -177,7 +180,7 @@ struct JSONParser {
                 depth -= 1
                 return .array(elements)
             } else {
-                throw fail("expected ',' or ']'")
+                throw fail("expected ',' or ']' in an array")
             }
         }
     }
@@ -194,7 +197,7 @@ struct JSONParser {
                 return text
             }
             if byte == UInt8(ascii: "\\") { break }
-            if byte < 0x20 { throw fail("control character in a string") }
+            if byte < 0x20 { throw fail("unescaped control character in string") }
             position += 1
         }
         var decoded = Array(bytes[start..<position])
@@ -204,12 +207,13 @@ struct JSONParser {
                 position += 1
                 return String(decoding: decoded, as: UTF8.self)
             }
-            if byte < 0x20 { throw fail("control character in a string") }
+            if byte < 0x20 { throw fail("unescaped control character in string") }
             if byte != UInt8(ascii: "\\") {
                 decoded.append(byte)
                 position += 1
                 continue
             }
+            let escapeStart = position  // errors in an escape point at its backslash
             position += 1
             guard position < bytes.count else { break }
             let escape = bytes[position]
@@ -229,19 +233,19 @@ struct JSONParser {
                     // A high surrogate must be followed by an escaped low surrogate.
                     guard position + 1 < bytes.count, bytes[position] == UInt8(ascii: "\\"),
                           bytes[position + 1] == UInt8(ascii: "u") else {
-                        throw fail("unpaired surrogate in a string")
+                        throw fail("unpaired UTF-16 surrogate in \\u escape")
                     }
                     position += 2
                     let low = try parseHex4()
-                    guard (0xDC00..<0xE000).contains(low) else { throw fail("unpaired surrogate in a string") }
+                    guard (0xDC00..<0xE000).contains(low) else { throw fail("unpaired UTF-16 surrogate in \\u escape") }
                     scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
                 } else if (0xDC00..<0xE000).contains(scalar) {
-                    throw fail("unpaired surrogate in a string")
+                    throw fail("unpaired UTF-16 surrogate in \\u escape")
                 }
                 guard let unicodeScalar = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
                 decoded.append(contentsOf: UTF8.encode(unicodeScalar)!)
             default:
-                throw fail("invalid escape in a string")
+                throw JSONParseError(message: "invalid escape '\\\(Character(Unicode.Scalar(escape)))'", offset: escapeStart)
             }
         }
         throw fail("unterminated string")
@@ -265,7 +269,7 @@ struct JSONParser {
         return value
     }
 
-    private mutating func parseNumber() throws(JSONParseError) -> JSONValue {
+    private mutating func parseNumber() throws(JSONParseError) -> JSONNode {
         let start = position
         let negative = bytes[position] == UInt8(ascii: "-")
         if negative { position += 1 }
@@ -316,7 +320,7 @@ struct JSONParser {
 
 /// Appends `text` as a JSON string literal: quotes, backslashes and control characters escaped, other
 /// characters (including non-ASCII) written as UTF-8.
-func appendJSONString(_ text: String, to output: inout [UInt8]) {
+public func appendJSONString(_ text: String, to output: inout [UInt8]) {
     output.append(UInt8(ascii: "\""))
     for byte in text.utf8 {
         switch byte {
