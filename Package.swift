@@ -40,7 +40,7 @@ let package = Package(
         // Llama-family config parsing and weight naming.
         .target(name: "LlamaModel", dependencies: ["SafeTensors"]),
         // Byte-level BPE tokenizer (tokenizer.json).
-        .target(name: "Tokenizer"),
+        .target(name: "Tokenizer", dependencies: ["StrictJSON"]),
         // OpenBLAS, from Debian's libopenblas-dev.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // The compute-backend protocol that calibration drives.

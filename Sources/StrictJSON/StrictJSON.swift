@@ -59,15 +59,25 @@ public func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
     }
 }
 
-/// Parses one JSON document (surrounding whitespace allowed). The input must already be valid UTF-8.
+/// Parses one JSON document (surrounding whitespace allowed). The input should be valid UTF-8 (check with
+/// ``isValidUTF8(_:)`` where that matters); invalid sequences inside strings become U+FFFD.
 public struct StrictJSONParser {
+    /// What a `\u` escape of a lone UTF-16 surrogate becomes. RFC 8259 leaves it undefined: refused by default; U+FFFD
+    /// for files whose producers write them (Hugging Face tokenizer files, read as their own readers read them).
+    public enum LoneSurrogates: Sendable {
+        case reject
+        case replaceWithU_FFFD
+    }
+
     private let bytes: UnsafeRawBufferPointer
+    private let loneSurrogates: LoneSurrogates
     private var position = 0
     private var depth = 0
-    private static let maximumDepth = 256
+    private static let maximumDepth = 512
 
-    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONParseError) -> JSONNode {
-        var parser = StrictJSONParser(bytes: bytes)
+    public static func parse(_ bytes: UnsafeRawBufferPointer,
+                             loneSurrogates: LoneSurrogates = .reject) throws(JSONParseError) -> JSONNode {
+        var parser = StrictJSONParser(bytes: bytes, loneSurrogates: loneSurrogates)
         parser.skipWhitespace()
         let value = try parser.parseValue()
         parser.skipWhitespace()
@@ -77,8 +87,9 @@ public struct StrictJSONParser {
         return value
     }
 
-    private init(bytes: UnsafeRawBufferPointer) {
+    private init(bytes: UnsafeRawBufferPointer, loneSurrogates: LoneSurrogates) {
         self.bytes = bytes
+        self.loneSurrogates = loneSurrogates
     }
 
     private func fail(_ message: String) -> JSONParseError {
@@ -229,21 +240,25 @@ public struct StrictJSONParser {
             case UInt8(ascii: "t"): decoded.append(0x09)
             case UInt8(ascii: "u"):
                 var scalar = try parseHex4()
-                if (0xD800..<0xDC00).contains(scalar) {
-                    // A high surrogate must be followed by an escaped low surrogate.
-                    guard position + 1 < bytes.count, bytes[position] == UInt8(ascii: "\\"),
-                          bytes[position + 1] == UInt8(ascii: "u") else {
-                        throw fail("unpaired UTF-16 surrogate in \\u escape")
-                    }
+                if (0xD800..<0xDC00).contains(scalar), position + 1 < bytes.count, bytes[position] == UInt8(ascii: "\\"),
+                   bytes[position + 1] == UInt8(ascii: "u") {
+                    // A high surrogate followed by an escaped low surrogate is one scalar.
+                    let afterHigh = position
                     position += 2
                     let low = try parseHex4()
-                    guard (0xDC00..<0xE000).contains(low) else { throw fail("unpaired UTF-16 surrogate in \\u escape") }
-                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
-                } else if (0xDC00..<0xE000).contains(scalar) {
+                    if (0xDC00..<0xE000).contains(low) {
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    } else {
+                        position = afterHigh  // the next escape stands on its own
+                    }
+                }
+                if let unicodeScalar = Unicode.Scalar(scalar) {
+                    decoded.append(contentsOf: UTF8.encode(unicodeScalar)!)
+                } else if loneSurrogates == .replaceWithU_FFFD {
+                    decoded.append(contentsOf: [0xEF, 0xBF, 0xBD])  // U+FFFD
+                } else {
                     throw fail("unpaired UTF-16 surrogate in \\u escape")
                 }
-                guard let unicodeScalar = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
-                decoded.append(contentsOf: UTF8.encode(unicodeScalar)!)
             default:
                 throw JSONParseError(message: "invalid escape '\\\(Character(Unicode.Scalar(escape)))'", offset: escapeStart)
             }

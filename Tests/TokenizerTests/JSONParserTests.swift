@@ -47,7 +47,7 @@ import Testing
 
     @Test(arguments: [
         ("{\"a\": 1,}", 8), ("[1 2]", 3), ("{\"a\" 1}", 5), ("\"unterminated", 13), ("[tru]", 1), ("{} x", 3),
-        ("[\"\\q\"]", 4), ("[-]", 2), ("", 0),
+        ("[\"\\q\"]", 2), ("[-]", 2), ("", 0),
     ])
     func rejectsMalformedInputWithOffset(text: String, offset: Int) {
         let error = parseError(text)
