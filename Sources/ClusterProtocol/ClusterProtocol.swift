@@ -36,7 +36,7 @@ public protocol CoordinatorEndpoint: DistributedActor where ActorSystem == Clust
     distributed func submit(_ submission: JobSubmission) async throws -> String
     distributed func status(jobID: String) async throws -> JobStatus
     distributed func list() async throws -> [JobStatus]
-    distributed func workers() async throws -> [WorkerSummary]
+    distributed func workers() async throws -> [WorkerRecord]
     distributed func cancel(jobID: String) async throws -> JobStatus
 }
 

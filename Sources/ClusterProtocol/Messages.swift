@@ -276,32 +276,6 @@ public struct WorkerStatusReport: Codable, Sendable, Equatable {
     }
 }
 
-/// `coordctl workers`: one registered worker.
-public struct WorkerSummary: Codable, Sendable, Equatable {
-    public var name: String
-    public var address: String
-    public var device: String
-    public var memoryBytes: Int64
-    public var freeDiskBytes: Int64
-    public var softwareVersion: String
-    public var health: String
-    public var lastHeartbeat: String
-    public var deathReason: String?
-
-    public init(name: String, address: String, device: String, memoryBytes: Int64, freeDiskBytes: Int64,
-                softwareVersion: String, health: String, lastHeartbeat: String, deathReason: String?) {
-        self.name = name
-        self.address = address
-        self.device = device
-        self.memoryBytes = memoryBytes
-        self.freeDiskBytes = freeDiskBytes
-        self.softwareVersion = softwareVersion
-        self.health = health
-        self.lastHeartbeat = lastHeartbeat
-        self.deathReason = deathReason
-    }
-}
-
 /// Ids of tensors on the data path. Hidden states of chunk `c` travel as `c`; the tensors of an exported layer as
 /// `exportBase | layer << 20 | index`, so the two kinds never collide on one connection.
 public enum BulkTensorID {

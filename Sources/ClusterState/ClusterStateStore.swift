@@ -275,11 +275,11 @@ public final class ClusterStateStore: Sendable {
 
     /// Registers a worker, or refreshes it (alive again, new heartbeat) when it registers after a restart.
     @discardableResult
-    public func registerWorker(_ registration: WorkerRegistration) throws -> WorkerRecord {
-        let worker = WorkerRecord(name: registration.name, address: registration.address, device: registration.device,
-                                  memoryBytes: registration.memoryBytes, freeDiskBytes: registration.freeDiskBytes,
-                                  softwareVersion: registration.softwareVersion, lastHeartbeat: now(), health: .alive,
-                                  deathReason: nil)
+    public func registerWorker(name: String, address: String, device: String, memoryBytes: Int64, freeDiskBytes: Int64,
+                               softwareVersion: String) throws -> WorkerRecord {
+        let worker = WorkerRecord(name: name, address: address, device: device, memoryBytes: memoryBytes,
+                                  freeDiskBytes: freeDiskBytes, softwareVersion: softwareVersion, lastHeartbeat: now(),
+                                  health: .alive, deathReason: nil)
         return try pool.write { db in
             try worker.upsert(db)
             return worker

@@ -25,27 +25,8 @@ public struct JobRecord: Codable, Sendable, Equatable, FetchableRecord, Persista
     }
 }
 
-/// What a worker tells coordd when it registers.
-public struct WorkerRegistration: Sendable, Equatable {
-    public var name: String
-    public var address: String
-    public var device: String
-    public var memoryBytes: Int64
-    public var freeDiskBytes: Int64
-    public var softwareVersion: String
-
-    public init(name: String, address: String, device: String, memoryBytes: Int64, freeDiskBytes: Int64,
-                softwareVersion: String) {
-        self.name = name
-        self.address = address
-        self.device = device
-        self.memoryBytes = memoryBytes
-        self.freeDiskBytes = freeDiskBytes
-        self.softwareVersion = softwareVersion
-    }
-}
-
-/// A row of `worker`.
+/// A row of `worker`: what the worker said of itself when it registered, and what coordd knows of its liveness. It is
+/// also what `coordctl workers` shows.
 public struct WorkerRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
     public static let databaseTableName = "worker"
 

@@ -40,10 +40,9 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     // MARK: Worker-facing
 
     public distributed func register(_ info: WorkerInfo) async throws -> RegistrationReply {
-        try store.registerWorker(WorkerRegistration(name: info.name, address: info.address.description,
-                                                    device: info.device, memoryBytes: info.memoryBytes,
-                                                    freeDiskBytes: info.freeDiskBytes,
-                                                    softwareVersion: info.softwareVersion))
+        try store.registerWorker(name: info.name, address: info.address.description, device: info.device,
+                                 memoryBytes: info.memoryBytes, freeDiskBytes: info.freeDiskBytes,
+                                 softwareVersion: info.softwareVersion)
         await registry.register(info)
         logger.info("worker registered", metadata: ["worker": "\(info.name)", "address": "\(info.address)",
                                                     "device": "\(info.device)", "version": "\(info.softwareVersion)"])
@@ -110,14 +109,8 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         return result
     }
 
-    public distributed func workers() async throws -> [WorkerSummary] {
-        let formatter = ISO8601DateFormatter()
-        return try store.listWorkers().map {
-            WorkerSummary(name: $0.name, address: $0.address, device: $0.device, memoryBytes: $0.memoryBytes,
-                          freeDiskBytes: $0.freeDiskBytes, softwareVersion: $0.softwareVersion,
-                          health: $0.health.rawValue, lastHeartbeat: formatter.string(from: $0.lastHeartbeat),
-                          deathReason: $0.deathReason)
-        }
+    public distributed func workers() async throws -> [WorkerRecord] {
+        try store.listWorkers()
     }
 
     public distributed func cancel(jobID: String) async throws -> JobStatus {

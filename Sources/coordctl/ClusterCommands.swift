@@ -252,6 +252,7 @@ struct Workers: AsyncParsableCommand {
         if json {
             let encoder = JSONEncoder()
             encoder.keyEncodingStrategy = .convertToSnakeCase
+            encoder.dateEncodingStrategy = .iso8601
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(workers), as: UTF8.self))
             return
@@ -262,7 +263,7 @@ struct Workers: AsyncParsableCommand {
         for worker in workers {
             print(pad(worker.name, 16) + pad(worker.address, 22) + pad(worker.device, 10)
                   + pad(formatBytes(Int(worker.memoryBytes)), 10) + pad(formatBytes(Int(worker.freeDiskBytes)), 11)
-                  + pad(worker.health, 8) + worker.lastHeartbeat
+                  + pad(worker.health.rawValue, 8) + ISO8601DateFormatter().string(from: worker.lastHeartbeat)
                   + (worker.deathReason.map { "  (\($0))" } ?? ""))
         }
     }

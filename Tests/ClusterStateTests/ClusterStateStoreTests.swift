@@ -32,17 +32,19 @@ private func open(_ directory: TemporaryStateDirectory, clock: TestClock = TestC
     try ClusterStateStore(stateDirectory: directory.path, now: { clock.now() })
 }
 
-private func registration(_ name: String, memory: Int64 = 1 << 30) -> WorkerRegistration {
-    WorkerRegistration(name: name, address: "10.0.0.\(name.count):7000", device: "H200", memoryBytes: memory,
-                       freeDiskBytes: 1 << 40, softwareVersion: "0.3.0")
+/// Registers worker `name` with test values.
+@discardableResult
+private func register(_ name: String, memory: Int64 = 1 << 30, in store: ClusterStateStore) throws -> WorkerRecord {
+    try store.registerWorker(name: name, address: "10.0.0.\(name.count):7000", device: "H200", memoryBytes: memory,
+                             freeDiskBytes: 1 << 40, softwareVersion: "0.3.0")
 }
 
 /// A job in `calibrating` with workers a (layers 0..<2, embeddings) and b (2..<4).
 private func calibratingJob(_ store: ClusterStateStore, id: String = "job-1") throws -> String {
     try store.createJob(modelPath: "/models/llama", outputPath: "/out/llama-nvfp4",
                         options: TestOptions(scheme: "w4a4", samples: 8), configHash: "cafe", id: id)
-    try store.registerWorker(registration("a"))
-    try store.registerWorker(registration("b"))
+    try register("a", in: store)
+    try register("b", in: store)
     try store.savePlan(jobID: id, plan: [LayerAssignment(worker: "a", range: 0 ..< 2, embeddings: true),
                                          LayerAssignment(worker: "b", range: 2 ..< 4, embeddings: false)])
     try store.updateJobState(jobID: id, to: .loading)
@@ -362,7 +364,7 @@ struct ClusterStateStoreTests {
         #expect(try store.resumePoint(jobID: id)?.deadWorkers == [])
 
         // A worker that comes back registers again and is alive.
-        try store.registerWorker(registration("b"))
+        try register("b", in: store)
         #expect(try store.worker(name: "b")?.health == .alive)
         #expect(try store.worker(name: "b")?.deathReason == nil)
     }

@@ -9,10 +9,10 @@ struct JobStatusTests {
         let store = try ClusterStateStore(stateDirectory: directory.path, now: { Date(timeIntervalSince1970: 1_800_000_000) })
         try store.createJob(modelPath: "/models/llama", outputPath: "/out/llama-nvfp4", options: ["scheme": "w4a4"],
                             configHash: "cafe", id: "job-1")
-        try store.registerWorker(WorkerRegistration(name: "a", address: "h:1", device: "H200", memoryBytes: 2,
-                                                    freeDiskBytes: 1, softwareVersion: "1"))
-        try store.registerWorker(WorkerRegistration(name: "b", address: "h:2", device: "H100", memoryBytes: 1,
-                                                    freeDiskBytes: 1, softwareVersion: "1"))
+        try store.registerWorker(name: "a", address: "h:1", device: "H200", memoryBytes: 2,
+                                 freeDiskBytes: 1, softwareVersion: "1")
+        try store.registerWorker(name: "b", address: "h:2", device: "H100", memoryBytes: 1,
+                                 freeDiskBytes: 1, softwareVersion: "1")
         try store.savePlan(jobID: "job-1", plan: try LayerPlanner.plan(layerCount: 5, workers: [
             WorkerCapacity(name: "a", memoryBytes: 2), WorkerCapacity(name: "b", memoryBytes: 1)]))
         try store.updateJobState(jobID: "job-1", to: .loading)
