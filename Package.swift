@@ -69,6 +69,7 @@ let package = Package(
         // Knows nothing of Llama.
         .target(name: "Transport", dependencies: [
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
@@ -76,6 +77,7 @@ let package = Package(
         // Distributed actors over Transport: ClusterActorSystem, the binary Codable coder, call/error envelopes.
         .target(name: "ActorSystem", dependencies: [
             "Transport",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -124,13 +126,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "coordd", dependencies: [
-            "Coordinator", "CommandLineOptions", "ClusterProtocol", "Transport",
+            "Coordinator", "CommandLineOptions", "ActorSystem", "ClusterProtocol", "Transport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "workerd", dependencies: [
-            "Worker", "ClusterProtocol", "Transport", "Checkpoint", "ComputeBackend", "CommandLineOptions",
+            "Worker", "ClusterProtocol", "Transport", "Checkpoint", "ComputeBackend", "CommandLineOptions", "ActorSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

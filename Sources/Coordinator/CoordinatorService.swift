@@ -6,9 +6,9 @@ import Logging
 import ServiceLifecycle
 import Transport
 
-/// coordd as a swift-service-lifecycle `Service`: listens, hosts the ``Coordinator`` actor, resumes unfinished jobs,
-/// watches peers and receives exported tensors. On graceful shutdown (SIGTERM) the job runners stop at their next
-/// step, everything persisted stays in SQLite, and the listener closes.
+/// coordd as a swift-service-lifecycle `Service`: hosts the ``Coordinator`` actor on a started actor system, resumes
+/// unfinished jobs, watches peers and receives exported tensors. On graceful shutdown (SIGTERM) the job runners stop
+/// at their next step and everything persisted stays in SQLite; the system's own service then closes the listener.
 public struct CoordinatorService: Service {
     public struct Configuration: Sendable {
         public var listen: NodeAddress
@@ -25,17 +25,15 @@ public struct CoordinatorService: Service {
     }
 
     let configuration: Configuration
+    let system: ClusterActorSystem
     let logger: Logger
     /// Called once the listener is bound (tests and `coordctl quantize` learn the port this way).
     let onReady: (@Sendable (NodeAddress) -> Void)?
 
-    public init(configuration: Configuration, logger: Logger, onReady: (@Sendable (NodeAddress) -> Void)? = nil) {
-        self.configuration = configuration
-        self.logger = logger
-        self.onReady = onReady
-    }
-
-    public func run() async throws {
+    /// Starts the actor system coordd serves on: listening on `configuration.listen`, which must be loopback without a
+    /// token. Run it as a ``ClusterActorSystemService`` listed before this service in the same group, so that it
+    /// shuts down after the job runners have stopped.
+    public static func startSystem(configuration: Configuration, logger: Logger) async throws -> ClusterActorSystem {
         if configuration.token == nil {
             guard configuration.listen.isLoopback else {
                 throw CoordinatorError.badSetting(option: "--listen \(configuration.listen)",
@@ -44,10 +42,24 @@ public struct CoordinatorService: Service {
             logger.warning(Logger.Message(stringLiteral: "no cluster token: listening on loopback only (\(configuration.listen)); "
                            + "give --token-file to accept workers on other hosts"))
         }
-        let store = try ClusterStateStore(stateDirectory: configuration.stateDirectory)
-        let system = try await ClusterActorSystem.start(
+        return try await ClusterActorSystem.start(
             identity: NodeIdentity(name: "coordinator", role: .coordinator), listen: configuration.listen,
             token: configuration.token, configuration: configuration.transport, logger: logger)
+    }
+
+    public init(configuration: Configuration, system: ClusterActorSystem, logger: Logger,
+                onReady: (@Sendable (NodeAddress) -> Void)? = nil) {
+        self.configuration = configuration
+        self.system = system
+        self.logger = logger
+        self.onReady = onReady
+    }
+
+    public func run() async throws {
+        let system = self.system
+        let logger = self.logger
+        let store = try ClusterStateStore(stateDirectory: configuration.stateDirectory)
+        defer { try? store.close() }
         let coordinator = try system.makeActor(named: WellKnownActor.coordinator) {
             Coordinator(actorSystem: system, store: store, settings: configuration.settings, logger: logger)
         }
@@ -56,8 +68,9 @@ public struct CoordinatorService: Service {
         onReady?(bound)
         try await coordinator.whenLocal { try await $0.resumeUnfinishedJobs() }
 
-        // Serve until graceful shutdown (SIGTERM) reaches this task: then drain the job runners and close the system,
-        // which ends the two loops. Structured: the shutdown step is a child of the same group, not a spawned Task.
+        // Serve until graceful shutdown (SIGTERM) reaches this service: then stop the job runners (their state stays
+        // in SQLite) and end the loops by cancellation. The actor system closes after this returns (its service is
+        // listed first, so the group shuts it down last).
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await event in system.peerEvents {
@@ -79,16 +92,10 @@ public struct CoordinatorService: Service {
                     await coordinator.whenLocal { await $0.receiveExportedTensor(from: peer, id: id, bytes: bytes) }
                 }
             }
-            group.addTask {
-                // Returns at graceful shutdown, or throws when the group is cancelled: stop either way.
-                try? await gracefulShutdown()
-                logger.info("shutting down: stopping job runners; unfinished jobs resume at the next start")
-                await coordinator.whenLocal { await $0.drain() }
-                await system.shutdown()
-            }
-            await group.waitForAll()
+            try? await gracefulShutdown()
+            logger.info("shutting down: stopping job runners; unfinished jobs resume at the next start")
+            await coordinator.whenLocal { await $0.drain() }
+            group.cancelAll()
         }
-        try store.close()
-        logger.info("coordd stopped")
     }
 }

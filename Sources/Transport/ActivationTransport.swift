@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Moves raw tensor bytes (hidden states) between two nodes, in chunks, with back-pressure on both ends.
@@ -122,9 +123,21 @@ struct ConnectionBulkSource: BulkItemSource {
 
     var peerName: String { connection.peer.name }
 
+    /// Cancellation-aware: a cancelled consumer stops waiting (the daemons' receive loops end this way on shutdown).
     func nextItem() async throws -> BulkItem? {
         let handler = connection.handler
-        return try await connection.channel.eventLoop.flatSubmit { handler.value.nextBulkItem() }.get()
+        let eventLoop = connection.channel.eventLoop
+        let cancelled = NIOLockedValueBox(false)
+        return try await withTaskCancellationHandler {
+            try await eventLoop.flatSubmit {
+                // A cancellation that came before this ran finds no waiter to fail: refuse to wait at all.
+                if cancelled.withLockedValue({ $0 }) { return eventLoop.makeFailedFuture(CancellationError()) }
+                return handler.value.nextBulkItem()
+            }.get()
+        } onCancel: {
+            cancelled.withLockedValue { $0 = true }
+            eventLoop.execute { handler.value.cancelBulkWait() }
+        }
     }
 
     func setOpen(_ id: UInt64?) async throws {

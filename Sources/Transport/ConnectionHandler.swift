@@ -451,6 +451,13 @@ final class ConnectionHandler: ChannelDuplexHandler {
         if bulkQueuedBytes >= configuration.bulkReceiveBufferBytes { readsPaused = true }
     }
 
+    /// Fails the consumer waiting in ``nextBulkItem()``, if any, with `CancellationError` (its task was cancelled).
+    func cancelBulkWait() {
+        guard let waiter = bulkWaiter else { return }
+        bulkWaiter = nil
+        waiter.fail(CancellationError())
+    }
+
     /// The next bulk item, or `nil` once the connection is closed and the queue drained. One consumer at a time.
     func nextBulkItem() -> EventLoopFuture<BulkItem?> {
         let eventLoop = context?.eventLoop ?? authPromise.futureResult.eventLoop

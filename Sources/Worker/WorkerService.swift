@@ -6,9 +6,9 @@ import Logging
 import ServiceLifecycle
 import Transport
 
-/// workerd as a swift-service-lifecycle `Service`: listens for the coordinator's calls and the predecessor's hidden
-/// states, registers with the coordinator (again after it restarts), sends heartbeats, and on SIGTERM stops after
-/// the chunk in progress; kept hidden states stay on disk for a resume.
+/// workerd as a swift-service-lifecycle `Service`: on a started actor system, answers the coordinator's calls and
+/// takes the predecessor's hidden states, registers with the coordinator (again after it restarts), sends heartbeats,
+/// and on SIGTERM stops after the chunk in progress; kept hidden states stay on disk for a resume.
 public struct WorkerService: Service {
     public struct Configuration: Sendable {
         public var coordinator: NodeAddress
@@ -38,24 +38,33 @@ public struct WorkerService: Service {
     }
 
     let configuration: Configuration
+    let system: ClusterActorSystem
     let logger: Logger
 
-    public init(configuration: Configuration, logger: Logger) {
-        self.configuration = configuration
-        self.logger = logger
-    }
-
-    public func run() async throws {
-        let configuration = self.configuration
-        let logger = self.logger
+    /// Starts the actor system workerd serves on: listening on `configuration.listen`, which must be loopback without
+    /// a token. Run it as a ``ClusterActorSystemService`` listed before this service in the same group, so that it
+    /// shuts down after the worker has finished its chunk.
+    public static func startSystem(configuration: Configuration, logger: Logger) async throws -> ClusterActorSystem {
         if configuration.token == nil && !configuration.listen.isLoopback {
             throw WorkerError.badSetting(worker: configuration.name, option: "--listen \(configuration.listen)",
                                          reason: "is not a loopback address; without --token-file workerd listens on loopback only")
         }
         try FileManager.default.createDirectory(at: configuration.scratchDirectory, withIntermediateDirectories: true)
-        let system = try await ClusterActorSystem.start(
+        return try await ClusterActorSystem.start(
             identity: NodeIdentity(name: configuration.name, role: .worker), listen: configuration.listen,
             token: configuration.token, configuration: configuration.transport, logger: logger)
+    }
+
+    public init(configuration: Configuration, system: ClusterActorSystem, logger: Logger) {
+        self.configuration = configuration
+        self.system = system
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let configuration = self.configuration
+        let system = self.system
+        let logger = self.logger
         let stopping = StopFlag()
         var advertised = configuration.advertise ?? system.boundAddress!
         if advertised.port == 0 { advertised.port = system.boundAddress!.port }
@@ -75,8 +84,8 @@ public struct WorkerService: Service {
                                 freeDiskBytes: freeDiskBytes(at: configuration.scratchDirectory),
                                 softwareVersion: workerSoftwareVersion) }
 
-        // Serve until graceful shutdown (SIGTERM) reaches this task: then finish the chunk in progress and close the
-        // system, which ends the other loops. Structured: the shutdown step is a child of the same group.
+        // Serve until graceful shutdown (SIGTERM) reaches this service: then finish the chunk in progress (kept hidden
+        // states stay on disk) and end the loops by cancellation. The actor system closes after this returns.
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 await registerAndBeat(system: system, coordinatorAddress: configuration.coordinator, info: info,
@@ -88,16 +97,12 @@ public struct WorkerService: Service {
                     await worker.whenLocal { await $0.receiveHiddenStates(from: peer, id: id, bytes: bytes) }
                 }
             }
-            group.addTask {
-                try? await gracefulShutdown()
-                stopping.set()
-                logger.info("shutting down: finishing the chunk in progress; kept hidden states stay on disk")
-                await worker.whenLocal { await $0.stopForShutdown() }
-                await system.shutdown()
-            }
-            await group.waitForAll()
+            try? await gracefulShutdown()
+            stopping.set()
+            logger.info("shutting down: finishing the chunk in progress; kept hidden states stay on disk")
+            await worker.whenLocal { await $0.stopForShutdown() }
+            group.cancelAll()
         }
-        logger.info("workerd stopped")
     }
 }
 

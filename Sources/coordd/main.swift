@@ -1,3 +1,4 @@
+import ActorSystem
 import ArgumentParser
 import ClusterProtocol
 import CommandLineOptions
@@ -42,10 +43,14 @@ struct Coordd: AsyncParsableCommand {
             listen: try NodeAddress(parsing: listen), stateDirectory: stateDir,
             token: try token.loadToken())
         configuration.settings.workerGraceSeconds = workerGrace
-        let service = CoordinatorService(configuration: configuration, logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
-                                                      logger: logger))
+        let system = try await CoordinatorService.startSystem(configuration: configuration, logger: logger)
+        // Shut down in reverse: the coordinator stops its jobs first, then the actor system closes its connections.
+        let group = ServiceGroup(configuration: .init(
+            services: [ClusterActorSystemService(system: system),
+                       CoordinatorService(configuration: configuration, system: system, logger: logger)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+        logger.info("coordd stopped")
     }
 }
 

@@ -1,3 +1,4 @@
+import ActorSystem
 import ArgumentParser
 import Checkpoint
 import CommandLineOptions
@@ -60,10 +61,14 @@ struct Workerd: AsyncParsableCommand {
         configuration.advertise = try advertise.map { try NodeAddress(parsing: $0) }
         configuration.chunkDelay = .milliseconds(debugChunkDelayMs)
         if let memoryBudget { configuration.memoryBudget = try ShardPlanner.parseSize(memoryBudget) }
-        let service = WorkerService(configuration: configuration, logger: logger)
-        let group = ServiceGroup(configuration: .init(services: [service], gracefulShutdownSignals: [.sigterm, .sigint],
-                                                      logger: logger))
+        let system = try await WorkerService.startSystem(configuration: configuration, logger: logger)
+        // Shut down in reverse: the worker finishes its chunk first, then the actor system closes its connections.
+        let group = ServiceGroup(configuration: .init(
+            services: [ClusterActorSystemService(system: system),
+                       WorkerService(configuration: configuration, system: system, logger: logger)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+        logger.info("workerd stopped")
     }
 }
 
