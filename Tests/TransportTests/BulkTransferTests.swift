@@ -190,3 +190,36 @@ struct BulkTransferTests {
         #expect(logs.contains("bulk tensor 8: chunk without a first chunk"))
     }
 }
+
+/// A consumer waiting for the next tensor stops when its task is cancelled, while the connection stays up: the
+/// daemons end their receive loops this way on shutdown, before the actor system closes its connections.
+@Suite("Bulk receive and cancellation", .timeLimit(.minutes(1)))
+struct BulkReceiveCancellationTests {
+    @Test func waitingForATensorEndsWhenTheTaskIsCancelled() async throws {
+        let outcome = Mailbox<String>()
+        let waiting = Mailbox<Bool>()
+        let handler = ClosureHandler(onOpen: { connection in
+            let transport = TCPActivationTransport(connection: connection)
+            let receiver = Task {
+                waiting.put(true)
+                do {
+                    for try await _ in transport.incomingTensors {}
+                    outcome.put("finished")
+                } catch is CancellationError {
+                    outcome.put("cancelled")
+                } catch {
+                    outcome.put("failed: \(error)")
+                }
+            }
+            _ = await waiting.take()
+            try? await Task.sleep(for: .milliseconds(100))  // let it block on the empty connection
+            receiver.cancel()
+            _ = await receiver.result
+        })
+        try await withServer(handler: handler) { server in
+            let connection = try await connect(to: server, purpose: .bulk)
+            #expect(await outcome.take() == "cancelled")
+            await connection.close()
+        }
+    }
+}
