@@ -162,6 +162,22 @@ public struct CalibrateOrder: Codable, Sendable, Equatable {
     }
 }
 
+/// Fused group → amax of one layer, from coordd's state, which names each observed input by its group's raw value.
+public func activationAmaxByGroup(_ amax: [String: ActivationAmax]) throws -> [FusedGroup: ActivationAmax] {
+    var result: [FusedGroup: ActivationAmax] = [:]
+    for (input, value) in amax {
+        guard let group = FusedGroup(rawValue: input) else { throw UnknownActivationInput(name: input) }
+        result[group] = value
+    }
+    return result
+}
+
+/// coordd's state names an observed input that no fused group has (a state file from another version).
+public struct UnknownActivationInput: Error, CustomStringConvertible {
+    public let name: String
+    public var description: String { "the job's state holds statistics of an unknown input '\(name)'" }
+}
+
 /// Max |x| of the four observed inputs of one layer over one chunk, one per fused group of the Linears reading it.
 public struct LayerAmax: Codable, Sendable, Equatable {
     public var layer: Int
@@ -187,10 +203,6 @@ public struct LayerAmax: Codable, Sendable, Equatable {
         }
     }
 
-    /// Fused group → amax.
-    public var byGroup: [FusedGroup: ActivationAmax] {
-        Dictionary(uniqueKeysWithValues: FusedGroup.allCases.map { ($0, self[$0]) })
-    }
 }
 
 public struct ChunkReport: Codable, Sendable, Equatable {

@@ -14,7 +14,6 @@ enum JobFailure: Error, CustomStringConvertible {
     case workerNotRegistered(worker: String)
     case noModelConfig(jobID: String)
     case qualityReportFailed(reason: String)
-    case unknownStatisticsInput(input: String)
     case unknownTensorDType(worker: String, tensor: String, dtype: String)
 
     var description: String {
@@ -31,7 +30,6 @@ enum JobFailure: Error, CustomStringConvertible {
         case .qualityReportFailed(let reason):
             "the quality report failed, so the checkpoint cannot be judged: \(reason) (--eval-samples 0 skips the "
                 + "report and its gate)"
-        case .unknownStatisticsInput(let input): "the job's state holds statistics of an unknown input '\(input)'"
         case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
         }
     }

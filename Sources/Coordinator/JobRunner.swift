@@ -535,7 +535,7 @@ actor JobRunner {
                     try checkInterrupted()
                 }
                 var calibration = spec.calibrationRecord(plan: calibrationPlan, deviceLabel: deviceLabel)
-                calibration.activationAmax = try store.activationAmax(jobID: jobID).mapValues(Self.byGroup)
+                calibration.activationAmax = try store.activationAmax(jobID: jobID).mapValues(activationAmaxByGroup)
                 record = calibration
             }
             try move(to: .merging)
@@ -578,29 +578,16 @@ actor JobRunner {
         }
         try checkInterrupted()
         let gate = spec.maxPerplexityRatio.map { QualityGate(maxPerplexityRatio: $0) }
-        var failure = gate?.failure(of: report)
+        let failure = gate?.failure(of: report)
+        let verdict: JobQuality.Gate = gate == nil ? .off : failure == nil ? .passed : .failed
         try store.recordQuality(jobID: jobID, quality: JobQuality(
             samples: report.samples, tokens: report.tokens, originalPerplexity: report.originalPerplexity,
-            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio,
-            gate: gate == nil ? .off : failure == nil ? .passed : .failed))
-        let verdict = gate == nil ? "off" : failure == nil ? "passed" : "failed"
-        logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples; gate \(verdict)")
-        if failure != nil {
-            failure?.keptAt = directory.path
-            throw failure!
+            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict))
+        logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples; gate \(verdict.rawValue)")
+        if var failure {
+            failure.keptAt = directory.path
+            throw failure
         }
-    }
-
-    /// Fused group → amax of one layer, from the store's input names.
-    static func byGroup(_ amax: [String: ActivationAmax]) throws -> [FusedGroup: ActivationAmax] {
-        var result: [FusedGroup: ActivationAmax] = [:]
-        for (input, value) in amax {
-            guard let group = FusedGroup(rawValue: input) else {
-                throw JobFailure.unknownStatisticsInput(input: input)
-            }
-            result[group] = value
-        }
-        return result
     }
 
     /// Waits until `layer`'s scales are final (W4A4), freezes them, has the owning worker export the layer and takes
@@ -614,7 +601,7 @@ actor JobRunner {
                 await waitForProgress()
                 try checkInterrupted()
             }
-            activationAmax = try Self.byGroup(try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount))
+            activationAmax = try activationAmaxByGroup(try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount))
         }
         let request = ExportRequest(jobID: jobID, layer: layer, activationAmax: activationAmax)
         let endpoint = owner.endpoint

@@ -10,7 +10,6 @@ import Distributed
 import Evaluation
 import Foundation
 import Logging
-import LlamaModel
 import QuantizeJob
 import Transport
 import Worker
@@ -74,12 +73,7 @@ public enum LocalCluster {
         summary.outputBytes = Int(status.outputBytes ?? 0)
         summary.shards = try FileManager.default.contentsOfDirectory(atPath: options.outputDirectory.path)
             .filter { $0.hasSuffix(".safetensors") }.count
-        for (layer, amax) in try store.activationAmax(jobID: jobID) {
-            for (input, value) in amax {
-                guard let group = FusedGroup(rawValue: input) else { continue }
-                summary.activationAmax[layer, default: [:]][group] = value
-            }
-        }
+        summary.activationAmax = try store.activationAmax(jobID: jobID).mapValues(activationAmaxByGroup)
         summary.seconds = Date().timeIntervalSince(start)
         if let quality = status.quality {
             summary.quality = QualityReport(samples: quality.samples, tokens: quality.tokens,
