@@ -169,6 +169,10 @@ let package = Package(
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
         // coordd, workerd and coordctl as separate processes (loopback, network namespaces, faults).
         .testTarget(name: "ClusterTests", dependencies: ["coordd", "workerd", "coordctl", "W4A4Probes"]),
+        .testTarget(name: "CoordinatorTests", dependencies: [
+            "Coordinator", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel",
+            "NVFP4", "SafeTensors", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", "NVFP4", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4"]),
         .testTarget(name: "TransportTests", dependencies: [

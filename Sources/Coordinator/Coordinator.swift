@@ -44,6 +44,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
                                  memoryBytes: info.memoryBytes, freeDiskBytes: info.freeDiskBytes,
                                  softwareVersion: info.softwareVersion)
         await registry.register(info)
+        await mailbox.peerReturned(info.name)
         logger.info("worker registered", metadata: ["worker": "\(info.name)", "address": "\(info.address)",
                                                     "device": "\(info.device)", "version": "\(info.softwareVersion)"])
         return RegistrationReply(coordinatorVersion: NVFP4ClusterVersion.current,

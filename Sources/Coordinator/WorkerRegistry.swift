@@ -60,6 +60,9 @@ actor BulkMailbox {
     }
     private var arrived: [Key: Data] = [:]
     private var waiting: [Key: CheckedContinuation<Data, Error>] = [:]
+    /// Peers whose connection went away, with the error their collectors get, until they register again. Without it
+    /// a collector that came after the loss would wait forever for tensors that were dropped (or never sent).
+    private var lost: [String: any Error] = [:]
 
     func deliver(peer: String, id: UInt64, bytes: Data) {
         let key = Key(peer: peer, id: id)
@@ -70,16 +73,25 @@ actor BulkMailbox {
         }
     }
 
-    /// The bytes of tensor `id` from `peer`, waiting for them if needed. Fails when `failAll(peer:)` is called.
+    /// The bytes of tensor `id` from `peer`, waiting for them if needed. Fails when `failAll(peer:)` is called, and at
+    /// once while the peer is lost.
     func take(peer: String, id: UInt64) async throws -> Data {
         let key = Key(peer: peer, id: id)
         if let bytes = arrived.removeValue(forKey: key) { return bytes }
+        if let error = lost[peer] { throw error }
         return try await withCheckedThrowingContinuation { waiting[key] = $0 }
     }
 
-    /// Fails the waiters of a peer whose connection went away, and drops what it sent.
+    /// Fails the waiters of a peer whose connection went away, drops what it sent, and fails later collectors until
+    /// the peer is back (``peerReturned(_:)``).
     func failAll(peer: String, error: Error) {
+        lost[peer] = error
         for key in waiting.keys where key.peer == peer { waiting.removeValue(forKey: key)?.resume(throwing: error) }
         for key in arrived.keys where key.peer == peer { arrived.removeValue(forKey: key) }
+    }
+
+    /// The peer registered again: its exports may be collected again.
+    func peerReturned(_ peer: String) {
+        lost[peer] = nil
     }
 }
