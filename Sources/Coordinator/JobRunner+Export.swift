@@ -1,0 +1,140 @@
+import ActorSystem
+import ClusterProtocol
+import ClusterState
+import Calibration
+import Distributed
+import Evaluation
+import Foundation
+import LlamaModel
+import Logging
+import NVFP4
+import QuantizeJob
+import SafeTensors
+
+/// Export and merge: layer by layer as each layer's statistics are final, the checkpoint written, verified, judged on
+/// quality and renamed.
+extension JobRunner {
+    // MARK: Export and merge
+
+    /// Exports every layer in order and merges the checkpoint. For W4A4 it runs beside ``calibrate``: each layer waits
+    /// until every chunk has passed it, then freezes its scales and exports; the merge waits for the whole calibration.
+    /// Two layers are asked for ahead of the one being written, so a worker quantizes layer L+1 while it still streams
+    /// layer L, and the coordinator checks and writes L meanwhile.
+    func exportAndWrite(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) async throws {
+        let spec = submission.spec
+        let source = try SafeTensorsModel(directory: spec.modelPath)
+        let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: logger)
+        let layerCount = config.numHiddenLayers
+        var pending: [Task<(tensors: [ExportedTensor], seconds: Double), any Error>] = []
+        let lookAhead = 2
+        // Unstructured: the look-ahead window slides (start L+2 when L is written), which a task group's
+        // all-or-nothing scope cannot express; every started task is awaited below, also on failure.
+        func startExport(_ layer: Int) -> Task<(tensors: [ExportedTensor], seconds: Double), any Error> {
+            Task {
+                let started = ContinuousClock.now
+                let tensors = try await self.exportLayer(layer, workers: workers, chunkCount: calibrationPlan.chunks.count)
+                return (tensors, secondsSince(started))
+            }
+        }
+        do {
+            try assembler.writeEmbeddings()
+            pending = (0..<min(lookAhead, layerCount)).map { startExport($0) }
+            for layer in 0..<layerCount {
+                let (tensors, exportSeconds) = try await pending.removeFirst().value
+                if layer + lookAhead < layerCount { pending.append(startExport(layer + lookAhead)) }
+                try checkInterrupted()
+                let writeStart = ContinuousClock.now
+                try assembler.add(layer: layer, tensors: tensors)
+                logger.info("wrote layer \(layer): exported in \(String(format: "%.2f", exportSeconds)) s, checked and written in \(String(format: "%.2f", secondsSince(writeStart))) s")
+                outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
+            }
+            var record: CalibrationRecord?
+            if spec.scheme.quantizesActivations {
+                while !calibrationDone {
+                    await waitForProgress()
+                    try checkInterrupted()
+                }
+                var calibration = spec.calibrationRecord(plan: calibrationPlan, deviceLabel: deviceLabel)
+                calibration.activationAmax = try store.activationAmax(jobID: jobID).mapValues(activationAmaxByGroup)
+                record = calibration
+            }
+            try move(to: .merging)
+            let report = try assembler.finish(calibration: record)
+            outputBytes = Int64(report.bytes)
+            if spec.evaluationSamples > 0 {
+                try move(to: .evaluating)
+                try await judgeQuality(spec: spec, config: config, source: source, assembler: assembler)
+            }
+            try assembler.commit()
+        } catch let failure as QualityGateFailure {
+            // The rejected checkpoint stays as OUTPUT.partial-<id>, for inspection.
+            throw failure
+        } catch {
+            // Look-ahead exports must not outlive this attempt (a later one reuses the tensor ids).
+            if !pending.isEmpty {
+                if siblingFailure == nil { siblingFailure = operatorDescription(of: error) }
+                signalProgress()
+                for task in pending { _ = await task.result }
+            }
+            assembler.discard()
+            throw error
+        }
+    }
+
+    /// Measures the perplexity of the verified checkpoint (still in its partial directory) against the original,
+    /// records it for `status`, and throws ``QualityGateFailure`` when the gate rejects it.
+    func judgeQuality(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel,
+                              assembler: CheckpointAssembler) async throws {
+        let directory = assembler.partialDirectory
+        let logger = self.logger
+        let report: QualityReport
+        do {
+            report = try await evaluationQueue.run {
+                try QualityEvaluation.report(spec: spec, config: config, original: source, checkpointDirectory: directory,
+                                             logger: logger)
+            }
+        } catch {
+            throw JobFailure.qualityReportFailed(reason: "\(error)")
+        }
+        try checkInterrupted()
+        let gate = spec.maxPerplexityRatio.map { QualityGate(maxPerplexityRatio: $0) }
+        let failure = gate?.failure(of: report)
+        let verdict: JobQuality.Gate = gate == nil ? .off : failure == nil ? .passed : .failed
+        try store.recordQuality(jobID: jobID, quality: JobQuality(
+            samples: report.samples, tokens: report.tokens, originalPerplexity: report.originalPerplexity,
+            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict))
+        logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples; gate \(verdict.rawValue)")
+        if var failure {
+            failure.keptAt = directory.path
+            throw failure
+        }
+    }
+
+    /// Waits until `layer`'s scales are final (W4A4), freezes them, has the owning worker export the layer and takes
+    /// its tensors from the data path.
+    func exportLayer(_ layer: Int, workers: [PlannedWorker], chunkCount: Int) async throws -> [ExportedTensor] {
+        try checkInterrupted()
+        let owner = workers.first { $0.assignment.range.contains(layer) }!
+        var activationAmax: [FusedGroup: ActivationAmax]?
+        if submission.spec.scheme.quantizesActivations {
+            while !calibrationDone && (recorded[layer]?.count ?? 0) < chunkCount {
+                await waitForProgress()
+                try checkInterrupted()
+            }
+            activationAmax = try activationAmaxByGroup(try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount))
+        }
+        let request = ExportRequest(jobID: jobID, layer: layer, activationAmax: activationAmax)
+        let endpoint = owner.endpoint
+        let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
+        let manifest = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.exportLayer(request) }
+        var tensors: [ExportedTensor] = []
+        for entry in manifest.entries {
+            let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
+            guard let dtype = SafeTensorsDType(rawValue: entry.dtype) else {
+                throw JobFailure.unknownTensorDType(worker: owner.info.name, tensor: entry.name, dtype: entry.dtype)
+            }
+            tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes, sha256: entry.sha256))
+        }
+        return tensors
+    }
+}
