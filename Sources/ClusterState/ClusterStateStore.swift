@@ -192,11 +192,6 @@ public final class ClusterStateStore: Sendable {
         }
     }
 
-    /// The job's quality report, if it measured one.
-    public func quality(jobID: String) throws -> JobQuality? {
-        try pool.read { db in try Self.quality(db, jobID) }
-    }
-
     private static func quality(_ db: Database, _ jobID: String) throws -> JobQuality? {
         guard let json = try String.fetchOne(db, sql: "SELECT json FROM jobQuality WHERE jobId = ?", arguments: [jobID]) else {
             return nil

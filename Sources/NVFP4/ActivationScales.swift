@@ -5,18 +5,13 @@
 /// - ``InputScale`` is what the checkpoint stores: `Sx = f32(amax / 2688)` (spec §4), made only from an amax.
 
 /// `max |x|` of a Linear's input over the calibration set, in the units of the activation itself.
-public struct ActivationAmax: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+public struct ActivationAmax: Hashable, Sendable, Codable, CustomStringConvertible {
     public let value: Float
 
     public init(_ value: Float) { self.value = value }
 
     /// Usable for a scale: finite and positive.
     public var isUsable: Bool { value.isFinite && value > 0 }
-
-    /// The larger of two observations (merging chunks, or members of a fused group).
-    public func merging(_ other: ActivationAmax) -> ActivationAmax { ActivationAmax(Swift.max(value, other.value)) }
-
-    public static func < (left: ActivationAmax, right: ActivationAmax) -> Bool { left.value < right.value }
 
     public var description: String { "\(value)" }
 
