@@ -191,7 +191,7 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
 
     /// The Linear's activation scale `Sx`, or nil for a weight-only checkpoint.
     public func inputScale(_ linear: LinearSpec) throws -> InputScale? {
-        scheme.quantizesActivations ? InputScale(stored: try scale(.inputScale, of: linear)) : nil
+        scheme.quantizesActivations ? tensorLayout.inputScale(stored: try scalar(.inputScale, of: linear)) : nil
     }
 
     /// One `Sx` per fused group of `layer`, as vLLM reduces the members' scales when it fuses them
