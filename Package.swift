@@ -31,25 +31,27 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
+        // Plain data every role shares (JobSpec, CalibrationPlan, JobStatus, QualityReport); no dependencies.
+        .target(name: "JobModel"),
         // Pure numerics: codecs and the block quantizer. No I/O.
         .target(name: "NVFP4", swiftSettings: numericSettings),
         // The strict RFC 8259 JSON reader and string encoder (exact integers, duplicate keys, members in order).
         .target(name: "StrictJSON"),
         // safetensors reading (mmap, validated) and streaming writing.
-        .target(name: "SafeTensors", dependencies: ["StrictJSON"]),
+        .target(name: "SafeTensors", dependencies: ["StrictJSON", .product(name: "Crypto", package: "swift-crypto")]),
         // Llama-family config parsing and weight naming.
-        .target(name: "LlamaModel", dependencies: ["SafeTensors"]),
+        .target(name: "LlamaModel", dependencies: ["SafeTensors", "JobModel"]),
         // Byte-level BPE tokenizer (tokenizer.json).
         .target(name: "Tokenizer", dependencies: ["StrictJSON"]),
         // OpenBLAS, from Debian's libopenblas-dev.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // The compute-backend protocol that calibration drives.
-        .target(name: "ComputeBackend", dependencies: ["LlamaModel"]),
+        .target(name: "ComputeBackend", dependencies: ["LlamaModel", "JobModel"]),
         // F32 CPU backend over BLAS.
         .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS"],
                 swiftSettings: numericSettings),
         // Calibration data, observers and the layer-streaming calibration loop.
-        .target(name: "Calibration", dependencies: ["ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4", "StrictJSON",
+        .target(name: "Calibration", dependencies: ["JobModel", "ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4", "StrictJSON",
                                                       .product(name: "Logging", package: "swift-log"),
                                                       .product(name: "Crypto", package: "swift-crypto")],
                 resources: [.copy("Resources")], swiftSettings: numericSettings),
@@ -57,10 +59,11 @@ let package = Package(
         .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "LlamaModel", "NVFP4", "SafeTensors",
                                                      "Checkpoint", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: numericSettings),
-        // Export layouts, sharding, verification and atomic output.
-        .target(name: "Checkpoint", dependencies: ["NVFP4", "SafeTensors", "LlamaModel"]),
-        // The engine of a job, no networking: input checks, JobSpec, the layer-range runner, the exporter, the
-        // checkpoint assembler, the quality report and gate.
+        // Export layouts, sharding, verification, calibration.json, the coordinator's assembler and atomic output.
+        .target(name: "Checkpoint", dependencies: ["JobModel", "NVFP4", "SafeTensors", "LlamaModel",
+                                                     .product(name: "Logging", package: "swift-log")]),
+        // The engine of a job, no networking: input checks, devices and backends, the layer-range runner, the
+        // boundary store, the exporter and the quality evaluation.
         .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
                                                       "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime", "CUDABackend",
                                                       .product(name: "Logging", package: "swift-log"),
@@ -90,25 +93,26 @@ let package = Package(
                 resources: [.copy("Resources")]),
         // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
         .target(name: "ClusterState", dependencies: [
-            "NVFP4",
+            "NVFP4", "JobModel",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // What coordd, workerd and coordctl say to each other: @Resolvable actor protocols and Codable messages.
-        .target(name: "ClusterProtocol", dependencies: ["ActorSystem", "ClusterState", "QuantizeJob", "Transport", "Calibration",
-                                                        "LlamaModel", "NVFP4",
+        // Depends on the actor system, the transport and plain data only.
+        .target(name: "ClusterProtocol", dependencies: ["ActorSystem", "Transport", "JobModel", "NVFP4",
                                                         .product(name: "Logging", package: "swift-log")]),
-        // The Coordinator distributed actor, job runners and coordd's service.
+        // The Coordinator distributed actor, job runners and coordd's service. Links no compute backend: workers
+        // compute, and one of them measures the checkpoint's quality.
         .target(name: "Coordinator", dependencies: [
-            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "Calibration",
-            "SafeTensors", "NVFP4", "Evaluation",
+            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "JobModel", "Checkpoint", "LlamaModel",
+            "Calibration", "SafeTensors", "NVFP4",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // The Worker distributed actor (a layer range: calibrate, forward, export) and workerd's service.
         .target(name: "Worker", dependencies: [
             "ClusterProtocol", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "ComputeBackend", "CPUBackend",
-            "Calibration", "SafeTensors", "NVFP4",
+            "Calibration", "Checkpoint", "Evaluation", "SafeTensors", "NVFP4",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -119,9 +123,15 @@ let package = Package(
             "Evaluation", "Calibration", "LlamaModel",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: thinClientSettings),
+        // coordctl's client verbs and the job options: the wire contract only, no engine and no compute backend.
+        .target(name: "ClusterClient", dependencies: [
+            "ClusterProtocol", "CommandLineOptions", "JobModel", "Checkpoint", "LlamaModel", "ActorSystem", "Transport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The options coordd, workerd and coordctl share (--log-level, --token-file, --device).
         .target(name: "CommandLineOptions", dependencies: [
-            "ClusterProtocol", "ComputeBackend", "Transport",
+            "ClusterProtocol", "JobModel", "Transport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -137,9 +147,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
+        // The client verbs (ClusterClient), plus `quantize` (LocalCluster) and `eval`, which compute here.
         .executableTarget(name: "coordctl", dependencies: [
-            "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "Coordinator", "Worker", "LocalCluster",
-            "CommandLineOptions",
+            "ClusterClient", "ClusterProtocol", "LocalCluster", "CommandLineOptions", "JobModel",
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
             "ComputeBackend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -171,7 +181,7 @@ let package = Package(
         .testTarget(name: "ClusterTests", dependencies: ["coordd", "workerd", "coordctl", "W4A4Probes"]),
         .testTarget(name: "CoordinatorTests", dependencies: [
             "Coordinator", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel",
-            "NVFP4", "SafeTensors", .product(name: "Logging", package: "swift-log"),
+            "Checkpoint", "NVFP4", "SafeTensors", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", "NVFP4", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4"]),

@@ -12,25 +12,8 @@
 /// - ``OutputDirectory`` makes the output appear atomically: everything is written under
 ///   `OUTPUT.partial-<id>/` and renamed into place only after verification.
 import Foundation
+@_exported import JobModel
 import LlamaModel
-
-/// Which tensor names and config the checkpoint uses.
-public enum CheckpointLayout: String, Sendable, CaseIterable {
-    /// compressed-tensors `nvfp4-pack-quantized`, vLLM's default (spec §6).
-    case compressedTensors = "compressed-tensors"
-    /// NVIDIA modelopt's layout (spec §7).
-    case modelopt
-}
-
-/// What is quantized.
-public enum QuantizationScheme: String, Sendable, CaseIterable {
-    /// W4A4: NVFP4 weights and calibrated NVFP4 activations.
-    case nvfp4
-    /// Weight-only NVFP4 (activations stay 16-bit).
-    case nvfp4a16
-
-    public var quantizesActivations: Bool { self == .nvfp4 }
-}
 
 public struct CheckpointError: Error, CustomStringConvertible, Equatable {
     /// The file, tensor or field at fault.

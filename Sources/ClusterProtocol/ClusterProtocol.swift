@@ -11,7 +11,7 @@
 /// - Well-known actor names: ``WellKnownActor``.
 import ActorSystem
 import Distributed
-import ClusterState
+import JobModel
 import Foundation
 
 /// Names under which the daemons register their actors, so that a peer knowing only host:port can resolve them.
@@ -60,6 +60,10 @@ public protocol WorkerEndpoint: DistributedActor where ActorSystem == ClusterAct
     distributed func storedChunks(jobID: String) async throws -> [Int]
     /// Quantizes layer `layer` with the given activation amax and streams its tensors to the coordinator.
     distributed func exportLayer(_ request: ExportRequest) async throws -> ExportManifest
+    /// Perplexity of the original model against the written checkpoint on held-out text. Throws
+    /// ``WorkerError/checkpointNotVisible(worker:path:reason:)`` when this worker cannot read that checkpoint, so the
+    /// coordinator asks another.
+    distributed func evaluateQuality(_ request: QualityRequest) async throws -> QualityReport
     distributed func status() async throws -> WorkerStatusReport
     /// Stops the job's work; with `discardState` the kept hidden states go too (job finished or cancelled).
     distributed func cancel(jobID: String, discardState: Bool) async throws

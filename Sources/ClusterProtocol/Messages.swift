@@ -1,11 +1,8 @@
 import ActorSystem
-import Calibration
-import ClusterState
 import Foundation
-import LlamaModel
+import JobModel
 import Logging
 import NVFP4
-import QuantizeJob
 import Transport
 
 /// Where a node listens; how peers find its actors.
@@ -268,6 +265,23 @@ public struct ExportManifest: Codable, Sendable, Equatable {
     public init(layer: Int, entries: [Entry]) {
         self.layer = layer
         self.entries = entries
+    }
+}
+
+/// Measure the quality of a written checkpoint, still in its partial directory on the coordinator's machine, on
+/// held-out text (``QualityReport``). Any worker that can read that directory may be asked.
+public struct QualityRequest: Codable, Sendable, Equatable {
+    public var spec: JobSpec
+    /// The staged checkpoint directory (`OUTPUT.partial-<id>`), as the coordinator's machine names it.
+    public var checkpointPath: String
+    /// The checkpoint's fingerprint as the coordinator computed it (Checkpoint's `CheckpointFingerprint`): a worker
+    /// that finds other files at the same path (no shared storage) refuses rather than judge another checkpoint.
+    public var fingerprint: String
+
+    public init(spec: JobSpec, checkpointPath: String, fingerprint: String) {
+        self.spec = spec
+        self.checkpointPath = checkpointPath
+        self.fingerprint = fingerprint
     }
 }
 

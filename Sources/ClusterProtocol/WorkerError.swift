@@ -12,6 +12,8 @@ public enum WorkerError: Error, Codable, Sendable, Equatable, CustomStringConver
     case missingHiddenStates(worker: String, chunk: Int)
     /// A daemon setting that cannot work, naming the option.
     case badSetting(worker: String, option: String, reason: String)
+    /// The checkpoint to evaluate is not readable here, or is not the one the coordinator wrote (no shared storage).
+    case checkpointNotVisible(worker: String, path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -25,6 +27,8 @@ public enum WorkerError: Error, Codable, Sendable, Equatable, CustomStringConver
             "worker \(worker): chunk \(chunk) arrived without the previous range's hidden states"
         case .badSetting(let worker, let option, let reason):
             "workerd \(worker): \(option) \(reason)"
+        case .checkpointNotVisible(let worker, let path, let reason):
+            "worker \(worker) cannot read the checkpoint at \(path): \(reason)"
         }
     }
 }

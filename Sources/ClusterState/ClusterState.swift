@@ -9,3 +9,6 @@
 ///
 /// Everything here is synchronous and thread-safe; the daemon calls it from its actors.
 public enum ClusterState {}
+
+// Its API speaks in the plain job types (JobState, JobStatus, WorkerRecord): whoever uses the store sees them.
+@_exported import JobModel

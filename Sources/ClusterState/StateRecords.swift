@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import JobModel
 import NVFP4
 
 /// A row of `job`.
@@ -25,20 +26,8 @@ public struct JobRecord: Codable, Sendable, Equatable, FetchableRecord, Persista
     }
 }
 
-/// A row of `worker`: what the worker said of itself when it registered, and what coordd knows of its liveness. It is
-/// also what `coordctl workers` shows.
-public struct WorkerRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+extension WorkerRecord: FetchableRecord, PersistableRecord {
     public static let databaseTableName = "worker"
-
-    public var name: String
-    public var address: String
-    public var device: String
-    public var memoryBytes: Int64
-    public var freeDiskBytes: Int64
-    public var softwareVersion: String
-    public var lastHeartbeat: Date
-    public var health: WorkerHealth
-    public var deathReason: String?
 
     public var capacity: WorkerCapacity { WorkerCapacity(name: name, memoryBytes: memoryBytes) }
 }

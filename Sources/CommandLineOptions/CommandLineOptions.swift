@@ -4,7 +4,7 @@
 /// the same way everywhere: `--log-level`, `--token-file` and `--device`.
 import ArgumentParser
 import ClusterProtocol
-import ComputeBackend
+import JobModel
 import Logging
 import Transport
 

@@ -1,4 +1,5 @@
 import Foundation
+@_exported import JobModel
 import LlamaModel
 
 /// # ComputeBackend

@@ -14,7 +14,6 @@ import Distributed
 import Foundation
 import LlamaModel
 import Logging
-import QuantizeJob
 import Transport
 
 public distributed actor Coordinator: CoordinatorEndpoint {
@@ -182,6 +181,8 @@ public struct CoordinatorSettings: Sendable {
     public var workerGraceSeconds = 30.0
     /// Deadline of one compute call (load, calibrate a chunk, export a layer).
     public var computeCallTimeoutSeconds = 3600.0
+    /// Deadline of the quality report, which a worker computes on its CPU over two whole models.
+    public var qualityCallTimeoutSeconds = 86_400.0
 
     public init() {}
 }

@@ -14,6 +14,8 @@ enum JobFailure: Error, CustomStringConvertible {
     case workerNotRegistered(worker: String)
     case noModelConfig(jobID: String)
     case qualityReportFailed(reason: String)
+    /// No worker of the job reads the checkpoint coordd staged, so none can measure its quality.
+    case noWorkerSeesCheckpoint(path: String, refusals: [String])
     case unknownTensorDType(worker: String, tensor: String, dtype: String)
 
     var description: String {
@@ -30,6 +32,10 @@ enum JobFailure: Error, CustomStringConvertible {
         case .qualityReportFailed(let reason):
             "the quality report failed, so the checkpoint cannot be judged: \(reason) (--eval-samples 0 skips the "
                 + "report and its gate)"
+        case .noWorkerSeesCheckpoint(let path, let refusals):
+            "no worker of the job can read the checkpoint at \(path) to measure its quality (\(refusals.joined(separator: "; "))); "
+                + "run a workerd on coordd's machine or give the workers shared storage, or pass --eval-samples 0 to "
+                + "skip the report and its gate"
         case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
         }
     }

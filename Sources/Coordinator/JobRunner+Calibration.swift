@@ -3,12 +3,10 @@ import ClusterProtocol
 import ClusterState
 import Calibration
 import Distributed
-import Evaluation
 import Foundation
 import LlamaModel
 import Logging
 import NVFP4
-import QuantizeJob
 import SafeTensors
 
 /// Chunk routing: sending calibration chunks through the ranges and recording what the workers report.

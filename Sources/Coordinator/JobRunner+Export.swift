@@ -1,14 +1,13 @@
 import ActorSystem
+import Checkpoint
 import ClusterProtocol
 import ClusterState
-import Calibration
 import Distributed
-import Evaluation
 import Foundation
+import JobModel
 import LlamaModel
 import Logging
 import NVFP4
-import QuantizeJob
 import SafeTensors
 
 /// Export and merge: layer by layer as each layer's statistics are final, the checkpoint written, verified, judged on
@@ -63,7 +62,7 @@ extension JobRunner {
             outputBytes = Int64(report.bytes)
             if spec.evaluationSamples > 0 {
                 try move(to: .evaluating)
-                try await judgeQuality(spec: spec, config: config, source: source, assembler: assembler)
+                try await judgeQuality(spec: spec, workers: workers, assembler: assembler)
             }
             try assembler.commit()
         } catch let failure as QualityGateFailure {
@@ -81,20 +80,34 @@ extension JobRunner {
         }
     }
 
-    /// Measures the perplexity of the verified checkpoint (still in its partial directory) against the original,
-    /// records it for `status`, and throws ``QualityGateFailure`` when the gate rejects it.
-    func judgeQuality(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel,
-                              assembler: CheckpointAssembler) async throws {
+    /// Has a worker measure the perplexity of the verified checkpoint (still in its partial directory) against the
+    /// original, records it for `status`, and throws ``QualityGateFailure`` when the gate rejects it. coordd computes
+    /// nothing itself: the first worker of the route that reads the same checkpoint (the same machine, or shared
+    /// storage) evaluates it on its CPU.
+    func judgeQuality(spec: JobSpec, workers: [PlannedWorker], assembler: CheckpointAssembler) async throws {
         let directory = assembler.partialDirectory
-        let logger = self.logger
-        let report: QualityReport
-        do {
-            report = try await evaluationQueue.run {
-                try QualityEvaluation.report(spec: spec, config: config, original: source, checkpointDirectory: directory,
-                                             logger: logger)
+        let request = QualityRequest(spec: spec, checkpointPath: directory.path,
+                                     fingerprint: try CheckpointFingerprint.of(directory: directory))
+        let timeout = Duration.seconds(settings.qualityCallTimeoutSeconds)
+        var report: QualityReport?
+        var refusals: [String] = []
+        for worker in workers {
+            let endpoint = worker.endpoint
+            do {
+                report = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.evaluateQuality(request) }
+                break
+            } catch {
+                // A remote worker's refusal arrives encoded; an in-process worker's as itself.
+                let refusal = (error as? WorkerError) ?? (try? (error as? RemoteCallError)?.decode(as: WorkerError.self))
+                guard let refusal, case .checkpointNotVisible = refusal else {
+                    throw JobFailure.qualityReportFailed(reason: operatorDescription(of: error))
+                }
+                logger.info("quality report: \(refusal)")
+                refusals.append(refusal.description)
             }
-        } catch {
-            throw JobFailure.qualityReportFailed(reason: "\(error)")
+        }
+        guard let report else {
+            throw JobFailure.noWorkerSeesCheckpoint(path: directory.path, refusals: refusals)
         }
         try checkInterrupted()
         let gate = spec.maxPerplexityRatio.map { QualityGate(maxPerplexityRatio: $0) }

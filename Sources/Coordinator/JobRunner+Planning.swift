@@ -3,12 +3,10 @@ import ClusterProtocol
 import ClusterState
 import Calibration
 import Distributed
-import Evaluation
 import Foundation
 import LlamaModel
 import Logging
 import NVFP4
-import QuantizeJob
 import SafeTensors
 
 /// Planning and recovery: which worker holds which layers, waiting for lost workers and re-planning around them,

@@ -3,12 +3,10 @@ import ClusterProtocol
 import ClusterState
 import Calibration
 import Distributed
-import Evaluation
 import Foundation
 import LlamaModel
 import Logging
 import NVFP4
-import QuantizeJob
 import SafeTensors
 
 /// Drives one job from queued to a terminal state: plan, load, route calibration chunks, merge statistics, export,
@@ -54,9 +52,6 @@ actor JobRunner {
     var calibrationDone = false
     /// Calibration and export run side by side; the first of them to fail stops the other through this.
     var siblingFailure: String?
-
-    /// Runs the quality report off the actor's executor (it computes for seconds to hours).
-    let evaluationQueue = ComputeQueue(label: "coordd.evaluation")
 
     // Live figures.
     var calibrationStart: ContinuousClock.Instant?

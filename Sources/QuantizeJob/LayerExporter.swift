@@ -5,30 +5,6 @@ import LlamaModel
 import NVFP4
 import SafeTensors
 
-/// One tensor of the output checkpoint, ready to be written, with the SHA-256 of its bytes so that it can cross a
-/// network and be checked on arrival.
-public struct ExportedTensor: Codable, Sendable, Equatable {
-    public var name: String
-    public var dtype: SafeTensorsDType
-    public var shape: [Int]
-    public var data: Data
-    /// Lower-case hex SHA-256 of `data`.
-    public var sha256: String
-
-    /// Hashes `data`.
-    public init(name: String, dtype: SafeTensorsDType, shape: [Int], data: Data) {
-        self.init(name: name, dtype: dtype, shape: shape, data: data, sha256: sha256Hex(data))
-    }
-
-    public init(name: String, dtype: SafeTensorsDType, shape: [Int], data: Data, sha256: String) {
-        self.name = name
-        self.dtype = dtype
-        self.shape = shape
-        self.data = data
-        self.sha256 = sha256
-    }
-}
-
 /// Quantizes one decoder layer into exactly the tensors `coordctl quantize` writes for it: the two norms verbatim,
 /// then each Linear in the job's layout (q/k/v and gate/up sharing one global weight scale; input scales from the
 /// calibrated activation amax for W4A4). Names use global layer indices, so the output needs no renaming.
@@ -121,7 +97,7 @@ public final class LayerExporter: Sendable {
             timings.packAndHash += secondsSince(started)
         }
         started = .now
-        let hashes = try concurrentMap(tensors) { sha256Hex($0.data) }
+        let hashes = try concurrentMap(tensors) { SHA256Hasher.hexDigest(of: $0.data) }
         for index in tensors.indices where tensors[index].sha256.isEmpty { tensors[index].sha256 = hashes[index] }
         timings.packAndHash += secondsSince(started)
         return tensors
@@ -158,24 +134,3 @@ public final class LayerExporter: Sendable {
     }
 }
 
-/// `transform` of every item on all cores, in order; rethrows the first item's error.
-func concurrentMap<Item, Output>(_ items: [Item], _ transform: (Item) throws -> Output) throws -> [Output] {
-    var results = [Result<Output, any Error>?](repeating: nil, count: items.count)
-    withoutActuallyEscaping(transform) { transform in
-        results.withUnsafeMutableBufferPointer { buffer in
-            let slots = UncheckedSendable(buffer)
-            let work = UncheckedSendable(transform)
-            let inputs = UncheckedSendable(items)
-            DispatchQueue.concurrentPerform(iterations: items.count) { index in
-                slots.value[index] = Result { try work.value(inputs.value[index]) }
-            }
-        }
-    }
-    return try results.map { try $0!.get() }
-}
-
-/// Hands values to `concurrentPerform`, whose iterations touch disjoint slots or only read.
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
-}

@@ -1,16 +1,17 @@
 /// # QuantizeJob
 ///
-/// The engine of a quantization job, which knows nothing of the network. One pipeline uses it: the coordinator
-/// and its workers, in coordd/workerd or in one process for `coordctl quantize` (LocalCluster).
+/// The engine of a quantization job, which knows nothing of the network. A worker runs it (in workerd, or in one
+/// process for `coordctl quantize` through LocalCluster); the coordinator links none of it.
 /// - ``QuantizeOptions`` and ``QuantizeJob/checkInputs()``: every input check, before any work;
-/// - ``JobSpec`` (what travels to every worker) and ``ModelCheck`` (a worker's model is the coordinator's);
-/// - `CalibrationPlan` (Calibration): the samples in chunks, built once by the coordinator;
+/// - ``ComputeDevice`` and `JobSpec.withBackend`: the CPU or CUDA backend a job computes on;
 /// - ``LayerRangeRunner``: a worker's contiguous range of layers, chunk by chunk (pipelined) or layer by layer;
 /// - ``BoundaryStateStore``: the hidden states entering a range, on disk, so a restart resumes at the range's start;
 /// - ``LayerExporter``: one layer's output tensors with their SHA-256, input scales derived from the calibrated
 ///   amax per fused group;
-/// - ``CheckpointAssembler``: the coordinator's writer and verifier, and the atomic rename;
-/// - ``QualityEvaluation`` and ``QualityGate``: the perplexity report that decides whether the job succeeded.
+/// - ``QualityEvaluation``: the perplexity report a worker measures on a written checkpoint.
+///
+/// The plain job types (JobSpec, CalibrationPlan, QualityReport, QualityGate) are in JobModel; the checkpoint's
+/// assembler and calibration.json in Checkpoint.
 import CPUBackend
 import Calibration
 import Checkpoint
@@ -22,11 +23,6 @@ import Logging
 import NVFP4
 import SafeTensors
 import Tokenizer
-
-/// The tool's version, recorded in `calibration.json`.
-public enum NVFP4ClusterVersion {
-    public static let current = "0.1.0"
-}
 
 /// How W4A4 calibration data is chosen and run.
 public struct CalibrationJobOptions: Sendable {
@@ -60,7 +56,7 @@ public struct QuantizeOptions: Sendable {
     /// Held-out samples for the closing quality report (0 skips it). The bundled held-out text is never part of
     /// the calibration set.
     public var evaluationSamples = 16
-    public var evaluationMaxTokens = 1200
+    public var evaluationMaxTokens = JobSpec.defaultEvaluationMaxTokens
     /// The quality gate: the job fails when the quantized perplexity exceeds this multiple of the original's (or is
     /// not finite). nil turns it off.
     public var maxPerplexityRatio: Double? = QualityGate.defaultMaxPerplexityRatio
@@ -115,8 +111,6 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
     case outputContainsModel(output: String, model: String)
     /// No `config.json` in `--model`.
     case modelConfigMissing(path: String)
-    /// The built-in calibration set is text; a model without a tokenizer needs `--calib` with token ids.
-    case tokenizerRequired(model: String)
     /// `--device` named a GPU this machine cannot open.
     case deviceUnavailable(device: String, reason: String)
     case layerOutOfRange(layer: Int, layerCount: Int)
@@ -129,9 +123,6 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
         case .outputContainsModel(let output, let model):
             "--output \(output) is or contains the source model directory \(model); choose another output directory"
         case .modelConfigMissing(let path): "\(path): not found; --model must be a Hugging Face model directory"
-        case .tokenizerRequired(let model):
-            "the built-in calibration set is text and needs the model's tokenizer.json (none usable in \(model)); "
-                + "pass --calib with input_ids records instead"
         case .deviceUnavailable(let device, let reason): "--device \(device): no usable GPU here: \(reason)"
         case .layerOutOfRange(let layer, let count): "layer \(layer) does not exist; the model has \(count) layers"
         case .unusableActivationAmax(let linear, let amax):
@@ -206,20 +197,6 @@ public final class QuantizeJob {
     static func checkFinite(source: SafeTensorsModel, name: String) throws {
         _ = try tensorAmax(source: source, name: name, cols: try source.info(name).shape.last ?? 1)
     }
-}
-
-/// `478 kB`, `12.3 MB`, `4.02 GB`: sizes in summaries and status lines.
-public func formatBytes(_ bytes: Int) -> String {
-    let value = Double(bytes)
-    if value >= 1e9 { return String(format: "%.2f GB", value / 1e9) }
-    if value >= 1e6 { return String(format: "%.1f MB", value / 1e6) }
-    return String(format: "%.0f kB", value / 1e3)
-}
-
-/// `4m05s`, `1h02m`: durations in progress and status lines.
-public func formatDuration(_ seconds: Double) -> String {
-    let s = Int(seconds.rounded())
-    return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s / 60 % 60) : String(format: "%dm%02ds", s / 60, s % 60)
 }
 
 /// BF16 elements of a mapped tensor; copies only when the data offset is not 2-byte aligned.

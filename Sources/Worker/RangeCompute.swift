@@ -1,4 +1,5 @@
 import CPUBackend
+import Checkpoint
 import Calibration
 import ClusterProtocol
 import ComputeBackend

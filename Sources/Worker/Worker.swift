@@ -8,11 +8,14 @@
 /// and the data path stay responsive while a chunk is being computed.
 import ActorSystem
 import Calibration
+import Checkpoint
 import ClusterProtocol
 import Distributed
 import Foundation
+import LlamaModel
 import Logging
 import QuantizeJob
+import SafeTensors
 import NIOCore
 import Transport
 
@@ -190,6 +193,32 @@ public distributed actor Worker: WorkerEndpoint {
             }
         }
         return ExportManifest(layer: request.layer, entries: entries)
+    }
+
+    public distributed func evaluateQuality(_ request: QualityRequest) async throws -> QualityReport {
+        let path = request.checkpointPath
+        let directory = URL(fileURLWithPath: path)
+        let found: String
+        do {
+            found = try CheckpointFingerprint.of(directory: directory)
+        } catch {
+            throw WorkerError.checkpointNotVisible(worker: name, path: path, reason: "\(error.localizedDescription)")
+        }
+        guard found == request.fingerprint else {
+            throw WorkerError.checkpointNotVisible(
+                worker: name, path: path, reason: "the files there are not the checkpoint coordd wrote (no shared storage)")
+        }
+        let spec = request.spec
+        let logger = self.logger
+        try ModelCheck.verify(spec)
+        logger.info("measuring the quality of \(path)", metadata: ["job": "\(spec.jobID)"])
+        // The compute thread: the report runs both models through every layer on the CPU.
+        return try await compute.run {
+            let config = try ModelDirectory(spec.modelDirectory).loadConfig()
+            let original = try SafeTensorsModel(directory: spec.modelPath)
+            return try QualityEvaluation.report(spec: spec, config: config, original: original,
+                                                checkpointDirectory: directory, logger: logger)
+        }
     }
 
     public distributed func status() async throws -> WorkerStatusReport {

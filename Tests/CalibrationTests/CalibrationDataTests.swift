@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Calibration
+import SafeTensors
 
 @Suite struct CalibrationDataJSONLTests {
     let tokenizer = WordTokenizer()
@@ -284,5 +285,14 @@ import Testing
             try CalibrationData.load(path: txt, tokenizer: tokenizer, vocabSize: 10, options: .init(minTokens: 1))
         }
         #expect(error?.message == "no calibration samples: 0 records read, 0 shorter than minTokens (1 tokens)")
+    }
+
+    /// The content hash is SHA-256 over the ids as little-endian Int32 (value from Python's struct + hashlib).
+    @Test func contentHashUsesLittleEndianInt32() {
+        let set = CalibrationSet(samples: [CalibrationSample(source: "a", tokens: [1, -2]),
+                                           CalibrationSample(source: "b", tokens: [3])])
+        #expect(set.contentHash == "66d9f6ea4448712f79044d7fea826fbd59b1447689ef6ca1c7f71c785f0e25e0")
+        #expect(set.tokenTotal == 3)
+        #expect(set.recordsUsed == 2)
     }
 }

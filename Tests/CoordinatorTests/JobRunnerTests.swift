@@ -1,4 +1,5 @@
 import ActorSystem
+import Checkpoint
 import ClusterProtocol
 import ClusterState
 import Coordinator
@@ -25,6 +26,10 @@ import Transport
         case stallsAfterLayer0
         /// The connection drops while layer `layer` is being exported.
         case lostDuringExport(layer: Int)
+        /// Asked for the quality report, it cannot read the staged checkpoint (no shared storage with coordd).
+        case cannotSeeCheckpoint
+        /// Asked for the quality report of the checkpoint coordd staged, it reports these perplexities.
+        case reportsQuality(original: Double, quantized: Double)
     }
 
     /// A worker that holds every layer: it reports made-up activation amax (1.5 for every input) and exports with the
@@ -93,6 +98,23 @@ import Transport
             return ExportManifest(layer: request.layer, entries: entries)
         }
 
+        distributed func evaluateQuality(_ request: QualityRequest) async throws -> QualityReport {
+            switch behaviour {
+            case .cannotSeeCheckpoint:
+                throw WorkerError.checkpointNotVisible(worker: name, path: request.checkpointPath, reason: "no such directory")
+            case .reportsQuality(let original, let quantized):
+                // The request must name the verified checkpoint as staged, fingerprint included.
+                let found = try CheckpointFingerprint.of(directory: URL(fileURLWithPath: request.checkpointPath))
+                guard found == request.fingerprint, request.checkpointPath.contains(".partial-") else {
+                    throw WorkerError.checkpointNotVisible(worker: name, path: request.checkpointPath, reason: "fingerprint differs")
+                }
+                return QualityReport(samples: 4, tokens: 100, predictedTokens: 96, originalPerplexity: original,
+                                     quantizedPerplexity: quantized, scheme: request.spec.scheme, layout: request.spec.layout)
+            default:
+                throw WorkerError.badSetting(worker: name, option: "evaluateQuality", reason: "is not expected in this test")
+            }
+        }
+
         distributed func status() async throws -> WorkerStatusReport {
             WorkerStatusReport(name: name, device: "fake", jobID: assignment?.jobID, range: nil, chunksDone: 0, freeDiskBytes: 0)
         }
@@ -127,7 +149,7 @@ import Transport
         .appendingPathComponent("Fixtures")
 
     /// Runs a W4A4 job on the tiny fixture with a `FakeWorker` of `behaviour`; `whileRunning` may act on the job.
-    func run(_ behaviour: Behaviour, in parent: URL,
+    func run(_ behaviour: Behaviour, in parent: URL, evaluationSamples: Int = 0,
              whileRunning: @Sendable (Coordinator, String) async throws -> Void = { _, _ in }) async throws -> Run {
         let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
         let store = try ClusterStateStore(stateDirectory: parent.appendingPathComponent("state").path)
@@ -146,7 +168,7 @@ import Transport
         let output = parent.appendingPathComponent("OUT")
         var options = QuantizeOptions(modelDirectory: Self.fixtures.appendingPathComponent("tiny-llama"), outputDirectory: output)
         options.scheme = .nvfp4
-        options.evaluationSamples = 0
+        options.evaluationSamples = evaluationSamples
         options.calibration.dataPath = Self.fixtures.appendingPathComponent("tiny-llama-calib.jsonl").path
         options.calibration.selection.minTokens = 1
         options.calibration.chunkTokens = 64
@@ -227,6 +249,35 @@ import Transport
             #expect(run.status.state == .failed)
             #expect((run.status.failureReason ?? "").contains("fake"), "\(run.status.failureReason ?? "")")
             #expect(try entries(parent) == [])
+        }
+    }
+
+    @Test func aCheckpointNoWorkerCanReadFailsTheJobSayingWhatToDo() async throws {
+        try await withDirectory { parent in
+            let run = try await run(.cannotSeeCheckpoint, in: parent, evaluationSamples: 4)
+            #expect(run.status.state == .failed)
+            let reason = run.status.failureReason ?? ""
+            #expect(reason.contains("no worker of the job can read the checkpoint") && reason.contains("fake")
+                    && reason.contains("--eval-samples 0"), "\(reason)")
+            #expect(try entries(parent) == [])
+        }
+    }
+
+    @Test func theGateJudgesTheReportAWorkerMeasured() async throws {
+        try await withDirectory { parent in
+            let run = try await run(.reportsQuality(original: 10, quantized: 11), in: parent, evaluationSamples: 4)
+            #expect(run.status.state == .succeeded, "\(run.status.failureReason ?? "")")
+            #expect(run.status.quality?.gate == .passed)
+            #expect(run.status.quality?.quantizedPerplexity == 11)
+            #expect(try entries(parent) == ["OUT"])
+        }
+        try await withDirectory { parent in
+            let run = try await run(.reportsQuality(original: 10, quantized: 1e37), in: parent, evaluationSamples: 4)
+            #expect(run.status.state == .failed)
+            #expect((run.status.failureReason ?? "").contains("quality gate failed"), "\(run.status.failureReason ?? "")")
+            #expect(run.status.quality?.gate == .failed)
+            // The rejected checkpoint stays for inspection, never at the output path.
+            #expect(try entries(parent).count == 1 && entries(parent)[0].hasPrefix("OUT.partial-"))
         }
     }
 }

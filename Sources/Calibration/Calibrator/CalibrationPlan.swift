@@ -23,29 +23,7 @@ public func calibrationChunkRanges(tokenCounts: [Int], chunkTokens: Int) throws 
     return ranges
 }
 
-/// One chunk of calibration samples: the unit that travels through the layers as one `SequenceBatch`.
-public struct CalibrationChunk: Codable, Sendable, Equatable {
-    /// Position of the chunk in its plan, 0-based.
-    public var index: Int
-    /// Indices of its samples in the calibration set.
-    public var sampleRange: Range<Int>
-    /// Tokens of each sample, in order.
-    public var tokenCounts: [Int]
-    /// Every sample's token ids, concatenated.
-    public var tokenIDs: [Int32]
-    /// Where each sample came from (`path:line`), for error messages.
-    public var sources: [String]
-
-    public init(index: Int, sampleRange: Range<Int>, tokenCounts: [Int], tokenIDs: [Int32], sources: [String]) {
-        self.index = index
-        self.sampleRange = sampleRange
-        self.tokenCounts = tokenCounts
-        self.tokenIDs = tokenIDs
-        self.sources = sources
-    }
-
-    public var tokenCount: Int { tokenIDs.count }
-
+extension CalibrationChunk {
     /// The chunk's samples as one batch of causal sequences.
     public func batch() throws -> SequenceBatch { try SequenceBatch(tokenCounts: tokenCounts) }
 
@@ -83,19 +61,8 @@ public struct CalibrationChunk: Codable, Sendable, Equatable {
     }
 }
 
-/// The selected calibration samples grouped into chunks, plus what `calibration.json` records about them. Built
-/// once (by the coordinator, or the one-machine job) and handed to every schedule, so all see the same chunks.
-public struct CalibrationPlan: Codable, Sendable, Equatable {
-    /// The most tokens batched into one forward.
-    public var chunkTokens: Int
-    public var chunks: [CalibrationChunk]
-    /// Where the samples came from (a path or the built-in set's name).
-    public var source: String
-    public var sampleCount: Int
-    public var tokenCount: Int
-    /// ``CalibrationSet/contentHash`` of the selected samples.
-    public var contentHash: String
 
+extension CalibrationPlan {
     /// Groups `set`'s samples with ``calibrationChunkRanges(tokenCounts:chunkTokens:)``.
     public init(set: CalibrationSet, source: String, chunkTokens: Int) throws {
         guard !set.samples.isEmpty else { throw CalibrationError.invalidSetup("no calibration samples given") }
@@ -104,36 +71,16 @@ public struct CalibrationPlan: Codable, Sendable, Equatable {
             throw CalibrationError.invalidSetup("sample \(index) (\(sample.source)) has no tokens")
         }
         let ranges = try calibrationChunkRanges(tokenCounts: set.samples.map(\.tokens.count), chunkTokens: chunkTokens)
-        chunks = ranges.enumerated().map { index, range in
+        let chunks = ranges.enumerated().map { index, range in
             let samples = set.samples[range]
             return CalibrationChunk(index: index, sampleRange: range, tokenCounts: samples.map(\.tokens.count),
                                     tokenIDs: samples.flatMap(\.tokens), sources: samples.map(\.source))
         }
-        self.chunkTokens = chunkTokens
-        self.source = source
-        sampleCount = set.samples.count
-        tokenCount = set.tokenTotal
-        contentHash = set.contentHash
+        self.init(chunkTokens: chunkTokens, chunks: chunks, source: source, sampleCount: set.samples.count,
+                  tokenCount: set.tokenTotal, contentHash: set.contentHash)
     }
 }
 
-extension CalibrationPlan {
-    /// The plan of a job that calibrates nothing (weight-only): no samples, no chunks.
-    public static func uncalibrated(chunkTokens: Int) -> CalibrationPlan {
-        CalibrationPlan(chunkTokens: chunkTokens, chunks: [], source: "none (weight-only)", sampleCount: 0, tokenCount: 0,
-                        contentHash: "")
-    }
-
-    private init(chunkTokens: Int, chunks: [CalibrationChunk], source: String, sampleCount: Int, tokenCount: Int,
-                 contentHash: String) {
-        self.chunkTokens = chunkTokens
-        self.chunks = chunks
-        self.source = source
-        self.sampleCount = sampleCount
-        self.tokenCount = tokenCount
-        self.contentHash = contentHash
-    }
-}
 
 /// Raw bytes that do not form the hidden states they are said to be.
 public struct HiddenStateBytesError: Error, CustomStringConvertible, Equatable, Sendable {

@@ -48,6 +48,8 @@ public enum CalibrationError: Error, CustomStringConvertible, Equatable, Sendabl
     case failedEarlier(layer: Int)
     /// `finish()` was called, or every layer is done.
     case finished
+    /// The built-in calibration set is text; a model without a usable tokenizer needs token-id calibration data.
+    case tokenizerRequired(model: String)
 
     public var description: String {
         switch self {
@@ -74,6 +76,9 @@ public enum CalibrationError: Error, CustomStringConvertible, Equatable, Sendabl
             return "calibration: layer \(layer) failed earlier, so the hidden states are incomplete; start a new calibration"
         case .finished:
             return "calibration: already finished; its hidden states were released"
+        case .tokenizerRequired(let model):
+            return "the built-in calibration set is text and needs the model's tokenizer.json (none usable in \(model)); "
+                + "pass --calib with input_ids records instead"
         }
     }
 }

@@ -430,9 +430,3 @@ func checkAmax(_ amax: ObservedAmax, layer: Int, chunk: CalibrationChunk) throws
                                            samples: range.lowerBound...(range.upperBound - 1))
     }
 }
-
-/// Seconds since `start`, for rates, durations and the logs of every stage built on calibration.
-public func secondsSince(_ start: ContinuousClock.Instant) -> Double {
-    let elapsed = ContinuousClock.now - start
-    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-}

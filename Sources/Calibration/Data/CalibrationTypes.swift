@@ -1,3 +1,4 @@
+import SafeTensors
 /// What the data loader needs from a tokenizer: text to token ids, with BOS already added the way the model's
 /// post-processor adds it. The loader checks every id against the model's vocabulary size it is given;
 /// `vocabSize` here is the tokenizer's own, for callers that want to compare the two.

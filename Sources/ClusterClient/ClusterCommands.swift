@@ -1,16 +1,21 @@
+/// # ClusterClient
+///
+/// coordctl's client verbs (`submit`, `status`, `list`, `workers`, `cancel`) and the job options they share with
+/// `quantize`. They speak the wire contract only: this module links neither the engine nor a compute backend.
 import ActorSystem
 import ArgumentParser
 import ClusterProtocol
 import CommandLineOptions
-import ClusterState
 import Distributed
 import Foundation
+import JobModel
 import Logging
-import QuantizeJob
 import Transport
 
 /// How coordctl reaches coordd.
-struct ConnectionOptions: ParsableArguments {
+public struct ConnectionOptions: ParsableArguments {
+    public init() {}
+
     @Option(name: .long, help: "coordd's address, HOST:PORT.")
     var coordinator: String = "127.0.0.1:7070"
 
@@ -56,7 +61,7 @@ struct ConnectionOptions: ParsableArguments {
 
 /// A client command's failure, naming coordd's address and what to do. Remote errors are decoded into the types
 /// coordd threw; no Swift type name or internal state reaches the user.
-enum ClientError: Error, CustomStringConvertible, Equatable {
+public enum ClientError: Error, CustomStringConvertible, Equatable {
     case unreachable(address: String, reason: String)
     case tokenRequired(address: String)
     case tokenRejected(address: String, tokenFile: String)
@@ -99,7 +104,7 @@ enum ClientError: Error, CustomStringConvertible, Equatable {
         return reason
     }
 
-    var description: String {
+    public var description: String {
         switch self {
         case .unreachable(let address, let reason):
             "cannot reach coordd at \(address): \(reason) (is coordd running, and listening on that address?)"
@@ -127,8 +132,10 @@ private func formatSeconds(_ seconds: Double) -> String {
 }
 
 
-struct Submit: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Submit: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         abstract: "Submit a quantization job to coordd; prints the job id alone on the last line.",
         discussion: """
             Takes the options of `quantize`. The model directory must be readable at the same path on every worker \
@@ -148,13 +155,13 @@ struct Submit: AsyncParsableCommand {
     @Option(name: .long, help: "Layers per worker in route order, e.g. 40,40 (must add up to the model's layer count).")
     var split: String?
 
-    func validate() throws {
+    public func validate() throws {
         try job.validate()
         if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
         if workers != nil && split != nil { throw ValidationError("give --workers or --split, not both") }
     }
 
-    func run() async throws {
+    public func run() async throws {
         let splitCounts = try split.map { text -> [Int] in
             try text.split(separator: ",").map {
                 guard let count = Int($0.trimmingCharacters(in: .whitespaces)), count > 0 else {
@@ -171,8 +178,10 @@ struct Submit: AsyncParsableCommand {
     }
 }
 
-struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Status: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         abstract: "Show a job: phase, workers and their ranges, samples through each range, tokens/s, ETA, output size.",
         discussion: """
             --json prints the stable schema documented in Docs/operations.md (schema_version 1, `state` at the top \
@@ -191,7 +200,7 @@ struct Status: AsyncParsableCommand {
     @Flag(name: .long, help: "Machine-readable output (one JSON object; with --watch one per line).")
     var json = false
 
-    func run() async throws {
+    public func run() async throws {
         let status = try await connection.withCoordinator { coordinator in
             var status: JobStatus
             repeat {
@@ -215,15 +224,17 @@ struct Status: AsyncParsableCommand {
     }
 }
 
-struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List every job coordd knows, oldest first.")
+public struct List: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(abstract: "List every job coordd knows, oldest first.")
 
     @OptionGroup var connection: ConnectionOptions
 
     @Flag(name: .long, help: "Machine-readable output: a JSON array of status objects.")
     var json = false
 
-    func run() async throws {
+    public func run() async throws {
         let statuses = try await connection.withCoordinator { try await $0.list() }
         if json {
             let objects = try statuses.map { String(decoding: try $0.jsonData(), as: UTF8.self) }
@@ -238,8 +249,10 @@ struct List: AsyncParsableCommand {
     }
 }
 
-struct Workers: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Workers: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         abstract: "List the registered workers. A peer that failed authentication never appears here.")
 
     @OptionGroup var connection: ConnectionOptions
@@ -247,7 +260,7 @@ struct Workers: AsyncParsableCommand {
     @Flag(name: .long, help: "Machine-readable output: a JSON array.")
     var json = false
 
-    func run() async throws {
+    public func run() async throws {
         let workers = try await connection.withCoordinator { try await $0.workers() }
         if json {
             let encoder = JSONEncoder()
@@ -269,8 +282,10 @@ struct Workers: AsyncParsableCommand {
     }
 }
 
-struct Cancel: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Cancel: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
         abstract: "Cancel a job: stops its work on every worker and removes its partial output.")
 
     @OptionGroup var connection: ConnectionOptions
@@ -278,7 +293,7 @@ struct Cancel: AsyncParsableCommand {
     @Argument(help: "The job id.")
     var job: String
 
-    func run() async throws {
+    public func run() async throws {
         let status = try await connection.withCoordinator { try await $0.cancel(jobID: job) }
         print("job \(status.jobID): \(status.phase.rawValue)")
     }

@@ -1,4 +1,3 @@
-import Checkpoint
 import Foundation
 import LlamaModel
 import Logging
@@ -108,7 +107,7 @@ public final class CheckpointAssembler {
         let missing = planned.map(\.name).filter { byName[$0] == nil }
         guard missing.isEmpty else { throw CheckpointAssemblyError.missingTensors(layer: layer, tensors: missing) }
         // Hash every tensor on all cores first; checking them one by one below then costs nothing.
-        let actualHashes = try concurrentMap(planned) { sha256Hex(byName[$0.name]!.data) }
+        let actualHashes = try concurrentMap(planned) { SHA256Hasher.hexDigest(of: byName[$0.name]!.data) }
         for (expected, actual) in zip(planned, actualHashes) {
             let tensor = byName[expected.name]!
             guard tensor.dtype == expected.dtype, tensor.shape == expected.shape else {

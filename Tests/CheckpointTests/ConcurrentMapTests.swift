@@ -1,5 +1,5 @@
 import Testing
-@testable import QuantizeJob
+import Checkpoint
 
 /// The all-cores map that hashes exported tensors and reads weight amax keeps order and reports failures.
 @Suite struct ConcurrentMapTests {

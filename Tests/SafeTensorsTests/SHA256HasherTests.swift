@@ -1,5 +1,5 @@
 import Testing
-@testable import Calibration
+import SafeTensors
 
 @Suite struct SHA256HasherTests {
     @Test(arguments: [
@@ -43,14 +43,5 @@ import Testing
         let digest = SHA256Hasher.hex(hasher.finalize())
         #expect(digest == "f3a25aa93aa2fbba28d79260535bbd6a5eb0fc1c24a8b0f04e12b484c1dfe363")
         #expect(digest == SHA256Hasher.hexDigest(of: bytes))
-    }
-
-    /// The content hash is SHA-256 over the ids as little-endian Int32 (value from Python's struct + hashlib).
-    @Test func contentHashUsesLittleEndianInt32() {
-        let set = CalibrationSet(samples: [CalibrationSample(source: "a", tokens: [1, -2]),
-                                           CalibrationSample(source: "b", tokens: [3])])
-        #expect(set.contentHash == "66d9f6ea4448712f79044d7fea826fbd59b1447689ef6ca1c7f71c785f0e25e0")
-        #expect(set.tokenTotal == 3)
-        #expect(set.recordsUsed == 2)
     }
 }

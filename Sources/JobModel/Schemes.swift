@@ -34,6 +34,24 @@ public struct DeviceChoiceError: Error, Equatable, Sendable, CustomStringConvert
     public var description: String { "--device must be cpu, auto, cuda or cuda:N with N a GPU number (got '\(text)')" }
 }
 
+/// Which tensor names and config the checkpoint uses.
+public enum CheckpointLayout: String, Codable, Sendable, CaseIterable {
+    /// compressed-tensors `nvfp4-pack-quantized`, vLLM's default (spec §6).
+    case compressedTensors = "compressed-tensors"
+    /// NVIDIA modelopt's layout (spec §7).
+    case modelopt
+}
+
+/// What is quantized.
+public enum QuantizationScheme: String, Codable, Sendable, CaseIterable {
+    /// W4A4: NVFP4 weights and calibrated NVFP4 activations.
+    case nvfp4
+    /// Weight-only NVFP4 (activations stay 16-bit).
+    case nvfp4a16
+
+    public var quantizesActivations: Bool { self == .nvfp4 }
+}
+
 /// Where calibration activations are rounded: to BF16 wherever transformers' BF16 forward rounds (as modelopt
 /// calibrates; the GPU always does this), or kept in f32 (the spec's alternative). Plain data, so a job's settings
 /// can carry it without linking a backend.

@@ -1,5 +1,3 @@
-import Calibration
-import Checkpoint
 import Foundation
 import LlamaModel
 import NVFP4
