@@ -26,7 +26,8 @@ struct AuthenticatedPeer: Sendable {
 }
 
 /// The per-connection state machine, confined to the channel's event loop: handshake, pending-call table,
-/// heartbeats, inbound request queue and the bounded bulk receive queue (which pauses socket reads when full).
+/// inbound request queue and the bounded bulk receive queue (which pauses socket reads when full). Once
+/// authenticated it puts a ``LivenessHandler`` in front of itself for heartbeats and dead-peer detection.
 final class ConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = Frame
     typealias OutboundIn = Frame
@@ -81,11 +82,6 @@ final class ConnectionHandler: ChannelDuplexHandler {
     // Calls the peer made.
     private let inboundCalls: AsyncStream<InboundCall>
     private let inboundContinuation: AsyncStream<InboundCall>.Continuation
-
-    // Liveness.
-    private var lastHeard = NIODeadline.now()
-    private var heartbeatTimer: Scheduled<Void>?
-    private var deadPeerTimer: Scheduled<Void>?
 
     // Bulk receive.
     private var bulkQueue = CircularBuffer<BulkItem>()
@@ -154,7 +150,6 @@ final class ConnectionHandler: ChannelDuplexHandler {
         // Once we decided to close (violation, refusal, close()), nothing else on this connection is acted on.
         guard closeReason == nil else { return }
         let frame = unwrapInboundIn(data)
-        lastHeard = .now()
         do {
             if case .authenticated = state {
                 try handleAuthenticated(frame, context: context)
@@ -186,8 +181,6 @@ final class ConnectionHandler: ChannelDuplexHandler {
         if case .authenticated = state { wasAuthenticated = true } else { wasAuthenticated = false }
         state = .closed
         handshakeTimeout?.cancel()
-        heartbeatTimer?.cancel()
-        deadPeerTimer?.cancel()
         authPromise.fail(closeReason ?? .connectionClosed(peer: peer))
         let failure = TransportError.connectionClosed(peer: peer)
         let calls = pending
@@ -289,50 +282,22 @@ final class ConnectionHandler: ChannelDuplexHandler {
         state = .authenticated(peer: peer)
         handshakeTimeout?.cancel()
         handshakeTimeout = nil
-        lastHeard = .now()
         logger.debug("authenticated \(peer)")
-        scheduleHeartbeat(context: context)
-        scheduleDeadPeerCheck(context: context)
+        do {
+            // In front of this handler so that every frame counts as a sign of life.
+            try context.pipeline.syncOperations.addHandler(LivenessHandler(configuration: configuration), position: .before(self))
+        } catch {
+            fail(with: .connectionClosed(peer: peer.name))
+            return
+        }
         authPromise.succeed(AuthenticatedPeer(identity: peer, purpose: purpose, handler: NIOLoopBound(self, eventLoop: context.eventLoop),
                                               inboundCalls: inboundCalls))
-    }
-
-    // MARK: Liveness
-
-    private func scheduleHeartbeat(context: ChannelHandlerContext) {
-        guard let interval = configuration.heartbeatInterval else { return }
-        heartbeatTimer = context.eventLoop.assumeIsolated().scheduleTask(in: interval) {
-            guard case .authenticated = self.state else { return }
-            self.nextCorrelationID &+= 1
-            context.writeAndFlush(self.wrapOutboundOut(Frame(type: .ping, correlationID: self.nextCorrelationID)), promise: nil)
-            self.scheduleHeartbeat(context: context)
-        }
-    }
-
-    private func scheduleDeadPeerCheck(context: ChannelHandlerContext) {
-        let period = TimeAmount.nanoseconds(max(configuration.peerDeadTimeout.nanoseconds / 4, 1_000_000))
-        deadPeerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: period) {
-            guard case .authenticated = self.state else { return }
-            let now = NIODeadline.now()
-            // While we hold reads back for bulk back-pressure the peer's frames wait in the socket: not silence.
-            if self.readsPaused { self.lastHeard = now }
-            let silent = now - self.lastHeard
-            if silent > self.configuration.peerDeadTimeout {
-                self.fail(with: .protocolViolation(.peerUnresponsive(silentForMilliseconds: silent.nanoseconds / 1_000_000)))
-                return
-            }
-            self.scheduleDeadPeerCheck(context: context)
-        }
     }
 
     // MARK: Authenticated traffic
 
     private func handleAuthenticated(_ frame: Frame, context: ChannelHandlerContext) throws {
         switch frame.type {
-        case .ping:
-            context.writeAndFlush(wrapOutboundOut(Frame(type: .pong, correlationID: frame.correlationID)), promise: nil)
-        case .pong:
-            break
         case .request, .message:
             var payload = frame.payload
             guard let messageType = payload.readInteger(as: UInt16.self) else {
@@ -354,7 +319,7 @@ final class ConnectionHandler: ChannelDuplexHandler {
                 ?? RemoteErrorEnvelope(code: "aborted", message: "sender aborted the tensor")
             inboundTensor = nil
             enqueueBulk(.abort(tensorID: frame.correlationID, envelope), bytes: 0)
-        case .hello, .challenge, .proof, .accept, .reject:
+        case .hello, .challenge, .proof, .accept, .reject, .ping, .pong:  // PING/PONG end in the LivenessHandler
             throw TransportError.protocolViolation(.unexpectedFrame(type: frame.type, state: state.name))
         }
     }
