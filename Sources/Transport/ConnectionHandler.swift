@@ -11,23 +11,18 @@ struct InboundCall: Sendable {
     var payload: ByteBuffer
 }
 
-/// One item of the bulk receive queue.
-enum BulkItem: Sendable {
-    case chunk(tensorID: UInt64, flags: FrameFlags, bytes: ByteBuffer)
-    case abort(tensorID: UInt64, RemoteErrorEnvelope)
-}
-
 /// What the handler hands out once the handshake succeeds.
 struct AuthenticatedPeer: Sendable {
     var identity: NodeIdentity
     var purpose: ConnectionPurpose
     var handler: NIOLoopBound<ConnectionHandler>
+    var bulk: NIOLoopBound<BulkReceiveHandler>
     var inboundCalls: AsyncStream<InboundCall>
 }
 
-/// The per-connection state machine, confined to the channel's event loop: handshake, pending-call table,
-/// inbound request queue and the bounded bulk receive queue (which pauses socket reads when full). Once
-/// authenticated it puts a ``LivenessHandler`` in front of itself for heartbeats and dead-peer detection.
+/// The per-connection state machine, confined to the channel's event loop: handshake, pending-call table and
+/// inbound request queue. Once authenticated it puts a ``LivenessHandler`` (heartbeats, dead-peer detection) and a
+/// ``BulkReceiveHandler`` (the bounded bulk receive queue) in front of itself.
 final class ConnectionHandler: ChannelDuplexHandler {
     typealias InboundIn = Frame
     typealias OutboundIn = Frame
@@ -82,15 +77,6 @@ final class ConnectionHandler: ChannelDuplexHandler {
     // Calls the peer made.
     private let inboundCalls: AsyncStream<InboundCall>
     private let inboundContinuation: AsyncStream<InboundCall>.Continuation
-
-    // Bulk receive.
-    private var bulkQueue = CircularBuffer<BulkItem>()
-    private var bulkQueuedBytes = 0
-    private(set) var bulkPeakQueuedBytes = 0
-    private var bulkWaiter: EventLoopPromise<BulkItem?>?
-    private var inboundTensor: (id: UInt64, bytes: Int)?
-    private var readsPaused = false
-    private var readPending = false
 
     init(side: Side, purpose: ConnectionPurpose = .control, identity: NodeIdentity, token: ClusterToken?,
          configuration: TransportConfiguration, logger: Logger, authPromise: EventLoopPromise<AuthenticatedPeer>) {
@@ -190,20 +176,8 @@ final class ConnectionHandler: ChannelDuplexHandler {
             call.promise.fail(failure)
         }
         inboundContinuation.finish()
-        if let waiter = bulkWaiter {
-            bulkWaiter = nil
-            waiter.succeed(nil)
-        }
         if wasAuthenticated { logger.debug("connection to \(peer) closed; failed \(calls.count) pending call(s)") }
         context.fireChannelInactive()
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if readsPaused {
-            readPending = true
-        } else {
-            context.read()
-        }
     }
 
     /// Logs the typed reason once and closes this connection only.
@@ -283,14 +257,17 @@ final class ConnectionHandler: ChannelDuplexHandler {
         handshakeTimeout?.cancel()
         handshakeTimeout = nil
         logger.debug("authenticated \(peer)")
+        let bulk = BulkReceiveHandler(configuration: configuration, eventLoop: context.eventLoop)
         do {
-            // In front of this handler so that every frame counts as a sign of life.
-            try context.pipeline.syncOperations.addHandler(LivenessHandler(configuration: configuration), position: .before(self))
+            // In front of this handler, liveness first so that every frame counts as a sign of life.
+            try context.pipeline.syncOperations.addHandlers([LivenessHandler(configuration: configuration), bulk],
+                                                             position: .before(self))
         } catch {
             fail(with: .connectionClosed(peer: peer.name))
             return
         }
         authPromise.succeed(AuthenticatedPeer(identity: peer, purpose: purpose, handler: NIOLoopBound(self, eventLoop: context.eventLoop),
+                                              bulk: NIOLoopBound(bulk, eventLoop: context.eventLoop),
                                               inboundCalls: inboundCalls))
     }
 
@@ -312,14 +289,8 @@ final class ConnectionHandler: ChannelDuplexHandler {
                 throw TransportError.protocolViolation(.malformedPayload(type: .errorResponse, field: "error envelope JSON {code, message}"))
             }
             complete(frame.correlationID, with: .failure(TransportError.remoteError(code: envelope.code, message: envelope.message)))
-        case .bulkChunk:
-            try receiveBulkChunk(frame)
-        case .bulkAbort:
-            let envelope = RemoteErrorEnvelope.decode(frame.payload)
-                ?? RemoteErrorEnvelope(code: "aborted", message: "sender aborted the tensor")
-            inboundTensor = nil
-            enqueueBulk(.abort(tensorID: frame.correlationID, envelope), bytes: 0)
-        case .hello, .challenge, .proof, .accept, .reject, .ping, .pong:  // PING/PONG end in the LivenessHandler
+        case .hello, .challenge, .proof, .accept, .reject,
+             .ping, .pong, .bulkChunk, .bulkAbort:  // these end in the liveness and bulk handlers
             throw TransportError.protocolViolation(.unexpectedFrame(type: frame.type, state: state.name))
         }
     }
@@ -377,72 +348,5 @@ final class ConnectionHandler: ChannelDuplexHandler {
         guard let context, closeReason == nil else { return }
         closeReason = .connectionClosed(peer: peerName)
         context.close(promise: nil)
-    }
-
-    // MARK: Bulk receive
-
-    private func receiveBulkChunk(_ frame: Frame) throws {
-        let id = frame.correlationID
-        let size = frame.payload.readableBytes
-        if frame.flags.contains(.firstChunk) {
-            if let current = inboundTensor {
-                throw TransportError.protocolViolation(.bulkSequence(tensorID: id, reason: "starts before tensor \(current.id) ended"))
-            }
-            inboundTensor = (id, 0)
-        }
-        guard var current = inboundTensor else {
-            throw TransportError.protocolViolation(.bulkSequence(tensorID: id, reason: "chunk without a first chunk"))
-        }
-        guard current.id == id else {
-            throw TransportError.protocolViolation(.bulkSequence(tensorID: id, reason: "chunk inside tensor \(current.id)"))
-        }
-        current.bytes += size
-        guard current.bytes <= configuration.maxTensorBytes else {
-            throw TransportError.protocolViolation(.tensorTooLarge(tensorID: id, bytes: current.bytes, limit: configuration.maxTensorBytes))
-        }
-        inboundTensor = frame.flags.contains(.lastChunk) ? nil : current
-        enqueueBulk(.chunk(tensorID: id, flags: frame.flags, bytes: frame.payload), bytes: size)
-    }
-
-    private func enqueueBulk(_ item: BulkItem, bytes: Int) {
-        if let waiter = bulkWaiter {
-            bulkWaiter = nil
-            waiter.succeed(item)
-            return
-        }
-        bulkQueue.append(item)
-        bulkQueuedBytes += bytes
-        bulkPeakQueuedBytes = max(bulkPeakQueuedBytes, bulkQueuedBytes)
-        if bulkQueuedBytes >= configuration.bulkReceiveBufferBytes { readsPaused = true }
-    }
-
-    /// Fails the consumer waiting in ``nextBulkItem()``, if any, with `CancellationError` (its task was cancelled).
-    func cancelBulkWait() {
-        guard let waiter = bulkWaiter else { return }
-        bulkWaiter = nil
-        waiter.fail(CancellationError())
-    }
-
-    /// The next bulk item, or `nil` once the connection is closed and the queue drained. One consumer at a time.
-    func nextBulkItem() -> EventLoopFuture<BulkItem?> {
-        let eventLoop = context?.eventLoop ?? authPromise.futureResult.eventLoop
-        if let item = bulkQueue.popFirst() {
-            if case .chunk(_, _, let bytes) = item { bulkQueuedBytes -= bytes.readableBytes }
-            if readsPaused, bulkQueuedBytes <= configuration.bulkReceiveBufferBytes / 2 {
-                readsPaused = false
-                if readPending, let context {
-                    readPending = false
-                    context.read()
-                }
-            }
-            return eventLoop.makeSucceededFuture(item)
-        }
-        if case .closed = state { return eventLoop.makeSucceededFuture(nil) }
-        if bulkWaiter != nil {
-            return eventLoop.makeFailedFuture(TransportError.invalidConfiguration("two consumers are receiving tensors on one connection"))
-        }
-        let promise = eventLoop.makePromise(of: BulkItem?.self)
-        bulkWaiter = promise
-        return promise.futureResult
     }
 }

@@ -29,6 +29,7 @@ public final class PeerConnection: Sendable {
     public let configuration: TransportConfiguration
     let channel: any Channel
     let handler: NIOLoopBound<ConnectionHandler>
+    let bulk: NIOLoopBound<BulkReceiveHandler>
     private let inboundCalls: AsyncStream<InboundCall>
     private let logger: Logger
 
@@ -37,6 +38,7 @@ public final class PeerConnection: Sendable {
         self.peer = authenticated.identity
         self.purpose = authenticated.purpose
         self.handler = authenticated.handler
+        self.bulk = authenticated.bulk
         self.inboundCalls = authenticated.inboundCalls
         self.remoteAddress = channel.remoteAddress
         self.configuration = configuration
