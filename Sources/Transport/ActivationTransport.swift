@@ -275,8 +275,7 @@ public final class TCPActivationTransport: ActivationTransport {
     }
 
     private func writeChunk(_ frame: Frame) -> EventLoopFuture<Void> {
-        let handler = connection.handler
-        return connection.channel.eventLoop.flatSubmit { handler.value.write(frame) }
+        connection.writeFuture(frame)
     }
 
     public var incomingTensors: IncomingTensors { IncomingTensors(receiver: receiver) }

@@ -62,12 +62,8 @@ struct ConnectionPurposeTests {
 struct CallWithoutConnectionTests {
     @Test func callOnADetachedHandlerFailsWithConnectionClosed() throws {
         let eventLoop = EmbeddedEventLoop()
-        let authenticated = eventLoop.makePromise(of: AuthenticatedPeer.self)
-        defer { authenticated.fail(TransportError.timedOut) }  // never connected: settle it so NIO sees no leak
-        let handler = ConnectionHandler(side: .client, identity: worker, token: nil, configuration: TransportConfiguration(),
-                                        logger: Logger(label: "test"), authPromise: authenticated)
-        let (id, future) = handler.startCall(messageType: 1, payload: ByteBuffer(), deadline: .now() + .seconds(5),
-                                             on: eventLoop)
+        let handler = RequestResponseHandler(peer: coordinator, eventLoop: eventLoop, logger: Logger(label: "test"))
+        let (id, future) = handler.startCall(messageType: 1, payload: ByteBuffer(), deadline: .now() + .seconds(5))
         #expect(id == 0)
         #expect(handler.pendingCallCount == 0)
         var failure: (any Error)?
