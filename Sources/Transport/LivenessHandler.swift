@@ -11,7 +11,8 @@ final class LivenessHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = Frame
 
     private let configuration: TransportConfiguration
-    private var lastHeard = NIODeadline.now()
+    /// On the event loop's clock (`eventLoop.now`), so that tests on an EmbeddedEventLoop control it.
+    private var lastHeard = NIODeadline.uptimeNanoseconds(0)
     private var nextPingID: UInt64 = 0
     private var heartbeat: Scheduled<Void>?
     private var deadPeerCheck: Scheduled<Void>?
@@ -48,7 +49,7 @@ final class LivenessHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private func start(context: ChannelHandlerContext) {
         guard !isStarted, !isClosed else { return }
         isStarted = true
-        lastHeard = .now()
+        lastHeard = context.eventLoop.now
         scheduleHeartbeat(context: context)
         scheduleDeadPeerCheck(context: context)
     }
@@ -61,7 +62,7 @@ final class LivenessHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !isClosed else { return }
-        lastHeard = .now()
+        lastHeard = context.eventLoop.now
         let frame = unwrapInboundIn(data)
         switch frame.type {
         case .ping:
@@ -97,7 +98,7 @@ final class LivenessHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let period = TimeAmount.nanoseconds(max(configuration.peerDeadTimeout.nanoseconds / 4, 1_000_000))
         deadPeerCheck = context.eventLoop.assumeIsolated().scheduleTask(in: period) {
             guard !self.isClosed else { return }
-            let now = NIODeadline.now()
+            let now = context.eventLoop.now
             if !self.readRequested { self.lastHeard = now }
             let silent = now - self.lastHeard
             if silent > self.configuration.peerDeadTimeout {
