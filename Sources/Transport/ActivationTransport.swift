@@ -125,18 +125,18 @@ struct ConnectionBulkSource: BulkItemSource {
 
     /// Cancellation-aware: a cancelled consumer stops waiting (the daemons' receive loops end this way on shutdown).
     func nextItem() async throws -> BulkItem? {
-        let handler = connection.handler
+        let bulk = connection.bulk
         let eventLoop = connection.channel.eventLoop
         let cancelled = NIOLockedValueBox(false)
         return try await withTaskCancellationHandler {
             try await eventLoop.flatSubmit {
                 // A cancellation that came before this ran finds no waiter to fail: refuse to wait at all.
                 if cancelled.withLockedValue({ $0 }) { return eventLoop.makeFailedFuture(CancellationError()) }
-                return handler.value.nextBulkItem()
+                return bulk.value.nextItem()
             }.get()
         } onCancel: {
             cancelled.withLockedValue { $0 = true }
-            eventLoop.execute { handler.value.cancelBulkWait() }
+            eventLoop.execute { bulk.value.cancelWait() }
         }
     }
 
@@ -196,7 +196,7 @@ final class BulkReceiver: Sendable {
         switch item {
         case .chunk(let id, let flags, let bytes):
             // The handler validates order, so this is the open tensor.
-            precondition(id == tensorID, "bulk order is validated by the connection handler")
+            precondition(id == tensorID, "bulk order is validated by the BulkReceiveHandler")
             if flags.contains(.lastChunk) { try await setOpen(nil) }
             return (bytes, flags.contains(.lastChunk))
         case .abort(_, let envelope):
@@ -275,16 +275,15 @@ public final class TCPActivationTransport: ActivationTransport {
     }
 
     private func writeChunk(_ frame: Frame) -> EventLoopFuture<Void> {
-        let handler = connection.handler
-        return connection.channel.eventLoop.flatSubmit { handler.value.write(frame) }
+        connection.writeFuture(frame)
     }
 
     public var incomingTensors: IncomingTensors { IncomingTensors(receiver: receiver) }
 
     /// Largest number of bulk payload bytes the receive queue held at once (for tests and tuning).
     public func peakReceiveQueueBytes() async throws -> Int {
-        let handler = connection.handler
-        return try await connection.channel.eventLoop.submit { handler.value.bulkPeakQueuedBytes }.get()
+        let bulk = connection.bulk
+        return try await connection.channel.eventLoop.submit { bulk.value.peakQueuedBytes }.get()
     }
 }
 

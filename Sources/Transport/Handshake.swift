@@ -34,25 +34,25 @@ enum Handshake {
             return buffer
         }
 
-        static func decode(_ payload: ByteBuffer, type: FrameType) throws -> Greeting {
+        static func decode(_ payload: ByteBuffer, type: FrameType) throws(TransportError) -> Greeting {
             var payload = payload
             guard let role = payload.readInteger(as: UInt8.self) else {
-                throw TransportError.protocolViolation(.malformedPayload(type: type, field: "role"))
+                throw .protocolViolation(.malformedPayload(type: type, field: "role"))
             }
             guard let nameLength = payload.readInteger(as: UInt8.self),
                   let name = payload.readString(length: Int(nameLength))
-            else { throw TransportError.protocolViolation(.malformedPayload(type: type, field: "name")) }
+            else { throw .protocolViolation(.malformedPayload(type: type, field: "name")) }
             let trailer = type == .hello ? 1 : 0
             guard payload.readableBytes == nonceSize || payload.readableBytes == nonceSize + trailer,
                   let nonce = payload.readBytes(length: nonceSize)
             else {
-                throw TransportError.protocolViolation(.malformedPayload(type: type, field: "nonce (must be 32 bytes)"))
+                throw .protocolViolation(.malformedPayload(type: type, field: "nonce (must be 32 bytes)"))
             }
             var purpose: ConnectionPurpose?
             if type == .hello {
                 let raw = payload.readInteger(as: UInt8.self) ?? ConnectionPurpose.control.rawValue
                 guard let known = ConnectionPurpose(rawValue: raw) else {
-                    throw TransportError.protocolViolation(.malformedPayload(type: type, field: "connection purpose \(raw)"))
+                    throw .protocolViolation(.malformedPayload(type: type, field: "connection purpose \(raw)"))
                 }
                 purpose = known
             }

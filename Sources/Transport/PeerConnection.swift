@@ -28,7 +28,10 @@ public final class PeerConnection: Sendable {
     public let remoteAddress: SocketAddress?
     public let configuration: TransportConfiguration
     let channel: any Channel
-    let handler: NIOLoopBound<ConnectionHandler>
+    /// The pipeline's last handler: calls, requests, writes and the close reason.
+    let calls: NIOLoopBound<RequestResponseHandler>
+    /// The bounded receive queue of BULK_CHUNK frames.
+    let bulk: NIOLoopBound<BulkReceiveHandler>
     private let inboundCalls: AsyncStream<InboundCall>
     private let logger: Logger
 
@@ -36,7 +39,8 @@ public final class PeerConnection: Sendable {
         self.channel = channel
         self.peer = authenticated.identity
         self.purpose = authenticated.purpose
-        self.handler = authenticated.handler
+        self.calls = authenticated.calls
+        self.bulk = authenticated.bulk
         self.inboundCalls = authenticated.inboundCalls
         self.remoteAddress = channel.remoteAddress
         self.configuration = configuration
@@ -81,15 +85,14 @@ public final class PeerConnection: Sendable {
 
     /// Sends a request and waits for its response, its error envelope, the deadline or the connection's end.
     public func call(type: UInt16, payload: ByteBuffer, deadline: NIODeadline) async throws -> ByteBuffer {
-        let handler = self.handler
-        let eventLoop = channel.eventLoop
-        let (id, response) = try await eventLoop.submit {
-            handler.value.startCall(messageType: type, payload: payload, deadline: deadline, on: eventLoop)
+        let calls = self.calls
+        let (id, response) = try await channel.eventLoop.submit {
+            calls.value.startCall(messageType: type, payload: payload, deadline: deadline)
         }.get()
         return try await withTaskCancellationHandler {
             try await response.get()
         } onCancel: {
-            channel.eventLoop.execute { handler.value.cancelCall(id: id) }
+            channel.eventLoop.execute { calls.value.cancelCall(id: id) }
         }
     }
 
@@ -107,8 +110,13 @@ public final class PeerConnection: Sendable {
     }
 
     func write(_ frame: Frame) async throws {
-        let handler = self.handler
-        try await channel.eventLoop.flatSubmit { handler.value.write(frame) }.get()
+        try await writeFuture(frame).get()
+    }
+
+    /// ``write(_:)`` for callers that keep several writes in flight.
+    func writeFuture(_ frame: Frame) -> EventLoopFuture<Void> {
+        let calls = self.calls
+        return channel.eventLoop.flatSubmit { calls.value.write(frame) }
     }
 
     /// Serves the peer's requests and messages until the connection closes (or the task is cancelled).
@@ -147,8 +155,8 @@ public final class PeerConnection: Sendable {
 
     /// Closes the connection; pending calls fail with ``TransportError/connectionClosed(peer:)``.
     public func close() async {
-        let handler = self.handler
-        channel.eventLoop.execute { handler.value.close() }
+        let calls = self.calls
+        channel.eventLoop.execute { calls.value.close() }
         try? await channel.closeFuture.get()
     }
 
@@ -164,20 +172,21 @@ public final class PeerConnection: Sendable {
     /// or the peer closing (``TransportError/connectionClosed(peer:)``).
     public func closeReason() async -> TransportError {
         try? await channel.closeFuture.get()
-        let handler = self.handler
+        let calls = self.calls
         let peer = self.peer.name
-        let reason = try? await channel.eventLoop.submit { handler.value.closeReason }.get()
+        let reason = try? await channel.eventLoop.submit { calls.value.closeReason }.get()
         return (reason ?? nil) ?? .connectionClosed(peer: peer)
     }
 }
 
-/// Frame codec + connection state machine; used by clients, the server and the tests (on EmbeddedChannels).
-func installPipeline(on channel: any Channel, side: ConnectionHandler.Side, purpose: ConnectionPurpose = .control,
+/// Frame codec + handshake; the handshake handler replaces itself with the handlers of an authenticated connection.
+/// Used by clients, the server and the tests (on EmbeddedChannels).
+func installPipeline(on channel: any Channel, side: HandshakeHandler.Side, purpose: ConnectionPurpose = .control,
                      identity: NodeIdentity, token: ClusterToken?,
                      configuration: TransportConfiguration, logger: Logger,
                      authPromise: EventLoopPromise<AuthenticatedPeer>) throws {
-    let handler = ConnectionHandler(side: side, purpose: purpose, identity: identity, token: token, configuration: configuration,
-                                    logger: logger, authPromise: authPromise)
+    let handler = HandshakeHandler(side: side, purpose: purpose, identity: identity, token: token, configuration: configuration,
+                                   logger: logger, authPromise: authPromise)
     try channel.pipeline.syncOperations.addHandlers([
         ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits)),
         FrameWriter(),

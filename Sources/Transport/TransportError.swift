@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 
 /// Everything the transport throws. Descriptions name the peer or field at fault and never contain secrets.
@@ -30,6 +31,29 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
         case .remoteError(let code, let message): "remote error [\(code)]: \(message)"
         case .invalidConfiguration(let why): "invalid transport configuration: \(why)"
         case .bulkTransferFailed(let id, let reason): "bulk transfer of tensor \(id) failed: \(reason)"
+        }
+    }
+}
+
+extension TransportError {
+    /// What a connection closes with for an error that reached the end of its pipeline: the transport's own errors
+    /// as they are, anything else (a socket error, the peer closing in the middle of a frame) as a plain close.
+    static func closing(for error: any Error, peer: String, logger: Logger) -> TransportError {
+        if let error = error as? TransportError { return error }
+        if error is ByteToMessageDecoderError {
+            logger.debug("connection closed in the middle of a frame")
+        } else {
+            logger.debug("connection error: \(error)")
+        }
+        return .connectionClosed(peer: peer)
+    }
+
+    /// Logs why a connection is being closed, once, at a level that fits the reason.
+    func logClosing(peer: String, logger: Logger) {
+        switch self {
+        case .authenticationFailed: break  // logged where it is detected, with context
+        case .connectionClosed: logger.debug("closing connection: \(self)")
+        default: logger.warning("closing connection to \(peer): \(self)")
         }
     }
 }

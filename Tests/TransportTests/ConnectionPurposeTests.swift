@@ -1,5 +1,4 @@
 import Logging
-import NIOEmbedded
 import NIOCore
 import NIOPosix
 import Testing
@@ -52,30 +51,6 @@ struct ConnectionPurposeTests {
             #expect(failure.address.contains("127.0.0.1"))
             #expect(failure.claimedName == worker.name)
             #expect(!failure.description.contains(correctToken) && !failure.description.contains(wrongToken))
-        }
-    }
-}
-
-/// A call started on a handler that was never added to a pipeline (or was removed) fails at once; it used to
-/// dereference the missing channel context and crash the process.
-@Suite("Calls without a connection")
-struct CallWithoutConnectionTests {
-    @Test func callOnADetachedHandlerFailsWithConnectionClosed() throws {
-        let eventLoop = EmbeddedEventLoop()
-        let authenticated = eventLoop.makePromise(of: AuthenticatedPeer.self)
-        defer { authenticated.fail(TransportError.timedOut) }  // never connected: settle it so NIO sees no leak
-        let handler = ConnectionHandler(side: .client, identity: worker, token: nil, configuration: TransportConfiguration(),
-                                        logger: Logger(label: "test"), authPromise: authenticated)
-        let (id, future) = handler.startCall(messageType: 1, payload: ByteBuffer(), deadline: .now() + .seconds(5),
-                                             on: eventLoop)
-        #expect(id == 0)
-        #expect(handler.pendingCallCount == 0)
-        var failure: (any Error)?
-        future.whenFailure { failure = $0 }
-        eventLoop.run()
-        guard case .connectionClosed? = failure as? TransportError else {
-            Issue.record("expected connectionClosed, got \(String(describing: failure))")
-            return
         }
     }
 }

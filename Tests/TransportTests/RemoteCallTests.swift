@@ -147,8 +147,8 @@ struct RemoteCallTests {
             call.cancel()
             await #expect(throws: CancellationError.self) { _ = try await call.value }
             #expect(ContinuousClock.now - start < .seconds(2))
-            let handler = connection.handler
-            let pendingCount = try await connection.channel.eventLoop.submit { handler.value.pendingCallCount }.get()
+            let calls = connection.calls
+            let pendingCount = try await connection.channel.eventLoop.submit { calls.value.pendingCallCount }.get()
             #expect(pendingCount == 0)
             #expect(try await connection.call(type: 1, payload: ByteBuffer(string: "next")) == ByteBuffer(string: "next"))
             await connection.close()
