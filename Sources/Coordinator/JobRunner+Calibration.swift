@@ -33,7 +33,7 @@ extension JobRunner {
             recorded[layerAmax.layer, default: []].insert(report.chunk)
         }
         layerTokensThisRun += report.tokenCount * report.layers.count
-        signalProgress()
+        signal(.chunkRecorded(chunk: report.chunk, worker: report.worker))
     }
 
     // MARK: Calibration
@@ -80,9 +80,9 @@ extension JobRunner {
             try await ClusterActorSystem.withCallTimeout(timeout) { try await first.calibrate(order) }
         }
         // Wait for the last range to report every chunk.
-        while !(0..<layerCount).allSatisfy({ (recorded[$0]?.count ?? 0) == chunkCount }) {
+        try await wait {
             try checkInterrupted()
-            await waitForProgress()
+            return (0..<layerCount).allSatisfy { (recorded[$0]?.count ?? 0) == chunkCount }
         }
         for layer in 0..<layerCount {
             try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount)
@@ -90,6 +90,6 @@ extension JobRunner {
         logger.info("calibration complete: activation scales of \(layerCount) layers are final")
         try move(to: .exporting)
         calibrationDone = true
-        signalProgress()
+        signal(.calibrationFinished)
     }
 }

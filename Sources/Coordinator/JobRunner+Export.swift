@@ -49,9 +49,9 @@ extension JobRunner {
             }
             var record: CalibrationRecord?
             if spec.scheme.quantizesActivations {
-                while !calibrationDone {
-                    await waitForProgress()
+                try await wait {
                     try checkInterrupted()
+                    return calibrationDone
                 }
                 var calibration = spec.calibrationRecord(plan: calibrationPlan, deviceLabel: deviceLabel)
                 calibration.activationAmax = try store.activationAmax(jobID: jobID).mapValues(activationAmaxByGroup)
@@ -72,7 +72,7 @@ extension JobRunner {
             // Look-ahead exports must not outlive this attempt (a later one reuses the tensor ids).
             if !pending.isEmpty {
                 if siblingFailure == nil { siblingFailure = operatorDescription(of: error) }
-                signalProgress()
+                signal(.siblingFailed)
                 for task in pending { _ = await task.result }
             }
             assembler.discard()
@@ -130,9 +130,9 @@ extension JobRunner {
         let owner = workers.first { $0.assignment.range.contains(layer) }!
         var activationAmax: [FusedGroup: ActivationAmax]?
         if submission.spec.scheme.quantizesActivations {
-            while !calibrationDone && (recorded[layer]?.count ?? 0) < chunkCount {
-                await waitForProgress()
+            try await wait {
                 try checkInterrupted()
+                return calibrationDone || (recorded[layer]?.count ?? 0) >= chunkCount
             }
             activationAmax = try activationAmaxByGroup(try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount))
         }

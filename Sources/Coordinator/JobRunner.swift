@@ -30,11 +30,11 @@ actor JobRunner {
     var cancelRequested = false
     var shutdownRequested = false
     var stopped = false
-    var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    /// What wakes the runner's waits (calibration, export and `cancel` waiting for the stop); see ``wait(until:)``.
+    var events = EventBroadcast<JobEvent>()
     /// Workers of the current plan lost during the current attempt, with the reason.
     var lost: [String: String] = [:]
     var workerFailure: (worker: String, message: String)?
-    var progressWaiters: [CheckedContinuation<Void, Never>] = []
     /// Grows with every attempt; workers tag reports with the attempt that loaded them.
     var attemptNumber = 0
     /// Reports count only once this attempt's workers are loaded.
@@ -88,6 +88,19 @@ actor JobRunner {
         }
     }
 
+    /// What changed in the job, for whoever waits on it.
+    enum JobEvent: Sendable, Equatable {
+        case chunkRecorded(chunk: Int, worker: String)
+        case calibrationFinished
+        case workerLost(String)
+        case workerFailed(String)
+        /// Calibration or export failed; the other stops.
+        case siblingFailed
+        case cancelRequested
+        case shutdownRequested
+        case stopped
+    }
+
     struct LiveFigures: Sendable {
         var tokensPerSecond: Double?
         var etaSeconds: Double?
@@ -115,40 +128,43 @@ actor JobRunner {
     func workerLost(name: String, reason: String) {
         guard plan.contains(where: { $0.worker == name }) else { return }
         lost[name] = reason
-        signalProgress()
+        signal(.workerLost(name))
     }
 
     func workerFailed(worker: String, attempt: Int, message: String) {
         guard attempt == attemptNumber, acceptingReports else { return }
         workerFailure = (worker, message)
-        signalProgress()
+        signal(.workerFailed(worker))
     }
 
     func cancel() async {
         cancelRequested = true
-        signalProgress()
+        signal(.cancelRequested)
         await tellWorkersToStop(discardState: true)
         await waitUntilStopped()
     }
 
     func stopForShutdown() {
         shutdownRequested = true
-        signalProgress()
+        signal(.shutdownRequested)
     }
 
     func waitUntilStopped() async {
-        if stopped { return }
-        await withCheckedContinuation { stopWaiters.append($0) }
+        try? await wait { stopped }
     }
 
-    func signalProgress() {
-        let waiters = progressWaiters
-        progressWaiters = []
-        for waiter in waiters { waiter.resume() }
+    func signal(_ event: JobEvent) {
+        events.send(event)
     }
 
-    func waitForProgress() async {
-        await withCheckedContinuation { progressWaiters.append($0) }
+    /// Returns once `condition` holds, re-checking it after every job event; rethrows what `condition` throws, and
+    /// throws `CancellationError` when the waiting task is cancelled or the runner has stopped.
+    func wait(until condition: () throws -> Bool) async throws {
+        if try condition() { return }
+        for await _ in events.subscribe() {
+            if try condition() { return }
+        }
+        throw CancellationError()
     }
 
     // MARK: The loop
@@ -156,8 +172,8 @@ actor JobRunner {
     func run() async {
         defer {
             stopped = true
-            for waiter in stopWaiters { waiter.resume() }
-            stopWaiters = []
+            signal(.stopped)
+            events.finish()
         }
         while true {
             do {
@@ -223,7 +239,7 @@ actor JobRunner {
             try await work()
         } catch {
             if siblingFailure == nil { siblingFailure = operatorDescription(of: error) }
-            signalProgress()
+            signal(.siblingFailed)
             throw error
         }
     }

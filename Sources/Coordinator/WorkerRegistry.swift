@@ -2,13 +2,13 @@ import ClusterProtocol
 import ClusterState
 import Foundation
 
-/// The workers coordd knows, with liveness, and waiters for "worker X is (back) up".
+/// The workers coordd knows, with liveness, and waits for "the set changed" (worker X is back up, or lost).
 /// Durable facts live in ``ClusterStateStore``; this keeps the live ones (connected endpoints).
 actor WorkerRegistry {
     private(set) var live: [String: WorkerInfo] = [:]
     /// Bumped on every registration and loss, so runners can tell that the set changed.
     private(set) var generation = 0
-    private var waiters: [CheckedContinuation<Void, Never>] = []
+    private var changes = EventBroadcast<Int>()
 
     func register(_ info: WorkerInfo) {
         live[info.name] = info
@@ -27,28 +27,21 @@ actor WorkerRegistry {
 
     func liveWorkers() -> [WorkerInfo] { live.values.sorted { $0.name < $1.name } }
 
-    /// Waits until the registry changes or `timeout` passes.
+    /// Waits until the registry changes, `timeout` passes or the task is cancelled.
     func waitForChange(after seenGeneration: Int, timeout: Duration) async {
         if generation != seenGeneration { return }
-        // Unstructured: the timer must wake the continuation below, which a child task of this call could not
-        // outlive; it is cancelled as soon as the wait ends.
-        let timer = Task { [weak self] in
-            try? await Task.sleep(for: timeout)
-            await self?.wakeAll()
+        let stream = changes.subscribe()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { for await _ in stream { return } }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
         }
-        await withCheckedContinuation { waiters.append($0) }
-        timer.cancel()
     }
 
     private func changed() {
         generation += 1
-        wakeAll()
-    }
-
-    private func wakeAll() {
-        let all = waiters
-        waiters = []
-        for waiter in all { waiter.resume() }
+        changes.send(generation)
     }
 }
 
@@ -59,35 +52,45 @@ actor BulkMailbox {
         let id: UInt64
     }
     private var arrived: [Key: Data] = [:]
-    private var waiting: [Key: CheckedContinuation<Data, Error>] = [:]
+    /// Wakes collectors on every arrival and loss.
+    private var changes = EventBroadcast<Void>()
     /// Peers whose connection went away, with the error their collectors get, until they register again. Without it
     /// a collector that came after the loss would wait forever for tensors that were dropped (or never sent).
     private var lost: [String: any Error] = [:]
+    /// Every loss of a peer, counted, with its error: a collector that waited across a loss fails even when the peer
+    /// registered again before it woke.
+    private var losses: [String: (count: Int, error: any Error)] = [:]
 
     func deliver(peer: String, id: UInt64, bytes: Data) {
-        let key = Key(peer: peer, id: id)
-        if let waiter = waiting.removeValue(forKey: key) {
-            waiter.resume(returning: bytes)
-        } else {
-            arrived[key] = bytes
-        }
+        arrived[Key(peer: peer, id: id)] = bytes
+        changes.send(())
     }
 
-    /// The bytes of tensor `id` from `peer`, waiting for them if needed. Fails when `failAll(peer:)` is called, and at
-    /// once while the peer is lost.
+    /// The bytes of tensor `id` from `peer`, waiting for them if needed. Fails when `failAll(peer:)` is called while
+    /// it waits, at once while the peer is lost, and with `CancellationError` when its task is cancelled.
     func take(peer: String, id: UInt64) async throws -> Data {
         let key = Key(peer: peer, id: id)
-        if let bytes = arrived.removeValue(forKey: key) { return bytes }
-        if let error = lost[peer] { throw error }
-        return try await withCheckedThrowingContinuation { waiting[key] = $0 }
+        let lossesBefore = losses[peer]?.count ?? 0
+        func collect() throws -> Data? {
+            if let bytes = arrived.removeValue(forKey: key) { return bytes }
+            if let error = lost[peer] { throw error }
+            if let loss = losses[peer], loss.count != lossesBefore { throw loss.error }
+            return nil
+        }
+        if let bytes = try collect() { return bytes }
+        for await _ in changes.subscribe() {
+            if let bytes = try collect() { return bytes }
+        }
+        throw CancellationError()
     }
 
-    /// Fails the waiters of a peer whose connection went away, drops what it sent, and fails later collectors until
-    /// the peer is back (``peerReturned(_:)``).
+    /// Fails the collectors of a peer whose connection went away, drops what it sent, and fails later collectors
+    /// until the peer is back (``peerReturned(_:)``).
     func failAll(peer: String, error: Error) {
         lost[peer] = error
-        for key in waiting.keys where key.peer == peer { waiting.removeValue(forKey: key)?.resume(throwing: error) }
+        losses[peer] = ((losses[peer]?.count ?? 0) + 1, error)
         for key in arrived.keys where key.peer == peer { arrived.removeValue(forKey: key) }
+        changes.send(())
     }
 
     /// The peer registered again: its exports may be collected again.

@@ -26,6 +26,12 @@ import Transport
         case stallsAfterLayer0
         /// The connection drops while layer `layer` is being exported.
         case lostDuringExport(layer: Int)
+        /// The connection drops after the first chunk's report of layer 0.
+        case lostDuringCalibration
+        /// Layer `layer`'s manifest leaves out the layer's last tensor.
+        case omitsTensor(layer: Int)
+        /// The call of that phase (loadLayers, exportLayer or evaluateQuality) waits until the job is cancelled.
+        case stallsWhile(JobState)
         /// Asked for the quality report, it cannot read the staged checkpoint (no shared storage with coordd).
         case cannotSeeCheckpoint
         /// Asked for the quality report of the checkpoint coordd staged, it reports these perplexities.
@@ -52,6 +58,7 @@ import Transport
 
         distributed func loadLayers(_ assignment: WorkerAssignment) async throws -> LoadReport {
             self.assignment = assignment
+            try await stallIf(.loading)
             return LoadReport(worker: name, layers: assignment.range.count, seconds: 0, device: "fake")
         }
 
@@ -66,7 +73,19 @@ import Transport
                 while !cancelled { try await Task.sleep(for: .milliseconds(20)) }
                 return
             }
+            if case .lostDuringCalibration = behaviour {
+                try await report(chunk: 0, layers: [0])
+                await coordinator.whenLocal { await $0.peerDisconnected(name: "fake", reason: "connection reset by the test") }
+                throw ClusterActorSystemError.peerDisconnected(peer: name, endpoint: "fake", reason: "connection reset")
+            }
             for chunk in assignment.chunks.indices { try await report(chunk: chunk, layers: Array(assignment.range)) }
+        }
+
+        /// Waits for the job's cancel when the behaviour stalls in `phase`, then fails the call as a stopped worker would.
+        private func stallIf(_ phase: JobState) async throws {
+            guard case .stallsWhile(let stalling) = behaviour, stalling == phase else { return }
+            while !cancelled { try await Task.sleep(for: .milliseconds(20)) }
+            throw WorkerError.jobNotLoaded(worker: name, jobID: assignment?.jobID ?? "?")
         }
 
         distributed func replayStoredChunks(jobID: String, chunks: [Int]) async throws -> [Int] { [] }
@@ -79,6 +98,7 @@ import Transport
                 await coordinator.whenLocal { await $0.peerDisconnected(name: "fake", reason: "connection reset by the test") }
                 throw ClusterActorSystemError.peerDisconnected(peer: name, endpoint: "fake", reason: "connection reset")
             }
+            try await stallIf(.exporting)
             let spec = assignment.spec
             let config = try ModelDirectory(spec.modelDirectory).loadConfig()
             let exporter = LayerExporter(spec: spec, config: config, source: try SafeTensorsModel(directory: spec.modelPath))
@@ -95,10 +115,12 @@ import Transport
                 let bytes = tensor.data
                 await coordinator.whenLocal { await $0.receiveExportedTensor(from: "fake", id: id, bytes: bytes) }
             }
+            if case .omitsTensor(let layer) = behaviour, layer == request.layer { entries.removeLast() }
             return ExportManifest(layer: request.layer, entries: entries)
         }
 
         distributed func evaluateQuality(_ request: QualityRequest) async throws -> QualityReport {
+            try await stallIf(.evaluating)
             switch behaviour {
             case .cannotSeeCheckpoint:
                 throw WorkerError.checkpointNotVisible(worker: name, path: request.checkpointPath, reason: "no such directory")
@@ -278,6 +300,40 @@ import Transport
             #expect(run.status.quality?.gate == .failed)
             // The rejected checkpoint stays for inspection, never at the output path.
             #expect(try entries(parent).count == 1 && entries(parent)[0].hasPrefix("OUT.partial-"))
+        }
+    }
+
+    @Test func aWorkerLostDuringCalibrationFailsTheJobNamingIt() async throws {
+        try await withDirectory { parent in
+            let run = try await run(.lostDuringCalibration, in: parent)
+            #expect(run.status.state == .failed)
+            #expect((run.status.failureReason ?? "").contains("fake"), "\(run.status.failureReason ?? "")")
+            #expect(try entries(parent) == [])
+        }
+    }
+
+    @Test func aManifestWithoutAPlannedTensorFailsTheJobNamingIt() async throws {
+        try await withDirectory { parent in
+            let run = try await run(.omitsTensor(layer: 0), in: parent)
+            #expect(run.status.state == .failed)
+            let reason = run.status.failureReason ?? ""
+            #expect(reason.contains("layer 0 lacks") && reason.contains("model.layers.0.mlp."), "\(reason)")
+            #expect(try entries(parent) == [])
+        }
+    }
+
+    @Test(arguments: [JobState.loading, .exporting, .evaluating])
+    func cancelWhileAWorkerComputesEndsTheJobWithoutOutput(phase: JobState) async throws {
+        try await withDirectory { parent in
+            let run = try await run(.stallsWhile(phase), in: parent, evaluationSamples: 4) { coordinator, jobID in
+                while try await coordinator.status(jobID: jobID).phase != phase {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                try await Task.sleep(for: .milliseconds(100))
+                _ = try await coordinator.cancel(jobID: jobID)
+            }
+            #expect(run.status.state == .cancelled, "\(run.status.failureReason ?? "")")
+            #expect(try entries(parent) == [])
         }
     }
 }
