@@ -3,6 +3,7 @@ import ComputeBackend
 import Dispatch
 import Foundation
 import LlamaModel
+import NVFP4
 
 /// # CPUBackend
 ///
@@ -345,12 +346,6 @@ public struct CPUBackend: ComputeBackend {
 }
 
 // MARK: - Kernels
-
-/// Carries pointers into `concurrentPerform`, whose jobs touch disjoint parts of the memory.
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
-}
 
 /// `y = x · rsqrt(mean(x²) + eps) · weight` for each row of width `width` (mean accumulated in f64).
 public func rmsNorm(_ values: [Float], weight: [Float], width: Int, epsilon: Float) -> [Float] {

@@ -1,6 +1,7 @@
 import CUDARuntime
 import Dispatch
 import Foundation
+import NVFP4
 
 extension CUDADevice {
     /// Size of each pinned staging buffer for host↔device copies.
@@ -75,17 +76,11 @@ func parallelCopy(to destination: UnsafeMutableRawPointer, from source: UnsafeRa
         destination.copyMemory(from: source, byteCount: count)
         return
     }
-    let pointers = CopyPointers(destination: destination, source: source)
+    let pointers = UncheckedSendable((destination: destination, source: source))
     let slice = (count + parts - 1) / parts
     DispatchQueue.concurrentPerform(iterations: parts) { part in
         let start = part * slice
         let size = min(slice, count - start)
-        if size > 0 { (pointers.destination + start).copyMemory(from: pointers.source + start, byteCount: size) }
+        if size > 0 { (pointers.value.destination + start).copyMemory(from: pointers.value.source + start, byteCount: size) }
     }
-}
-
-/// Carries the two pointers into `concurrentPerform`, whose jobs touch disjoint byte ranges.
-struct CopyPointers: @unchecked Sendable {
-    let destination: UnsafeMutableRawPointer
-    let source: UnsafeRawPointer
 }

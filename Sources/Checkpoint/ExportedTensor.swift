@@ -1,4 +1,5 @@
 import Foundation
+import NVFP4
 import SafeTensors
 
 /// One tensor of the output checkpoint, ready to be written, with the SHA-256 of its bytes so that it can cross a
@@ -39,10 +40,4 @@ package func concurrentMap<Item, Output>(_ items: [Item], _ transform: (Item) th
         }
     }
     return try results.map { try $0!.get() }
-}
-
-/// Hands values to `concurrentPerform`, whose iterations touch disjoint slots or only read.
-package struct UncheckedSendable<Value>: @unchecked Sendable {
-    package let value: Value
-    package init(_ value: Value) { self.value = value }
 }

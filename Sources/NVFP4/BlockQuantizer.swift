@@ -100,8 +100,8 @@ public enum NVFP4Quantizer {
         packed.withUnsafeMutableBufferPointer { packedBuffer in
             scales.withUnsafeMutableBufferPointer { scaleBuffer in
                 // Each worker writes a disjoint row range of the two outputs.
-                let outputs = UnsafeSendable((packedBuffer, scaleBuffer))
-                let input = UnsafeSendable(values)
+                let outputs = UncheckedSendable((packedBuffer, scaleBuffer))
+                let input = UncheckedSendable(values)
                 DispatchQueue.concurrentPerform(iterations: tasks) { task in
                     let start = task * rowsPerTask
                     let end = min(rows, start + rowsPerTask)
@@ -241,11 +241,13 @@ extension SIMD16<Float> {
     }
 }
 
-/// Carries a raw buffer into child tasks that write disjoint parts of it.
+/// Carries pointers or buffers into concurrent jobs (child tasks, `concurrentPerform`) that touch disjoint parts of
+/// the memory or only read it: the compiler cannot see that disjointness, so the one unchecked wrapper of the package
+/// says it here.
 @usableFromInline
-struct UnsafeSendable<Value>: @unchecked Sendable {
-    @usableFromInline let value: Value
-    @usableFromInline init(_ value: Value) { self.value = value }
+package struct UncheckedSendable<Value>: @unchecked Sendable {
+    @usableFromInline package let value: Value
+    @usableFromInline package init(_ value: Value) { self.value = value }
 }
 
 

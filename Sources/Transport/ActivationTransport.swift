@@ -219,14 +219,7 @@ public final class TCPActivationTransport: ActivationTransport {
     }
 
     public func sendTensor<Chunks: AsyncSequence>(id: UInt64, chunks: Chunks) async throws where Chunks.Element == ByteBuffer {
-        await sendGate.acquire()
-        do {
-            try await sendUnordered(id: id, chunks: chunks)
-            await sendGate.release()
-        } catch {
-            await sendGate.release()
-            throw error
-        }
+        try await sendGate.serialize { try await sendUnordered(id: id, chunks: chunks) }
     }
 
     private func sendUnordered<Chunks: AsyncSequence>(id: UInt64, chunks: Chunks) async throws where Chunks.Element == ByteBuffer {
@@ -315,5 +308,18 @@ actor SerialGate {
 
     func release() {
         if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
+    }
+
+    /// Runs `body` once every earlier caller's body has finished; the next caller goes on however it ends. `body` runs
+    /// on the caller's executor (nonsending), so it may touch the caller's state.
+    nonisolated(nonsending) func serialize(_ body: () async throws -> Void) async throws {
+        await acquire()
+        do {
+            try await body()
+            await release()
+        } catch {
+            await release()
+            throw error
+        }
     }
 }

@@ -32,14 +32,7 @@ public final class LocalActivationTransport: ActivationTransport {
     }
 
     public func sendTensor<Chunks: AsyncSequence>(id: UInt64, chunks: Chunks) async throws where Chunks.Element == ByteBuffer {
-        await sendGate.acquire()
-        do {
-            try await sendUnordered(id: id, chunks: chunks)
-            await sendGate.release()
-        } catch {
-            await sendGate.release()
-            throw error
-        }
+        try await sendGate.serialize { try await sendUnordered(id: id, chunks: chunks) }
     }
 
     private func sendUnordered<Chunks: AsyncSequence>(id: UInt64, chunks: Chunks) async throws where Chunks.Element == ByteBuffer {
