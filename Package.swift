@@ -40,7 +40,7 @@ let package = Package(
         // safetensors reading (mmap, validated) and streaming writing.
         .target(name: "SafeTensors", dependencies: ["StrictJSON", .product(name: "Crypto", package: "swift-crypto")]),
         // Llama-family config parsing and weight naming.
-        .target(name: "LlamaModel", dependencies: ["SafeTensors", "JobModel"]),
+        .target(name: "LlamaModel", dependencies: ["SafeTensors", "StrictJSON", "JobModel"]),
         // Byte-level BPE tokenizer (tokenizer.json).
         .target(name: "Tokenizer", dependencies: ["StrictJSON"]),
         // OpenBLAS, from Debian's libopenblas-dev.

@@ -1,4 +1,5 @@
 import Foundation
+import StrictJSON
 
 /// The error thrown for a `config.json` that this project cannot or will not handle.
 ///
@@ -102,16 +103,18 @@ public struct LlamaConfig: Sendable, Equatable {
 
     /// Parses and validates config JSON; `source` names the file in errors.
     public init(json: Data, source: String) throws {
-        let root: JSONValue
-        do {
-            root = try JSONDecoder().decode(JSONValue.self, from: json)
-        } catch {
-            throw LlamaConfigError(source: source, field: "", problem: "not valid JSON")
+        let parsed = json.withUnsafeBytes { bytes in
+            Result { () throws(JSONParseError) -> JSONNode in try StrictJSONParser.parse(bytes) }
         }
-        guard case .object(let object) = root else {
+        let root: JSONNode
+        switch parsed {
+        case .success(let node): root = node
+        case .failure(let error): throw LlamaConfigError(source: source, field: "", problem: "not valid JSON: \(error)")
+        }
+        guard case .object(let members) = root else {
             throw LlamaConfigError(source: source, field: "", problem: "the top level is a \(root.typeName), expected an object")
         }
-        let top = ConfigFields(object: object, path: "", source: source)
+        let top = ConfigFields(members: members, path: "", source: source)
         raw = json
 
         modelType = try top.requiredString("model_type")
@@ -122,7 +125,7 @@ public struct LlamaConfig: Sendable, Equatable {
         for architecture in architectures where !Self.supportedArchitectures.contains(architecture) {
             throw top.error("architectures", "unsupported architecture \"\(architecture)\" (supported: \(Self.supportedArchitectures.joined(separator: ", ")))")
         }
-        if let window = top.value("sliding_window"), window != .null {
+        if let window = top.value("sliding_window"), !window.isNull {
             throw top.error("sliding_window", "sliding-window attention is not supported (found \(window.typeName)); it must be absent or null")
         }
         if try top.optionalBool("attention_bias") == true {
@@ -204,9 +207,16 @@ public struct LlamaConfig: Sendable, Equatable {
 
 /// Typed access to the fields of one JSON object, with errors that name the file and the dotted field path.
 struct ConfigFields {
-    let object: [String: JSONValue]
+    /// Members by key; a repeated key keeps its last value, as Python's json (and so transformers) reads it.
+    let object: [String: JSONNode]
     let path: String
     let source: String
+
+    init(members: [JSONMember], path: String, source: String) {
+        object = Dictionary(members.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
+        self.path = path
+        self.source = source
+    }
 
     func fieldPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
@@ -214,23 +224,28 @@ struct ConfigFields {
         LlamaConfigError(source: source, field: fieldPath(key), problem: problem)
     }
 
-    func value(_ key: String) -> JSONValue? { object[key] }
+    func value(_ key: String) -> JSONNode? { object[key] }
 
     /// The value, with an absent key and JSON null both meaning "not given".
-    private func given(_ key: String) -> JSONValue? {
-        guard let value = object[key], value != .null else { return nil }
+    private func given(_ key: String) -> JSONNode? {
+        guard let value = object[key], !value.isNull else { return nil }
         return value
     }
 
-    private func wrongType(_ key: String, _ value: JSONValue, expected: String) -> LlamaConfigError {
+    private func wrongType(_ key: String, _ value: JSONNode, expected: String) -> LlamaConfigError {
         error(key, "expected \(expected), found \(value.typeName)")
     }
 
     func optionalInt(_ key: String) throws -> Int? {
         guard let value = given(key) else { return nil }
         switch value {
-        case .int(let number): return number
-        case .double(let number) where number.rounded() == number && abs(number) < 1e15: return Int(number)
+        case .integer(let number): return number
+        case .number(let text):
+            // `4096.0` is an integer written as a float (some exporters do); a fraction is not.
+            guard let number = Double(text), number.rounded() == number, abs(number) < 1e15 else {
+                throw wrongType(key, value, expected: "an integer")
+            }
+            return Int(number)
         default: throw wrongType(key, value, expected: "an integer")
         }
     }
@@ -249,8 +264,10 @@ struct ConfigFields {
     func optionalNumber(_ key: String) throws -> Double? {
         guard let value = given(key) else { return nil }
         switch value {
-        case .int(let number): return Double(number)
-        case .double(let number): return number
+        case .integer(let number): return Double(number)
+        case .number(let text):
+            guard let number = Double(text) else { throw wrongType(key, value, expected: "a number") }
+            return number
         default: throw wrongType(key, value, expected: "a number")
         }
     }
@@ -294,10 +311,10 @@ struct ConfigFields {
 
     func optionalIntOrIntArray(_ key: String) throws -> [Int]? {
         guard let value = given(key) else { return nil }
-        let items: [JSONValue]
+        let items: [JSONNode]
         if case .array(let list) = value { items = list } else { items = [value] }
         return try items.map { item in
-            guard case .int(let number) = item else { throw wrongType(key, item, expected: "an integer or a list of integers") }
+            guard case .integer(let number) = item else { throw wrongType(key, item, expected: "an integer or a list of integers") }
             return number
         }
     }
@@ -305,6 +322,26 @@ struct ConfigFields {
     func optionalObject(_ key: String) throws -> ConfigFields? {
         guard let value = given(key) else { return nil }
         guard case .object(let nested) = value else { throw wrongType(key, value, expected: "an object") }
-        return ConfigFields(object: nested, path: fieldPath(key), source: source)
+        return ConfigFields(members: nested, path: fieldPath(key), source: source)
+    }
+}
+
+extension JSONNode {
+    var isNull: Bool {
+        if case .null = self { return true }
+        return false
+    }
+
+    /// The value's JSON type in config errors (`found string`).
+    var typeName: String {
+        switch self {
+        case .null: "null"
+        case .bool: "boolean"
+        case .integer: "integer"
+        case .number: "number"
+        case .string: "string"
+        case .array: "array"
+        case .object: "object"
+        }
     }
 }
