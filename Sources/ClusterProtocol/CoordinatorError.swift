@@ -19,6 +19,8 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
     case layerNotInModel(jobID: String, worker: String, layer: Int)
     /// A coordd setting that cannot work, naming the option.
     case badSetting(option: String, reason: String)
+    /// A chunk report whose numbers are not the plan's (a worker of another version, or a peer that lies).
+    case reportDoesNotMatchPlan(jobID: String, worker: String, chunk: Int, field: String, reported: Int, planned: Int)
 
     public var description: String {
         switch self {
@@ -31,6 +33,8 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
         case .invalidSubmission(let field, let reason): "\(field): \(reason)"
         case .badSetting(let option, let reason): "coordd: \(option) \(reason)"
         case .chunkNotInJob(let id, let chunk): "chunk \(chunk) is not part of job \(id)"
+        case .reportDoesNotMatchPlan(let id, let worker, let chunk, let field, let reported, let planned):
+            "\(worker) reported \(field) \(reported) for chunk \(chunk) of job \(id); the plan has \(planned)"
         case .layerNotInModel(let id, let worker, let layer):
             "\(worker) reported layer \(layer), which job \(id)'s model does not have"
         }

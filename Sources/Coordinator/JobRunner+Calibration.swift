@@ -22,9 +22,23 @@ extension JobRunner {
         guard calibrationPlan.chunks.indices.contains(report.chunk) else {
             throw CoordinatorError.chunkNotInJob(jobID: jobID, chunk: report.chunk)
         }
+        // Every number a peer sends is checked against the plan before it is used (or multiplied).
+        let chunk = calibrationPlan.chunks[report.chunk]
+        for (field, reported, planned) in [("tokenCount", report.tokenCount, chunk.tokenCount),
+                                           ("sampleCount", report.sampleCount, chunk.sampleRange.count)]
+        where reported != planned {
+            throw CoordinatorError.reportDoesNotMatchPlan(jobID: jobID, worker: report.worker, chunk: report.chunk,
+                                                          field: field, reported: reported, planned: planned)
+        }
+        let range = plan.first { $0.worker == report.worker }?.range ?? 0..<config.numHiddenLayers
         for layerAmax in report.layers {
             guard (0..<config.numHiddenLayers).contains(layerAmax.layer) else {
                 throw CoordinatorError.layerNotInModel(jobID: jobID, worker: report.worker, layer: layerAmax.layer)
+            }
+            guard range.contains(layerAmax.layer) else {
+                throw CoordinatorError.reportDoesNotMatchPlan(jobID: jobID, worker: report.worker, chunk: report.chunk,
+                                                              field: "layer", reported: layerAmax.layer,
+                                                              planned: range.lowerBound)
             }
             // One value per observed input (fused group), as the worker measured it.
             let amax = Dictionary(uniqueKeysWithValues: FusedGroup.allCases.map { ($0.rawValue, layerAmax[$0]) })
@@ -32,7 +46,7 @@ extension JobRunner {
                                       sampleCount: report.sampleCount, amax: amax)
             recorded[layerAmax.layer, default: []].insert(report.chunk)
         }
-        layerTokensThisRun += report.tokenCount * report.layers.count
+        layerTokensThisRun += chunk.tokenCount * report.layers.count
         signal(.chunkRecorded(chunk: report.chunk, worker: report.worker))
     }
 

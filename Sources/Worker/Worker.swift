@@ -279,7 +279,8 @@ public distributed actor Worker: WorkerEndpoint {
             logger.warning("hidden states for chunk \(id) from \(peer) arrived with no job loaded; dropped")
             return
         }
-        guard !BulkTensorID.isExport(id), Int(id) < job.assignment.chunks.count else {
+        // Compared as UInt64: an id with bit 63 set must not reach Int(id), which traps.
+        guard !BulkTensorID.isExport(id), id < UInt64(job.assignment.chunks.count) else {
             await reportFailure(job: job, message: "\(peer) sent tensor id \(id), which is no chunk of this job")
             return
         }

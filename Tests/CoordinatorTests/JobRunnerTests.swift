@@ -26,6 +26,8 @@ import Transport
         case stallsAfterLayer0
         /// The connection drops while layer `layer` is being exported.
         case lostDuringExport(layer: Int)
+        /// Reports a token count near Int.max for every chunk (a lying or broken peer).
+        case misreportsTokenCount
         /// The connection drops after the first chunk's report of layer 0.
         case lostDuringCalibration
         /// Layer `layer`'s manifest leaves out the layer's last tensor.
@@ -148,12 +150,17 @@ import Transport
             return assignment
         }
 
+        private func behaviourTokenCount(_ planned: Int) -> Int {
+            if case .misreportsTokenCount = behaviour { return Int.max / 2 }
+            return planned
+        }
+
         private func report(chunk: Int, layers: [Int]) async throws {
             let assignment = try loaded()
             let one = ActivationAmax(1.5)
             let report = ChunkReport(jobID: assignment.jobID, attempt: assignment.attempt, worker: name, chunk: chunk,
                                      sampleCount: assignment.chunks[chunk].sampleRange.count,
-                                     tokenCount: assignment.chunks[chunk].tokenCount, seconds: 0,
+                                     tokenCount: behaviourTokenCount(assignment.chunks[chunk].tokenCount), seconds: 0,
                                      layers: layers.map { LayerAmax(layer: $0, qkv: one, o: one, gateUp: one, down: one) })
             try await coordinator.reportChunk(report)
             if case .reportsTwice = behaviour { try await coordinator.reportChunk(report) }
@@ -333,6 +340,16 @@ import Transport
                 _ = try await coordinator.cancel(jobID: jobID)
             }
             #expect(run.status.state == .cancelled, "\(run.status.failureReason ?? "")")
+            #expect(try entries(parent) == [])
+        }
+    }
+
+    @Test func aReportWhoseNumbersAreNotThePlansFailsTheJobInsteadOfTrapping() async throws {
+        try await withDirectory { parent in
+            let run = try await run(.misreportsTokenCount, in: parent)
+            #expect(run.status.state == .failed)
+            let reason = run.status.failureReason ?? ""
+            #expect(reason.contains("tokenCount") && reason.contains("the plan has"), "\(reason)")
             #expect(try entries(parent) == [])
         }
     }
