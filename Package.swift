@@ -29,6 +29,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
     ],
     targets: [
         // Plain data every role shares (JobSpec, CalibrationPlan, JobStatus, QualityReport); no dependencies.
@@ -68,12 +71,14 @@ let package = Package(
                                                       "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime", "CUDABackend",
                                                       .product(name: "Logging", package: "swift-log"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),
-        // Length-prefixed TCP framing, authenticated handshake and the bulk activation data path (SwiftNIO).
-        // Knows nothing of Llama.
+        // Length-prefixed TCP framing over mutual TLS 1.3, authenticated handshake and the bulk activation data path
+        // (SwiftNIO, swift-nio-ssl). Knows nothing of Llama.
         .target(name: "Transport", dependencies: [
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -123,9 +128,16 @@ let package = Package(
             "Evaluation", "Calibration", "LlamaModel",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: thinClientSettings),
+        // The cluster's certificate authority (`coordctl certs`): a P-256 CA and node certificates named by node.
+        .target(name: "ClusterCertificates", dependencies: [
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // coordctl's client verbs and the job options: the wire contract only, no engine and no compute backend.
         .target(name: "ClusterClient", dependencies: [
             "ClusterProtocol", "CommandLineOptions", "JobModel", "Checkpoint", "LlamaModel", "ActorSystem", "Transport",
+            "ClusterCertificates",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -163,7 +175,7 @@ let package = Package(
                                          "Tokenizer", "COpenBLAS", .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/CalibrationBenchmarks"),
         .executableTarget(name: "TransportBenchmarks",
-                          dependencies: ["Transport", .product(name: "NIOCore", package: "swift-nio"),
+                          dependencies: ["Transport", "ClusterCertificates", .product(name: "NIOCore", package: "swift-nio"),
                                          .product(name: "NIOPosix", package: "swift-nio"),
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/TransportBenchmarks"),
@@ -186,7 +198,8 @@ let package = Package(
         .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", "NVFP4", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4"]),
         .testTarget(name: "TransportTests", dependencies: [
-            "Transport",
+            "Transport", "ClusterCertificates",
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),

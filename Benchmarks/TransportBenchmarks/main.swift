@@ -1,10 +1,12 @@
-// Loopback throughput of the bulk activation path (TCPActivationTransport over an authenticated bulk connection)
-// beside a plain blocking POSIX socket copy of the same bytes, and the in-process LocalActivationTransport.
+// Loopback throughput of the bulk activation path (TCPActivationTransport over an authenticated bulk connection),
+// in plaintext and over mutual TLS 1.3, beside a plain blocking POSIX socket copy of the same bytes, and the
+// in-process LocalActivationTransport.
 //
 //   swift run -c release TransportBenchmarks [total GiB, default 2]
 //
 // Tensors are 1200 × 8192 × 2 bytes: one 70B sample's hidden states (1200 tokens, hidden size 8192, BF16).
 
+import ClusterCertificates
 import Foundation
 import Logging
 import NIOCore
@@ -49,7 +51,26 @@ final class ByteCounter: @unchecked Sendable {
 
 // MARK: TCP bulk path
 
-func measureTCPBulk(configuration: TransportConfiguration, label: String) async throws -> Measurement {
+/// Sender and receiver configurations with certificates of a fresh cluster CA (mutual TLS 1.3).
+func withTLS(_ configuration: TransportConfiguration) throws -> (sender: TransportConfiguration, receiver: TransportConfiguration) {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bench-tls-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: directory) }
+    try ClusterCertificateAuthority.initialize(directory: directory)
+    func tls(_ name: String) throws -> TransportTLS {
+        try ClusterCertificateAuthority.issue(directory: directory, name: name)
+        return try TransportTLS(certificateFile: directory.appendingPathComponent("\(name).pem").path,
+                                keyFile: directory.appendingPathComponent("\(name)-key.pem").path,
+                                caFile: directory.appendingPathComponent("ca.pem").path)
+    }
+    var sender = configuration
+    sender.tls = try tls("sender")
+    var receiver = configuration
+    receiver.tls = try tls("receiver")
+    return (sender, receiver)
+}
+
+func measureTCPBulk(configuration: TransportConfiguration, receiverConfiguration: TransportConfiguration? = nil,
+                    label: String) async throws -> Measurement {
     let logger = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
     let token = try ClusterToken("benchmark-token-0123456789abcdef")
     let done = AsyncStream.makeStream(of: Double.self)
@@ -75,7 +96,8 @@ func measureTCPBulk(configuration: TransportConfiguration, label: String) async 
         }
     }
     let server = try await TransportServer.bind(host: "127.0.0.1", port: 0, identity: NodeIdentity(name: "receiver", role: .worker),
-                                                token: token, configuration: configuration, logger: logger)
+                                                token: token, configuration: receiverConfiguration ?? configuration,
+                                                logger: logger)
     let serving = Task { await server.serve(with: Receiver(expected: totalBytes, done: done.continuation)) }
     let connection = try await PeerConnection.connect(host: "127.0.0.1", port: server.port,
                                                       identity: NodeIdentity(name: "sender", role: .worker), token: token,
@@ -201,6 +223,13 @@ large.bulkChunkSize = 4 << 20
 large.bulkWritesInFlight = 8
 large.bulkReceiveBufferBytes = 32 << 20
 let tcpLarge = try await measureTCPBulk(configuration: large, label: "(4 MiB chunks, 8 in flight, 32 MiB rx)")
+let tlsDefaults = try withTLS(TransportConfiguration())
+let tls = try await measureTCPBulk(configuration: tlsDefaults.sender, receiverConfiguration: tlsDefaults.receiver,
+                                   label: "over mutual TLS 1.3 (defaults)")
+let tlsLargeConfigurations = try withTLS(large)
+let tlsLarge = try await measureTCPBulk(configuration: tlsLargeConfigurations.sender,
+                                        receiverConfiguration: tlsLargeConfigurations.receiver,
+                                        label: "over mutual TLS 1.3 (4 MiB chunks, 8 in flight, 32 MiB rx)")
 let local = try await measureLocal()
 let posixAfter = measurePOSIX()
 let baseline = max(posixBefore.gbPerSecond, posixAfter.gbPerSecond)
@@ -212,7 +241,9 @@ extension String {
     func leftPad(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
 }
 print(row("path", "seconds", "GB/s", "vs POSIX"))
-for measurement in [posixBefore, tcp, tcpLarge, local, posixAfter] {
+for measurement in [posixBefore, tcp, tcpLarge, tls, tlsLarge, local, posixAfter] {
     print(row(measurement.name, String(format: "%.3f", measurement.seconds), String(format: "%.2f", measurement.gbPerSecond),
               String(format: "%.2fx", measurement.gbPerSecond / baseline)))
 }
+print(String(format: "TLS / plaintext, same run: %.2fx with the defaults, %.2fx with large chunks (target: at least 0.70x)",
+             tls.gbPerSecond / tcp.gbPerSecond, tlsLarge.gbPerSecond / tcpLarge.gbPerSecond))

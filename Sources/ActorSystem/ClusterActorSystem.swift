@@ -424,8 +424,12 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
     private func dial(_ endpoint: ClusterEndpoint, purpose: ConnectionPurpose) async throws -> PeerConnection {
         let connection: PeerConnection
         do {
+            // A known node name is checked in the handshake (against its certificate with TLS).
             connection = try await PeerConnection.connect(host: endpoint.host, port: endpoint.port, identity: identity, token: token,
-                                                          purpose: purpose, configuration: configuration, logger: logger)
+                                                          purpose: purpose, expectedPeer: endpoint.node.isEmpty ? nil : endpoint.node,
+                                                          configuration: configuration, logger: logger)
+        } catch TransportError.unexpectedPeer(_, let expected, let found) {
+            throw ClusterActorSystemError.wrongNode(endpoint: endpoint.address, expected: expected, found: found)
         } catch TransportError.authenticationFailed(_, let reason) {
             logger.warning("could not authenticate with \(endpoint): \(reason)")
             eventContinuation.yield(.authenticationFailed(address: endpoint.address, reason: reason))

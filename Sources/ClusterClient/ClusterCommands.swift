@@ -21,6 +21,8 @@ public struct ConnectionOptions: ParsableArguments {
 
     @OptionGroup var token: TokenOptions
 
+    @OptionGroup var tls: TLSOptions
+
     @Option(name: .long, help: "Seconds to wait for coordd's answer.")
     var timeout: Double = 30
 
@@ -30,11 +32,14 @@ public struct ConnectionOptions: ParsableArguments {
         let token = try self.token.loadToken()
         var transport = TransportConfiguration()
         transport.defaultCallTimeout = .milliseconds(Int64(timeout * 1000))
+        transport.tls = try tls.loadTLS()
         var logger = Logger(label: "coordctl")
         // Connection trouble is reported once, as a ClientError; the transport's own warnings would repeat it.
         logger.logLevel = .error
         let system = try await ClusterActorSystem.start(
-            identity: NodeIdentity(name: "coordctl-\(ProcessInfo.processInfo.processIdentifier)", role: .client),
+            // With TLS the client is its certificate's name; otherwise a name of its own.
+            identity: NodeIdentity(name: transport.tls?.name ?? "coordctl-\(ProcessInfo.processInfo.processIdentifier)",
+                                   role: .client),
             listen: nil as NodeAddress?, token: token, configuration: transport, logger: logger)
         let coordinator = try $CoordinatorEndpoint.resolve(id: system.wellKnownID(WellKnownActor.coordinator, at: address),
                                                            using: system)

@@ -1,7 +1,7 @@
 /// # CommandLineOptions
 ///
 /// The options that coordd, workerd and coordctl share, declared once so that they are spelled, explained and checked
-/// the same way everywhere: `--log-level`, `--token-file` and `--device`.
+/// the same way everywhere: `--log-level`, `--token-file`, `--tls-cert`/`--tls-key`/`--tls-ca` and `--device`.
 import ArgumentParser
 import ClusterProtocol
 import JobModel
@@ -35,6 +35,33 @@ public struct TokenOptions: ParsableArguments {
 
     /// The token, or nil without `--token-file`; a bad file is an error naming it.
     public func loadToken() throws -> ClusterToken? { try tokenFile.map { try TokenFile.load(path: $0) } }
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-ca`: mutual TLS 1.3 on every connection (`coordctl certs` makes the files).
+public struct TLSOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("This node's certificate (PEM), from `coordctl certs issue`; its name is the node's identity.", valueName: "FILE"))
+    public var tlsCert: String?
+
+    @Option(name: .long, help: ArgumentHelp("The private key of --tls-cert (PEM, mode 600).", valueName: "FILE"))
+    public var tlsKey: String?
+
+    @Option(name: .long, help: ArgumentHelp("The cluster CA (PEM) that signed every node's certificate.", valueName: "FILE"))
+    public var tlsCA: String?
+
+    public init() {}
+
+    public func validate() throws {
+        let given = [tlsCert, tlsKey, tlsCA].filter { $0 != nil }.count
+        if given != 0 && given != 3 {
+            throw ValidationError("--tls-cert, --tls-key and --tls-ca go together: give all three or none")
+        }
+    }
+
+    /// The TLS setup, or nil without the options; a bad file is an error naming it.
+    public func loadTLS() throws -> TransportTLS? {
+        guard let tlsCert, let tlsKey, let tlsCA else { return nil }
+        return try TransportTLS(certificateFile: tlsCert, keyFile: tlsKey, caFile: tlsCA)
+    }
 }
 
 /// `--device`: where calibration computes.

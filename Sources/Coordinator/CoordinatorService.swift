@@ -34,16 +34,18 @@ public struct CoordinatorService: Service {
     /// token. Run it as a ``ClusterActorSystemService`` listed before this service in the same group, so that it
     /// shuts down after the job runners have stopped.
     public static func startSystem(configuration: Configuration, logger: Logger) async throws -> ClusterActorSystem {
-        if configuration.token == nil {
+        if configuration.token == nil && configuration.transport.tls == nil {
             guard configuration.listen.isLoopback else {
-                throw CoordinatorError.badSetting(option: "--listen \(configuration.listen)",
-                                                  reason: "is not a loopback address; without --token-file coordd listens on loopback only")
+                throw CoordinatorError.badSetting(
+                    option: "--listen \(configuration.listen)",
+                    reason: "is not a loopback address; without TLS (--tls-cert/--tls-key/--tls-ca) or --token-file coordd listens on loopback only")
             }
-            logger.warning(Logger.Message(stringLiteral: "no cluster token: listening on loopback only (\(configuration.listen)); "
-                           + "give --token-file to accept workers on other hosts"))
+            logger.warning(Logger.Message(stringLiteral: "no TLS and no cluster token: listening on loopback only (\(configuration.listen)); "
+                           + "give --tls-cert/--tls-key/--tls-ca to accept workers on other hosts"))
         }
         return try await ClusterActorSystem.start(
-            identity: NodeIdentity(name: "coordinator", role: .coordinator), listen: configuration.listen,
+            identity: NodeIdentity(name: configuration.transport.tls?.name ?? "coordinator", role: .coordinator),
+            listen: configuration.listen,
             token: configuration.token, configuration: configuration.transport, logger: logger)
     }
 

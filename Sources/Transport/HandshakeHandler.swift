@@ -49,6 +49,8 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The client's declared purpose; on the server, learnt from the HELLO.
     private(set) var purpose: ConnectionPurpose
     let localIdentity: NodeIdentity
+    /// The node name a dialer expects at the other end (client side), or nil.
+    let expectedPeer: String?
     private let key: SymmetricKey
     let configuration: TransportConfiguration
     private var logger: Logger
@@ -66,10 +68,12 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var peerName: String { claimedPeer?.name ?? remoteAddressText }
 
     init(side: Side, purpose: ConnectionPurpose = .control, identity: NodeIdentity, token: ClusterToken?,
-         configuration: TransportConfiguration, logger: Logger, authPromise: EventLoopPromise<AuthenticatedPeer>) {
+         expectedPeer: String? = nil, configuration: TransportConfiguration, logger: Logger,
+         authPromise: EventLoopPromise<AuthenticatedPeer>) {
         self.side = side
         self.purpose = purpose
         self.localIdentity = identity
+        self.expectedPeer = expectedPeer
         self.key = Handshake.key(for: token)
         self.configuration = configuration
         self.logger = logger
@@ -157,6 +161,11 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch (state, frame.type) {
         case (.serverAwaitingHello, .hello):
             let hello = try Handshake.Greeting.decode(frame.payload, type: .hello)
+            claimedPeer = hello.identity
+            if let mismatch = certificateMismatch(claimed: hello.identity.name, context: context) {
+                reject(hello.identity, reason: mismatch, context: context)
+                return
+            }
             purpose = hello.purpose ?? .control
             let challenge = Handshake.Greeting(identity: localIdentity, nonce: Handshake.makeNonce()).encoded()
             state = .serverAwaitingProof(transcript: Handshake.transcript(hello: frame.payload, challenge: challenge),
@@ -168,9 +177,19 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         case (.clientAwaitingChallenge(let hello), .challenge):
             let challenge = try Handshake.Greeting.decode(frame.payload, type: .challenge)
             let transcript = Handshake.transcript(hello: hello, challenge: frame.payload)
-            state = .clientAwaitingAccept(transcript: transcript, peer: challenge.identity)
             logger[metadataKey: "peer.name"] = "\(challenge.identity.name)"
             claimedPeer = challenge.identity
+            if let expectedPeer, expectedPeer != challenge.identity.name {
+                logger.warning("expected node '\(expectedPeer)' at \(remoteAddressText), but '\(challenge.identity.name)' answered")
+                let address = context.channel.remoteAddress.flatMap { remote in
+                    remote.ipAddress.map { ip in ip.contains(":") ? "[\(ip)]:\(remote.port ?? 0)" : "\(ip):\(remote.port ?? 0)" }
+                } ?? remoteAddressText
+                throw .unexpectedPeer(address: address, expected: expectedPeer, found: challenge.identity.name)
+            }
+            if let mismatch = certificateMismatch(claimed: challenge.identity.name, context: context) {
+                throw .authenticationFailed(peer: challenge.identity.name, reason: mismatch)
+            }
+            state = .clientAwaitingAccept(transcript: transcript, peer: challenge.identity)
             let mac = Handshake.proof(label: Handshake.clientLabel, transcript: transcript, key: key)
             context.writeAndFlush(wrapOutboundOut(Frame(type: .proof, correlationID: 0, payload: ByteBuffer(bytes: mac))),
                                   promise: nil)
@@ -178,14 +197,8 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         case (.serverAwaitingProof(let transcript, let peer), .proof):
             guard Handshake.verify(frame.payload, label: Handshake.clientLabel, transcript: transcript, key: key) else {
                 logger.warning("refusing \(peer): it did not prove knowledge of the cluster token")
-                let envelope = RemoteErrorEnvelope(code: "authentication_failed",
-                                                   message: "cluster token mismatch: proof rejected by \(localIdentity.name)")
-                let rejection = Frame(type: .reject, correlationID: 0, payload: envelope.payload)
-                let error = TransportError.authenticationFailed(peer: peer.name, reason: "peer's proof did not match the cluster token")
-                closeReason = error
-                authPromise.fail(error)
-                // Close only once REJECT is on its way, so the client learns why.
-                context.writeAndFlush(wrapOutboundOut(rejection)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+                reject(peer, reason: "peer's proof did not match the cluster token",
+                       message: "cluster token mismatch: proof rejected by \(localIdentity.name)", context: context)
                 return
             }
             let mac = Handshake.proof(label: Handshake.serverLabel, transcript: transcript, key: key)
@@ -209,6 +222,32 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         default:
             throw .protocolViolation(.unexpectedFrame(type: frame.type, state: state.name))
         }
+    }
+
+    /// With TLS: why the name `claimed` in the handshake is not the name in the peer's verified certificate; nil when
+    /// it is, or without TLS.
+    private func certificateMismatch(claimed: String, context: ChannelHandlerContext) -> String? {
+        do {
+            guard let certified = try context.pipeline.syncOperations.peerCertificateName() else { return nil }
+            return certified == claimed ? nil
+                : "its certificate is for '\(certified)' but it calls itself '\(claimed)' in the handshake"
+        } catch {
+            return "its certificate cannot be read: \(error)"
+        }
+    }
+
+    /// Refuses the peer: REJECT with `message` (the peer's to read), then close, failing `authPromise` with `reason`.
+    private func reject(_ peer: NodeIdentity, reason: String, message: String? = nil, context: ChannelHandlerContext) {
+        logger.warning("refusing \(peer): \(reason)")
+        let envelope = RemoteErrorEnvelope(code: "authentication_failed",
+                                           message: message ?? "\(localIdentity.name) refused \(peer.name): \(reason)")
+        let rejection = Frame(type: .reject, correlationID: 0, payload: envelope.payload)
+        let error = TransportError.authenticationFailed(peer: peer.name, reason: reason)
+        closeReason = error
+        state = .closed
+        authPromise.fail(error)
+        // Close only once REJECT is on its way, so the client learns why.
+        context.writeAndFlush(wrapOutboundOut(rejection)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     /// Hands the connection over to the handlers of an authenticated connection and leaves the pipeline.

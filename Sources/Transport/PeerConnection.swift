@@ -49,12 +49,22 @@ public final class PeerConnection: Sendable {
 
     /// Connects, runs the handshake and returns once both sides have proven the token.
     /// Throws ``TransportError/authenticationFailed(peer:reason:)`` when the tokens differ.
+    /// `expectedPeer`, when given, is the node name the peer must prove (its certificate's name with TLS).
     public static func connect(
         host: String, port: Int, identity: NodeIdentity, token: ClusterToken?, purpose: ConnectionPurpose = .control,
-        configuration: TransportConfiguration = TransportConfiguration(),
+        expectedPeer: String? = nil, configuration: TransportConfiguration = TransportConfiguration(),
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) async throws -> PeerConnection {
         try Handshake.validate(identity)
+        try configuration.checkLocalIdentity(identity)
+        if token == nil, configuration.tls == nil {
+            let address = try? SocketAddress.makeAddressResolvingHost(host, port: port)
+            guard address?.isLoopback == true else {
+                throw TransportError.invalidConfiguration(
+                    "refusing to dial \(host):\(port) with neither TLS nor a cluster token: only loopback peers may be "
+                        + "reached unauthenticated (give --tls-cert/--tls-key/--tls-ca or --token-file)")
+            }
+        }
         let eventLoop = group.next()
         let authPromise = eventLoop.makePromise(of: AuthenticatedPeer.self)
         let bootstrap = ClientBootstrap(group: eventLoop)
@@ -65,7 +75,8 @@ public final class PeerConnection: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try installPipeline(on: channel, side: .client, purpose: purpose, identity: identity, token: token,
-                                        configuration: configuration, logger: logger, authPromise: authPromise)
+                                        expectedPeer: expectedPeer, configuration: configuration, logger: logger,
+                                        authPromise: authPromise)
                 }
             }
         let channel: any Channel
@@ -182,11 +193,16 @@ public final class PeerConnection: Sendable {
 /// Frame codec + handshake; the handshake handler replaces itself with the handlers of an authenticated connection.
 /// Used by clients, the server and the tests (on EmbeddedChannels).
 func installPipeline(on channel: any Channel, side: HandshakeHandler.Side, purpose: ConnectionPurpose = .control,
-                     identity: NodeIdentity, token: ClusterToken?,
+                     identity: NodeIdentity, token: ClusterToken?, expectedPeer: String? = nil,
                      configuration: TransportConfiguration, logger: Logger,
                      authPromise: EventLoopPromise<AuthenticatedPeer>) throws {
-    let handler = HandshakeHandler(side: side, purpose: purpose, identity: identity, token: token, configuration: configuration,
+    let handler = HandshakeHandler(side: side, purpose: purpose, identity: identity, token: token,
+                                   expectedPeer: expectedPeer, configuration: configuration,
                                    logger: logger, authPromise: authPromise)
+    // TLS first: every frame, the handshake's included, travels inside it.
+    if let tls = configuration.tls {
+        try channel.pipeline.syncOperations.addHandler(try tls.makeHandler(side: side))
+    }
     try channel.pipeline.syncOperations.addHandlers([
         ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits)),
         FrameWriter(),

@@ -98,6 +98,11 @@ public struct TransportConfiguration: Sendable {
     public var peerDeadTimeout: TimeAmount = .seconds(5)
     /// Deadline used by `call` when none is given.
     public var defaultCallTimeout: TimeAmount = .seconds(30)
+    /// Mutual TLS 1.3 on every connection; nil: plaintext, for loopback and the token-only mode.
+    public var tls: TransportTLS?
+    /// Lets a server listen beyond loopback with the token alone (`--insecure-token-only`): frames travel in the
+    /// clear and without integrity, so this is logged as a warning.
+    public var allowTokenOnlyBeyondLoopback = false
 
     public init() {}
 }

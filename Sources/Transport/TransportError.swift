@@ -20,6 +20,8 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
     case invalidConfiguration(String)
     /// A tensor could not be sent or received (e.g. it exceeds the tensor cap).
     case bulkTransferFailed(tensorID: UInt64, reason: String)
+    /// The dialer expected node `expected` at `address`, and `found` answered.
+    case unexpectedPeer(address: String, expected: String, found: String)
 
     public var description: String {
         switch self {
@@ -31,6 +33,8 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
         case .remoteError(let code, let message): "remote error [\(code)]: \(message)"
         case .invalidConfiguration(let why): "invalid transport configuration: \(why)"
         case .bulkTransferFailed(let id, let reason): "bulk transfer of tensor \(id) failed: \(reason)"
+        case .unexpectedPeer(let address, let expected, let found):
+            "expected node '\(expected)' at \(address), but '\(found)' answered"
         }
     }
 }
@@ -51,7 +55,7 @@ extension TransportError {
     /// Logs why a connection is being closed, once, at a level that fits the reason.
     func logClosing(peer: String, logger: Logger) {
         switch self {
-        case .authenticationFailed: break  // logged where it is detected, with context
+        case .authenticationFailed, .unexpectedPeer: break  // logged where it is detected, with context
         case .connectionClosed: logger.debug("closing connection: \(self)")
         default: logger.warning("closing connection to \(peer): \(self)")
         }

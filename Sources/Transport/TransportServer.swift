@@ -49,14 +49,26 @@ public final class TransportServer: Sendable {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) async throws -> TransportServer {
         try Handshake.validate(identity)
+        try configuration.checkLocalIdentity(identity)
         let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
-        if token == nil {
-            guard address.isLoopback else {
-                logger.error("refusing to listen on \(address) without a cluster token: only loopback may run unauthenticated")
-                throw TransportError.invalidConfiguration(
-                    "no cluster token: refusing to bind non-loopback address \(host); set a token or bind 127.0.0.1")
+        if configuration.tls == nil {
+            if token == nil {
+                guard address.isLoopback else {
+                    logger.error("refusing to listen on \(address) without TLS or a cluster token: only loopback may run unauthenticated")
+                    throw TransportError.invalidConfiguration(
+                        "no TLS and no cluster token: refusing to bind non-loopback address \(host); "
+                            + "give --tls-cert/--tls-key/--tls-ca, or bind 127.0.0.1")
+                }
+                logger.notice("no cluster token: listening on loopback \(address) only; peers are not authenticated")
+            } else if !address.isLoopback {
+                guard configuration.allowTokenOnlyBeyondLoopback else {
+                    logger.error("refusing to listen on \(address) without TLS")
+                    throw TransportError.invalidConfiguration(
+                        "refusing to listen on non-loopback address \(host) without TLS: every frame would travel in the "
+                            + "clear; give --tls-cert/--tls-key/--tls-ca (see `coordctl certs`), or --insecure-token-only")
+                }
+                logger.warning("--insecure-token-only: listening on \(address) without TLS; hidden states, weights and calls travel in the clear and can be altered on the path")
             }
-            logger.notice("no cluster token: listening on loopback \(address) only; peers are not authenticated")
         }
         let (accepted, acceptedContinuation) = AsyncStream.makeStream(of: PeerConnection.self)
         let (failures, failureContinuation) = AsyncStream.makeStream(of: AuthenticationFailure.self,

@@ -45,9 +45,10 @@ public struct WorkerService: Service {
     /// a token. Run it as a ``ClusterActorSystemService`` listed before this service in the same group, so that it
     /// shuts down after the worker has finished its chunk.
     public static func startSystem(configuration: Configuration, logger: Logger) async throws -> ClusterActorSystem {
-        if configuration.token == nil && !configuration.listen.isLoopback {
-            throw WorkerError.badSetting(worker: configuration.name, option: "--listen \(configuration.listen)",
-                                         reason: "is not a loopback address; without --token-file workerd listens on loopback only")
+        if configuration.token == nil && configuration.transport.tls == nil && !configuration.listen.isLoopback {
+            throw WorkerError.badSetting(
+                worker: configuration.name, option: "--listen \(configuration.listen)",
+                reason: "is not a loopback address; without TLS (--tls-cert/--tls-key/--tls-ca) or --token-file workerd listens on loopback only")
         }
         try FileManager.default.createDirectory(at: configuration.scratchDirectory, withIntermediateDirectories: true)
         return try await ClusterActorSystem.start(

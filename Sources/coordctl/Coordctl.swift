@@ -24,7 +24,7 @@ struct Coordctl: AsyncParsableCommand {
             `coordctl status JOB --watch` follows it. The client commands take --coordinator HOST:PORT and \
             --token-file F (before or after the command name).
             """,
-        subcommands: [Quantize.self, Submit.self, Status.self, List.self, Workers.self, Cancel.self, Eval.self]
+        subcommands: [Quantize.self, Submit.self, Status.self, List.self, Workers.self, Cancel.self, Eval.self, Certs.self]
     )
 
     /// Accepts the connection options before the command name too (`coordctl --coordinator H:P status JOB`), by
@@ -46,7 +46,7 @@ struct Coordctl: AsyncParsableCommand {
 
 /// `[--coordinator X] [--token-file F] [--timeout S] COMMAND rest…` → `COMMAND --coordinator X … rest…`.
 func movingLeadingConnectionOptions(_ arguments: [String]) -> [String] {
-    let names = ["--coordinator", "--token-file", "--timeout"]
+    let names = ["--coordinator", "--token-file", "--timeout", "--tls-cert", "--tls-key", "--tls-ca"]
     var rest = arguments
     var leading: [String] = []
     while let first = rest.first, names.contains(where: { first == $0 || first.hasPrefix($0 + "=") }) {

@@ -18,18 +18,25 @@ struct Coordd: AsyncParsableCommand {
             routes calibration chunks through the workers, merges their statistics and writes the final checkpoint \
             to each job's output path (on this machine).
 
-            Security: peers authenticate with the cluster token (an HMAC challenge-response; the token never \
-            crosses the wire). Without --token-file, coordd listens on loopback only. SIGTERM stops gracefully: \
-            running jobs keep their state and resume when coordd starts again.
+            Security: with --tls-cert/--tls-key/--tls-ca every connection is mutual TLS 1.3 and a node's identity is \
+            its certificate's name (`coordctl certs` makes a cluster CA and node certificates). The cluster token \
+            (an HMAC challenge-response; the token never crosses the wire) is checked inside TLS when given. Without \
+            TLS, coordd listens on loopback only, unless --insecure-token-only. SIGTERM stops gracefully: running \
+            jobs keep their state and resume when coordd starts again.
             """)
 
-    @Option(name: .long, help: "Address to listen on, HOST:PORT. Non-loopback addresses need --token-file.")
+    @Option(name: .long, help: "Address to listen on, HOST:PORT. Non-loopback addresses need TLS (or --insecure-token-only).")
     var listen: String = "127.0.0.1:7070"
 
     @Option(name: .long, help: "Directory for coordd.sqlite (jobs, workers, plans, statistics).")
     var stateDir: String
 
     @OptionGroup var token: TokenOptions
+
+    @OptionGroup var tls: TLSOptions
+
+    @Flag(name: .long, help: "Listen beyond loopback with the cluster token alone, without TLS: every frame travels in the clear and can be altered on the path. For trusted, isolated links only.")
+    var insecureTokenOnly = false
 
     @Option(name: .long, help: "Seconds a job waits for a lost worker before re-planning its layers onto the others.")
     var workerGrace: Double = 30
@@ -43,6 +50,8 @@ struct Coordd: AsyncParsableCommand {
             listen: try NodeAddress(parsing: listen), stateDirectory: stateDir,
             token: try token.loadToken())
         configuration.settings.workerGraceSeconds = workerGrace
+        configuration.transport.tls = try tls.loadTLS()
+        configuration.transport.allowTokenOnlyBeyondLoopback = insecureTokenOnly
         let system = try await CoordinatorService.startSystem(configuration: configuration, logger: logger)
         // Shut down in reverse: the coordinator stops its jobs first, then the actor system closes its connections.
         let group = ServiceGroup(configuration: .init(

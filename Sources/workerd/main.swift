@@ -26,18 +26,23 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "coordd's address, HOST:PORT.")
     var coordinator: String = "127.0.0.1:7070"
 
-    @Option(name: .long, help: "Address to listen on for the coordinator and the previous worker, HOST:PORT (port 0: any free port). Non-loopback addresses need --token-file.")
+    @Option(name: .long, help: "Address to listen on for the coordinator and the previous worker, HOST:PORT (port 0: any free port). Non-loopback addresses need TLS (or --insecure-token-only).")
     var listen: String = "127.0.0.1:0"
 
     @Option(name: .long, help: "Address other nodes reach this worker at, when it differs from --listen (e.g. listening on 0.0.0.0).")
     var advertise: String?
 
-    @Option(name: .long, help: "Worker name, unique in the cluster (default: the host name).")
+    @Option(name: .long, help: "Worker name, unique in the cluster (default: the name in --tls-cert, else the host name). With TLS it must be the certificate's name.")
     var name: String?
 
     @OptionGroup var device: DeviceOptions
 
     @OptionGroup var token: TokenOptions
+
+    @OptionGroup var tls: TLSOptions
+
+    @Flag(name: .long, help: "Listen beyond loopback with the cluster token alone, without TLS: every frame travels in the clear and can be altered on the path. For trusted, isolated links only.")
+    var insecureTokenOnly = false
 
     @Option(name: .long, help: "Directory for kept hidden states and spill files.")
     var scratch: String = FileManager.default.temporaryDirectory.appendingPathComponent("workerd").path
@@ -52,13 +57,16 @@ struct Workerd: AsyncParsableCommand {
 
     func run() async throws {
         logging.bootstrap()
-        let workerName = name ?? ProcessInfo.processInfo.hostName
+        let transportTLS = try tls.loadTLS()
+        let workerName = name ?? transportTLS?.name ?? ProcessInfo.processInfo.hostName
         let logger = Logger(label: "workerd.\(workerName)")
         var configuration = WorkerService.Configuration(
             coordinator: try NodeAddress(parsing: coordinator), listen: try NodeAddress(parsing: listen), name: workerName,
             device: device.device, token: try token.loadToken(),
             scratchDirectory: URL(fileURLWithPath: scratch))
         configuration.advertise = try advertise.map { try NodeAddress(parsing: $0) }
+        configuration.transport.tls = transportTLS
+        configuration.transport.allowTokenOnlyBeyondLoopback = insecureTokenOnly
         configuration.chunkDelay = .milliseconds(debugChunkDelayMs)
         if let memoryBudget { configuration.memoryBudget = try ShardPlanner.parseSize(memoryBudget) }
         let system = try await WorkerService.startSystem(configuration: configuration, logger: logger)

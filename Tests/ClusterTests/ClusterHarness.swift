@@ -186,6 +186,8 @@ final class LocalCluster {
     var workers: [String: Daemon] = [:]
     var coordinatorAddress = ""
     var prefix: (String) -> [String] = { _ in [] }
+    /// Where `coordctl certs` put the cluster CA and the nodes' certificates, when the cluster runs mutual TLS.
+    var tlsDirectory: URL?
 
     init(directory: URL, token: URL?) {
         self.directory = directory
@@ -194,10 +196,29 @@ final class LocalCluster {
 
     var tokenArguments: [String] { token.map { ["--token-file", $0.path] } ?? [] }
 
+    /// `--tls-cert/--tls-key/--tls-ca` of node `name` (coordd is `coordinator`, coordctl `admin`).
+    func tlsArguments(_ name: String) -> [String] {
+        guard let tlsDirectory else { return [] }
+        return ["--tls-cert", tlsDirectory.appendingPathComponent("\(name).pem").path,
+                "--tls-key", tlsDirectory.appendingPathComponent("\(name)-key.pem").path,
+                "--tls-ca", tlsDirectory.appendingPathComponent("ca.pem").path]
+    }
+
+    /// Makes the cluster CA and a certificate per node with `coordctl certs`, as the two-node guide does.
+    func makeCertificates(for names: [String]) throws {
+        let tls = directory.appendingPathComponent("tls")
+        for arguments in [["certs", "init", "--dir", tls.path]]
+            + (["coordinator", "admin"] + names).map({ ["certs", "issue", "--dir", tls.path, "--name", $0] }) {
+            let result = try run(try Binaries.url("coordctl"), arguments, in: directory)
+            guard result.status == 0 else { throw HarnessError("coordctl \(arguments.joined(separator: " ")): \(result.stderr)") }
+        }
+        tlsDirectory = tls
+    }
+
     func startCoordinator(listen: String = "127.0.0.1:0", extra: [String] = []) throws {
         let daemon = try Daemon(name: "coordd", executable: try Binaries.url("coordd"),
                                 arguments: ["--listen", listen, "--state-dir", directory.appendingPathComponent("state").path,
-                                            "--log-level", "debug"] + tokenArguments + extra,
+                                            "--log-level", "debug"] + tokenArguments + tlsArguments("coordinator") + extra,
                                 directory: directory, prefix: prefix("coordd"))
         coordd = daemon
         coordinatorAddress = try daemon.listenAddress(marker: "coordd listening")
@@ -209,7 +230,7 @@ final class LocalCluster {
         let daemon = try Daemon(name: name, executable: try Binaries.url("workerd"),
                                 arguments: ["--coordinator", coordinatorAddress, "--listen", listen, "--name", name,
                                             "--scratch", directory.appendingPathComponent("scratch-\(name)").path,
-                                            "--log-level", "debug"] + tokenArguments + extra,
+                                            "--log-level", "debug"] + tokenArguments + tlsArguments(name) + extra,
                                 directory: directory, prefix: prefix(name))
         workers[name] = daemon
         return daemon
@@ -218,7 +239,8 @@ final class LocalCluster {
     func coordctl(_ arguments: [String]) throws -> CommandResult {
         guard let command = arguments.first else { throw HarnessError("no command") }
         return try run(try Binaries.url("coordctl"),
-                       [command, "--coordinator", coordinatorAddress] + tokenArguments + arguments.dropFirst(),
+                       [command, "--coordinator", coordinatorAddress] + tokenArguments + tlsArguments("admin")
+                           + arguments.dropFirst(),
                        in: directory, prefix: prefix("coordctl"))
     }
 

@@ -64,8 +64,10 @@ import Testing
         defer { Self.tearDown() }
         try withTemporaryDirectory("cluster-netns") { directory in
             let reference = try embeddedReference(in: directory)
+            // As the two-node guide sets it up: mutual TLS with certificates from `coordctl certs`, plus the token.
             let cluster = LocalCluster(directory: directory, token: try writeToken("netns-token-0123456789abcdef", in: directory))
             defer { cluster.stopAll() }
+            try cluster.makeCertificates(for: ["w1", "w2"])
             cluster.prefix = { name in
                 let namespace = name == "coordd" || name == "coordctl" ? "nvfc-c" : "nvfc-\(name)"
                 return ["/usr/sbin/ip", "netns", "exec", namespace]
