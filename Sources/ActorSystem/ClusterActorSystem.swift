@@ -32,6 +32,19 @@ public enum PeerEvent: Sendable, CustomStringConvertible {
     }
 }
 
+/// Tells one connection from another (a peer may hold several, or connect again under the same name).
+public struct ConnectionID: Sendable, Hashable {
+    let raw: ObjectIdentifier
+    init(_ connection: PeerConnection) { raw = ObjectIdentifier(connection) }
+}
+
+/// The peer whose remote call is running, as the handshake (and its certificate, with TLS) proved it:
+/// ``ClusterActorSystem/callingPeer`` inside a distributed function. Nil for a call from this process.
+public struct CallingPeer: Sendable, Hashable {
+    public var identity: NodeIdentity
+    public var connection: ConnectionID
+}
+
 /// One authenticated connection, as seen in ``PeerEvent``s.
 public struct PeerInfo: Sendable, Hashable, CustomStringConvertible {
     public enum Direction: Sendable, Hashable { case inbound, outbound }
@@ -41,6 +54,7 @@ public struct PeerInfo: Sendable, Hashable, CustomStringConvertible {
     public var address: String
     public var direction: Direction
     public var purpose: ConnectionPurpose
+    public var connection: ConnectionID
 
     public var description: String { "\(identity) at \(address) (\(direction), \(purpose))" }
 }
@@ -189,6 +203,8 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
     // MARK: Task-local call timeout and actor naming
 
     @TaskLocal static var callTimeoutOverride: Duration?
+    /// The peer whose call this task runs, for the callee to check a claimed name against the proven one.
+    @TaskLocal public static var callingPeer: CallingPeer?
     @TaskLocal static var nameReservation: NameReservation?
 
     /// Runs `operation` with every remote call it makes (on this task and its children) limited to `timeout` instead
@@ -377,7 +393,11 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
         }
         let handler = ClusterResultHandler()
         do {
-            try await entry.invoke(self, ClusterInvocationDecoder(envelope: envelope, system: self), RemoteCallTarget(envelope.target), handler)
+            let caller = CallingPeer(identity: connection.peer, connection: ConnectionID(connection))
+            try await Self.$callingPeer.withValue(caller) {
+                try await entry.invoke(self, ClusterInvocationDecoder(envelope: envelope, system: self),
+                                       RemoteCallTarget(envelope.target), handler)
+            }
         } catch {
             // Unknown target, undecodable argument, unencodable return value: the call did not run (or not fully).
             logger.debug("call \(envelope.target) on \(envelope.recipient) failed: \(error)")
@@ -441,7 +461,8 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
             await connection.close()
             throw ClusterActorSystemError.wrongNode(endpoint: endpoint.address, expected: endpoint.node, found: connection.peer.name)
         }
-        let info = PeerInfo(identity: connection.peer, address: endpoint.address, direction: .outbound, purpose: purpose)
+        let info = PeerInfo(identity: connection.peer, address: endpoint.address, direction: .outbound, purpose: purpose,
+                            connection: ConnectionID(connection))
         let key = endpoint.address
         // Unstructured: the connection outlives this dial; the watcher ends when the connection closes, which
         // `shutdown()` does to every connection.
@@ -483,7 +504,8 @@ public final class ClusterActorSystem: DistributedActorSystem, @unchecked Sendab
 
     fileprivate func inboundConnectionOpened(_ connection: PeerConnection) async {
         let address = connection.remoteAddress.map { "\($0)" } ?? "unknown address"
-        let info = PeerInfo(identity: connection.peer, address: address, direction: .inbound, purpose: connection.purpose)
+        let info = PeerInfo(identity: connection.peer, address: address, direction: .inbound, purpose: connection.purpose,
+                            connection: ConnectionID(connection))
         eventContinuation.yield(.connected(info))
         if connection.purpose == .bulk {
             bulkContinuation.yield(IncomingBulkStream(peer: connection.peer, address: address,

@@ -19,6 +19,10 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
     case layerNotInModel(jobID: String, worker: String, layer: Int)
     /// A coordd setting that cannot work, naming the option.
     case badSetting(option: String, reason: String)
+    /// A call that names a worker other than the one the caller proved to be (handshake, certificate).
+    case identityMismatch(claimed: String, proven: String)
+    /// A worker of that name is registered on another live connection.
+    case workerNameTaken(worker: String)
     /// A chunk report whose numbers are not the plan's (a worker of another version, or a peer that lies).
     case reportDoesNotMatchPlan(jobID: String, worker: String, chunk: Int, field: String, reported: Int, planned: Int)
 
@@ -33,6 +37,10 @@ public enum CoordinatorError: Error, Codable, Sendable, Equatable, CustomStringC
         case .invalidSubmission(let field, let reason): "\(field): \(reason)"
         case .badSetting(let option, let reason): "coordd: \(option) \(reason)"
         case .chunkNotInJob(let id, let chunk): "chunk \(chunk) is not part of job \(id)"
+        case .identityMismatch(let claimed, let proven):
+            "the call names worker \(claimed), but the caller is \(proven); a node speaks only for itself"
+        case .workerNameTaken(let worker):
+            "a worker named \(worker) is already registered and alive; names are unique in the cluster"
         case .reportDoesNotMatchPlan(let id, let worker, let chunk, let field, let reported, let planned):
             "\(worker) reported \(field) \(reported) for chunk \(chunk) of job \(id); the plan has \(planned)"
         case .layerNotInModel(let id, let worker, let layer):

@@ -115,12 +115,15 @@ public struct WorkerAssignment: Codable, Sendable {
     /// The next worker of the route (where hidden states go); nil for the last range.
     public var successor: NodeAddress?
     public var successorName: String?
+    /// The worker whose hidden states this range takes (nil for the first range): bulk streams from any other node
+    /// are refused.
+    public var predecessorName: String?
     /// The calibration plan: every chunk's token ids, shapes and sample names.
     public var plan: CalibrationPlan
     public var chunks: [CalibrationChunk] { plan.chunks }
 
     public init(jobID: String, attempt: Int, spec: JobSpec, firstLayer: Int, endLayer: Int, embeddings: Bool,
-                successor: NodeAddress?, successorName: String?, plan: CalibrationPlan) {
+                successor: NodeAddress?, successorName: String?, predecessorName: String? = nil, plan: CalibrationPlan) {
         self.jobID = jobID
         self.attempt = attempt
         self.spec = spec
@@ -129,6 +132,7 @@ public struct WorkerAssignment: Codable, Sendable {
         self.embeddings = embeddings
         self.successor = successor
         self.successorName = successorName
+        self.predecessorName = predecessorName
         self.plan = plan
     }
 
@@ -322,9 +326,10 @@ extension NodeAddress {
 }
 
 extension ClusterActorSystem {
-    /// The id of the actor registered under the well-known `name` on the node at `address`.
-    public func wellKnownID(_ name: String, at address: NodeAddress) -> ClusterActorID {
-        ClusterActorID.wellKnown(name, at: address.endpoint)
+    /// The id of the actor registered under the well-known `name` on the node at `address`; with `node`, the
+    /// connection proves it reaches that node (its certificate's name, with TLS).
+    public func wellKnownID(_ name: String, at address: NodeAddress, node: String = "") -> ClusterActorID {
+        ClusterActorID.wellKnown(name, at: ClusterEndpoint(host: address.host, port: address.port, node: node))
     }
 
     /// Where this system listens, once bound.

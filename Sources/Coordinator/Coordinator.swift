@@ -27,6 +27,9 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     private var runners: [String: JobRunner] = [:]
     /// In-process mode: worker name → the worker actor itself (no lookup by address).
     private var localWorkers: [String: any WorkerEndpoint] = [:]
+    /// Worker name → the connection it registered on: only that connection's loss marks the worker lost, and
+    /// another connection under the same name is refused while it lives.
+    private var registeredConnections: [String: ConnectionID] = [:]
 
     public init(actorSystem: ClusterActorSystem, store: ClusterStateStore, settings: CoordinatorSettings,
                 logger: Logger) {
@@ -39,6 +42,15 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     // MARK: Worker-facing
 
     public distributed func register(_ info: WorkerInfo) async throws -> RegistrationReply {
+        if let caller = ClusterActorSystem.callingPeer {
+            try checkCaller(claims: info.name)
+            // Cleared when that connection goes (peerDisconnected): a restarted worker is refused until then.
+            if let holder = registeredConnections[info.name], holder != caller.connection {
+                logger.warning("refused a second live registration", metadata: ["worker": "\(info.name)"])
+                throw CoordinatorError.workerNameTaken(worker: info.name)
+            }
+            registeredConnections[info.name] = caller.connection
+        }
         try store.registerWorker(name: info.name, address: info.address.description, device: info.device,
                                  memoryBytes: info.memoryBytes, freeDiskBytes: info.freeDiskBytes,
                                  softwareVersion: info.softwareVersion)
@@ -51,6 +63,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     }
 
     public distributed func heartbeat(worker: String, freeDiskBytes: Int64) async throws {
+        try checkCaller(claims: worker)
         // A coordd that restarted knows the worker from SQLite but has no live endpoint for it yet.
         guard await registry.info(worker) != nil else {
             throw CoordinatorError.workerNotRegistered(worker: worker)
@@ -63,6 +76,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     }
 
     public distributed func reportChunk(_ report: ChunkReport) async throws {
+        try checkCaller(claims: report.worker)
         guard let runner = runners[report.jobID] else {
             throw CoordinatorError.jobNotRunning(jobID: report.jobID)
         }
@@ -70,9 +84,20 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     }
 
     public distributed func reportFailure(jobID: String, attempt: Int, worker: String, message: String) async throws {
+        try checkCaller(claims: worker)
         logger.error("worker reports a failure", metadata: ["job": "\(jobID)", "worker": "\(worker)",
                                                            "reason": "\(message)"])
         await runners[jobID]?.workerFailed(worker: worker, attempt: attempt, message: message)
+    }
+
+    /// A remote caller speaks for the worker it proved to be, never for another.
+    private func checkCaller(claims worker: String) throws {
+        guard let caller = ClusterActorSystem.callingPeer else { return }
+        guard caller.identity.role == .worker, caller.identity.name == worker else {
+            logger.warning("refused a call made in another node's name",
+                           metadata: ["claimed": "\(worker)", "caller": "\(caller.identity)"])
+            throw CoordinatorError.identityMismatch(claimed: worker, proven: "\(caller.identity)")
+        }
     }
 
     // MARK: Client-facing
@@ -146,8 +171,12 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     }
 
     /// A peer's connection went away. A worker's in-flight work is lost; its jobs re-plan or wait for it.
-    public func peerDisconnected(name: String, reason: String) async {
+    /// `connection`, when given, must be the one the worker registered on: another connection under its name (a
+    /// refused duplicate, a client claiming it) going away says nothing about the worker.
+    public func peerDisconnected(name: String, connection: ConnectionID? = nil, reason: String) async {
+        if let connection, let registered = registeredConnections[name], registered != connection { return }
         guard await registry.lose(name) else { return }
+        registeredConnections[name] = nil
         logger.warning("worker connection lost", metadata: ["worker": "\(name)", "reason": "\(reason)"])
         _ = try? store.markWorkerDead(workerName: name, reason: reason)
         await mailbox.failAll(peer: name, error: JobFailure.connectionLost(worker: name, reason: reason))

@@ -79,7 +79,9 @@ public struct CoordinatorService: Service {
                     switch event {
                     case .disconnected(let peer, let reason) where peer.identity.role == .worker
                         && peer.purpose == .control:
-                        await coordinator.whenLocal { await $0.peerDisconnected(name: peer.identity.name, reason: "\(reason)") }
+                        await coordinator.whenLocal {
+                            await $0.peerDisconnected(name: peer.identity.name, connection: peer.connection, reason: "\(reason)")
+                        }
                     case .authenticationFailed(let address, let reason):
                         logger.warning("refused a peer that failed authentication",
                                        metadata: ["address": "\(address)", "reason": "\(reason)"])

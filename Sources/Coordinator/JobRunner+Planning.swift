@@ -108,7 +108,8 @@ extension JobRunner {
 
     func endpoint(of info: WorkerInfo) throws -> any WorkerEndpoint {
         if let local = localWorkers[info.name] { return local }
-        return try $WorkerEndpoint.resolve(id: system.wellKnownID(WellKnownActor.worker, at: info.address), using: system)
+        return try $WorkerEndpoint.resolve(id: system.wellKnownID(WellKnownActor.worker, at: info.address, node: info.name),
+                                           using: system)
     }
 
     func load(workers: [PlannedWorker], calibrationPlan: CalibrationPlan) async throws {
@@ -117,11 +118,12 @@ extension JobRunner {
         try await withThrowingTaskGroup(of: LoadReport.self) { group in
             for (index, worker) in workers.enumerated() {
                 let next = index + 1 < workers.count ? workers[index + 1] : nil
+                let previous = index > 0 ? workers[index - 1] : nil
                 let assignment = WorkerAssignment(
                     jobID: jobID, attempt: attemptNumber, spec: spec, firstLayer: worker.assignment.range.lowerBound,
                     endLayer: worker.assignment.range.upperBound, embeddings: worker.assignment.embeddings,
                     successor: next?.info.address, successorName: next?.info.name,
-                    plan: calibrationPlan)
+                    predecessorName: previous?.info.name, plan: calibrationPlan)
                 let endpoint = worker.endpoint
                 group.addTask {
                     try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.loadLayers(assignment) }

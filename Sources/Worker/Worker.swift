@@ -79,7 +79,9 @@ public distributed actor Worker: WorkerEndpoint {
         }
         var successor: (any ActivationTransport)?
         if let next = assignment.successor {
-            successor = try await actorSystem.openBulkTransport(to: next.endpoint)
+            // The successor must prove it is the planned node (its certificate's name, with TLS).
+            successor = try await actorSystem.openBulkTransport(
+                to: ClusterEndpoint(host: next.host, port: next.port, node: assignment.successorName ?? ""))
         }
         job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor)
         let seconds = secondsSince(start)
@@ -277,6 +279,12 @@ public distributed actor Worker: WorkerEndpoint {
     public func receiveHiddenStates(from peer: String, id: UInt64, bytes: Data) async {
         guard let job else {
             logger.warning("hidden states for chunk \(id) from \(peer) arrived with no job loaded; dropped")
+            return
+        }
+        guard peer == job.assignment.predecessorName else {
+            let expected = job.assignment.predecessorName ?? "the coordinator's calls only"
+            logger.warning("refused hidden states for chunk \(id) from \(peer): this range takes them from \(expected)",
+                           metadata: ["job": "\(job.assignment.jobID)"])
             return
         }
         // Compared as UInt64: an id with bit 63 set must not reach Int(id), which traps.

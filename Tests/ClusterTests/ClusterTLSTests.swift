@@ -37,4 +37,34 @@ import Testing
             #expect(try cluster.coordctl(["workers", "--json"]).status == 0)
         }
     }
+
+    /// Names are identities: a second workerd under a live worker's name is refused and cannot mark it dead, and
+    /// neither can a coordctl holding that worker's certificate.
+    @Test func aSecondNodeUnderALiveWorkersNameIsRefusedAndCannotMarkItDead() throws {
+        try withTemporaryDirectory("cluster-names") { directory in
+            let cluster = LocalCluster(directory: directory, token: nil)
+            defer { cluster.stopAll() }
+            try cluster.makeCertificates(for: ["w1"])
+            try cluster.startCoordinator()
+            let original = try cluster.startWorker("w1")
+            try cluster.waitForWorkers(["w1"])
+
+            let impostor = try Daemon(name: "w1-again", executable: try Binaries.url("workerd"),
+                                      arguments: ["--coordinator", cluster.coordinatorAddress, "--listen", "127.0.0.1:0",
+                                                  "--scratch", directory.appendingPathComponent("scratch-again").path]
+                                                  + cluster.tlsArguments("w1"),
+                                      directory: directory)
+            try impostor.waitForLog("already registered and alive")
+            impostor.kill()
+            // A client-role connection made with w1's certificate comes and goes.
+            let asClient = try run(try Binaries.url("coordctl"),
+                                   ["list", "--coordinator", cluster.coordinatorAddress] + cluster.tlsArguments("w1"),
+                                   in: directory)
+            #expect(asClient.status == 0, "\(asClient.stderr)")
+            Thread.sleep(forTimeInterval: 1)
+            try cluster.waitForWorkers(["w1"], timeout: 5)
+            #expect(original.isRunning)
+            #expect(cluster.coordd!.output.contains("refused a second live registration"))
+        }
+    }
 }
