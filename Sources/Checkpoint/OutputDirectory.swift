@@ -21,7 +21,17 @@ public struct OutputDirectory: Sendable {
             if !contents.isEmpty && !force {
                 throw CheckpointError(self.final.path, "exists and is not empty; pass --force to replace it")
             }
+            if !contents.isEmpty && !Self.looksLikeCheckpoint(contents) {
+                throw CheckpointError(self.final.path, "exists and does not look like a checkpoint (no config.json beside "
+                                      + "safetensors files); --force replaces checkpoints only, so remove it yourself if it must go")
+            }
         }
+    }
+
+    /// A Hugging Face checkpoint directory: `config.json` and safetensors weights (or their index).
+    static func looksLikeCheckpoint(_ contents: [String]) -> Bool {
+        contents.contains("config.json")
+            && contents.contains { $0.hasSuffix(".safetensors") || $0 == "model.safetensors.index.json" }
     }
 
     /// Creates a fresh partial directory (removing a leftover one of the same job id).
@@ -38,6 +48,13 @@ public struct OutputDirectory: Sendable {
         let fileManager = FileManager.default
         var replaced: URL?
         if fileManager.fileExists(atPath: final.path) {
+            // Something may have appeared there while the job ran: replace it only as `init` would have.
+            let contents = (try? fileManager.contentsOfDirectory(atPath: final.path)) ?? []
+            if !contents.isEmpty && (!force || !Self.looksLikeCheckpoint(contents)) {
+                throw CheckpointError(final.path, force
+                    ? "appeared while the job ran and does not look like a checkpoint; it was left as it is"
+                    : "appeared while the job ran and is not empty; it was left as it is (--force replaces a checkpoint)")
+            }
             let aside = URL(fileURLWithPath: final.path + ".replaced-\(partial.lastPathComponent)")
             try fileManager.moveItem(at: final, to: aside)
             replaced = aside

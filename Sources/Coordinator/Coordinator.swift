@@ -105,7 +105,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     public distributed func submit(_ submission: JobSubmission) async throws -> String {
         let spec = submission.spec
         let jobID = spec.jobID
-        try JobRunner.checkSubmission(submission)
+        try JobRunner.checkSubmission(submission, outputRoots: settings.outputRoots)
         let record: JobRecord
         do {
             record = try store.createJob(modelPath: spec.modelPath, outputPath: spec.outputPath,
@@ -210,6 +210,9 @@ public struct CoordinatorSettings: Sendable {
     public var workerGraceSeconds = 30.0
     /// Deadline of one compute call (load, calibrate a chunk, export a layer).
     public var computeCallTimeoutSeconds = 3600.0
+    /// Directories inside which job outputs may be written (`--output-root`); nil: anywhere (the embedded mode, which
+    /// writes for the user running it). coordd refuses every job while this is empty.
+    public var outputRoots: [String]?
     /// Deadline of the quality report, which a worker computes on its CPU over two whole models.
     public var qualityCallTimeoutSeconds = 86_400.0
 

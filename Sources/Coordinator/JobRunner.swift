@@ -73,7 +73,10 @@ actor JobRunner {
     }
 
     /// Rejects a submission that cannot run before it is stored.
-    static func checkSubmission(_ submission: JobSubmission) throws {
+    static func checkSubmission(_ submission: JobSubmission, outputRoots: [String]? = nil) throws {
+        if let outputRoots {
+            try checkOutput(submission.spec.outputPath, within: outputRoots)
+        }
         if let count = submission.workerCount, count < 1 {
             throw CoordinatorError.invalidSubmission(field: "--workers", reason: "must be at least 1, got \(count)")
         }
@@ -86,6 +89,36 @@ actor JobRunner {
         } catch {
             throw CoordinatorError.invalidSubmission(field: "--model", reason: "coordd cannot use \(model.configURL.path): \(error)")
         }
+    }
+
+    /// The server decides where output may go: strictly inside one of `roots`, judged on real paths (symbolic links
+    /// of the existing part resolved), so neither `..` nor a link leads out.
+    static func checkOutput(_ output: String, within roots: [String]) throws {
+        guard !roots.isEmpty else {
+            throw CoordinatorError.invalidSubmission(
+                field: "--output", reason: "coordd was started without --output-root, so it writes no job's output; "
+                    + "restart it with --output-root DIR (repeatable)")
+        }
+        let resolved = realPath(output)
+        let inside = roots.map(realPath).contains { root in resolved.hasPrefix(root == "/" ? "/" : root + "/") && resolved != root }
+        guard inside else {
+            throw CoordinatorError.invalidSubmission(
+                field: "--output", reason: "\(output) is outside coordd's output roots (\(roots.joined(separator: ", "))); "
+                    + "choose a directory inside one of them")
+        }
+    }
+
+    /// `path` made absolute and normalized, with the symbolic links of its longest existing prefix resolved.
+    static func realPath(_ path: String) -> String {
+        var url = URL(fileURLWithPath: path).standardizedFileURL
+        var missing: [String] = []
+        while !FileManager.default.fileExists(atPath: url.path), url.path != "/" {
+            missing.insert(url.lastPathComponent, at: 0)
+            url = url.deletingLastPathComponent()
+        }
+        var resolved = url.resolvingSymlinksInPath()
+        for component in missing { resolved.appendPathComponent(component) }
+        return resolved.standardizedFileURL.path
     }
 
     /// What changed in the job, for whoever waits on it.

@@ -31,6 +31,9 @@ struct Coordd: AsyncParsableCommand {
     @Option(name: .long, help: "Directory for coordd.sqlite (jobs, workers, plans, statistics).")
     var stateDir: String
 
+    @Option(name: .long, help: ArgumentHelp("A directory inside which job outputs may be written (repeatable). A job whose output is elsewhere is refused, whatever --force says; without any, coordd writes nothing.", valueName: "DIR"))
+    var outputRoot: [String] = []
+
     @OptionGroup var token: TokenOptions
 
     @OptionGroup var tls: TLSOptions
@@ -50,6 +53,10 @@ struct Coordd: AsyncParsableCommand {
             listen: try NodeAddress(parsing: listen), stateDirectory: stateDir,
             token: try token.loadToken())
         configuration.settings.workerGraceSeconds = workerGrace
+        configuration.settings.outputRoots = outputRoot
+        if outputRoot.isEmpty {
+            logger.warning("no --output-root: every job will be refused until coordd is started with one")
+        }
         configuration.transport.tls = try tls.loadTLS()
         configuration.transport.allowTokenOnlyBeyondLoopback = insecureTokenOnly
         let system = try await CoordinatorService.startSystem(configuration: configuration, logger: logger)

@@ -7,6 +7,37 @@ import Testing
         try FileManager.default.contentsOfDirectory(atPath: url.path).sorted()
     }
 
+    /// A directory that looks like a checkpoint: config.json beside safetensors weights.
+    func makeOldCheckpoint(at url: URL) throws {
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: false)
+        try Data("{}".utf8).write(to: url.appendingPathComponent("config.json"))
+        try Data("old".utf8).write(to: url.appendingPathComponent("model.safetensors"))
+    }
+
+    @Test func forceNeverReplacesADirectoryThatIsNoCheckpoint() throws {
+        try withTemporaryDirectory("ckout") { parent in
+            let final = parent.appendingPathComponent("home")
+            try FileManager.default.createDirectory(at: final, withIntermediateDirectories: false)
+            try Data("precious".utf8).write(to: final.appendingPathComponent("thesis.tex"))
+            let error = expectCheckpointError { _ = try OutputDirectory(final: final, jobID: "j9", force: true) }
+            #expect(error?.message.contains("does not look like a checkpoint") == true, "\(String(describing: error))")
+            #expect(try contents(final) == ["thesis.tex"])
+        }
+    }
+
+    @Test func anOutputThatAppearedWhileTheJobRanIsNotReplacedWithoutForce() throws {
+        try withTemporaryDirectory("ckout") { parent in
+            let final = parent.appendingPathComponent("OUT")
+            let output = try OutputDirectory(final: final, jobID: "j10", force: false)
+            try output.create()
+            try Data("new".utf8).write(to: output.partial.appendingPathComponent("new.txt"))
+            try makeOldCheckpoint(at: final)   // someone else wrote OUT meanwhile
+            let error = expectCheckpointError { try output.commit() }
+            #expect(error?.message.contains("appeared while the job ran") == true, "\(String(describing: error))")
+            #expect(try contents(final) == ["config.json", "model.safetensors"])
+        }
+    }
+
     @Test func refusesANonEmptyDirectoryWithoutForce() throws {
         try withTemporaryDirectory("ckout") { parent in
             let final = parent.appendingPathComponent("OUT")
@@ -71,13 +102,12 @@ import Testing
     @Test func forceReplacesTheOldContentsOnlyAtCommit() throws {
         try withTemporaryDirectory("ckout") { parent in
             let final = parent.appendingPathComponent("OUT")
-            try FileManager.default.createDirectory(at: final, withIntermediateDirectories: false)
-            try Data("old".utf8).write(to: final.appendingPathComponent("old.txt"))
+            try makeOldCheckpoint(at: final)
 
             let output = try OutputDirectory(final: final, jobID: "j4", force: true)
             try output.create()
             try Data("new".utf8).write(to: output.partial.appendingPathComponent("new.txt"))
-            #expect(try contents(final) == ["old.txt"], "the old output stays until commit")
+            #expect(try contents(final) == ["config.json", "model.safetensors"], "the old output stays until commit")
             try output.commit()
             #expect(try contents(final) == ["new.txt"])
             #expect(try contents(parent) == ["OUT"], "no partial or replaced directory is left")
@@ -87,14 +117,13 @@ import Testing
     @Test func discardRemovesThePartialDirectoryAndKeepsTheOldOutput() throws {
         try withTemporaryDirectory("ckout") { parent in
             let final = parent.appendingPathComponent("OUT")
-            try FileManager.default.createDirectory(at: final, withIntermediateDirectories: false)
-            try Data("old".utf8).write(to: final.appendingPathComponent("old.txt"))
+            try makeOldCheckpoint(at: final)
             let output = try OutputDirectory(final: final, jobID: "j5", force: true)
             try output.create()
             try Data("half".utf8).write(to: output.partial.appendingPathComponent("half.txt"))
             output.discard()
             #expect(try contents(parent) == ["OUT"])
-            #expect(try contents(final) == ["old.txt"])
+            #expect(try contents(final) == ["config.json", "model.safetensors"])
         }
     }
 

@@ -229,6 +229,13 @@ import W4A4Probes
             #expect(submitted.stderr.contains("--split"), "stderr: \(submitted.stderr)")
             let unknown = try cluster.coordctl(["status", "no-such-job"])
             #expect(unknown.status != 0 && unknown.stderr.contains("no-such-job"), "stderr: \(unknown.stderr)")
+            // coordd writes only inside its --output-root, whatever --force says.
+            let outside = URL(fileURLWithPath: "/tmp/outside-\(UUID().uuidString)")
+            let refused = try cluster.coordctl(tinySubmitArguments(output: outside, extra: ["--force"]))
+            #expect(refused.status != 0)
+            #expect(refused.stderr.contains("outside coordd's output roots") && refused.stderr.contains(directory.path),
+                    "stderr: \(refused.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: outside.path))
         }
     }
 }

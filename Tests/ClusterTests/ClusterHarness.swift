@@ -218,6 +218,7 @@ final class LocalCluster {
     func startCoordinator(listen: String = "127.0.0.1:0", extra: [String] = []) throws {
         let daemon = try Daemon(name: "coordd", executable: try Binaries.url("coordd"),
                                 arguments: ["--listen", listen, "--state-dir", directory.appendingPathComponent("state").path,
+                                            "--output-root", directory.path,
                                             "--log-level", "debug"] + tokenArguments + tlsArguments("coordinator") + extra,
                                 directory: directory, prefix: prefix("coordd"))
         coordd = daemon

@@ -253,6 +253,14 @@ enum Coordctl {
                               mentions: [output.path, "--force"], in: parent)
             #expect(try entries(of: output, prefix: "") == ["keep.txt"])
 
+            // --force replaces checkpoints only: a directory that is none stays as it is.
+            try expectRefusal(["quantize", "--model", Fixtures.tinyLlama.path, "--output", output.path, "--scheme", "nvfp4a16",
+                               "--force"],
+                              mentions: [output.path, "does not look like a checkpoint"], in: parent)
+            #expect(try entries(of: output, prefix: "") == ["keep.txt"])
+            // An old checkpoint (config.json beside safetensors) is replaced.
+            try Data("{}".utf8).write(to: output.appendingPathComponent("config.json"))
+            try Data("old".utf8).write(to: output.appendingPathComponent("model.safetensors"))
             let forced = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output", output.path,
                                            "--scheme", "nvfp4a16", "--force"], in: parent)
             #expect(forced.status == 0, "stderr: \(forced.stderr)")

@@ -217,12 +217,19 @@ import W4A4Probes
         }
     }
 
+    /// An earlier checkpoint (config.json beside safetensors weights), with one more file of its own.
+    func makeOldCheckpoint(at url: URL) throws {
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: false)
+        try Data("{}".utf8).write(to: url.appendingPathComponent("config.json"))
+        try Data("old".utf8).write(to: url.appendingPathComponent("model.safetensors"))
+        try Data("old".utf8).write(to: url.appendingPathComponent("old.txt"))
+    }
+
     @Test func failedForcedJobKeepsTheOldOutput() async throws {
         try await withTemporaryDirectory { parent async throws in
             let (model, calibration) = try overflowingModel(in: parent)
             let output = parent.appendingPathComponent("OUT")
-            try FileManager.default.createDirectory(at: output, withIntermediateDirectories: false)
-            try Data("old".utf8).write(to: output.appendingPathComponent("old.txt"))
+            try makeOldCheckpoint(at: output)
             _ = await expectFailure {
                 _ = try await quantize(model: model, output: output, scheme: .nvfp4) { options in
                     options.force = true
@@ -231,15 +238,14 @@ import W4A4Probes
                 }
             }
             #expect(try entries(of: parent, prefix: "OUT") == ["OUT"])
-            #expect(try entries(of: output, prefix: "") == ["old.txt"])
+            #expect(try entries(of: output, prefix: "") == ["config.json", "model.safetensors", "old.txt"])
         }
     }
 
     @Test func forcedJobReplacesTheOldOutput() async throws {
         try await withTemporaryDirectory { parent async throws in
             let output = parent.appendingPathComponent("OUT")
-            try FileManager.default.createDirectory(at: output, withIntermediateDirectories: false)
-            try Data("old".utf8).write(to: output.appendingPathComponent("old.txt"))
+            try makeOldCheckpoint(at: output)
             _ = try await quantize(model: Fixtures.tinyLlama, output: output) { $0.force = true }
             #expect(try entries(of: parent, prefix: "") == ["OUT"])
             #expect(!FileManager.default.fileExists(atPath: output.appendingPathComponent("old.txt").path))
