@@ -80,9 +80,14 @@ public struct FrameLimits: Sendable, Hashable {
     /// Largest payload of one bulk chunk frame (a tensor is many of these).
     public var maxBulkChunkPayload: Int
 
-    public init(maxControlPayload: Int = 16 << 20, maxBulkChunkPayload: Int = 64 << 20) {
+    /// Largest payload of a handshake frame, the only kind accepted before authentication: a stranger makes the
+    /// server buffer no more than this.
+    public var maxHandshakePayload: Int
+
+    public init(maxControlPayload: Int = 16 << 20, maxBulkChunkPayload: Int = 64 << 20, maxHandshakePayload: Int = 4096) {
         self.maxControlPayload = maxControlPayload
         self.maxBulkChunkPayload = maxBulkChunkPayload
+        self.maxHandshakePayload = maxHandshakePayload
     }
 
     func limit(for type: FrameType) -> Int {
@@ -90,16 +95,63 @@ public struct FrameLimits: Sendable, Hashable {
     }
 }
 
-/// Splits a byte stream into frames. Rejects bad magic, a foreign version, an unknown type or an
-/// oversized length as soon as the header is complete, so a hostile length never causes a large allocation.
+/// Which frames a connection accepts now, judged on the header before any payload is buffered: handshake frames
+/// of at most ``FrameLimits/maxHandshakePayload`` until the handshake succeeds, then the frames of the connection's
+/// purpose (calls, messages and heartbeats on a control connection; bulk chunks and heartbeats on a bulk one).
+/// Shared by the decoder and the handshake handler, on the channel's event loop.
+final class FrameAdmission {
+    enum Phase: Equatable {
+        case handshake
+        case authenticated(ConnectionPurpose)
+    }
+
+    var phase: Phase = .handshake
+
+    func check(type: FrameType, length: Int, limits: FrameLimits) throws {
+        switch phase {
+        case .handshake:
+            guard type.isHandshake else {
+                throw TransportError.protocolViolation(.unexpectedFrame(type: type, state: "awaiting authentication"))
+            }
+            guard length <= limits.maxHandshakePayload else {
+                throw TransportError.protocolViolation(.frameTooLarge(type: type, length: length, limit: limits.maxHandshakePayload))
+            }
+        case .authenticated(let purpose):
+            let allowed: Bool
+            switch type {
+            case .ping, .pong: allowed = true
+            case .bulkChunk, .bulkAbort: allowed = purpose == .bulk
+            case .request, .response, .errorResponse, .message: allowed = purpose == .control
+            case .hello, .challenge, .proof, .accept, .reject: allowed = false
+            }
+            guard allowed else {
+                throw TransportError.protocolViolation(.unexpectedFrame(type: type, state: "on an authenticated \(purpose) connection"))
+            }
+        }
+    }
+}
+
+/// Splits a byte stream into frames. Rejects bad magic, a foreign version, an unknown type, a type the connection
+/// does not accept now, or an oversized length as soon as the header is complete, so a hostile length never causes
+/// a large allocation.
 public struct FrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = Frame
     public let limits: FrameLimits
+    /// Nil: every frame type, up to `limits` (the codec on its own).
+    let admission: FrameAdmission?
 
-    public init(limits: FrameLimits = FrameLimits()) { self.limits = limits }
+    public init(limits: FrameLimits = FrameLimits()) {
+        self.limits = limits
+        admission = nil
+    }
+
+    init(limits: FrameLimits, admission: FrameAdmission) {
+        self.limits = limits
+        self.admission = admission
+    }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try Self.decodeFrame(from: &buffer, limits: limits) else { return .needMoreData }
+        guard let frame = try Self.decodeFrame(from: &buffer, limits: limits, admission: admission) else { return .needMoreData }
         context.fireChannelRead(Self.wrapInboundOut(frame))
         return .continue
     }
@@ -109,7 +161,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 
     /// Reads one frame if `buffer` holds a whole one; throws on a header that can never become valid.
-    static func decodeFrame(from buffer: inout ByteBuffer, limits: FrameLimits) throws -> Frame? {
+    static func decodeFrame(from buffer: inout ByteBuffer, limits: FrameLimits, admission: FrameAdmission? = nil) throws -> Frame? {
         let start = buffer.readerIndex
         // Check magic and version as soon as their bytes arrive, so garbage is refused early.
         if let magic = buffer.getInteger(at: start, as: UInt32.self), magic != Frame.magic {
@@ -127,6 +179,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
         guard let type = FrameType(rawValue: rawType) else {
             throw TransportError.protocolViolation(.unknownFrameType(rawType))
         }
+        try admission?.check(type: type, length: Int(length), limits: limits)
         let limit = limits.limit(for: type)
         guard Int(length) <= limit else {
             throw TransportError.protocolViolation(.frameTooLarge(type: type, length: Int(length), limit: limit))

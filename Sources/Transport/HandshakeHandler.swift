@@ -51,6 +51,8 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     let localIdentity: NodeIdentity
     /// The node name a dialer expects at the other end (client side), or nil.
     let expectedPeer: String?
+    /// The decoder's gate: opened to the connection's purpose once authenticated.
+    private let admission: FrameAdmission
     private let key: SymmetricKey
     let configuration: TransportConfiguration
     private var logger: Logger
@@ -68,12 +70,13 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var peerName: String { claimedPeer?.name ?? remoteAddressText }
 
     init(side: Side, purpose: ConnectionPurpose = .control, identity: NodeIdentity, token: ClusterToken?,
-         expectedPeer: String? = nil, configuration: TransportConfiguration, logger: Logger,
-         authPromise: EventLoopPromise<AuthenticatedPeer>) {
+         expectedPeer: String? = nil, admission: FrameAdmission = FrameAdmission(),
+         configuration: TransportConfiguration, logger: Logger, authPromise: EventLoopPromise<AuthenticatedPeer>) {
         self.side = side
         self.purpose = purpose
         self.localIdentity = identity
         self.expectedPeer = expectedPeer
+        self.admission = admission
         self.key = Handshake.key(for: token)
         self.configuration = configuration
         self.logger = logger
@@ -253,6 +256,8 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Hands the connection over to the handlers of an authenticated connection and leaves the pipeline.
     private func authenticated(peer: NodeIdentity, context: ChannelHandlerContext) {
         state = .authenticated
+        // Frames already read behind the last handshake frame are judged by the connection's purpose from here on.
+        admission.phase = .authenticated(purpose)
         handshakeTimeout?.cancel()
         handshakeTimeout = nil
         logger.debug("authenticated \(peer)")

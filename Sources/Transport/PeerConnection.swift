@@ -196,15 +196,16 @@ func installPipeline(on channel: any Channel, side: HandshakeHandler.Side, purpo
                      identity: NodeIdentity, token: ClusterToken?, expectedPeer: String? = nil,
                      configuration: TransportConfiguration, logger: Logger,
                      authPromise: EventLoopPromise<AuthenticatedPeer>) throws {
+    let admission = FrameAdmission()
     let handler = HandshakeHandler(side: side, purpose: purpose, identity: identity, token: token,
-                                   expectedPeer: expectedPeer, configuration: configuration,
+                                   expectedPeer: expectedPeer, admission: admission, configuration: configuration,
                                    logger: logger, authPromise: authPromise)
     // TLS first: every frame, the handshake's included, travels inside it.
     if let tls = configuration.tls {
         try channel.pipeline.syncOperations.addHandler(try tls.makeHandler(side: side))
     }
     try channel.pipeline.syncOperations.addHandlers([
-        ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits)),
+        ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits, admission: admission)),
         FrameWriter(),
         handler,
     ])

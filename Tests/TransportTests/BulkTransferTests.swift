@@ -56,7 +56,7 @@ struct BulkTransferTests {
             }
         })
         try await withServer(configuration: configuration, handler: handler) { server in
-            let connection = try await connect(to: server, configuration: configuration)
+            let connection = try await connect(to: server, purpose: .bulk, configuration: configuration)
             let transport = TCPActivationTransport(connection: connection)
             var expected = StreamChecksum()
             var chunks: [ByteBuffer] = []
@@ -94,7 +94,7 @@ struct BulkTransferTests {
             }
         })
         try await withServer(configuration: configuration, handler: handler) { server in
-            let connection = try await connect(to: server, configuration: configuration)
+            let connection = try await connect(to: server, purpose: .bulk, configuration: configuration)
             let transport = TCPActivationTransport(connection: connection)
             let chunks = (0..<64).map { patternChunk(index: $0, size: Self.chunkSize) }
             let tensors = 8
@@ -140,7 +140,7 @@ struct BulkTransferTests {
         try await withServer(handler: handler) { server in
             var configuration = fastConfiguration()
             configuration.bulkChunkSize = 1024  // several frames per tensor even for small buffers
-            let connection = try await connect(to: server, configuration: configuration)
+            let connection = try await connect(to: server, purpose: .bulk, configuration: configuration)
             let transport = TCPActivationTransport(connection: connection)
             await #expect(throws: FailingChunks.SenderGaveUp.self) {
                 try await transport.sendTensor(id: 1, chunks: FailingChunks(failAfter: 3))
@@ -170,7 +170,7 @@ struct BulkTransferTests {
             }
         })
         try await withServer(handler: handler) { server in
-            let connection = try await connect(to: server)
+            let connection = try await connect(to: server, purpose: .bulk)
             // Open a tensor by hand (first chunk only), then drop the connection.
             try await connection.write(Frame(type: .bulkChunk, flags: [.firstChunk], correlationID: 5,
                                              payload: patternChunk(index: 0, size: 4096)))
@@ -183,7 +183,7 @@ struct BulkTransferTests {
     func outOfSequenceChunks() async throws {
         let logs = LogRecorder()
         try await withServer(logger: logs.logger("server")) { server in
-            let connection = try await connect(to: server)
+            let connection = try await connect(to: server, purpose: .bulk)
             try await connection.write(Frame(type: .bulkChunk, flags: [.lastChunk], correlationID: 8, payload: ByteBuffer(bytes: [1])))
             await connection.waitUntilClosed()
         }

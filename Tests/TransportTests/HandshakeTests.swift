@@ -138,7 +138,7 @@ struct HandshakeTests {
         #expect(!server.isActive)
         var outcome: Result<AuthenticatedPeer, Error>?
         auth.futureResult.assumeIsolated().whenComplete { outcome = $0 }
-        #expect(throws: TransportError.protocolViolation(.unexpectedFrame(type: .request, state: "awaiting handshake greeting"))) {
+        #expect(throws: TransportError.protocolViolation(.unexpectedFrame(type: .request, state: "awaiting authentication"))) {
             try outcome?.get()
         }
     }

@@ -101,7 +101,7 @@ struct PipelineTests {
         let calls = try authenticatedPeer(pair.serverAuth).calls.value
         try pair.server.writeInbound(frameBytes(Frame(type: .hello, correlationID: 0)))
         #expect(!pair.server.isActive)
-        #expect(calls.closeReason == .protocolViolation(.unexpectedFrame(type: .hello, state: "authenticated")))
+        #expect(calls.closeReason == .protocolViolation(.unexpectedFrame(type: .hello, state: "on an authenticated control connection")))
     }
 
     @Test("a pending call fails with connectionClosed when the connection closes; the close reason is kept")

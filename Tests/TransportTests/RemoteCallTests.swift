@@ -203,8 +203,13 @@ struct RemoteCallTests {
             let good = try await connect(to: server, configuration: configuration)
 
             #expect(try await serverClosesAfterReceiving(ByteBuffer(string: "GET / HTTP/1.1\r\n\r\n"), port: server.port))
+            // Before authentication, a HELLO over 4 KiB is refused on its header (maxHandshakePayload), as is a 64 MiB
+            // bulk header; neither payload is ever buffered.
             var oversized = frameBytes(Frame(type: .hello, correlationID: 0))
             oversized.setInteger(UInt32(4097), at: 16)
+            var bulkHeader = frameBytes(Frame(type: .bulkChunk, flags: [.firstChunk], correlationID: 1))
+            bulkHeader.setInteger(UInt32(64 << 20), at: 16)
+            #expect(try await serverClosesAfterReceiving(bulkHeader, port: server.port))
             #expect(try await serverClosesAfterReceiving(oversized, port: server.port))
             var wrongVersion = frameBytes(Frame(type: .hello, correlationID: 0))
             wrongVersion.setInteger(UInt16(7), at: 4)
@@ -222,7 +227,8 @@ struct RemoteCallTests {
         #expect(logs.contains("bad magic 0x47455420"))
         #expect(logs.contains("HELLO frame payload of 4097 bytes exceeds the limit of 4096"))
         #expect(logs.contains("protocol version 7"))
-        #expect(logs.contains("REQUEST frame not allowed while awaiting handshake greeting"))
+        #expect(logs.contains("REQUEST frame not allowed while awaiting authentication"))
+        #expect(logs.contains("BULK_CHUNK frame not allowed while awaiting authentication"))
     }
 
     @Test("a client that never finishes the handshake is dropped after the handshake timeout")
