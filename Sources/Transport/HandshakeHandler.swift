@@ -264,7 +264,8 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         let eventLoop = context.eventLoop
         let liveness = LivenessHandler(configuration: configuration)
         let bulk = BulkReceiveHandler(configuration: configuration, eventLoop: eventLoop)
-        let calls = RequestResponseHandler(peer: peer, eventLoop: eventLoop, logger: logger)
+        let calls = RequestResponseHandler(peer: peer, eventLoop: eventLoop,
+                                           maxInboundInFlight: configuration.maxInboundRequestsInFlight, logger: logger)
         do {
             // Liveness first so that every frame counts as a sign of life; bulk takes its frames before the calls
             // handler, which is last so that every error ends there.

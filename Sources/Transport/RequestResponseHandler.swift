@@ -46,9 +46,13 @@ final class RequestResponseHandler: ChannelInboundHandler, RemovableChannelHandl
     // Calls the peer made.
     let inboundCalls: AsyncStream<InboundCall>
     private let inboundContinuation: AsyncStream<InboundCall>.Continuation
+    /// Requests queued or being answered; capped so a peer cannot queue unbounded work.
+    private var inboundInFlight: Set<UInt64> = []
+    private let maxInboundInFlight: Int
 
-    init(peer: NodeIdentity, eventLoop: any EventLoop, logger: Logger) {
+    init(peer: NodeIdentity, eventLoop: any EventLoop, maxInboundInFlight: Int = 256, logger: Logger) {
         self.peer = peer
+        self.maxInboundInFlight = maxInboundInFlight
         self.eventLoop = eventLoop
         self.logger = logger
         (inboundCalls, inboundContinuation) = AsyncStream.makeStream(of: InboundCall.self)
@@ -113,6 +117,13 @@ final class RequestResponseHandler: ChannelInboundHandler, RemovableChannelHandl
             guard let messageType = payload.readInteger(as: UInt16.self) else {
                 throw .protocolViolation(.malformedPayload(type: frame.type, field: "message type (u16)"))
             }
+            if frame.type == .request {
+                guard inboundInFlight.count < maxInboundInFlight, !inboundInFlight.contains(frame.correlationID) else {
+                    refuseBusy(frame.correlationID)
+                    return
+                }
+                inboundInFlight.insert(frame.correlationID)
+            }
             inboundContinuation.yield(InboundCall(correlationID: frame.type == .request ? frame.correlationID : nil,
                                                   messageType: messageType, payload: payload))
         case .response:
@@ -126,6 +137,14 @@ final class RequestResponseHandler: ChannelInboundHandler, RemovableChannelHandl
              .ping, .pong, .bulkChunk, .bulkAbort:  // the last four end in the liveness and bulk handlers
             throw .protocolViolation(.unexpectedFrame(type: frame.type, state: "authenticated"))
         }
+    }
+
+    /// Answers a request over the in-flight cap (or reusing an id still in flight) at once, without queueing it.
+    private func refuseBusy(_ id: UInt64) {
+        guard case .active(let context) = state else { return }
+        logger.warning("\(peer.name) has \(inboundInFlight.count) requests in flight (the cap is \(maxInboundInFlight)); refusing request \(id)")
+        let envelope = RemoteErrorEnvelope(code: "busy", message: "\(inboundInFlight.count) requests from \(peer.name) are in flight; retry later")
+        context.writeAndFlush(wrapOutboundOut(Frame(type: .errorResponse, correlationID: id, payload: envelope.payload)), promise: nil)
     }
 
     /// A response for a call that already timed out or was cancelled is dropped: its slot is gone.
@@ -171,6 +190,7 @@ final class RequestResponseHandler: ChannelInboundHandler, RemovableChannelHandl
 
     /// Writes any authenticated-phase frame; the future completes when it reached the socket.
     func write(_ frame: Frame) -> EventLoopFuture<Void> {
+        if frame.type == .response || frame.type == .errorResponse { inboundInFlight.remove(frame.correlationID) }
         guard case .active(let context) = state, closeReason == nil else {
             return eventLoop.makeFailedFuture(TransportError.connectionClosed(peer: peer.name))
         }

@@ -98,6 +98,11 @@ public struct TransportConfiguration: Sendable {
     public var peerDeadTimeout: TimeAmount = .seconds(5)
     /// Deadline used by `call` when none is given.
     public var defaultCallTimeout: TimeAmount = .seconds(30)
+    /// Connections a server holds at once, authenticated or not; one more is closed on accept (and logged).
+    public var maxConnections: Int = 512
+    /// Requests one peer may have waiting for an answer from us; beyond it a request is answered at once with an
+    /// ERROR (code `busy`) and never queued.
+    public var maxInboundRequestsInFlight: Int = 256
     /// Mutual TLS 1.3 on every connection; nil: plaintext, for loopback and the token-only mode.
     public var tls: TransportTLS?
     /// Lets a server listen beyond loopback with the token alone (`--insecure-token-only`): frames travel in the

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -74,6 +75,7 @@ public final class TransportServer: Sendable {
         let (failures, failureContinuation) = AsyncStream.makeStream(of: AuthenticationFailure.self,
                                                                      bufferingPolicy: .bufferingNewest(256))
         let acceptLoop = group.next()
+        let openConnections = NIOLockedValueBox(0)
         let children = NIOLoopBoundBox.makeBoxSendingValue([ObjectIdentifier: any Channel](), eventLoop: acceptLoop)
         let channel = try await ServerBootstrap(group: acceptLoop, childGroup: group)
             .serverChannelOption(.backlog, value: 256)
@@ -82,6 +84,17 @@ public final class TransportServer: Sendable {
             .childChannelOption(.recvAllocator, value: largeReads)
             .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelInitializer { child in
+                // The cap counts every open connection, authenticated or not, so idle strangers cannot pile up.
+                let admitted = openConnections.withLockedValue { count in
+                    guard count < configuration.maxConnections else { return false }
+                    count += 1
+                    return true
+                }
+                guard admitted else {
+                    logger.warning("refusing a connection from \(child.remoteAddress.map { "\($0)" } ?? "?"): \(configuration.maxConnections) connections are open (maxConnections)")
+                    return child.eventLoop.makeFailedFuture(TransportError.invalidConfiguration("connection cap reached"))
+                }
+                child.closeFuture.whenComplete { _ in openConnections.withLockedValue { $0 -= 1 } }
                 let authPromise = child.eventLoop.makePromise(of: AuthenticatedPeer.self)
                 let childID = ObjectIdentifier(child)
                 acceptLoop.execute { children.value[childID] = child }
