@@ -71,18 +71,28 @@ public struct IncomingBulkStream: Sendable {
 extension ClusterActorSystem {
     /// Hands every tensor that arrives on any incoming bulk connection, whole, to `receive`, until the system shuts
     /// down. Connections are read side by side; one that breaks is logged and the others go on.
+    /// `expectedBytes` says, before a byte is collected, how large tensor `id` from `peer` may be: nil refuses it
+    /// (closing that data path), and more bytes than that fail it, so a peer never makes this node buffer more than
+    /// the tensor it is due to send.
     public func receiveIncomingTensors(
-        logger: Logger, _ receive: @escaping @Sendable (_ peer: String, _ id: UInt64, _ bytes: Data) async -> Void
+        logger: Logger,
+        expectedBytes: @escaping @Sendable (_ peer: String, _ id: UInt64) async -> Int? = { _, _ in .max },
+        _ receive: @escaping @Sendable (_ peer: String, _ id: UInt64, _ bytes: Data) async -> Void
     ) async {
         await withTaskGroup(of: Void.self) { group in
             for await stream in incomingBulkStreams {
                 group.addTask {
                     do {
                         for try await tensor in stream.tensors {
-                            await receive(stream.peer.name, tensor.id, try await tensor.chunks.collectData())
+                            guard let limit = await expectedBytes(stream.peer.name, tensor.id) else {
+                                throw TransportError.bulkTransferFailed(
+                                    tensorID: tensor.id, reason: "\(stream.peer.name) is not due to send this tensor here")
+                            }
+                            await receive(stream.peer.name, tensor.id, try await tensor.chunks.collectData(maxBytes: limit))
                         }
                     } catch {
                         logger.warning("data path from \(stream.peer.name) closed: \(error)")
+                        await stream.transport.connection.close()
                     }
                 }
             }

@@ -183,6 +183,16 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         for runner in runners.values { await runner.workerLost(name: name, reason: reason) }
     }
 
+    /// The most bytes an exported tensor from `peer` may hold: the largest tensor of the layer being exported, when
+    /// `peer` is a worker of a running job and `id` an export id; nil otherwise (the data path refuses it).
+    public func expectedExportBytes(from peer: String, id: UInt64) async -> Int? {
+        guard BulkTensorID.isExport(id) else { return nil }
+        for runner in runners.values {
+            if let limit = await runner.exportTensorLimit(from: peer) { return limit }
+        }
+        return nil
+    }
+
     /// Exported tensors from a worker's data path.
     public func receiveExportedTensor(from peer: String, id: UInt64, bytes: Data) async {
         await mailbox.deliver(peer: peer, id: id, bytes: bytes)

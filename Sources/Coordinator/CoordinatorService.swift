@@ -92,7 +92,9 @@ public struct CoordinatorService: Service {
             }
             group.addTask {
                 // Every incoming bulk connection is a worker streaming exported layer tensors.
-                await system.receiveIncomingTensors(logger: logger) { peer, id, bytes in
+                await system.receiveIncomingTensors(logger: logger, expectedBytes: { peer, id in
+                    await coordinator.whenLocal { await $0.expectedExportBytes(from: peer, id: id) } ?? nil
+                }) { peer, id, bytes in
                     await coordinator.whenLocal { await $0.receiveExportedTensor(from: peer, id: id, bytes: bytes) }
                 }
             }

@@ -23,6 +23,7 @@ extension JobRunner {
         let spec = submission.spec
         let source = try SafeTensorsModel(directory: spec.modelPath)
         let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: logger)
+        largestExportTensorBytes = assembler.plannedTensors(layer: 0).map(\.byteCount).max()
         let layerCount = config.numHiddenLayers
         var pending: [Task<(tensors: [ExportedTensor], seconds: Double), any Error>] = []
         let lookAhead = 2

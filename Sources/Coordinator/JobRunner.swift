@@ -53,6 +53,15 @@ actor JobRunner {
     /// Calibration and export run side by side; the first of them to fail stops the other through this.
     var siblingFailure: String?
 
+    /// The largest tensor of one exported layer (every decoder layer has the same tensors), once the export began.
+    var largestExportTensorBytes: Int?
+
+    /// How large an exported tensor from `peer` may be: set while this job exports and `peer` holds part of its plan.
+    func exportTensorLimit(from peer: String) -> Int? {
+        guard let largestExportTensorBytes, plan.contains(where: { $0.worker == peer }) else { return nil }
+        return largestExportTensorBytes
+    }
+
     // Live figures.
     var calibrationStart: ContinuousClock.Instant?
     var layerTokensThisRun = 0

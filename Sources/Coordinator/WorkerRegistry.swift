@@ -52,6 +52,10 @@ actor BulkMailbox {
         let id: UInt64
     }
     private var arrived: [Key: Data] = [:]
+    private var heldBytes = 0
+    /// Most bytes held for collectors at once: a 70B layer is about 0.5 GB and two are asked for ahead, so a peer
+    /// that sends beyond this is sending what nobody asked for.
+    let maxHeldBytes: Int
     /// Wakes collectors on every arrival and loss.
     private var changes = EventBroadcast<Void>()
     /// Peers whose connection went away, with the error their collectors get, until they register again. Without it
@@ -61,8 +65,20 @@ actor BulkMailbox {
     /// registered again before it woke.
     private var losses: [String: (count: Int, error: any Error)] = [:]
 
+    init(maxHeldBytes: Int = 4 << 30) {
+        self.maxHeldBytes = maxHeldBytes
+    }
+
+    /// Holds `bytes` for its collector. Over ``maxHeldBytes`` the peer's tensors are dropped and its collectors fail.
     func deliver(peer: String, id: UInt64, bytes: Data) {
-        arrived[Key(peer: peer, id: id)] = bytes
+        let key = Key(peer: peer, id: id)
+        heldBytes -= arrived[key]?.count ?? 0
+        guard heldBytes + bytes.count <= maxHeldBytes else {
+            failAll(peer: peer, error: BulkMailboxFull(peer: peer, limit: maxHeldBytes))
+            return
+        }
+        arrived[key] = bytes
+        heldBytes += bytes.count
         changes.send(())
     }
 
@@ -72,7 +88,10 @@ actor BulkMailbox {
         let key = Key(peer: peer, id: id)
         let lossesBefore = losses[peer]?.count ?? 0
         func collect() throws -> Data? {
-            if let bytes = arrived.removeValue(forKey: key) { return bytes }
+            if let bytes = arrived.removeValue(forKey: key) {
+                heldBytes -= bytes.count
+                return bytes
+            }
             if let error = lost[peer] { throw error }
             if let loss = losses[peer], loss.count != lossesBefore { throw loss.error }
             return nil
@@ -89,7 +108,7 @@ actor BulkMailbox {
     func failAll(peer: String, error: Error) {
         lost[peer] = error
         losses[peer] = ((losses[peer]?.count ?? 0) + 1, error)
-        for key in arrived.keys where key.peer == peer { arrived.removeValue(forKey: key) }
+        for key in arrived.keys where key.peer == peer { heldBytes -= arrived.removeValue(forKey: key)?.count ?? 0 }
         changes.send(())
     }
 
@@ -97,4 +116,11 @@ actor BulkMailbox {
     func peerReturned(_ peer: String) {
         lost[peer] = nil
     }
+}
+
+/// A peer sent more exported bytes than anyone collects.
+struct BulkMailboxFull: Error, CustomStringConvertible {
+    let peer: String
+    let limit: Int
+    var description: String { "\(peer) sent more exported tensor bytes than were asked for (over \(limit) bytes held)" }
 }

@@ -275,6 +275,14 @@ public distributed actor Worker: WorkerEndpoint {
         _ = try? await compute.run { old.compute.close() }
     }
 
+    /// The size of chunk `id`'s hidden states (tokens × hidden size × 4 bytes of f32) when `peer` is this range's
+    /// predecessor and `id` a chunk of the loaded job; nil otherwise, so the data path refuses it before collecting.
+    public func expectedHiddenStateBytes(from peer: String, id: UInt64) -> Int? {
+        guard let job, peer == job.assignment.predecessorName, !BulkTensorID.isExport(id),
+              id < UInt64(job.assignment.chunks.count) else { return nil }
+        return job.assignment.chunks[Int(id)].tokenCount * job.compute.config.hiddenSize * MemoryLayout<Float>.size
+    }
+
     /// Hidden states from the predecessor. Called by workerd's data-path loop, one tensor at a time in arrival order.
     public func receiveHiddenStates(from peer: String, id: UInt64, bytes: Data) async {
         guard let job else {

@@ -94,7 +94,9 @@ public struct WorkerService: Service {
             }
             group.addTask {
                 // Every incoming bulk connection is the predecessor streaming hidden states.
-                await system.receiveIncomingTensors(logger: logger) { peer, id, bytes in
+                await system.receiveIncomingTensors(logger: logger, expectedBytes: { peer, id in
+                    await worker.whenLocal { $0.expectedHiddenStateBytes(from: peer, id: id) } ?? nil
+                }) { peer, id, bytes in
                     await worker.whenLocal { await $0.receiveHiddenStates(from: peer, id: id, bytes: bytes) }
                 }
             }

@@ -54,4 +54,16 @@ import Testing
         await woken
         #expect(ContinuousClock.now - wokenAt < .seconds(5))
     }
+
+    @Test func aPeerThatSendsMoreThanTheMailboxHoldsFailsItsCollectors() async throws {
+        let mailbox = BulkMailbox(maxHeldBytes: 10)
+        await mailbox.deliver(peer: "w1", id: 1, bytes: Data(count: 6))
+        await mailbox.deliver(peer: "w1", id: 2, bytes: Data(count: 6))   // 12 > 10: dropped, w1 fails
+        await #expect(throws: BulkMailboxFull.self) { try await mailbox.take(peer: "w1", id: 2) }
+        // Another peer is unaffected, and what is collected frees room.
+        await mailbox.deliver(peer: "w2", id: 1, bytes: Data(count: 8))
+        #expect(try await mailbox.take(peer: "w2", id: 1).count == 8)
+        await mailbox.deliver(peer: "w2", id: 2, bytes: Data(count: 8))
+        #expect(try await mailbox.take(peer: "w2", id: 2).count == 8)
+    }
 }
