@@ -32,6 +32,41 @@ import Testing
         }
     }
 
+    /// Resident memory of this process, from /proc (Linux).
+    static func residentBytes() -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+              let pages = text.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    @Test("1,000 idle unauthenticated sockets: the server holds at most maxConnections, within a memory bound, and serves")
+    func thousandIdleSockets() async throws {
+        var configuration = fastConfiguration()
+        configuration.handshakeTimeout = .seconds(30)
+        try await withServer(configuration: configuration) { server in
+            let before = Self.residentBytes()
+            var idle: [any Channel] = []
+            for _ in 0..<1000 {
+                if let channel = try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    .connect(host: "127.0.0.1", port: server.port).get() {
+                    idle.append(channel)
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            let grown = Self.residentBytes() - before
+            // Both ends of every socket live in this process; without a per-connection buffer of any size, 1,000 of
+            // them stay far below 64 MiB.
+            #expect(grown < 64 << 20, "resident memory grew by \(grown >> 20) MiB")
+            let open = idle.filter(\.isActive).count
+            #expect(open <= configuration.maxConnections + 8, "\(open) of 1000 stayed open; the cap is \(configuration.maxConnections)")
+            for channel in idle { try? await channel.close() }
+            try await Task.sleep(for: .milliseconds(200))
+            let good = try await connect(to: server, configuration: configuration)
+            #expect(try await good.call(type: 1, payload: ByteBuffer(string: "ok")) == ByteBuffer(string: "ok"))
+            await good.close()
+        }
+    }
+
     @Test("a peer's requests beyond maxInboundRequestsInFlight are answered busy at once; answered ones free slots")
     func inFlightCap() async throws {
         var configuration = fastConfiguration()
