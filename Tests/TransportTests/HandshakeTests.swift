@@ -69,6 +69,42 @@ extension Array where Element == UInt8 {
 
 @Suite("Handshake", .timeLimit(.minutes(1)))
 struct HandshakeTests {
+    @Test("a PROOF replayed from an earlier session, and the server's MAC reflected as the client's PROOF, get REJECT")
+    func replayedAndReflectedProofs() throws {
+        let quietLogger = Logger(label: "t", factory: { _ in SwiftLogNoOpLogHandler() })
+        // Session 1, honest: record the client's PROOF.
+        let first = try EmbeddedPair(clientToken: token(correctToken), serverToken: token(correctToken), logger: quietLogger)
+        try first.pump()
+        let recorded = try #require(first.framesSeen.first { $0.type == .proof })
+        first.finish()
+
+        // Session 2: an attacker without the token replays it; fresh nonces make it worthless.
+        let replay = try EmbeddedPair(clientToken: token(correctToken), serverToken: token(correctToken), logger: quietLogger)
+        try replay.pump { frame in if frame.type == .proof { frame.payload = recorded.payload } }
+        #expect(replay.framesSeen.contains { $0.type == .reject })
+        #expect(throws: (any Error).self) { try replay.result(replay.serverAuth)?.get() }
+        replay.finish()
+
+        // Session 3: the server's own MAC over this very transcript, sent back as the client's PROOF; the roles'
+        // labels differ, so it does not verify.
+        let reflect = try EmbeddedPair(clientToken: token(correctToken), serverToken: token(correctToken), logger: quietLogger)
+        var hello: ByteBuffer?
+        try reflect.pump { frame in
+            switch frame.type {
+            case .hello: hello = frame.payload
+            case .proof:
+                let challenge = reflect.framesSeen.last { $0.type == .challenge }!.payload
+                let transcript = Handshake.transcript(hello: hello!, challenge: challenge)
+                frame.payload = ByteBuffer(bytes: Handshake.proof(label: Handshake.serverLabel, transcript: transcript,
+                                                                  key: Handshake.key(for: token(correctToken))))
+            default: break
+            }
+        }
+        #expect(reflect.framesSeen.contains { $0.type == .reject })
+        #expect(throws: (any Error).self) { try reflect.result(reflect.serverAuth)?.get() }
+        reflect.finish()
+    }
+
     @Test("matching tokens: both sides authenticate and learn each other's identity; the token never crosses the wire")
     func mutualSuccessWithoutTokenOnWire() throws {
         let logs = LogRecorder()
