@@ -364,12 +364,18 @@ public func rmsNorm(_ values: [Float], weight: [Float], width: Int, epsilon: Flo
 
 /// `silu(g) ⊙ u` for rows laid out as `[gate (intermediate) | up (intermediate)]`.
 public func swiGLU(_ gateUp: [Float], rows: Int, intermediate: Int) -> [Float] {
+    swiGLU(gateUp, rows: rows, intermediate: intermediate, rounding: { $0 })
+}
+
+/// `round(round(silu(g)) · u)`: one loop for the f32 forward (no rounding) and the BF16 one.
+@inline(__always)
+func swiGLU(_ gateUp: [Float], rows: Int, intermediate: Int, rounding round: (Float) -> Float) -> [Float] {
     var output = [Float](repeating: 0, count: rows * intermediate)
     for row in 0..<rows {
         let source = row * 2 * intermediate
         for index in 0..<intermediate {
             let gate = gateUp[source + index]
-            output[row * intermediate + index] = gate / (1 + exp(-gate)) * gateUp[source + intermediate + index]
+            output[row * intermediate + index] = round(round(gate / (1 + exp(-gate))) * gateUp[source + intermediate + index])
         }
     }
     return output
@@ -440,13 +446,5 @@ public func rmsNormBFloat16(_ values: [Float], weight: [Float], width: Int, epsi
 
 /// `bf16(bf16(silu(g)) · u)`: SiLU of a BF16 tensor is computed in f32 and rounded, then the product is rounded.
 public func swiGLUBFloat16(_ gateUp: [Float], rows: Int, intermediate: Int) -> [Float] {
-    var output = [Float](repeating: 0, count: rows * intermediate)
-    for row in 0..<rows {
-        let source = row * 2 * intermediate
-        for index in 0..<intermediate {
-            let gate = gateUp[source + index]
-            output[row * intermediate + index] = bf16(bf16(gate / (1 + exp(-gate))) * gateUp[source + intermediate + index])
-        }
-    }
-    return output
+    swiGLU(gateUp, rows: rows, intermediate: intermediate, rounding: bf16)
 }

@@ -20,29 +20,24 @@ public enum FloatWidening {
 
     /// Little-endian BF16 bytes widened to `[Float]`: the 16 bits become the top half of the F32 bits.
     public static func widenBFloat16(_ source: UnsafeRawBufferPointer) -> [Float] {
-        let count = source.count / 2
-        return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
-            if count > 0 {
-                let input = source.baseAddress!
-                let output = buffer.baseAddress!
-                for index in 0..<count {
-                    let bits = input.loadUnaligned(fromByteOffset: 2 &* index, as: UInt16.self)
-                    output[index] = Float(bitPattern: UInt32(bits) &<< 16)
-                }
-            }
-            initialized = count
-        }
+        widen16(source) { Float(bitPattern: UInt32($0) &<< 16) }
     }
 
     /// Little-endian IEEE binary16 bytes widened to `[Float]`.
     public static func widenFloat16(_ source: UnsafeRawBufferPointer) -> [Float] {
+        widen16(source, float(fromHalfBits:))
+    }
+
+    /// Every little-endian 16-bit element of `source`, converted by `widen`.
+    @inline(__always)
+    static func widen16(_ source: UnsafeRawBufferPointer, _ widen: (UInt16) -> Float) -> [Float] {
         let count = source.count / 2
         return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
             if count > 0 {
                 let input = source.baseAddress!
                 let output = buffer.baseAddress!
                 for index in 0..<count {
-                    output[index] = float(fromHalfBits: input.loadUnaligned(fromByteOffset: 2 &* index, as: UInt16.self))
+                    output[index] = widen(input.loadUnaligned(fromByteOffset: 2 &* index, as: UInt16.self))
                 }
             }
             initialized = count
