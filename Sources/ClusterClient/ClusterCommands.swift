@@ -19,6 +19,9 @@ public struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: "coordd's address, HOST:PORT.")
     var coordinator: String = "127.0.0.1:7070"
 
+    @Option(name: .long, help: "The node name coordd must prove (its certificate's name with TLS).")
+    var coordinatorName: String = "coordinator"
+
     @OptionGroup var token: TokenOptions
 
     @OptionGroup var tls: TLSOptions
@@ -41,7 +44,7 @@ public struct ConnectionOptions: ParsableArguments {
             identity: NodeIdentity(name: transport.tls?.name ?? "coordctl-\(ProcessInfo.processInfo.processIdentifier)",
                                    role: .client),
             listen: nil as NodeAddress?, token: token, configuration: transport, logger: logger)
-        let coordinator = try $CoordinatorEndpoint.resolve(id: system.wellKnownID(WellKnownActor.coordinator, at: address),
+        let coordinator = try $CoordinatorEndpoint.resolve(id: system.wellKnownID(WellKnownActor.coordinator, at: address, node: coordinatorName),
                                                            using: system)
         return (system, coordinator)
     }
@@ -71,6 +74,8 @@ public enum ClientError: Error, CustomStringConvertible, Equatable {
     case tokenRequired(address: String)
     case tokenRejected(address: String, tokenFile: String)
     case timedOut(address: String, seconds: Double)
+    /// Another node answered at coordd's address.
+    case wrongNode(address: String, expected: String, found: String)
     case coordinator(address: String, CoordinatorError)
     /// coordd answered with an error of a kind this coordctl does not know (a newer coordd, say).
     case remote(address: String, message: String)
@@ -89,6 +94,8 @@ public enum ClientError: Error, CustomStringConvertible, Equatable {
             self = .unreachable(address: address, reason: Self.plainReason(reason))
         case ClusterActorSystemError.authenticationFailed:
             self = tokenFile.map { .tokenRejected(address: address, tokenFile: $0) } ?? .tokenRequired(address: address)
+        case ClusterActorSystemError.wrongNode(_, let expected, let found):
+            self = .wrongNode(address: address, expected: expected, found: found)
         case ClusterActorSystemError.callTimedOut:
             self = .timedOut(address: address, seconds: timeout)
         case ClusterActorSystemError.peerDisconnected(_, _, let reason):
@@ -117,6 +124,8 @@ public enum ClientError: Error, CustomStringConvertible, Equatable {
             "coordd at \(address) requires a cluster token: pass --token-file with the file coordd was started with"
         case .tokenRejected(let address, let tokenFile):
             "coordd at \(address) rejected the cluster token in \(tokenFile): it is not the token coordd was started with"
+        case .wrongNode(let address, let expected, let found):
+            "the node at \(address) is '\(found)', not coordd ('\(expected)'); check --coordinator and --coordinator-name"
         case .timedOut(let address, let seconds):
             "coordd at \(address) did not answer within \(formatSeconds(seconds)) (--timeout)"
         case .coordinator(let address, .jobNotFound(let id)):

@@ -17,6 +17,9 @@ import Foundation
 /// Names under which the daemons register their actors, so that a peer knowing only host:port can resolve them.
 public enum WellKnownActor {
     public static let coordinator = "coordinator"
+    /// coordd's node name: its certificate's with TLS (the deployment guide issues it as `coordinator`), and this
+    /// fixed name without TLS. Workers and coordctl expect it when they dial coordd.
+    public static let coordinatorNode = "coordinator"
     public static let worker = "worker"
 }
 

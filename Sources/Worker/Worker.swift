@@ -26,6 +26,8 @@ public distributed actor Worker: WorkerEndpoint {
     public let device: String
     let scratchDirectory: URL
     let coordinatorAddress: NodeAddress
+    /// The node name coordd must prove when this worker dials it.
+    let coordinatorName: String
     let logger: Logger
     let chunkDelay: Duration
     /// Bytes of layer weights this worker may hold at once; a range above it is calibrated one layer at a time.
@@ -39,13 +41,15 @@ public distributed actor Worker: WorkerEndpoint {
     private var localCoordinator: (any CoordinatorEndpoint)?
 
     public init(actorSystem: ClusterActorSystem, name: String, device: String, scratchDirectory: URL,
-                coordinator: NodeAddress, chunkDelay: Duration = .zero,
+                coordinator: NodeAddress, coordinatorName: String = WellKnownActor.coordinatorNode,
+                chunkDelay: Duration = .zero,
                 memoryBudget: Int = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8, logger: Logger) {
         self.actorSystem = actorSystem
         self.name = name
         self.device = device
         self.scratchDirectory = scratchDirectory
         self.coordinatorAddress = coordinator
+        self.coordinatorName = coordinatorName
         self.chunkDelay = chunkDelay
         self.memoryBudget = memoryBudget
         self.logger = logger
@@ -53,7 +57,7 @@ public distributed actor Worker: WorkerEndpoint {
 
     private func coordinator() throws -> any CoordinatorEndpoint {
         if let localCoordinator { return localCoordinator }
-        return try $CoordinatorEndpoint.resolve(id: actorSystem.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress),
+        return try $CoordinatorEndpoint.resolve(id: actorSystem.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress, node: coordinatorName),
                                          using: actorSystem)
     }
 
@@ -242,7 +246,8 @@ public distributed actor Worker: WorkerEndpoint {
     /// The data path to the coordinator, opened on first use and kept.
     private func coordinatorDataPath() async throws -> any ActivationTransport {
         if let coordinatorBulk { return coordinatorBulk }
-        let transport = try await actorSystem.openBulkTransport(to: coordinatorAddress.endpoint)
+        let transport = try await actorSystem.openBulkTransport(
+            to: ClusterEndpoint(host: coordinatorAddress.host, port: coordinatorAddress.port, node: coordinatorName))
         coordinatorBulk = transport
         return transport
     }

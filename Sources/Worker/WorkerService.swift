@@ -21,6 +21,8 @@ public struct WorkerService: Service {
         public var scratchDirectory: URL
         public var memoryBytes: Int64 = Int64(ProcessInfo.processInfo.physicalMemory)
         public var transport = TransportConfiguration()
+        /// The node name coordd must prove (`--coordinator-name`).
+        public var coordinatorName = WellKnownActor.coordinatorNode
         /// Sleeps after each chunk (`--debug-chunk-delay-ms`): gives fault tests a mid-calibration moment.
         public var chunkDelay: Duration = .zero
         /// Bytes of layer weights held at once (`--memory-budget`); a larger range is calibrated one layer at a time.
@@ -77,6 +79,7 @@ public struct WorkerService: Service {
         let worker = try system.makeActor(named: WellKnownActor.worker) {
             Worker(actorSystem: system, name: configuration.name, device: configuration.device,
                    scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
+                   coordinatorName: configuration.coordinatorName,
                    chunkDelay: configuration.chunkDelay, memoryBudget: configuration.memoryBudget, logger: logger)
         }
         logger.info("workerd listening", metadata: ["address": "\(advertisedAddress)", "coordinator": "\(configuration.coordinator)"])
@@ -89,7 +92,8 @@ public struct WorkerService: Service {
         // states stay on disk) and end the loops by cancellation. The actor system closes after this returns.
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                await registerAndBeat(system: system, coordinatorAddress: configuration.coordinator, info: info,
+                await registerAndBeat(system: system, coordinatorAddress: configuration.coordinator,
+                                      coordinatorName: configuration.coordinatorName, info: info,
                                       worker: worker, stopping: stopping, logger: logger)
             }
             group.addTask {
@@ -112,14 +116,15 @@ public struct WorkerService: Service {
 public let workerSoftwareVersion = "NVFP4Cluster 0.1.0"
 
 /// Registers with the coordinator, retrying until it answers, then sends heartbeats; starts over when it goes away.
-private func registerAndBeat(system: ClusterActorSystem, coordinatorAddress: NodeAddress,
+private func registerAndBeat(system: ClusterActorSystem, coordinatorAddress: NodeAddress, coordinatorName: String,
                              info: @escaping @Sendable () -> WorkerInfo, worker: Worker, stopping: StopFlag,
                              logger: Logger) async {
     var announcedWaiting = false
     while !Task.isCancelled && !stopping.isSet {
         do {
             let coordinator = try $CoordinatorEndpoint.resolve(
-                id: system.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress), using: system)
+                id: system.wellKnownID(WellKnownActor.coordinator, at: coordinatorAddress, node: coordinatorName),
+                using: system)
             let reply = try await coordinator.register(info())
             announcedWaiting = false
             logger.info("registered with the coordinator", metadata: ["coordinator": "\(coordinatorAddress)",

@@ -46,7 +46,7 @@ struct Coordctl: AsyncParsableCommand {
 
 /// `[--coordinator X] [--token-file F] [--timeout S] COMMAND rest…` → `COMMAND --coordinator X … rest…`.
 func movingLeadingConnectionOptions(_ arguments: [String]) -> [String] {
-    let names = ["--coordinator", "--token-file", "--timeout", "--tls-cert", "--tls-key", "--tls-ca"]
+    let names = ["--coordinator", "--coordinator-name", "--token-file", "--timeout", "--tls-cert", "--tls-key", "--tls-ca"]
     var rest = arguments
     var leading: [String] = []
     while let first = rest.first, names.contains(where: { first == $0 || first.hasPrefix($0 + "=") }) {

@@ -26,6 +26,9 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "coordd's address, HOST:PORT.")
     var coordinator: String = "127.0.0.1:7070"
 
+    @Option(name: .long, help: "The node name coordd must prove when dialed (its certificate's name with TLS).")
+    var coordinatorName: String = "coordinator"
+
     @Option(name: .long, help: "Address to listen on for the coordinator and the previous worker, HOST:PORT (port 0: any free port). Non-loopback addresses need TLS (or --insecure-token-only).")
     var listen: String = "127.0.0.1:0"
 
@@ -66,6 +69,7 @@ struct Workerd: AsyncParsableCommand {
             scratchDirectory: URL(fileURLWithPath: scratch))
         configuration.advertise = try advertise.map { try NodeAddress(parsing: $0) }
         configuration.transport.tls = transportTLS
+        configuration.coordinatorName = coordinatorName
         configuration.transport.allowTokenOnlyBeyondLoopback = insecureTokenOnly
         configuration.chunkDelay = .milliseconds(debugChunkDelayMs)
         if let memoryBudget { configuration.memoryBudget = try ShardPlanner.parseSize(memoryBudget) }

@@ -33,6 +33,12 @@ import Testing
                                in: directory)
             #expect(liar.status != 0)
             #expect(liar.stderr.contains("certificate") && liar.stderr.contains("w3"), "\(liar.stderr)")
+            // A dialer checks who answers: coordd is "coordinator", not "w1".
+            let wrongName = try run(try Binaries.url("coordctl"),
+                                    ["list", "--coordinator", cluster.coordinatorAddress, "--coordinator-name", "w1"]
+                                        + cluster.tlsArguments("admin"), in: directory)
+            #expect(wrongName.status != 0)
+            #expect(wrongName.stderr.contains("is 'coordinator', not coordd ('w1')"), "\(wrongName.stderr)")
             // The cluster carries on.
             #expect(try cluster.coordctl(["workers", "--json"]).status == 0)
         }
