@@ -190,7 +190,11 @@ let package = Package(
         .target(name: "W4A4Probes", dependencies: ["SafeTensors"], path: "Tests/W4A4Probes"),
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
         // coordd, workerd and coordctl as separate processes (loopback, network namespaces, faults).
-        .testTarget(name: "ClusterTests", dependencies: ["coordd", "workerd", "coordctl", "W4A4Probes"]),
+        .testTarget(name: "ClusterTests", dependencies: [
+            "coordd", "workerd", "coordctl", "W4A4Probes", "Transport",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "CoordinatorTests", dependencies: [
             "Coordinator", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel",
             "Checkpoint", "NVFP4", "SafeTensors", .product(name: "Logging", package: "swift-log"),

@@ -123,6 +123,13 @@ func withTemporaryDirectory<R>(_ label: String, _ body: (URL) throws -> R) throw
     return try body(directory)
 }
 
+func withTemporaryDirectory<R>(_ label: String, _ body: (URL) async throws -> R) async throws -> R {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    return try await body(directory)
+}
+
 /// A token file with mode 600.
 func writeToken(_ secret: String, in directory: URL, name: String = "cluster.token") throws -> URL {
     let url = directory.appendingPathComponent(name)

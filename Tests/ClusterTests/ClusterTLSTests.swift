@@ -1,5 +1,8 @@
 import Foundation
+import Logging
+import NIOCore
 import Testing
+import Transport
 
 /// The cluster over mutual TLS on loopback, set up as the two-node guide says: `coordctl certs`, then every daemon
 /// and coordctl with `--tls-cert/--tls-key/--tls-ca`.
@@ -71,6 +74,49 @@ import Testing
             try cluster.waitForWorkers(["w1"], timeout: 5)
             #expect(original.isRunning)
             #expect(cluster.coordd!.output.contains("refused a second live registration"))
+        }
+    }
+
+    /// A node with a valid certificate that is not the planned predecessor streams "hidden states" at w2 mid-job,
+    /// among them an id with bit 63 set (which once trapped): w2 refuses them before collecting a byte, stays up, and
+    /// the job ends with the bytes of an undisturbed run.
+    @Test func hiddenStatesFromANodeThatIsNotThePredecessorAreRefusedAndTheJobIsUnaffected() async throws {
+        try await withTemporaryDirectory("cluster-intruder") { directory in
+            let reference = try embeddedReference(in: directory, extra: ClusterFaultTests.chunking)
+            let cluster = LocalCluster(directory: directory, token: nil)
+            defer { cluster.stopAll() }
+            try cluster.makeCertificates(for: ["w1", "w2", "w3"])
+            try cluster.startCoordinator()
+            try cluster.startWorker("w1", extra: ClusterFaultTests.slow)
+            let w2 = try cluster.startWorker("w2", extra: ClusterFaultTests.slow)
+            try cluster.waitForWorkers(["w1", "w2"])
+            let w2Address = try w2.listenAddress(marker: "workerd listening")
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output,
+                                                                     extra: ["--split", "1,1"] + ClusterFaultTests.chunking))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
+            try waitUntil { (try cluster.status(job)["phase"] as? String) == "calibrating" }
+
+            var configuration = TransportConfiguration()
+            let tls = try #require(cluster.tlsDirectory)
+            configuration.tls = try TransportTLS(certificateFile: tls.appendingPathComponent("w3.pem").path,
+                                                 keyFile: tls.appendingPathComponent("w3-key.pem").path,
+                                                 caFile: tls.appendingPathComponent("ca.pem").path)
+            let colon = try #require(w2Address.lastIndex(of: ":"))
+            for id in [UInt64(1) << 63 | 1, 0] {
+                let connection = try await PeerConnection.connect(
+                    host: String(w2Address[..<colon]), port: Int(w2Address[w2Address.index(after: colon)...])!,
+                    identity: NodeIdentity(name: "w3", role: .worker), token: nil, purpose: .bulk,
+                    configuration: configuration, logger: Logger(label: "intruder", factory: { _ in SwiftLogNoOpLogHandler() }))
+                let forged = ByteBuffer(repeating: 0x41, count: 64 << 10)
+                try? await TCPActivationTransport(connection: connection).sendTensor(id: id, chunks: [forged])
+                await connection.waitUntilClosed()
+            }
+            let status = try cluster.waitForEnd(job, timeout: 180)
+            #expect(status["state"] as? String == "succeeded", "status: \(status)")
+            try expectIdenticalDirectories(reference, output)
+            #expect(w2.isRunning)
+            #expect(w2.output.contains("w3 is not due to send this tensor here"), "\(w2.output.suffix(2000))")
         }
     }
 }
