@@ -58,7 +58,7 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
             }
 
             """
-        try Data(text.utf8).write(to: url)
+        try DurableFile.write(Data(text.utf8), to: url)
     }
 }
 

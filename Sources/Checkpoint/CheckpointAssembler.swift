@@ -65,13 +65,34 @@ public final class CheckpointAssembler {
         self.source = source
         self.logger = logger
         layout = spec.tensorLayout
-        var sourceDTypes: [String: SafeTensorsDType] = [:]
-        for tensor in config.nonQuantizedTensors { sourceDTypes[tensor.name] = try source.info(tensor.name).dtype }
-        plan = ShardPlanner.plan(groups: checkpointTensorGroups(config: config, layout: layout, sourceDTypes: sourceDTypes),
-                                 maxShardSize: spec.maxShardSize)
+        plan = try Self.plan(spec: spec, config: config, source: source)
         output = try OutputDirectory(final: spec.outputDirectory, jobID: spec.jobID, force: spec.force)
         try output.create()
         writer = CheckpointWriter(directory: output.partial, plan: plan)
+    }
+
+    /// The shards the job writes, known from the config and the source's dtypes alone.
+    public static func plan(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel) throws -> ShardPlan {
+        var sourceDTypes: [String: SafeTensorsDType] = [:]
+        for tensor in config.nonQuantizedTensors { sourceDTypes[tensor.name] = try source.info(tensor.name).dtype }
+        return ShardPlanner.plan(groups: checkpointTensorGroups(config: config, layout: spec.tensorLayout, sourceDTypes: sourceDTypes),
+                                 maxShardSize: spec.maxShardSize)
+    }
+
+    /// Refuses, before any work, an output that cannot be written: it exists and is not empty (without `force`, or
+    /// not a checkpoint with it), or its filesystem has less free space than the planned checkpoint.
+    public static func checkOutput(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel) throws {
+        _ = try OutputDirectory(final: spec.outputDirectory, jobID: spec.jobID, force: spec.force)
+        let needed = try plan(spec: spec, config: config, source: source).totalSize
+        var existing = spec.outputDirectory.standardizedFileURL
+        while !FileManager.default.fileExists(atPath: existing.path), existing.path != "/" {
+            existing = existing.deletingLastPathComponent()
+        }
+        let attributes = try? FileManager.default.attributesOfFileSystem(forPath: existing.path)
+        if let free = (attributes?[.systemFreeSize] as? NSNumber)?.int64Value, Int64(needed) > free {
+            throw CheckpointError(spec.outputPath, "needs \(formatBytes(needed)), \(formatBytes(Int(free))) free on the "
+                                  + "filesystem of \(existing.path); free space or choose another output")
+        }
     }
 
     /// The tensors of `layer` the plan expects, in write order.

@@ -167,7 +167,7 @@ public final class CheckpointWriter {
         let entries = map.keys.sorted().map { "    \(JSONText.quote($0)): \(JSONText.quote(map[$0]!))" }
         let text = "{\n  \"metadata\": {\n    \"total_size\": \(plan.totalSize)\n  },\n  \"weight_map\": {\n"
             + entries.joined(separator: ",\n") + "\n  }\n}\n"
-        try Data(text.utf8).write(to: directory.appendingPathComponent(SafeTensorsModel.indexFileName))
+        try DurableFile.write(Data(text.utf8), to: directory.appendingPathComponent(SafeTensorsModel.indexFileName))
     }
 }
 
@@ -178,11 +178,12 @@ public func writeModelFiles(
 ) throws -> [String] {
     let configURL = ModelDirectory(sourceDirectory).configURL
     let original = try Data(contentsOf: configURL)
-    try configWriter.configWithQuantization(original: original, source: configURL.path)
-        .write(to: ModelDirectory(outputDirectory).configURL)
+    try DurableFile.write(try configWriter.configWithQuantization(original: original, source: configURL.path),
+                          to: ModelDirectory(outputDirectory).configURL)
     var written = [ModelDirectory.configFileName]
     if configWriter.layout == .modelopt {
-        try Data(configWriter.hfQuantConfigJSON().utf8).write(to: outputDirectory.appendingPathComponent("hf_quant_config.json"))
+        try DurableFile.write(Data(configWriter.hfQuantConfigJSON().utf8),
+                              to: outputDirectory.appendingPathComponent("hf_quant_config.json"))
         written.append("hf_quant_config.json")
     }
     let fileManager = FileManager.default
@@ -190,7 +191,7 @@ public func writeModelFiles(
         let source = sourceDirectory.appendingPathComponent(name)
         guard fileManager.fileExists(atPath: source.path) else { continue }
         // Contents only: a read-only source file must not make the output read-only.
-        try Data(contentsOf: source).write(to: outputDirectory.appendingPathComponent(name))
+        try DurableFile.write(try Data(contentsOf: source), to: outputDirectory.appendingPathComponent(name))
         written.append(name)
     }
     return written

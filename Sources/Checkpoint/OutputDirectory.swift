@@ -59,12 +59,15 @@ public struct OutputDirectory: Sendable {
             try fileManager.moveItem(at: final, to: aside)
             replaced = aside
         }
+        // Every file was fsynced as written; the directory's entries too, before it takes the final name.
+        try DurableFile.syncDirectory(partial)
         do {
             try fileManager.moveItem(at: partial, to: final)
         } catch {
             if let replaced { try? fileManager.moveItem(at: replaced, to: final) }
             throw CheckpointError(final.path, "could not rename \(partial.lastPathComponent) into place: \(error)")
         }
+        try DurableFile.syncDirectory(final.deletingLastPathComponent())
         if let replaced { try? fileManager.removeItem(at: replaced) }
     }
 

@@ -26,7 +26,7 @@ extension ActivationAmax: DatabaseValueConvertible {
 public final class ClusterStateStore: Sendable {
     /// Path of the SQLite file.
     public let path: String
-    private let pool: DatabasePool
+    let pool: DatabasePool
     private let now: @Sendable () -> Date
 
     public static let fileName = "coordd.sqlite"
@@ -53,8 +53,13 @@ public final class ClusterStateStore: Sendable {
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
         configuration.label = "coordd-state"
+        // A committed transaction survives a power loss (WAL's NORMAL may lose the last ones): job state decides
+        // what a resumed job trusts.
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
+            // The pool sets NORMAL on its writer once the WAL is on; FULL goes on after that.
+            try pool.barrierWriteWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
             let check = try pool.read { db in try String.fetchOne(db, sql: "PRAGMA quick_check") }
             guard check == "ok" else {
                 throw ClusterStateError.stateFileUnreadable(path: path, reason: "integrity check: \(check ?? "no answer")")

@@ -2,6 +2,7 @@ import ActorSystem
 import ClusterProtocol
 import ClusterState
 import Calibration
+import Checkpoint
 import Distributed
 import Foundation
 import LlamaModel
@@ -92,11 +93,21 @@ actor JobRunner {
         if let split = submission.split, split.isEmpty || split.contains(where: { $0 < 1 }) {
             throw CoordinatorError.invalidSubmission(field: "--split", reason: "needs positive layer counts, got \(split)")
         }
-        let model = ModelDirectory(submission.spec.modelDirectory)
+        let spec = submission.spec
+        let model = ModelDirectory(spec.modelDirectory)
+        let config: LlamaConfig
+        let source: SafeTensorsModel
         do {
-            _ = try model.loadConfig()
+            config = try model.loadConfig()
+            source = try SafeTensorsModel(directory: spec.modelPath)
         } catch {
-            throw CoordinatorError.invalidSubmission(field: "--model", reason: "coordd cannot use \(model.configURL.path): \(error)")
+            throw CoordinatorError.invalidSubmission(field: "--model", reason: "coordd cannot use \(spec.modelPath): \(error)")
+        }
+        // What `quantize` checks before any work, at submit rather than after calibration.
+        do {
+            try CheckpointAssembler.checkOutput(spec: spec, config: config, source: source)
+        } catch {
+            throw CoordinatorError.invalidSubmission(field: "--output", reason: "\(error)")
         }
     }
 

@@ -58,6 +58,16 @@ private func layerModules(_ layer: Int) -> [String] {
 
 @Suite("ClusterStateStore")
 struct ClusterStateStoreTests {
+    @Test func stateIsWrittenWithSynchronousFull() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("state-sync-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = try ClusterStateStore(stateDirectory: directory.path)
+        // 2 is FULL, on the writer and on readers alike.
+        #expect(try store.pool.write { try Int.fetchOne($0, sql: "PRAGMA synchronous") } == 2)
+        #expect(try store.pool.read { try Int.fetchOne($0, sql: "PRAGMA synchronous") } == 2)
+        try store.close()
+    }
+
     @Test func createsListsAndMovesJobsThroughTheirPhases() throws {
         let directory = try TemporaryStateDirectory()
         let clock = TestClock()

@@ -229,6 +229,13 @@ import W4A4Probes
             #expect(submitted.stderr.contains("--split"), "stderr: \(submitted.stderr)")
             let unknown = try cluster.coordctl(["status", "no-such-job"])
             #expect(unknown.status != 0 && unknown.stderr.contains("no-such-job"), "stderr: \(unknown.stderr)")
+            // An output that exists and is not empty is refused at submit, as `quantize` refuses it, not after calibration.
+            let occupied = directory.appendingPathComponent("occupied")
+            try FileManager.default.createDirectory(at: occupied, withIntermediateDirectories: true)
+            try Data("mine".utf8).write(to: occupied.appendingPathComponent("notes.txt"))
+            let early = try cluster.coordctl(tinySubmitArguments(output: occupied))
+            #expect(early.status != 0)
+            #expect(early.stderr.contains("exists and is not empty") && early.stderr.contains("--force"), "stderr: \(early.stderr)")
             // coordd writes only inside its --output-root, whatever --force says.
             let outside = URL(fileURLWithPath: "/tmp/outside-\(UUID().uuidString)")
             let refused = try cluster.coordctl(tinySubmitArguments(output: outside, extra: ["--force"]))
