@@ -103,12 +103,8 @@ public struct CPUBackend: ComputeBackend {
         var observed = ObservedAmax.zero
 
         func observeAndTransform(_ values: inout [Float], columns: Int, group: FusedGroup) {
-            observed[group] = maxAbsolute(values)
-            if let inputTransform {
-                values.withUnsafeMutableBufferPointer {
-                    inputTransform.transform($0, rows: tokens, columns: columns, layer: layer.index, group: group)
-                }
-            }
+            observed[group] = observeLinearInput(&values, rows: tokens, columns: columns, layer: layer.index, group: group,
+                                                 transform: inputTransform)
         }
 
         if activationPrecision == .bfloat16 {
@@ -165,12 +161,8 @@ public struct CPUBackend: ComputeBackend {
         var observed = ObservedAmax.zero
 
         func observeAndTransform(_ values: inout [Float], columns: Int, group: FusedGroup) {
-            observed[group] = maxAbsolute(values)
-            if let inputTransform {
-                values.withUnsafeMutableBufferPointer {
-                    inputTransform.transform($0, rows: tokens, columns: columns, layer: layer.index, group: group)
-                }
-            }
+            observed[group] = observeLinearInput(&values, rows: tokens, columns: columns, layer: layer.index, group: group,
+                                                 transform: inputTransform)
         }
 
         roundToBFloat16(&hidden.values)
@@ -346,6 +338,18 @@ public struct CPUBackend: ComputeBackend {
 }
 
 // MARK: - Kernels
+
+/// The amax of one Linear input, then the optional transform of it (the W4A4 emulation of the quality report), as both
+/// forwards observe their four inputs.
+@inline(__always)
+func observeLinearInput(_ values: inout [Float], rows: Int, columns: Int, layer: Int, group: FusedGroup,
+                        transform: (any LinearInputTransform)?) -> Float {
+    let amax = maxAbsolute(values)
+    if let transform {
+        values.withUnsafeMutableBufferPointer { transform.transform($0, rows: rows, columns: columns, layer: layer, group: group) }
+    }
+    return amax
+}
 
 /// `y = x · rsqrt(mean(x²) + eps) · weight` for each row of width `width` (mean accumulated in f64).
 public func rmsNorm(_ values: [Float], weight: [Float], width: Int, epsilon: Float) -> [Float] {
