@@ -37,14 +37,19 @@ public final class BPETokenizer: Sendable {
     public var bosTokenID: Int? { prefixTokenIDs.first }
 
     /// Reads `tokenizer.json` at `path`.
-    public init(contentsOf path: String) throws {
-        self.path = path
+    public convenience init(contentsOf path: String) throws {
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
             throw TokenizerError(.unreadableFile, file: path, "cannot read tokenizer.json: \(error.localizedDescription)")
         }
+        try self.init(json: data, path: path)
+    }
+
+    /// Reads tokenizer.json contents held in memory; `path` only names them in errors (the fuzz target's entry).
+    package init(json data: Data, path: String) throws {
+        self.path = path
         let parsed: JSONValue
         let parseResult = data.withUnsafeBytes { bytes in
             Result { () throws(JSONParseError) -> JSONValue in try JSONParser.parse(bytes) }
