@@ -232,3 +232,24 @@ let package = Package(
         ]),
     ]
 )
+
+// libFuzzer targets (Fuzz/<Name>/, built and run by Scripts/fuzz.sh with `-sanitize=fuzzer,address`). Declared only
+// when NVFP4CLUSTER_FUZZ is set, so `swift build` and `swift test` never build them. They reach internal decoders
+// through `package` entry points.
+if Context.environment["NVFP4CLUSTER_FUZZ"] != nil {
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("FrameDecoder", ["Transport", .product(name: "NIOCore", package: "swift-nio")]),
+        ("Handshake", ["Transport", .product(name: "NIOCore", package: "swift-nio")]),
+        ("CallEnvelope", ["ActorSystem"]),
+        ("BinaryCoder", ["ActorSystem"]),
+        ("SafeTensorsHeader", ["SafeTensors"]),
+        ("StrictJSON", ["StrictJSON"]),
+        ("TokenizerJSON", ["Tokenizer"]),
+        ("CalibrationLine", ["Calibration"]),
+    ]
+    package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/Support"))
+    for target in fuzzTargets {
+        package.targets.append(.executableTarget(name: "Fuzz\(target.name)", dependencies: ["FuzzSupport"] + target.dependencies,
+                                                 path: "Fuzz/\(target.name)"))
+    }
+}

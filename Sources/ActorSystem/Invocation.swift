@@ -151,6 +151,15 @@ enum CallReply {
     }
 }
 
+/// The call envelope's codec for the fuzz target: the decoded envelope, re-encoded, or the decoder's error.
+package enum CallEnvelopeFuzzing {
+    /// Decodes `bytes` as a REQUEST body; on success returns its re-encoding and its arguments.
+    package static func decodeAndReencode(_ bytes: [UInt8]) throws -> (reencoded: [UInt8], arguments: [ArraySlice<UInt8>]) {
+        let envelope = try CallEnvelope.decode(bytes)
+        return (envelope.encoded(), envelope.arguments)
+    }
+}
+
 func appendU32(_ value: Int, to out: inout [UInt8]) {
     let v = UInt32(value)
     out += [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF), UInt8((v >> 16) & 0xFF), UInt8(v >> 24)]

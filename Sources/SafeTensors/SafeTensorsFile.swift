@@ -78,7 +78,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public init(path: String) throws {
         let mapping = try ReadOnlyMapping(path: path)
         let fileSize = mapping.length
-        let headerLength = try Self.readHeaderLength(mapping: mapping, path: path)
+        let headerLength = try Self.readHeaderLength(base: mapping.base, fileSize: fileSize, path: path)
         let header = UnsafeRawBufferPointer(start: mapping.base + 8, count: headerLength)
         let parsed = try HeaderParser(path: path, dataSectionSize: fileSize - 8 - headerLength).parse(header)
 
@@ -92,17 +92,33 @@ public final class SafeTensorsFile: @unchecked Sendable {
         self.infoByName = Dictionary(uniqueKeysWithValues: parsed.tensors.map { ($0.name, $0) })
     }
 
-    private static func readHeaderLength(mapping: ReadOnlyMapping, path: String) throws -> Int {
-        let length = UInt64(littleEndian: mapping.base.loadUnaligned(as: UInt64.self))
+    /// Validates the header of a whole safetensors file image held in memory exactly as ``init(path:)`` validates a
+    /// mapped file (the fuzz target's entry point): the 8-byte length, then the JSON header against the data section.
+    package static func parseHeader(fileImage: UnsafeRawBufferPointer, path: String = "<memory>") throws
+        -> (headerLength: Int, metadata: [String: String], tensors: [TensorInfo])
+    {
+        guard fileImage.count >= 8, let base = fileImage.baseAddress else {
+            throw SafeTensorsError(
+                path: path, message: "file is \(fileImage.count) bytes, shorter than the 8-byte header length",
+                kind: .fileTooShort)
+        }
+        let headerLength = try readHeaderLength(base: base, fileSize: fileImage.count, path: path)
+        let header = UnsafeRawBufferPointer(start: base + 8, count: headerLength)
+        let parsed = try HeaderParser(path: path, dataSectionSize: fileImage.count - 8 - headerLength).parse(header)
+        return (headerLength, parsed.metadata, parsed.tensors)
+    }
+
+    private static func readHeaderLength(base: UnsafeRawPointer, fileSize: Int, path: String) throws -> Int {
+        let length = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))
         guard length <= UInt64(maximumHeaderLength) else {
             throw SafeTensorsError(
                 path: path, message: "header length \(length) exceeds the \(maximumHeaderLength)-byte limit",
                 kind: .headerLength)
         }
-        guard Int(length) <= mapping.length - 8 else {
+        guard Int(length) <= fileSize - 8 else {
             throw SafeTensorsError(
                 path: path,
-                message: "header length \(length) runs past the end of the file (\(mapping.length) bytes)",
+                message: "header length \(length) runs past the end of the file (\(fileSize) bytes)",
                 kind: .headerLength)
         }
         return Int(length)

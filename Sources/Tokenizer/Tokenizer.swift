@@ -32,19 +32,29 @@ public final class BPETokenizer: Sendable {
     /// Bytes each id decodes to; nil for unused ids.
     private let bytesByID: [[UInt8]?]
 
+    /// The largest token id accepted (2^24 - 1; real vocabularies stay below 2^20). The id table is as long as the
+    /// largest id, so an unchecked id of 2^31 or 2^63 - 1 in a tokenizer.json made loading allocate tens of GiB or
+    /// overflow (found by the TokenizerJSON fuzz target).
+    static let maximumTokenID = (1 << 24) - 1
+
     /// The token the post-processor prepends (BOS), or nil when it prepends none. The first-release Llama-3
     /// `tokenizer.json` has none; Llama-3.1+ checkpoints prepend `<|begin_of_text|>` through `TemplateProcessing`.
     public var bosTokenID: Int? { prefixTokenIDs.first }
 
     /// Reads `tokenizer.json` at `path`.
-    public init(contentsOf path: String) throws {
-        self.path = path
+    public convenience init(contentsOf path: String) throws {
         let data: Data
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
             throw TokenizerError(.unreadableFile, file: path, "cannot read tokenizer.json: \(error.localizedDescription)")
         }
+        try self.init(json: data, path: path)
+    }
+
+    /// Reads tokenizer.json contents held in memory; `path` only names them in errors (the fuzz target's entry).
+    package init(json data: Data, path: String) throws {
+        self.path = path
         let parsed: JSONValue
         let parseResult = data.withUnsafeBytes { bytes in
             Result { () throws(JSONParseError) -> JSONValue in try JSONParser.parse(bytes) }
@@ -76,6 +86,9 @@ public final class BPETokenizer: Sendable {
                 let entry = try reader.object(item, field)
                 let id = try reader.int(entry["id"], "\(field).id")
                 guard id >= 0 else { throw TokenizerError(.invalidValue, file: path, "\(field).id is negative (\(id))") }
+                guard id <= Self.maximumTokenID else {
+                    throw TokenizerError(.invalidValue, file: path, "\(field).id \(id) is above the largest id allowed, \(Self.maximumTokenID)")
+                }
                 let content = try reader.string(entry["content"], "\(field).content")
                 addedTokens.append(AddedToken(
                     id: id, content: Array(content.utf8),
@@ -95,6 +108,11 @@ public final class BPETokenizer: Sendable {
         suffixTokenIDs = template.suffix
 
         let size = max(loaded.bytesByID.count, (addedTokens.map(\.id).max() ?? -1) + 1)
+        // The template's ids are emitted by encode(): each must be a token of this vocabulary.
+        for id in template.prefix + template.suffix where id < 0 || id >= size {
+            throw TokenizerError(.invalidValue, file: path,
+                                 "post_processor adds token id \(id), outside the vocabulary [0, \(size))")
+        }
         var decodeTable = loaded.bytesByID + [[UInt8]?](repeating: nil, count: size - loaded.bytesByID.count)
         for token in addedTokens { decodeTable[token.id] = token.content }
         bytesByID = decodeTable
@@ -324,8 +342,9 @@ extension BPETokenizer {
         let vocabObject = try reader.object(object["vocab"], "model.vocab")
         var maxID = -1
         for (token, value) in vocabObject.members {
-            guard case .int(let id) = value, id >= 0, id <= Int(Int32.max) else {
-                throw TokenizerError(.invalidValue, file: file, "model.vocab[\"\(token)\"] is not a non-negative integer id")
+            guard case .int(let id) = value, id >= 0, id <= maximumTokenID else {
+                throw TokenizerError(.invalidValue, file: file,
+                                     "model.vocab[\"\(token)\"] is not an integer id in [0, \(maximumTokenID)]")
             }
             maxID = max(maxID, id)
         }

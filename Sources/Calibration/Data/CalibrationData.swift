@@ -130,6 +130,11 @@ public enum CalibrationData {
         guard let data = FileManager.default.contents(atPath: file) else {
             throw CalibrationDataError(path: file, message: "cannot read file")
         }
+        return try lines(of: data, file: file)
+    }
+
+    /// The lines of a file's contents, as ``readLines(_:)`` splits them.
+    static func lines(of data: Data, file: String) throws(CalibrationDataError) -> [Substring] {
         guard var text = String(bytes: data, encoding: .utf8) else {
             throw CalibrationDataError(path: file, message: "file is not valid UTF-8")
         }
@@ -138,6 +143,22 @@ public enum CalibrationData {
             var line = Substring(scalars)
             if line.unicodeScalars.last == "\r" { line.unicodeScalars.removeLast() }
             return line
+        }
+    }
+
+    /// The records of one `.jsonl` file's contents, read and checked as ``load(path:tokenizer:vocabSize:options:)``
+    /// reads them (the fuzz target's entry): each record's token ids, or its text.
+    package static func jsonlRecordContents(_ data: Data, vocabSize: Int) throws(CalibrationDataError)
+        -> [(tokenIDs: [Int32]?, text: String?)]
+    {
+        let file = "<memory>.jsonl"
+        let records = try jsonlRecords(file: file, lines: try lines(of: data, file: file), hasTokenizer: true,
+                                       vocabSize: vocabSize)
+        return records.map { record in
+            switch record.content {
+            case let .tokenIDs(ids): (tokenIDs: ids, text: nil)
+            case let .text(text): (tokenIDs: nil, text: text)
+            }
         }
     }
 
