@@ -175,8 +175,9 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     /// refused duplicate, a client claiming it) going away says nothing about the worker.
     public func peerDisconnected(name: String, connection: ConnectionID? = nil, reason: String) async {
         if let connection, let registered = registeredConnections[name], registered != connection { return }
-        guard await registry.lose(name) else { return }
+        // Cleared first: even when the registry already let the worker go, its name must be free to register again.
         registeredConnections[name] = nil
+        guard await registry.lose(name) else { return }
         logger.warning("worker connection lost", metadata: ["worker": "\(name)", "reason": "\(reason)"])
         _ = try? store.markWorkerDead(workerName: name, reason: reason)
         await mailbox.failAll(peer: name, error: JobFailure.connectionLost(worker: name, reason: reason))
