@@ -134,3 +134,11 @@ write("TokenizerJSON", "array-merges", json.dumps(tokenizer2))
 
 write("CalibrationLine", "ids-and-text", '{"text": "Hello", "input_ids": [1, 2, 999]}\n\n{"text": "caf\\u00e9 \\ud83d\\ude00"}\r\n')
 write("CalibrationLine", "bom-ids", "\ufeff" + '{"input_ids": []}\n  \n{"input_ids":[0,0,0],"other":{"x":[1.5e2,null]}}')
+
+# Inputs that crashed the loader (now refused; Tests/TokenizerTests/FuzzRegressionTests.swift): replayed by the smoke.
+crash = json.loads(json.dumps(tokenizer2))
+crash["added_tokens"][0]["id"] = 2**63 - 1
+write("TokenizerJSON", "regression-added-id-int-max", json.dumps(crash))
+crash = json.loads(json.dumps(tokenizer))
+crash["post_processor"]["special_tokens"]["<s>"]["ids"] = [99]
+write("TokenizerJSON", "regression-template-id-outside-vocabulary", json.dumps(crash))

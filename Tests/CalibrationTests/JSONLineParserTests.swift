@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import Calibration
 
@@ -27,5 +28,21 @@ import Testing
         } catch {
             #expect(error.column == column, "\(text): \(error.message)")
         }
+    }
+}
+
+/// `CalibrationData.jsonlRecordContents` (the CalibrationLine fuzz target's entry) reads contents as `load` reads a
+/// `.jsonl` file.
+@Suite struct InMemoryJSONLTests {
+    @Test func readsRecordsAsTheFileReaderDoes() throws {
+        let text = "\u{FEFF}{\"input_ids\": [1, 2]}\r\n\n  \n{\"text\": \"hi\", \"other\": 1}\n"
+        let records = try CalibrationData.jsonlRecordContents(Data(text.utf8), vocabSize: 10)
+        #expect(records.count == 2)
+        #expect(records[0].tokenIDs == [1, 2] && records[0].text == nil)
+        #expect(records[1].tokenIDs == nil && records[1].text == "hi")
+        #expect(throws: CalibrationDataError.self) {
+            try CalibrationData.jsonlRecordContents(Data("{\"input_ids\": [10]}".utf8), vocabSize: 10)
+        }
+        #expect(throws: CalibrationDataError.self) { try CalibrationData.jsonlRecordContents(Data([0xFF, 0x0A]), vocabSize: 10) }
     }
 }

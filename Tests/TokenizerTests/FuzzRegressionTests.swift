@@ -26,7 +26,7 @@ import Testing
     @Test func theSeedLoads() throws {
         let tokenizer = try BPETokenizer(json: tokenizerJSON(), path: "tokenizer.json")
         #expect(tokenizer.vocabSize == 15)
-        // ByteLevel with add_prefix_space: "ab" is "Ġab"; a+b merges first (rank 0), and "Ġ ab" is no merge.
+        // add_prefix_space: "Ġab"; the merge "a b" ranks before "Ġ a".
         #expect(tokenizer.encode("ab", addSpecialTokens: false) == [3, 8])
     }
 
