@@ -14,13 +14,8 @@ import W4A4Probes
             try cluster.startWorker("w2")
             try cluster.waitForWorkers(["w1", "w2"])
 
-            let output = directory.appendingPathComponent("cluster-out")
-            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"]))
-            #expect(submitted.status == 0, "submit: \(submitted.stderr)")
-            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
-            let status = try cluster.waitForEnd(job)
-            #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
-            try expectIdenticalDirectories(reference, output)
+            let (job, status) = try cluster.runTinyTwoWorkerJob(output: directory.appendingPathComponent("cluster-out"),
+                                                                reference: reference)
 
             // The status schema: both ranges, every sample through each, the output size.
             let workers = try #require(status["workers"] as? [[String: Any]])

@@ -280,6 +280,22 @@ final class LocalCluster {
         return object
     }
 
+    /// Submits the tiny model split one layer per worker (w1, w2) to `output`, waits for the end and checks that the
+    /// job succeeded with the bytes of `reference`; returns the job id and its final status object.
+    @discardableResult
+    func runTinyTwoWorkerJob(output: URL, reference: URL,
+                             sourceLocation: SourceLocation = #_sourceLocation) throws -> (job: String, status: [String: Any]) {
+        let submitted = try coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"]))
+        #expect(submitted.status == 0, "submit: \(submitted.stderr)", sourceLocation: sourceLocation)
+        let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)",
+                               sourceLocation: sourceLocation)
+        let status = try waitForEnd(job)
+        #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(coordd?.output ?? "")",
+                sourceLocation: sourceLocation)
+        try expectIdenticalDirectories(reference, output, sourceLocation: sourceLocation)
+        return (job, status)
+    }
+
     /// Polls until the job ends; returns its final status object.
     func waitForEnd(_ job: String, timeout: Double = 120) throws -> [String: Any] {
         let deadline = Date().addingTimeInterval(timeout)

@@ -18,13 +18,7 @@ import Transport
             try cluster.startWorker("w2")
             try cluster.waitForWorkers(["w1", "w2"])
 
-            let output = directory.appendingPathComponent("tls-out")
-            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"]))
-            #expect(submitted.status == 0, "submit: \(submitted.stderr)")
-            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init))
-            let status = try cluster.waitForEnd(job)
-            #expect(status["state"] as? String == "succeeded", "status: \(status)\n\(cluster.coordd!.output)")
-            try expectIdenticalDirectories(reference, output)
+            try cluster.runTinyTwoWorkerJob(output: directory.appendingPathComponent("tls-out"), reference: reference)
 
             // coordctl without a certificate cannot reach coordd.
             let plain = try run(try Binaries.url("coordctl"), ["list", "--coordinator", cluster.coordinatorAddress, "--timeout", "5"],

@@ -78,12 +78,7 @@ import Testing
             try cluster.startWorker("w2", listen: "\(addresses["nvfc-w2"]!):7071")
             try cluster.waitForWorkers(["w1", "w2"])
 
-            let output = directory.appendingPathComponent("out")
-            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"]))
-            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
-            let status = try cluster.waitForEnd(job)
-            #expect(status["state"] as? String == "succeeded", "status: \(status)")
-            try expectIdenticalDirectories(reference, output)
+            try cluster.runTinyTwoWorkerJob(output: directory.appendingPathComponent("out"), reference: reference)
             // The workers registered with their namespace addresses, not loopback.
             let workers = try cluster.coordctl(["workers", "--json"]).stdout
             #expect(workers.contains(addresses["nvfc-w1"]!) && workers.contains(addresses["nvfc-w2"]!))
