@@ -49,16 +49,6 @@ extension JobSpec {
         return options
     }
 
-    /// The device calibration runs on; fails for a device this build cannot use.
-    public func computeDevice(logger: Logger) throws -> ComputeDevice {
-        try ComputeDevice.select(calibration.device, logger: logger)
-    }
-
-    /// What `calibration.json` says about `plan` (its amax values are added as layers complete).
-    public func calibrationRecord(plan: CalibrationPlan, device: ComputeDevice) -> CalibrationRecord {
-        calibrationRecord(plan: plan, deviceLabel: deviceLabel(device))
-    }
-
     /// How `calibration.json` names a device and the precision its activations were rounded to.
     public func deviceLabel(_ device: ComputeDevice) -> String {
         "\(device) (\(device.activationLabel(calibration.activationPrecision)) activations)"
