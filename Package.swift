@@ -188,10 +188,16 @@ let package = Package(
 
         // Reads a written W4A4 checkpoint's scales from its bytes and compares them with references (test support).
         .target(name: "W4A4Probes", dependencies: ["SafeTensors"], path: "Tests/W4A4Probes"),
+        // A tampering, partitioning loopback proxy for the transport and cluster tests.
+        .target(name: "NetworkTestSupport", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], path: "Tests/NetworkTestSupport"),
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
         // coordd, workerd and coordctl as separate processes (loopback, network namespaces, faults).
         .testTarget(name: "ClusterTests", dependencies: [
-            "coordd", "workerd", "coordctl", "W4A4Probes", "Transport",
+            "coordd", "workerd", "coordctl", "W4A4Probes", "Transport", "NetworkTestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -202,7 +208,7 @@ let package = Package(
         .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", "NVFP4", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4"]),
         .testTarget(name: "TransportTests", dependencies: [
-            "Transport", "ClusterCertificates",
+            "Transport", "ClusterCertificates", "NetworkTestSupport",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -73,9 +73,12 @@ extension ClusterActorSystem {
     /// down. Connections are read side by side; one that breaks is logged and the others go on.
     /// `expectedBytes` says, before a byte is collected, how large tensor `id` from `peer` may be: nil refuses it
     /// (closing that data path), and more bytes than that fail it, so a peer never makes this node buffer more than
-    /// the tensor it is due to send.
+    /// the tensor it is due to send. With `acknowledge`, each tensor taken whole is acknowledged to its sender on the
+    /// same connection (``ActivationTransport/acknowledge(id:byteCount:)``) before `receive` runs, so that a sender
+    /// reading ``ActivationTransport/acknowledgements()`` knows what to resend after a broken link.
     public func receiveIncomingTensors(
         logger: Logger,
+        acknowledge: Bool = false,
         expectedBytes: @escaping @Sendable (_ peer: String, _ id: UInt64) async -> Int? = { _, _ in .max },
         _ receive: @escaping @Sendable (_ peer: String, _ id: UInt64, _ bytes: Data) async -> Void
     ) async {
@@ -88,7 +91,9 @@ extension ClusterActorSystem {
                                 throw TransportError.bulkTransferFailed(
                                     tensorID: tensor.id, reason: "\(stream.peer.name) is not due to send this tensor here")
                             }
-                            await receive(stream.peer.name, tensor.id, try await tensor.chunks.collectData(maxBytes: limit))
+                            let bytes = try await tensor.chunks.collectData(maxBytes: limit)
+                            if acknowledge { try await stream.transport.acknowledge(id: tensor.id, byteCount: bytes.count) }
+                            await receive(stream.peer.name, tensor.id, bytes)
                         }
                     } catch {
                         logger.warning("data path from \(stream.peer.name) closed: \(error)")

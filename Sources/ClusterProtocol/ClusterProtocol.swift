@@ -34,6 +34,9 @@ public protocol CoordinatorEndpoint: DistributedActor where ActorSystem == Clust
     distributed func reportChunk(_ report: ChunkReport) async throws
     /// A worker failed in the background (while consuming hidden states from its predecessor).
     distributed func reportFailure(jobID: String, attempt: Int, worker: String, message: String) async throws
+    /// A worker's data path to `successor` stayed down past the worker's `--link-timeout`: the job re-plans without
+    /// the successor when the others can hold its layers, and fails naming the link otherwise.
+    distributed func reportLinkDown(jobID: String, attempt: Int, worker: String, successor: String, message: String) async throws
 
     /// Starts a job; returns its id.
     distributed func submit(_ submission: JobSubmission) async throws -> String

@@ -90,6 +90,14 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         await runners[jobID]?.workerFailed(worker: worker, attempt: attempt, message: message)
     }
 
+    public distributed func reportLinkDown(jobID: String, attempt: Int, worker: String, successor: String,
+                                           message: String) async throws {
+        try checkCaller(claims: worker)
+        logger.error("a link between workers is down", metadata: ["job": "\(jobID)", "worker": "\(worker)",
+                                                                  "successor": "\(successor)", "reason": "\(message)"])
+        await runners[jobID]?.linkDown(from: worker, to: successor, attempt: attempt, message: message)
+    }
+
     /// A remote caller speaks for the worker it proved to be, never for another.
     private func checkCaller(claims worker: String) throws {
         guard let caller = ClusterActorSystem.callingPeer else { return }

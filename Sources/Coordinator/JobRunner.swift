@@ -36,6 +36,8 @@ actor JobRunner {
     /// Workers of the current plan lost during the current attempt, with the reason.
     var lost: [String: String] = [:]
     var workerFailure: (worker: String, message: String)?
+    /// Workers that their predecessor could not reach within its link timeout; re-planned around for this job.
+    var unreachable: Set<String> = []
     /// Grows with every attempt; workers tag reports with the attempt that loaded them.
     var attemptNumber = 0
     /// Reports count only once this attempt's workers are loaded.
@@ -184,6 +186,13 @@ actor JobRunner {
         signal(.workerLost(name))
     }
 
+    func linkDown(from worker: String, to successor: String, attempt: Int, message: String) {
+        guard attempt == attemptNumber, acceptingReports, plan.contains(where: { $0.worker == successor }) else { return }
+        unreachable.insert(successor)
+        workerFailure = (worker, message)
+        signal(.workerFailed(worker))
+    }
+
     func workerFailed(worker: String, attempt: Int, message: String) {
         guard attempt == attemptNumber, acceptingReports else { return }
         workerFailure = (worker, message)
@@ -253,7 +262,11 @@ actor JobRunner {
                     return
                 }
                 let lostNames = dead.joined(separator: ", ")
-                logger.warning("lost worker(s) \(lostNames): \(operatorDescription(of: error)); waiting up to \(Int(settings.workerGraceSeconds)) s for them, then re-planning")
+                if Set(dead).isSubset(of: unreachable) {
+                    logger.warning("\(lostNames) cannot be reached from the previous range: \(operatorDescription(of: error)); re-planning without \(lostNames)")
+                } else {
+                    logger.warning("lost worker(s) \(lostNames): \(operatorDescription(of: error)); waiting up to \(Int(settings.workerGraceSeconds)) s for them, then re-planning")
+                }
                 do {
                     try await recoverPlan(dead: dead)
                 } catch {

@@ -25,6 +25,46 @@ extension ActivationTransport {
     }
 }
 
+/// That a receiver took a tensor whole: acknowledged delivery, for senders that must resend what a broken link lost
+/// (a send returns once the bytes are handed to the network, which is not delivery).
+public struct TensorAcknowledgement: Sendable, Equatable {
+    public let id: UInt64
+    public let byteCount: Int
+}
+
+extension ActivationTransport {
+    /// Tells the sender, on this same connection, that tensor `id` arrived whole with `byteCount` bytes. The ack is
+    /// a tensor of the same id whose 8 bytes are the count; only a sender reading ``acknowledgements()`` expects it.
+    public func acknowledge(id: UInt64, byteCount: Int) async throws {
+        var count = ByteBuffer()
+        count.writeInteger(UInt64(byteCount))
+        try await sendTensor(id: id, chunks: [count])
+    }
+
+    /// The acknowledgements the receiver sends back, in order. Finishes when the connection closes cleanly and
+    /// throws when it breaks, or when the peer sends anything but an acknowledgement.
+    public func acknowledgements() -> AsyncThrowingStream<TensorAcknowledgement, any Error> {
+        let tensors = incomingTensors
+        return AsyncThrowingStream { continuation in
+            let reader = Task {
+                do {
+                    for try await tensor in tensors {
+                        var count = try await tensor.chunks.collect(maxBytes: 8)
+                        guard let byteCount = count.readInteger(as: UInt64.self), byteCount <= UInt64(Int.max) else {
+                            throw TransportError.bulkTransferFailed(tensorID: tensor.id, reason: "not an acknowledgement")
+                        }
+                        continuation.yield(TensorAcknowledgement(id: tensor.id, byteCount: Int(byteCount)))
+                    }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in reader.cancel() }
+        }
+    }
+}
+
 /// Adapts a `Sequence` to `AsyncSequence` without dragging in swift-async-algorithms.
 struct SyncChunks<Base: Sequence & Sendable>: AsyncSequence, Sendable where Base.Element == ByteBuffer {
     typealias Element = ByteBuffer

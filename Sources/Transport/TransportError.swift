@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOSSL
 
 /// Everything the transport throws. Descriptions name the peer or field at fault and never contain secrets.
 public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -22,6 +23,8 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
     case bulkTransferFailed(tensorID: UInt64, reason: String)
     /// The dialer expected node `expected` at `address`, and `found` answered.
     case unexpectedPeer(address: String, expected: String, found: String)
+    /// TLS refused a record after the handshake: it was altered, injected or replayed on the path.
+    case integrityCheckFailed(peer: String, reason: String)
 
     public var description: String {
         switch self {
@@ -33,6 +36,8 @@ public enum TransportError: Error, Sendable, Equatable, CustomStringConvertible 
         case .remoteError(let code, let message): "remote error [\(code)]: \(message)"
         case .invalidConfiguration(let why): "invalid transport configuration: \(why)"
         case .bulkTransferFailed(let id, let reason): "bulk transfer of tensor \(id) failed: \(reason)"
+        case .integrityCheckFailed(let peer, let reason):
+            "integrity check failed on the connection with \(peer): TLS refused a record that was altered or injected on the path (\(reason))"
         case .unexpectedPeer(let address, let expected, let found):
             "expected node '\(expected)' at \(address), but '\(found)' answered"
         }
@@ -44,6 +49,13 @@ extension TransportError {
     /// as they are, anything else (a socket error, the peer closing in the middle of a frame) as a plain close.
     static func closing(for error: any Error, peer: String, logger: Logger) -> TransportError {
         if let error = error as? TransportError { return error }
+        // After the TLS handshake, BoringSSL fails a read only when a record does not decrypt and authenticate.
+        if let error = error as? BoringSSLError {
+            switch error {
+            case .sslError, .unknownError: return .integrityCheckFailed(peer: peer, reason: "\(error)")
+            default: break
+            }
+        }
         if error is ByteToMessageDecoderError {
             logger.debug("connection closed in the middle of a frame")
         } else {

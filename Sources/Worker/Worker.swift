@@ -32,6 +32,8 @@ public distributed actor Worker: WorkerEndpoint {
     let chunkDelay: Duration
     /// Bytes of layer weights this worker may hold at once; a range above it is calibrated one layer at a time.
     let memoryBudget: Int
+    /// How the data path to the next range recovers from a dropped link (`--link-timeout`).
+    let linkPolicy: SuccessorLink.RetryPolicy
     let compute = ComputeQueue(label: "workerd.compute")
     /// Exports run beside calibration (layer L quantizes and streams while layer L+1 calibrates).
     let exportQueue = ComputeQueue(label: "workerd.export")
@@ -43,7 +45,8 @@ public distributed actor Worker: WorkerEndpoint {
     public init(actorSystem: ClusterActorSystem, name: String, device: String, scratchDirectory: URL,
                 coordinator: NodeAddress, coordinatorName: String = WellKnownActor.coordinatorNode,
                 chunkDelay: Duration = .zero,
-                memoryBudget: Int = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8, logger: Logger) {
+                memoryBudget: Int = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8,
+                linkTimeout: Duration = .seconds(60), logger: Logger) {
         self.actorSystem = actorSystem
         self.name = name
         self.device = device
@@ -52,6 +55,7 @@ public distributed actor Worker: WorkerEndpoint {
         self.coordinatorName = coordinatorName
         self.chunkDelay = chunkDelay
         self.memoryBudget = memoryBudget
+        self.linkPolicy = SuccessorLink.RetryPolicy(reconnectDeadline: linkTimeout)
         self.logger = logger
     }
 
@@ -81,11 +85,28 @@ public distributed actor Worker: WorkerEndpoint {
             try RangeCompute(assignment: assignment, workerName: name, device: deviceName, scratchDirectory: scratch,
                              memoryBudget: budget, logger: logger)
         }
-        var successor: (any ActivationTransport)?
+        var successor: SuccessorLink?
         if let next = assignment.successor {
             // The successor must prove it is the planned node (its certificate's name, with TLS).
-            successor = try await actorSystem.openBulkTransport(
-                to: ClusterEndpoint(host: next.host, port: next.port, node: assignment.successorName ?? ""))
+            let endpoint = ClusterEndpoint(host: next.host, port: next.port, node: assignment.successorName ?? "")
+            let system = actorSystem
+            let (jobID, attempt) = (assignment.jobID, assignment.attempt)
+            let link = SuccessorLink(worker: name, successor: assignment.successorName ?? "\(next)",
+                                     policy: linkPolicy, logger: logger, dial: {
+                let transport = try await system.openBulkTransport(to: endpoint)
+                return SuccessorLink.Connection(send: { id, bytes in try await transport.sendTensor(id: id, chunks: byteChunks(bytes)) },
+                                                acknowledgements: transport.acknowledgements(),
+                                                close: { await transport.connection.close() })
+            }, onLinkDown: { [weak self] error in
+                await self?.whenLocal { await $0.reportLinkDown(jobID: jobID, attempt: attempt, error: error) }
+            })
+            do {
+                try await link.connect()
+            } catch {
+                compute.close()
+                throw error
+            }
+            successor = link
         }
         job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor)
         let seconds = secondsSince(start)
@@ -131,7 +152,8 @@ public distributed actor Worker: WorkerEndpoint {
                     for chunk in job.assignment.chunks.indices {
                         if job.isCancelled { return }
                         let output = try await compute.run { try job.compute.output(of: pass, chunk: chunk) }
-                        try await successor.sendTensor(id: BulkTensorID.hiddenStates(chunk: chunk), chunks: byteChunks(output))
+                        guard let self else { return }
+                        try await self.whenLocal { try await $0.forward(job: job, successor: successor, chunk: chunk, bytes: output) }
                     }
                 }
                 _ = try? await compute.run { job.compute.finishStreamingPass(pass) }
@@ -276,6 +298,7 @@ public distributed actor Worker: WorkerEndpoint {
     private func drop(_ old: ActiveRangeJob) async {
         old.cancel()
         if job === old { job = nil }
+        await old.successor?.close()
         // Release the layers after any compute already queued for them.
         _ = try? await compute.run { old.compute.close() }
     }
@@ -305,10 +328,32 @@ public distributed actor Worker: WorkerEndpoint {
             await reportFailure(job: job, message: "\(peer) sent tensor id \(id), which is no chunk of this job")
             return
         }
+        // The predecessor sends a chunk again when its link broke after the bytes had arrived.
+        guard job.received.insert(Int(id)).inserted else {
+            logger.info("chunk \(id) from \(peer) arrived again after a broken link; the first copy is kept",
+                        metadata: ["job": "\(job.assignment.jobID)"])
+            return
+        }
         do {
             try await process(job: job, chunk: Int(id), input: bytes)
         } catch {
             if !job.isCancelled { await reportFailure(job: job, message: "chunk \(id): \(error)") }
+        }
+    }
+
+    /// Sends a chunk's output to the next range (see ``SuccessorLink`` for what happens when the link breaks).
+    private func forward(job: ActiveRangeJob, successor: SuccessorLink, chunk: Int, bytes: Data) async throws {
+        try await successor.send(id: BulkTensorID.hiddenStates(chunk: chunk), bytes: bytes)
+    }
+
+    /// The link to the successor stayed down past `--link-timeout`: the coordinator re-plans without the successor.
+    private func reportLinkDown(jobID: String, attempt: Int, error: WorkerError) async {
+        guard case .successorUnreachable(_, let successor, _, _) = error else { return }
+        do {
+            try await coordinator().reportLinkDown(jobID: jobID, attempt: attempt, worker: name, successor: successor,
+                                                   message: "\(error)")
+        } catch {
+            logger.error("could not report the broken link to the coordinator: \(error)")
         }
     }
 
@@ -363,7 +408,7 @@ public distributed actor Worker: WorkerEndpoint {
                                  tokenCount: job.assignment.chunks[chunk].tokenCount,
                                  seconds: secondsSince(start), layers: result.amax)
         if let successor = job.successor {
-            try await successor.sendTensor(id: BulkTensorID.hiddenStates(chunk: chunk), chunks: byteChunks(result.output))
+            try await forward(job: job, successor: successor, chunk: chunk, bytes: result.output)
         }
         try await coordinator().reportChunk(report)
         job.chunksDone += 1
@@ -376,8 +421,10 @@ public distributed actor Worker: WorkerEndpoint {
 final class ActiveRangeJob: @unchecked Sendable {
     let assignment: WorkerAssignment
     let compute: RangeCompute
-    let successor: (any ActivationTransport)?
+    let successor: SuccessorLink?
     var chunksDone = 0
+    /// Chunks taken from the predecessor; a chunk it sends again after a broken link is dropped.
+    var received: Set<Int> = []
     /// Streaming ranges: the chunks whose input is here, and whether the pass has started.
     var collected: Set<Int> = []
     var streamingStarted = false
@@ -385,7 +432,7 @@ final class ActiveRangeJob: @unchecked Sendable {
     private var cancelled = false
     private var background: [Task<Void, Never>] = []
 
-    init(assignment: WorkerAssignment, compute: RangeCompute, successor: (any ActivationTransport)?) {
+    init(assignment: WorkerAssignment, compute: RangeCompute, successor: SuccessorLink?) {
         self.assignment = assignment
         self.compute = compute
         self.successor = successor

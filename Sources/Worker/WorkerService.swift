@@ -27,6 +27,9 @@ public struct WorkerService: Service {
         public var chunkDelay: Duration = .zero
         /// Bytes of layer weights held at once (`--memory-budget`); a larger range is calibrated one layer at a time.
         public var memoryBudget = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8
+        /// How long the data path to the next range may stay down before the send fails (`--link-timeout`); the
+        /// worker dials again with backoff meanwhile and resends the chunk in flight.
+        public var linkTimeout: Duration = .seconds(60)
 
         public init(coordinator: NodeAddress, listen: NodeAddress, name: String, device: String, token: ClusterToken?,
                     scratchDirectory: URL) {
@@ -80,7 +83,8 @@ public struct WorkerService: Service {
             Worker(actorSystem: system, name: configuration.name, device: configuration.device,
                    scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
                    coordinatorName: configuration.coordinatorName,
-                   chunkDelay: configuration.chunkDelay, memoryBudget: configuration.memoryBudget, logger: logger)
+                   chunkDelay: configuration.chunkDelay, memoryBudget: configuration.memoryBudget,
+                   linkTimeout: configuration.linkTimeout, logger: logger)
         }
         logger.info("workerd listening", metadata: ["address": "\(advertisedAddress)", "coordinator": "\(configuration.coordinator)"])
         let info: @Sendable () -> WorkerInfo = { WorkerInfo(name: configuration.name, address: advertisedAddress, device: configuration.device,
@@ -97,8 +101,9 @@ public struct WorkerService: Service {
                                       worker: worker, stopping: stopping, logger: logger)
             }
             group.addTask {
-                // Every incoming bulk connection is the predecessor streaming hidden states.
-                await system.receiveIncomingTensors(logger: logger, expectedBytes: { peer, id in
+                // Every incoming bulk connection is the predecessor streaming hidden states; it resends what is not
+                // acknowledged when its link breaks.
+                await system.receiveIncomingTensors(logger: logger, acknowledge: true, expectedBytes: { peer, id in
                     await worker.whenLocal { $0.expectedHiddenStateBytes(from: peer, id: id) } ?? nil
                 }) { peer, id, bytes in
                     await worker.whenLocal { await $0.receiveHiddenStates(from: peer, id: id, bytes: bytes) }

@@ -53,6 +53,9 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "Memory for layer weights (e.g. 100GB; default 80% of RAM). A range that needs more is calibrated one layer at a time: correct, but not pipelined with the other workers.")
     var memoryBudget: String?
 
+    @Option(name: .long, help: "Seconds the data path to the next worker may stay down. Meanwhile this worker dials again with backoff and resends the chunk in flight; after it, the chunk fails and coordd decides (re-plans or fails the job, naming the link).")
+    var linkTimeout: Int = 60
+
     @Option(name: .long, help: .hidden)
     var debugChunkDelayMs: Int = 0
 
@@ -72,6 +75,10 @@ struct Workerd: AsyncParsableCommand {
         configuration.coordinatorName = coordinatorName
         configuration.transport.allowTokenOnlyBeyondLoopback = insecureTokenOnly
         configuration.chunkDelay = .milliseconds(debugChunkDelayMs)
+        guard linkTimeout > 0 else {
+            throw WorkerError.badSetting(worker: workerName, option: "--link-timeout \(linkTimeout)", reason: "must be at least 1 second")
+        }
+        configuration.linkTimeout = .seconds(linkTimeout)
         if let memoryBudget { configuration.memoryBudget = try ShardPlanner.parseSize(memoryBudget) }
         let system = try await WorkerService.startSystem(configuration: configuration, logger: logger)
         // Shut down in reverse: the worker finishes its chunk first, then the actor system closes its connections.

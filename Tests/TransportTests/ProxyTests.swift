@@ -4,78 +4,26 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NetworkTestSupport
 import Testing
 @testable import Transport
-
-/// An on-path attacker: a TCP proxy between a client and a server that records every byte and may rewrite them.
-final class TamperingProxy: @unchecked Sendable {
-    // @unchecked: the recorded bytes and the tamper switch are guarded by `lock`; the channels are NIO's.
-    private let lock = NIOLock()
-    private var recorded: [UInt8] = []
-    private var clientToServerBytes = 0
-    /// Flip one byte of the client→server stream at this offset (nil: pass everything unchanged).
-    var flipClientByteAt: Int? {
-        get { lock.withLock { flipOffset } }
-        set { lock.withLock { flipOffset = newValue } }
-    }
-    private var flipOffset: Int?
-    private var channel: (any Channel)?
-
-    var port: Int { channel?.localAddress?.port ?? 0 }
-    var bytesSeen: [UInt8] { lock.withLock { recorded } }
-    var clientBytesSoFar: Int { lock.withLock { clientToServerBytes } }
-
-    func start(upstreamPort: Int) async throws {
-        channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .childChannelInitializer { inbound in
-                ClientBootstrap(group: inbound.eventLoop)
-                    .channelInitializer { outbound in
-                        outbound.pipeline.addHandler(Relay(peer: inbound, proxy: self, fromClient: false))
-                    }
-                    .connect(host: "127.0.0.1", port: upstreamPort)
-                    .flatMap { outbound in inbound.pipeline.addHandler(Relay(peer: outbound, proxy: self, fromClient: true)) }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
-    }
-
-    func stop() async { try? await channel?.close() }
-
-    fileprivate func pass(_ buffer: ByteBuffer, fromClient: Bool) -> ByteBuffer {
-        lock.withLock {
-            var bytes = Array(buffer.readableBytesView)
-            recorded += bytes
-            if fromClient {
-                if let offset = flipOffset, offset >= clientToServerBytes, offset < clientToServerBytes + bytes.count {
-                    bytes[offset - clientToServerBytes] ^= 0x01
-                }
-                clientToServerBytes += bytes.count
-            }
-            return ByteBuffer(bytes: bytes)
-        }
-    }
-
-    private final class Relay: ChannelInboundHandler, @unchecked Sendable {
-        typealias InboundIn = ByteBuffer
-        let peer: any Channel
-        let proxy: TamperingProxy
-        let fromClient: Bool
-        init(peer: any Channel, proxy: TamperingProxy, fromClient: Bool) {
-            self.peer = peer
-            self.proxy = proxy
-            self.fromClient = fromClient
-        }
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            peer.writeAndFlush(proxy.pass(unwrapInboundIn(data), fromClient: fromClient), promise: nil)
-        }
-        func channelInactive(context: ChannelHandlerContext) { peer.close(promise: nil) }
-    }
-}
 
 /// With TLS, what an attacker on the path sees is ciphertext, and what it changes is detected.
 @Suite("On-path attacker") struct ProxyTests {
     static let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 
-    func withTLSServer(_ body: (TransportServer, TransportConfiguration) async throws -> Void) async throws {
+    /// The server-side connections and the calls they ran, as the server saw them.
+    final class ServerSide: @unchecked Sendable {
+        private let lock = NSLock()
+        private var connections: [PeerConnection] = []
+        private var calls: [UInt16] = []
+        func opened(_ connection: PeerConnection) { lock.withLock { connections.append(connection) } }
+        func ran(_ type: UInt16) { lock.withLock { calls.append(type) } }
+        var newest: PeerConnection? { lock.withLock { connections.last } }
+        var callTypes: [UInt16] { lock.withLock { calls } }
+    }
+
+    func withTLSServer(_ body: (TransportServer, TransportConfiguration, ServerSide) async throws -> Void) async throws {
         try await TLSTests.withCluster(["coord", "w1"]) { directory in
             var server = fastConfiguration()
             server.tls = try TLSTests.tls(directory, "coord")
@@ -84,16 +32,33 @@ final class TamperingProxy: @unchecked Sendable {
             let transportServer = try await TransportServer.bind(
                 host: "127.0.0.1", port: 0, identity: NodeIdentity(name: "coord", role: .coordinator), token: nil,
                 configuration: server, logger: Self.quiet)
-            let serving = Task { await transportServer.serve(with: ClosureHandler()) }
-            try await body(transportServer, client)
+            let side = ServerSide()
+            let handler = ClosureHandler(onRequest: { type, payload, _ in
+                side.ran(type)
+                return payload
+            }, onOpen: { side.opened($0) })
+            let serving = Task { await transportServer.serve(with: handler) }
+            try await body(transportServer, client, side)
             await transportServer.close()
             serving.cancel()
         }
     }
 
+    /// Waits until the server has seen the connection close, and returns why.
+    func serverCloseReason(_ side: ServerSide) async throws -> TransportError {
+        let connection = try #require(side.newest)
+        return try await withThrowingTaskGroup(of: TransportError?.self) { group in
+            group.addTask { await connection.waitUntilClosed(); return await connection.closeReason() }
+            group.addTask { try await Task.sleep(for: .seconds(5)); return nil }
+            let first = try await group.next()!
+            group.cancelAll()
+            return try #require(first, "the server kept the tampered connection open")
+        }
+    }
+
     @Test("the bytes on the path hold none of the payload that crossed it")
     func noPlaintextOnThePath() async throws {
-        try await withTLSServer { server, client in
+        try await withTLSServer { server, client, side in
             let proxy = TamperingProxy()
             try await proxy.start(upstreamPort: server.port)
             let connection = try await PeerConnection.connect(
@@ -113,7 +78,7 @@ final class TamperingProxy: @unchecked Sendable {
 
     @Test("a byte flipped on the path after the handshake closes the connection; the server keeps serving")
     func tamperingIsDetected() async throws {
-        try await withTLSServer { server, client in
+        try await withTLSServer { server, client, side in
             let proxy = TamperingProxy()
             try await proxy.start(upstreamPort: server.port)
             let connection = try await PeerConnection.connect(
@@ -121,16 +86,50 @@ final class TamperingProxy: @unchecked Sendable {
                 configuration: client, logger: Self.quiet)
             #expect(try await connection.call(type: 1, payload: ByteBuffer(string: "before")) == ByteBuffer(string: "before"))
             // Flip a byte inside the next record the client sends (a REQUEST), past everything sent so far.
-            proxy.flipClientByteAt = proxy.clientBytesSoFar + 40
+            proxy.flipClientByte(atConnectionOffset: proxy.clientBytesOfNewestConnection + 40)
             await #expect(throws: (any Error).self) {
                 _ = try await connection.call(type: 1, payload: ByteBuffer(string: String(repeating: "x", count: 512)))
             }
+            let reason = try await serverCloseReason(side)
+            guard case .integrityCheckFailed(let peer, _) = reason else {
+                Issue.record("closed with \(reason), not an integrity error"); return
+            }
+            #expect(peer == "w1")
+            #expect(side.callTypes == [1], "the tampered call must not run")
             await proxy.stop()
             let direct = try await PeerConnection.connect(
                 host: "127.0.0.1", port: server.port, identity: NodeIdentity(name: "w1", role: .worker), token: nil,
                 configuration: client, logger: Self.quiet)
             #expect(try await direct.call(type: 1, payload: ByteBuffer(string: "after")) == ByteBuffer(string: "after"))
             await direct.close()
+        }
+    }
+
+    @Test("a REQUEST injected on the path after the handshake closes the connection with an integrity error and never runs")
+    func injectedRequestIsRefused() async throws {
+        try await withTLSServer { server, client, side in
+            let proxy = TamperingProxy()
+            try await proxy.start(upstreamPort: server.port)
+            let connection = try await PeerConnection.connect(
+                host: "127.0.0.1", port: proxy.port, identity: NodeIdentity(name: "w1", role: .worker), token: nil,
+                configuration: client, logger: Self.quiet)
+            #expect(try await connection.call(type: 1, payload: ByteBuffer(string: "before")) == ByteBuffer(string: "before"))
+            // A well-formed REQUEST frame of type 0x0BAD, as a token-only peer would accept it.
+            var injected = ByteBuffer()
+            FrameEncoder.encode(Frame(type: .request, correlationID: 99,
+                                      payload: ByteBuffer(bytes: [0x0B, 0xAD] + Array("cancel everything".utf8))),
+                                into: &injected)
+            try await proxy.injectTowardServer(Array(injected.readableBytesView))
+            let reason = try await serverCloseReason(side)
+            guard case .integrityCheckFailed = reason else {
+                Issue.record("closed with \(reason), not an integrity error"); return
+            }
+            #expect(!side.callTypes.contains(0x0BAD), "the injected REQUEST ran")
+            await #expect(throws: (any Error).self) {
+                _ = try await connection.call(type: 1, payload: ByteBuffer(string: "after"))
+            }
+            await connection.close()
+            await proxy.stop()
         }
     }
 }
