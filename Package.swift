@@ -202,7 +202,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "CoordinatorTests", dependencies: [
-            "Coordinator", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel",
+            "Coordinator", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "JobModel",
             "Checkpoint", "NVFP4", "SafeTensors", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", "NVFP4", .product(name: "GRDB", package: "GRDB.swift")]),

@@ -315,7 +315,11 @@ public struct Cancel: AsyncParsableCommand {
 
 /// The human form of `status`.
 func render(_ status: JobStatus) -> String {
-    var lines = ["job \(status.jobID)", "  phase:   \(status.phase.rawValue)", "  model:   \(status.model)",
+    var phase = status.phase.rawValue
+    if let position = status.queuePosition {
+        phase += ", position \(position) in the queue" + (status.waitingFor.map { " (job \($0) is running)" } ?? "")
+    }
+    var lines = ["job \(status.jobID)", "  phase:   \(phase)", "  model:   \(status.model)",
                  "  output:  \(status.output)"]
     if !status.workers.isEmpty {
         lines.append("  workers:")
@@ -342,6 +346,7 @@ func render(_ status: JobStatus) -> String {
                      + "\(quality.tokens) tokens; \(gate)")
     }
     if let reason = status.failureReason { lines.append("  reason:  \(reason)") }
+    if let fingerprint = status.fingerprint { lines.append("  inputs:  sha256 \(fingerprint) (fingerprint at submit)") }
     lines.append("  updated: \(status.updatedAt)")
     return lines.joined(separator: "\n")
 }

@@ -94,6 +94,8 @@ public struct JobSubmission: Codable, Sendable {
     public var workerCount: Int?
     /// Layers per worker, in route order (`--split A,B,…`); nil: in proportion to memory.
     public var split: [Int]?
+    /// What the result depends on, as coordd found it at submit (coordd sets it; a client's is ignored).
+    public var fingerprint: JobFingerprint?
 
     public init(spec: JobSpec, workerCount: Int? = nil, split: [Int]? = nil) {
         self.spec = spec
@@ -121,9 +123,13 @@ public struct WorkerAssignment: Codable, Sendable {
     /// The calibration plan: every chunk's token ids, shapes and sample names.
     public var plan: CalibrationPlan
     public var chunks: [CalibrationChunk] { plan.chunks }
+    /// ``JobFingerprint/digest`` of the job: hidden states kept under another digest are not reused.
+    public var fingerprint: String?
 
     public init(jobID: String, attempt: Int, spec: JobSpec, firstLayer: Int, endLayer: Int, embeddings: Bool,
-                successor: NodeAddress?, successorName: String?, predecessorName: String? = nil, plan: CalibrationPlan) {
+                successor: NodeAddress?, successorName: String?, predecessorName: String? = nil, plan: CalibrationPlan,
+                fingerprint: String? = nil) {
+        self.fingerprint = fingerprint
         self.jobID = jobID
         self.attempt = attempt
         self.spec = spec

@@ -25,6 +25,13 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     let registry = WorkerRegistry()
     let mailbox = BulkMailbox()
     private var runners: [String: JobRunner] = [:]
+    /// Jobs waiting for the workers, in submission order. coordd runs one job at a time: a job uses every worker
+    /// it plans onto, and two jobs on one worker would evict each other's layers.
+    private var queue: [(jobID: String, submission: JobSubmission, calibrationPlan: CalibrationPlan?)] = []
+    /// The job whose runner is running now.
+    private var runningJob: String?
+    /// Set by `drain()`: a runner that stops for shutdown does not start the next job.
+    private var draining = false
     /// In-process mode: worker name → the worker actor itself (no lookup by address).
     private var localWorkers: [String: any WorkerEndpoint] = [:]
     /// Worker name → the connection it registered on: only that connection's loss marks the worker lost, and
@@ -111,9 +118,21 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     // MARK: Client-facing
 
     public distributed func submit(_ submission: JobSubmission) async throws -> String {
+        var submission = submission
         let spec = submission.spec
         let jobID = spec.jobID
         try JobRunner.checkSubmission(submission, outputRoots: settings.outputRoots)
+        // A queued job's output does not exist yet, so the check above cannot see that two jobs would write it.
+        if let other = try store.listJobs().first(where: {
+            !$0.state.isTerminal && JobRunner.realPath($0.outputPath) == JobRunner.realPath(spec.outputPath)
+        }) {
+            throw CoordinatorError.invalidSubmission(
+                field: "--output", reason: "\(spec.outputPath) is the output of job \(other.id), which is \(other.state.rawValue); "
+                    + "choose another directory, or cancel that job")
+        }
+        // The calibration set is read now: a bad file is refused at submit, and the fingerprint records it.
+        let (plan, fingerprint) = try JobRunner.fingerprintAtSubmit(spec, logger: logger)
+        submission.fingerprint = fingerprint
         let record: JobRecord
         do {
             record = try store.createJob(modelPath: spec.modelPath, outputPath: spec.outputPath,
@@ -123,7 +142,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         }
         logger.info("job submitted", metadata: ["job": "\(record.id)", "model": "\(spec.modelPath)",
                                                 "output": "\(spec.outputPath)"])
-        start(jobID: record.id, submission: submission)
+        start(jobID: record.id, submission: submission, calibrationPlan: plan)
         return record.id
     }
 
@@ -132,8 +151,14 @@ public distributed actor Coordinator: CoordinatorEndpoint {
             throw CoordinatorError.jobNotFound(jobID: jobID)
         }
         let live = await runners[jobID]?.liveFigures()
-        return try store.status(jobID: jobID, tokensPerSecond: live?.tokensPerSecond, etaSeconds: live?.etaSeconds,
-                                outputBytes: live?.outputBytes)
+        var status = try store.status(jobID: jobID, tokensPerSecond: live?.tokensPerSecond, etaSeconds: live?.etaSeconds,
+                                      outputBytes: live?.outputBytes)
+        status.fingerprint = try store.job(id: jobID)?.decodeOptions(as: JobSubmission.self).fingerprint?.digest
+        if let index = queue.firstIndex(where: { $0.jobID == jobID }) {
+            status.queuePosition = index + 1
+            status.waitingFor = runningJob
+        }
+        return status
     }
 
     public distributed func list() async throws -> [JobStatus] {
@@ -156,6 +181,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         if let runner = runners[jobID] {
             await runner.cancel()
         } else {
+            queue.removeAll { $0.jobID == jobID }
             try store.updateJobState(jobID: jobID, to: .cancelled, reason: "cancelled by coordctl")
         }
         return try await status(jobID: jobID)
@@ -169,9 +195,11 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         _ = try await register(info)
     }
 
-    /// Resumes every job that was queued or running when coordd stopped.
+    /// Resumes every job that was queued or running when coordd stopped: the ones that had started first, then the
+    /// queued ones in submission order.
     public func resumeUnfinishedJobs() async throws {
-        for job in try store.listJobs() where !job.state.isTerminal {
+        let unfinished = try store.listJobs().filter { !$0.state.isTerminal }
+        for job in unfinished.filter({ $0.state != .queued }) + unfinished.filter({ $0.state == .queued }) {
             let submission = try job.decodeOptions(as: JobSubmission.self)
             logger.info("resuming job after a restart", metadata: ["job": "\(job.id)", "phase": "\(job.state.rawValue)"])
             start(jobID: job.id, submission: submission)
@@ -209,17 +237,41 @@ public distributed actor Coordinator: CoordinatorEndpoint {
 
     /// Stops every runner at its next step (graceful shutdown); their jobs stay running on disk and resume later.
     public func drain() async {
+        draining = true
         for runner in runners.values { await runner.stopForShutdown() }
         for runner in runners.values { await runner.waitUntilStopped() }
     }
 
-    private func start(jobID: String, submission: JobSubmission) {
+    /// Queues the job; it starts when every job before it has ended.
+    private func start(jobID: String, submission: JobSubmission, calibrationPlan: CalibrationPlan? = nil) {
+        queue.append((jobID, submission, calibrationPlan))
+        if let runningJob {
+            logger.info("job queued behind \(runningJob), position \(queue.count)", metadata: ["job": "\(jobID)"])
+        }
+        startNextJob()
+    }
+
+    private func startNextJob() {
+        guard runningJob == nil, !draining, !queue.isEmpty else { return }
+        let (jobID, submission, calibrationPlan) = queue.removeFirst()
         let runner = JobRunner(jobID: jobID, submission: submission, store: store, registry: registry,
                                mailbox: mailbox, system: actorSystem, localWorkers: localWorkers, settings: settings,
-                               logger: logger.withMetadata("job", jobID))
+                               calibrationPlan: calibrationPlan, logger: logger.withMetadata("job", jobID))
         runners[jobID] = runner
+        runningJob = jobID
         // Unstructured: a job outlives the submit call that starts it; `drain()` stops and awaits every runner.
-        Task { await runner.run() }
+        Task {
+            await runner.run()
+            await self.jobEnded(jobID)
+        }
+    }
+
+    private func jobEnded(_ jobID: String) {
+        guard runningJob == jobID else { return }
+        runningJob = nil
+        // A runner stopped for shutdown stays, so that `drain()` can wait for it; its job resumes at the next start.
+        if !draining { runners[jobID] = nil }
+        startNextJob()
     }
 }
 

@@ -17,6 +17,8 @@ enum JobFailure: Error, CustomStringConvertible {
     /// No worker of the job reads the checkpoint coordd staged, so none can measure its quality.
     case noWorkerSeesCheckpoint(path: String, refusals: [String])
     case unknownTensorDType(worker: String, tensor: String, dtype: String)
+    /// The inputs differ from the fingerprint recorded at submit (a resume after the model or calibration changed).
+    case inputsChanged(jobID: String, changes: [String])
 
     var description: String {
         switch self {
@@ -37,6 +39,9 @@ enum JobFailure: Error, CustomStringConvertible {
                 + "run a workerd on coordd's machine or give the workers shared storage, or pass --eval-samples 0 to "
                 + "skip the report and its gate"
         case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
+        case .inputsChanged(let jobID, let changes):
+            "the inputs of job \(jobID) changed since it was submitted: \(changes.joined(separator: "; ")); its statistics "
+                + "belong to the old inputs, so it cannot resume: submit it again as a new job"
         }
     }
 }

@@ -128,7 +128,8 @@ extension JobRunner {
                     jobID: jobID, attempt: attemptNumber, spec: spec, firstLayer: worker.assignment.range.lowerBound,
                     endLayer: worker.assignment.range.upperBound, embeddings: worker.assignment.embeddings,
                     successor: next?.info.address, successorName: next?.info.name,
-                    predecessorName: previous?.info.name, plan: calibrationPlan)
+                    predecessorName: previous?.info.name, plan: calibrationPlan,
+                    fingerprint: submission.fingerprint?.digest)
                 let endpoint = worker.endpoint
                 group.addTask {
                     try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.loadLayers(assignment) }

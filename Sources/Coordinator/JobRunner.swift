@@ -72,7 +72,8 @@ actor JobRunner {
 
     init(jobID: String, submission: JobSubmission, store: ClusterStateStore, registry: WorkerRegistry,
          mailbox: BulkMailbox, system: ClusterActorSystem, localWorkers: [String: any WorkerEndpoint] = [:],
-         settings: CoordinatorSettings, logger: Logger) {
+         settings: CoordinatorSettings, calibrationPlan: CalibrationPlan? = nil, logger: Logger) {
+        self.calibrationPlan = calibrationPlan
         self.jobID = jobID
         self.submission = submission
         self.store = store
@@ -82,6 +83,25 @@ actor JobRunner {
         self.localWorkers = localWorkers
         self.settings = settings
         self.logger = logger
+    }
+
+    /// The calibration plan (read and tokenized now, so that a bad calibration file is refused at submit) and the
+    /// fingerprint of the job's inputs.
+    static func fingerprintAtSubmit(_ spec: JobSpec, logger: Logger) throws -> (CalibrationPlan?, JobFingerprint) {
+        var plan: CalibrationPlan?
+        if spec.scheme.quantizesActivations {
+            do {
+                let config = try ModelDirectory(spec.modelDirectory).loadConfig()
+                plan = try spec.makeCalibrationPlan(config: config, logger: logger)
+            } catch {
+                throw CoordinatorError.invalidSubmission(field: "--calib", reason: "\(error)")
+            }
+        }
+        do {
+            return (plan, try JobFingerprint.compute(spec: spec, plan: plan))
+        } catch {
+            throw CoordinatorError.invalidSubmission(field: "--model", reason: "coordd cannot fingerprint \(spec.modelPath): \(error)")
+        }
     }
 
     /// Rejects a submission that cannot run before it is stored.
@@ -332,6 +352,12 @@ actor JobRunner {
                 : .uncalibrated(chunkTokens: spec.calibration.chunkTokens)
         }
         let calibrationPlan = self.calibrationPlan!
+        // Statistics on disk belong to the inputs recorded at submit; a resume on other inputs would mix them.
+        if let recorded = submission.fingerprint {
+            let changes = try JobFingerprint.compute(spec: spec, plan: spec.scheme.quantizesActivations ? calibrationPlan : nil)
+                .changes(since: recorded)
+            guard changes.isEmpty else { throw JobFailure.inputsChanged(jobID: jobID, changes: changes) }
+        }
         let workers = try await resolveWorkers()
         try await load(workers: workers, calibrationPlan: calibrationPlan)
         try checkInterrupted()

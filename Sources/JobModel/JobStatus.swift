@@ -84,6 +84,12 @@ public struct JobStatus: Codable, Sendable, Equatable {
     /// ISO 8601, UTC, whole seconds.
     public var createdAt: String
     public var updatedAt: String
+    /// A queued job's place in coordd's queue, 1 = next to start; nil once it runs or ended.
+    public var queuePosition: Int?
+    /// The job a queued job waits for, when one runs.
+    public var waitingFor: String?
+    /// ``JobFingerprint/digest`` of the inputs recorded at submit.
+    public var fingerprint: String?
 
     public init(jobID: String, phase: JobState, model: String, output: String, workers: [Worker],
                 samplesThrough: [String: Int], tokensPerSecond: Double?, etaSeconds: Double?, outputBytes: Int64?,
@@ -129,6 +135,9 @@ public struct JobStatus: Codable, Sendable, Equatable {
         case quality
         case createdAt = "created_at"
         case updatedAt = "updated_at"
+        case queuePosition = "queue_position"
+        case waitingFor = "waiting_for"
+        case fingerprint
     }
 
     // Written by hand so that absent values appear as `null` instead of disappearing: the schema keeps every key.
@@ -149,6 +158,9 @@ public struct JobStatus: Codable, Sendable, Equatable {
         try container.encode(quality, forKey: .quality)
         try container.encode(createdAt, forKey: .createdAt)
         try container.encode(updatedAt, forKey: .updatedAt)
+        try container.encode(queuePosition, forKey: .queuePosition)
+        try container.encode(waitingFor, forKey: .waitingFor)
+        try container.encode(fingerprint, forKey: .fingerprint)
     }
 
     /// JSON as `coordctl status --json` prints it: sorted keys, so output is byte-stable.

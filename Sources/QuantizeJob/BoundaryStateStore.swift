@@ -7,6 +7,8 @@ public enum BoundaryStateError: Error, CustomStringConvertible, Equatable, Senda
     case invalidJobID(String)
     case io(path: String, reason: String)
     case corrupt(path: String, reason: String)
+    /// Hidden states kept for other inputs (another fingerprint, or none recorded) sit where this job keeps its own.
+    case keptForOtherInputs(path: String, kept: String?, expected: String)
 
     public var description: String {
         switch self {
@@ -16,6 +18,10 @@ public enum BoundaryStateError: Error, CustomStringConvertible, Equatable, Senda
             return "boundary state \(path): \(reason)"
         case .corrupt(let path, let reason):
             return "boundary state \(path) is damaged: \(reason); recompute it from the previous range"
+        case .keptForOtherInputs(let path, let kept, let expected):
+            return "the hidden states kept in \(path) were computed from other inputs (fingerprint "
+                + "\(kept.map { String($0.prefix(16)) } ?? "not recorded"), this job's is \(expected.prefix(16))); they are not reused: "
+                + "remove the directory (or run `coordctl gc`) and submit the job again"
         }
     }
 }
@@ -46,6 +52,27 @@ public struct BoundaryStateStore: Sendable {
         jobDirectory = scratchDirectory.appendingPathComponent("nvfp4-boundary-\(jobID)", isDirectory: true)
         directory = jobDirectory.appendingPathComponent("layer-\(firstLayer)", isDirectory: true)
         self.hiddenSize = hiddenSize
+    }
+
+    /// Ties the kept states to the job's input fingerprint: records it in an empty store, and refuses a store whose
+    /// states were kept under another one (or before fingerprints were recorded).
+    public func bind(toFingerprint digest: String) throws {
+        let file = directory.appendingPathComponent("fingerprint")
+        if let kept = try? String(contentsOf: file, encoding: .utf8) {
+            guard kept == digest else {
+                throw BoundaryStateError.keptForOtherInputs(path: directory.path, kept: kept, expected: digest)
+            }
+            return
+        }
+        if !(try storedChunks()).isEmpty {
+            throw BoundaryStateError.keptForOtherInputs(path: directory.path, kept: nil, expected: digest)
+        }
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try Data(digest.utf8).write(to: file, options: .atomic)
+        } catch {
+            throw BoundaryStateError.io(path: file.path, reason: "cannot record the fingerprint: \(error.localizedDescription)")
+        }
     }
 
     public func url(ofChunk chunk: Int) -> URL {

@@ -53,6 +53,9 @@ final class RangeCompute: @unchecked Sendable {
             : try BoundaryStateStore(scratchDirectory: Self.jobScratch(scratchDirectory, workerName: workerName),
                                      jobID: assignment.jobID, firstLayer: assignment.firstLayer,
                                      hiddenSize: config.hiddenSize)
+        if let boundary, let digest = assignment.fingerprint {
+            try boundary.bind(toFingerprint: digest)
+        }
         exporter = LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
         let holdsEveryLayer = assignment.embeddings && assignment.successor == nil
         let residentBytes = LayerRangeRunner<CPUBackend>.residentWeightBytes(config: config, range: assignment.range)

@@ -19,6 +19,7 @@ import Testing
     /// passed the second range. `body` interrupts the job and checks the result.
     static func withJobInMidCalibration(_ label: String, coordinatorListen: String = "127.0.0.1:0",
                                         coordinatorExtra: [String] = [],
+                                        model: URL = Fixtures.tinyLlama, calibration: URL = Fixtures.tinyCalibration,
                                         _ body: (InterruptedJob) throws -> Void) throws {
         try withTemporaryDirectory(label) { directory in
             let reference = try embeddedReference(in: directory, extra: chunking)
@@ -31,7 +32,8 @@ import Testing
             try cluster.waitForWorkers(["w1", "w2"])
 
             let output = directory.appendingPathComponent("out")
-            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + chunking))
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + chunking,
+                                                                     model: model, calibration: calibration))
             let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
             try waitUntil {
                 let through = try cluster.status(job)["samples_through"] as? [String: Int]
@@ -83,6 +85,45 @@ import Testing
             #expect(try cluster.status(interrupted.job)["job_id"] as? String == interrupted.job)
             _ = try Self.expectCompletesIdentically(interrupted)
             #expect(cluster.coordd!.output.contains("resuming job after a restart"))
+        }
+    }
+
+    /// coordd is killed in mid-calibration and its inputs change before it restarts: the calibration file loses a
+    /// sample, or a weight file grows. The resumed job fails at once, naming what changed, instead of mixing
+    /// statistics of the old inputs with the new.
+    @Test(arguments: ["calibration", "weights"])
+    func aResumeOnChangedInputsFailsNamingWhatChanged(_ changed: String) throws {
+        let listen = "127.0.0.1:\(try freeLoopbackPort())"
+        try withTemporaryDirectory("fingerprint-inputs") { inputs in
+            let calibration = inputs.appendingPathComponent("calib.jsonl")
+            try FileManager.default.copyItem(at: Fixtures.tinyCalibration, to: calibration)
+            let model = inputs.appendingPathComponent("model")
+            try FileManager.default.copyItem(at: Fixtures.tinyLlama, to: model)
+            try Self.withJobInMidCalibration("fingerprint", coordinatorListen: listen, model: model,
+                                             calibration: calibration) { interrupted in
+                let cluster = interrupted.cluster
+                let recorded = try #require(try cluster.status(interrupted.job)["fingerprint"] as? String)
+                #expect(recorded.count == 64)
+                cluster.coordd!.kill()
+                let expected: String
+                if changed == "calibration" {
+                    let lines = try String(contentsOf: calibration, encoding: .utf8).split(separator: "\n")
+                    try (lines.dropLast().joined(separator: "\n") + "\n").write(to: calibration, atomically: true, encoding: .utf8)
+                    expected = "the calibration samples changed"
+                } else {
+                    let shard = try FileHandle(forWritingTo: model.appendingPathComponent("model-00002-of-00002.safetensors"))
+                    try shard.seekToEnd()
+                    try shard.write(contentsOf: Data([0]))
+                    try shard.close()
+                    expected = "weight file model-00002-of-00002.safetensors changed size"
+                }
+                try cluster.startCoordinator(listen: listen)
+                let status = try cluster.waitForEnd(interrupted.job, timeout: 120)
+                #expect(status["state"] as? String == "failed", "\(status)")
+                let reason = status["failure_reason"] as? String ?? ""
+                #expect(reason.contains("changed since it was submitted") && reason.contains(expected), "\(reason)")
+                #expect(status["fingerprint"] as? String == recorded)
+            }
         }
     }
 

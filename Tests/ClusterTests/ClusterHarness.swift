@@ -328,8 +328,9 @@ func embeddedReference(in directory: URL, extra: [String] = []) throws -> URL {
 }
 
 /// `submit` arguments for the tiny model.
-func tinySubmitArguments(output: URL, extra: [String] = []) -> [String] {
-    ["submit", "--model", Fixtures.tinyLlama.path, "--output", output.path, "--calib", Fixtures.tinyCalibration.path,
+func tinySubmitArguments(output: URL, extra: [String] = [], model: URL = Fixtures.tinyLlama,
+                         calibration: URL = Fixtures.tinyCalibration) -> [String] {
+    ["submit", "--model", model.path, "--output", output.path, "--calib", calibration.path,
      "--min-tokens", "1", "--device", "cpu", "--eval-samples", "0"] + extra
 }
 

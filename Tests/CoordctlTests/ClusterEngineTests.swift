@@ -117,6 +117,27 @@ func expectIdenticalDirectories(_ left: URL, _ right: URL, sourceLocation: Sourc
         }
     }
 
+    /// Kept states are tied to the job's input fingerprint: the same digest reuses them, another one (or states kept
+    /// before any digest was recorded) is refused, naming the directory.
+    @Test func keptStatesAreReusedOnlyUnderTheFingerprintTheyWereKeptFor() throws {
+        try withTemporaryDirectory("boundary") { parent throws in
+            let store = try BoundaryStateStore(scratchDirectory: parent, jobID: "job-3", firstLayer: 1, hiddenSize: 16)
+            let digest = String(repeating: "a", count: 64), other = String(repeating: "b", count: 64)
+            try store.bind(toFingerprint: digest)
+            try store.save(Self.states(tokens: 3, width: 16, seed: 4), chunk: 0)
+            try store.bind(toFingerprint: digest)
+            #expect(throws: BoundaryStateError.keptForOtherInputs(path: store.directory.path, kept: digest, expected: other)) {
+                try store.bind(toFingerprint: other)
+            }
+            #expect(try store.storedChunks() == [0], "a refused bind leaves the kept states alone")
+            // States from before fingerprints: refused too.
+            try FileManager.default.removeItem(at: store.directory.appendingPathComponent("fingerprint"))
+            #expect(throws: BoundaryStateError.keptForOtherInputs(path: store.directory.path, kept: nil, expected: digest)) {
+                try store.bind(toFingerprint: digest)
+            }
+        }
+    }
+
     @Test func corruptionIsDetectedAndNamesTheFile() throws {
         try withTemporaryDirectory("boundary") { parent throws in
             let store = try BoundaryStateStore(scratchDirectory: parent, jobID: "job-2", firstLayer: 1, hiddenSize: 16)
