@@ -254,8 +254,9 @@ if Context.environment["NVFP4CLUSTER_FUZZ"] != nil {
         ("CalibrationLine", ["Calibration"]),
     ]
     package.targets.append(.target(name: "FuzzSupport", path: "Fuzz/Support"))
+    package.targets.append(.target(name: "FuzzDriver", dependencies: ["FuzzSupport"], path: "Fuzz/Driver"))
     for target in fuzzTargets {
-        package.targets.append(.executableTarget(name: "Fuzz\(target.name)", dependencies: ["FuzzSupport"] + target.dependencies,
+        package.targets.append(.executableTarget(name: "Fuzz\(target.name)", dependencies: ["FuzzDriver"] + target.dependencies,
                                                  path: "Fuzz/\(target.name)"))
     }
 }

@@ -1,22 +1,11 @@
 // libFuzzer target: BinaryDecoder over a type that uses every container and value kind, and BinaryEncoder.
 // Invariants: no input traps; a decoded value encodes without error; encoding is stable (what it encodes decodes and
 // re-encodes to the same bytes).
-import FuzzSupport
+import FuzzDriver
 import ActorSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
-var argc = CommandLine.argc
-var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOne(data, size) })
-
-@_cdecl("LLVMFuzzerTestOneInput")
-func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    fuzz(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
-}
+runFuzzer(fuzz)
 
 indirect enum Choice: Codable, Equatable {
     case none

@@ -1,21 +1,10 @@
 // libFuzzer target: the actor-call envelope (a REQUEST body) and the binary decoding of its arguments.
 // Invariants: no input traps; an accepted envelope re-encodes to exactly its input bytes; its arguments decode (or
 // fail with an error) as the receiver decodes them.
-import FuzzSupport
+import FuzzDriver
 import ActorSystem
-#if canImport(Glibc)
-import Glibc
-#endif
 
-var argc = CommandLine.argc
-var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOne(data, size) })
-
-@_cdecl("LLVMFuzzerTestOneInput")
-func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    fuzz(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
-}
+runFuzzer(fuzz)
 
 func fuzz(_ bytes: UnsafeRawBufferPointer) {
     let input = Array(bytes)

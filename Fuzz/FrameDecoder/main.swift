@@ -1,22 +1,11 @@
 // libFuzzer target: the frame decoder (FrameDecoder's step) under every admission state, and its encoder.
 // Invariants: no input traps; every decoded frame re-encodes to exactly the bytes it was decoded from; an incomplete
 // frame consumes nothing; a frame is only accepted within its limit.
-import FuzzSupport
+import FuzzDriver
 import NIOCore
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
-var argc = CommandLine.argc
-var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOne(data, size) })
-
-@_cdecl("LLVMFuzzerTestOneInput")
-func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    fuzz(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
-}
+runFuzzer(fuzz)
 
 func fuzz(_ bytes: UnsafeRawBufferPointer) {
     // The first byte picks the admission state and small limits, so the limit checks are reachable too.

@@ -1,22 +1,11 @@
 // libFuzzer target: the HELLO and CHALLENGE payload decoder (Handshake.Greeting).
 // Invariants: no input traps; an accepted greeting has a 32-byte nonce and a known purpose (HELLO only); it re-encodes
 // to a payload that decodes to the same greeting, and to the very input bytes when the name was valid UTF-8.
-import FuzzSupport
+import FuzzDriver
 import NIOCore
 import Transport
-#if canImport(Glibc)
-import Glibc
-#endif
 
-var argc = CommandLine.argc
-var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOne(data, size) })
-
-@_cdecl("LLVMFuzzerTestOneInput")
-func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    fuzz(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
-}
+runFuzzer(fuzz)
 
 func fuzz(_ bytes: UnsafeRawBufferPointer) {
     guard let selector = bytes.first else { return }

@@ -1,21 +1,10 @@
 // libFuzzer target: the safetensors header parser over a whole file image (8-byte length, JSON header, data).
 // Invariants: no input traps; an accepted header has no tensor outside the data section, no two non-empty tensors
 // overlap, every tensor's byte span matches its dtype and shape, and names are unique.
-import FuzzSupport
+import FuzzDriver
 import SafeTensors
-#if canImport(Glibc)
-import Glibc
-#endif
 
-var argc = CommandLine.argc
-var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOne(data, size) })
-
-@_cdecl("LLVMFuzzerTestOneInput")
-func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    fuzz(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
-}
+runFuzzer(fuzz)
 
 func fuzz(_ bytes: UnsafeRawBufferPointer) {
     guard let header = try? SafeTensorsFile.parseHeader(fileImage: bytes) else { return }

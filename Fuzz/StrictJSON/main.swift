@@ -1,21 +1,10 @@
 // libFuzzer target: StrictJSONParser, both lone-surrogate policies. Built by Scripts/fuzz.sh.
 // Invariants: no input traps or overflows; what the strict policy accepts, the lenient one accepts too; an error's
 // offset lies inside the input; every string parsed re-encodes (appendJSONString) to text that parses back to it.
-import FuzzSupport
+import FuzzDriver
 import StrictJSON
-#if canImport(Glibc)
-import Glibc
-#endif
 
-var argc = CommandLine.argc
-var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOne(data, size) })
-
-@_cdecl("LLVMFuzzerTestOneInput")
-func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    fuzz(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
-}
+runFuzzer(fuzz)
 
 func fuzz(_ bytes: UnsafeRawBufferPointer) {
     let size = bytes.count

@@ -1,22 +1,11 @@
 // libFuzzer target: the tokenizer.json loader (BPETokenizer from in-memory contents), then a short encode/decode.
 // Invariants: no input traps or exhausts memory; an accepted tokenizer encodes text to ids below vocabSize, and
 // decodes them without trapping.
-import FuzzSupport
+import FuzzDriver
 import Foundation
 import Tokenizer
-#if canImport(Glibc)
-import Glibc
-#endif
 
-var argc = CommandLine.argc
-var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOne(data, size) })
-
-@_cdecl("LLVMFuzzerTestOneInput")
-func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
-    fuzz(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
-}
+runFuzzer(fuzz)
 
 func fuzz(_ bytes: UnsafeRawBufferPointer) {
     guard let tokenizer = try? BPETokenizer(json: Data(bytes), path: "<fuzz>/tokenizer.json") else { return }
