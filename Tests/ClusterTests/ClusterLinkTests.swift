@@ -55,6 +55,9 @@ import Testing
             let w1Log = cluster.workers["w1"]!.output
             #expect(w2Log.contains("integrity check failed"), "\(w2Log.suffix(3000))")
             #expect(w1Log.contains("dialing again") && w1Log.contains("is back"), "\(w1Log.suffix(3000))")
+            // The proxy's log of the run: coordd's calls to w2 name the model's path, and none of it is in the clear.
+            #expect(proxy.bytesSeen.count > 100_000)
+            #expect(!contains(proxy.bytesSeen, Array(Fixtures.tinyLlama.path.utf8)))
             await proxy.stop()
         }
     }
@@ -78,6 +81,8 @@ import Testing
             let w1Log = cluster.workers["w1"]!.output
             #expect(w1Log.contains("dialing again") && w1Log.contains("is back"), "\(w1Log.suffix(3000))")
             #expect(!cluster.coordd!.output.contains("re-plan"), "a healed link needs no re-plan")
+            // Token-only mode is plaintext: the same check as in the TLS test finds the model's path on the path.
+            #expect(contains(proxy.bytesSeen, Array(Fixtures.tinyLlama.path.utf8)))
             await proxy.stop()
         }
     }
@@ -104,5 +109,13 @@ import Testing
             #expect(coorddLog.contains("re-planned: w1 0..<2"), "\(coorddLog.suffix(3000))")
             await proxy.stop()
         }
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard !needle.isEmpty, haystack.count >= needle.count else { return false }
+    return (0...(haystack.count - needle.count)).contains { start in
+        haystack[start] == needle[0] && Array(haystack[start..<(start + needle.count)]) == needle
     }
 }
