@@ -117,7 +117,7 @@ let package = Package(
         // The Worker distributed actor (a layer range: calibrate, forward, export) and workerd's service.
         .target(name: "Worker", dependencies: [
             "ClusterProtocol", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "ComputeBackend", "CPUBackend",
-            "Calibration", "Checkpoint", "Evaluation", "SafeTensors", "NVFP4",
+            "Calibration", "Checkpoint", "Evaluation", "SafeTensors", "NVFP4", "JobModel",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -169,6 +169,8 @@ let package = Package(
         ], swiftSettings: thinClientSettings),
         .executableTarget(name: "NVFP4Benchmarks", dependencies: ["NVFP4", "SafeTensors"],
                           path: "Benchmarks/NVFP4Benchmarks"),
+        .executableTarget(name: "ModelReadBenchmarks", dependencies: ["SafeTensors"],
+                          path: "Benchmarks/ModelReadBenchmarks"),
 
         .executableTarget(name: "CalibrationBenchmarks",
                           dependencies: ["Calibration", "CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors",
@@ -233,7 +235,7 @@ let package = Package(
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "LocalCluster", "QuantizeJob", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend",
+            "LocalCluster", "QuantizeJob", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend", "JobModel",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

@@ -81,18 +81,25 @@ public final class CheckpointAssembler {
 
     /// Refuses, before any work, an output that cannot be written: it exists and is not empty (without `force`, or
     /// not a checkpoint with it), or its filesystem has less free space than the planned checkpoint.
-    public static func checkOutput(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel) throws {
+    /// `freeBytes` says how much a filesystem holding a path has free (nil: unknown); tests give it a small disk.
+    public static func checkOutput(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel,
+                                   freeBytes: (URL) -> Int64? = systemFreeBytes) throws {
         _ = try OutputDirectory(final: spec.outputDirectory, jobID: spec.jobID, force: spec.force)
         let needed = try plan(spec: spec, config: config, source: source).totalSize
         var existing = spec.outputDirectory.standardizedFileURL
         while !FileManager.default.fileExists(atPath: existing.path), existing.path != "/" {
             existing = existing.deletingLastPathComponent()
         }
-        let attributes = try? FileManager.default.attributesOfFileSystem(forPath: existing.path)
-        if let free = (attributes?[.systemFreeSize] as? NSNumber)?.int64Value, Int64(needed) > free {
+        if let free = freeBytes(existing), Int64(needed) > free {
             throw CheckpointError(spec.outputPath, "needs \(formatBytes(needed)), \(formatBytes(Int(free))) free on the "
                                   + "filesystem of \(existing.path); free space or choose another output")
         }
+    }
+
+    /// Free bytes on the filesystem holding `url`, as the system reports them.
+    public static func systemFreeBytes(_ url: URL) -> Int64? {
+        let attributes = try? FileManager.default.attributesOfFileSystem(forPath: url.path)
+        return (attributes?[.systemFreeSize] as? NSNumber)?.int64Value
     }
 
     /// The tensors of `layer` the plan expects, in write order.

@@ -6,12 +6,16 @@ public struct OutputDirectory: Sendable {
     public let final: URL
     public let partial: URL
     public let force: Bool
+    /// Written (durably) just before the rename and removed once the job is recorded as succeeded: a crash between
+    /// the two leaves it beside the output, which tells a resumed job that its output is already in place.
+    public let commitIntent: URL
 
     /// Fails at once if `final` exists, is not empty and `force` is false, or exists and is not a directory.
     public init(final: URL, jobID: String, force: Bool) throws {
         self.final = final.standardizedFileURL
         self.partial = URL(fileURLWithPath: self.final.path + ".partial-\(jobID)")
         self.force = force
+        self.commitIntent = Self.commitIntent(final: self.final, jobID: jobID)
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: self.final.path, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else {
@@ -26,6 +30,29 @@ public struct OutputDirectory: Sendable {
                                       + "safetensors files); --force replaces checkpoints only, so remove it yourself if it must go")
             }
         }
+    }
+
+    static func commitIntent(final: URL, jobID: String) -> URL {
+        URL(fileURLWithPath: final.standardizedFileURL.path + ".committing-\(jobID)")
+    }
+
+    /// Whether job `jobID` renamed its verified output into place before it stopped (its intent is there, its partial
+    /// directory is gone and the output exists): a resumed job then only has to record that it succeeded.
+    public static func wasCommitted(final: URL, jobID: String) -> Bool {
+        let final = final.standardizedFileURL
+        let fileManager = FileManager.default
+        return fileManager.fileExists(atPath: commitIntent(final: final, jobID: jobID).path)
+            && !fileManager.fileExists(atPath: final.path + ".partial-\(jobID)")
+            && fileManager.fileExists(atPath: final.path)
+    }
+
+    /// Removes the commit intent (and an output replaced with `--force`, if a crash left it aside) once the job's
+    /// success is recorded.
+    public static func finishCommit(final: URL, jobID: String) {
+        let final = final.standardizedFileURL
+        try? FileManager.default.removeItem(atPath: final.path + ".replaced-" + URL(fileURLWithPath: final.path + ".partial-\(jobID)").lastPathComponent)
+        try? FileManager.default.removeItem(at: commitIntent(final: final, jobID: jobID))
+        try? DurableFile.syncDirectory(final.deletingLastPathComponent())
     }
 
     /// A Hugging Face checkpoint directory: `config.json` and safetensors weights (or their index).
@@ -62,9 +89,15 @@ public struct OutputDirectory: Sendable {
         // Every file was fsynced as written; the directory's entries too, before it takes the final name.
         try DurableFile.syncDirectory(partial)
         do {
+            try DurableFile.write(Data(partial.lastPathComponent.utf8), to: commitIntent)
+        } catch {
+            throw CheckpointError(commitIntent.path, "could not record the commit: \(error)")
+        }
+        do {
             try fileManager.moveItem(at: partial, to: final)
         } catch {
             if let replaced { try? fileManager.moveItem(at: replaced, to: final) }
+            try? fileManager.removeItem(at: commitIntent)
             throw CheckpointError(final.path, "could not rename \(partial.lastPathComponent) into place: \(error)")
         }
         try DurableFile.syncDirectory(final.deletingLastPathComponent())

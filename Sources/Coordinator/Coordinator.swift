@@ -32,6 +32,8 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     private var runningJob: String?
     /// Set by `drain()`: a runner that stops for shutdown does not start the next job.
     private var draining = false
+    /// The output size of jobs that ended since coordd started, for `status` once their runner is gone.
+    private var endedOutputBytes: [String: Int64] = [:]
     /// In-process mode: worker name → the worker actor itself (no lookup by address).
     private var localWorkers: [String: any WorkerEndpoint] = [:]
     /// Worker name → the connection it registered on: only that connection's loss marks the worker lost, and
@@ -152,7 +154,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         }
         let live = await runners[jobID]?.liveFigures()
         var status = try store.status(jobID: jobID, tokensPerSecond: live?.tokensPerSecond, etaSeconds: live?.etaSeconds,
-                                      outputBytes: live?.outputBytes)
+                                      outputBytes: live?.outputBytes ?? endedOutputBytes[jobID])
         status.fingerprint = try store.job(id: jobID)?.decodeOptions(as: JobSubmission.self).fingerprint?.digest
         if let index = queue.firstIndex(where: { $0.jobID == jobID }) {
             status.queuePosition = index + 1
@@ -262,13 +264,14 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         // Unstructured: a job outlives the submit call that starts it; `drain()` stops and awaits every runner.
         Task {
             await runner.run()
-            await self.jobEnded(jobID)
+            await self.jobEnded(jobID, outputBytes: await runner.liveFigures().outputBytes)
         }
     }
 
-    private func jobEnded(_ jobID: String) {
+    private func jobEnded(_ jobID: String, outputBytes: Int64?) {
         guard runningJob == jobID else { return }
         runningJob = nil
+        endedOutputBytes[jobID] = outputBytes
         // A runner stopped for shutdown stays, so that `drain()` can wait for it; its job resumes at the next start.
         if !draining { runners[jobID] = nil }
         startNextJob()

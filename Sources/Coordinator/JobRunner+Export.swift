@@ -47,6 +47,7 @@ extension JobRunner {
                 try assembler.add(layer: layer, tensors: tensors)
                 logger.info("wrote layer \(layer): exported in \(String(format: "%.2f", exportSeconds)) s, checked and written in \(String(format: "%.2f", secondsSince(writeStart))) s")
                 outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
+                if layer == 0 { await DebugFaultPoint.coordinatorExport.pauseIfRequested { [logger] in logger.warning("\($0)") } }
             }
             var record: CalibrationRecord?
             if spec.scheme.quantizesActivations {
@@ -59,13 +60,17 @@ extension JobRunner {
                 record = calibration
             }
             try move(to: .merging)
+            await DebugFaultPoint.coordinatorMerge.pauseIfRequested { [logger] in logger.warning("\($0)") }
             let report = try assembler.finish(calibration: record)
             outputBytes = Int64(report.bytes)
             if spec.evaluationSamples > 0 {
                 try move(to: .evaluating)
                 try await judgeQuality(spec: spec, workers: workers, assembler: assembler)
             }
+            // The model must still be the one the job read (the layers were read as they were exported).
+            try checkInputsUnchanged(calibrationPlan: calibrationPlan)
             try assembler.commit()
+            await DebugFaultPoint.coordinatorAfterRename.pauseIfRequested { [logger] in logger.warning("\($0)") }
         } catch let failure as QualityGateFailure {
             // The rejected checkpoint stays as OUTPUT.partial-<id>, for inspection.
             throw failure

@@ -339,6 +339,14 @@ actor JobRunner {
         acceptingReports = false
         attemptNumber += 1
         let spec = submission.spec
+        // Stopped between renaming the verified output into place and recording the success: only the record is due.
+        if OutputDirectory.wasCommitted(final: spec.outputDirectory, jobID: spec.jobID) {
+            logger.info("the output was renamed into place before coordd stopped; recording the job as succeeded",
+                        metadata: ["output": "\(spec.outputPath)"])
+            try move(to: .succeeded)
+            OutputDirectory.finishCommit(final: spec.outputDirectory, jobID: spec.jobID)
+            return
+        }
         let config = try ModelDirectory(spec.modelDirectory).loadConfig()
         self.config = config
         plan = try await ensurePlan(layerCount: config.numHiddenLayers)
@@ -353,11 +361,7 @@ actor JobRunner {
         }
         let calibrationPlan = self.calibrationPlan!
         // Statistics on disk belong to the inputs recorded at submit; a resume on other inputs would mix them.
-        if let recorded = submission.fingerprint {
-            let changes = try JobFingerprint.compute(spec: spec, plan: spec.scheme.quantizesActivations ? calibrationPlan : nil)
-                .changes(since: recorded)
-            guard changes.isEmpty else { throw JobFailure.inputsChanged(jobID: jobID, changes: changes) }
-        }
+        try checkInputsUnchanged(calibrationPlan: calibrationPlan)
         let workers = try await resolveWorkers()
         try await load(workers: workers, calibrationPlan: calibrationPlan)
         try checkInterrupted()
@@ -383,8 +387,19 @@ actor JobRunner {
             try await exportAndWrite(workers: workers, calibrationPlan: calibrationPlan, config: config)
         }
         try move(to: .succeeded)
+        OutputDirectory.finishCommit(final: spec.outputDirectory, jobID: spec.jobID)
         logger.info("job succeeded", metadata: ["output": "\(spec.outputPath)"])
         await tellWorkersToStop(discardState: true)
+    }
+
+    /// Throws ``JobFailure/inputsChanged(jobID:changes:)`` when the model files or the calibration set differ from
+    /// the fingerprint recorded at submit.
+    func checkInputsUnchanged(calibrationPlan: CalibrationPlan) throws {
+        guard let recorded = submission.fingerprint else { return }
+        let spec = submission.spec
+        let changes = try JobFingerprint.compute(spec: spec, plan: spec.scheme.quantizesActivations ? calibrationPlan : nil)
+            .changes(since: recorded)
+        guard changes.isEmpty else { throw JobFailure.inputsChanged(jobID: jobID, changes: changes) }
     }
 
     func move(to state: JobState) throws {

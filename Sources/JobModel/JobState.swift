@@ -13,7 +13,8 @@ public enum JobState: String, Codable, Sendable, CaseIterable {
     /// The phases a job may move to from this one.
     ///
     /// - `loading → exporting` skips calibration (weight-only schemes).
-    /// - `calibrating → loading` and `exporting → loading` re-load weights after a worker loss or a coordd restart.
+    /// - `calibrating`, `exporting`, `merging` or `evaluating` `→ loading` re-load weights after a worker loss or a
+    ///   coordd restart (the statistics are kept; the checkpoint is written again).
     /// - `exporting → succeeded` when there is nothing to merge (one shard writer).
     /// - `merging → evaluating` when the written checkpoint's quality is measured before it is renamed into place.
     /// - Every non-terminal phase may fail or be cancelled. A phase never moves to itself.
@@ -23,8 +24,8 @@ public enum JobState: String, Codable, Sendable, CaseIterable {
         case .loading: return [.calibrating, .exporting, .failed, .cancelled]
         case .calibrating: return [.exporting, .loading, .failed, .cancelled]
         case .exporting: return [.merging, .succeeded, .loading, .failed, .cancelled]
-        case .merging: return [.evaluating, .succeeded, .failed, .cancelled]
-        case .evaluating: return [.succeeded, .failed, .cancelled]
+        case .merging: return [.evaluating, .succeeded, .loading, .failed, .cancelled]
+        case .evaluating: return [.succeeded, .loading, .failed, .cancelled]
         case .succeeded, .failed, .cancelled: return []
         }
     }

@@ -44,6 +44,17 @@ public enum FloatWidening {
         }
     }
 
+    /// Every little-endian 16-bit element of `source`, converted by `widen` into `output` (as long as `source`).
+    @inline(__always)
+    static func widen16(_ source: UnsafeRawBufferPointer, into output: UnsafeMutableBufferPointer<Float>,
+                        _ widen: (UInt16) -> Float) {
+        let input = source.baseAddress!
+        let target = output.baseAddress!
+        for index in 0..<(source.count / 2) {
+            target[index] = widen(input.loadUnaligned(fromByteOffset: 2 &* index, as: UInt16.self))
+        }
+    }
+
     /// One binary16 value as `Float`, exactly. Written out rather than using `Float16`, which macOS on
     /// Intel lacks.
     @inline(__always)

@@ -4,8 +4,9 @@
 /// `N` bytes of UTF-8 JSON describing each tensor (`dtype`, `shape`, `data_offsets` relative to the data
 /// section), then the raw little-endian row-major tensor bytes.
 ///
-/// - ``SafeTensorsFile`` memory-maps one file read-only and validates its whole header at init, so every
-///   later access is a bounds-checked view into the mapping with no copy.
+/// - ``SafeTensorsFile`` opens one file read-only and validates its whole header at init; each later access reads
+///   the tensor's bytes with `pread`, after checking that the file has not changed since it was opened, so a model
+///   truncated or rewritten under a running job is a ``SafeTensorsError`` naming the file, never a SIGBUS.
 /// - ``SafeTensorsModel`` opens a model directory: one `model.safetensors`, or shards listed by
 ///   `model.safetensors.index.json`.
 /// - ``SafeTensorsWriter`` streams a file: the header is planned from shapes and written first, then each
@@ -69,6 +70,9 @@ public struct SafeTensorsError: Error, CustomStringConvertible, Equatable {
     public enum Kind: String, Sendable, Equatable {
         /// Opening, mapping, reading or writing the file failed at the OS level.
         case io
+        /// The file changed on disk while in use (its size, modification time or inode differs from when it was
+        /// opened, or it ends early): a job must not mix two versions of a model.
+        case changedOnDisk
         /// The file is shorter than the 8-byte header length.
         case fileTooShort
         /// The header length runs past the end of the file or is absurdly large.

@@ -8,50 +8,126 @@ import Musl
 import Darwin
 #endif
 
-/// A whole file mapped read-only; unmapped when the last owner goes away.
-// @unchecked: holds a read-only memory map (a raw pointer, not Sendable) that no Swift code mutates after init.
-final class ReadOnlyMapping: @unchecked Sendable {
-    let base: UnsafeRawPointer
+/// A file opened read-only and read with `pread`. Nothing is mapped, so a file truncated while in use makes a read
+/// fail with an error naming it, never a SIGBUS; and every read first checks that the file is still the one opened
+/// (same size, modification time and inode, by descriptor and by path), so a model rewritten mid-job is refused.
+final class ReadOnlyFile: @unchecked Sendable {
+    // @unchecked: the descriptor and the identity are set once in init; pread and fstat are thread-safe.
+    let path: String
     let length: Int
+    private let descriptor: Int32
+    private let identity: FileIdentity
 
-    /// Maps `path` (PROT_READ, MAP_PRIVATE). Files shorter than 8 bytes are rejected before mapping.
+    struct FileIdentity: Equatable {
+        var size: Int
+        var modifiedSeconds: Int
+        var modifiedNanoseconds: Int
+        var inode: UInt64
+        var device: UInt64
+
+        init(_ status: stat) {
+            size = Int(status.st_size)
+            modifiedSeconds = Int(status.st_mtim.tv_sec)
+            modifiedNanoseconds = Int(status.st_mtim.tv_nsec)
+            inode = UInt64(status.st_ino)
+            device = UInt64(status.st_dev)
+        }
+    }
+
+    /// Opens `path`. Files shorter than 8 bytes are rejected.
     init(path: String) throws {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else {
             throw SafeTensorsError(path: path, message: "cannot open: \(String(cString: strerror(errno)))", kind: .io)
         }
-        defer { close(descriptor) }
         var status = stat()
         guard fstat(descriptor, &status) == 0 else {
-            throw SafeTensorsError(path: path, message: "cannot stat: \(String(cString: strerror(errno)))", kind: .io)
+            let reason = String(cString: strerror(errno))
+            close(descriptor)
+            throw SafeTensorsError(path: path, message: "cannot stat: \(reason)", kind: .io)
         }
         guard (status.st_mode & S_IFMT) == S_IFREG else {
+            close(descriptor)
             throw SafeTensorsError(path: path, message: "not a regular file", kind: .io)
         }
         let size = Int(status.st_size)
         guard size >= 8 else {
+            close(descriptor)
             throw SafeTensorsError(
                 path: path, message: "file is \(size) bytes, shorter than the 8-byte header length", kind: .fileTooShort)
         }
-        guard let mapped = mmap(nil, size, PROT_READ, MAP_PRIVATE, descriptor, 0),
-              mapped != UnsafeMutableRawPointer(bitPattern: -1) else {
-            throw SafeTensorsError(path: path, message: "cannot mmap: \(String(cString: strerror(errno)))", kind: .io)
-        }
-        base = UnsafeRawPointer(mapped)
-        length = size
+        self.path = path
+        self.descriptor = descriptor
+        self.length = size
+        self.identity = FileIdentity(status)
     }
 
-    deinit {
-        munmap(UnsafeMutableRawPointer(mutating: base), length)
+    deinit { close(descriptor) }
+
+    /// Throws ``SafeTensorsError/Kind/changedOnDisk`` when the file (the open one, or whatever its path names now) is
+    /// not the file that was opened.
+    func checkUnchanged() throws {
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else {
+            throw SafeTensorsError(path: path, message: "cannot stat: \(String(cString: strerror(errno)))", kind: .io)
+        }
+        try compare(FileIdentity(status), what: "the open file")
+        guard stat(path, &status) == 0 else {
+            throw SafeTensorsError(path: path, message: "is gone while in use (\(String(cString: strerror(errno))))",
+                                   kind: .changedOnDisk)
+        }
+        try compare(FileIdentity(status), what: "the path")
+    }
+
+    private func compare(_ now: FileIdentity, what: String) throws {
+        guard now != identity else { return }
+        let change = now.size != identity.size ? "its size went from \(identity.size) to \(now.size) bytes"
+            : now.inode != identity.inode || now.device != identity.device ? "\(what) is another file now (replaced)"
+            : "it was modified"
+        throw SafeTensorsError(path: path, message: "changed while in use: \(change)", kind: .changedOnDisk)
+    }
+
+    /// Reads `buffer.count` bytes at `offset`, after checking that the file is unchanged.
+    func read(at offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkUnchanged()
+        var done = 0
+        while done < buffer.count {
+            let result = pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset + done))
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw SafeTensorsError(path: path, message: "cannot read: \(String(cString: strerror(errno)))", kind: .io)
+            }
+            if result == 0 {
+                throw SafeTensorsError(
+                    path: path, message: "ends at byte \(offset + done), before byte \(offset + buffer.count) (truncated while in use)",
+                    kind: .changedOnDisk)
+            }
+            done += result
+        }
+    }
+
+    /// Reads `count` bytes at `offset` into a temporary buffer and calls `body` with it.
+    func withBytes<R>(at offset: Int, count: Int, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
+        defer { buffer.deallocate() }
+        let region = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+        if count > 0 { try read(at: offset, into: region) }
+        return try body(UnsafeRawBufferPointer(region))
+    }
+
+    /// Tells the kernel the page cache of `count` bytes at `offset` will not be needed again.
+    func dropCache(at offset: Int, count: Int) {
+        _ = posix_fadvise(descriptor, off_t(offset), off_t(count), Int32(POSIX_FADV_DONTNEED))
     }
 }
 
-/// A read-only, memory-mapped safetensors file whose header has been fully validated at init.
+/// A read-only safetensors file whose header has been fully validated at init; tensors are read with `pread` when
+/// asked for (see ``ReadOnlyFile``).
 ///
 /// Reading is lenient about gaps between tensors (other writers may leave them) but strict about
 /// anything that would make a read wrong: out-of-range or overlapping offsets, sizes that disagree with
 /// shapes. ``validateTiling()`` adds the exact-tiling rule that files we write obey.
-// @unchecked: holds a read-only memory map (a raw pointer, not Sendable) that no Swift code mutates after init.
+// @unchecked: every stored property is set once in init.
 public final class SafeTensorsFile: @unchecked Sendable {
     public let path: String
     /// `__metadata__`, empty when absent.
@@ -65,7 +141,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
     /// Total file size in bytes.
     public let fileSize: Int
 
-    private let mapping: ReadOnlyMapping
+    private let file: ReadOnlyFile
     private let infoByName: [String: TensorInfo]
 
     /// Byte offset of the data section in the file: `8 + N`.
@@ -73,23 +149,32 @@ public final class SafeTensorsFile: @unchecked Sendable {
     /// Bytes in the data section.
     public var dataSectionSize: Int { fileSize - dataSectionOffset }
 
-    /// Maps the whole file and validates its header; throws a ``SafeTensorsError`` naming the file (and
-    /// tensor) at fault.
+    /// Opens the file and validates its header; throws a ``SafeTensorsError`` naming the file (and tensor) at fault.
     public init(path: String) throws {
-        let mapping = try ReadOnlyMapping(path: path)
-        let fileSize = mapping.length
-        let headerLength = try Self.readHeaderLength(base: mapping.base, fileSize: fileSize, path: path)
-        let header = UnsafeRawBufferPointer(start: mapping.base + 8, count: headerLength)
-        let parsed = try HeaderParser(path: path, dataSectionSize: fileSize - 8 - headerLength).parse(header)
+        let file = try ReadOnlyFile(path: path)
+        let fileSize = file.length
+        var lengthBytes: UInt64 = 0
+        try withUnsafeMutableBytes(of: &lengthBytes) { try file.read(at: 0, into: $0) }
+        let headerLength = try withUnsafeBytes(of: lengthBytes) {
+            try Self.readHeaderLength(base: $0.baseAddress!, fileSize: fileSize, path: path)
+        }
+        let parsed = try file.withBytes(at: 8, count: headerLength) { header in
+            try HeaderParser(path: path, dataSectionSize: fileSize - 8 - headerLength).parse(header)
+        }
 
         self.path = path
-        self.mapping = mapping
+        self.file = file
         self.fileSize = fileSize
         self.headerLength = headerLength
         self.metadata = parsed.metadata
         self.tensors = parsed.tensors
         self.tensorNames = parsed.tensors.map(\.name)
         self.infoByName = Dictionary(uniqueKeysWithValues: parsed.tensors.map { ($0.name, $0) })
+    }
+
+    /// Throws ``SafeTensorsError/Kind/changedOnDisk`` when the file changed since it was opened.
+    public func checkUnchanged() throws {
+        try file.checkUnchanged()
     }
 
     /// Validates the header of a whole safetensors file image held in memory exactly as ``init(path:)`` validates a
@@ -136,30 +221,56 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return info
     }
 
-    /// Calls `body` with the tensor's bytes inside the mapping (no copy). The buffer must not escape `body`.
+    /// Calls `body` with the tensor's bytes, read into a temporary buffer. The buffer must not escape `body`.
     public func withBytes<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         let info = try info(name)
-        return try body(bytes(of: info))
+        return try file.withBytes(at: dataSectionOffset + info.dataOffsets.lowerBound, count: info.dataOffsets.count, body)
     }
 
-    /// The tensor's bytes, copied.
+    /// The tensor's bytes.
     public func data(_ name: String) throws -> Data {
         let info = try info(name)
-        return Data(bytes(of: info))
+        var data = Data(count: info.dataOffsets.count)
+        if info.dataOffsets.count > 0 {
+            try data.withUnsafeMutableBytes { try file.read(at: dataSectionOffset + info.dataOffsets.lowerBound, into: $0) }
+        }
+        return data
     }
 
     /// The tensor widened exactly to `Float`: BF16, F16 and F32 only; other dtypes are an error.
     public func floats(_ name: String) throws -> [Float] {
         let info = try info(name)
-        let source = bytes(of: info)
-        switch info.dtype {
-        case .f32: return FloatWidening.copyFloat32(source)
-        case .bf16: return FloatWidening.widenBFloat16(source)
-        case .f16: return FloatWidening.widenFloat16(source)
-        default:
+        guard [.f32, .bf16, .f16].contains(info.dtype) else {
             throw SafeTensorsError(
                 path: path, tensor: name, message: "floats() needs BF16, F16 or F32, not \(info.dtype.rawValue)",
                 kind: .unsupportedDType)
+        }
+        let count = info.elementCount
+        let start = dataSectionOffset + info.dataOffsets.lowerBound
+        return try [Float](unsafeUninitializedCapacity: count) { output, initialized in
+            guard count > 0 else { initialized = 0; return }
+            if info.dtype == .f32 {
+                try file.read(at: start, into: UnsafeMutableRawBufferPointer(start: output.baseAddress!, count: count * 4))
+            } else {
+                // Read and widen a cache-sized piece at a time: the bytes are still in L2 when they are widened.
+                let pieceElements = 128 << 10
+                let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: pieceElements * 2, alignment: 64)
+                defer { piece.deallocate() }
+                var done = 0
+                while done < count {
+                    let elements = min(pieceElements, count - done)
+                    let bytes = UnsafeMutableRawBufferPointer(rebasing: piece[0..<(elements * 2)])
+                    try file.read(at: start + done * 2, into: bytes)
+                    let target = UnsafeMutableBufferPointer(rebasing: output[done..<(done + elements)])
+                    if info.dtype == .bf16 {
+                        FloatWidening.widen16(UnsafeRawBufferPointer(bytes), into: target) { Float(bitPattern: UInt32($0) &<< 16) }
+                    } else {
+                        FloatWidening.widen16(UnsafeRawBufferPointer(bytes), into: target, FloatWidening.float(fromHalfBits:))
+                    }
+                    done += elements
+                }
+            }
+            initialized = count
         }
     }
 
@@ -171,10 +282,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 path: path, tensor: name, message: "int64s() needs I64, not \(info.dtype.rawValue)",
                 kind: .unsupportedDType)
         }
-        let source = bytes(of: info)
         let count = info.elementCount
-        return [Int64](unsafeUninitializedCapacity: count) { buffer, initialized in
-            if count > 0 { memcpy(buffer.baseAddress!, source.baseAddress!, count * 8) }
+        return try [Int64](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if count > 0 {
+                try file.read(at: dataSectionOffset + info.dataOffsets.lowerBound,
+                              into: UnsafeMutableRawBufferPointer(start: buffer.baseAddress!, count: count * 8))
+            }
             initialized = count
         }
     }
@@ -205,23 +318,11 @@ public final class SafeTensorsFile: @unchecked Sendable {
         }
     }
 
-    /// Tells the kernel the tensor's pages are not needed any more, so a streaming pass over a model larger
-    /// than memory keeps its resident set small. The data stays readable; touching it again faults it back in.
+    /// Tells the kernel the tensor's page cache is not needed any more, so a streaming pass over a model larger than
+    /// memory does not crowd out everything else. Reading it again reads the disk.
     public func releasePages(_ name: String) throws {
         let info = try info(name)
-        let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = Int(bitPattern: mapping.base) + dataSectionOffset + info.dataOffsets.lowerBound
-        let end = start + info.dataOffsets.count
-        // Only whole pages inside the tensor; neighbours sharing a boundary page keep theirs.
-        let alignedStart = (start + pageSize - 1) / pageSize * pageSize
-        let alignedEnd = end / pageSize * pageSize
-        guard alignedEnd > alignedStart else { return }
-        _ = madvise(UnsafeMutableRawPointer(bitPattern: alignedStart), alignedEnd - alignedStart, MADV_DONTNEED)
-    }
-
-    private func bytes(of info: TensorInfo) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(
-            start: mapping.base + dataSectionOffset + info.dataOffsets.lowerBound, count: info.dataOffsets.count)
+        file.dropCache(at: dataSectionOffset + info.dataOffsets.lowerBound, count: info.dataOffsets.count)
     }
 }
 

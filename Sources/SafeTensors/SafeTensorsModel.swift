@@ -2,8 +2,8 @@ import Foundation
 import StrictJSON
 
 /// A model directory: either a single `model.safetensors`, or `model.safetensors.index.json` whose
-/// `weight_map` names the shard holding each tensor. Shards are opened (mapped and validated) eagerly.
-// @unchecked: holds a read-only memory map (a raw pointer, not Sendable) that no Swift code mutates after init.
+/// `weight_map` names the shard holding each tensor. Shards are opened (and their headers validated) eagerly.
+// @unchecked: every stored property is set once in init; the files are safe to read from any thread.
 public final class SafeTensorsModel: @unchecked Sendable {
     public static let singleFileName = "model.safetensors"
     public static let indexFileName = "model.safetensors.index.json"
@@ -72,6 +72,11 @@ public final class SafeTensorsModel: @unchecked Sendable {
                 path: directory, message: "no \(Self.singleFileName) or \(Self.indexFileName) in \(directory)",
                 kind: .noModel)
         }
+    }
+
+    /// Throws ``SafeTensorsError/Kind/changedOnDisk`` naming the first shard that changed since it was opened.
+    public func checkUnchanged() throws {
+        for file in files { try file.checkUnchanged() }
     }
 
     public func contains(_ name: String) -> Bool {

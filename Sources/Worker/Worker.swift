@@ -12,6 +12,7 @@ import Checkpoint
 import ClusterProtocol
 import Distributed
 import Foundation
+import JobModel
 import LlamaModel
 import Logging
 import QuantizeJob
@@ -198,6 +199,7 @@ public distributed actor Worker: WorkerEndpoint {
 
     public distributed func exportLayer(_ request: ExportRequest) async throws -> ExportManifest {
         let job = try activeJob(request.jobID)
+        await DebugFaultPoint.workerExport.pauseIfRequested { [logger] in logger.warning("\($0)") }
         guard job.assignment.range.contains(request.layer) else {
             throw WorkerError.layerNotInRange(worker: name, layer: request.layer, range: job.assignment.range)
         }
@@ -267,7 +269,11 @@ public distributed actor Worker: WorkerEndpoint {
 
     /// The data path to the coordinator, opened on first use and kept.
     private func coordinatorDataPath() async throws -> any ActivationTransport {
-        if let coordinatorBulk { return coordinatorBulk }
+        if let coordinatorBulk {
+            // A coordd that restarted left this connection closed; the new one is dialed below.
+            guard let tcp = coordinatorBulk as? TCPActivationTransport, !tcp.connection.isOpen else { return coordinatorBulk }
+            self.coordinatorBulk = nil
+        }
         let transport = try await actorSystem.openBulkTransport(
             to: ClusterEndpoint(host: coordinatorAddress.host, port: coordinatorAddress.port, node: coordinatorName))
         coordinatorBulk = transport
@@ -284,6 +290,7 @@ public distributed actor Worker: WorkerEndpoint {
 
     /// The coordinator went away: its job state is stale. Stop computing; kept hidden states stay for a resume.
     public func coordinatorLost() async {
+        if localCoordinator == nil { coordinatorBulk = nil }
         guard let job else { return }
         logger.warning("coordinator connection lost; stopping job work until it calls again",
                        metadata: ["job": "\(job.assignment.jobID)"])

@@ -76,6 +76,8 @@ import Testing
             try second.create()
             try second.commit()
             #expect(try contents(missing) == [])
+            OutputDirectory.finishCommit(final: empty, jobID: "j2")
+            OutputDirectory.finishCommit(final: missing, jobID: "j3")
             #expect(try contents(parent) == ["EMPTY", "nested"])
         }
     }
@@ -95,6 +97,7 @@ import Testing
             #expect(output.partial.path == parent.standardizedFileURL.path + "/OUT.partial-j7")
             try output.create()
             try output.commit()
+            OutputDirectory.finishCommit(final: output.final, jobID: "j7")
             #expect(try contents(parent) == ["OUT"])
         }
     }
@@ -110,7 +113,27 @@ import Testing
             #expect(try contents(final) == ["config.json", "model.safetensors"], "the old output stays until commit")
             try output.commit()
             #expect(try contents(final) == ["new.txt"])
+            OutputDirectory.finishCommit(final: final, jobID: "j4")
             #expect(try contents(parent) == ["OUT"], "no partial or replaced directory is left")
+        }
+    }
+
+    /// The rename leaves a durable intent beside the output until the job's success is recorded: a coordd that
+    /// stopped in between finds it at resume and only records the success.
+    @Test func aCommitLeavesItsIntentUntilTheSuccessIsRecorded() throws {
+        try withTemporaryDirectory("ckout") { parent in
+            let final = parent.appendingPathComponent("OUT")
+            let output = try OutputDirectory(final: final, jobID: "j11", force: false)
+            try output.create()
+            try Data("new".utf8).write(to: output.partial.appendingPathComponent("new.txt"))
+            #expect(!OutputDirectory.wasCommitted(final: final, jobID: "j11"))
+            try output.commit()
+            #expect(try contents(parent) == ["OUT", "OUT.committing-j11"])
+            #expect(OutputDirectory.wasCommitted(final: final, jobID: "j11"))
+            #expect(!OutputDirectory.wasCommitted(final: final, jobID: "other"))
+            OutputDirectory.finishCommit(final: final, jobID: "j11")
+            #expect(!OutputDirectory.wasCommitted(final: final, jobID: "j11"))
+            #expect(try contents(parent) == ["OUT"])
         }
     }
 

@@ -20,15 +20,17 @@ import Testing
     static func withJobInMidCalibration(_ label: String, coordinatorListen: String = "127.0.0.1:0",
                                         coordinatorExtra: [String] = [],
                                         model: URL = Fixtures.tinyLlama, calibration: URL = Fixtures.tinyCalibration,
+                                        coordinatorEnvironment: [String: String] = [:],
+                                        w2Environment: [String: String] = [:],
                                         _ body: (InterruptedJob) throws -> Void) throws {
         try withTemporaryDirectory(label) { directory in
             let reference = try embeddedReference(in: directory, extra: chunking)
             let cluster = LocalCluster(directory: directory,
                                        token: try writeToken("\(label)-token-0123456789abcdef", in: directory))
             defer { cluster.stopAll() }
-            try cluster.startCoordinator(listen: coordinatorListen, extra: coordinatorExtra)
+            try cluster.startCoordinator(listen: coordinatorListen, extra: coordinatorExtra, environment: coordinatorEnvironment)
             try cluster.startWorker("w1", extra: slow)
-            try cluster.startWorker("w2", extra: slow)
+            try cluster.startWorker("w2", extra: slow, environment: w2Environment)
             try cluster.waitForWorkers(["w1", "w2"])
 
             let output = directory.appendingPathComponent("out")
@@ -47,8 +49,9 @@ import Testing
     static func expectCompletesIdentically(_ interrupted: InterruptedJob,
                                            sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
         let status = try interrupted.cluster.waitForEnd(interrupted.job, timeout: 180)
+        let workerLogs = interrupted.cluster.workers.map { "\($0.key) log:\n\($0.value.output)" }.joined(separator: "\n")
         #expect(status["state"] as? String == "succeeded",
-                "status: \(status)\n\(interrupted.cluster.coordd!.output)", sourceLocation: sourceLocation)
+                "status: \(status)\n\(interrupted.cluster.coordd!.output)\n\(workerLogs)", sourceLocation: sourceLocation)
         try expectIdenticalDirectories(interrupted.reference, interrupted.output, sourceLocation: sourceLocation)
         return status
     }
@@ -123,6 +126,62 @@ import Testing
                 let reason = status["failure_reason"] as? String ?? ""
                 #expect(reason.contains("changed since it was submitted") && reason.contains(expected), "\(reason)")
                 #expect(status["fingerprint"] as? String == recorded)
+            }
+        }
+    }
+
+    /// A shard of the model is truncated in mid-calibration (someone copies a new version over it). Weights are read
+    /// with pread after a check that the file is unchanged, so no process dies of SIGBUS: the job fails naming the
+    /// file, and the daemons stay up.
+    @Test func aShardTruncatedMidJobFailsTheJobNamingItAndEveryDaemonStaysUp() throws {
+        try withTemporaryDirectory("truncated-shard") { inputs in
+            let model = inputs.appendingPathComponent("model")
+            try FileManager.default.copyItem(at: Fixtures.tinyLlama, to: model)
+            try Self.withJobInMidCalibration("truncated", model: model) { interrupted in
+                let cluster = interrupted.cluster
+                let shard = model.appendingPathComponent("model-00002-of-00002.safetensors")
+                let size = try #require(try FileManager.default.attributesOfItem(atPath: shard.path)[.size] as? Int)
+                #expect(truncate(shard.path, off_t(size / 2)) == 0)
+                let status = try cluster.waitForEnd(interrupted.job, timeout: 120)
+                #expect(status["state"] as? String == "failed", "\(status)")
+                let reason = status["failure_reason"] as? String ?? ""
+                #expect(reason.contains("model-00002-of-00002.safetensors") && reason.contains("changed"), "\(reason)")
+                #expect(cluster.coordd!.isRunning)
+                for (name, worker) in cluster.workers { #expect(worker.isRunning, "\(name) died:\n\(worker.output.suffix(2000))") }
+                #expect(!FileManager.default.fileExists(atPath: interrupted.output.path), "nothing renamed into place")
+            }
+        }
+    }
+
+    /// kill -9 of coordd during export, during merge and right after the output's rename, and of a worker during
+    /// export: each daemon is held at that moment by a debug fault point (`NVFP4CLUSTER_DEBUG_PAUSE_AT`), killed, and
+    /// started again without it. The job ends `succeeded` with the bytes of an uninterrupted run.
+    @Test(arguments: ["coordd-export", "coordd-merge", "coordd-after-rename", "workerd-export"])
+    func killedInEveryPhaseTheJobStillCompletesIdentically(_ point: String) throws {
+        let listen = "127.0.0.1:\(try freeLoopbackPort())"
+        let pause = ["NVFP4CLUSTER_DEBUG_PAUSE_AT": point]
+        let inCoordinator = point.hasPrefix("coordd")
+        let grace = ["--worker-grace", "60"]
+        try Self.withJobInMidCalibration("phase-\(point)", coordinatorListen: listen, coordinatorExtra: grace,
+                                         coordinatorEnvironment: inCoordinator ? pause : [:],
+                                         w2Environment: inCoordinator ? [:] : pause) { interrupted in
+            let cluster = interrupted.cluster
+            let victim = inCoordinator ? cluster.coordd! : cluster.workers["w2"]!
+            try victim.waitForLog("debug fault point \(point) reached", timeout: 120)
+            victim.kill()  // SIGKILL
+            if inCoordinator {
+                try cluster.startCoordinator(listen: listen, extra: grace)
+            } else {
+                try waitUntil { (try? cluster.status(interrupted.job)["workers"] as? [[String: Any]])?
+                    .contains { $0["name"] as? String == "w2" && $0["health"] as? String == "dead" } ?? false }
+                try cluster.startWorker("w2", extra: Self.slow)
+            }
+            _ = try Self.expectCompletesIdentically(interrupted)
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: interrupted.output.deletingLastPathComponent().path)
+                .filter { $0.hasPrefix(interrupted.output.lastPathComponent + ".") }
+            #expect(leftovers.isEmpty, "left beside the output: \(leftovers)")
+            if point == "coordd-after-rename" {
+                #expect(cluster.coordd!.output.contains("the output was renamed into place before coordd stopped"))
             }
         }
     }

@@ -34,7 +34,8 @@ final class Daemon: @unchecked Sendable {
     let process = Process()
     let log: URL
 
-    init(name: String, executable: URL, arguments: [String], directory: URL, prefix: [String] = []) throws {
+    init(name: String, executable: URL, arguments: [String], directory: URL, prefix: [String] = [],
+         environment: [String: String] = [:]) throws {
         self.name = name
         log = directory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8)).log")
         FileManager.default.createFile(atPath: log.path, contents: nil)
@@ -43,6 +44,9 @@ final class Daemon: @unchecked Sendable {
         process.standardOutput = handle
         process.standardError = handle
         process.standardInput = FileHandle.nullDevice
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         try process.run()
     }
 
@@ -222,24 +226,25 @@ final class LocalCluster {
         tlsDirectory = tls
     }
 
-    func startCoordinator(listen: String = "127.0.0.1:0", extra: [String] = []) throws {
+    func startCoordinator(listen: String = "127.0.0.1:0", extra: [String] = [], environment: [String: String] = [:]) throws {
         let daemon = try Daemon(name: "coordd", executable: try Binaries.url("coordd"),
                                 arguments: ["--listen", listen, "--state-dir", directory.appendingPathComponent("state").path,
                                             "--output-root", directory.path,
                                             "--log-level", "debug"] + tokenArguments + tlsArguments("coordinator") + extra,
-                                directory: directory, prefix: prefix("coordd"))
+                                directory: directory, prefix: prefix("coordd"), environment: environment)
         coordd = daemon
         coordinatorAddress = try daemon.listenAddress(marker: "coordd listening")
     }
 
     @discardableResult
-    func startWorker(_ name: String, listen: String = "127.0.0.1:0", token: URL? = nil, extra: [String] = []) throws -> Daemon {
+    func startWorker(_ name: String, listen: String = "127.0.0.1:0", token: URL? = nil, extra: [String] = [],
+                     environment: [String: String] = [:]) throws -> Daemon {
         let tokenArguments = token.map { ["--token-file", $0.path] } ?? self.tokenArguments
         let daemon = try Daemon(name: name, executable: try Binaries.url("workerd"),
                                 arguments: ["--coordinator", coordinatorAddress, "--listen", listen, "--name", name,
                                             "--scratch", directory.appendingPathComponent("scratch-\(name)").path,
                                             "--log-level", "debug"] + tokenArguments + tlsArguments(name) + extra,
-                                directory: directory, prefix: prefix(name))
+                                directory: directory, prefix: prefix(name), environment: environment)
         workers[name] = daemon
         return daemon
     }

@@ -3,6 +3,7 @@ import Calibration
 import Checkpoint
 import ComputeBackend
 import Foundation
+import JobModel
 import LlamaModel
 import Logging
 import NVFP4
@@ -350,5 +351,28 @@ func expectIdenticalDirectories(_ left: URL, _ right: URL, sourceLocation: Sourc
         #expect(plan.chunks[0].tokenIDs == [1, 2, 2] && plan.chunks[0].sources == ["s1", "s2"])
         #expect(plan.tokenCount == 10 && plan.sampleCount == 4)
         #expect(try JSONDecoder().decode(CalibrationPlan.self, from: JSONEncoder().encode(plan)) == plan)
+    }
+}
+
+/// The up-front output checks that `quantize` and `submit` run before any work.
+@Suite struct OutputSpaceTests {
+    /// Too little free space for the planned checkpoint is refused before calibration, saying how much is needed and
+    /// how much is free; enough passes.
+    @Test func tooLittleFreeSpaceIsRefusedUpFrontNamingNeededAndFree() throws {
+        try withTemporaryDirectory("space") { parent in
+            let options = fixtureW4A4Options(output: parent.appendingPathComponent("out"), layout: .compressedTensors)
+            let spec = try JobSpec(options: options)
+            let config = try Fixtures.tinyConfig()
+            let source = try SafeTensorsModel(directory: spec.modelPath)
+            let needed = try CheckpointAssembler.plan(spec: spec, config: config, source: source).totalSize
+            do {
+                try CheckpointAssembler.checkOutput(spec: spec, config: config, source: source, freeBytes: { _ in 4096 })
+                Issue.record("a 4 kB disk was accepted for a \(needed)-byte checkpoint")
+            } catch let error as CheckpointError {
+                #expect(error.message.contains("needs \(formatBytes(needed)), \(formatBytes(4096)) free"), "\(error)")
+            }
+            try CheckpointAssembler.checkOutput(spec: spec, config: config, source: source,
+                                                freeBytes: { _ in Int64(needed) })
+        }
     }
 }

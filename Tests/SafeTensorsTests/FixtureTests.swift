@@ -85,16 +85,53 @@ import Testing
         }
     }
 
-    @Test func withBytesViewsTheMappingWithoutCopying() throws {
-        let file = try SafeTensorsFile(path: Fixtures.path("tiny-llama/model-00001-of-00002.safetensors"))
-        let first = try #require(file.tensors.first)
-        let last = try #require(file.tensors.last)
-        let firstAddress = try file.withBytes(first.name) { $0.baseAddress! }
-        let lastAddress = try file.withBytes(last.name) { $0.baseAddress! }
-        // Views into one mapping: addresses differ exactly by the data offsets, and repeat on every call.
-        #expect(lastAddress - firstAddress == last.dataOffsets.lowerBound - first.dataOffsets.lowerBound)
-        #expect(try file.withBytes(first.name) { $0.baseAddress! } == firstAddress)
-        #expect(try file.withBytes(last.name) { $0.count } == last.byteCount)
+    /// Tensors are read with pread when asked for: a shard truncated under a running job fails the read with an
+    /// error naming the file (with a memory map, touching the lost pages would kill the process with SIGBUS).
+    @Test func aShardTruncatedWhileOpenFailsTheReadNamingItInsteadOfCrashing() throws {
+        try withTemporaryDirectory { directory in
+            let copy = directory.appendingPathComponent("shard.safetensors")
+            try FileManager.default.copyItem(atPath: Fixtures.path("tiny-llama/model-00001-of-00002.safetensors"), toPath: copy.path)
+            let file = try SafeTensorsFile(path: copy.path)
+            let last = try #require(file.tensors.last)
+            let before = try file.data(last.name)
+            #expect(before.count == last.byteCount)
+            try file.checkUnchanged()
+            #expect(truncate(copy.path, off_t(file.dataSectionOffset + last.dataOffsets.lowerBound + 2)) == 0)
+            for read in [{ _ = try file.data(last.name) }, { _ = try file.floats(last.name) },
+                         { try file.withBytes(last.name) { _ in } }, { try file.checkUnchanged() }] {
+                do {
+                    try read()
+                    Issue.record("a read of the truncated file succeeded")
+                } catch let error as SafeTensorsError {
+                    #expect(error.kind == .changedOnDisk && error.path == copy.path, "\(error)")
+                    #expect("\(error)".contains("size went from"), "\(error)")
+                }
+            }
+        }
+    }
+
+    /// Rewritten in place (same size, new bytes) or replaced by another file under the same name: refused too.
+    @Test func aShardRewrittenOrReplacedWhileOpenIsRefused() throws {
+        try withTemporaryDirectory { directory in
+            let copy = directory.appendingPathComponent("shard.safetensors")
+            let original = Fixtures.path("tiny-llama/model-00001-of-00002.safetensors")
+            try FileManager.default.copyItem(atPath: original, toPath: copy.path)
+            let file = try SafeTensorsFile(path: copy.path)
+            let name = try #require(file.tensorNames.first)
+            try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSince1970: 1_000_000)], ofItemAtPath: copy.path)
+            #expect(throws: SafeTensorsError.self) { _ = try file.data(name) }
+            #expect((try? file.checkUnchanged()) == nil)
+
+            let replaced = try SafeTensorsFile(path: copy.path)
+            try FileManager.default.removeItem(at: copy)
+            try FileManager.default.copyItem(atPath: original, toPath: copy.path)
+            do {
+                _ = try replaced.data(name)
+                Issue.record("a read through a replaced path succeeded")
+            } catch let error as SafeTensorsError {
+                #expect(error.kind == .changedOnDisk && "\(error)".contains("replaced"), "\(error)")
+            }
+        }
     }
 
     @Test func goldenVectorsHaveTheDTypesAndShapesTheirNamesImply() throws {

@@ -1,0 +1,29 @@
+import Foundation
+
+/// Named points where a debug build can be told to stop and wait, so that process-level tests can kill a daemon at
+/// a chosen moment of a job (during export, during merge, right after the output's rename). Set
+/// `NVFP4CLUSTER_DEBUG_PAUSE_AT=<point>` in the daemon's environment; release builds ignore it.
+public enum DebugFaultPoint: String, Sendable, CaseIterable {
+    /// coordd, once the first layer of the checkpoint is written.
+    case coordinatorExport = "coordd-export"
+    /// coordd, before the checkpoint's index and JSON files are written and verified.
+    case coordinatorMerge = "coordd-merge"
+    /// coordd, after the output was renamed into place, before the job is recorded as succeeded.
+    case coordinatorAfterRename = "coordd-after-rename"
+    /// workerd, when asked to export a layer.
+    case workerExport = "workerd-export"
+
+    public static let environmentVariable = "NVFP4CLUSTER_DEBUG_PAUSE_AT"
+
+    /// In a debug build whose environment names this point: calls `announce` once, then waits until the task is
+    /// cancelled (the test kills the process meanwhile). Otherwise returns at once.
+    public func pauseIfRequested(announce: @Sendable (String) -> Void) async {
+        #if DEBUG
+        guard ProcessInfo.processInfo.environment[Self.environmentVariable] == rawValue else { return }
+        announce("debug fault point \(rawValue) reached: pausing here (\(Self.environmentVariable))")
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(3600))
+        }
+        #endif
+    }
+}
