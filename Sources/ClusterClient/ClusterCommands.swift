@@ -355,3 +355,36 @@ func pad(_ text: String, _ width: Int) -> String {
     text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
 }
 
+
+public struct GC: AsyncParsableCommand {
+    public init() {}
+
+    public static let configuration = CommandConfiguration(
+        commandName: "gc",
+        abstract: "Remove the hidden states that workers keep for jobs that ended.",
+        discussion: """
+            A worker keeps the hidden states entering its range (under its --scratch) while a job runs, so that the \
+            job can resume. coordd removes them when a job ends, and again when a worker that was away registers; \
+            this removes what is left on every live worker for jobs that are neither queued nor running. It exits 1 \
+            if a worker could not be asked.
+            """)
+
+    @OptionGroup var connection: ConnectionOptions
+
+    public func run() async throws {
+        let reports = try await connection.withCoordinator { try await $0.collectGarbage() }
+        if reports.isEmpty { print("no live workers") }
+        var failed = false
+        for report in reports {
+            if let error = report.error {
+                print("\(report.worker): could not collect: \(error)")
+                failed = true
+            } else if report.removedJobs.isEmpty {
+                print("\(report.worker): nothing to remove")
+            } else {
+                print("\(report.worker): removed the kept hidden states of \(report.removedJobs.joined(separator: ", "))")
+            }
+        }
+        if failed { throw ExitCode(1) }
+    }
+}

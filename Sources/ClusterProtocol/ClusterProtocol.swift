@@ -44,6 +44,8 @@ public protocol CoordinatorEndpoint: DistributedActor where ActorSystem == Clust
     distributed func list() async throws -> [JobStatus]
     distributed func workers() async throws -> [WorkerRecord]
     distributed func cancel(jobID: String) async throws -> JobStatus
+    /// Removes, on every live worker, hidden states kept for jobs that are not queued or running (`coordctl gc`).
+    distributed func collectGarbage() async throws -> [GarbageReport]
 }
 
 /// A worker's API, called by the coordinator.
@@ -73,4 +75,6 @@ public protocol WorkerEndpoint: DistributedActor where ActorSystem == ClusterAct
     distributed func status() async throws -> WorkerStatusReport
     /// Stops the job's work; with `discardState` the kept hidden states go too (job finished or cancelled).
     distributed func cancel(jobID: String, discardState: Bool) async throws
+    /// Removes the hidden states kept for every job not in `keep` (and not loaded now); returns the jobs removed.
+    distributed func collectGarbage(keep: [String]) async throws -> [String]
 }

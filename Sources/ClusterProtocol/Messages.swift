@@ -348,3 +348,16 @@ extension ClusterActorSystem {
                         configuration: configuration, logger: logger)
     }
 }
+
+/// What `coordctl gc` removed on one worker: the jobs whose kept hidden states went, or why it could not ask.
+public struct GarbageReport: Codable, Sendable, Equatable {
+    public var worker: String
+    public var removedJobs: [String]
+    public var error: String?
+
+    public init(worker: String, removedJobs: [String], error: String? = nil) {
+        self.worker = worker
+        self.removedJobs = removedJobs
+        self.error = error
+    }
+}

@@ -67,6 +67,10 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         await mailbox.peerReturned(info.name)
         logger.info("worker registered", metadata: ["worker": "\(info.name)", "address": "\(info.address)",
                                                     "device": "\(info.device)", "version": "\(info.softwareVersion)"])
+        // A worker that was away when a job ended still keeps that job's hidden states: drop them now.
+        if localWorkers[info.name] == nil {
+            Task { _ = await self.collectGarbage(on: info) }
+        }
         return RegistrationReply(coordinatorVersion: NVFP4ClusterVersion.current,
                                  heartbeatSeconds: settings.heartbeatSeconds)
     }
@@ -187,6 +191,33 @@ public distributed actor Coordinator: CoordinatorEndpoint {
             try store.updateJobState(jobID: jobID, to: .cancelled, reason: "cancelled by coordctl")
         }
         return try await status(jobID: jobID)
+    }
+
+    public distributed func collectGarbage() async throws -> [GarbageReport] {
+        var reports: [GarbageReport] = []
+        for info in await registry.liveWorkers() {
+            reports.append(await collectGarbage(on: info))
+        }
+        return reports
+    }
+
+    /// Asks one worker to drop the hidden states of jobs that are neither queued nor running.
+    private func collectGarbage(on info: WorkerInfo) async -> GarbageReport {
+        do {
+            let unfinished = try store.listJobs().filter { !$0.state.isTerminal }.map(\.id)
+            let endpoint: any WorkerEndpoint = try localWorkers[info.name]
+                ?? $WorkerEndpoint.resolve(id: actorSystem.wellKnownID(WellKnownActor.worker, at: info.address, node: info.name),
+                                           using: actorSystem)
+            let removed = try await endpoint.collectGarbage(keep: unfinished)
+            if !removed.isEmpty {
+                logger.info("removed kept hidden states of ended jobs", metadata: ["worker": "\(info.name)",
+                                                                                    "jobs": "\(removed.joined(separator: ","))"])
+            }
+            return GarbageReport(worker: info.name, removedJobs: removed)
+        } catch {
+            logger.warning("could not collect kept hidden states", metadata: ["worker": "\(info.name)", "reason": "\(error)"])
+            return GarbageReport(worker: info.name, removedJobs: [], error: operatorDescription(of: error))
+        }
     }
 
     // MARK: Local API (coordd)

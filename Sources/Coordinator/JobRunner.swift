@@ -277,7 +277,8 @@ actor JobRunner {
                 let dead = Array(Set(lost.keys).union(await deadPlannedWorkers())).sorted()
                 if dead.isEmpty {
                     logger.error("job failed: \(operatorDescription(of: error))")
-                    await tellWorkersToStop(discardState: false)
+                    // A failed job never resumes: its kept hidden states go too.
+                    await tellWorkersToStop(discardState: true)
                     finish(as: .failed, reason: operatorDescription(of: error))
                     return
                 }
@@ -291,7 +292,8 @@ actor JobRunner {
                     try await recoverPlan(dead: dead)
                 } catch {
                     logger.error("job failed: \(operatorDescription(of: error))")
-                    await tellWorkersToStop(discardState: false)
+                    // A failed job never resumes: its kept hidden states go too.
+                    await tellWorkersToStop(discardState: true)
                     finish(as: .failed, reason: operatorDescription(of: error))
                     return
                 }

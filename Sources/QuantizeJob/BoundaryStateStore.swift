@@ -41,6 +41,8 @@ public struct BoundaryStateStore: Sendable {
     public let hiddenSize: Int
 
     static let magic = Data("NVFP4HS1".utf8)
+    /// A job's directory under the scratch directory is this prefix and the job id.
+    public static let jobDirectoryPrefix = "nvfp4-boundary-"
     static let headerSize = 64
 
     /// - Parameter firstLayer: the first layer of the range whose input is stored.
@@ -49,7 +51,7 @@ public struct BoundaryStateStore: Sendable {
         guard !jobID.isEmpty, jobID != ".", jobID != "..", jobID.allSatisfy(allowed.contains) else {
             throw BoundaryStateError.invalidJobID(jobID)
         }
-        jobDirectory = scratchDirectory.appendingPathComponent("nvfp4-boundary-\(jobID)", isDirectory: true)
+        jobDirectory = scratchDirectory.appendingPathComponent(Self.jobDirectoryPrefix + jobID, isDirectory: true)
         directory = jobDirectory.appendingPathComponent("layer-\(firstLayer)", isDirectory: true)
         self.hiddenSize = hiddenSize
     }

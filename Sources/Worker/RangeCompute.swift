@@ -139,6 +139,14 @@ final class RangeCompute: @unchecked Sendable {
 
     func close() { runner.releaseLayers() }
 
+    /// The jobs whose hidden states this worker keeps under `scratchDirectory`.
+    static func keptJobs(workerName: String, scratchDirectory: URL) -> [String] {
+        let directory = jobScratch(scratchDirectory, workerName: workerName)
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        return names.filter { $0.hasPrefix(BoundaryStateStore.jobDirectoryPrefix) }
+            .map { String($0.dropFirst(BoundaryStateStore.jobDirectoryPrefix.count)) }.sorted()
+    }
+
     /// Removes the hidden states kept for `jobID` (job finished or cancelled).
     static func discardKeptState(jobID: String, workerName: String, scratchDirectory: URL) throws {
         let store = try BoundaryStateStore(scratchDirectory: jobScratch(scratchDirectory, workerName: workerName),

@@ -267,6 +267,19 @@ public distributed actor Worker: WorkerEndpoint {
         }
     }
 
+    public distributed func collectGarbage(keep: [String]) async throws -> [String] {
+        let kept = Set(keep).union(job.map { [$0.assignment.jobID] } ?? [])
+        var removed: [String] = []
+        for jobID in RangeCompute.keptJobs(workerName: name, scratchDirectory: scratchDirectory) where !kept.contains(jobID) {
+            try RangeCompute.discardKeptState(jobID: jobID, workerName: name, scratchDirectory: scratchDirectory)
+            removed.append(jobID)
+        }
+        if !removed.isEmpty {
+            logger.info("removed the hidden states kept for ended job(s) \(removed.joined(separator: ", "))")
+        }
+        return removed
+    }
+
     /// The data path to the coordinator, opened on first use and kept.
     private func coordinatorDataPath() async throws -> any ActivationTransport {
         if let coordinatorBulk {

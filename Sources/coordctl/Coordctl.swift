@@ -24,7 +24,7 @@ struct Coordctl: AsyncParsableCommand {
             `coordctl status JOB --watch` follows it. The client commands take --coordinator HOST:PORT and \
             --token-file F (before or after the command name).
             """,
-        subcommands: [Quantize.self, Submit.self, Status.self, List.self, Workers.self, Cancel.self, Eval.self, Certs.self]
+        subcommands: [Quantize.self, Submit.self, Status.self, List.self, Workers.self, Cancel.self, GC.self, Eval.self, Certs.self]
     )
 
     /// Accepts the connection options before the command name too (`coordctl --coordinator H:P status JOB`), by

@@ -149,6 +149,9 @@ import Testing
                 #expect(cluster.coordd!.isRunning)
                 for (name, worker) in cluster.workers { #expect(worker.isRunning, "\(name) died:\n\(worker.output.suffix(2000))") }
                 #expect(!FileManager.default.fileExists(atPath: interrupted.output.path), "nothing renamed into place")
+                // A failed job never resumes: the hidden states w2 kept for it are gone.
+                let kept = interrupted.output.deletingLastPathComponent().appendingPathComponent("scratch-w2/kept-w2")
+                #expect(((try? FileManager.default.contentsOfDirectory(atPath: kept.path)) ?? []).isEmpty)
             }
         }
     }
@@ -183,6 +186,35 @@ import Testing
             if point == "coordd-after-rename" {
                 #expect(cluster.coordd!.output.contains("the output was renamed into place before coordd stopped"))
             }
+        }
+    }
+
+    /// Hidden states a worker kept for jobs that ended while it was away go when it registers again, and
+    /// `coordctl gc` removes whatever is left on the live workers.
+    @Test func keptStatesOfEndedJobsAreCollectedAtRegistrationAndByGC() throws {
+        try withTemporaryDirectory("cluster-gc") { directory in
+            let cluster = LocalCluster(directory: directory, token: try writeToken("gc-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            let kept = directory.appendingPathComponent("scratch-w1/kept-w1")
+            func leave(_ job: String) throws {
+                let layer = kept.appendingPathComponent("nvfp4-boundary-\(job)/layer-1")
+                try FileManager.default.createDirectory(at: layer, withIntermediateDirectories: true)
+                try Data(count: 64).write(to: layer.appendingPathComponent("chunk-000000.hs"))
+            }
+            func keptJobs() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: kept.path)) ?? []).sorted() }
+            try leave("ended-while-away")
+            try cluster.startCoordinator()
+            try cluster.startWorker("w1")
+            try cluster.waitForWorkers(["w1"])
+            try waitUntil(timeout: 10) { keptJobs().isEmpty }
+
+            try leave("left-over")
+            let first = try cluster.coordctl(["gc"])
+            #expect(first.status == 0, "\(first.stderr)")
+            #expect(first.stdout.contains("w1: removed the kept hidden states of left-over"), "\(first.stdout)")
+            #expect(keptJobs().isEmpty)
+            let second = try cluster.coordctl(["gc"])
+            #expect(second.stdout.contains("w1: nothing to remove"), "\(second.stdout)")
         }
     }
 

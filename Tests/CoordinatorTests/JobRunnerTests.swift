@@ -144,6 +144,8 @@ import Transport
         }
 
         distributed func cancel(jobID: String, discardState: Bool) async throws { cancelled = true }
+        /// Keeps no hidden states on disk, so there is never anything to collect.
+        distributed func collectGarbage(keep: [String]) async throws -> [String] { [] }
 
         private func loaded() throws -> WorkerAssignment {
             guard let assignment else { throw WorkerError.jobNotLoaded(worker: name, jobID: "?") }
