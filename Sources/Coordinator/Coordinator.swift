@@ -313,8 +313,11 @@ public struct CoordinatorSettings: Sendable {
     public var heartbeatSeconds = 1.0
     /// How long a job waits for a lost worker (or for the planned workers after a restart) before re-planning.
     public var workerGraceSeconds = 30.0
-    /// Deadline of one compute call (load, calibrate a chunk, export a layer).
+    /// Deadline of one compute call (load, calibrate a chunk) (`--compute-timeout`).
     public var computeCallTimeoutSeconds = 3600.0
+    /// How long a worker that owes a chunk report, or an export, may go without progress before it counts as hung
+    /// (`--progress-timeout`); the deadline grows with the work between two reports (see `JobRunner.progressDeadline`).
+    public var progressTimeoutSeconds = 300.0
     /// Directories inside which job outputs may be written (`--output-root`); nil: anywhere (the embedded mode, which
     /// writes for the user running it). coordd refuses every job while this is empty.
     public var outputRoots: [String]?

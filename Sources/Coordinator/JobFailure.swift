@@ -19,6 +19,8 @@ enum JobFailure: Error, CustomStringConvertible {
     case unknownTensorDType(worker: String, tensor: String, dtype: String)
     /// The inputs differ from the fingerprint recorded at submit (a resume after the model or calibration changed).
     case inputsChanged(jobID: String, changes: [String])
+    /// A worker made no progress within its deadline (hung or wedged), while doing `doing`.
+    case workerHung(worker: String, doing: String, seconds: Int)
 
     var description: String {
         switch self {
@@ -39,6 +41,8 @@ enum JobFailure: Error, CustomStringConvertible {
                 + "run a workerd on coordd's machine or give the workers shared storage, or pass --eval-samples 0 to "
                 + "skip the report and its gate"
         case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
+        case .workerHung(let worker, let doing, let seconds):
+            "worker \(worker) made no progress for \(seconds) s while \(doing) (hung or wedged; see --progress-timeout)"
         case .inputsChanged(let jobID, let changes):
             "the inputs of job \(jobID) changed since it was submitted: \(changes.joined(separator: "; ")); its statistics "
                 + "belong to the old inputs, so it cannot resume: submit it again as a new job"

@@ -47,6 +47,7 @@ extension JobRunner {
             recorded[layerAmax.layer, default: []].insert(report.chunk)
         }
         layerTokensThisRun += chunk.tokenCount * report.layers.count
+        lastProgress[report.worker] = .now
         signal(.chunkRecorded(chunk: report.chunk, worker: report.worker))
     }
 
@@ -83,15 +84,17 @@ extension JobRunner {
         }
         let first = workers[0].endpoint
         let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
+        let watchdog = Task { await self.watchCalibration(workers: workers, calibrationPlan: calibrationPlan, config: config) }
+        defer { watchdog.cancel() }
         if workers.count == 1 && pending > 0 {
             // One range holds every layer: a layer-at-a-time pass keeps a single layer resident.
-            try await first.calibrateAll(jobID: jobID)
+            try await untilInterrupted { try await first.calibrateAll(jobID: self.jobID) }
             startRange = [:]
         }
         for chunk in startRange.filter({ $0.value == 0 }).map(\.key).sorted() {
             try checkInterrupted()
             let order = CalibrateOrder(jobID: jobID, chunk: chunk)
-            try await ClusterActorSystem.withCallTimeout(timeout) { try await first.calibrate(order) }
+            try await untilInterrupted { try await ClusterActorSystem.withCallTimeout(timeout) { try await first.calibrate(order) } }
         }
         // Wait for the last range to report every chunk.
         try await wait {
@@ -105,5 +108,91 @@ extension JobRunner {
         try move(to: .exporting)
         calibrationDone = true
         signal(.calibrationFinished)
+    }
+
+    // MARK: Watchdog
+
+    /// The longest a worker may go without progress while it owes some: `--progress-timeout`, plus the work between
+    /// two of its reports at a slow 50 GFLOP/s (a chunk through its whole range when it pipelines, every token through
+    /// one layer when it calibrates layer by layer; whichever is more).
+    func progressDeadline(range: Range<Int>, calibrationPlan: CalibrationPlan, config: LlamaConfig) -> Duration {
+        let parametersPerLayer = Double(Self.residentBytesPerLayer(config)) / 4
+        let tokensBetweenReports = max(Double(range.count * calibrationPlan.chunkTokens), Double(calibrationPlan.tokenCount))
+        let work = 2 * parametersPerLayer * tokensBetweenReports / 5e10
+        return .milliseconds(Int64((settings.progressTimeoutSeconds + work) * 1000))
+    }
+
+    /// Watches the chunk reports while calibration runs. A worker owes progress while chunks wait for it (the first
+    /// range always; a later one once its predecessor is ahead of it); its silence counts from its own last report
+    /// or its predecessor's, whichever is later, so a worker starved by a slow predecessor is not blamed.
+    func watchCalibration(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) async {
+        let chunkCount = calibrationPlan.chunks.count
+        let start = ContinuousClock.now
+        let attempt = attemptNumber
+        for worker in workers { lastProgress[worker.info.name] = start }
+        let deadlines = workers.map { progressDeadline(range: $0.assignment.range, calibrationPlan: calibrationPlan, config: config) }
+        while !Task.isCancelled, attempt == attemptNumber, acceptingReports {
+            try? await Task.sleep(for: .milliseconds(250))
+            for (index, worker) in workers.enumerated() {
+                let done = recorded[worker.assignment.range.upperBound - 1]?.count ?? 0
+                guard done < chunkCount else { continue }
+                let name = worker.info.name
+                var since = lastProgress[name] ?? start
+                if index > 0 {
+                    let predecessor = workers[index - 1]
+                    let ahead = recorded[predecessor.assignment.range.upperBound - 1]?.count ?? 0
+                    if ahead <= done { lastProgress[name] = .now; continue }  // nothing waits for it
+                    since = max(since, lastProgress[predecessor.info.name] ?? start)
+                }
+                let silent = ContinuousClock.now - since
+                if silent > deadlines[index] {
+                    let range = worker.assignment.range
+                    workerHung(name, endpoint: worker.endpoint,
+                               doing: "calibrating layers \(range.lowerBound)..<\(range.upperBound) (\(done) of \(chunkCount) chunks reported)",
+                               seconds: Int(silent.components.seconds))
+                    return
+                }
+            }
+        }
+    }
+
+    /// A worker made no progress within its deadline: the attempt stops, and the job re-plans without it (or fails
+    /// naming it and what it was doing). The worker is told to stop, in case it is only slow.
+    func workerHung(_ name: String, endpoint: any WorkerEndpoint, doing: String, seconds: Int) {
+        guard acceptingReports, excluded[name] == nil else { return }
+        let failure = JobFailure.workerHung(worker: name, doing: doing, seconds: seconds)
+        logger.error("\(failure)")
+        excluded[name] = "made no progress for \(seconds) s while \(doing)"
+        workerFailure = (name, failure.description)
+        signal(.workerFailed(name))
+        let jobID = self.jobID
+        Task {
+            try? await ClusterActorSystem.withCallTimeout(.seconds(5)) { try await endpoint.cancel(jobID: jobID, discardState: false) }
+        }
+    }
+
+    /// Returns never: throws what interrupts the attempt, once something does.
+    func waitUntilInterrupted() async throws {
+        try await wait {
+            try checkInterrupted()
+            return false
+        }
+    }
+
+    /// Runs `operation` (a call to a worker), but gives up as soon as the attempt is interrupted (a worker lost, hung
+    /// or failed; cancel; shutdown), throwing why, instead of waiting for an answer that may never come.
+    func untilInterrupted<T: Sendable>(_ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await operation() }
+            group.addTask {
+                try await self.waitUntilInterrupted()
+                return nil
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let value = result { return value }
+            }
+            throw CancellationError()
+        }
     }
 }

@@ -144,8 +144,22 @@ extension JobRunner {
         }
         let request = ExportRequest(jobID: jobID, layer: layer, activationAmax: activationAmax)
         let endpoint = owner.endpoint
-        let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
-        let manifest = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.exportLayer(request) }
+        // `--progress-timeout` plus the layer's f32 weights moved at a slow 100 MB/s: past it the owner counts as hung.
+        let deadline = Duration.milliseconds(Int64((settings.progressTimeoutSeconds
+            + Double(config.map(Self.residentBytesPerLayer) ?? 0) / 1e8) * 1000))
+        let started = ContinuousClock.now
+        let manifest: ExportManifest
+        do {
+            manifest = try await untilInterrupted {
+                try await ClusterActorSystem.withCallTimeout(deadline) { try await endpoint.exportLayer(request) }
+            }
+        } catch {
+            let waited = ContinuousClock.now - started
+            guard waited >= deadline else { throw error }
+            let doing = "exporting layer \(layer)"
+            workerHung(owner.info.name, endpoint: endpoint, doing: doing, seconds: Int(waited.components.seconds))
+            throw JobFailure.workerHung(worker: owner.info.name, doing: doing, seconds: Int(waited.components.seconds))
+        }
         var tensors: [ExportedTensor] = []
         for entry in manifest.entries {
             let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)

@@ -18,7 +18,7 @@ extension JobRunner {
         var dead: [String] = []
         for entry in plan {
             let registered = await registry.info(entry.worker) != nil
-            if !registered || unreachable.contains(entry.worker) { dead.append(entry.worker) }
+            if !registered || excluded[entry.worker] != nil { dead.append(entry.worker) }
         }
         return dead
     }
@@ -30,7 +30,7 @@ extension JobRunner {
         while true {
             try checkInterrupted()
             let generation = await registry.generation
-            let live = await registry.liveWorkers().filter { !unreachable.contains($0.name) }
+            let live = await registry.liveWorkers().filter { excluded[$0.name] == nil }
             let liveNames = Set(live.map(\.name))
             if !stored.isEmpty, stored.allSatisfy({ liveNames.contains($0.worker) }) { return stored }
             let wanted = submission.split?.count ?? submission.workerCount ?? max(1, live.count)
@@ -61,7 +61,7 @@ extension JobRunner {
     /// Waits for lost workers to come back; after the grace period hands their ranges to neighbours.
     func recoverPlan(dead: [String]) async throws {
         // A worker its predecessor cannot reach is alive: waiting for it to come back is pointless.
-        let deadline = Set(dead).isSubset(of: unreachable)
+        let deadline = Set(dead).isSubset(of: excluded.keys)
             ? ContinuousClock.now : ContinuousClock.now + .seconds(settings.workerGraceSeconds)
         while ContinuousClock.now < deadline {
             if cancelRequested || shutdownRequested { throw CancellationError() }
@@ -74,7 +74,7 @@ extension JobRunner {
         }
         guard let config else { throw JobFailure.noModelConfig(jobID: jobID) }
         var current = plan
-        let live = await registry.liveWorkers().filter { !unreachable.contains($0.name) }
+        let live = await registry.liveWorkers().filter { excluded[$0.name] == nil }
         let completed = try store.lastCompletedLayer(jobID: jobID).map { $0 + 1 } ?? 0
         for name in await deadPlannedWorkers() {
             current = try LayerPlanner.replan(plan: current, deadWorker: name, completedLayers: completed,

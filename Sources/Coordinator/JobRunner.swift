@@ -36,8 +36,11 @@ actor JobRunner {
     /// Workers of the current plan lost during the current attempt, with the reason.
     var lost: [String: String] = [:]
     var workerFailure: (worker: String, message: String)?
-    /// Workers that their predecessor could not reach within its link timeout; re-planned around for this job.
-    var unreachable: Set<String> = []
+    /// Workers this job plans around from now on, with why: their predecessor could not reach them within its link
+    /// timeout, or they made no progress within their deadline (hung).
+    var excluded: [String: String] = [:]
+    /// When each worker of the current attempt last made progress (a chunk report), for the watchdog.
+    var lastProgress: [String: ContinuousClock.Instant] = [:]
     /// Grows with every attempt; workers tag reports with the attempt that loaded them.
     var attemptNumber = 0
     /// Reports count only once this attempt's workers are loaded.
@@ -208,7 +211,7 @@ actor JobRunner {
 
     func linkDown(from worker: String, to successor: String, attempt: Int, message: String) {
         guard attempt == attemptNumber, acceptingReports, plan.contains(where: { $0.worker == successor }) else { return }
-        unreachable.insert(successor)
+        excluded[successor] = "cannot be reached from \(worker), the previous range"
         workerFailure = (worker, message)
         signal(.workerFailed(worker))
     }
@@ -283,18 +286,21 @@ actor JobRunner {
                     return
                 }
                 let lostNames = dead.joined(separator: ", ")
-                if Set(dead).isSubset(of: unreachable) {
-                    logger.warning("\(lostNames) cannot be reached from the previous range: \(operatorDescription(of: error)); re-planning without \(lostNames)")
+                if Set(dead).isSubset(of: excluded.keys) {
+                    let why = dead.map { "\($0) \(excluded[$0]!)" }.joined(separator: "; ")
+                    logger.warning("\(why): re-planning without \(lostNames) (\(operatorDescription(of: error)))")
                 } else {
                     logger.warning("lost worker(s) \(lostNames): \(operatorDescription(of: error)); waiting up to \(Int(settings.workerGraceSeconds)) s for them, then re-planning")
                 }
+                let cause = operatorDescription(of: error)
                 do {
                     try await recoverPlan(dead: dead)
                 } catch {
-                    logger.error("job failed: \(operatorDescription(of: error))")
+                    let reason = "\(operatorDescription(of: error)) (after: \(cause))"
+                    logger.error("job failed: \(reason)")
                     // A failed job never resumes: its kept hidden states go too.
                     await tellWorkersToStop(discardState: true)
-                    finish(as: .failed, reason: operatorDescription(of: error))
+                    finish(as: .failed, reason: reason)
                     return
                 }
             }

@@ -27,3 +27,22 @@ public enum DebugFaultPoint: String, Sendable, CaseIterable {
         #endif
     }
 }
+
+/// A debug-only hang for the watchdog tests: with `NVFP4CLUSTER_DEBUG_HANG_AFTER_CHUNKS=N` in a debug build's
+/// environment, a worker that has finished N chunks stops working (forever) while its heartbeats and the connection's
+/// liveness go on, as a wedged compute would. Release builds ignore it.
+public enum DebugHang {
+    public static let environmentVariable = "NVFP4CLUSTER_DEBUG_HANG_AFTER_CHUNKS"
+
+    /// Waits forever (until cancelled) when `chunksDone` has reached the configured count; returns at once otherwise.
+    public static func hangIfRequested(chunksDone: Int, announce: @Sendable (String) -> Void) async {
+        #if DEBUG
+        guard let value = ProcessInfo.processInfo.environment[environmentVariable], let limit = Int(value),
+              chunksDone >= limit else { return }
+        announce("debug hang after \(limit) chunk(s) (\(environmentVariable)): this worker stops working")
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(3600))
+        }
+        #endif
+    }
+}

@@ -410,6 +410,7 @@ public distributed actor Worker: WorkerEndpoint {
     /// Runs one chunk through the range, reports its amax, and forwards the output to the successor. A streaming
     /// range only keeps the chunk, and starts its layer-at-a-time pass once every chunk is there.
     private func process(job: ActiveRangeJob, chunk: Int, input: Data?, fromStore: Bool = false) async throws {
+        await DebugHang.hangIfRequested(chunksDone: job.chunksDone) { [logger] in logger.warning("\($0)") }
         if job.compute.streams {
             if let input { try await compute.run { try job.compute.keep(chunk: chunk, input: input) } }
             job.collected.insert(chunk)

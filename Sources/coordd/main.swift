@@ -44,6 +44,12 @@ struct Coordd: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds a job waits for a lost worker before re-planning its layers onto the others.")
     var workerGrace: Double = 30
 
+    @Option(name: .long, help: "Seconds a worker that owes a chunk report or an export may go without progress before it counts as hung; to it is added the time of the work between two reports at 50 GFLOP/s. A hung worker's layers are re-planned onto the others when they can hold them, or the job fails naming the worker and what it was doing.")
+    var progressTimeout: Double = 300
+
+    @Option(name: .long, help: "Seconds one compute call (loading a range, calibrating a chunk) may take.")
+    var computeTimeout: Double = 3600
+
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
@@ -53,6 +59,11 @@ struct Coordd: AsyncParsableCommand {
             listen: try NodeAddress(parsing: listen), stateDirectory: stateDir,
             token: try token.loadToken())
         configuration.settings.workerGraceSeconds = workerGrace
+        guard progressTimeout > 0, computeTimeout > 0 else {
+            throw ValidationError("--progress-timeout and --compute-timeout must be positive")
+        }
+        configuration.settings.progressTimeoutSeconds = progressTimeout
+        configuration.settings.computeCallTimeoutSeconds = computeTimeout
         configuration.settings.outputRoots = outputRoot
         if outputRoot.isEmpty {
             logger.warning("no --output-root: every job will be refused until coordd is started with one")

@@ -218,6 +218,59 @@ import Testing
         }
     }
 
+    /// A worker that stops working after two chunks while its heartbeats go on (a debug hang): coordd's watchdog
+    /// notices within `--progress-timeout`, names the worker and what it was doing, and re-plans its layer onto the
+    /// other worker; the job ends with the bytes of an uninterrupted run. The first range hanging (coordd waits on its
+    /// calibrate call) and the second (coordd waits for its reports) both.
+    @Test(arguments: ["w1", "w2"])
+    func aHungWorkerIsDetectedAndItsLayersReplanned(_ hung: String) throws {
+        try withTemporaryDirectory("hung-\(hung)") { directory in
+            let reference = try embeddedReference(in: directory, extra: Self.chunking)
+            let cluster = LocalCluster(directory: directory, token: try writeToken("hung-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator(extra: ["--progress-timeout", "2"])
+            for name in ["w1", "w2"] {
+                try cluster.startWorker(name, extra: Self.slow,
+                                        environment: name == hung ? ["NVFP4CLUSTER_DEBUG_HANG_AFTER_CHUNKS": "2"] : [:])
+            }
+            try cluster.waitForWorkers(["w1", "w2"])
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + Self.chunking))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
+            let status = try cluster.waitForEnd(job, timeout: 120)
+            let log = cluster.coordd!.output
+            #expect(status["state"] as? String == "succeeded", "\(status)\n\(log.suffix(4000))")
+            try expectIdenticalDirectories(reference, output)
+            let layer = hung == "w1" ? "0..<1" : "1..<2"
+            #expect(log.contains("worker \(hung) made no progress for") && log.contains("while calibrating layers \(layer)"),
+                    "\(log.suffix(4000))")
+            let survivor = hung == "w1" ? "w2" : "w1"
+            #expect(log.contains("re-planned: \(survivor) 0..<2"), "\(log.suffix(4000))")
+            #expect(cluster.workers[hung]!.output.contains("debug hang after 2 chunk(s)"))
+        }
+    }
+
+    /// A worker that is slow (1 s a chunk) but within its deadline is not taken for a hung one.
+    @Test func aSlowWorkerWithinItsDeadlineIsLeftAlone() throws {
+        try withTemporaryDirectory("slow-worker") { directory in
+            let reference = try embeddedReference(in: directory, extra: Self.chunking)
+            let cluster = LocalCluster(directory: directory, token: try writeToken("slow-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator(extra: ["--progress-timeout", "4"])
+            try cluster.startWorker("w1")
+            try cluster.startWorker("w2", extra: ["--debug-chunk-delay-ms", "1000"])
+            try cluster.waitForWorkers(["w1", "w2"])
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + Self.chunking))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
+            let status = try cluster.waitForEnd(job, timeout: 120)
+            #expect(status["state"] as? String == "succeeded", "\(status)")
+            try expectIdenticalDirectories(reference, output)
+            #expect(!cluster.coordd!.output.contains("made no progress"))
+            #expect(!cluster.coordd!.output.contains("re-planned"))
+        }
+    }
+
     @Test func sigtermStopsTheCoordinatorGracefully() throws {
         try withTemporaryDirectory("cluster-sigterm") { directory in
             let cluster = LocalCluster(directory: directory, token: try writeToken("term-token-0123456789abcdef", in: directory))
