@@ -125,6 +125,9 @@ public struct WorkerAssignment: Codable, Sendable {
     public var chunks: [CalibrationChunk] { plan.chunks }
     /// ``JobFingerprint/digest`` of the job: hidden states kept under another digest are not reused.
     public var fingerprint: String?
+    /// The plan's token ids are left out; the coordinator sends them right after `loadLayers` on the data path as
+    /// tensor ``BulkTensorID/tokenIDs`` (a `loadLayers` call stays small however large the calibration set).
+    public var tokenIDsOnDataPath = false
 
     public init(jobID: String, attempt: Int, spec: JobSpec, firstLayer: Int, endLayer: Int, embeddings: Bool,
                 successor: NodeAddress?, successorName: String?, predecessorName: String? = nil, plan: CalibrationPlan,
@@ -324,6 +327,28 @@ public enum BulkTensorID {
     }
 
     public static func isExport(_ id: UInt64) -> Bool { id & exportBase != 0 }
+
+    /// The calibration token ids, coordinator → first range: every chunk's ids in chunk order, as little-endian Int32.
+    public static let tokenIDs: UInt64 = 1 << 61
+}
+
+extension CalibrationPlan {
+    /// The plan without its token ids (shapes, counts and sources stay): what a range that does not embed needs, and
+    /// what travels in `loadLayers` when the ids follow on the data path.
+    public func withoutTokenIDs() -> CalibrationPlan {
+        var plan = self
+        for index in plan.chunks.indices { plan.chunks[index].tokenIDs = [] }
+        return plan
+    }
+
+    /// Every chunk's token ids in chunk order, as little-endian Int32 (the data path's form).
+    public func tokenIDBytes() -> Data {
+        var bytes = Data(capacity: tokenCount * 4)
+        for chunk in chunks {
+            for id in chunk.tokenIDs { withUnsafeBytes(of: id.littleEndian) { bytes.append(contentsOf: $0) } }
+        }
+        return bytes
+    }
 }
 
 extension NodeAddress {

@@ -14,6 +14,8 @@ public enum WorkerError: Error, Codable, Sendable, Equatable, CustomStringConver
     case badSetting(worker: String, option: String, reason: String)
     /// The checkpoint to evaluate is not readable here, or is not the one the coordinator wrote (no shared storage).
     case checkpointNotVisible(worker: String, path: String, reason: String)
+    /// The calibration token ids sent on the data path are not the plan's (wrong size or SHA-256).
+    case tokenIDsDoNotMatchPlan(worker: String, reason: String)
     /// The data path to the next range stayed down longer than the worker's `--link-timeout`.
     case successorUnreachable(worker: String, successor: String, seconds: Int, reason: String)
 
@@ -31,6 +33,8 @@ public enum WorkerError: Error, Codable, Sendable, Equatable, CustomStringConver
             "workerd \(worker): \(option) \(reason)"
         case .checkpointNotVisible(let worker, let path, let reason):
             "worker \(worker) cannot read the checkpoint at \(path): \(reason)"
+        case .tokenIDsDoNotMatchPlan(let worker, let reason):
+            "worker \(worker) received calibration token ids that are not the plan's: \(reason)"
         case .successorUnreachable(let worker, let successor, let seconds, let reason):
             "worker \(worker) could not send hidden states to \(successor) for \(seconds) s (--link-timeout): \(reason)"
         }

@@ -6,8 +6,10 @@ import Distributed
 import Foundation
 import LlamaModel
 import Logging
+import NIOCore
 import NVFP4
 import SafeTensors
+import Transport
 
 /// Planning and recovery: which worker holds which layers, waiting for lost workers and re-planning around them,
 /// and loading the plan onto the workers.
@@ -117,6 +119,32 @@ extension JobRunner {
                                            using: system)
     }
 
+    /// Sends the calibration token ids to the worker that embeds, on a data-path connection of their own, and waits
+    /// until it acknowledges them whole.
+    static func sendTokenIDs(_ bytes: Data, to worker: WorkerInfo, system: ClusterActorSystem) async throws {
+        let transport = try await system.openBulkTransport(
+            to: ClusterEndpoint(host: worker.address.host, port: worker.address.port, node: worker.name))
+        defer { Task { await transport.connection.close() } }
+        let acknowledgements = transport.acknowledgements()
+        var chunks: [ByteBuffer] = []
+        var offset = bytes.startIndex
+        while offset < bytes.endIndex {
+            let end = min(offset + (4 << 20), bytes.endIndex)
+            chunks.append(ByteBuffer(bytes: bytes[offset..<end]))
+            offset = end
+        }
+        try await transport.sendTensor(id: BulkTensorID.tokenIDs, chunks: chunks)
+        for try await acknowledgement in acknowledgements where acknowledgement.id == BulkTensorID.tokenIDs {
+            guard acknowledgement.byteCount == bytes.count else {
+                throw TransportError.bulkTransferFailed(
+                    tensorID: BulkTensorID.tokenIDs,
+                    reason: "\(worker.name) took \(acknowledgement.byteCount) bytes of token ids, not \(bytes.count)")
+            }
+            return
+        }
+        throw TransportError.connectionClosed(peer: worker.name)
+    }
+
     func load(workers: [PlannedWorker], calibrationPlan: CalibrationPlan) async throws {
         let spec = submission.spec
         let timeout = Duration.seconds(settings.computeCallTimeoutSeconds)
@@ -124,15 +152,25 @@ extension JobRunner {
             for (index, worker) in workers.enumerated() {
                 let next = index + 1 < workers.count ? workers[index + 1] : nil
                 let previous = index > 0 ? workers[index - 1] : nil
-                let assignment = WorkerAssignment(
+                // A remote worker gets the plan without token ids; the one that embeds gets them on the data path.
+                let remote = localWorkers[worker.info.name] == nil
+                var assignment = WorkerAssignment(
                     jobID: jobID, attempt: attemptNumber, spec: spec, firstLayer: worker.assignment.range.lowerBound,
                     endLayer: worker.assignment.range.upperBound, embeddings: worker.assignment.embeddings,
                     successor: next?.info.address, successorName: next?.info.name,
-                    predecessorName: previous?.info.name, plan: calibrationPlan,
+                    predecessorName: previous?.info.name, plan: remote ? calibrationPlan.withoutTokenIDs() : calibrationPlan,
                     fingerprint: submission.fingerprint?.digest)
+                let sendsTokens = remote && assignment.embeddings && !calibrationPlan.chunks.isEmpty
+                assignment.tokenIDsOnDataPath = sendsTokens
                 let endpoint = worker.endpoint
+                let info = worker.info
+                let system = self.system
                 group.addTask {
-                    try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.loadLayers(assignment) }
+                    let report = try await ClusterActorSystem.withCallTimeout(timeout) { try await endpoint.loadLayers(assignment) }
+                    if sendsTokens {
+                        try await Self.sendTokenIDs(calibrationPlan.tokenIDBytes(), to: info, system: system)
+                    }
+                    return report
                 }
             }
             var devices: [String] = []

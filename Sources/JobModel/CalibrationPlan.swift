@@ -19,7 +19,8 @@ public struct CalibrationChunk: Codable, Sendable, Equatable {
         self.sources = sources
     }
 
-    public var tokenCount: Int { tokenIDs.count }
+    /// Tokens in the chunk, from the per-sample counts (the ids may be left out, see `withoutTokenIDs()`).
+    public var tokenCount: Int { tokenCounts.reduce(0, +) }
 }
 
 /// The selected calibration samples grouped into chunks, plus what `calibration.json` records about them. Built

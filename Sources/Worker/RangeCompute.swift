@@ -14,7 +14,8 @@ import SafeTensors
 /// entry for resume, and the exporter of its layers. Not thread-safe: the worker calls it from its compute queue.
 // @unchecked: confined to the worker's serial compute queue (see above); the actor only hands it to that queue.
 final class RangeCompute: @unchecked Sendable {
-    let assignment: WorkerAssignment
+    /// Its plan's token ids arrive later when they travel on the data path (``supplyTokenIDs(_:)``).
+    private(set) var assignment: WorkerAssignment
     let workerName: String
     let config: LlamaConfig
     private let source: SafeTensorsModel
@@ -138,6 +139,30 @@ final class RangeCompute: @unchecked Sendable {
     }
 
     func close() { runner.releaseLayers() }
+
+    /// Fills the plan's token ids from the data path's little-endian Int32 bytes, after checking their count and
+    /// their SHA-256 against the plan's. Runs on the compute queue, before any chunk.
+    func supplyTokenIDs(_ bytes: Data) throws {
+        let plan = assignment.plan
+        guard bytes.count == plan.tokenCount * 4 else {
+            throw WorkerError.tokenIDsDoNotMatchPlan(worker: workerName,
+                                                     reason: "\(bytes.count) bytes for the plan's \(plan.tokenCount) tokens")
+        }
+        let digest = SHA256Hasher.hexDigest(of: bytes)
+        guard digest == plan.contentHash else {
+            throw WorkerError.tokenIDsDoNotMatchPlan(worker: workerName,
+                                                     reason: "SHA-256 \(digest.prefix(16)), the plan's is \(plan.contentHash.prefix(16))")
+        }
+        let ids = bytes.withUnsafeBytes { raw in
+            (0..<plan.tokenCount).map { Int32(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
+        }
+        var offset = 0
+        for index in assignment.plan.chunks.indices {
+            let count = assignment.plan.chunks[index].tokenCount
+            assignment.plan.chunks[index].tokenIDs = Array(ids[offset..<(offset + count)])
+            offset += count
+        }
+    }
 
     /// The jobs whose hidden states this worker keeps under `scratchDirectory`.
     static func keptJobs(workerName: String, scratchDirectory: URL) -> [String] {

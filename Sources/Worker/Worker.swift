@@ -109,7 +109,8 @@ public distributed actor Worker: WorkerEndpoint {
             }
             successor = link
         }
-        job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor)
+        job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor,
+                             awaitsTokenIDs: assignment.tokenIDsOnDataPath && assignment.embeddings)
         let seconds = secondsSince(start)
         logger.info("loaded \(assignment.range.count) layers in \(String(format: "%.1f", seconds)) s",
                     metadata: ["job": "\(assignment.jobID)"])
@@ -122,6 +123,7 @@ public distributed actor Worker: WorkerEndpoint {
             throw WorkerError.wrongRange(worker: name, call: "calibrate(chunk:) goes to the first range only",
                                          range: job.assignment.range)
         }
+        try await job.tokenIDsArrived()
         try await process(job: job, chunk: order.chunk, input: nil)
     }
 
@@ -131,6 +133,7 @@ public distributed actor Worker: WorkerEndpoint {
             throw WorkerError.wrongRange(worker: name, call: "calibrateAll needs a range holding every layer",
                                          range: job.assignment.range)
         }
+        try await job.tokenIDsArrived()
         startLayerAtATimePass(job)
     }
 
@@ -326,6 +329,11 @@ public distributed actor Worker: WorkerEndpoint {
     /// The size of chunk `id`'s hidden states (tokens × hidden size × 4 bytes of f32) when `peer` is this range's
     /// predecessor and `id` a chunk of the loaded job; nil otherwise, so the data path refuses it before collecting.
     public func expectedHiddenStateBytes(from peer: String, id: UInt64) -> Int? {
+        // The calibration token ids: from coordd only, to the range that embeds, once.
+        if id == BulkTensorID.tokenIDs {
+            guard let job, peer == coordinatorName, job.awaitsTokenIDs else { return nil }
+            return job.assignment.plan.tokenCount * MemoryLayout<Int32>.size
+        }
         guard let job, peer == job.assignment.predecessorName, !BulkTensorID.isExport(id),
               id < UInt64(job.assignment.chunks.count) else { return nil }
         return job.assignment.chunks[Int(id)].tokenCount * job.compute.config.hiddenSize * MemoryLayout<Float>.size
@@ -333,6 +341,18 @@ public distributed actor Worker: WorkerEndpoint {
 
     /// Hidden states from the predecessor. Called by workerd's data-path loop, one tensor at a time in arrival order.
     public func receiveHiddenStates(from peer: String, id: UInt64, bytes: Data) async {
+        if id == BulkTensorID.tokenIDs, let job, peer == coordinatorName, job.awaitsTokenIDs {
+            do {
+                try await compute.run { try job.compute.supplyTokenIDs(bytes) }
+                job.finishTokenIDs(nil)
+                logger.info("took the calibration token ids (\(bytes.count / 4) tokens) from the data path",
+                            metadata: ["job": "\(job.assignment.jobID)"])
+            } catch {
+                job.finishTokenIDs(error)
+                await reportFailure(job: job, message: "\(error)")
+            }
+            return
+        }
         guard let job else {
             logger.warning("hidden states for chunk \(id) from \(peer) arrived with no job loaded; dropped")
             return
@@ -453,10 +473,55 @@ final class ActiveRangeJob: @unchecked Sendable {
     private var cancelled = false
     private var background: [Task<Void, Never>] = []
 
-    init(assignment: WorkerAssignment, compute: RangeCompute, successor: SuccessorLink?) {
+    init(assignment: WorkerAssignment, compute: RangeCompute, successor: SuccessorLink?, awaitsTokenIDs: Bool = false) {
         self.assignment = assignment
         self.compute = compute
         self.successor = successor
+        self.tokenIDs = awaitsTokenIDs ? .pending([]) : .arrived
+    }
+
+    /// The calibration token ids, when they travel on the data path: pending (with whoever waits for them), arrived,
+    /// or refused.
+    private enum TokenIDs {
+        case pending([CheckedContinuation<Void, any Error>])
+        case arrived
+        case failed(any Error)
+    }
+    private var tokenIDs: TokenIDs
+
+    /// Whether the token ids are still due from coordd.
+    var awaitsTokenIDs: Bool {
+        lock.withLock { if case .pending = tokenIDs { true } else { false } }
+    }
+
+    /// Returns once the token ids are in (at once when they came with the plan); throws if they were refused or the
+    /// job was cancelled meanwhile.
+    func tokenIDsArrived() async throws {
+        try await withCheckedThrowingContinuation { (waiter: CheckedContinuation<Void, any Error>) in
+            let ready: Result<Void, any Error>? = lock.withLock {
+                switch tokenIDs {
+                case .pending(let waiters):
+                    if cancelled { return .failure(CancellationError()) }
+                    tokenIDs = .pending(waiters + [waiter])
+                    return nil
+                case .arrived: return .success(())
+                case .failed(let error): return .failure(error)
+                }
+            }
+            if let ready { waiter.resume(with: ready) }
+        }
+    }
+
+    /// The token ids arrived (`error` nil) or were refused; wakes whoever waits.
+    func finishTokenIDs(_ error: (any Error)?) {
+        let waiters: [CheckedContinuation<Void, any Error>] = lock.withLock {
+            guard case .pending(let waiters) = tokenIDs else { return [] }
+            tokenIDs = error.map { .failed($0) } ?? .arrived
+            return waiters
+        }
+        for waiter in waiters {
+            if let error { waiter.resume(throwing: error) } else { waiter.resume() }
+        }
     }
 
     var isCancelled: Bool { lock.withLock { cancelled } }
@@ -467,6 +532,7 @@ final class ActiveRangeJob: @unchecked Sendable {
             return background
         }
         for task in tasks { task.cancel() }
+        finishTokenIDs(CancellationError())
     }
 
     func enqueueBackground(_ work: @escaping @Sendable () async throws -> Void) {

@@ -27,6 +27,8 @@ import W4A4Probes
             #expect((status["output_bytes"] as? Int ?? 0) > 0)
             #expect(status["schema_version"] as? Int == 1)
             #expect(status["phase"] as? String == "succeeded")
+            // The token ids went to w1 on the data path, not inside loadLayers (which carries only the plan's shape).
+            #expect(cluster.workers["w1"]!.output.contains("took the calibration token ids (490 tokens) from the data path"))
 
             // Human status and list show the job too.
             let human = try cluster.coordctl(["status", job])
