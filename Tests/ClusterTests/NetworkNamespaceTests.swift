@@ -84,4 +84,44 @@ import Testing
             #expect(workers.contains(addresses["nvfc-w1"]!) && workers.contains(addresses["nvfc-w2"]!))
         }
     }
+
+    /// The route between w1 and w2 is blackholed for 8 s in mid-calibration (longer than the connection's liveness
+    /// timeout, so the data path is declared dead), while both still reach coordd. w1 dials again until the route is
+    /// back, resends what w2 had not acknowledged, and the job ends with the bytes of an uninterrupted run.
+    @Test(.enabled(if: NetworkNamespaceTests.available, "needs root and `ip netns` (iproute2); run the suite as root to include it"))
+    func aPartitionBetweenWorkersThatHealsLeavesTheOutputUnchanged() throws {
+        let addresses = try Self.setUp()
+        defer { Self.tearDown() }
+        try withTemporaryDirectory("netns-partition") { directory in
+            let reference = try embeddedReference(in: directory, extra: ClusterFaultTests.chunking)
+            let cluster = LocalCluster(directory: directory, token: try writeToken("netns-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            cluster.prefix = { name in
+                let namespace = name == "coordd" || name == "coordctl" ? "nvfc-c" : "nvfc-\(name)"
+                return ["/usr/sbin/ip", "netns", "exec", namespace]
+            }
+            try cluster.startCoordinator(listen: "\(addresses["nvfc-c"]!):7070", extra: ["--insecure-token-only"])
+            for name in ["w1", "w2"] {
+                try cluster.startWorker(name, listen: "\(addresses["nvfc-\(name)"]!):7071",
+                                        extra: ["--insecure-token-only"] + ClusterFaultTests.slow)
+            }
+            try cluster.waitForWorkers(["w1", "w2"])
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + ClusterFaultTests.chunking))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
+            try waitUntil(timeout: 60) {
+                ((try cluster.status(job)["samples_through"] as? [String: Int])?["1-1"] ?? 0) >= 2
+            }
+            let cut = [("nvfc-w1", addresses["nvfc-w2"]!), ("nvfc-w2", addresses["nvfc-w1"]!)]
+            for (namespace, peer) in cut { try Self.require(["-n", namespace, "route", "add", "blackhole", "\(peer)/32"]) }
+            Thread.sleep(forTimeInterval: 8)
+            for (namespace, peer) in cut { try Self.require(["-n", namespace, "route", "del", "blackhole", "\(peer)/32"]) }
+
+            let status = try cluster.waitForEnd(job, timeout: 180)
+            #expect(status["state"] as? String == "succeeded", "\(status)")
+            try expectIdenticalDirectories(reference, output)
+            let w1Log = cluster.workers["w1"]!.output
+            #expect(w1Log.contains("dialing again") && w1Log.contains("is back"), "\(w1Log.suffix(3000))")
+        }
+    }
 }
