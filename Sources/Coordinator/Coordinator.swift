@@ -253,6 +253,16 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         for runner in runners.values { await runner.workerLost(name: name, reason: reason) }
     }
 
+    /// Marks lost every registered worker that sent no heartbeat for `staleHeartbeatSeconds` (its connection may still
+    /// be up: a wedged process answers pings from its event loop). Its jobs re-plan or wait for it, as for a drop.
+    public func loseWorkersWithStaleHeartbeats(now: Date = Date()) async {
+        let silent = (try? store.workersSilent(since: now.addingTimeInterval(-settings.staleHeartbeatSeconds))) ?? []
+        for worker in silent where await registry.info(worker.name) != nil && localWorkers[worker.name] == nil {
+            let seconds = Int(now.timeIntervalSince(worker.lastHeartbeat))
+            await peerDisconnected(name: worker.name, reason: "no heartbeat for \(seconds) s")
+        }
+    }
+
     /// The most bytes an exported tensor from `peer` may hold: the largest tensor of the layer being exported, when
     /// `peer` is a worker of a running job and `id` an export id; nil otherwise (the data path refuses it).
     public func expectedExportBytes(from peer: String, id: UInt64) async -> Int? {
@@ -318,6 +328,8 @@ public struct CoordinatorSettings: Sendable {
     /// How long a worker that owes a chunk report, or an export, may go without progress before it counts as hung
     /// (`--progress-timeout`); the deadline grows with the work between two reports (see `JobRunner.progressDeadline`).
     public var progressTimeoutSeconds = 300.0
+    /// A worker without a heartbeat for this long is lost, even if its connection stays up.
+    public var staleHeartbeatSeconds = 15.0
     /// Directories inside which job outputs may be written (`--output-root`); nil: anywhere (the embedded mode, which
     /// writes for the user running it). coordd refuses every job while this is empty.
     public var outputRoots: [String]?

@@ -98,6 +98,14 @@ public struct CoordinatorService: Service {
                     await coordinator.whenLocal { await $0.receiveExportedTensor(from: peer, id: id, bytes: bytes) }
                 }
             }
+            group.addTask {
+                // Stale heartbeats: a worker whose connection stays up but whose heartbeats stopped is lost.
+                let interval = configuration.settings.heartbeatSeconds
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
+                    await coordinator.whenLocal { await $0.loseWorkersWithStaleHeartbeats() }
+                }
+            }
             try? await gracefulShutdown()
             logger.info("shutting down: stopping job runners; unfinished jobs resume at the next start")
             await coordinator.whenLocal { await $0.drain() }

@@ -1,3 +1,4 @@
+import JobModel
 import Foundation
 
 /// Why an attempt of a job stopped. Its description becomes the job's failure reason in `coordctl status`, so each
@@ -19,6 +20,8 @@ enum JobFailure: Error, CustomStringConvertible {
     case unknownTensorDType(worker: String, tensor: String, dtype: String)
     /// The inputs differ from the fingerprint recorded at submit (a resume after the model or calibration changed).
     case inputsChanged(jobID: String, changes: [String])
+    /// A worker's scratch filesystem cannot hold the hidden states it must keep for the job.
+    case scratchTooSmall(worker: String, needed: Int64, free: Int64)
     /// A worker made no progress within its deadline (hung or wedged), while doing `doing`.
     case workerHung(worker: String, doing: String, seconds: Int)
 
@@ -41,6 +44,9 @@ enum JobFailure: Error, CustomStringConvertible {
                 + "run a workerd on coordd's machine or give the workers shared storage, or pass --eval-samples 0 to "
                 + "skip the report and its gate"
         case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
+        case .scratchTooSmall(let worker, let needed, let free):
+            "worker \(worker)'s --scratch needs \(formatBytes(Int(needed))) for the hidden states entering its range, "
+                + "\(formatBytes(Int(free))) free; free space there, point --scratch elsewhere, or plan fewer tokens"
         case .workerHung(let worker, let doing, let seconds):
             "worker \(worker) made no progress for \(seconds) s while \(doing) (hung or wedged; see --progress-timeout)"
         case .inputsChanged(let jobID, let changes):

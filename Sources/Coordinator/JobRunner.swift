@@ -371,6 +371,7 @@ actor JobRunner {
         // Statistics on disk belong to the inputs recorded at submit; a resume on other inputs would mix them.
         try checkInputsUnchanged(calibrationPlan: calibrationPlan)
         let workers = try await resolveWorkers()
+        try checkScratchSpace(workers: workers, calibrationPlan: calibrationPlan, config: config)
         try await load(workers: workers, calibrationPlan: calibrationPlan)
         try checkInterrupted()
 
@@ -398,6 +399,21 @@ actor JobRunner {
         OutputDirectory.finishCommit(final: spec.outputDirectory, jobID: spec.jobID)
         logger.info("job succeeded", metadata: ["output": "\(spec.outputPath)"])
         await tellWorkersToStop(discardState: true)
+    }
+
+    /// Every range after the first keeps the hidden states entering it (f32, every calibration token) on its worker's
+    /// scratch filesystem: refuse before any work when the worker's last reported free space cannot hold them. (A
+    /// resume is not checked: the states it already kept use part of that space.)
+    func checkScratchSpace(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) throws {
+        guard submission.spec.scheme.quantizesActivations, try store.recordedChunks(jobID: jobID).isEmpty else { return }
+        let needed = Int64(calibrationPlan.tokenCount) * Int64(config.hiddenSize) * 4
+        let records = Dictionary((try store.listWorkers()).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        for worker in workers.dropFirst() {
+            guard let free = records[worker.info.name]?.freeDiskBytes, free > 0 else { continue }
+            if needed > free {
+                throw JobFailure.scratchTooSmall(worker: worker.info.name, needed: needed, free: free)
+            }
+        }
     }
 
     /// Throws ``JobFailure/inputsChanged(jobID:changes:)`` when the model files or the calibration set differ from

@@ -34,6 +34,16 @@ public enum DebugFaultPoint: String, Sendable, CaseIterable {
 public enum DebugHang {
     public static let environmentVariable = "NVFP4CLUSTER_DEBUG_HANG_AFTER_CHUNKS"
 
+    /// With `NVFP4CLUSTER_DEBUG_NO_HEARTBEATS=1` in a debug build's environment, workerd registers but sends no
+    /// heartbeat afterwards while its connection stays up (a wedged heartbeat task). Release builds ignore it.
+    public static var heartbeatsStopped: Bool {
+        #if DEBUG
+        ProcessInfo.processInfo.environment["NVFP4CLUSTER_DEBUG_NO_HEARTBEATS"] == "1"
+        #else
+        false
+        #endif
+    }
+
     /// Waits forever (until cancelled) when `chunksDone` has reached the configured count; returns at once otherwise.
     public static func hangIfRequested(chunksDone: Int, announce: @Sendable (String) -> Void) async {
         #if DEBUG

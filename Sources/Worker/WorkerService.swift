@@ -2,6 +2,7 @@ import ActorSystem
 import ClusterProtocol
 import Distributed
 import Foundation
+import JobModel
 import Logging
 import ServiceLifecycle
 import Transport
@@ -136,6 +137,7 @@ private func registerAndBeat(system: ClusterActorSystem, coordinatorAddress: Nod
                                                                       "version": "\(reply.coordinatorVersion)"])
             while !Task.isCancelled && !stopping.isSet {
                 try await Task.sleep(for: .seconds(reply.heartbeatSeconds))
+                if DebugHang.heartbeatsStopped { continue }
                 try await coordinator.heartbeat(worker: info().name, freeDiskBytes: info().freeDiskBytes)
             }
         } catch {

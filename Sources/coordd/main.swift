@@ -50,6 +50,9 @@ struct Coordd: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds one compute call (loading a range, calibrating a chunk) may take.")
     var computeTimeout: Double = 3600
 
+    @Option(name: .long, help: "Seconds without a heartbeat after which a worker is lost, even if its connection stays up.")
+    var heartbeatTimeout: Double = 15
+
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
@@ -64,6 +67,10 @@ struct Coordd: AsyncParsableCommand {
         }
         configuration.settings.progressTimeoutSeconds = progressTimeout
         configuration.settings.computeCallTimeoutSeconds = computeTimeout
+        guard heartbeatTimeout > configuration.settings.heartbeatSeconds else {
+            throw ValidationError("--heartbeat-timeout must be longer than the heartbeat interval (\(configuration.settings.heartbeatSeconds) s)")
+        }
+        configuration.settings.staleHeartbeatSeconds = heartbeatTimeout
         configuration.settings.outputRoots = outputRoot
         if outputRoot.isEmpty {
             logger.warning("no --output-root: every job will be refused until coordd is started with one")

@@ -271,6 +271,64 @@ import Testing
         }
     }
 
+    /// A worker whose heartbeats stop while its connection stays up (answering pings from its event loop) is marked
+    /// dead after `--heartbeat-timeout`, with the reason.
+    @Test func aWorkerWhoseHeartbeatsStopIsMarkedDead() throws {
+        try withTemporaryDirectory("stale-heartbeat") { directory in
+            let cluster = LocalCluster(directory: directory, token: try writeToken("beat-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator(extra: ["--heartbeat-timeout", "3"])
+            let silent = try cluster.startWorker("w1", environment: ["NVFP4CLUSTER_DEBUG_NO_HEARTBEATS": "1"])
+            try cluster.waitForWorkers(["w1"])
+            try waitUntil(timeout: 20) {
+                let listed = try cluster.coordctl(["workers", "--json"]).stdout
+                return listed.contains("\"dead\"") && listed.contains("no heartbeat for")
+            }
+            #expect(silent.isRunning, "the worker process itself is up; only its heartbeats stopped")
+        }
+    }
+
+    /// Whether this process may mount a small tmpfs (root, as on CI): the full-scratch test needs one.
+    static var canMountTmpfs: Bool {
+        guard getuid() == 0 else { return false }
+        let probe = FileManager.default.temporaryDirectory.appendingPathComponent("nvfc-mount-probe-\(getpid())")
+        try? FileManager.default.createDirectory(at: probe, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: probe) }
+        // `run` keeps its output files in the directory it is given: not the one being mounted over.
+        let parent = FileManager.default.temporaryDirectory
+        guard (try? run(URL(fileURLWithPath: "/bin/mount"), ["-t", "tmpfs", "-o", "size=64k", "tmpfs", probe.path], in: parent))?.status == 0
+        else { return false }
+        _ = try? run(URL(fileURLWithPath: "/bin/umount"), [probe.path], in: parent)
+        return true
+    }
+
+    /// w2's scratch is a 64 KiB filesystem, too small for the hidden states entering its range: the job is refused
+    /// before calibration, saying how much is needed and how much is free.
+    @Test(.enabled(if: ClusterFaultTests.canMountTmpfs, "needs root to mount a small tmpfs"))
+    func aScratchTooSmallForTheKeptStatesIsRefusedBeforeCalibration() throws {
+        try withTemporaryDirectory("small-scratch") { directory in
+            let small = directory.appendingPathComponent("small")
+            try FileManager.default.createDirectory(at: small, withIntermediateDirectories: true)
+            let mounted = try run(URL(fileURLWithPath: "/bin/mount"), ["-t", "tmpfs", "-o", "size=64k", "tmpfs", small.path], in: directory)
+            try #require(mounted.status == 0, "\(mounted.stderr)")
+            defer { _ = try? run(URL(fileURLWithPath: "/bin/umount"), [small.path], in: directory) }
+            let cluster = LocalCluster(directory: directory, token: try writeToken("space-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            try cluster.startWorker("w1")
+            try cluster.startWorker("w2", extra: ["--scratch", small.path])
+            try cluster.waitForWorkers(["w1", "w2"])
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: directory.appendingPathComponent("out"),
+                                                                     extra: ["--split", "1,1"]))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
+            let status = try cluster.waitForEnd(job, timeout: 60)
+            #expect(status["state"] as? String == "failed")
+            let reason = status["failure_reason"] as? String ?? ""
+            #expect(reason.contains("worker w2's --scratch needs 251 kB for the hidden states entering its range, 66 kB free") && reason.contains("free"), "\(reason)")
+            #expect((status["samples_through"] as? [String: Int])?.values.allSatisfy { $0 == 0 } ?? false)
+        }
+    }
+
     @Test func sigtermStopsTheCoordinatorGracefully() throws {
         try withTemporaryDirectory("cluster-sigterm") { directory in
             let cluster = LocalCluster(directory: directory, token: try writeToken("term-token-0123456789abcdef", in: directory))
