@@ -44,6 +44,18 @@ import Testing
         }
     }
 
+    /// A proxy in front of `server`, and w1's connection through it.
+    func connectThroughProxy(to server: TransportServer, _ client: TransportConfiguration) async throws
+        -> (TamperingProxy, PeerConnection)
+    {
+        let proxy = TamperingProxy()
+        try await proxy.start(upstreamPort: server.port)
+        let connection = try await PeerConnection.connect(
+            host: "127.0.0.1", port: proxy.port, identity: NodeIdentity(name: "w1", role: .worker), token: nil,
+            configuration: client, logger: Self.quiet)
+        return (proxy, connection)
+    }
+
     /// Waits until the server has seen the connection close, and returns why.
     func serverCloseReason(_ side: ServerSide) async throws -> TransportError {
         let connection = try #require(side.newest)
@@ -59,11 +71,7 @@ import Testing
     @Test("the bytes on the path hold none of the payload that crossed it")
     func noPlaintextOnThePath() async throws {
         try await withTLSServer { server, client, side in
-            let proxy = TamperingProxy()
-            try await proxy.start(upstreamPort: server.port)
-            let connection = try await PeerConnection.connect(
-                host: "127.0.0.1", port: proxy.port, identity: NodeIdentity(name: "w1", role: .worker), token: nil,
-                configuration: client, logger: Self.quiet)
+            let (proxy, connection) = try await connectThroughProxy(to: server, client)
             let secret = ByteBuffer(bytes: (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 13) })
             #expect(try await connection.call(type: 1, payload: secret) == secret)
             await connection.close()
@@ -79,11 +87,7 @@ import Testing
     @Test("a byte flipped on the path after the handshake closes the connection; the server keeps serving")
     func tamperingIsDetected() async throws {
         try await withTLSServer { server, client, side in
-            let proxy = TamperingProxy()
-            try await proxy.start(upstreamPort: server.port)
-            let connection = try await PeerConnection.connect(
-                host: "127.0.0.1", port: proxy.port, identity: NodeIdentity(name: "w1", role: .worker), token: nil,
-                configuration: client, logger: Self.quiet)
+            let (proxy, connection) = try await connectThroughProxy(to: server, client)
             #expect(try await connection.call(type: 1, payload: ByteBuffer(string: "before")) == ByteBuffer(string: "before"))
             // Flip a byte inside the next record the client sends (a REQUEST), past everything sent so far.
             proxy.flipClientByte(atConnectionOffset: proxy.clientBytesOfNewestConnection + 40)
@@ -108,11 +112,7 @@ import Testing
     @Test("a REQUEST injected on the path after the handshake closes the connection with an integrity error and never runs")
     func injectedRequestIsRefused() async throws {
         try await withTLSServer { server, client, side in
-            let proxy = TamperingProxy()
-            try await proxy.start(upstreamPort: server.port)
-            let connection = try await PeerConnection.connect(
-                host: "127.0.0.1", port: proxy.port, identity: NodeIdentity(name: "w1", role: .worker), token: nil,
-                configuration: client, logger: Self.quiet)
+            let (proxy, connection) = try await connectThroughProxy(to: server, client)
             #expect(try await connection.call(type: 1, payload: ByteBuffer(string: "before")) == ByteBuffer(string: "before"))
             // A well-formed REQUEST frame of type 0x0BAD, as a token-only peer would accept it.
             var injected = ByteBuffer()
