@@ -2,7 +2,8 @@ import Foundation
 
 /// Named points where a debug build can be told to stop and wait, so that process-level tests can kill a daemon at
 /// a chosen moment of a job (during export, during merge, right after the output's rename). Set
-/// `NVFP4CLUSTER_DEBUG_PAUSE_AT=<point>` in the daemon's environment; release builds ignore it.
+/// `NVFP4CLUSTER_DEBUG_PAUSE_AT=<point>` in the daemon's environment to stop there for good, or `<point>:<seconds>`
+/// to go on after that long (so that another daemon can be killed meanwhile); release builds ignore it.
 public enum DebugFaultPoint: String, Sendable, CaseIterable {
     /// coordd, once the first layer of the checkpoint is written.
     case coordinatorExport = "coordd-export"
@@ -15,12 +16,20 @@ public enum DebugFaultPoint: String, Sendable, CaseIterable {
 
     public static let environmentVariable = "NVFP4CLUSTER_DEBUG_PAUSE_AT"
 
-    /// In a debug build whose environment names this point: calls `announce` once, then waits until the task is
-    /// cancelled (the test kills the process meanwhile). Otherwise returns at once.
+    /// In a debug build whose environment names this point: calls `announce` once, then waits for the seconds given,
+    /// or until the task is cancelled (the test kills the process meanwhile). Otherwise returns at once.
     public func pauseIfRequested(announce: @Sendable (String) -> Void) async {
         #if DEBUG
-        guard ProcessInfo.processInfo.environment[Self.environmentVariable] == rawValue else { return }
-        announce("debug fault point \(rawValue) reached: pausing here (\(Self.environmentVariable))")
+        guard let value = ProcessInfo.processInfo.environment[Self.environmentVariable] else { return }
+        let parts = value.split(separator: ":", maxSplits: 1).map(String.init)
+        guard parts.first == rawValue else { return }
+        let seconds = parts.count == 2 ? Double(parts[1]) : nil
+        announce("debug fault point \(rawValue) reached: pausing here" + (seconds.map { " for \($0) s" } ?? "")
+                 + " (\(Self.environmentVariable))")
+        if let seconds {
+            try? await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+            return
+        }
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(3600))
         }

@@ -329,6 +329,21 @@ import Testing
         }
     }
 
+    /// kill -9 of a worker while coordd merges the checkpoint, and right after it renamed the output into place
+    /// (coordd holds there for 4 s by a debug fault point, then goes on): the workers have nothing left to do, and the
+    /// job ends `succeeded` with the bytes of an uninterrupted run, whether it needed the worker again or not.
+    @Test(arguments: ["coordd-merge", "coordd-after-rename"])
+    func aWorkerKilledDuringMergeOrAfterTheRenameLeavesTheOutputIntact(_ point: String) throws {
+        try Self.withJobInMidCalibration("worker-\(point)", coordinatorExtra: ["--worker-grace", "60"],
+                                         coordinatorEnvironment: ["NVFP4CLUSTER_DEBUG_PAUSE_AT": "\(point):4"]) { interrupted in
+            let cluster = interrupted.cluster
+            try cluster.coordd!.waitForLog("debug fault point \(point) reached", timeout: 120)
+            cluster.workers["w2"]!.kill()  // SIGKILL, while coordd holds
+            try cluster.startWorker("w2", extra: Self.slow)
+            _ = try Self.expectCompletesIdentically(interrupted)
+        }
+    }
+
     @Test func sigtermStopsTheCoordinatorGracefully() throws {
         try withTemporaryDirectory("cluster-sigterm") { directory in
             let cluster = LocalCluster(directory: directory, token: try writeToken("term-token-0123456789abcdef", in: directory))
