@@ -156,8 +156,7 @@ public distributed actor Worker: WorkerEndpoint {
                     for chunk in job.assignment.chunks.indices {
                         if job.isCancelled { return }
                         let output = try await compute.run { try job.compute.output(of: pass, chunk: chunk) }
-                        guard let self else { return }
-                        try await self.whenLocal { try await $0.forward(job: job, successor: successor, chunk: chunk, bytes: output) }
+                        try await successor.send(id: BulkTensorID.hiddenStates(chunk: chunk), bytes: output)
                     }
                 }
                 _ = try? await compute.run { job.compute.finishStreamingPass(pass) }
@@ -381,11 +380,6 @@ public distributed actor Worker: WorkerEndpoint {
         }
     }
 
-    /// Sends a chunk's output to the next range (see ``SuccessorLink`` for what happens when the link breaks).
-    private func forward(job: ActiveRangeJob, successor: SuccessorLink, chunk: Int, bytes: Data) async throws {
-        try await successor.send(id: BulkTensorID.hiddenStates(chunk: chunk), bytes: bytes)
-    }
-
     /// The link to the successor stayed down past `--link-timeout`: the coordinator re-plans without the successor.
     private func reportLinkDown(jobID: String, attempt: Int, error: WorkerError) async {
         guard case .successorUnreachable(_, let successor, _, _) = error else { return }
@@ -449,7 +443,8 @@ public distributed actor Worker: WorkerEndpoint {
                                  tokenCount: job.assignment.chunks[chunk].tokenCount,
                                  seconds: secondsSince(start), layers: result.amax)
         if let successor = job.successor {
-            try await forward(job: job, successor: successor, chunk: chunk, bytes: result.output)
+            // See SuccessorLink for what happens when the link breaks.
+            try await successor.send(id: BulkTensorID.hiddenStates(chunk: chunk), bytes: result.output)
         }
         try await coordinator().reportChunk(report)
         job.chunksDone += 1
