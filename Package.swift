@@ -112,7 +112,6 @@ let package = Package(
             "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "JobModel", "Checkpoint", "LlamaModel",
             "Calibration", "SafeTensors", "NVFP4",
             .product(name: "Logging", package: "swift-log"),
-            .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // The Worker distributed actor (a layer range: calibrate, forward, export) and workerd's service.

@@ -153,13 +153,13 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     }
 
     public distributed func status(jobID: String) async throws -> JobStatus {
-        guard try store.job(id: jobID) != nil else {
+        guard let job = try store.job(id: jobID) else {
             throw CoordinatorError.jobNotFound(jobID: jobID)
         }
         let live = await runners[jobID]?.liveFigures()
         var status = try store.status(jobID: jobID, tokensPerSecond: live?.tokensPerSecond, etaSeconds: live?.etaSeconds,
                                       outputBytes: live?.outputBytes ?? endedOutputBytes[jobID])
-        status.fingerprint = try store.job(id: jobID)?.decodeOptions(as: JobSubmission.self).fingerprint?.digest
+        status.fingerprint = try job.decodeOptions(as: JobSubmission.self).fingerprint?.digest
         if let index = queue.firstIndex(where: { $0.jobID == jobID }) {
             status.queuePosition = index + 1
             status.waitingFor = runningJob

@@ -6,7 +6,6 @@ import Distributed
 import Foundation
 import LlamaModel
 import Logging
-import NIOCore
 import NVFP4
 import SafeTensors
 import Transport
@@ -126,14 +125,7 @@ extension JobRunner {
             to: ClusterEndpoint(host: worker.address.host, port: worker.address.port, node: worker.name))
         defer { Task { await transport.connection.close() } }
         let acknowledgements = transport.acknowledgements()
-        var chunks: [ByteBuffer] = []
-        var offset = bytes.startIndex
-        while offset < bytes.endIndex {
-            let end = min(offset + (4 << 20), bytes.endIndex)
-            chunks.append(ByteBuffer(bytes: bytes[offset..<end]))
-            offset = end
-        }
-        try await transport.sendTensor(id: BulkTensorID.tokenIDs, chunks: chunks)
+        try await transport.sendTensor(id: BulkTensorID.tokenIDs, data: bytes)
         for try await acknowledgement in acknowledgements where acknowledgement.id == BulkTensorID.tokenIDs {
             guard acknowledgement.byteCount == bytes.count else {
                 throw TransportError.bulkTransferFailed(

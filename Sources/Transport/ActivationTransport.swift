@@ -23,6 +23,19 @@ extension ActivationTransport {
     public func sendTensor(id: UInt64, chunks: some Sequence<ByteBuffer> & Sendable) async throws {
         try await sendTensor(id: id, chunks: SyncChunks(base: chunks))
     }
+
+    /// Sends `data` as tensor `id`, cut into 4 MiB chunks.
+    public func sendTensor(id: UInt64, data: Data) async throws {
+        let size = 4 << 20
+        var chunks: [ByteBuffer] = []
+        var offset = data.startIndex
+        repeat {
+            let end = min(offset + size, data.endIndex)
+            chunks.append(ByteBuffer(bytes: data[offset..<end]))
+            offset = end
+        } while offset < data.endIndex
+        try await sendTensor(id: id, chunks: chunks)
+    }
 }
 
 /// That a receiver took a tensor whole: acknowledged delivery, for senders that must resend what a broken link lost

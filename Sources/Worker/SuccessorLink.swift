@@ -1,7 +1,6 @@
 import ClusterProtocol
 import Foundation
 import Logging
-import NIOCore
 import Transport
 
 /// The data path from a range to the next one, with acknowledged delivery. A send returns once its tensor is handed
@@ -52,7 +51,6 @@ actor SuccessorLink {
     private var generation = 0
     private var failure: (any Error)?
     private var closed = false
-    private var pump: Task<Void, Never>?
     private var wakeUp: CheckedContinuation<Void, Never>?
     private var wakeRequested = false
     /// When the current outage began; nil while the link is up.
@@ -73,7 +71,7 @@ actor SuccessorLink {
     /// and starts the pump.
     func connect() async throws {
         try await open()
-        pump = Task { await self.runPump() }
+        Task { await self.runPump() }
     }
 
     /// Queues `bytes` as tensor `id`; returns once it is handed to the network. Throws the link's failure.
@@ -87,9 +85,6 @@ actor SuccessorLink {
             wake()
         }
     }
-
-    /// Tensors sent or queued but not yet acknowledged.
-    var unacknowledgedCount: Int { pending.count }
 
     /// Closes the link; queued sends fail, and nothing is resent.
     func close() async {
@@ -108,7 +103,6 @@ actor SuccessorLink {
     /// The one task that dials, sends and resends, so that tensors leave in order.
     private func runPump() async {
         var backoff = policy.firstBackoff
-        var lastError: (any Error)?
         while !closed && failure == nil {
             if current == nil {
                 if pending.isEmpty {
@@ -125,9 +119,8 @@ actor SuccessorLink {
                 } catch {
                     let since = downSince ?? .now
                     downSince = since
-                    lastError = error
                     if ContinuousClock.now - since + backoff > policy.reconnectDeadline {
-                        await giveUp(reason: "\(lastError ?? error)")
+                        await giveUp(reason: "\(error)")
                         return
                     }
                     logger.warning("data path to \(successor) is down: \(error); dialing again in \(backoff)")
@@ -145,7 +138,6 @@ actor SuccessorLink {
                 try await connection.send(entry.id, entry.bytes)
                 markSent(sequence: entry.sequence)
             } catch {
-                lastError = error
                 logger.warning("data path to \(successor) failed on chunk \(entry.id): \(error)")
                 await connectionLost(generation: connectionGeneration)
             }

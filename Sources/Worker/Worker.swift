@@ -17,7 +17,6 @@ import LlamaModel
 import Logging
 import QuantizeJob
 import SafeTensors
-import NIOCore
 import Transport
 
 public distributed actor Worker: WorkerEndpoint {
@@ -95,7 +94,7 @@ public distributed actor Worker: WorkerEndpoint {
             let link = SuccessorLink(worker: name, successor: assignment.successorName ?? "\(next)",
                                      policy: linkPolicy, logger: logger, dial: {
                 let transport = try await system.openBulkTransport(to: endpoint)
-                return SuccessorLink.Connection(send: { id, bytes in try await transport.sendTensor(id: id, chunks: byteChunks(bytes)) },
+                return SuccessorLink.Connection(send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
                                                 acknowledgements: transport.acknowledgements(),
                                                 close: { await transport.connection.close() })
             }, onLinkDown: { [weak self] error in
@@ -218,7 +217,7 @@ public distributed actor Worker: WorkerEndpoint {
             entries.append(ExportManifest.Entry(name: tensor.name, dtype: tensor.dtype.rawValue, shape: tensor.shape,
                                                 byteCount: tensor.data.count, sha256: tensor.sha256, bulkID: id))
             do {
-                try await transport.sendTensor(id: id, chunks: byteChunks(tensor.data))
+                try await transport.sendTensor(id: id, data: tensor.data)
             } catch {
                 coordinatorBulk = nil
                 throw error
@@ -538,19 +537,6 @@ final class ActiveRangeJob: @unchecked Sendable {
         }
         lock.withLock { background.append(task) }
     }
-}
-
-/// Splits bytes into 4 MiB ByteBuffers for the data path.
-func byteChunks(_ data: Data) -> [ByteBuffer] {
-    let size = 4 << 20
-    var chunks: [ByteBuffer] = []
-    var offset = data.startIndex
-    repeat {
-        let end = min(offset + size, data.endIndex)
-        chunks.append(ByteBuffer(bytes: data[offset..<end]))
-        offset = end
-    } while offset < data.endIndex
-    return chunks
 }
 
 /// Free bytes on the file system holding `url`, 0 when unknown.
