@@ -125,7 +125,7 @@ let package = Package(
         // The embedded mode: coordd's Coordinator and one Worker in one process (`coordctl quantize`, and the tests).
         .target(name: "LocalCluster", dependencies: [
             "Coordinator", "Worker", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob",
-            "Evaluation", "Calibration", "LlamaModel",
+            "Evaluation", "Calibration", "LlamaModel", "Checkpoint",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: thinClientSettings),
         // The cluster's certificate authority (`coordctl certs`): a P-256 CA and node certificates named by node.

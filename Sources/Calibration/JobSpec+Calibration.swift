@@ -5,6 +5,13 @@ import Logging
 import Tokenizer
 
 extension JobSpec.Calibration {
+    /// Why fewer samples than `--samples` asked for will calibrate, or nil when the data held enough.
+    public func sampleShortfall(used: Int) -> String? {
+        guard used < samples else { return nil }
+        return "--samples \(samples) asked for more samples than \(dataPath ?? "the built-in set") holds at "
+            + "--min-tokens \(minTokens): calibrating on \(used)"
+    }
+
     /// How many samples of which lengths, in the order `seed` shuffles them to.
     public var selection: CalibrationOptions {
         CalibrationOptions(samples: samples, minTokens: minTokens, maxTokens: maxTokens, seed: seed)
@@ -38,6 +45,9 @@ extension JobSpec {
             source = "built-in default set (\(CalibrationData.defaultCalibrationURL.lastPathComponent))"
         }
         logger.info("calibration data: \(set.summary)")
+        if let shortfall = calibration.sampleShortfall(used: set.recordsUsed) {
+            logger.warning("\(shortfall)")
+        }
         return try CalibrationPlan(set: set, source: source, chunkTokens: calibration.chunkTokens)
     }
 }

@@ -13,7 +13,7 @@ public struct OutputDirectory: Sendable {
     /// Fails at once if `final` exists, is not empty and `force` is false, or exists and is not a directory.
     public init(final: URL, jobID: String, force: Bool) throws {
         self.final = final.standardizedFileURL
-        self.partial = URL(fileURLWithPath: self.final.path + ".partial-\(jobID)")
+        self.partial = Self.partial(final: self.final, jobID: jobID)
         self.force = force
         self.commitIntent = Self.commitIntent(final: self.final, jobID: jobID)
         var isDirectory: ObjCBool = false
@@ -30,6 +30,11 @@ public struct OutputDirectory: Sendable {
                                       + "safetensors files); --force replaces checkpoints only, so remove it yourself if it must go")
             }
         }
+    }
+
+    /// Where job `jobID` stages its output.
+    public static func partial(final: URL, jobID: String) -> URL {
+        URL(fileURLWithPath: final.standardizedFileURL.path + ".partial-\(jobID)")
     }
 
     static func commitIntent(final: URL, jobID: String) -> URL {

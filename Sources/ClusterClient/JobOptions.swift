@@ -33,16 +33,16 @@ public struct JobOptions: ParsableArguments {
     @Option(name: .long, help: "Calibration data: a .jsonl (text or input_ids per line), .txt/.md file, or a directory of them. Default: the built-in set.")
     var calib: String?
 
-    @Option(name: .long, help: "Number of calibration samples.")
+    @Option(name: .long, parsing: .unconditional, help: "Number of calibration samples.")
     var samples: Int = 256
 
-    @Option(name: .long, help: "Calibration records shorter than this many tokens are skipped.")
+    @Option(name: .long, parsing: .unconditional, help: "Calibration records shorter than this many tokens are skipped.")
     var minTokens: Int = 150
 
-    @Option(name: .long, help: "Calibration records longer than this are truncated.")
+    @Option(name: .long, parsing: .unconditional, help: "Calibration records longer than this are truncated.")
     var maxTokens: Int = 1200
 
-    @Option(name: .long, help: "Shuffle calibration records with this seed before selecting them.")
+    @Option(name: .long, parsing: .unconditional, help: "Shuffle calibration records with this seed before selecting them.")
     var seed: UInt64?
 
     @OptionGroup var device: DeviceOptions
@@ -50,7 +50,7 @@ public struct JobOptions: ParsableArguments {
     @Option(name: .long, help: "Memory for calibration hidden states (e.g. 8GB); beyond it they spill to --scratch-dir.")
     var activationMemory: String = "8GB"
 
-    @Option(name: .long, help: "Most tokens batched into one calibration forward pass (a longer sample is one chunk of its own).")
+    @Option(name: .long, parsing: .unconditional, help: "Most tokens batched into one calibration forward pass (a longer sample is one chunk of its own).")
     var chunkTokens: Int = 4096
 
     @Option(name: .long, help: "Directory for spilled hidden states (default: the system temporary directory).")
@@ -59,23 +59,31 @@ public struct JobOptions: ParsableArguments {
     @Option(name: .long, help: "Calibration activations: bf16 (round where a BF16 forward rounds, as modelopt calibrates) or f32.")
     var activationPrecision: ActivationPrecision = .bfloat16
 
-    @Option(name: .long, help: "Held-out samples for the closing quality report (perplexity of the original against the quantized model); 0 skips the report and its gate.")
+    @Option(name: .long, parsing: .unconditional, help: "Held-out samples for the closing quality report (perplexity of the original against the quantized model); 0 skips the report and its gate.")
     var evalSamples: Int = 16
 
-    @Option(name: .long, help: ArgumentHelp("Quality gate: the job fails, and its checkpoint stays as OUTPUT.partial-<id>, when the quantized perplexity is not finite or exceeds X times the original's.", valueName: "X"))
+    @Option(name: .long, parsing: .unconditional, help: ArgumentHelp("Quality gate: the job fails, and its checkpoint stays as OUTPUT.partial-<id>, when the quantized perplexity is not finite or exceeds X times the original's.", valueName: "X"))
     var maxPerplexityRatio: Double = QualityGate.defaultMaxPerplexityRatio
 
     @Flag(name: .long, help: "Turn the quality gate off: the checkpoint is kept whatever its perplexity (the report is still printed).")
     var noQualityGate = false
 
     public func validate() throws {
-        if evalSamples < 0 { throw ValidationError("--eval-samples must not be negative") }
+        // Sizes are checked here, so that a bad one is a usage error (exit 64) like every other.
+        for (option, text) in [("--max-shard-size", maxShardSize), ("--activation-memory", activationMemory)] {
+            do {
+                _ = try ShardPlanner.parseSize(text)
+            } catch {
+                throw ValidationError("\(option) '\(text)' is not a size such as 5GB, 500MB or 2GiB")
+            }
+        }
+        if evalSamples < 0 { throw ValidationError("--eval-samples must not be negative (got \(evalSamples))") }
         if !maxPerplexityRatio.isFinite || maxPerplexityRatio < 1 {
             throw ValidationError("--max-perplexity-ratio must be a number of at least 1 (got \(maxPerplexityRatio))")
         }
-        if samples < 1 { throw ValidationError("--samples must be at least 1") }
-        if chunkTokens < 1 { throw ValidationError("--chunk-tokens must be at least 1") }
-        if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1") }
+        if samples < 1 { throw ValidationError("--samples must be at least 1 (got \(samples))") }
+        if chunkTokens < 1 { throw ValidationError("--chunk-tokens must be at least 1 (got \(chunkTokens))") }
+        if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1 (got \(minTokens))") }
         if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
     }
 

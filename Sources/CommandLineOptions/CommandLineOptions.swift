@@ -81,3 +81,6 @@ public struct DeviceOptions: ParsableArguments {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// What `--version` prints for every binary of this build.
+public let commandLineVersion = SoftwareVersion.full

@@ -3,6 +3,7 @@
 /// The embedded mode: the cluster in one process, as `coordctl quantize` runs it and as the tests drive it.
 import ActorSystem
 import Calibration
+import Checkpoint
 import ClusterProtocol
 import ClusterState
 import Coordinator
@@ -21,7 +22,11 @@ import Worker
 public enum LocalCluster {
     /// Runs the job to its end. Throws when it did not succeed (input checks, calibration, verification, or a
     /// failed quality gate, whose checkpoint stays as `OUTPUT.partial-<id>`).
-    public static func quantize(options: QuantizeOptions, logger: Logger) async throws -> QuantizeSummary {
+    ///
+    /// Each element of `interrupts` (Ctrl-C, for `coordctl quantize`) cancels the job, which removes its partial
+    /// output; the call then throws ``QuantizeJobError/interrupted(jobID:partialKept:)``.
+    public static func quantize(options: QuantizeOptions, logger: Logger,
+                                interrupts: AsyncStream<Void>? = nil) async throws -> QuantizeSummary {
         let start = Date()
         // Every input check, with its message, before any work (the cluster runs them too, but later and remotely).
         let job = QuantizeJob(options: options, logger: logger)
@@ -59,9 +64,27 @@ public enum LocalCluster {
         try await coordinator.whenLocal { try await $0.addLocalWorker(worker, info: info) }
 
         let jobID = try await coordinator.submit(JobSubmission(spec: spec, workerCount: 1))
+        let cancelling = Task {
+            guard let interrupts else { return false }
+            for await _ in interrupts {
+                logger.warning("interrupted: cancelling job \(jobID) and removing its partial output")
+                _ = try? await coordinator.cancel(jobID: jobID)
+                return true
+            }
+            return false
+        }
+        defer { cancelling.cancel() }
         let status = try await follow(jobID: jobID, coordinator: coordinator, logger: logger)
         await workerEnd.close()
         await system.shutdown()
+        if status.state == .cancelled {
+            cancelling.cancel()
+            if await cancelling.value {
+                let partial = OutputDirectory.partial(final: options.outputDirectory, jobID: jobID)
+                let kept = FileManager.default.fileExists(atPath: partial.path) ? partial.path : nil
+                throw QuantizeJobError.interrupted(jobID: jobID, partialKept: kept)
+            }
+        }
         guard status.state == .succeeded else {
             throw QuantizeJobError.jobFailed(jobID: jobID, reason: status.failureReason ?? "it ended \(status.phase.rawValue)")
         }

@@ -116,6 +116,8 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
     case layerOutOfRange(layer: Int, layerCount: Int)
     /// A W4A4 Linear whose fused group has no finite, positive calibrated amax.
     case unusableActivationAmax(linear: String, amax: Float?)
+    /// Ctrl-C: the job was cancelled; `partialKept` is its staging directory when it could not be removed.
+    case interrupted(jobID: String, partialKept: String?)
 
     public var description: String {
         switch self {
@@ -128,6 +130,10 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
         case .unusableActivationAmax(let linear, let amax):
             "\(linear): calibration produced no usable activation amax (\(amax.map { "\($0)" } ?? "none")); every Linear "
                 + "must be exercised by the calibration samples"
+        case .interrupted(let jobID, let partialKept?):
+            "interrupted: job \(jobID) cancelled; its partial output \(partialKept) could not be removed (delete it)"
+        case .interrupted(let jobID, nil):
+            "interrupted: job \(jobID) cancelled; its partial output was removed and no output was written"
         }
     }
 }

@@ -24,6 +24,7 @@ struct Coordctl: AsyncParsableCommand {
             `coordctl status JOB --watch` follows it. The client commands take --coordinator HOST:PORT and \
             --token-file F (before or after the command name).
             """,
+        version: commandLineVersion,
         subcommands: [Quantize.self, Submit.self, Status.self, List.self, Workers.self, Cancel.self, GC.self, Eval.self, Certs.self]
     )
 
@@ -88,7 +89,47 @@ struct Quantize: AsyncParsableCommand {
     func run() async throws {
         logging.bootstrap()
         let logger = Logger(label: "coordctl.quantize")
-        let summary = try await LocalCluster.quantize(options: try job.makeSpec(configSHA256: "").quantizeOptions, logger: logger)
+        let summary: QuantizeSummary
+        do {
+            summary = try await LocalCluster.quantize(options: try job.makeSpec(configSHA256: "").quantizeOptions,
+                                                      logger: logger, interrupts: InterruptSignal.install())
+        } catch let error as QuantizeJobError {
+            guard case .interrupted = error else { throw error }
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            // 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
+            throw ExitCode(130)
+        }
         print(summary.description)
+    }
+}
+
+/// Ctrl-C while `quantize` runs: the first one cancels the job, which removes its partial output before the command
+/// exits; a second one exits at once (the partial output may then remain, and the message says so).
+enum InterruptSignal {
+    private final class State: @unchecked Sendable {
+        // Touched only on `queue`.
+        var count = 0
+        var source: (any DispatchSourceSignal)?
+    }
+    private static let queue = DispatchQueue(label: "coordctl.interrupt")
+    private static let state = State()
+
+    static func install() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream<Void>.makeStream()
+        signal(SIGINT, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: queue)
+        source.setEventHandler {
+            state.count += 1
+            if state.count == 1 {
+                FileHandle.standardError.write(Data("\ninterrupted: cancelling the job (Ctrl-C again to exit at once)\n".utf8))
+                continuation.yield()
+            } else {
+                FileHandle.standardError.write(Data("interrupted again: exiting now; an OUTPUT.partial-<id> directory may remain\n".utf8))
+                exit(130)
+            }
+        }
+        source.resume()
+        queue.sync { state.source = source }
+        return stream
     }
 }

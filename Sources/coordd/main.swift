@@ -23,7 +23,8 @@ struct Coordd: AsyncParsableCommand {
             (an HMAC challenge-response; the token never crosses the wire) is checked inside TLS when given. Without \
             TLS, coordd listens on loopback only, unless --insecure-token-only. SIGTERM stops gracefully: running \
             jobs keep their state and resume when coordd starts again.
-            """)
+            """,
+        version: commandLineVersion)
 
     @Option(name: .long, help: "Address to listen on, HOST:PORT. Non-loopback addresses need TLS (or --insecure-token-only).")
     var listen: String = "127.0.0.1:7070"

@@ -21,7 +21,8 @@ struct Workerd: AsyncParsableCommand {
 
             Hidden states of the chunks entering this worker's range are kept under --scratch until the job ends, \
             so an interrupted job resumes from the start of the range. SIGTERM stops after the chunk in progress.
-            """)
+            """,
+        version: commandLineVersion)
 
     @Option(name: .long, help: "coordd's address, HOST:PORT.")
     var coordinator: String = "127.0.0.1:7070"

@@ -124,8 +124,76 @@ enum Coordctl {
             let result = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output",
                                            parent.appendingPathComponent("OUT").path, "--scheme", "nvfp4a16",
                                            "--max-shard-size", "1e12GB"], in: parent)
-            #expect(result.status == 1, "an error exit, not a signal")
+            #expect(result.status == 64, "a usage error, not a signal")
             #expect(!result.stderr.contains("Fatal error"))
+        }
+    }
+
+    /// Every bad flag value is a usage error (exit 64) whose message names the flag and the value, negative numbers
+    /// included (they must not read as a missing value).
+    @Test(arguments: [["--samples", "-1"], ["--max-shard-size", "lots"], ["--activation-memory", "lots"],
+                      ["--chunk-tokens", "-5"], ["--eval-samples", "-2"]])
+    func badValuesAreUsageErrors(_ flag: [String]) throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            let result = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output",
+                                           parent.appendingPathComponent("OUT").path] + flag, in: parent)
+            #expect(result.status == 64, "stderr: \(result.stderr)")
+            #expect(result.stderr.contains(flag[0]) && result.stderr.contains(flag[1]), "stderr: \(result.stderr)")
+            #expect(!result.stderr.contains("Missing value"))
+            #expect(try entries(of: parent, prefix: "OUT") == [])
+        }
+    }
+
+    @Test func versionIsPrinted() throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            let result = try Coordctl.run(["--version"], in: parent)
+            #expect(result.status == 0)
+            #expect(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines).hasPrefix("NVFP4Cluster "), "\(result.stdout)")
+        }
+    }
+
+    /// The fixture file holds 8 records: asking for 100 proceeds with 8, and says so.
+    @Test func moreSamplesThanTheDataHoldsWarns() throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            let result = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output",
+                                           parent.appendingPathComponent("OUT").path,
+                                           "--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path,
+                                           "--min-tokens", "1", "--samples", "100"], in: parent)
+            #expect(result.status == 0, "stderr: \(result.stderr)")
+            #expect(result.stderr.contains("--samples 100 asked for more samples than"), "stderr: \(result.stderr)")
+            #expect(result.stderr.contains("calibrating on 8"))
+        }
+    }
+
+    /// Ctrl-C cancels the job: the command says so, exits 130, and leaves neither OUT nor OUT.partial-<id>. The job is
+    /// held at the coordinator's export (a debug fault point) so that the signal lands mid-job.
+    @Test func ctrlCCancelsAndRemovesThePartialOutput() throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            let process = Process()
+            process.executableURL = try Coordctl.executable()
+            process.arguments = ["quantize", "--model", Fixtures.tinyLlama.path, "--output", parent.appendingPathComponent("OUT").path,
+                                 "--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path,
+                                 "--min-tokens", "1", "--eval-samples", "0"]
+            process.environment = ProcessInfo.processInfo.environment.merging(["NVFP4CLUSTER_DEBUG_PAUSE_AT": "coordd-export:5"]) { $1 }
+            let stderrURL = parent.appendingPathComponent("stderr")
+            _ = FileManager.default.createFile(atPath: stderrURL.path, contents: nil)
+            let stderr = try FileHandle(forWritingTo: stderrURL)
+            process.standardError = stderr
+            process.standardOutput = FileHandle.nullDevice
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline, !((try? String(contentsOf: stderrURL, encoding: .utf8)) ?? "").contains("debug fault point") {
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            #expect(try entries(of: parent, prefix: "OUT.partial").count == 1, "the job is mid-way")
+            kill(process.processIdentifier, SIGINT)
+            process.waitUntilExit()
+            try stderr.close()
+            let text = try String(contentsOf: stderrURL, encoding: .utf8)
+            #expect(process.terminationReason == .exit && process.terminationStatus == 130, "stderr: \(text)")
+            #expect(text.contains("interrupted: job") && text.contains("partial output was removed"), "stderr: \(text)")
+            #expect(try entries(of: parent, prefix: "OUT") == [])
         }
     }
 
