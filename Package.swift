@@ -235,7 +235,7 @@ let package = Package(
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "LocalCluster", "QuantizeJob", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend", "JobModel",
+            "LocalCluster", "ClusterClient", "QuantizeJob", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend", "JobModel",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

@@ -196,8 +196,16 @@ public struct Status: AsyncParsableCommand {
     public init() {}
 
     public static let configuration = CommandConfiguration(
-        abstract: "Show a job: phase, workers and their ranges, samples through each range, tokens/s, ETA, output size.",
+        abstract: "Show a job: phase, layers calibrated and exported, rates, ETA, and each worker's range and progress.",
         discussion: """
+            With --watch on a terminal the view is redrawn every second until the job ends: the job's phase, a \
+            progress bar each for layers calibrated, layers exported and the quality report, the rates over the \
+            last minute (layer-tokens/s while calibrating: tokens through one decoder layer; MB/s of checkpoint \
+            while exporting), the ETA of the phase in progress and what the job waits for; then one row per worker: \
+            its layers, device, the first of its layers still calibrating, its layer-tokens/s, memory and health. \
+            When standard output is not a terminal, --watch prints one line per change instead.
+
+
             --json prints the stable schema documented in Docs/operations.md (schema_version 1, `state` at the top \
             level: queued, running, succeeded, failed or cancelled). The exit status is 0 unless the job failed (1) \
             or was cancelled (2), so scripts can wait with --watch.
@@ -208,22 +216,24 @@ public struct Status: AsyncParsableCommand {
     @Argument(help: "The job id that submit printed.")
     var job: String
 
-    @Flag(name: .long, help: "Redraw every second until the job ends.")
+    @Flag(name: .long, help: "Follow the job until it ends: redraw on a terminal, one line per change otherwise.")
     var watch = false
 
     @Flag(name: .long, help: "Machine-readable output (one JSON object; with --watch one per line).")
     var json = false
 
     public func run() async throws {
+        var display = StatusDisplay()
         let status = try await connection.withCoordinator { coordinator in
             var status: JobStatus
             repeat {
                 status = try await coordinator.status(jobID: job)
                 if json {
                     print(String(decoding: try status.jsonData(), as: UTF8.self))
+                } else if watch {
+                    display.show(status)
                 } else {
-                    if watch { print("\u{1B}[2J\u{1B}[H", terminator: "") }
-                    print(render(status))
+                    print(StatusView.table(status))
                 }
                 if !watch || status.phase.isTerminal { break }
                 try await Task.sleep(for: .seconds(1))
@@ -311,44 +321,6 @@ public struct Cancel: AsyncParsableCommand {
         let status = try await connection.withCoordinator { try await $0.cancel(jobID: job) }
         print("job \(status.jobID): \(status.phase.rawValue)")
     }
-}
-
-/// The human form of `status`.
-func render(_ status: JobStatus) -> String {
-    var phase = status.phase.rawValue
-    if let position = status.queuePosition {
-        phase += ", position \(position) in the queue" + (status.waitingFor.map { " (job \($0) is running)" } ?? "")
-    }
-    var lines = ["job \(status.jobID)", "  phase:   \(phase)", "  model:   \(status.model)",
-                 "  output:  \(status.output)"]
-    if !status.workers.isEmpty {
-        lines.append("  workers:")
-        for worker in status.workers {
-            let through = status.samplesThrough[worker.range] ?? 0
-            lines.append("    \(pad(worker.name, 16)) layers \(pad(worker.range, 8)) \(pad(worker.device, 8)) "
-                         + "\(pad(worker.health.rawValue, 6)) samples through: \(through)"
-                         + (worker.embeddings ? "  (embeddings)" : ""))
-        }
-    }
-    if let rate = status.tokensPerSecond { lines.append(String(format: "  speed:   %.1f tokens/s", rate)) }
-    if let eta = status.etaSeconds { lines.append("  eta:     \(formatDuration(eta))") }
-    if let bytes = status.outputBytes { lines.append("  output size: \(formatBytes(Int(bytes)))") }
-    if let quality = status.quality {
-        let gate: String
-        switch quality.gate {
-        case .passed: gate = String(format: "gate passed (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
-        case .failed: gate = String(format: "gate FAILED (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
-        case .off: gate = "gate off"
-        }
-        let ratio = quality.perplexityRatio.isFinite ? String(format: "%.3g×", quality.perplexityRatio) : "not finite"
-        lines.append("  quality: perplexity \(formatPerplexity(quality.originalPerplexity)) → "
-                     + "\(formatPerplexity(quality.quantizedPerplexity)) (\(ratio)) on \(quality.samples) held-out samples, "
-                     + "\(quality.tokens) tokens; \(gate)")
-    }
-    if let reason = status.failureReason { lines.append("  reason:  \(reason)") }
-    if let fingerprint = status.fingerprint { lines.append("  inputs:  sha256 \(fingerprint) (fingerprint at submit)") }
-    lines.append("  updated: \(status.updatedAt)")
-    return lines.joined(separator: "\n")
 }
 
 func pad(_ text: String, _ width: Int) -> String {

@@ -37,6 +37,8 @@ public protocol CoordinatorEndpoint: DistributedActor where ActorSystem == Clust
     /// A worker's data path to `successor` stayed down past the worker's `--link-timeout`: the job re-plans without
     /// the successor when the others can hold its layers, and fails naming the link otherwise.
     distributed func reportLinkDown(jobID: String, attempt: Int, worker: String, successor: String, message: String) async throws
+    /// The worker measuring a job's quality report finished another layer of both models (for `status`).
+    distributed func reportEvaluationProgress(jobID: String, worker: String, completedLayers: Int, totalLayers: Int) async throws
 
     /// Starts a job; returns its id.
     distributed func submit(_ submission: JobSubmission) async throws -> String

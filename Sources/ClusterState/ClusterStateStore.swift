@@ -574,7 +574,8 @@ public final class ClusterStateStore: Sendable {
                 let worker = try WorkerRecord.fetchOne(db, key: entry.workerName)
                 let key = JobStatus.rangeKey(entry.firstLayer ..< entry.endLayer)
                 workers.append(JobStatus.Worker(name: entry.workerName, range: key, device: worker?.device ?? "",
-                                                health: worker?.health ?? .dead, embeddings: entry.embeddings))
+                                                health: worker?.health ?? .dead, embeddings: entry.embeddings,
+                                                memoryBytes: worker?.memoryBytes))
                 samplesThrough[key] = try Self.progress(db, jobID, entry.endLayer - 1)?.samplesDone ?? 0
             }
             return JobStatus(jobID: job.id, phase: job.state, model: job.modelPath, output: job.outputPath,

@@ -10,14 +10,14 @@ import Transport
 
 /// `--log-level`. Logs go to standard error; standard output carries only results.
 public struct LoggingOptions: ParsableArguments {
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
-    public var logLevel: Logger.Level = .info
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error (default: info; warning for `quantize` on a terminal, where the progress view is redrawn).")
+    public var logLevel: Logger.Level?
 
     public init() {}
 
-    /// Sends every logger of the process to standard error at `--log-level`.
-    public func bootstrap() {
-        let level = logLevel
+    /// Sends every logger of the process to standard error at `--log-level`, or at `defaultLevel` without it.
+    public func bootstrap(defaultLevel: Logger.Level = .info) {
+        let level = logLevel ?? defaultLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level

@@ -33,7 +33,8 @@ public distributed actor Coordinator: CoordinatorEndpoint {
     /// Set by `drain()`: a runner that stops for shutdown does not start the next job.
     private var draining = false
     /// The output size of jobs that ended since coordd started, for `status` once their runner is gone.
-    private var endedOutputBytes: [String: Int64] = [:]
+    /// The last figures of jobs that ended since coordd started (rates stopped, ETA gone, totals kept).
+    private var endedFigures: [String: JobRunner.LiveFigures] = [:]
     /// In-process mode: worker name → the worker actor itself (no lookup by address).
     private var localWorkers: [String: any WorkerEndpoint] = [:]
     /// Worker name → the connection it registered on: only that connection's loss marks the worker lost, and
@@ -111,6 +112,12 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         await runners[jobID]?.linkDown(from: worker, to: successor, attempt: attempt, message: message)
     }
 
+    public distributed func reportEvaluationProgress(jobID: String, worker: String, completedLayers: Int,
+                                                     totalLayers: Int) async throws {
+        try checkCaller(claims: worker)
+        await runners[jobID]?.evaluationProgressed(worker: worker, completedLayers: completedLayers, totalLayers: totalLayers)
+    }
+
     /// A remote caller speaks for the worker it proved to be, never for another.
     private func checkCaller(claims worker: String) throws {
         guard let caller = ClusterActorSystem.callingPeer else { return }
@@ -156,9 +163,24 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         guard let job = try store.job(id: jobID) else {
             throw CoordinatorError.jobNotFound(jobID: jobID)
         }
-        let live = await runners[jobID]?.liveFigures()
-        var status = try store.status(jobID: jobID, tokensPerSecond: live?.tokensPerSecond, etaSeconds: live?.etaSeconds,
-                                      outputBytes: live?.outputBytes ?? endedOutputBytes[jobID])
+        let live: JobRunner.LiveFigures?
+        if let runner = runners[jobID] { live = await runner.liveFigures() } else { live = endedFigures[jobID] }
+        var status = try store.status(jobID: jobID, tokensPerSecond: live?.tokensPerSecond,
+                                      etaSeconds: job.state.isTerminal ? nil : live?.etaSeconds, outputBytes: live?.outputBytes)
+        if let live {
+            for index in status.workers.indices {
+                guard let figures = live.workers[status.workers[index].name] else { continue }
+                if let device = figures.device { status.workers[index].device = device }
+                status.workers[index].currentLayer = figures.currentLayer
+                status.workers[index].layerTokensPerSecond = figures.layerTokensPerSecond
+            }
+            status.progress = live.progress
+            status.warnings = live.warnings
+            if let activity = live.lastActivity, activity > job.updatedAt {
+                status.updatedAt = JobStatus.timestampText(activity)
+            }
+        }
+        status.elapsedSeconds = max(0, (job.state.isTerminal ? job.updatedAt : Date()).timeIntervalSince(job.createdAt))
         status.fingerprint = try job.decodeOptions(as: JobSubmission.self).fingerprint?.digest
         if let index = queue.firstIndex(where: { $0.jobID == jobID }) {
             status.queuePosition = index + 1
@@ -305,14 +327,14 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         // Unstructured: a job outlives the submit call that starts it; `drain()` stops and awaits every runner.
         Task {
             await runner.run()
-            await self.jobEnded(jobID, outputBytes: await runner.liveFigures().outputBytes)
+            await self.jobEnded(jobID, figures: await runner.liveFigures())
         }
     }
 
-    private func jobEnded(_ jobID: String, outputBytes: Int64?) {
+    private func jobEnded(_ jobID: String, figures: JobRunner.LiveFigures) {
         guard runningJob == jobID else { return }
         runningJob = nil
-        endedOutputBytes[jobID] = outputBytes
+        endedFigures[jobID] = figures
         // A runner stopped for shutdown stays, so that `drain()` can wait for it; its job resumes at the next start.
         if !draining { runners[jobID] = nil }
         startNextJob()

@@ -46,7 +46,11 @@ extension JobRunner {
                                       sampleCount: report.sampleCount, amax: amax)
             recorded[layerAmax.layer, default: []].insert(report.chunk)
         }
-        layerTokensThisRun += chunk.tokenCount * report.layers.count
+        let layerTokens = chunk.tokenCount * report.layers.count
+        layerTokensThisRun += layerTokens
+        calibrationWindow.add(Double(layerTokens))
+        workerWindows[report.worker, default: RateWindow()].add(Double(layerTokens))
+        lastActivity = Date()
         lastProgress[report.worker] = .now
         signal(.chunkRecorded(chunk: report.chunk, worker: report.worker))
     }
@@ -59,7 +63,11 @@ extension JobRunner {
         recorded = try store.recordedChunks(jobID: jobID)
         acceptingReports = true
         calibrationStart = .now
+        calibrationEnd = nil
         layerTokensThisRun = 0
+        calibrationWindow.start()
+        workerWindows = Dictionary(uniqueKeysWithValues: workers.map { ($0.info.name, RateWindow()) })
+        for window in workerWindows.keys { workerWindows[window]!.start() }
 
         // Where each unfinished chunk must start: the range holding its first unrecorded layer, if that worker kept
         // the chunk's input hidden states on disk; the first range otherwise.
@@ -104,6 +112,7 @@ extension JobRunner {
         for layer in 0..<layerCount {
             try store.completeLayer(jobID: jobID, layer: layer, expectedChunkCount: chunkCount)
         }
+        calibrationEnd = .now
         logger.info("calibration complete: activation scales of \(layerCount) layers are final")
         try move(to: .exporting)
         calibrationDone = true

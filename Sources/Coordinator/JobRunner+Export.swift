@@ -36,6 +36,9 @@ extension JobRunner {
                 return (tensors, secondsSince(started))
             }
         }
+        layersExported = 0
+        exportByteWindow.start()
+        exportLayerWindow.start()
         do {
             try assembler.writeEmbeddings()
             pending = (0..<min(lookAhead, layerCount)).map { startExport($0) }
@@ -46,7 +49,12 @@ extension JobRunner {
                 let writeStart = ContinuousClock.now
                 try assembler.add(layer: layer, tensors: tensors)
                 logger.info("wrote layer \(layer): exported in \(String(format: "%.2f", exportSeconds)) s, checked and written in \(String(format: "%.2f", secondsSince(writeStart))) s")
-                outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
+                let layerBytes = tensors.reduce(0) { $0 + $1.data.count }
+                outputBytes = (outputBytes ?? 0) + Int64(layerBytes)
+                layersExported += 1
+                exportByteWindow.add(Double(layerBytes))
+                exportLayerWindow.add(1)
+                lastActivity = Date()
                 if layer == 0 { await DebugFaultPoint.coordinatorExport.pauseIfRequested { [logger] in logger.warning("\($0)") } }
             }
             var record: CalibrationRecord?

@@ -28,6 +28,7 @@ extension JobRunner {
     func ensurePlan(layerCount: Int) async throws -> [LayerAssignment] {
         let stored = try store.plan(jobID: jobID)
         let deadline = ContinuousClock.now + .seconds(settings.workerGraceSeconds)
+        defer { waitingFor = nil }
         while true {
             try checkInterrupted()
             let generation = await registry.generation
@@ -55,6 +56,13 @@ extension JobRunner {
                 throw JobFailure.notEnoughWorkers(needed: wanted, registered: live.count,
                                                   graceSeconds: Int(settings.workerGraceSeconds))
             }
+            let left = Int((deadline - ContinuousClock.now).components.seconds)
+            if stored.isEmpty {
+                waitingFor = "\(wanted) worker(s) to register (\(live.count) live; up to \(left) s more)"
+            } else {
+                let missing = stored.map(\.worker).filter { !liveNames.contains($0) }
+                waitingFor = "planned worker(s) \(missing.joined(separator: ", ")) to come back (up to \(left) s more)"
+            }
             await registry.waitForChange(after: generation, timeout: deadline - ContinuousClock.now)
         }
     }
@@ -64,6 +72,10 @@ extension JobRunner {
         // A worker its predecessor cannot reach is alive: waiting for it to come back is pointless.
         let deadline = Set(dead).isSubset(of: excluded.keys)
             ? ContinuousClock.now : ContinuousClock.now + .seconds(settings.workerGraceSeconds)
+        if ContinuousClock.now < deadline {
+            waitingFor = "lost worker(s) \(dead.joined(separator: ", ")) to come back (up to \(Int(settings.workerGraceSeconds)) s, then re-planning)"
+        }
+        defer { waitingFor = nil }
         while ContinuousClock.now < deadline {
             if cancelRequested || shutdownRequested { throw CancellationError() }
             let generation = await registry.generation
@@ -168,10 +180,12 @@ extension JobRunner {
             var devices: [String] = []
             for try await report in group {
                 if !devices.contains(report.device) { devices.append(report.device) }
+                loadedDevices[report.worker] = report.device
                 logger.info("worker loaded its range", metadata: ["worker": "\(report.worker)", "layers": "\(report.layers)",
                                                                   "seconds": "\(String(format: "%.1f", report.seconds))"])
             }
             deviceLabel = devices.sorted().joined(separator: ", ")
+            lastActivity = Date()
         }
     }
 }

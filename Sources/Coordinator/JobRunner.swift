@@ -68,10 +68,25 @@ actor JobRunner {
         return largestExportTensorBytes
     }
 
-    // Live figures.
+    // Live figures (`status`): running totals and rates over the last minute.
     var calibrationStart: ContinuousClock.Instant?
+    var calibrationEnd: ContinuousClock.Instant?
     var layerTokensThisRun = 0
+    /// Layer-tokens (one token through one layer) recorded, job-wide and per worker.
+    var calibrationWindow = RateWindow()
+    var workerWindows: [String: RateWindow] = [:]
+    var layersExported = 0
+    var exportByteWindow = RateWindow()
+    var exportLayerWindow = RateWindow()
+    var evaluationLayers: (done: Int, total: Int)?
+    var evaluationWindow = RateWindow()
     var outputBytes: Int64?
+    /// What each worker computes on, as it reported when it loaded.
+    var loadedDevices: [String: String] = [:]
+    /// What the job waits for, in words, while it waits (lost workers, workers to register).
+    var waitingFor: String?
+    /// The last time anything of the job moved (a chunk, a layer written, a phase), for `updated_at`.
+    var lastActivity = Date()
 
     init(jobID: String, submission: JobSubmission, store: ClusterStateStore, registry: WorkerRegistry,
          mailbox: BulkMailbox, system: ClusterActorSystem, localWorkers: [String: any WorkerEndpoint] = [:],
@@ -180,25 +195,86 @@ actor JobRunner {
     }
 
     struct LiveFigures: Sendable {
+        struct Worker: Sendable {
+            var device: String?
+            var currentLayer: Int?
+            var layerTokensPerSecond: Double?
+        }
+
         var tokensPerSecond: Double?
         var etaSeconds: Double?
         var outputBytes: Int64?
+        var progress: JobProgress?
+        var workers: [String: Worker] = [:]
+        var lastActivity: Date?
+        var warnings: [String] = []
     }
 
-    func liveFigures() -> LiveFigures {
-        guard let start = calibrationStart, let config, let calibrationPlan else {
-            return LiveFigures(outputBytes: outputBytes)
+    func liveFigures(now: ContinuousClock.Instant = .now) -> LiveFigures {
+        var figures = LiveFigures(outputBytes: outputBytes, lastActivity: lastActivity)
+        if let calibrationPlan, let shortfall = submission.spec.calibration.sampleShortfall(used: calibrationPlan.sampleCount) {
+            figures.warnings.append(shortfall)
         }
-        let seconds = secondsSince(start)
-        guard seconds > 0, layerTokensThisRun > 0 else { return LiveFigures(outputBytes: outputBytes) }
+        for (name, device) in loadedDevices { figures.workers[name, default: .init()].device = device }
+        guard let config else { return figures }
         let layers = config.numHiddenLayers
-        let rate = Double(layerTokensThisRun) / seconds / Double(layers)
-        let done = recorded.reduce(0) { total, entry in
-            total + entry.value.reduce(0) { $0 + calibrationPlan.chunks[$1].tokenCount }
+        var progress = JobProgress(layersTotal: layers, layersExported: layersExported, exportedBytes: outputBytes ?? 0,
+                                   waiting: waitingFor)
+        let calibrating = calibrationStart != nil && calibrationEnd == nil && !stopped
+        if let calibrationPlan, !calibrationPlan.chunks.isEmpty {
+            let chunkCount = calibrationPlan.chunks.count
+            progress.layersCalibrated = (0..<layers).filter { (recorded[$0]?.count ?? 0) == chunkCount }.count
+            progress.calibrationLayerTokensTotal = calibrationPlan.tokenCount * layers
+            progress.calibrationLayerTokensDone = recorded.reduce(0) { total, entry in
+                total + entry.value.reduce(0) { $0 + calibrationPlan.chunks[$1].tokenCount }
+            }
+            if calibrating {
+                progress.calibrationLayerTokensPerSecond = calibrationWindow.perSecond(now: now)
+                for assignment in plan {
+                    var worker = figures.workers[assignment.worker, default: .init()]
+                    worker.currentLayer = assignment.range.first { (recorded[$0]?.count ?? 0) < chunkCount }
+                    worker.layerTokensPerSecond = workerWindows[assignment.worker]?.perSecond(now: now)
+                    figures.workers[assignment.worker] = worker
+                }
+            }
         }
-        let remaining = max(0, calibrationPlan.tokenCount * layers - done)
-        return LiveFigures(tokensPerSecond: rate, etaSeconds: Double(remaining) / (rate * Double(layers)),
-                           outputBytes: outputBytes)
+        // Calibration tokens through the whole model per second: over the last minute while it runs, then the
+        // average of the run, frozen.
+        if calibrating {
+            figures.tokensPerSecond = progress.calibrationLayerTokensPerSecond.map { $0 / Double(layers) }
+        } else if let start = calibrationStart, let end = calibrationEnd, end > start, layerTokensThisRun > 0 {
+            let seconds = Double((end - start).components.seconds) + Double((end - start).components.attoseconds) * 1e-18
+            figures.tokensPerSecond = Double(layerTokensThisRun) / seconds / Double(layers)
+        }
+        let exporting = layersExported < layers && !stopped
+        if exporting { progress.exportBytesPerSecond = exportByteWindow.perSecond(now: now) }
+        if let evaluationLayers {
+            progress.evaluationLayersDone = evaluationLayers.done
+            progress.evaluationLayersTotal = evaluationLayers.total
+        }
+        // What is left of the phase in progress, at its rate over the last minute.
+        if !stopped {
+            if calibrating, let rate = progress.calibrationLayerTokensPerSecond, rate > 0 {
+                let remaining = max(0, progress.calibrationLayerTokensTotal - progress.calibrationLayerTokensDone)
+                figures.etaSeconds = Double(remaining) / rate
+            } else if calibrationStart == nil || calibrationEnd != nil, exporting, let rate = exportLayerWindow.perSecond(now: now), rate > 0 {
+                figures.etaSeconds = Double(layers - layersExported) / rate
+            } else if let evaluationLayers, let rate = evaluationWindow.perSecond(now: now), rate > 0 {
+                figures.etaSeconds = Double(evaluationLayers.total - evaluationLayers.done) / rate
+            }
+        }
+        figures.progress = progress
+        return figures
+    }
+
+    /// The worker measuring the quality report finished another layer of both models.
+    func evaluationProgressed(worker: String, completedLayers: Int, totalLayers: Int) {
+        guard completedLayers >= 0, totalLayers > 0, completedLayers <= totalLayers else { return }
+        let previous = evaluationLayers?.done ?? 0
+        if evaluationLayers == nil { evaluationWindow.start() }
+        evaluationLayers = (completedLayers, totalLayers)
+        evaluationWindow.add(Double(max(0, completedLayers - previous)))
+        lastActivity = Date()
     }
 
     // MARK: Events
@@ -429,6 +505,7 @@ actor JobRunner {
     func move(to state: JobState) throws {
         guard let job = try store.job(id: jobID) else { throw JobFailure.jobVanished(jobID: jobID) }
         if job.state == state { return }
+        lastActivity = Date()
         if state == .succeeded && job.state == .exporting {
             try store.updateJobState(jobID: jobID, to: .merging)
         }

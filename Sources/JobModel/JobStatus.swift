@@ -22,6 +22,9 @@ import Foundation
 ///   "eta_seconds": 620,              // number or null
 ///   "output_bytes": 4021129216,      // integer or null
 ///   "failure_reason": null,          // string or null (set when failed, optionally when cancelled)
+///   "elapsed_seconds": 312,          // since submit; frozen once the job ended
+///   "progress": {…},                 // JobProgress (below) or null before the job runs
+///   "warnings": [],                  // strings: what the job went on despite (fewer samples than asked, …)
 ///   "created_at": "2026-11-29T06:00:00Z",
 ///   "updated_at": "2026-11-29T06:05:00Z"
 /// }
@@ -33,6 +36,12 @@ import Foundation
 ///   JSON object.
 /// - `samples_through[range]` counts the samples whose chunks have passed the range's last layer.
 /// - `health` is `alive` or `dead`.
+/// - `workers[]` also carries `current_layer` (the first of its layers still calibrating, or null), `layer_tokens_per_second`
+///   (tokens through one of its layers per second, over the last minute; null when idle) and `memory_bytes` (the
+///   memory the worker registered with). `device` is what the worker computes on once it loaded the job (`cpu`,
+///   `NVIDIA H100 80GB HBM3`, …), and its `--device` choice before that.
+/// - `tokens_per_second` counts calibration tokens through the whole model per second (layer-tokens/s over the
+///   layer count); it freezes when calibration ends. `eta_seconds` is null once the job ended.
 public struct JobStatus: Codable, Sendable, Equatable {
     public static let currentSchemaVersion = 1
 
@@ -57,13 +66,43 @@ public struct JobStatus: Codable, Sendable, Equatable {
         public var device: String
         public var health: WorkerHealth
         public var embeddings: Bool
+        /// The first layer of its range that is still calibrating; nil when its range is done or before it starts.
+        public var currentLayer: Int?
+        /// Tokens through one of its layers per second, over the last minute.
+        public var layerTokensPerSecond: Double?
+        /// The memory the worker registered with.
+        public var memoryBytes: Int64?
 
-        public init(name: String, range: String, device: String, health: WorkerHealth, embeddings: Bool) {
+        public init(name: String, range: String, device: String, health: WorkerHealth, embeddings: Bool,
+                    currentLayer: Int? = nil, layerTokensPerSecond: Double? = nil, memoryBytes: Int64? = nil) {
             self.name = name
             self.range = range
             self.device = device
             self.health = health
             self.embeddings = embeddings
+            self.currentLayer = currentLayer
+            self.layerTokensPerSecond = layerTokensPerSecond
+            self.memoryBytes = memoryBytes
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case name, range, device, health, embeddings
+            case currentLayer = "current_layer"
+            case layerTokensPerSecond = "layer_tokens_per_second"
+            case memoryBytes = "memory_bytes"
+        }
+
+        // Absent values appear as `null`: the schema keeps every key.
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(name, forKey: .name)
+            try container.encode(range, forKey: .range)
+            try container.encode(device, forKey: .device)
+            try container.encode(health, forKey: .health)
+            try container.encode(embeddings, forKey: .embeddings)
+            try container.encode(currentLayer, forKey: .currentLayer)
+            try container.encode(layerTokensPerSecond, forKey: .layerTokensPerSecond)
+            try container.encode(memoryBytes, forKey: .memoryBytes)
         }
     }
 
@@ -90,6 +129,12 @@ public struct JobStatus: Codable, Sendable, Equatable {
     public var waitingFor: String?
     /// ``JobFingerprint/digest`` of the inputs recorded at submit.
     public var fingerprint: String?
+    /// Seconds since submit, until the job ended.
+    public var elapsedSeconds: Double?
+    /// Layers calibrated and exported, rates over the last minute, what the job waits for; nil before it ran.
+    public var progress: JobProgress?
+    /// What the job went on despite, in words (e.g. fewer calibration samples than `--samples` asked for).
+    public var warnings: [String] = []
 
     public init(jobID: String, phase: JobState, model: String, output: String, workers: [Worker],
                 samplesThrough: [String: Int], tokensPerSecond: Double?, etaSeconds: Double?, outputBytes: Int64?,
@@ -137,7 +182,34 @@ public struct JobStatus: Codable, Sendable, Equatable {
         case updatedAt = "updated_at"
         case queuePosition = "queue_position"
         case waitingFor = "waiting_for"
-        case fingerprint
+        case fingerprint, progress, warnings
+        case elapsedSeconds = "elapsed_seconds"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        schemaVersion = try container.decode(Int.self, forKey: .schemaVersion)
+        state = try container.decode(State.self, forKey: .state)
+        jobID = try container.decode(String.self, forKey: .jobID)
+        phase = try container.decode(JobState.self, forKey: .phase)
+        model = try container.decode(String.self, forKey: .model)
+        output = try container.decode(String.self, forKey: .output)
+        workers = try container.decode([Worker].self, forKey: .workers)
+        samplesThrough = try container.decode([String: Int].self, forKey: .samplesThrough)
+        tokensPerSecond = try container.decodeIfPresent(Double.self, forKey: .tokensPerSecond)
+        etaSeconds = try container.decodeIfPresent(Double.self, forKey: .etaSeconds)
+        outputBytes = try container.decodeIfPresent(Int64.self, forKey: .outputBytes)
+        failureReason = try container.decodeIfPresent(String.self, forKey: .failureReason)
+        quality = try container.decodeIfPresent(JobQuality.self, forKey: .quality)
+        createdAt = try container.decode(String.self, forKey: .createdAt)
+        updatedAt = try container.decode(String.self, forKey: .updatedAt)
+        queuePosition = try container.decodeIfPresent(Int.self, forKey: .queuePosition)
+        waitingFor = try container.decodeIfPresent(String.self, forKey: .waitingFor)
+        fingerprint = try container.decodeIfPresent(String.self, forKey: .fingerprint)
+        // Added within schema version 1: older documents lack them.
+        progress = try container.decodeIfPresent(JobProgress.self, forKey: .progress)
+        elapsedSeconds = try container.decodeIfPresent(Double.self, forKey: .elapsedSeconds)
+        warnings = try container.decodeIfPresent([String].self, forKey: .warnings) ?? []
     }
 
     // Written by hand so that absent values appear as `null` instead of disappearing: the schema keeps every key.
@@ -161,13 +233,91 @@ public struct JobStatus: Codable, Sendable, Equatable {
         try container.encode(queuePosition, forKey: .queuePosition)
         try container.encode(waitingFor, forKey: .waitingFor)
         try container.encode(fingerprint, forKey: .fingerprint)
+        try container.encode(progress, forKey: .progress)
+        try container.encode(elapsedSeconds, forKey: .elapsedSeconds)
+        try container.encode(warnings, forKey: .warnings)
     }
+
+    /// `date` as `created_at` and `updated_at` write it.
+    public static func timestampText(_ date: Date) -> String { timestamp(date) }
 
     /// JSON as `coordctl status --json` prints it: sorted keys, so output is byte-stable.
     public func jsonData() throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         return try encoder.encode(self)
+    }
+}
+
+/// Where a running (or ended) job stands, as `status --json`'s `progress` object. Every rate is named for what it
+/// counts: a *layer-token* is one token through one decoder layer (calibration runs each token through every layer,
+/// so a job has `tokens × layers` of them); export is measured in checkpoint bytes written.
+///
+/// ```json
+/// {"layers_total": 80, "layers_calibrated": 41, "layers_exported": 39,
+///  "calibration_layer_tokens_done": 12595200, "calibration_layer_tokens_total": 24576000,
+///  "calibration_layer_tokens_per_second": 310000.5,   // last minute; null when none or once calibration ended
+///  "exported_bytes": 19000000000, "export_bytes_per_second": 410000000.0,   // last minute, or null
+///  "evaluation_layers_done": null, "evaluation_layers_total": null,          // the quality report, both models
+///  "waiting": null}                                   // e.g. "for lost worker(s) node-b to come back (up to 300 s)"
+/// ```
+public struct JobProgress: Codable, Sendable, Equatable {
+    public var layersTotal: Int
+    public var layersCalibrated: Int
+    public var layersExported: Int
+    public var calibrationLayerTokensDone: Int
+    public var calibrationLayerTokensTotal: Int
+    public var calibrationLayerTokensPerSecond: Double?
+    public var exportedBytes: Int64
+    public var exportBytesPerSecond: Double?
+    public var evaluationLayersDone: Int?
+    public var evaluationLayersTotal: Int?
+    public var waiting: String?
+
+    public init(layersTotal: Int, layersCalibrated: Int = 0, layersExported: Int = 0, calibrationLayerTokensDone: Int = 0,
+                calibrationLayerTokensTotal: Int = 0, calibrationLayerTokensPerSecond: Double? = nil,
+                exportedBytes: Int64 = 0, exportBytesPerSecond: Double? = nil, evaluationLayersDone: Int? = nil,
+                evaluationLayersTotal: Int? = nil, waiting: String? = nil) {
+        self.layersTotal = layersTotal
+        self.layersCalibrated = layersCalibrated
+        self.layersExported = layersExported
+        self.calibrationLayerTokensDone = calibrationLayerTokensDone
+        self.calibrationLayerTokensTotal = calibrationLayerTokensTotal
+        self.calibrationLayerTokensPerSecond = calibrationLayerTokensPerSecond
+        self.exportedBytes = exportedBytes
+        self.exportBytesPerSecond = exportBytesPerSecond
+        self.evaluationLayersDone = evaluationLayersDone
+        self.evaluationLayersTotal = evaluationLayersTotal
+        self.waiting = waiting
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case layersTotal = "layers_total"
+        case layersCalibrated = "layers_calibrated"
+        case layersExported = "layers_exported"
+        case calibrationLayerTokensDone = "calibration_layer_tokens_done"
+        case calibrationLayerTokensTotal = "calibration_layer_tokens_total"
+        case calibrationLayerTokensPerSecond = "calibration_layer_tokens_per_second"
+        case exportedBytes = "exported_bytes"
+        case exportBytesPerSecond = "export_bytes_per_second"
+        case evaluationLayersDone = "evaluation_layers_done"
+        case evaluationLayersTotal = "evaluation_layers_total"
+        case waiting
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(layersTotal, forKey: .layersTotal)
+        try container.encode(layersCalibrated, forKey: .layersCalibrated)
+        try container.encode(layersExported, forKey: .layersExported)
+        try container.encode(calibrationLayerTokensDone, forKey: .calibrationLayerTokensDone)
+        try container.encode(calibrationLayerTokensTotal, forKey: .calibrationLayerTokensTotal)
+        try container.encode(calibrationLayerTokensPerSecond, forKey: .calibrationLayerTokensPerSecond)
+        try container.encode(exportedBytes, forKey: .exportedBytes)
+        try container.encode(exportBytesPerSecond, forKey: .exportBytesPerSecond)
+        try container.encode(evaluationLayersDone, forKey: .evaluationLayersDone)
+        try container.encode(evaluationLayersTotal, forKey: .evaluationLayersTotal)
+        try container.encode(waiting, forKey: .waiting)
     }
 }
 

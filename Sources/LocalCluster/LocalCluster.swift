@@ -25,8 +25,11 @@ public enum LocalCluster {
     ///
     /// Each element of `interrupts` (Ctrl-C, for `coordctl quantize`) cancels the job, which removes its partial
     /// output; the call then throws ``QuantizeJobError/interrupted(jobID:partialKept:)``.
-    public static func quantize(options: QuantizeOptions, logger: Logger,
-                                interrupts: AsyncStream<Void>? = nil) async throws -> QuantizeSummary {
+    ///
+    /// `observe` sees the job's status about five times a second (`coordctl quantize` draws it as `status --watch`
+    /// does); without it, phase changes are logged.
+    public static func quantize(options: QuantizeOptions, logger: Logger, interrupts: AsyncStream<Void>? = nil,
+                                observe: (@Sendable (JobStatus) -> Void)? = nil) async throws -> QuantizeSummary {
         let start = Date()
         // Every input check, with its message, before any work (the cluster runs them too, but later and remotely).
         let job = QuantizeJob(options: options, logger: logger)
@@ -74,7 +77,7 @@ public enum LocalCluster {
             return false
         }
         defer { cancelling.cancel() }
-        let status = try await follow(jobID: jobID, coordinator: coordinator, logger: logger)
+        let status = try await follow(jobID: jobID, coordinator: coordinator, logger: logger, observe: observe)
         await workerEnd.close()
         await system.shutdown()
         if status.state == .cancelled {
@@ -109,20 +112,17 @@ public enum LocalCluster {
         return summary
     }
 
-    /// Polls the job until it ends, logging a line whenever its phase or progress changes.
-    private static func follow(jobID: String, coordinator: Coordinator, logger: Logger) async throws -> JobStatus {
-        var last = ""
+    /// Polls the job until it ends, showing each status to `observe`, or logging the phase when it changes.
+    private static func follow(jobID: String, coordinator: Coordinator, logger: Logger,
+                               observe: (@Sendable (JobStatus) -> Void)?) async throws -> JobStatus {
+        var lastPhase: JobState?
         while true {
             let status = try await coordinator.status(jobID: jobID)
-            var line = "phase \(status.phase.rawValue)"
-            if status.phase == .calibrating, let through = status.samplesThrough.values.first {
-                line += ", \(through) samples through every layer"
-                if let rate = status.tokensPerSecond { line += String(format: ", %.0f tokens/s", rate) }
-                if let eta = status.etaSeconds { line += ", ETA \(formatDuration(eta))" }
-            }
-            if line != last {
-                logger.info("\(line)")
-                last = line
+            if let observe {
+                observe(status)
+            } else if status.phase != lastPhase {
+                logger.info("phase \(status.phase.rawValue)")
+                lastPhase = status.phase
             }
             if status.phase.isTerminal { return status }
             try await Task.sleep(for: .milliseconds(200))

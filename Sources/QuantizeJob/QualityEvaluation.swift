@@ -12,7 +12,7 @@ import Tokenizer
 /// dequantized weights for weight-only) on held-out text that calibration never saw, on the CPU.
 public enum QualityEvaluation {
     public static func report(spec: JobSpec, config: LlamaConfig, original: SafeTensorsModel, checkpointDirectory: URL,
-                              logger: Logger) throws -> QualityReport {
+                              logger: Logger, progress report: ((EvaluationProgress) -> Void)? = nil) throws -> QualityReport {
         let tokenizer = try BPETokenizer.load(modelDirectory: spec.modelPath)
         let set = try CalibrationData.loadHeldOutEvaluation(
             tokenizer: tokenizer, vocabSize: config.vocabSize,
@@ -28,6 +28,7 @@ public enum QualityEvaluation {
             let remaining = elapsed / Double(max(progress.completedLayers, 1))
                 * Double(progress.totalLayers - progress.completedLayers)
             logger.info("quality report: layer \(progress.completedLayers)/\(progress.totalLayers) of both models, ETA \(formatDuration(remaining))")
+            report?(progress)
         }
     }
 }

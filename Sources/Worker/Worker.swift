@@ -243,12 +243,21 @@ public distributed actor Worker: WorkerEndpoint {
         let logger = self.logger
         try ModelCheck.verify(spec)
         logger.info("measuring the quality of \(path)", metadata: ["job": "\(spec.jobID)"])
-        // The compute thread: the report runs both models through every layer on the CPU.
+        let coordinator = try coordinator()
+        let name = self.name
+        // The compute thread: the report runs both models through every layer on the CPU. Each layer done is told
+        // to the coordinator (for `status`); a lost progress report costs nothing but a stale figure.
         return try await compute.run {
             let config = try ModelDirectory(spec.modelDirectory).loadConfig()
             let original = try SafeTensorsModel(directory: spec.modelPath)
             return try QualityEvaluation.report(spec: spec, config: config, original: original,
-                                                checkpointDirectory: directory, logger: logger)
+                                                checkpointDirectory: directory, logger: logger) { progress in
+                Task {
+                    try? await coordinator.reportEvaluationProgress(jobID: spec.jobID, worker: name,
+                                                                    completedLayers: progress.completedLayers,
+                                                                    totalLayers: progress.totalLayers)
+                }
+            }
         }
     }
 

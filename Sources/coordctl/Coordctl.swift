@@ -7,6 +7,7 @@ import Checkpoint
 import CommandLineOptions
 import ComputeBackend
 import Foundation
+import JobModel
 import LocalCluster
 import Logging
 import QuantizeJob
@@ -87,12 +88,17 @@ struct Quantize: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
-        logging.bootstrap()
+        // The progress view goes to standard error (standard output carries the summary): redrawn on a terminal,
+        // where info logs would break it up, one line per change otherwise.
+        let terminal = isatty(STDERR_FILENO) == 1
+        logging.bootstrap(defaultLevel: terminal ? .warning : .info)
         let logger = Logger(label: "coordctl.quantize")
+        let display = ProgressDisplay(StatusDisplay(interactive: terminal, write: { FileHandle.standardError.write(Data($0.utf8)) }))
         let summary: QuantizeSummary
         do {
             summary = try await LocalCluster.quantize(options: try job.makeSpec(configSHA256: "").quantizeOptions,
-                                                      logger: logger, interrupts: InterruptSignal.install())
+                                                      logger: logger, interrupts: InterruptSignal.install(),
+                                                      observe: { display.show($0) })
         } catch let error as QuantizeJobError {
             guard case .interrupted = error else { throw error }
             FileHandle.standardError.write(Data("\(error)\n".utf8))
@@ -100,6 +106,28 @@ struct Quantize: AsyncParsableCommand {
             throw ExitCode(130)
         }
         print(summary.description)
+    }
+}
+
+/// A ``StatusDisplay`` that the job's observer may call from any task; a terminal is redrawn at most once a second.
+final class ProgressDisplay: @unchecked Sendable {
+    private let lock = NSLock()
+    private var display: StatusDisplay
+    private var lastDrawn = ContinuousClock.now - .seconds(10)
+    private var lastPhase: JobState?
+
+    init(_ display: StatusDisplay) {
+        self.display = display
+    }
+
+    func show(_ status: JobStatus) {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = ContinuousClock.now
+        guard !display.interactive || status.phase != lastPhase || status.phase.isTerminal || now - lastDrawn >= .seconds(1) else { return }
+        lastDrawn = now
+        lastPhase = status.phase
+        display.show(status)
     }
 }
 

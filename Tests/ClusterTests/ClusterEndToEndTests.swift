@@ -30,6 +30,21 @@ import W4A4Probes
             // The token ids went to w1 on the data path, not inside loadLayers (which carries only the plan's shape).
             #expect(cluster.workers["w1"]!.output.contains("took the calibration token ids (490 tokens) from the data path"))
 
+            // Progress, frozen once the job ended: every layer calibrated and exported, no ETA, a rate that no longer
+            // changes, the elapsed time, and the device the workers computed on rather than their --device choice.
+            let progress = try #require(status["progress"] as? [String: Any], "\(status)")
+            #expect(progress["layers_total"] as? Int == 2 && progress["layers_calibrated"] as? Int == 2
+                    && progress["layers_exported"] as? Int == 2, "\(progress)")
+            #expect(progress["calibration_layer_tokens_done"] as? Int == progress["calibration_layer_tokens_total"] as? Int)
+            #expect(status["eta_seconds"] is NSNull, "\(status)")
+            #expect((status["elapsed_seconds"] as? Double ?? 0) > 0)
+            #expect(workers.allSatisfy { ($0["device"] as? String)?.hasPrefix("cpu") == true }, "\(workers)")
+            let rate = try #require(status["tokens_per_second"] as? Double)
+            Thread.sleep(forTimeInterval: 1.5)
+            let later = try cluster.status(job)
+            #expect(later["tokens_per_second"] as? Double == rate, "a finished job's rate stays put")
+            #expect(later["elapsed_seconds"] as? Double == status["elapsed_seconds"] as? Double)
+
             // Human status and list show the job too.
             let human = try cluster.coordctl(["status", job])
             #expect(human.status == 0 && human.stdout.contains("succeeded") && human.stdout.contains("w2"))

@@ -59,9 +59,23 @@ import Testing
     @Test func killedWorkerRestartsAndTheJobCompletesIdentically() throws {
         try Self.withJobInMidCalibration("kill", coordinatorExtra: ["--worker-grace", "60"]) { interrupted in
             let cluster = interrupted.cluster
+            // Mid-calibration, status says how far each part is, in layer-tokens.
+            let running = try cluster.status(interrupted.job)
+            let progress = try #require(running["progress"] as? [String: Any], "\(running)")
+            #expect(progress["layers_total"] as? Int == 2)
+            #expect((progress["calibration_layer_tokens_done"] as? Int ?? 0) > 0)
+            #expect(progress["calibration_layer_tokens_total"] as? Int == 2 * 490)
+            let workers = try #require(running["workers"] as? [[String: Any]])
+            #expect(workers.allSatisfy { ($0["device"] as? String)?.hasPrefix("cpu") == true }, "the device in use, not --device: \(workers)")
+
             cluster.workers["w2"]!.kill()  // SIGKILL, mid-calibration
             try waitUntil { (try? cluster.status(interrupted.job)["workers"] as? [[String: Any]])?
                 .contains { $0["name"] as? String == "w2" && $0["health"] as? String == "dead" } ?? false }
+            // The job says what it waits for, in JSON and on screen.
+            try waitUntil { ((try? cluster.status(interrupted.job)["progress"] as? [String: Any])?["waiting"] as? String)?
+                .contains("lost worker(s) w2 to come back") ?? false }
+            let human = try cluster.coordctl(["status", interrupted.job])
+            #expect(human.stdout.contains("waiting for lost worker(s) w2 to come back"), "\(human.stdout)")
             try cluster.startWorker("w2", extra: Self.slow)  // same name and scratch, a new port
             _ = try Self.expectCompletesIdentically(interrupted)
             #expect(cluster.coordd!.output.contains("worker connection lost"))

@@ -144,6 +144,25 @@ enum Coordctl {
         }
     }
 
+    /// Without a terminal, quantize's progress is one line per change of phase or layer count (not one per second or
+    /// per rate), and the last one says how the job ended.
+    @Test func progressWithoutATerminalIsOneLinePerChange() throws {
+        try withTemporaryDirectory("coordctl-bin") { parent throws in
+            let result = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output",
+                                           parent.appendingPathComponent("OUT").path,
+                                           "--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path,
+                                           "--min-tokens", "1", "--eval-samples", "2"], in: parent)
+            #expect(result.status == 0, "stderr: \(result.stderr)")
+            let lines = result.stderr.split(separator: "\n").filter { $0.hasPrefix("job ") }
+            // loading, calibrating, exporting/merging/evaluating with their layer counts, succeeded: a handful.
+            #expect((2...12).contains(lines.count), "\(lines)")
+            #expect(Set(lines).count == lines.count, "no line repeats: \(lines)")
+            let last = try #require(lines.last)
+            #expect(last.contains("succeeded, calibrated 2/2 layers, exported 2/2 layers, quality report 2/2 layers"), "\(last)")
+            #expect(last.contains("gate passed") && !last.contains("ETA"), "\(last)")
+        }
+    }
+
     @Test func versionIsPrinted() throws {
         try withTemporaryDirectory("coordctl-bin") { parent throws in
             let result = try Coordctl.run(["--version"], in: parent)
