@@ -13,6 +13,8 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
     /// Layer → fused group → activation amax: one value per observed input. Expanded to Linear names only when
     /// written.
     public var activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]
+    /// Module name → its weight amax and relative quantization error, as the export measured them.
+    public var linearQuality: [String: LinearQuality] = [:]
 
     public init(source: String, samples: Int, tokens: Int, contentHash: String, device: String,
                 activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]) {
@@ -40,6 +42,10 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
         func entries(_ value: (ActivationAmax) -> Float) -> String {
             modules.map { "    \"\($0.linear.name)\": \(jsonNumber(value($0.amax)))" }.joined(separator: ",\n")
         }
+        let measured = linearQuality.values.sorted { $0.name < $1.name }
+        func quality(_ value: (LinearQuality) -> String) -> String {
+            measured.map { "    \"\($0.name)\": \(value($0))" }.joined(separator: ",\n")
+        }
         let text = """
             {
               "tool": "NVFP4Cluster \(NVFP4ClusterVersion.current)",
@@ -54,6 +60,12 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
               },
               "input_scale": {
             \(entries { InputScale($0).value })
+              },
+              "weight_amax": {
+            \(quality { jsonNumber($0.weightAmax) })
+              },
+              "weight_relative_error": {
+            \(quality { "\($0.weightRelativeError)" })
               }
             }
 

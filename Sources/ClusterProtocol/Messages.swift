@@ -275,9 +275,12 @@ public struct ExportManifest: Codable, Sendable, Equatable {
 
     public var layer: Int
     public var entries: [Entry]
-    public init(layer: Int, entries: [Entry]) {
+    /// Each exported Linear's weight amax and relative quantization error (for `calibration.json` and `status`).
+    public var weightQuality: [LinearQuality]
+    public init(layer: Int, entries: [Entry], weightQuality: [LinearQuality] = []) {
         self.layer = layer
         self.entries = entries
+        self.weightQuality = weightQuality
     }
 }
 

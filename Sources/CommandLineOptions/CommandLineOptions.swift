@@ -83,4 +83,4 @@ public struct DeviceOptions: ParsableArguments {
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// What `--version` prints for every binary of this build.
-public let commandLineVersion = SoftwareVersion.full
+public let commandLineVersion = NVFP4ClusterVersion.full

@@ -176,6 +176,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
             }
             status.progress = live.progress
             status.warnings = live.warnings
+            status.linears = live.linears
             if let activity = live.lastActivity, activity > job.updatedAt {
                 status.updatedAt = JobStatus.timestampText(activity)
             }

@@ -18,6 +18,8 @@ enum JobFailure: Error, CustomStringConvertible {
     /// No worker of the job reads the checkpoint coordd staged, so none can measure its quality.
     case noWorkerSeesCheckpoint(path: String, refusals: [String])
     case unknownTensorDType(worker: String, tensor: String, dtype: String)
+    /// A worker's figures for a layer's Linears do not fit the layer (unknown name, a number that is not finite).
+    case implausibleWeightQuality(worker: String, layer: Int, linear: String, reason: String)
     /// The inputs differ from the fingerprint recorded at submit (a resume after the model or calibration changed).
     case inputsChanged(jobID: String, changes: [String])
     /// A worker's scratch filesystem cannot hold the hidden states it must keep for the job.
@@ -44,6 +46,8 @@ enum JobFailure: Error, CustomStringConvertible {
                 + "run a workerd on coordd's machine or give the workers shared storage, or pass --eval-samples 0 to "
                 + "skip the report and its gate"
         case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
+        case .implausibleWeightQuality(let worker, let layer, let linear, let reason):
+            "worker \(worker) sent figures for \(linear) with layer \(layer) that cannot be right: \(reason)"
         case .scratchTooSmall(let worker, let needed, let free):
             "worker \(worker)'s --scratch needs \(formatBytes(Int(needed))) for the hidden states entering its range, "
                 + "\(formatBytes(Int(free))) free; free space there, point --scratch elsewhere, or plan fewer tokens"

@@ -37,6 +37,7 @@ extension JobRunner {
             }
         }
         layersExported = 0
+        linearQuality = [:]
         exportByteWindow.start()
         exportLayerWindow.start()
         do {
@@ -65,6 +66,7 @@ extension JobRunner {
                 }
                 var calibration = spec.calibrationRecord(plan: calibrationPlan, deviceLabel: deviceLabel)
                 calibration.activationAmax = try store.activationAmax(jobID: jobID).mapValues(activationAmaxByGroup)
+                calibration.linearQuality = linearQuality
                 record = calibration
             }
             try move(to: .merging)
@@ -168,6 +170,7 @@ extension JobRunner {
             workerHung(owner.info.name, endpoint: endpoint, doing: doing, seconds: Int(waited.components.seconds))
             throw JobFailure.workerHung(worker: owner.info.name, doing: doing, seconds: Int(waited.components.seconds))
         }
+        try recordWeightQuality(manifest, layer: layer, worker: owner.info.name)
         var tensors: [ExportedTensor] = []
         for entry in manifest.entries {
             let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
@@ -177,5 +180,22 @@ extension JobRunner {
             tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes, sha256: entry.sha256))
         }
         return tensors
+    }
+
+    /// Keeps a layer's per-Linear weight figures (for `calibration.json` and `status`), after checking that they
+    /// name this layer's Linears and hold finite, non-negative numbers.
+    func recordWeightQuality(_ manifest: ExportManifest, layer: Int, worker: String) throws {
+        let names = Set(config?.linears(layer: layer).map(\.name) ?? [])
+        for entry in manifest.weightQuality {
+            func refuse(_ reason: String) -> JobFailure {
+                .implausibleWeightQuality(worker: worker, layer: layer, linear: entry.name, reason: reason)
+            }
+            guard entry.layer == layer, names.contains(entry.name) else { throw refuse("not a Linear of layer \(layer)") }
+            guard entry.weightAmax.isFinite, entry.weightAmax >= 0 else { throw refuse("weight amax \(entry.weightAmax)") }
+            guard entry.weightRelativeError.isFinite, entry.weightRelativeError >= 0 else {
+                throw refuse("relative error \(entry.weightRelativeError)")
+            }
+            linearQuality[entry.name] = entry
+        }
     }
 }

@@ -81,6 +81,8 @@ actor JobRunner {
     var evaluationLayers: (done: Int, total: Int)?
     var evaluationWindow = RateWindow()
     var outputBytes: Int64?
+    /// Each exported Linear's weight amax and quantization error, by module name.
+    var linearQuality: [String: LinearQuality] = [:]
     /// What each worker computes on, as it reported when it loaded.
     var loadedDevices: [String: String] = [:]
     /// What the job waits for, in words, while it waits (lost workers, workers to register).
@@ -208,10 +210,12 @@ actor JobRunner {
         var workers: [String: Worker] = [:]
         var lastActivity: Date?
         var warnings: [String] = []
+        var linears: [LinearQuality] = []
     }
 
     func liveFigures(now: ContinuousClock.Instant = .now) -> LiveFigures {
         var figures = LiveFigures(outputBytes: outputBytes, lastActivity: lastActivity)
+        figures.linears = linearQuality.values.sorted { ($0.layer, $0.name) < ($1.layer, $1.name) }
         if let calibrationPlan, let shortfall = submission.spec.calibration.sampleShortfall(used: calibrationPlan.sampleCount) {
             figures.warnings.append(shortfall)
         }

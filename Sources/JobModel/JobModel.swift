@@ -10,9 +10,11 @@
 /// - ``QualityReport`` and ``QualityGate``: the perplexity a worker measures and what decides success.
 import Foundation
 
-/// The tool's version, recorded in `calibration.json`.
+/// The tool's version, recorded in `calibration.json`, printed by `--version` and sent when a worker registers.
 public enum NVFP4ClusterVersion {
     public static let current = "0.1.0"
+    /// `NVFP4Cluster 0.1.0`.
+    public static let full = "NVFP4Cluster \(current)"
 }
 
 /// `478 kB`, `12.3 MB`, `4.02 GB`: sizes in summaries and status lines.

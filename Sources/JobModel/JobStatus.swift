@@ -25,6 +25,10 @@ import Foundation
 ///   "elapsed_seconds": 312,          // since submit; frozen once the job ended
 ///   "progress": {…},                 // JobProgress (below) or null before the job runs
 ///   "warnings": [],                  // strings: what the job went on despite (fewer samples than asked, …)
+///   "linears": [                     // per exported Linear, in layer order (LinearQuality)
+///     {"name": "model.layers.0.mlp.down_proj", "layer": 0, "weight_amax": 0.31, "weight_relative_error": 0.094,
+///      "activation_amax": 12.5}
+///   ],
 ///   "created_at": "2026-11-29T06:00:00Z",
 ///   "updated_at": "2026-11-29T06:05:00Z"
 /// }
@@ -135,6 +139,8 @@ public struct JobStatus: Codable, Sendable, Equatable {
     public var progress: JobProgress?
     /// What the job went on despite, in words (e.g. fewer calibration samples than `--samples` asked for).
     public var warnings: [String] = []
+    /// Each exported Linear's figures (``LinearQuality``), in layer order; empty until the export reaches them.
+    public var linears: [LinearQuality] = []
 
     public init(jobID: String, phase: JobState, model: String, output: String, workers: [Worker],
                 samplesThrough: [String: Int], tokensPerSecond: Double?, etaSeconds: Double?, outputBytes: Int64?,
@@ -182,7 +188,7 @@ public struct JobStatus: Codable, Sendable, Equatable {
         case updatedAt = "updated_at"
         case queuePosition = "queue_position"
         case waitingFor = "waiting_for"
-        case fingerprint, progress, warnings
+        case fingerprint, progress, warnings, linears
         case elapsedSeconds = "elapsed_seconds"
     }
 
@@ -210,6 +216,7 @@ public struct JobStatus: Codable, Sendable, Equatable {
         progress = try container.decodeIfPresent(JobProgress.self, forKey: .progress)
         elapsedSeconds = try container.decodeIfPresent(Double.self, forKey: .elapsedSeconds)
         warnings = try container.decodeIfPresent([String].self, forKey: .warnings) ?? []
+        linears = try container.decodeIfPresent([LinearQuality].self, forKey: .linears) ?? []
     }
 
     // Written by hand so that absent values appear as `null` instead of disappearing: the schema keeps every key.
@@ -236,6 +243,7 @@ public struct JobStatus: Codable, Sendable, Equatable {
         try container.encode(progress, forKey: .progress)
         try container.encode(elapsedSeconds, forKey: .elapsedSeconds)
         try container.encode(warnings, forKey: .warnings)
+        try container.encode(linears, forKey: .linears)
     }
 
     /// `date` as `created_at` and `updated_at` write it.

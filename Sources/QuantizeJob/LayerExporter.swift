@@ -17,6 +17,8 @@ public struct ExportTimings: Sendable, Equatable {
     public var quantize = 0.0
     /// Laying out the tensors' bytes and hashing them.
     public var packAndHash = 0.0
+    /// Measuring each weight's quantization error against its source.
+    public var qualityMeasure = 0.0
 
     public init() {}
 }
@@ -56,6 +58,14 @@ public final class LayerExporter: Sendable {
     /// ``export(layer:activationAmax:)``, adding the time of each step to `timings`.
     public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?,
                        timings: inout ExportTimings) throws -> [ExportedTensor] {
+        var quality: [LinearQuality] = []
+        return try export(layer: layer, activationAmax: activationAmax, timings: &timings, quality: &quality)
+    }
+
+    /// ``export(layer:activationAmax:timings:)``, appending each Linear's weight amax and relative quantization error
+    /// (‖W − Q(W)‖ / ‖W‖ of the NVFP4 weight as written) to `quality`.
+    public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?, timings: inout ExportTimings,
+                       quality: inout [LinearQuality]) throws -> [ExportedTensor] {
         guard (0..<config.numHiddenLayers).contains(layer) else {
             throw QuantizeJobError.layerOutOfRange(layer: layer, layerCount: config.numHiddenLayers)
         }
@@ -75,7 +85,7 @@ public final class LayerExporter: Sendable {
             sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { memberWeightAmax[$0] })
         }
         timings.weightAmax += secondsSince(started)
-        for linear in linears {
+        for (index, linear) in linears.enumerated() {
             var inputScale: InputScale?
             if spec.scheme.quantizesActivations {
                 guard let amax = activationAmax?[linear.kind.group], amax.isUsable else {
@@ -86,8 +96,14 @@ public final class LayerExporter: Sendable {
             }
             started = .now
             let weight = try quantize(linear, weightScale2: sharedScale[linear.kind.group]!)
-            try source.releasePages(linear.weightName)
             timings.quantize += secondsSince(started)
+            started = .now
+            let error = try quantizationError(of: weight, linear)
+            quality.append(LinearQuality(name: linear.name, layer: layer, weightAmax: memberWeightAmax[index],
+                                         weightRelativeError: error.relative,
+                                         activationAmax: spec.scheme.quantizesActivations ? activationAmax?[linear.kind.group]?.value : nil))
+            try source.releasePages(linear.weightName)
+            timings.qualityMeasure += secondsSince(started)
             started = .now
             let planned = layout.plannedTensors(for: linear)
             let bytes = try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale))
@@ -111,6 +127,16 @@ public final class LayerExporter: Sendable {
     private func amax(of linear: LinearSpec) throws -> Float {
         if let known = weightAmax[linear.weightName] { return known }
         return try QuantizeJob.weightAmax(source: source, name: linear.weightName, cols: linear.inFeatures)
+    }
+
+    /// The quantized weight against its source values (read again: they are still mapped).
+    private func quantizationError(of weight: NVFP4Weight, _ linear: LinearSpec) throws -> WeightQuantizationError {
+        if try source.info(linear.weightName).dtype == .bf16 {
+            return try source.withBytes(linear.weightName) { bytes in
+                try withBF16(bytes) { NVFP4Quantizer.quantizationError(of: weight, bf16: $0) }
+            }
+        }
+        return try source.floats(linear.weightName).withUnsafeBufferPointer { NVFP4Quantizer.quantizationError(of: weight, f32: $0) }
     }
 
     private func quantize(_ linear: LinearSpec, weightScale2: Float) throws -> NVFP4Weight {

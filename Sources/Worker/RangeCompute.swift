@@ -133,9 +133,11 @@ final class RangeCompute: @unchecked Sendable {
     func storedChunks() throws -> [Int] { try boundary?.storedChunks() ?? [] }
 
     func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?) throws
-        -> (tensors: [ExportedTensor], timings: ExportTimings) {
+        -> (tensors: [ExportedTensor], timings: ExportTimings, quality: [LinearQuality]) {
         var timings = ExportTimings()
-        return (try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings), timings)
+        var quality: [LinearQuality] = []
+        let tensors = try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings, quality: &quality)
+        return (tensors, timings, quality)
     }
 
     func close() { runner.releaseLayers() }

@@ -204,11 +204,11 @@ public distributed actor Worker: WorkerEndpoint {
         guard job.assignment.range.contains(request.layer) else {
             throw WorkerError.layerNotInRange(worker: name, layer: request.layer, range: job.assignment.range)
         }
-        let (tensors, timings) = try await exportQueue.run { try job.compute.export(layer: request.layer, activationAmax: request.activationAmax) }
+        let (tensors, timings, quality) = try await exportQueue.run { try job.compute.export(layer: request.layer, activationAmax: request.activationAmax) }
         let sendStart = ContinuousClock.now
         defer {
             let bytes = tensors.reduce(0) { $0 + $1.data.count }
-            logger.info("exported layer \(request.layer): \(formatBytes(bytes)); weight amax \(String(format: "%.2f", timings.weightAmax)) s, quantize \(String(format: "%.2f", timings.quantize)) s, pack and hash \(String(format: "%.2f", timings.packAndHash)) s, send \(String(format: "%.2f", secondsSince(sendStart))) s")
+            logger.info("exported layer \(request.layer): \(formatBytes(bytes)); weight amax \(String(format: "%.2f", timings.weightAmax)) s, quantize \(String(format: "%.2f", timings.quantize)) s, pack and hash \(String(format: "%.2f", timings.packAndHash)) s, quantization error \(String(format: "%.2f", timings.qualityMeasure)) s, send \(String(format: "%.2f", secondsSince(sendStart))) s")
         }
         let transport = try await coordinatorDataPath()
         var entries: [ExportManifest.Entry] = []
@@ -223,7 +223,7 @@ public distributed actor Worker: WorkerEndpoint {
                 throw error
             }
         }
-        return ExportManifest(layer: request.layer, entries: entries)
+        return ExportManifest(layer: request.layer, entries: entries, weightQuality: quality)
     }
 
     public distributed func evaluateQuality(_ request: QualityRequest) async throws -> QualityReport {

@@ -119,7 +119,7 @@ public struct WorkerService: Service {
     }
 }
 
-public let workerSoftwareVersion = SoftwareVersion.full
+public let workerSoftwareVersion = NVFP4ClusterVersion.full
 
 /// Registers with the coordinator, retrying until it answers, then sends heartbeats; starts over when it goes away.
 private func registerAndBeat(system: ClusterActorSystem, coordinatorAddress: NodeAddress, coordinatorName: String,

@@ -45,6 +45,18 @@ import W4A4Probes
             #expect(later["tokens_per_second"] as? Double == rate, "a finished job's rate stays put")
             #expect(later["elapsed_seconds"] as? Double == status["elapsed_seconds"] as? Double)
 
+            // Every Linear's figures, in layer order, as calibration.json has them.
+            let linears = try #require(status["linears"] as? [[String: Any]], "\(status)")
+            #expect(linears.count == 14 && linears.map { $0["layer"] as? Int } == Array(repeating: 0, count: 7) + Array(repeating: 1, count: 7))
+            let written = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: directory
+                .appendingPathComponent("cluster-out/calibration.json"))) as? [String: Any])
+            let writtenErrors = try #require(written["weight_relative_error"] as? [String: Double])
+            for linear in linears {
+                let name = try #require(linear["name"] as? String)
+                #expect(linear["weight_relative_error"] as? Double == writtenErrors[name], "\(name)")
+                #expect((linear["activation_amax"] as? Double ?? 0) > 0, "\(name)")
+            }
+
             // Human status and list show the job too.
             let human = try cluster.coordctl(["status", job])
             #expect(human.status == 0 && human.stdout.contains("succeeded") && human.stdout.contains("w2"))

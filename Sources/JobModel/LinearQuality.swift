@@ -1,0 +1,38 @@
+/// How one Linear fared in quantization, for `calibration.json`, `status --json` and `coordctl report`.
+///
+/// - `weightAmax`: max |W| of the source weight (what its global scale is made from).
+/// - `weightRelativeError`: ‖W − Q(W)‖ / ‖W‖ (Frobenius) of the NVFP4 weight as written against the source weight;
+///   0 for a Linear kept in 16-bit.
+/// - `activationAmax`: the calibrated max |x| of its input (W4A4; shared within a fused group).
+public struct LinearQuality: Codable, Sendable, Equatable {
+    /// The module name, e.g. `model.layers.0.self_attn.q_proj`.
+    public var name: String
+    public var layer: Int
+    public var weightAmax: Float
+    public var weightRelativeError: Double
+    public var activationAmax: Float?
+
+    public init(name: String, layer: Int, weightAmax: Float, weightRelativeError: Double, activationAmax: Float? = nil) {
+        self.name = name
+        self.layer = layer
+        self.weightAmax = weightAmax
+        self.weightRelativeError = weightRelativeError
+        self.activationAmax = activationAmax
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case name, layer
+        case weightAmax = "weight_amax"
+        case weightRelativeError = "weight_relative_error"
+        case activationAmax = "activation_amax"
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(name, forKey: .name)
+        try container.encode(layer, forKey: .layer)
+        try container.encode(weightAmax, forKey: .weightAmax)
+        try container.encode(weightRelativeError, forKey: .weightRelativeError)
+        try container.encode(activationAmax, forKey: .activationAmax)
+    }
+}
