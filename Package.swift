@@ -134,6 +134,8 @@ let package = Package(
             .product(name: "SwiftASN1", package: "swift-asn1"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // `coordctl report`: a checkpoint's per-Linear quality as text and a self-contained HTML page (files only).
+        .target(name: "CheckpointReport", dependencies: ["JobModel"]),
         // coordctl's client verbs and the job options: the wire contract only, no engine and no compute backend.
         .target(name: "ClusterClient", dependencies: [
             "ClusterProtocol", "CommandLineOptions", "JobModel", "Checkpoint", "LlamaModel", "ActorSystem", "Transport",
@@ -161,7 +163,7 @@ let package = Package(
         ]),
         // The client verbs (ClusterClient), plus `quantize` (LocalCluster) and `eval`, which compute here.
         .executableTarget(name: "coordctl", dependencies: [
-            "ClusterClient", "ClusterProtocol", "LocalCluster", "CommandLineOptions", "JobModel",
+            "ClusterClient", "CheckpointReport", "ClusterProtocol", "LocalCluster", "CommandLineOptions", "JobModel",
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
             "ComputeBackend",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -235,7 +237,7 @@ let package = Package(
                                                              .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "NVFP4", "SafeTensors", "LlamaModel"]),
         .testTarget(name: "CoordctlTests", dependencies: [
-            "LocalCluster", "ClusterClient", "QuantizeJob", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend", "JobModel",
+            "LocalCluster", "ClusterClient", "CheckpointReport", "QuantizeJob", "W4A4Probes", "Checkpoint", "SafeTensors", "NVFP4", "LlamaModel", "Calibration", "CPUBackend", "ComputeBackend", "JobModel",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

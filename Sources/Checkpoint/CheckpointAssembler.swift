@@ -189,6 +189,19 @@ public final class CheckpointAssembler {
     }
 
     /// Renames the verified checkpoint to its final name.
+    /// Writes `quality.json` (the closing quality report and the gate's verdict, as `status --json` has them) beside
+    /// the verified checkpoint, for `coordctl report`. It is no part of what a loader reads.
+    public func writeQualityRecord(_ quality: JobQuality) throws {
+        guard finished else { throw CheckpointAssemblyError.wrongStep("the quality record comes after verification") }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        try DurableFile.write(try encoder.encode(quality) + Data("\n".utf8),
+                              to: partialDirectory.appendingPathComponent(Self.qualityRecordName))
+    }
+
+    /// The file ``writeQualityRecord(_:)`` writes.
+    public static let qualityRecordName = "quality.json"
+
     public func commit() throws {
         guard finished else { throw CheckpointAssemblyError.wrongStep("commit called before the checkpoint was verified") }
         try output.commit()

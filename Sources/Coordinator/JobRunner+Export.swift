@@ -129,9 +129,11 @@ extension JobRunner {
         let gate = spec.maxPerplexityRatio.map { QualityGate(maxPerplexityRatio: $0) }
         let failure = gate?.failure(of: report)
         let verdict: JobQuality.Gate = gate == nil ? .off : failure == nil ? .passed : .failed
-        try store.recordQuality(jobID: jobID, quality: JobQuality(
+        let quality = JobQuality(
             samples: report.samples, tokens: report.tokens, originalPerplexity: report.originalPerplexity,
-            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict))
+            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict)
+        try store.recordQuality(jobID: jobID, quality: quality)
+        try assembler.writeQualityRecord(quality)
         logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples; gate \(verdict.rawValue)")
         if var failure {
             failure.keptAt = directory.path

@@ -103,6 +103,13 @@ import W4A4Probes
             #expect(original > 1 && quantized > 1 && quantized / original < 2)
             let human = try cluster.coordctl(["status", job])
             #expect(human.stdout.contains("quality: perplexity") && human.stdout.contains("gate passed"), "\(human.stdout)")
+
+            // The checkpoint coordd wrote carries its quality report and per-Linear figures: `coordctl report` reads them.
+            let report = try run(try Binaries.url("coordctl"), ["report", output.path], in: directory)
+            #expect(report.status == 0, "\(report.stderr)")
+            #expect(report.stdout.contains("verdict") && report.stdout.contains("gate passed"), "\(report.stdout)")
+            #expect(report.stdout.split(separator: "\n").filter { $0.contains("model.layers.") }.count == 10)
+            #expect(FileManager.default.fileExists(atPath: output.appendingPathComponent("report.html").path))
         }
     }
 

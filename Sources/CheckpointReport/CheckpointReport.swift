@@ -1,0 +1,182 @@
+/// # CheckpointReport
+///
+/// `coordctl report OUT`: what a written checkpoint says about its own quality. It reads `calibration.json` (each
+/// Linear's weight amax, relative weight quantization error and activation amax) and `quality.json` (the closing
+/// perplexity report and the gate), ranks the Linears, and renders the text summary and a self-contained HTML page
+/// (inline CSS and SVG, no script, no network). Reads files only: no engine, no network.
+import Foundation
+import JobModel
+
+/// Why a checkpoint's report cannot be made, naming the file and field.
+public enum CheckpointReportError: Error, CustomStringConvertible, Equatable {
+    case missingFile(path: String, hint: String)
+    case malformed(path: String, field: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .missingFile(let path, let hint): "\(path): not found; \(hint)"
+        case .malformed(let path, let field, let reason): "\(path): \(field): \(reason)"
+        }
+    }
+}
+
+/// One decoder layer's figures: the worst and mean weight error of its Linears and the largest activation amax.
+public struct LayerQualitySummary: Sendable, Equatable {
+    public var layer: Int
+    public var maxWeightRelativeError: Double
+    public var meanWeightRelativeError: Double
+    public var maxActivationAmax: Float?
+}
+
+public struct CheckpointReport: Sendable {
+    public let directory: URL
+    public let scheme: String
+    public let device: String?
+    public let samples: Int?
+    public let tokens: Int?
+    /// Every Linear with figures, in layer order.
+    public let linears: [LinearQuality]
+    /// The closing quality report, when the job measured one.
+    public let quality: JobQuality?
+
+    public static let calibrationFile = "calibration.json"
+    public static let qualityFile = "quality.json"
+    public static let pageFile = "report.html"
+
+    /// Reads `directory`'s `calibration.json` and, when present, `quality.json`.
+    public init(directory: URL) throws {
+        self.directory = directory
+        let calibrationURL = directory.appendingPathComponent(Self.calibrationFile)
+        guard FileManager.default.fileExists(atPath: calibrationURL.path) else {
+            throw CheckpointReportError.missingFile(
+                path: calibrationURL.path,
+                hint: "the report needs the calibration.json of a W4A4 checkpoint written by this version of coordctl")
+        }
+        let root = try Self.object(at: calibrationURL)
+        func table(_ field: String, required: Bool = true) throws -> [String: Double] {
+            guard let value = root[field] else {
+                if required {
+                    throw CheckpointReportError.malformed(path: calibrationURL.path, field: field,
+                                                          reason: "missing (written by an older coordctl? quantize again)")
+                }
+                return [:]
+            }
+            guard let numbers = value as? [String: Any] else {
+                throw CheckpointReportError.malformed(path: calibrationURL.path, field: field, reason: "not an object")
+            }
+            return try numbers.mapValues { number in
+                guard let number = number as? NSNumber, number.doubleValue.isFinite else {
+                    throw CheckpointReportError.malformed(path: calibrationURL.path, field: field, reason: "holds a value that is not a finite number")
+                }
+                return number.doubleValue
+            }
+        }
+        let errors = try table("weight_relative_error")
+        let weightAmax = try table("weight_amax")
+        let activationAmax = try table("activation_amax", required: false)
+        linears = try errors.map { name, error in
+            guard let layer = Self.layerIndex(of: name) else {
+                throw CheckpointReportError.malformed(path: calibrationURL.path, field: "weight_relative_error",
+                                                      reason: "\(name) is not a decoder layer's Linear")
+            }
+            guard let amax = weightAmax[name] else {
+                throw CheckpointReportError.malformed(path: calibrationURL.path, field: "weight_amax", reason: "has no entry for \(name)")
+            }
+            return LinearQuality(name: name, layer: layer, weightAmax: Float(amax), weightRelativeError: error,
+                                 activationAmax: activationAmax[name].map(Float.init))
+        }.sorted { ($0.layer, $0.name) < ($1.layer, $1.name) }
+        scheme = root["scheme"] as? String ?? "unknown"
+        device = root["device"] as? String
+        samples = (root["samples"] as? NSNumber)?.intValue
+        tokens = (root["tokens"] as? NSNumber)?.intValue
+
+        let qualityURL = directory.appendingPathComponent(Self.qualityFile)
+        if FileManager.default.fileExists(atPath: qualityURL.path) {
+            do {
+                quality = try JSONDecoder().decode(JobQuality.self, from: Data(contentsOf: qualityURL))
+            } catch {
+                throw CheckpointReportError.malformed(path: qualityURL.path, field: "(document)", reason: "\(error)")
+            }
+        } else {
+            quality = nil
+        }
+    }
+
+    /// The `count` Linears with the largest relative weight error, worst first (ties by name).
+    public func worst(_ count: Int) -> [LinearQuality] {
+        Array(linears.sorted { ($0.weightRelativeError, $1.name) > ($1.weightRelativeError, $0.name) }.prefix(count))
+    }
+
+    /// Per decoder layer, in order.
+    public var layers: [LayerQualitySummary] {
+        Dictionary(grouping: linears, by: \.layer).map { layer, members in
+            LayerQualitySummary(layer: layer, maxWeightRelativeError: members.map(\.weightRelativeError).max() ?? 0,
+                                meanWeightRelativeError: members.map(\.weightRelativeError).reduce(0, +) / Double(members.count),
+                                maxActivationAmax: members.compactMap(\.activationAmax).max())
+        }.sorted { $0.layer < $1.layer }
+    }
+
+    /// `model.layers.12.mlp.down_proj` → 12.
+    static func layerIndex(of name: String) -> Int? {
+        let parts = name.split(separator: ".")
+        guard parts.count > 3, parts[0] == "model", parts[1] == "layers" else { return nil }
+        return Int(parts[2])
+    }
+
+    static func object(at url: URL) throws -> [String: Any] {
+        let data: Data
+        do {
+            data = try Data(contentsOf: url)
+        } catch {
+            throw CheckpointReportError.missingFile(path: url.path, hint: "\(error.localizedDescription)")
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw CheckpointReportError.malformed(path: url.path, field: "(document)", reason: "not a JSON object")
+        }
+        return object
+    }
+}
+
+/// `9.594%`.
+func percent(_ value: Double) -> String { String(format: "%.3f%%", value * 100) }
+
+/// `0.1973`, `12.5`: four significant digits.
+func amaxText(_ value: Float?) -> String { value.map { String(format: "%.4g", $0) } ?? "-" }
+
+extension CheckpointReport {
+    /// The quality report in one sentence (perplexities, ratio, verdict, gate), or why there is none.
+    public var qualitySentence: String {
+        guard let quality else {
+            return "no quality report was recorded (the job ran with --eval-samples 0, or before this version)"
+        }
+        let ratio = quality.perplexityRatio
+        let verdict = QualityVerdict(relativeIncrease: ratio - 1)
+        let gate = switch quality.gate {
+        case .passed: String(format: "gate passed (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
+        case .failed: String(format: "gate FAILED (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
+        case .off: "gate off"
+        }
+        return "perplexity \(formatPerplexity(quality.originalPerplexity)) → \(formatPerplexity(quality.quantizedPerplexity)) "
+            + (ratio.isFinite ? String(format: "(%.3g×)", ratio) : "(not finite)")
+            + " on \(quality.samples) held-out samples, \(quality.tokens) tokens; verdict \(verdict.rawValue); \(gate)"
+    }
+
+    /// What `coordctl report` prints.
+    public func text(worst count: Int = 10) -> String {
+        var lines = ["\(directory.path): \(scheme), \(linears.count) quantized Linears in \(layers.count) layers"
+                     + (samples.map { ", calibrated on \($0) samples" } ?? "") + (tokens.map { " (\($0) tokens)" } ?? "")
+                     + (device.map { ", \($0)" } ?? ""),
+                     "quality: \(qualitySentence)",
+                     "the \(min(count, linears.count)) Linears with the largest weight quantization error ‖W − Q(W)‖/‖W‖:",
+                     "  RANK  " + padded("LINEAR", 44) + padded("ERROR", 10) + padded("WEIGHT AMAX", 13) + "ACTIVATION AMAX"]
+        for (rank, linear) in worst(count).enumerated() {
+            lines.append("  " + padded("\(rank + 1)", 6) + padded(linear.name, 44) + padded(percent(linear.weightRelativeError), 10)
+                         + padded(amaxText(linear.weightAmax), 13) + amaxText(linear.activationAmax))
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+func padded(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+}

@@ -1,0 +1,114 @@
+import CheckpointReport
+import Foundation
+import Testing
+
+/// `coordctl report OUT` on a checkpoint `coordctl quantize` wrote: the worst Linears in the order numpy's figures for
+/// modelopt's checkpoint give, and a self-contained page that headless Chromium renders with the numbers in its DOM.
+@Suite(.serialized) struct ReportTests {
+    /// Quantizes the tiny model with a quality report, runs `coordctl report` on it and hands both to `body`.
+    func withReport(_ body: (URL, Coordctl.Result) throws -> Void) throws {
+        try withTemporaryDirectory("report") { parent throws in
+            let output = parent.appendingPathComponent("OUT")
+            let quantized = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output", output.path,
+                                              "--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path,
+                                              "--min-tokens", "1", "--eval-samples", "2"], in: parent)
+            try #require(quantized.status == 0, "stderr: \(quantized.stderr)")
+            let report = try Coordctl.run(["report", output.path], in: parent)
+            try #require(report.status == 0, "stderr: \(report.stderr)")
+            try body(output, report)
+        }
+    }
+
+    @Test func worstTenFollowTheReferenceErrorsAndTheQualityReport() throws {
+        try withReport { output, report in
+            let reference = try LinearQualityTests.reference()
+            let expected = reference.sorted { $0.value["weight_relative_error"]! > $1.value["weight_relative_error"]! }.prefix(10)
+            let ranked = report.stdout.split(separator: "\n").filter { $0.hasPrefix("  ") && $0.contains("model.layers.") }
+            #expect(ranked.count == 10, "\(report.stdout)")
+            for (line, (name, figures)) in zip(ranked, expected) {
+                #expect(line.contains(name), "\(line) should be \(name)")
+                #expect(line.contains(String(format: "%.3f%%", figures["weight_relative_error"]! * 100)), "\(line)")
+            }
+            let quality = try jsonObject(output.appendingPathComponent("quality.json"))
+            let original = try #require(quality["original_perplexity"] as? Double)
+            #expect(report.stdout.contains("quality: perplexity \(String(format: "%.2f", original))"), "\(report.stdout)")
+            #expect(report.stdout.contains("gate passed"))
+            #expect(FileManager.default.fileExists(atPath: output.appendingPathComponent("report.html").path))
+        }
+    }
+
+    @Test func aCheckpointWithoutFiguresIsRefusedNamingTheFile() throws {
+        try withTemporaryDirectory("report-missing") { parent throws in
+            let result = try Coordctl.run(["report", parent.path], in: parent)
+            #expect(result.status == 1)
+            #expect(result.stderr.contains(parent.appendingPathComponent("calibration.json").path + ": not found"), "\(result.stderr)")
+        }
+    }
+
+    /// The page needs nothing from the network and carries every figure as text.
+    @Test func thePageIsSelfContained() throws {
+        try withReport { output, _ in
+            let page = try String(contentsOf: output.appendingPathComponent("report.html"), encoding: .utf8)
+            for outside in ["http://", "https://", "<script", "src=", "<link"] {
+                #expect(!page.contains(outside), "\(outside)")
+            }
+            #expect(page.contains("<svg") && page.contains("id=\"worst\""))
+        }
+    }
+
+    static let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/chromium-headless-shell"]
+        .first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// Rendered in headless Chromium (Debian's package; `.ci/run` installs it): the screenshot is not blank and the
+    /// DOM holds the worst Linear, its error and the perplexities.
+    @Test(.enabled(if: chromium != nil, "needs Debian's chromium package (apt-get install chromium)"))
+    func chromiumRendersThePageWithItsNumbers() throws {
+        try withReport { output, _ in
+            let page = output.appendingPathComponent("report.html")
+            let screenshot = output.deletingLastPathComponent().appendingPathComponent("report.png")
+            let common = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+                          "--user-data-dir=" + output.deletingLastPathComponent().appendingPathComponent("chromium-profile").path]
+            let shot = try run(Self.chromium!, common + ["--window-size=1200,1400", "--screenshot=" + screenshot.path, page.absoluteString])
+            try #require(FileManager.default.fileExists(atPath: screenshot.path), "no screenshot: \(shot)")
+            let stats = try run("/usr/bin/env", ["python3", Self.scripts.appendingPathComponent("png-stats.py").path, screenshot.path])
+                .split(separator: " ").compactMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            try #require(stats.count == 4, "png-stats: \(stats)")
+            #expect(stats[0] == 1200 && stats[1] == 1400)
+            #expect(stats[2] >= 8, "a rendered page has text and bars in several colours: \(stats)")
+            #expect(stats[3] > 0.01, "more than 1% of the pixels differ from the background: \(stats)")
+
+            let dom = try run(Self.chromium!, common + ["--dump-dom", page.absoluteString])
+            let report = try CheckpointReport(directory: output)
+            let worst = try #require(report.worst(1).first)
+            #expect(dom.contains(worst.name) && dom.contains(String(format: "%.3f%%", worst.weightRelativeError * 100)), "\(dom.prefix(2000))")
+            let quality = try #require(report.quality)
+            #expect(dom.contains(String(format: "%.2f", quality.originalPerplexity)) && dom.contains(String(format: "%.2f", quality.quantizedPerplexity)))
+            #expect(dom.contains("<svg") && dom.contains("<rect"))
+        }
+    }
+
+    static let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("Scripts/test-support")
+
+    /// Runs `executable`, returning standard output (standard error is discarded); throws on a non-zero exit.
+    func run(_ executable: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("report-run-\(UUID().uuidString)")
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: out) }
+        let handle = try FileHandle(forWritingTo: out)
+        process.standardOutput = handle
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        try handle.close()
+        let text = try String(contentsOf: out, encoding: .utf8)
+        guard process.terminationStatus == 0 else {
+            throw CheckpointReportError.malformed(path: executable, field: "exit status", reason: "\(process.terminationStatus): \(text.prefix(500))")
+        }
+        return text
+    }
+}
