@@ -59,7 +59,7 @@ let package = Package(
                                                       .product(name: "Crypto", package: "swift-crypto")],
                 resources: [.copy("Resources")], swiftSettings: numericSettings),
         // Perplexity of the original model against the W4A4-emulated checkpoint.
-        .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "LlamaModel", "NVFP4", "SafeTensors",
+        .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "COpenBLAS", "LlamaModel", "NVFP4", "SafeTensors",
                                                      "Checkpoint", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: numericSettings),
         // Export layouts, sharding, verification, calibration.json, the coordinator's assembler and atomic output.

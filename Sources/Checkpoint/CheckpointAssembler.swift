@@ -189,17 +189,22 @@ public final class CheckpointAssembler {
     }
 
     /// Renames the verified checkpoint to its final name.
-    /// Writes `quality.json` (the closing quality report and the gate's verdict, as `status --json` has them) beside
-    /// the verified checkpoint, for `coordctl report`. It is no part of what a loader reads.
-    public func writeQualityRecord(_ quality: JobQuality) throws {
+    /// Writes `quality.json` (the closing quality report and the gate's verdict, as `status --json` has them, plus each
+    /// Linear's output error) beside the verified checkpoint, for `coordctl report`. It is no part of what a loader reads.
+    public func writeQualityRecord(_ quality: JobQuality, linearOutputRelativeError: [String: Double]) throws {
         guard finished else { throw CheckpointAssemblyError.wrongStep("the quality record comes after verification") }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-        try DurableFile.write(try encoder.encode(quality) + Data("\n".utf8),
+        guard var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(quality)) as? [String: Any] else {
+            throw CheckpointAssemblyError.wrongStep("the quality report did not encode as an object")
+        }
+        object[Self.linearOutputErrorKey] = linearOutputRelativeError
+        try DurableFile.write(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]) + Data("\n".utf8),
                               to: partialDirectory.appendingPathComponent(Self.qualityRecordName))
     }
 
-    /// The file ``writeQualityRecord(_:)`` writes.
+    /// The member of `quality.json` that maps each Linear to its output error.
+    public static let linearOutputErrorKey = "linear_output_relative_error"
+
+    /// The file ``writeQualityRecord(_:linearOutputRelativeError:)`` writes.
     public static let qualityRecordName = "quality.json"
 
     public func commit() throws {

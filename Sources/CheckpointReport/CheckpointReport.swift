@@ -42,6 +42,8 @@ public struct CheckpointReport: Sendable {
     public static let calibrationFile = "calibration.json"
     public static let qualityFile = "quality.json"
     public static let pageFile = "report.html"
+    /// The member of quality.json with each Linear's output error.
+    public static let outputErrorKey = "linear_output_relative_error"
 
     /// Reads `directory`'s `calibration.json` and, when present, `quality.json`.
     public init(directory: URL) throws {
@@ -74,7 +76,7 @@ public struct CheckpointReport: Sendable {
         let errors = try table("weight_relative_error")
         let weightAmax = try table("weight_amax")
         let activationAmax = try table("activation_amax", required: false)
-        linears = try errors.map { name, error in
+        var linears = try errors.map { name, error in
             guard let layer = Self.layerIndex(of: name) else {
                 throw CheckpointReportError.malformed(path: calibrationURL.path, field: "weight_relative_error",
                                                       reason: "\(name) is not a decoder layer's Linear")
@@ -91,15 +93,25 @@ public struct CheckpointReport: Sendable {
         tokens = (root["tokens"] as? NSNumber)?.intValue
 
         let qualityURL = directory.appendingPathComponent(Self.qualityFile)
+        var outputErrors: [String: Double] = [:]
         if FileManager.default.fileExists(atPath: qualityURL.path) {
             do {
                 quality = try JSONDecoder().decode(JobQuality.self, from: Data(contentsOf: qualityURL))
             } catch {
                 throw CheckpointReportError.malformed(path: qualityURL.path, field: "(document)", reason: "\(error)")
             }
+            let object = try Self.object(at: qualityURL)
+            if let errors = object[Self.outputErrorKey] {
+                guard let errors = errors as? [String: NSNumber] else {
+                    throw CheckpointReportError.malformed(path: qualityURL.path, field: Self.outputErrorKey, reason: "not an object of numbers")
+                }
+                outputErrors = errors.mapValues(\.doubleValue)
+            }
         } else {
             quality = nil
         }
+        linears = linears.map { var linear = $0; linear.outputRelativeError = outputErrors[linear.name]; return linear }
+        self.linears = linears
     }
 
     /// The `count` Linears with the largest relative weight error, worst first (ties by name).
@@ -168,11 +180,14 @@ extension CheckpointReport {
                      + (device.map { ", \($0)" } ?? ""),
                      "quality: \(qualitySentence)",
                      "the \(min(count, linears.count)) Linears with the largest weight quantization error ‖W − Q(W)‖/‖W‖:",
-                     "  RANK  " + padded("LINEAR", 44) + padded("ERROR", 10) + padded("WEIGHT AMAX", 13) + "ACTIVATION AMAX"]
+                     "  RANK  " + padded("LINEAR", 44) + padded("ERROR", 10) + padded("OUTPUT ERROR", 14) + padded("WEIGHT AMAX", 13)
+                        + "ACTIVATION AMAX"]
         for (rank, linear) in worst(count).enumerated() {
             lines.append("  " + padded("\(rank + 1)", 6) + padded(linear.name, 44) + padded(percent(linear.weightRelativeError), 10)
+                         + padded(linear.outputRelativeError.map(percent) ?? "-", 14)
                          + padded(amaxText(linear.weightAmax), 13) + amaxText(linear.activationAmax))
         }
+        lines.append("(ERROR: ‖W − Q(W)‖/‖W‖ of the weight; OUTPUT ERROR: ‖XWᵀ − X̃Q(W)ᵀ‖/‖XWᵀ‖ on held-out inputs, from the quality report)")
         return lines.joined(separator: "\n")
     }
 }

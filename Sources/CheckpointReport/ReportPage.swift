@@ -10,6 +10,12 @@ extension CheckpointReport {
         let errorChart = barChart(title: "Weight quantization error per layer (‖W − Q(W)‖/‖W‖; bar: worst Linear, dot: mean)",
                                   values: summaries.map { ($0.layer, $0.maxWeightRelativeError, $0.meanWeightRelativeError) },
                                   format: percent, id: "weight-error")
+        let outputChart = linears.contains { $0.outputRelativeError != nil } ? barChart(
+            title: "Output error per layer on held-out inputs (‖XWᵀ − X̃Q(W)ᵀ‖/‖XWᵀ‖; bar: worst Linear, dot: mean)",
+            values: summaries.map { summary in
+                let errors = linears.filter { $0.layer == summary.layer }.compactMap(\.outputRelativeError)
+                return (summary.layer, errors.max() ?? 0, errors.isEmpty ? nil : errors.reduce(0, +) / Double(errors.count))
+            }, format: percent, id: "output-error") : ""
         let amaxChart = barChart(title: "Largest activation amax per layer (max |x| into its Linears)",
                                  values: summaries.map { ($0.layer, Double($0.maxActivationAmax ?? 0), nil) },
                                  format: { String(format: "%.4g", $0) }, id: "activation-amax")
@@ -35,13 +41,14 @@ extension CheckpointReport {
             <p class="quality" id="quality">Quality: \(escape(qualitySentence))</p>
             <h2>Per layer</h2>
             \(errorChart)
+            \(outputChart)
             \(amaxChart)
             <h2>The \(min(count, linears.count)) Linears with the largest weight error</h2>
-            <table id="worst"><tr><th>rank</th><th>Linear</th><th>weight error</th><th>weight amax</th><th>activation amax</th></tr>
+            <table id="worst"><tr><th>rank</th><th>Linear</th><th>weight error</th><th>output error</th><th>weight amax</th><th>activation amax</th></tr>
             \(worstRows)
             </table>
             <h2>Every Linear</h2>
-            <table id="linears"><tr><th>layer</th><th>Linear</th><th>weight error</th><th>weight amax</th><th>activation amax</th></tr>
+            <table id="linears"><tr><th>layer</th><th>Linear</th><th>weight error</th><th>output error</th><th>weight amax</th><th>activation amax</th></tr>
             \(allRows)
             </table>
             </body></html>
@@ -52,6 +59,7 @@ extension CheckpointReport {
     private func row(_ linear: LinearQuality, withLayer: Bool = false) -> String {
         (withLayer ? "<td class=\"number\">\(linear.layer)</td>" : "")
             + "<td>\(escape(linear.name))</td><td class=\"number\">\(percent(linear.weightRelativeError))</td>"
+            + "<td class=\"number\">\(linear.outputRelativeError.map(percent) ?? "-")</td>"
             + "<td class=\"number\">\(amaxText(linear.weightAmax))</td><td class=\"number\">\(amaxText(linear.activationAmax))</td>"
     }
 

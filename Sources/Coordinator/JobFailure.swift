@@ -20,6 +20,8 @@ enum JobFailure: Error, CustomStringConvertible {
     case unknownTensorDType(worker: String, tensor: String, dtype: String)
     /// A worker's figures for a layer's Linears do not fit the layer (unknown name, a number that is not finite).
     case implausibleWeightQuality(worker: String, layer: Int, linear: String, reason: String)
+    /// The quality report named a Linear the model lacks, or an output error that is not a finite, non-negative number.
+    case implausibleOutputError(linear: String, value: Double)
     /// The inputs differ from the fingerprint recorded at submit (a resume after the model or calibration changed).
     case inputsChanged(jobID: String, changes: [String])
     /// A worker's scratch filesystem cannot hold the hidden states it must keep for the job.
@@ -48,6 +50,8 @@ enum JobFailure: Error, CustomStringConvertible {
         case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
         case .implausibleWeightQuality(let worker, let layer, let linear, let reason):
             "worker \(worker) sent figures for \(linear) with layer \(layer) that cannot be right: \(reason)"
+        case .implausibleOutputError(let linear, let value):
+            "the quality report gave \(linear) an output error of \(value), which cannot be right"
         case .scratchTooSmall(let worker, let needed, let free):
             "worker \(worker)'s --scratch needs \(formatBytes(Int(needed))) for the hidden states entering its range, "
                 + "\(formatBytes(Int(free))) free; free space there, point --scratch elsewhere, or plan fewer tokens"

@@ -133,7 +133,14 @@ extension JobRunner {
             samples: report.samples, tokens: report.tokens, originalPerplexity: report.originalPerplexity,
             quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict)
         try store.recordQuality(jobID: jobID, quality: quality)
-        try assembler.writeQualityRecord(quality)
+        let names = Set(config?.allLinears.map(\.name) ?? [])
+        for (name, error) in report.linearOutputRelativeError {
+            guard names.contains(name), error.isFinite, error >= 0 else {
+                throw JobFailure.implausibleOutputError(linear: name, value: error)
+            }
+            linearQuality[name]?.outputRelativeError = error
+        }
+        try assembler.writeQualityRecord(quality, linearOutputRelativeError: report.linearOutputRelativeError)
         logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples; gate \(verdict.rawValue)")
         if var failure {
             failure.keptAt = directory.path

@@ -50,13 +50,15 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
         let quantized = EvaluationVariant(
             name: "quantized", weights: DequantizedWeightSource(base: original, checkpoint: checkpoint),
             inputTransform: try NVFP4InputFakeQuantization(checkpoint: checkpoint))
+        let probe = try LinearOutputErrorProbe(config: backend.config, original: original, checkpoint: checkpoint)
         let results = try negativeLogLikelihoods(
-            samples: samples, variants: [EvaluationVariant(name: "original", weights: original), quantized],
+            samples: samples, variants: [EvaluationVariant(name: "original", weights: original, inputTransform: probe), quantized],
             progress: progress)
-        let report = QualityReport(
+        var report = QualityReport(
             samples: samples.count, tokens: samples.reduce(0) { $0 + $1.count }, predictedTokens: results[0].count,
             originalPerplexity: results[0].perplexity, quantizedPerplexity: results[1].perplexity,
             scheme: checkpoint.scheme, layout: checkpoint.layout)
+        report.linearOutputRelativeError = try probe.relativeErrors()
         logger.info("evaluation done", metadata: [
             "original_ppl": "\(report.originalPerplexity)", "quantized_ppl": "\(report.quantizedPerplexity)",
             "verdict": "\(report.verdict.rawValue)",

@@ -4,6 +4,8 @@
 /// - `weightRelativeError`: ‖W − Q(W)‖ / ‖W‖ (Frobenius) of the NVFP4 weight as written against the source weight;
 ///   0 for a Linear kept in 16-bit.
 /// - `activationAmax`: the calibrated max |x| of its input (W4A4; shared within a fused group).
+/// - `outputRelativeError`: ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the quality report's first batch of held-out inputs of the
+///   original model (X̃: the input as the NVFP4 GEMM sees it); nil without a quality report.
 public struct LinearQuality: Codable, Sendable, Equatable {
     /// The module name, e.g. `model.layers.0.self_attn.q_proj`.
     public var name: String
@@ -11,13 +13,16 @@ public struct LinearQuality: Codable, Sendable, Equatable {
     public var weightAmax: Float
     public var weightRelativeError: Double
     public var activationAmax: Float?
+    public var outputRelativeError: Double?
 
-    public init(name: String, layer: Int, weightAmax: Float, weightRelativeError: Double, activationAmax: Float? = nil) {
+    public init(name: String, layer: Int, weightAmax: Float, weightRelativeError: Double, activationAmax: Float? = nil,
+                outputRelativeError: Double? = nil) {
         self.name = name
         self.layer = layer
         self.weightAmax = weightAmax
         self.weightRelativeError = weightRelativeError
         self.activationAmax = activationAmax
+        self.outputRelativeError = outputRelativeError
     }
 
     enum CodingKeys: String, CodingKey {
@@ -25,6 +30,7 @@ public struct LinearQuality: Codable, Sendable, Equatable {
         case weightAmax = "weight_amax"
         case weightRelativeError = "weight_relative_error"
         case activationAmax = "activation_amax"
+        case outputRelativeError = "output_relative_error"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -34,5 +40,6 @@ public struct LinearQuality: Codable, Sendable, Equatable {
         try container.encode(weightAmax, forKey: .weightAmax)
         try container.encode(weightRelativeError, forKey: .weightRelativeError)
         try container.encode(activationAmax, forKey: .activationAmax)
+        try container.encode(outputRelativeError, forKey: .outputRelativeError)
     }
 }

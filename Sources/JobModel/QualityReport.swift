@@ -53,6 +53,9 @@ public struct QualityReport: Codable, Sendable, Equatable, CustomStringConvertib
     public let scheme: QuantizationScheme
     public let layout: CheckpointLayout
     public let verdict: QualityVerdict
+    /// Module name → ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the first batch of held-out inputs of the original model (X̃: the
+    /// input as the NVFP4 GEMM sees it); see `LinearOutputErrorProbe`.
+    public var linearOutputRelativeError: [String: Double] = [:]
 
     public init(samples: Int, tokens: Int, predictedTokens: Int, originalPerplexity: Double, quantizedPerplexity: Double,
                 scheme: QuantizationScheme, layout: CheckpointLayout) {

@@ -104,6 +104,10 @@ import W4A4Probes
             let human = try cluster.coordctl(["status", job])
             #expect(human.stdout.contains("quality: perplexity") && human.stdout.contains("gate passed"), "\(human.stdout)")
 
+            // Each Linear's output error on held-out inputs, from the worker that measured the quality report.
+            let linears = try #require(status["linears"] as? [[String: Any]])
+            #expect(linears.count == 14 && linears.allSatisfy { ($0["output_relative_error"] as? Double ?? 0) > 0.01 }, "\(linears)")
+
             // The checkpoint coordd wrote carries its quality report and per-Linear figures: `coordctl report` reads them.
             let report = try run(try Binaries.url("coordctl"), ["report", output.path], in: directory)
             #expect(report.status == 0, "\(report.stderr)")

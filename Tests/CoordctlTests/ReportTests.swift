@@ -33,6 +33,9 @@ import Testing
             let original = try #require(quality["original_perplexity"] as? Double)
             #expect(report.stdout.contains("quality: perplexity \(String(format: "%.2f", original))"), "\(report.stdout)")
             #expect(report.stdout.contains("gate passed"))
+            let outputErrors = try #require(quality["linear_output_relative_error"] as? [String: Double])
+            #expect(outputErrors.count == 14 && outputErrors.values.allSatisfy { $0 > 0.01 && $0 < 0.5 }, "\(outputErrors)")
+            #expect(ranked.allSatisfy { line in outputErrors.contains { line.contains($0.key) && line.contains(String(format: "%.3f%%", $0.value * 100)) } })
             #expect(FileManager.default.fileExists(atPath: output.appendingPathComponent("report.html").path))
         }
     }
