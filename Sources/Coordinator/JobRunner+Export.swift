@@ -1,5 +1,6 @@
 import ActorSystem
 import Checkpoint
+import ClusterMetrics
 import ClusterProtocol
 import ClusterState
 import Distributed
@@ -47,6 +48,7 @@ extension JobRunner {
                 try assembler.add(layer: layer, tensors: tensors)
                 logger.info("wrote layer \(layer): exported in \(String(format: "%.2f", exportSeconds)) s, checked and written in \(String(format: "%.2f", secondsSince(writeStart))) s")
                 outputBytes = (outputBytes ?? 0) + Int64(tensors.reduce(0) { $0 + $1.data.count })
+                MetricName.layersExported.counter().increment()
                 if layer == 0 { await DebugFaultPoint.coordinatorExport.pauseIfRequested { [logger] in logger.warning("\($0)") } }
             }
             var record: CalibrationRecord?
@@ -168,6 +170,8 @@ extension JobRunner {
             }
             tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes, sha256: entry.sha256))
         }
+        MetricName.exportLayerSeconds.timer().record(seconds: secondsSince(started))
+        MetricName.exportReceivedBytes.counter(owner.info.name).increment(by: tensors.reduce(0) { $0 + $1.data.count })
         return tensors
     }
 }

@@ -311,6 +311,7 @@ actor JobRunner {
         do {
             if let job = try store.job(id: jobID), !job.state.isTerminal {
                 try store.updateJobState(jobID: jobID, to: state, reason: reason)
+                CoordinatorMetrics.recordJobStates(store, logger: logger)
             }
         } catch {
             logger.error("could not record the job's end: \(error)")
@@ -433,6 +434,7 @@ actor JobRunner {
             try store.updateJobState(jobID: jobID, to: .merging)
         }
         try store.updateJobState(jobID: jobID, to: state)
+        CoordinatorMetrics.recordJobStates(store, logger: logger)
     }
 
     func tellWorkersToStop(discardState: Bool) async {
