@@ -52,7 +52,8 @@ import Testing
             let tokens = Double(try #require(record["tokens"] as? Int))
             #expect(tokens > 0)
 
-            let coordd = try Scrape(address: coorddMetrics)
+            // The gauge follows the store right after the state is written, so a status read may see it a moment first.
+            let coordd = try Scrape(address: coorddMetrics, until: { $0.value("nvfp4_jobs", ["state": "succeeded"]) == 1 })
             #expect(coordd.value("nvfp4_jobs", ["state": "succeeded"]) == 1)
             for state in ["queued", "loading", "calibrating", "exporting", "merging", "evaluating", "failed", "cancelled"] {
                 #expect(coordd.value("nvfp4_jobs", ["state": state]) == 0, "\(state)")
@@ -119,6 +120,17 @@ struct Scrape {
     var samples: [(name: String, labels: [String: String], value: Double)] = []
     var types: [String: String] = [:]
     var help: [String: String] = [:]
+
+    /// Scrapes again (every 50 ms, for up to 5 s) until `condition` holds; the last scrape otherwise.
+    init(address: String, until condition: (Scrape) -> Bool) throws {
+        var scrape = try Scrape(address: address)
+        let deadline = Date().addingTimeInterval(5)
+        while !condition(scrape) && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.05)
+            scrape = try Scrape(address: address)
+        }
+        self = scrape
+    }
 
     init(address: String) throws {
         let response = try httpRequest(address: address, method: "GET", path: "/metrics")
