@@ -111,6 +111,26 @@ import Testing
                 let bad = try run(try Binaries.url(daemon), ["--metrics-listen", "nowhere"] + required, in: directory)
                 #expect(bad.status == 64 && bad.stderr.contains("nowhere"), "\(daemon): \(bad.status) \(bad.stderr)")
             }
+            // A metrics address in use fails the start, naming it, before coordd listens for the cluster.
+            let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(holder) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) }
+            }
+            try #require(bound == 0 && listen(holder, 1) == 0)
+            _ = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) }
+            }
+            let port = Int(UInt16(bigEndian: address.sin_port))
+            let taken = try run(try Binaries.url("coordd"),
+                                ["--listen", "127.0.0.1:0", "--state-dir", directory.appendingPathComponent("state").path,
+                                 "--metrics-listen", "127.0.0.1:\(port)"], in: directory)
+            #expect(taken.status != 0 && taken.stderr.contains("cannot serve metrics on 127.0.0.1:\(port)"), "\(taken.stderr)")
+            #expect(!taken.stderr.contains("coordd listening"))
         }
     }
 }
