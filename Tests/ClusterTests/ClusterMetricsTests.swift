@@ -102,6 +102,48 @@ import Testing
         }
     }
 
+    /// One worker holding every layer calibrates layer by layer; with `--activation-memory 1B` every hidden state
+    /// spills, and the worker's gauges say so while the pass runs (each layer's report held back 400 ms), then 0.
+    @Test func aLayerAtATimePassShowsItsSpilledHiddenStates() throws {
+        try withTemporaryDirectory("cluster-metrics-spill") { directory in
+            let cluster = LocalCluster(directory: directory, token: try writeToken("spill-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            let worker = try cluster.startWorker("w1", extra: ["--metrics-listen", "127.0.0.1:0", "--debug-chunk-delay-ms", "400"])
+            let metrics = try worker.listenAddress(marker: "metrics listening")
+            try cluster.waitForWorkers(["w1"])
+            let output = directory.appendingPathComponent("out")
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--activation-memory", "1B"]))
+            let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
+            let during = try Scrape(address: metrics, until: {
+                ($0.value("nvfp4_hidden_state_bytes", ["worker": "w1", "location": "spilled"]) ?? 0) > 0
+            })
+            let status = try cluster.waitForEnd(job)
+            try #require(status["state"] as? String == "succeeded", "status: \(status)\n\(worker.output.suffix(3000))")
+
+            let record = try #require(try JSONSerialization.jsonObject(
+                with: Data(contentsOf: output.appendingPathComponent("calibration.json"))) as? [String: Any])
+            let tokens = Double(try #require(record["tokens"] as? Int))
+            let config = try #require(try JSONSerialization.jsonObject(
+                with: Data(contentsOf: Fixtures.tinyLlama.appendingPathComponent("config.json"))) as? [String: Any])
+            let hiddenSize = Double(try #require(config["hidden_size"] as? Int))
+            let layers = Double(try #require(config["num_hidden_layers"] as? Int))
+            // Every token's f32 hidden state in a spill file, none in memory (and no GPU here).
+            #expect(during.value("nvfp4_hidden_state_bytes", ["worker": "w1", "location": "spilled"]) == tokens * hiddenSize * 4)
+            #expect(during.value("nvfp4_hidden_state_bytes", ["worker": "w1", "location": "host"]) == 0)
+            #expect(during.value("nvfp4_hidden_state_bytes", ["worker": "w1", "location": "gpu"]) == 0)
+
+            let after = try Scrape(address: metrics, until: {
+                $0.value("nvfp4_hidden_state_bytes", ["worker": "w1", "location": "spilled"]) == 0
+            })
+            #expect(after.value("nvfp4_hidden_state_bytes", ["worker": "w1", "location": "spilled"]) == 0)
+            // Every token through both layers of the one range.
+            #expect(after.value("nvfp4_worker_tokens_total", ["worker": "w1"]) == tokens)
+            #expect(after.value("nvfp4_worker_layer_tokens_total", ["worker": "w1"]) == tokens * layers)
+            #expect(after.value("nvfp4_link_sent_bytes_total", ["worker": "w1"]) == nil, "one range: no successor")
+        }
+    }
+
     @Test func daemonsExplainMetricsListenAndRefuseABadAddress() throws {
         try withTemporaryDirectory("metrics-help") { directory in
             for daemon in ["coordd", "workerd"] {
