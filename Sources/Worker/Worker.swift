@@ -163,7 +163,8 @@ public distributed actor Worker: WorkerEndpoint {
                     metrics.gpuMemoryInUse(bytes: job.compute.deviceMemoryInUse())
                     let tokens = job.assignment.chunks.reduce(0) { $0 + $1.tokenCount }
                     metrics.computed(tokens: tokens, layers: 1, wholeRange: layer.layer == job.assignment.endLayer - 1)
-                    for _ in layer.chunkAmax { metrics.chunkLatency(seconds: seconds / Double(max(layer.chunkAmax.count, 1))) }
+                    let perChunk = seconds / Double(max(layer.chunkAmax.count, 1))
+                    for _ in layer.chunkAmax { metrics.chunkLatency(seconds: perChunk) }
                     if job.isCancelled { return }
                     guard let self else { return }
                     try await self.whenLocal { try await $0.reportLayer(job: job, layer: layer, start: start) }
@@ -447,7 +448,10 @@ public distributed actor Worker: WorkerEndpoint {
     private func process(job: ActiveRangeJob, chunk: Int, input: Data?, fromStore: Bool = false) async throws {
         await DebugHang.hangIfRequested(chunksDone: job.chunksDone) { [logger] in logger.warning("\($0)") }
         if job.compute.streams {
-            if let input { try await compute.run { try job.compute.keep(chunk: chunk, input: input) } }
+            if let input {
+                try await compute.run { try job.compute.keep(chunk: chunk, input: input) }
+                metrics.keptHiddenStates(bytes: RangeCompute.keptBytes(workerName: name, scratchDirectory: scratchDirectory))
+            }
             job.collected.insert(chunk)
             if job.collected.count == job.assignment.chunks.count && !job.streamingStarted {
                 job.streamingStarted = true
