@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.0"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // Plain data every role shares (JobSpec, CalibrationPlan, JobStatus, QualityReport); no dependencies.
@@ -71,9 +73,24 @@ let package = Package(
                                                       "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime", "CUDABackend",
                                                       .product(name: "Logging", package: "swift-log"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),
+        // The names, labels and help of every metric series (swift-metrics CoreMetrics only; no backend).
+        .target(name: "ClusterMetrics", dependencies: [.product(name: "CoreMetrics", package: "swift-metrics")]),
+        // coordd's and workerd's /metrics: the Prometheus bootstrap and a NIO HTTP/1.1 listener run as a Service.
+        .target(name: "MetricsEndpoint", dependencies: [
+            "ClusterMetrics",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
         // Length-prefixed TCP framing over mutual TLS 1.3, authenticated handshake and the bulk activation data path
         // (SwiftNIO, swift-nio-ssl). Knows nothing of Llama.
         .target(name: "Transport", dependencies: [
+            "ClusterMetrics",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -110,14 +127,16 @@ let package = Package(
         // compute, and one of them measures the checkpoint's quality.
         .target(name: "Coordinator", dependencies: [
             "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "JobModel", "Checkpoint", "LlamaModel",
-            "Calibration", "SafeTensors", "NVFP4",
+            "Calibration", "SafeTensors", "NVFP4", "ClusterMetrics",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // The Worker distributed actor (a layer range: calibrate, forward, export) and workerd's service.
         .target(name: "Worker", dependencies: [
             "ClusterProtocol", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "ComputeBackend", "CPUBackend",
-            "Calibration", "Checkpoint", "Evaluation", "SafeTensors", "NVFP4", "JobModel",
+            "Calibration", "Checkpoint", "Evaluation", "SafeTensors", "NVFP4", "JobModel", "ClusterMetrics",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -143,20 +162,21 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        // The options coordd, workerd and coordctl share (--log-level, --token-file, --device).
+        // The options coordd, workerd and coordctl share (--log-level, --token-file, --device, --metrics-listen).
         .target(name: "CommandLineOptions", dependencies: [
             "ClusterProtocol", "JobModel", "Transport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "coordd", dependencies: [
-            "Coordinator", "CommandLineOptions", "ActorSystem", "ClusterProtocol", "Transport",
+            "Coordinator", "CommandLineOptions", "ActorSystem", "ClusterProtocol", "Transport", "MetricsEndpoint",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "workerd", dependencies: [
             "Worker", "ClusterProtocol", "Transport", "Checkpoint", "ComputeBackend", "CommandLineOptions", "ActorSystem",
+            "MetricsEndpoint",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -199,6 +219,12 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Tests/NetworkTestSupport"),
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
+        .testTarget(name: "MetricsEndpointTests", dependencies: [
+            "MetricsEndpoint", "ClusterMetrics",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // coordd, workerd and coordctl as separate processes (loopback, network namespaces, faults).
         .testTarget(name: "ClusterTests", dependencies: [
             "coordd", "workerd", "coordctl", "W4A4Probes", "Transport", "NetworkTestSupport",

@@ -57,6 +57,14 @@ public final class CUDADevice: @unchecked Sendable {
         logger?.info("CUDA device \(ordinal): \(context.name), \(context.architecture), \(context.multiprocessorCount) SMs, \(memory.free >> 20) MiB free of \(memory.total >> 20) MiB; driver \(driverVersion), NVRTC \(nvrtcVersion), \(blas.library.path)")
     }
 
+    /// Bytes of device memory in use on this GPU (total minus free, from cuMemGetInfo), for the workers' gauge.
+    public func memoryInUse() throws -> Int {
+        try exclusive {
+            let memory = try context.memoryInfo()
+            return memory.total - memory.free
+        }
+    }
+
     /// Runs `body` with the context current on this thread and the device to itself.
     func exclusive<R>(_ body: () throws -> R) throws -> R {
         lock.lock()

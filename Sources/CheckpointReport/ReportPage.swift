@@ -43,7 +43,7 @@ extension CheckpointReport {
             \(errorChart)
             \(outputChart)
             \(amaxChart)
-            <h2>The \(min(count, linears.count)) Linears with the largest weight error</h2>
+            <h2>The \(min(count, linears.count)) Linears with the largest \(ranksByOutputError ? "output error on held-out inputs" : "weight error")</h2>
             <table id="worst"><tr><th>rank</th><th>Linear</th><th>weight error</th><th>output error</th><th>weight amax</th><th>activation amax</th></tr>
             \(worstRows)
             </table>

@@ -1,7 +1,8 @@
 /// # CommandLineOptions
 ///
 /// The options that coordd, workerd and coordctl share, declared once so that they are spelled, explained and checked
-/// the same way everywhere: `--log-level`, `--token-file`, `--tls-cert`/`--tls-key`/`--tls-ca` and `--device`.
+/// the same way everywhere: `--log-level`, `--token-file`, `--tls-cert`/`--tls-key`/`--tls-ca`, `--device` and the
+/// daemons' `--metrics-listen`.
 import ArgumentParser
 import ClusterProtocol
 import JobModel
@@ -77,6 +78,36 @@ public struct DeviceOptions: ParsableArguments {
         } catch {
             throw ValidationError(error.description)
         }
+    }
+}
+
+/// `--metrics-listen`: where coordd and workerd serve `/metrics` (Prometheus text format). Off unless given.
+public struct MetricsOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no authentication). A bare PORT listens on 127.0.0.1 (loopback); give a HOST (e.g. 0.0.0.0 or the node's address) only for a scraper elsewhere. Port 0 picks a free port (logged). Off unless given. Docs/operations.md#metrics lists the series.",
+        valueName: "[HOST:]PORT"))
+    public var metricsListen: String?
+
+    public init() {}
+
+    public func validate() throws {
+        do {
+            _ = try address()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    /// The address to serve metrics on, or nil when `--metrics-listen` is not given. A bare port means loopback.
+    public func address() throws -> NodeAddress? {
+        guard let metricsListen else { return nil }
+        if let port = Int(metricsListen) {
+            guard (0...65535).contains(port) else {
+                throw ClusterProtocolError.badAddress(metricsListen)
+            }
+            return NodeAddress(host: "127.0.0.1", port: port)
+        }
+        return try NodeAddress(parsing: metricsListen)
     }
 }
 

@@ -8,6 +8,7 @@
 /// One ``JobRunner`` drives each job; it survives worker loss (re-plan and resume) and a coordd restart (jobs
 /// resume from the state on disk once their workers register again).
 import ActorSystem
+import ClusterMetrics
 import ClusterProtocol
 import ClusterState
 import Distributed
@@ -47,6 +48,9 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         self.store = store
         self.settings = settings
         self.logger = logger
+        // Jobs kept from an earlier run count from the start.
+        CoordinatorMetrics.registerAll()
+        CoordinatorMetrics.recordJobStates(store, logger: logger)
     }
 
     // MARK: Worker-facing
@@ -155,6 +159,8 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         }
         logger.info("job submitted", metadata: ["job": "\(record.id)", "model": "\(spec.modelPath)",
                                                 "output": "\(spec.outputPath)"])
+        MetricName.jobsSubmitted.counter().increment()
+        CoordinatorMetrics.recordJobStates(store, logger: logger)
         start(jobID: record.id, submission: submission, calibrationPlan: plan)
         return record.id
     }
@@ -212,6 +218,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         } else {
             queue.removeAll { $0.jobID == jobID }
             try store.updateJobState(jobID: jobID, to: .cancelled, reason: "cancelled by coordctl")
+            CoordinatorMetrics.recordJobStates(store, logger: logger)
         }
         return try await status(jobID: jobID)
     }

@@ -1,4 +1,5 @@
 import ActorSystem
+import ClusterMetrics
 import ClusterProtocol
 import ClusterState
 import Calibration
@@ -44,7 +45,11 @@ extension JobRunner {
             let amax = Dictionary(uniqueKeysWithValues: FusedGroup.allCases.map { ($0.rawValue, layerAmax[$0]) })
             try store.recordChunkAmax(jobID: jobID, layer: layerAmax.layer, chunk: report.chunk,
                                       sampleCount: report.sampleCount, amax: amax)
-            recorded[layerAmax.layer, default: []].insert(report.chunk)
+            // The chunk that completes a layer makes its scales final (a chunk reported again counts once).
+            if recorded[layerAmax.layer, default: []].insert(report.chunk).inserted,
+               recorded[layerAmax.layer]?.count == calibrationPlan.chunks.count {
+                MetricName.layersCalibrated.counter().increment()
+            }
         }
         let layerTokens = chunk.tokenCount * report.layers.count
         layerTokensThisRun += layerTokens

@@ -1,5 +1,6 @@
 import ActorSystem
 import Checkpoint
+import ClusterMetrics
 import ClusterProtocol
 import ClusterState
 import Distributed
@@ -56,6 +57,7 @@ extension JobRunner {
                 exportByteWindow.add(Double(layerBytes))
                 exportLayerWindow.add(1)
                 lastActivity = Date()
+                MetricName.layersExported.counter().increment()
                 if layer == 0 { await DebugFaultPoint.coordinatorExport.pauseIfRequested { [logger] in logger.warning("\($0)") } }
             }
             var record: CalibrationRecord?
@@ -188,6 +190,8 @@ extension JobRunner {
             }
             tensors.append(ExportedTensor(name: entry.name, dtype: dtype, shape: entry.shape, data: bytes, sha256: entry.sha256))
         }
+        MetricName.exportLayerSeconds.timer().record(seconds: secondsSince(started))
+        MetricName.exportReceivedBytes.counter(owner.info.name).increment(by: tensors.reduce(0) { $0 + $1.data.count })
         return tensors
     }
 

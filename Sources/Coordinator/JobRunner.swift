@@ -391,6 +391,7 @@ actor JobRunner {
         do {
             if let job = try store.job(id: jobID), !job.state.isTerminal {
                 try store.updateJobState(jobID: jobID, to: state, reason: reason)
+                CoordinatorMetrics.recordJobStates(store, logger: logger)
             }
         } catch {
             logger.error("could not record the job's end: \(error)")
@@ -514,6 +515,7 @@ actor JobRunner {
             try store.updateJobState(jobID: jobID, to: .merging)
         }
         try store.updateJobState(jobID: jobID, to: state)
+        CoordinatorMetrics.recordJobStates(store, logger: logger)
     }
 
     func tellWorkersToStop(discardState: Bool) async {

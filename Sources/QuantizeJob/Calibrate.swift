@@ -46,6 +46,15 @@ public enum ComputeDevice: CustomStringConvertible {
         }
     }
 
+    /// Bytes of GPU memory in use on this device (all processes', as the driver reports it); 0 on the CPU or when
+    /// the driver cannot say.
+    public func memoryInUse() -> Int {
+        switch self {
+        case .cpu: 0
+        case .cuda(let device): (try? device.memoryInUse()) ?? 0
+        }
+    }
+
     /// The weight quantizer of this device: the GPU's for CUDA (bit-identical to the CPU's), none (the CPU's) else.
     public var bf16WeightQuantizer: BF16WeightQuantizer? {
         switch self {

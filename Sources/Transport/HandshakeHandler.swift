@@ -1,6 +1,8 @@
+import ClusterMetrics
 import Crypto
 import Logging
 import NIOCore
+import NIOSSL
 
 /// What the handshake hands out once both sides have proven the token: the peer, and the handlers that now serve
 /// the connection (bound to its event loop).
@@ -63,6 +65,10 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var handshakeTimeout: Scheduled<Void>?
     /// Set before closing: frames that still arrive are dropped, and `authPromise` fails with it.
     private var closeReason: TransportError?
+    /// Why the peer was refused, when it was (the `reason` of the authentication-failure counter).
+    private var authenticationFailure: AuthenticationFailureReason?
+    /// A connection's failure is counted once, by its first cause.
+    private var failureCounted = false
 
     /// The peer's claimed name once its greeting arrived, else its address.
     private var claimedPeer: NodeIdentity?
@@ -97,6 +103,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         // Taken out before finishing (not by itself): nobody is left to complete the handshake.
         if case .authenticated = state {} else {
             state = .closed
+            countFailure(closeReason ?? .connectionClosed(peer: peerName))
             authPromise.fail(closeReason ?? .connectionClosed(peer: peerName))
         }
     }
@@ -138,10 +145,13 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A TLS handshake that fails (certificate not from the cluster CA, expired, wrong key) refuses the peer.
+        if error is NIOSSLError, authenticationFailure == nil { authenticationFailure = .tlsHandshake }
         fail(with: .closing(for: error, peer: peerName, logger: logger))
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if case .authenticated = state {} else { countFailure(closeReason ?? .connectionClosed(peer: peerName)) }
         state = .closed
         handshakeTimeout?.cancel()
         handshakeTimeout = nil
@@ -154,8 +164,17 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard closeReason == nil, let context else { return }
         closeReason = error
         error.logClosing(peer: peerName, logger: logger)
+        countFailure(error)
         authPromise.fail(error)
         context.close(promise: nil)
+    }
+
+    /// Counts this connection's failure (once): refused peers by reason, other handshakes that did not finish by cause.
+    private func countFailure(_ error: TransportError) {
+        guard !failureCounted else { return }
+        if case .authenticated = state { return }
+        failureCounted = true
+        TransportMetrics.handshakeFailed(error, authentication: authenticationFailure)
     }
 
     // MARK: Handshake
@@ -166,7 +185,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             let hello = try Handshake.Greeting.decode(frame.payload, type: .hello)
             claimedPeer = hello.identity
             if let mismatch = certificateMismatch(claimed: hello.identity.name, context: context) {
-                reject(hello.identity, reason: mismatch, context: context)
+                reject(hello.identity, reason: mismatch, because: .certificateNameMismatch, context: context)
                 return
             }
             purpose = hello.purpose ?? .control
@@ -187,9 +206,11 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let address = context.channel.remoteAddress.flatMap { remote in
                     remote.ipAddress.map { ip in ip.contains(":") ? "[\(ip)]:\(remote.port ?? 0)" : "\(ip):\(remote.port ?? 0)" }
                 } ?? remoteAddressText
+                authenticationFailure = .unexpectedPeer
                 throw .unexpectedPeer(address: address, expected: expectedPeer, found: challenge.identity.name)
             }
             if let mismatch = certificateMismatch(claimed: challenge.identity.name, context: context) {
+                authenticationFailure = .certificateNameMismatch
                 throw .authenticationFailed(peer: challenge.identity.name, reason: mismatch)
             }
             state = .clientAwaitingAccept(transcript: transcript, peer: challenge.identity)
@@ -200,7 +221,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         case (.serverAwaitingProof(let transcript, let peer), .proof):
             guard Handshake.verify(frame.payload, label: Handshake.clientLabel, transcript: transcript, key: key) else {
                 logger.warning("refusing \(peer): it did not prove knowledge of the cluster token")
-                reject(peer, reason: "peer's proof did not match the cluster token",
+                reject(peer, reason: "peer's proof did not match the cluster token", because: .tokenMismatch,
                        message: "cluster token mismatch: proof rejected by \(localIdentity.name)", context: context)
                 return
             }
@@ -212,6 +233,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
         case (.clientAwaitingAccept(let transcript, let peer), .accept):
             guard Handshake.verify(frame.payload, label: Handshake.serverLabel, transcript: transcript, key: key) else {
                 logger.warning("refusing \(peer): it accepted us but did not prove knowledge of the cluster token")
+                authenticationFailure = .tokenMismatch
                 throw .authenticationFailed(peer: peer.name, reason: "server's proof did not match the cluster token")
             }
             authenticated(peer: peer, context: context)
@@ -220,6 +242,7 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
             let envelope = RemoteErrorEnvelope.decode(frame.payload)
                 ?? RemoteErrorEnvelope(code: "authentication_failed", message: "rejected")
             logger.warning("\(peer) refused our handshake: [\(envelope.code)] \(envelope.message)")
+            authenticationFailure = .refusedByPeer
             throw .authenticationFailed(peer: peer.name, reason: "refused by peer: \(envelope.message)")
 
         default:
@@ -240,13 +263,16 @@ final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Refuses the peer: REJECT with `message` (the peer's to read), then close, failing `authPromise` with `reason`.
-    private func reject(_ peer: NodeIdentity, reason: String, message: String? = nil, context: ChannelHandlerContext) {
+    private func reject(_ peer: NodeIdentity, reason: String, because cause: AuthenticationFailureReason,
+                        message: String? = nil, context: ChannelHandlerContext) {
         logger.warning("refusing \(peer): \(reason)")
         let envelope = RemoteErrorEnvelope(code: "authentication_failed",
                                            message: message ?? "\(localIdentity.name) refused \(peer.name): \(reason)")
         let rejection = Frame(type: .reject, correlationID: 0, payload: envelope.payload)
         let error = TransportError.authenticationFailed(peer: peer.name, reason: reason)
         closeReason = error
+        authenticationFailure = cause
+        countFailure(error)
         state = .closed
         authPromise.fail(error)
         // Close only once REJECT is on its way, so the client learns why.

@@ -83,6 +83,7 @@ public final class PeerConnection: Sendable {
         do {
             channel = try await bootstrap.connect(host: host, port: port).get()
         } catch {
+            TransportMetrics.connectionFailed(.connectFailed)
             throw TransportError.connectFailed(address: "\(host):\(port)", reason: "\(error)")
         }
         do {

@@ -51,6 +51,7 @@ public final class TransportServer: Sendable {
     ) async throws -> TransportServer {
         try Handshake.validate(identity)
         try configuration.checkLocalIdentity(identity)
+        TransportMetrics.registerAll()
         let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
         if configuration.tls == nil {
             if token == nil {
@@ -91,6 +92,7 @@ public final class TransportServer: Sendable {
                     return true
                 }
                 guard admitted else {
+                    TransportMetrics.connectionFailed(.connectionLimit)
                     logger.warning("refusing a connection from \(child.remoteAddress.map { "\($0)" } ?? "?"): \(configuration.maxConnections) connections are open (maxConnections)")
                     return child.eventLoop.makeFailedFuture(TransportError.invalidConfiguration("connection cap reached"))
                 }

@@ -27,6 +27,7 @@ final class RangeCompute: @unchecked Sendable {
     let streams: Bool
     private let boundary: BoundaryStateStore?
     private let exporter: LayerExporter
+    private let device: ComputeDevice
 
     /// Checks the model against the coordinator's config hash, then loads the range (W4A4 only: weight-only jobs
     /// only export).
@@ -40,6 +41,7 @@ final class RangeCompute: @unchecked Sendable {
         self.source = source
         self.assignment = assignment
         let device = try ComputeDevice.select(deviceName, logger: logger)
+        self.device = device
         deviceLabel = spec.deviceLabel(device)
         let config = self.config
         runner = try spec.withBackend(on: device, config: config) { backend in
@@ -132,6 +134,14 @@ final class RangeCompute: @unchecked Sendable {
 
     func storedChunks() throws -> [Int] { try boundary?.storedChunks() ?? [] }
 
+    /// GPU memory in use on this range's device; 0 on the CPU.
+    func deviceMemoryInUse() -> Int { device.memoryInUse() }
+
+    /// Bytes of hidden states a layer-at-a-time pass holds: on the GPU, in host memory, spilled to files.
+    func stateBytes(of pass: StreamingPass) -> (gpu: Int, host: Int, spilled: Int) {
+        pass.calibrator.stateBytes
+    }
+
     func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?) throws
         -> (tensors: [ExportedTensor], timings: ExportTimings, quality: [LinearQuality]) {
         var timings = ExportTimings()
@@ -174,6 +184,19 @@ final class RangeCompute: @unchecked Sendable {
             .map { String($0.dropFirst(BoundaryStateStore.jobDirectoryPrefix.count)) }.sorted()
     }
 
+    /// Bytes of every hidden-state file this worker keeps under `scratchDirectory`, all jobs together.
+    static func keptBytes(workerName: String, scratchDirectory: URL) -> Int {
+        let directory = jobScratch(scratchDirectory, workerName: workerName)
+        guard let files = FileManager.default.enumerator(at: directory, includingPropertiesForKeys: [.fileSizeKey]) else {
+            return 0
+        }
+        var total = 0
+        for case let url as URL in files {
+            total += (try? url.resourceValues(forKeys: [.fileSizeKey]).fileSize) ?? 0
+        }
+        return total
+    }
+
     /// Removes the hidden states kept for `jobID` (job finished or cancelled).
     static func discardKeptState(jobID: String, workerName: String, scratchDirectory: URL) throws {
         let store = try BoundaryStateStore(scratchDirectory: jobScratch(scratchDirectory, workerName: workerName),
@@ -202,6 +225,8 @@ protocol RangeRunning: AnyObject {
 
 /// A layer-at-a-time pass with its backend type erased.
 protocol LayerPass: AnyObject {
+    /// Bytes of hidden states held on the GPU, in host memory and in spill files.
+    var stateBytes: (gpu: Int, host: Int, spilled: Int) { get }
     func nextLayer() throws -> (layer: Int, chunkAmax: [ObservedAmax])
     func output(chunk: Int) throws -> HiddenStates
     func finish()
@@ -215,6 +240,8 @@ extension LayerRangeRunner: RangeRunning {
 }
 
 extension LayerStreamingCalibrator: LayerPass {
+    var stateBytes: (gpu: Int, host: Int, spilled: Int) { (residentStateBytes, hostStateBytes, spilledStateBytes) }
+
     func nextLayer() throws -> (layer: Int, chunkAmax: [ObservedAmax]) {
         let result = try calibrateNextLayer()
         return (result.layer, result.chunkAmax)

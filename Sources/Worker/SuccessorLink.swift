@@ -40,6 +40,7 @@ actor SuccessorLink {
     let worker: String
     let successor: String
     let policy: RetryPolicy
+    let metrics: WorkerMetrics?
     let logger: Logger
     private let dial: @Sendable () async throws -> Connection
     private let onLinkDown: @Sendable (WorkerError) async -> Void
@@ -56,12 +57,13 @@ actor SuccessorLink {
     /// When the current outage began; nil while the link is up.
     private var downSince: ContinuousClock.Instant?
 
-    init(worker: String, successor: String, policy: RetryPolicy, logger: Logger,
+    init(worker: String, successor: String, policy: RetryPolicy, metrics: WorkerMetrics? = nil, logger: Logger,
          dial: @escaping @Sendable () async throws -> Connection,
          onLinkDown: @escaping @Sendable (WorkerError) async -> Void) {
         self.worker = worker
         self.successor = successor
         self.policy = policy
+        self.metrics = metrics
         self.logger = logger
         self.dial = dial
         self.onLinkDown = onLinkDown
@@ -80,10 +82,14 @@ actor SuccessorLink {
         if closed { throw TransportError.connectionClosed(peer: successor) }
         let sequence = nextSequence
         nextSequence += 1
+        let start = ContinuousClock.now
         try await withCheckedThrowingContinuation { (waiter: CheckedContinuation<Void, any Error>) in
             pending.append(Entry(sequence: sequence, id: id, bytes: bytes, waiter: waiter))
             wake()
         }
+        let waited = ContinuousClock.now - start
+        metrics?.linkSent(bytes: bytes.count,
+                          seconds: Double(waited.components.seconds) + Double(waited.components.attoseconds) / 1e18)
     }
 
     /// Closes the link; queued sends fail, and nothing is resent.

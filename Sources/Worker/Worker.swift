@@ -41,6 +41,7 @@ public distributed actor Worker: WorkerEndpoint {
     private var coordinatorBulk: (any ActivationTransport)?
     /// In-process mode (`coordctl quantize`): the coordinator actor itself, no lookup.
     private var localCoordinator: (any CoordinatorEndpoint)?
+    let metrics: WorkerMetrics
 
     public init(actorSystem: ClusterActorSystem, name: String, device: String, scratchDirectory: URL,
                 coordinator: NodeAddress, coordinatorName: String = WellKnownActor.coordinatorNode,
@@ -57,6 +58,11 @@ public distributed actor Worker: WorkerEndpoint {
         self.memoryBudget = memoryBudget
         self.linkPolicy = SuccessorLink.RetryPolicy(reconnectDeadline: linkTimeout)
         self.logger = logger
+        self.metrics = WorkerMetrics(worker: name)
+        // Present from the start (0 until a job), so a scrape sees every series of this worker.
+        metrics.hiddenStates(gpu: 0, host: 0, spilled: 0)
+        metrics.keptHiddenStates(bytes: RangeCompute.keptBytes(workerName: name, scratchDirectory: scratchDirectory))
+        metrics.gpuMemoryInUse(bytes: 0)
     }
 
     private func coordinator() throws -> any CoordinatorEndpoint {
@@ -92,7 +98,7 @@ public distributed actor Worker: WorkerEndpoint {
             let system = actorSystem
             let (jobID, attempt) = (assignment.jobID, assignment.attempt)
             let link = SuccessorLink(worker: name, successor: assignment.successorName ?? "\(next)",
-                                     policy: linkPolicy, logger: logger, dial: {
+                                     policy: linkPolicy, metrics: metrics, logger: logger, dial: {
                 let transport = try await system.openBulkTransport(to: endpoint)
                 return SuccessorLink.Connection(send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
                                                 acknowledgements: transport.acknowledgements(),
@@ -110,6 +116,7 @@ public distributed actor Worker: WorkerEndpoint {
         }
         job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor,
                              awaitsTokenIDs: assignment.tokenIDsOnDataPath && assignment.embeddings)
+        metrics.gpuMemoryInUse(bytes: compute.deviceMemoryInUse())
         let seconds = secondsSince(start)
         logger.info("loaded \(assignment.range.count) layers in \(String(format: "%.1f", seconds)) s",
                     metadata: ["job": "\(assignment.jobID)"])
@@ -140,13 +147,24 @@ public distributed actor Worker: WorkerEndpoint {
     /// the layer completes, then (with a successor) forwards every chunk's output in order.
     private func startLayerAtATimePass(_ job: ActiveRangeJob) {
         let compute = self.compute
+        let metrics = self.metrics
         job.enqueueBackground { [weak self] in
             do {
                 let pass = try await compute.run { try job.compute.startStreamingPass() }
+                defer { metrics.hiddenStates(gpu: 0, host: 0, spilled: 0) }
                 for _ in job.assignment.range {
                     if job.isCancelled { return }
                     let start = ContinuousClock.now
-                    let layer = try await compute.run { try job.compute.streamNextLayer(pass) }
+                    let (layer, bytes) = try await compute.run { () throws -> (StreamedLayer, (gpu: Int, host: Int, spilled: Int)) in
+                        (try job.compute.streamNextLayer(pass), job.compute.stateBytes(of: pass))
+                    }
+                    let seconds = secondsSince(start)
+                    metrics.hiddenStates(gpu: bytes.gpu, host: bytes.host, spilled: bytes.spilled)
+                    metrics.gpuMemoryInUse(bytes: job.compute.deviceMemoryInUse())
+                    let tokens = job.assignment.chunks.reduce(0) { $0 + $1.tokenCount }
+                    metrics.computed(tokens: tokens, layers: 1, wholeRange: layer.layer == job.assignment.endLayer - 1)
+                    let perChunk = seconds / Double(max(layer.chunkAmax.count, 1))
+                    for _ in layer.chunkAmax { metrics.chunkLatency(seconds: perChunk) }
                     if job.isCancelled { return }
                     guard let self else { return }
                     try await self.whenLocal { try await $0.reportLayer(job: job, layer: layer, start: start) }
@@ -204,6 +222,7 @@ public distributed actor Worker: WorkerEndpoint {
         guard job.assignment.range.contains(request.layer) else {
             throw WorkerError.layerNotInRange(worker: name, layer: request.layer, range: job.assignment.range)
         }
+        let exportStart = ContinuousClock.now
         let (tensors, timings, quality) = try await exportQueue.run { try job.compute.export(layer: request.layer, activationAmax: request.activationAmax) }
         let sendStart = ContinuousClock.now
         defer {
@@ -223,6 +242,7 @@ public distributed actor Worker: WorkerEndpoint {
                 throw error
             }
         }
+        metrics.exported(bytes: tensors.reduce(0) { $0 + $1.data.count }, seconds: secondsSince(exportStart))
         return ExportManifest(layer: request.layer, entries: entries, weightQuality: quality)
     }
 
@@ -274,6 +294,7 @@ public distributed actor Worker: WorkerEndpoint {
         }
         if discardState {
             try RangeCompute.discardKeptState(jobID: jobID, workerName: name, scratchDirectory: scratchDirectory)
+            metrics.keptHiddenStates(bytes: RangeCompute.keptBytes(workerName: name, scratchDirectory: scratchDirectory))
         }
     }
 
@@ -286,6 +307,7 @@ public distributed actor Worker: WorkerEndpoint {
         }
         if !removed.isEmpty {
             logger.info("removed the hidden states kept for ended job(s) \(removed.joined(separator: ", "))")
+            metrics.keptHiddenStates(bytes: RangeCompute.keptBytes(workerName: name, scratchDirectory: scratchDirectory))
         }
         return removed
     }
@@ -381,6 +403,7 @@ public distributed actor Worker: WorkerEndpoint {
                         metadata: ["job": "\(job.assignment.jobID)"])
             return
         }
+        metrics.linkReceived(bytes: bytes.count)
         do {
             try await process(job: job, chunk: Int(id), input: bytes)
         } catch {
@@ -434,7 +457,10 @@ public distributed actor Worker: WorkerEndpoint {
     private func process(job: ActiveRangeJob, chunk: Int, input: Data?, fromStore: Bool = false) async throws {
         await DebugHang.hangIfRequested(chunksDone: job.chunksDone) { [logger] in logger.warning("\($0)") }
         if job.compute.streams {
-            if let input { try await compute.run { try job.compute.keep(chunk: chunk, input: input) } }
+            if let input {
+                try await compute.run { try job.compute.keep(chunk: chunk, input: input) }
+                metrics.keptHiddenStates(bytes: RangeCompute.keptBytes(workerName: name, scratchDirectory: scratchDirectory))
+            }
             job.collected.insert(chunk)
             if job.collected.count == job.assignment.chunks.count && !job.streamingStarted {
                 job.streamingStarted = true
@@ -444,6 +470,12 @@ public distributed actor Worker: WorkerEndpoint {
         }
         let start = ContinuousClock.now
         let result = try await compute.run { try job.compute.run(chunk: chunk, input: input, fromStore: fromStore) }
+        metrics.chunkLatency(seconds: secondsSince(start))
+        metrics.computed(tokens: job.assignment.chunks[chunk].tokenCount, layers: result.amax.count, wholeRange: true)
+        metrics.gpuMemoryInUse(bytes: job.compute.deviceMemoryInUse())
+        if !job.assignment.embeddings && input != nil {
+            metrics.keptHiddenStates(bytes: RangeCompute.keptBytes(workerName: name, scratchDirectory: scratchDirectory))
+        }
         if chunkDelay > .zero { try await Task.sleep(for: chunkDelay) }
         if job.isCancelled { return }
         let report = ChunkReport(jobID: job.assignment.jobID, attempt: job.assignment.attempt, worker: name, chunk: chunk,

@@ -5,6 +5,7 @@ import CommandLineOptions
 import Coordinator
 import Foundation
 import Logging
+import MetricsEndpoint
 import ServiceLifecycle
 import Transport
 
@@ -23,6 +24,10 @@ struct Coordd: AsyncParsableCommand {
             (an HMAC challenge-response; the token never crosses the wire) is checked inside TLS when given. Without \
             TLS, coordd listens on loopback only, unless --insecure-token-only. SIGTERM stops gracefully: running \
             jobs keep their state and resume when coordd starts again.
+
+            Metrics: --metrics-listen [HOST:]PORT serves Prometheus metrics at http://HOST:PORT/metrics (jobs by \
+            state, layers calibrated and exported, export bytes and time, connection and authentication failures; \
+            Docs/operations.md#metrics lists every series). A bare port listens on loopback; off unless given.
             """,
         version: commandLineVersion)
 
@@ -54,10 +59,15 @@ struct Coordd: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds without a heartbeat after which a worker is lost, even if its connection stays up.")
     var heartbeatTimeout: Double = 15
 
+    @OptionGroup var metrics: MetricsOptions
+
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
         logging.bootstrap()
+        // Before anything else records: swift-metrics takes one bootstrap per process.
+        let metricsAddress = try metrics.address()
+        let metricsRegistry = metricsAddress.map { _ in MetricsEndpoint.bootstrap() }
         let logger = Logger(label: "coordd")
         var configuration = CoordinatorService.Configuration(
             listen: try NodeAddress(parsing: listen), stateDirectory: stateDir,
@@ -78,11 +88,20 @@ struct Coordd: AsyncParsableCommand {
         }
         configuration.transport.tls = try tls.loadTLS()
         configuration.transport.allowTokenOnlyBeyondLoopback = insecureTokenOnly
+        // The metrics listener first: an address in use fails the start, before this node joins the cluster.
+        var metricsServices: [any Service] = []
+        if let metricsAddress, let metricsRegistry {
+            let server = try await MetricsServer.bind(host: metricsAddress.host, port: metricsAddress.port,
+                                                      registry: metricsRegistry, logger: logger)
+            logger.info("metrics listening", metadata: ["address": "\(server.addressText)", "path": "/metrics"])
+            metricsServices.append(MetricsService(server: server))
+        }
         let system = try await CoordinatorService.startSystem(configuration: configuration, logger: logger)
-        // Shut down in reverse: the coordinator stops its jobs first, then the actor system closes its connections.
+        // Shut down in reverse: the coordinator stops its jobs first, then the actor system closes its connections,
+        // and the metrics listener last, so a scrape still answers meanwhile.
         let group = ServiceGroup(configuration: .init(
-            services: [ClusterActorSystemService(system: system),
-                       CoordinatorService(configuration: configuration, system: system, logger: logger)],
+            services: metricsServices + [ClusterActorSystemService(system: system),
+                                         CoordinatorService(configuration: configuration, system: system, logger: logger)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.info("coordd stopped")

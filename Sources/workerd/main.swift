@@ -5,6 +5,7 @@ import CommandLineOptions
 import ClusterProtocol
 import Foundation
 import Logging
+import MetricsEndpoint
 import ServiceLifecycle
 import Transport
 import Worker
@@ -21,6 +22,11 @@ struct Workerd: AsyncParsableCommand {
 
             Hidden states of the chunks entering this worker's range are kept under --scratch until the job ends, \
             so an interrupted job resumes from the start of the range. SIGTERM stops after the chunk in progress.
+
+            Metrics: --metrics-listen [HOST:]PORT serves Prometheus metrics at http://HOST:PORT/metrics (tokens, \
+            chunk latency, worker-to-worker and export bytes and time, hidden-state and GPU memory, connection and \
+            authentication failures; Docs/operations.md#metrics lists every series). A bare port listens on \
+            loopback; off unless given.
             """,
         version: commandLineVersion)
 
@@ -60,10 +66,15 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: .hidden)
     var debugChunkDelayMs: Int = 0
 
+    @OptionGroup var metrics: MetricsOptions
+
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
         logging.bootstrap()
+        // Before anything else records: swift-metrics takes one bootstrap per process.
+        let metricsAddress = try metrics.address()
+        let metricsRegistry = metricsAddress.map { _ in MetricsEndpoint.bootstrap() }
         let transportTLS = try tls.loadTLS()
         let workerName = name ?? transportTLS?.name ?? ProcessInfo.processInfo.hostName
         let logger = Logger(label: "workerd.\(workerName)")
@@ -81,11 +92,20 @@ struct Workerd: AsyncParsableCommand {
         }
         configuration.linkTimeout = .seconds(linkTimeout)
         if let memoryBudget { configuration.memoryBudget = try ShardPlanner.parseSize(memoryBudget) }
+        // The metrics listener first: an address in use fails the start, before this node joins the cluster.
+        var metricsServices: [any Service] = []
+        if let metricsAddress, let metricsRegistry {
+            let server = try await MetricsServer.bind(host: metricsAddress.host, port: metricsAddress.port,
+                                                      registry: metricsRegistry, logger: logger)
+            logger.info("metrics listening", metadata: ["address": "\(server.addressText)", "path": "/metrics"])
+            metricsServices.append(MetricsService(server: server))
+        }
         let system = try await WorkerService.startSystem(configuration: configuration, logger: logger)
-        // Shut down in reverse: the worker finishes its chunk first, then the actor system closes its connections.
+        // Shut down in reverse: the worker finishes its chunk first, then the actor system closes its connections,
+        // and the metrics listener last, so a scrape still answers meanwhile.
         let group = ServiceGroup(configuration: .init(
-            services: [ClusterActorSystemService(system: system),
-                       WorkerService(configuration: configuration, system: system, logger: logger)],
+            services: metricsServices + [ClusterActorSystemService(system: system),
+                                         WorkerService(configuration: configuration, system: system, logger: logger)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.info("workerd stopped")

@@ -13,7 +13,8 @@ import Transport
             let cluster = LocalCluster(directory: directory, token: nil)
             defer { cluster.stopAll() }
             try cluster.makeCertificates(for: ["w1", "w2", "w3"])
-            try cluster.startCoordinator()
+            try cluster.startCoordinator(extra: ["--metrics-listen", "127.0.0.1:0"])
+            let metrics = try cluster.coordd!.listenAddress(marker: "metrics listening")
             try cluster.startWorker("w1")
             try cluster.startWorker("w2")
             try cluster.waitForWorkers(["w1", "w2"])
@@ -38,6 +39,13 @@ import Transport
             #expect(wrongName.stderr.contains("is 'coordinator', not coordd ('w1')"), "\(wrongName.stderr)")
             // The cluster carries on.
             #expect(try cluster.coordctl(["workers", "--json"]).status == 0)
+            // coordd counted the client without a certificate as a failed TLS handshake, and the dialer that hung up
+            // on it (wrong name) as a connection closed mid-handshake.
+            let scrape = try Scrape(address: metrics)
+            #expect(scrape.value("nvfp4_transport_authentication_failures_total", ["reason": "tls_handshake"]) == 1,
+                    "\(scrape.samples.filter { $0.name.hasPrefix("nvfp4_transport") })")
+            #expect(scrape.value("nvfp4_transport_authentication_failures_total", ["reason": "token_mismatch"]) == 0)
+            #expect((scrape.value("nvfp4_transport_connection_failures_total", ["reason": "closed_during_handshake"]) ?? 0) >= 1)
         }
     }
 

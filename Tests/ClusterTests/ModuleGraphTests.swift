@@ -63,8 +63,22 @@ import Testing
         let graph = try Self.directDependencies()
         let local = Set(graph.keys)
         let modules = Self.closure(of: "ClusterProtocol", in: graph).intersection(local)
-        #expect(modules == ["ActorSystem", "Transport", "JobModel", "NVFP4"], "\(modules.sorted())")
+        // ClusterMetrics: the metric names the transport records under (swift-metrics only, no backend).
+        #expect(modules == ["ActorSystem", "Transport", "JobModel", "NVFP4", "ClusterMetrics"], "\(modules.sorted())")
         #expect(graph["JobModel"] == [], "JobModel is plain data with no dependency")
+    }
+
+    /// Libraries record metrics through swift-metrics alone; only the daemons reach Prometheus and the HTTP listener.
+    @Test func onlyTheDaemonsReachPrometheus() throws {
+        let graph = try Self.directDependencies()
+        #expect(graph["ClusterMetrics"] == ["CoreMetrics"], "\(graph["ClusterMetrics"] ?? [])")
+        for target in graph.keys where !target.hasSuffix("Tests") && !["coordd", "workerd", "MetricsEndpoint"].contains(target) {
+            let reached = Self.closure(of: target, in: graph).intersection(["Prometheus", "MetricsEndpoint", "NIOHTTP1"])
+            #expect(reached.isEmpty, "\(target) reaches \(reached.sorted())")
+        }
+        for daemon in ["coordd", "workerd"] {
+            #expect(graph[daemon]?.contains("MetricsEndpoint") == true, "\(daemon)")
+        }
     }
 
     @Test func theEngineDependsOnNoNetworkingModule() throws {

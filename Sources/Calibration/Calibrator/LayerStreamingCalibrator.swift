@@ -55,6 +55,11 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     public private(set) var spilledChunkCount = 0
     /// How many chunks live in the backend's own memory (known after the first call).
     public private(set) var residentChunkCount = 0
+    /// Bytes of hidden states held in the backend's own memory (GPU), in host memory, and in spill files (known after
+    /// the first call; 0 again after ``finish()``).
+    public private(set) var residentStateBytes = 0
+    public private(set) var hostStateBytes = 0
+    public private(set) var spilledStateBytes = 0
     /// How many chunks the samples were grouped into.
     public var chunkCount: Int { chunks.count }
     /// Layers of the range completed so far; the next call must ask for `layers.lowerBound + completedLayers`.
@@ -234,6 +239,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         prefetched = nil
         for index in chunks.indices { chunks[index].storage = .none }
         spill.removeAll()
+        (residentStateBytes, hostStateBytes, spilledStateBytes) = (0, 0, 0)
     }
 
     // MARK: - Steps
@@ -340,10 +346,13 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             } else {
                 chunks[index].spills = true
                 spilledChunkCount += 1
+                spilledStateBytes += bytes
             }
             try store(hidden.values, chunk: index)
         }
         loadedInputs = true
+        residentStateBytes = backendBytes
+        hostStateBytes = hostBytes
         if case .embed = input { releaseWeights?([LlamaConfig.embedTokensName]) }
         busySeconds += secondsSince(start)
         let what = if case .embed = input { "embedded" } else { "received the hidden states of" }
