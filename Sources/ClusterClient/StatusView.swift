@@ -22,8 +22,9 @@ public enum StatusView {
         let barWidth = max(10, min(30, width - 60))
         if let progress = status.progress {
             if progress.calibrationLayerTokensTotal > 0 {
-                var row = "  calibrated  " + bar(progress.layersCalibrated, of: progress.layersTotal, width: barWidth)
-                    + "  \(progress.layersCalibrated)/\(progress.layersTotal) layers"
+                // The bar fills with the work done (layer-tokens): a pipelined range completes its layers together.
+                var row = "  calibrated  " + bar(progress.calibrationLayerTokensDone, of: progress.calibrationLayerTokensTotal, width: barWidth)
+                    + "  \(progress.layersCalibrated)/\(progress.layersTotal) layers, \(calibrationPercent(progress))% of layer-tokens"
                 if let rate = progress.calibrationLayerTokensPerSecond { row += "  \(formatRate(rate)) layer-tokens/s" }
                 lines.append(row)
             }
@@ -71,9 +72,9 @@ public enum StatusView {
         var parts = ["job \(status.jobID) \(phaseText(status))"]
         if let progress = status.progress {
             if progress.calibrationLayerTokensTotal > 0 {
-                var part = "calibrated \(progress.layersCalibrated)/\(progress.layersTotal) layers"
-                if let rate = progress.calibrationLayerTokensPerSecond { part += " (\(formatRate(rate)) layer-tokens/s)" }
-                parts.append(part)
+                var part = "calibrated \(progress.layersCalibrated)/\(progress.layersTotal) layers (\(calibrationPercent(progress))%"
+                if let rate = progress.calibrationLayerTokensPerSecond { part += ", \(formatRate(rate)) layer-tokens/s" }
+                parts.append(part + ")")
             }
             var exported = "exported \(progress.layersExported)/\(progress.layersTotal) layers"
             if let rate = progress.exportBytesPerSecond { exported += String(format: " (%.1f MB/s)", rate / 1e6) }
@@ -94,11 +95,17 @@ public enum StatusView {
     public static func changeKey(_ status: JobStatus) -> String {
         var key = "\(status.phase.rawValue)|\(status.queuePosition ?? -1)|\(status.failureReason ?? "")"
         if let progress = status.progress {
-            key += "|\(progress.layersCalibrated)|\(progress.layersExported)|\(progress.evaluationLayersDone ?? -1)"
+            // Calibration also speaks every tenth of its work, so that a long pipelined range is not silent.
+            key += "|\(progress.layersCalibrated)|\(calibrationPercent(progress) / 10)|\(progress.layersExported)|\(progress.evaluationLayersDone ?? -1)"
                 + "|\(progress.waiting ?? "")"
         }
         key += "|" + status.workers.map { "\($0.name)=\($0.health.rawValue)" }.joined(separator: ",")
         return key
+    }
+
+    /// Calibration work done, in whole percent of the job's layer-tokens.
+    static func calibrationPercent(_ progress: JobProgress) -> Int {
+        progress.calibrationLayerTokensTotal > 0 ? progress.calibrationLayerTokensDone * 100 / progress.calibrationLayerTokensTotal : 0
     }
 
     static func phaseText(_ status: JobStatus) -> String {

@@ -158,7 +158,7 @@ enum Coordctl {
             #expect((2...12).contains(lines.count), "\(lines)")
             #expect(Set(lines).count == lines.count, "no line repeats: \(lines)")
             let last = try #require(lines.last)
-            #expect(last.contains("succeeded, calibrated 2/2 layers, exported 2/2 layers, quality report 2/2 layers"), "\(last)")
+            #expect(last.contains("succeeded, calibrated 2/2 layers (100%), exported 2/2 layers, quality report 2/2 layers"), "\(last)")
             #expect(last.contains("gate passed") && !last.contains("ETA"), "\(last)")
         }
     }

@@ -23,7 +23,7 @@ import Testing
     @Test func tableShowsBarsNamedRatesAndOneRowPerWorker() {
         let table = StatusView.table(Self.status(phase: .calibrating, calibrated: 15, exported: 12, rate: 312_400, eta: 104))
         #expect(table.contains("job j1  calibrating  elapsed 1m00s  ETA 1m44s"), "\(table)")
-        #expect(table.contains("calibrated  [###############---------------]  15/30 layers  312.4k layer-tokens/s"), "\(table)")
+        #expect(table.contains("calibrated  [###############---------------]  15/30 layers, 50% of layer-tokens  312.4k layer-tokens/s"), "\(table)")
         #expect(table.contains("exported    [############------------------]  12/30 layers"), "\(table)")
         let row = table.split(separator: "\n").first { $0.contains("node-a*") }
         #expect(row.map { $0.contains("0-29") && $0.contains("NVIDIA H100 80GB HBM3") && $0.contains("312.4k")
@@ -48,7 +48,7 @@ import Testing
         display.show(Self.status(phase: .succeeded, calibrated: 30, exported: 30))
         #expect(written.count == 4, "\(written)")
         #expect(written.allSatisfy { $0.hasSuffix("\n") && $0.dropLast().contains("\n") == false })
-        #expect(written[1].hasPrefix("job j1 calibrating, calibrated 1/30 layers (1.0k layer-tokens/s), exported 0/30 layers, ETA 1m30s"),
+        #expect(written[1].hasPrefix("job j1 calibrating, calibrated 1/30 layers (3%, 1.0k layer-tokens/s), exported 0/30 layers, ETA 1m30s"),
                 "\(written[1])")
         #expect(written.last?.contains("succeeded") == true && written.last?.contains("ETA") == false)
     }
