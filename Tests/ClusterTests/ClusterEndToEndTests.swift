@@ -44,6 +44,9 @@ import W4A4Probes
             let later = try cluster.status(job)
             #expect(later["tokens_per_second"] as? Double == rate, "a finished job's rate stays put")
             #expect(later["elapsed_seconds"] as? Double == status["elapsed_seconds"] as? Double)
+            // The fixture holds 8 records and the default --samples is 256: the job says it went on with 8.
+            let warnings = try #require(status["warnings"] as? [String])
+            #expect(warnings.contains { $0.contains("--samples 256 asked for more samples than") && $0.hasSuffix("calibrating on 8") }, "\(warnings)")
 
             // Every Linear's figures, in layer order, as calibration.json has them.
             let linears = try #require(status["linears"] as? [[String: Any]], "\(status)")
