@@ -231,3 +231,13 @@ public struct MetricsService: Service {
         await server.close()
     }
 }
+
+extension MetricsService {
+    /// What a daemon runs for `--metrics-listen`: the listener, bound now (so that an address in use fails the start,
+    /// before the node joins the cluster) and serving `registry`; nothing without an address.
+    public static func start(host: String, port: Int, registry: PrometheusCollectorRegistry, logger: Logger) async throws -> [any Service] {
+        let server = try await MetricsServer.bind(host: host, port: port, registry: registry, logger: logger)
+        logger.info("metrics listening", metadata: ["address": "\(server.addressText)", "path": "/metrics"])
+        return [MetricsService(server: server)]
+    }
+}

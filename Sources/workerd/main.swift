@@ -95,10 +95,8 @@ struct Workerd: AsyncParsableCommand {
         // The metrics listener first: an address in use fails the start, before this node joins the cluster.
         var metricsServices: [any Service] = []
         if let metricsAddress, let metricsRegistry {
-            let server = try await MetricsServer.bind(host: metricsAddress.host, port: metricsAddress.port,
-                                                      registry: metricsRegistry, logger: logger)
-            logger.info("metrics listening", metadata: ["address": "\(server.addressText)", "path": "/metrics"])
-            metricsServices.append(MetricsService(server: server))
+            metricsServices = try await MetricsService.start(host: metricsAddress.host, port: metricsAddress.port,
+                                                             registry: metricsRegistry, logger: logger)
         }
         let system = try await WorkerService.startSystem(configuration: configuration, logger: logger)
         // Shut down in reverse: the worker finishes its chunk first, then the actor system closes its connections,
