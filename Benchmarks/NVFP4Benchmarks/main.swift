@@ -48,7 +48,7 @@ for _ in 0..<repeats {
 }
 let copyGBs = Double(inputBytes) / median(copyTimes) / 1e9
 
-var amaxTimes: [Double] = [], quantizeTimes: [Double] = []
+var amaxTimes: [Double] = [], quantizeTimes: [Double] = [], errorTimes: [Double] = []
 var checksum: UInt64 = 0
 let readOnly = UnsafeBufferPointer(input)
 for _ in 0..<repeats {
@@ -58,8 +58,13 @@ for _ in 0..<repeats {
     let weight = try NVFP4Quantizer.quantize(bf16: readOnly, rows: rows, cols: cols,
                                                    weightScale2: NVFP4Quantizer.weightScale2(amax: amax))
     let t2 = now()
+    // The export's quality figure: ‖W − Q(W)‖/‖W‖ of the quantized weight against the source.
+    let error = NVFP4Quantizer.quantizationError(of: weight, bf16: readOnly)
+    let t3 = now()
     amaxTimes.append(t1 - t0)
     quantizeTimes.append(t2 - t1)
+    errorTimes.append(t3 - t2)
+    checksum &+= UInt64(error.relative * 1e6)
     checksum &+= UInt64(weight.packed[count / 4]) &+ UInt64(weight.blockScales[7])
 }
 let totalSeconds = median(amaxTimes) + median(quantizeTimes)
@@ -75,4 +80,6 @@ print(String(format: "| amax pass | %.4f | %.2f | %.0f%% |", median(amaxTimes), 
 print(String(format: "| block quantize | %.4f | %.2f | %.0f%% |", median(quantizeTimes), Double(inputBytes) / median(quantizeTimes) / 1e9,
              Double(inputBytes) / median(quantizeTimes) / 1e9 / copyGBs * 100))
 print(String(format: "| amax + quantize (ours) | %.4f | %.2f | %.0f%% |", totalSeconds, quantGBs, quantGBs / copyGBs * 100))
+print(String(format: "| quantization error ‖W − Q(W)‖/‖W‖ | %.4f | %.2f | %.0f%% |", median(errorTimes),
+             Double(inputBytes) / median(errorTimes) / 1e9, Double(inputBytes) / median(errorTimes) / 1e9 / copyGBs * 100))
 print("(checksum \(checksum))")

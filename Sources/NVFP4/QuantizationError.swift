@@ -19,22 +19,30 @@ extension NVFP4Quantizer {
     /// The error of `weight` against the BF16 values it was quantized from (`[rows, cols]`, row-major).
     public static func quantizationError(of weight: NVFP4Weight, bf16 original: UnsafeBufferPointer<UInt16>) -> WeightQuantizationError {
         precondition(original.count == weight.rows * weight.cols, "the original has \(original.count) values, not \(weight.rows)×\(weight.cols)")
-        return quantizationError(of: weight) { original[$0] }
+        let source = UncheckedSendable(original)
+        return quantizationError(of: weight) { row, into in
+            let start = row * weight.cols
+            for index in 0..<weight.cols { into[index] = BFloat16.toFloat(source.value[start + index]) }
+        }
     }
 
     /// The error of `weight` against the F32 values it was quantized from (`[rows, cols]`, row-major).
     public static func quantizationError(of weight: NVFP4Weight, f32 original: UnsafeBufferPointer<Float>) -> WeightQuantizationError {
         precondition(original.count == weight.rows * weight.cols, "the original has \(original.count) values, not \(weight.rows)×\(weight.cols)")
-        return quantizationError(of: weight) { original[$0] }
+        let source = UncheckedSendable(original)
+        return quantizationError(of: weight) { row, into in
+            _ = UnsafeMutableBufferPointer(rebasing: into[0..<weight.cols])
+                .initialize(from: UnsafeBufferPointer(rebasing: source.value[row * weight.cols ..< (row + 1) * weight.cols]))
+        }
     }
 
-    @inline(__always)
-    private static func quantizationError(of weight: NVFP4Weight, original: (Int) -> UInt16) -> WeightQuantizationError {
-        quantizationError(of: weight) { BFloat16.toFloat(original($0)) }
-    }
+    /// E2M1 code → value, for the dequantization in the loop below.
+    private static let e2m1Values: [Float] = (0..<16).map { E2M1.value(UInt8($0)) }
 
-    @inline(__always)
-    private static func quantizationError(of weight: NVFP4Weight, original: (Int) -> Float) -> WeightQuantizationError {
+    /// `readRow(row, buffer)` widens one source row into `buffer`; the rows are compared with their dequantized NVFP4
+    /// values block by block (16 products summed in Float, blocks in Double).
+    private static func quantizationError(of weight: NVFP4Weight,
+                                          readRow: @Sendable (Int, UnsafeMutableBufferPointer<Float>) -> Void) -> WeightQuantizationError {
         let rows = weight.rows, cols = weight.cols
         let blocksPerRow = cols / 16
         // Fixed slices of rows, summed in slice order: the result does not depend on the thread count.
@@ -43,25 +51,30 @@ extension NVFP4Quantizer {
         var partial = [(Double, Double)](repeating: (0, 0), count: slices)
         weight.packed.withUnsafeBufferPointer { packed in
             weight.blockScales.withUnsafeBufferPointer { scales in
-                partial.withUnsafeMutableBufferPointer { partial in
-                    let out = UncheckedSendable(partial)
-                    let packed = UncheckedSendable(packed), scales = UncheckedSendable(scales)
-                    withoutActuallyEscaping(original) { original in
-                        let read = UncheckedSendable(original)
+                e2m1Values.withUnsafeBufferPointer { table in
+                    partial.withUnsafeMutableBufferPointer { partial in
+                        let out = UncheckedSendable(partial)
+                        let packed = UncheckedSendable(packed), scales = UncheckedSendable(scales), table = UncheckedSendable(table)
                         DispatchQueue.concurrentPerform(iterations: slices) { slice in
+                            let row = UnsafeMutableBufferPointer<Float>.allocate(capacity: cols)
+                            defer { row.deallocate() }
                             var error = 0.0, norm = 0.0
-                            for row in slice * rowsPerSlice ..< min(rows, (slice + 1) * rowsPerSlice) {
+                            for r in slice * rowsPerSlice ..< min(rows, (slice + 1) * rowsPerSlice) {
+                                readRow(r, row)
                                 for block in 0..<blocksPerRow {
-                                    let scale = FP8E4M3.decode(scales.value[row * blocksPerRow + block]) * weight.weightScale2
-                                    for k in 0..<16 {
-                                        let c = row * cols + block * 16 + k
-                                        let byte = packed.value[c / 2]
-                                        let q = E2M1.value(c % 2 == 0 ? byte & 0xF : byte >> 4) * scale
-                                        let w = read.value(c)
-                                        let d = Double(w) - Double(q)
-                                        error += d * d
-                                        norm += Double(w) * Double(w)
+                                    let scale = FP8E4M3.decode(scales.value[r * blocksPerRow + block]) * weight.weightScale2
+                                    let bytes = (r * cols + block * 16) / 2
+                                    var blockError: Float = 0, blockNorm: Float = 0
+                                    for pair in 0..<8 {
+                                        let byte = packed.value[bytes + pair]
+                                        let w0 = row[block * 16 + 2 * pair], w1 = row[block * 16 + 2 * pair + 1]
+                                        let d0 = w0 - table.value[Int(byte & 0xF)] * scale
+                                        let d1 = w1 - table.value[Int(byte >> 4)] * scale
+                                        blockError += d0 * d0 + d1 * d1
+                                        blockNorm += w0 * w0 + w1 * w1
                                     }
+                                    error += Double(blockError)
+                                    norm += Double(blockNorm)
                                 }
                             }
                             out.value[slice] = (error, norm)
