@@ -121,7 +121,8 @@ extension JobRunner {
         let verdict: JobQuality.Gate = gate == nil ? .off : failure == nil ? .passed : .failed
         try store.recordQuality(jobID: jobID, quality: JobQuality(
             samples: report.samples, tokens: report.tokens, originalPerplexity: report.originalPerplexity,
-            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict))
+            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict,
+            excludedLinears: report.excludedLinears))
         logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples; gate \(verdict.rawValue)")
         if var failure {
             failure.keptAt = directory.path
