@@ -36,11 +36,13 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
     }
 
     /// Writes `calibration.json`: per Linear module (sorted by name) its amax and `input_scale`, in shortest
-    /// round-tripping decimals.
-    public func write(to url: URL, scheme: QuantizationScheme, config: LlamaConfig) throws {
+    /// round-tripping decimals. The `excluded` modules (kept unquantized) have an amax, since calibration still
+    /// observes their input, but no `input_scale`, as the checkpoint has none for them.
+    public func write(to url: URL, scheme: QuantizationScheme, config: LlamaConfig, excluded: Set<String> = []) throws {
         let modules = linearAmax(config: config).sorted { $0.linear.name < $1.linear.name }
-        func entries(_ value: (ActivationAmax) -> Float) -> String {
-            modules.map { "    \"\($0.linear.name)\": \(jsonNumber(value($0.amax)))" }.joined(separator: ",\n")
+        func entries(_ value: (ActivationAmax) -> Float, skippingExcluded: Bool = false) -> String {
+            modules.filter { !skippingExcluded || !excluded.contains($0.linear.name) }
+                .map { "    \"\($0.linear.name)\": \(jsonNumber(value($0.amax)))" }.joined(separator: ",\n")
         }
         let measured = linearQuality.values.sorted { $0.name < $1.name }
         func quality(_ value: (LinearQuality) -> String) -> String {
@@ -59,14 +61,15 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
             \(entries { $0.value })
               },
               "input_scale": {
-            \(entries { InputScale($0).value })
+            \(entries({ InputScale($0).value }, skippingExcluded: true))
               },
               "weight_amax": {
             \(quality { jsonNumber($0.weightAmax) })
               },
               "weight_relative_error": {
             \(quality { "\($0.weightRelativeError)" })
-              }
+              },
+              "kept_unquantized": [\(excluded.sorted().map { jsonString($0) }.joined(separator: ", "))]
             }
 
             """

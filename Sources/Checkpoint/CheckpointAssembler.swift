@@ -64,7 +64,7 @@ public final class CheckpointAssembler {
         self.config = config
         self.source = source
         self.logger = logger
-        layout = spec.tensorLayout
+        layout = try spec.tensorLayout(config: config, source: source)
         plan = try Self.plan(spec: spec, config: config, source: source)
         output = try OutputDirectory(final: spec.outputDirectory, jobID: spec.jobID, force: spec.force)
         try output.create()
@@ -75,7 +75,8 @@ public final class CheckpointAssembler {
     public static func plan(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel) throws -> ShardPlan {
         var sourceDTypes: [String: SafeTensorsDType] = [:]
         for tensor in config.nonQuantizedTensors { sourceDTypes[tensor.name] = try source.info(tensor.name).dtype }
-        return ShardPlanner.plan(groups: checkpointTensorGroups(config: config, layout: spec.tensorLayout, sourceDTypes: sourceDTypes),
+        return ShardPlanner.plan(groups: checkpointTensorGroups(config: config, layout: try spec.tensorLayout(config: config, source: source),
+                                                                 sourceDTypes: sourceDTypes),
                                  maxShardSize: spec.maxShardSize)
     }
 
@@ -170,13 +171,15 @@ public final class CheckpointAssembler {
         let directory = output.partial
         _ = try writeModelFiles(sourceDirectory: spec.modelDirectory, outputDirectory: directory,
                                 configWriter: QuantizationConfigWriter(layout: spec.layout, scheme: spec.scheme,
-                                                                       omitScaleDTypeKeys: spec.omitScaleDTypeKeys))
+                                                                       omitScaleDTypeKeys: spec.omitScaleDTypeKeys,
+                                                                       excludedModules: layout.excludedModuleNames(config: config)))
         var activationAmax: [Int: [FusedGroup: ActivationAmax]]?
         if spec.scheme.quantizesActivations {
             guard let calibration else {
                 throw CheckpointAssemblyError.wrongStep("a W4A4 checkpoint needs the calibration its scales came from")
             }
-            try calibration.write(to: directory.appendingPathComponent("calibration.json"), scheme: spec.scheme, config: config)
+            try calibration.write(to: directory.appendingPathComponent("calibration.json"), scheme: spec.scheme, config: config,
+                                  excluded: Set(layout.excluded.keys))
             activationAmax = calibration.activationAmax
         }
         logger.info("verifying the written checkpoint")

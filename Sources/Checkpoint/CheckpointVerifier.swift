@@ -8,11 +8,15 @@ public struct VerificationReport: Sendable, Equatable {
     public var files: Int = 0
     public var tensors: Int = 0
     public var quantizedLinears: Int = 0
+    /// Linears kept unquantized (`--exclude`), checked to be the source's bytes.
+    public var excludedLinears: Int = 0
     public var bytes: Int = 0
 }
 
 /// Re-reads a written checkpoint and enforces every rule of spec §10. The first violation is thrown, naming the
-/// tensor or file; a job that gets an error must not call its output complete.
+/// tensor or file; a job that gets an error must not call its output complete. Linears the layout excludes
+/// (`--exclude`) must be their source weight, byte for byte, with no scale tensor, each fused group excluded whole,
+/// and the config's ignore / exclude_modules lists must name exactly them besides the fixed entries.
 public struct CheckpointVerifier {
     public let config: LlamaConfig
     public let layout: LinearTensorLayout
@@ -52,9 +56,7 @@ public struct CheckpointVerifier {
         var expected: [String: (SafeTensorsDType?, [Int])] = [:]
         for spec in config.nonQuantizedTensors { expected[spec.name] = (nil, spec.shape) }
         for linear in config.allLinears {
-            for role in layout.roles {
-                expected[layout.tensorName(role, of: linear)] = (layout.dtype(role), layout.shape(role, of: linear))
-            }
+            for tensor in layout.plannedTensors(for: linear) { expected[tensor.name] = (tensor.dtype, tensor.shape) }
         }
         let actual = Set(model.tensorNames)
         if let missing = expected.keys.filter({ !actual.contains($0) }).sorted().first {
@@ -78,11 +80,12 @@ public struct CheckpointVerifier {
             }
         }
         try verifyUnquantizedCopies(model: model)
+        report.excludedLinears = try verifyExcludedLinears(model: model)
 
         // Rules 4 and 5: scales finite and positive; fused groups equal.
         for layer in 0..<config.numHiddenLayers {
             let linears = config.linears(layer: layer)
-            for linear in linears {
+            for linear in linears where !layout.isExcluded(linear) {
                 try verifyScales(of: linear, model: model)
                 if let activationAmax, layout.scheme.quantizesActivations {
                     try verifyInputScale(of: linear, against: activationAmax[layer]?[linear.kind.group], model: model)
@@ -91,6 +94,14 @@ public struct CheckpointVerifier {
             }
             for group in FusedGroup.allCases where group.members.count > 1 {
                 let members = linears.filter { group.members.contains($0.kind) }
+                let excludedMembers = members.filter(layout.isExcluded)
+                if !excludedMembers.isEmpty {
+                    guard excludedMembers.count == members.count else {
+                        throw CheckpointError(excludedMembers[0].name, "is kept unquantized but \(members.filter { !layout.isExcluded($0) }.map(\.name).joined(separator: ", ")) "
+                                              + "of its fused group \(group.rawValue) is quantized; vLLM needs one scheme per fused GEMM")
+                    }
+                    continue
+                }
                 for role in layout.roles where role == .weightGlobalScale || role == .inputScale {
                     let values = try members.map { try scalar(layout.tensorName(role, of: $0), model: model).bitPattern }
                     if Set(values).count != 1 {
@@ -140,6 +151,30 @@ public struct CheckpointVerifier {
                                   + "(\(layout.layout == .compressedTensors ? "1 / (amax / 2688)" : "amax / 2688")); "
                                   + "the checkpoint's activation scales do not come from its calibration")
         }
+    }
+
+    /// Each excluded Linear is its source weight: same dtype and bytes (its shape was checked with the others).
+    func verifyExcludedLinears(model: SafeTensorsModel) throws -> Int {
+        let excluded = config.allLinears.filter(layout.isExcluded)
+        guard let source else { return excluded.count }
+        for linear in excluded {
+            let name = linear.weightName
+            let sourceInfo = try source.info(name)
+            let info = try model.info(name)
+            if info.dtype != sourceInfo.dtype {
+                throw CheckpointError(name, "is excluded from quantization and must keep the source dtype \(sourceInfo.dtype.rawValue), "
+                                      + "but is \(info.dtype.rawValue)")
+            }
+            let equal = try model.withBytes(name) { written in
+                try source.withBytes(name) { original in
+                    written.count == original.count && memcmp(written.baseAddress!, original.baseAddress!, written.count) == 0
+                }
+            }
+            if !equal { throw CheckpointError(name, "is excluded from quantization but differs from the source weight") }
+            try model.releasePages(name)
+            try source.releasePages(name)
+        }
+        return excluded.count
     }
 
     func verifyUnquantizedCopies(model: SafeTensorsModel) throws {
@@ -234,6 +269,7 @@ public struct CheckpointVerifier {
             guard ignore.contains("lm_head") else {
                 throw CheckpointError(configURL.path, "quantization_config.ignore must contain lm_head")
             }
+            try verifyExclusionList(ignore, fixed: ["lm_head"], field: "quantization_config.ignore", file: configURL.path)
             let group = (quantization["config_groups"] as? [String: Any])?["group_0"] as? [String: Any]
             let weights = group?["weights"] as? [String: Any]
             guard weights?["group_size"] as? Int == 16, weights?["num_bits"] as? Int == 4 else {
@@ -254,6 +290,8 @@ public struct CheckpointVerifier {
             guard ignore.contains("lm_head"), ignore.contains("model.embed_tokens") else {
                 throw CheckpointError(configURL.path, "quantization_config.ignore must contain lm_head and model.embed_tokens")
             }
+            try verifyExclusionList(ignore, fixed: ["lm_head", "model.embed_tokens"], field: "quantization_config.ignore",
+                                    file: configURL.path)
             let hfURL = directory.appendingPathComponent("hf_quant_config.json")
             guard let hf = try? JSONSerialization.jsonObject(with: Data(contentsOf: hfURL)) as? [String: Any],
                   let nested = hf["quantization"] as? [String: Any] else {
@@ -266,6 +304,24 @@ public struct CheckpointVerifier {
             guard nested["group_size"] as? Int == 16, excluded.contains("lm_head"), excluded.contains("model.embed_tokens") else {
                 throw CheckpointError(hfURL.path, "needs group_size 16 and exclude_modules with lm_head and model.embed_tokens")
             }
+            try verifyExclusionList(excluded, fixed: ["lm_head", "model.embed_tokens"], field: "quantization.exclude_modules",
+                                    file: hfURL.path)
+        }
+    }
+}
+
+extension CheckpointVerifier {
+    /// Besides its `fixed` entries, a loader's exclusion list names exactly the excluded Linears: a missing name
+    /// would make vLLM expect packed tensors that are not there, an extra one would leave a quantized Linear's
+    /// tensors unread.
+    func verifyExclusionList(_ list: [String], fixed: Set<String>, field: String, file: String) throws {
+        let listed = Set(list).subtracting(fixed)
+        let excluded = Set(layout.excluded.keys)
+        if let missing = config.allLinears.map(\.name).first(where: { excluded.contains($0) && !listed.contains($0) }) {
+            throw CheckpointError(file, "\(field) lacks \(missing), which is kept unquantized; vLLM would look for its packed weight")
+        }
+        if let extra = listed.subtracting(excluded).sorted().first {
+            throw CheckpointError(file, "\(field) lists \(extra), which is not an unquantized Linear of this checkpoint")
         }
     }
 }

@@ -1,8 +1,17 @@
 import JobModel
+import LlamaModel
+import SafeTensors
 
 extension JobSpec {
-    /// The tensors one quantized Linear becomes in this job's layout and scheme.
-    public var tensorLayout: LinearTensorLayout { LinearTensorLayout(layout: layout, scheme: scheme) }
+    /// The tensors each Linear of `config` becomes in this job's layout and scheme, with the `--exclude`d ones kept
+    /// in their `source` dtype. Throws when the patterns do not fit the model (``LinearExclusionError``).
+    public func tensorLayout(config: LlamaConfig, source: SafeTensorsModel) throws -> LinearTensorLayout {
+        var excluded: [String: SafeTensorsDType] = [:]
+        for name in try linearExclusion(config: config).moduleNames {
+            excluded[name] = try source.info(name + ".weight").dtype
+        }
+        return LinearTensorLayout(layout: layout, scheme: scheme, excluded: excluded)
+    }
 
     /// What `calibration.json` says about `plan`, computed on `deviceLabel` (its amax values are added as layers
     /// complete).

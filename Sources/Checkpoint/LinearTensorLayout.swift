@@ -17,14 +17,25 @@ public struct QuantizedLinear: Sendable {
     }
 }
 
-/// Names, dtypes, shapes and bytes of the tensors that represent one Linear in a layout (spec §6, §7).
+/// Names, dtypes, shapes and bytes of the tensors that represent one Linear in a layout (spec §6, §7). A Linear
+/// excluded from quantization (`--exclude`) is one tensor, `<module>.weight`, copied from the source in its dtype.
 public struct LinearTensorLayout: Sendable {
     public let layout: CheckpointLayout
     public let scheme: QuantizationScheme
+    /// Module name → dtype of its source weight, for each Linear kept unquantized.
+    public let excluded: [String: SafeTensorsDType]
 
-    public init(layout: CheckpointLayout, scheme: QuantizationScheme) {
+    public init(layout: CheckpointLayout, scheme: QuantizationScheme, excluded: [String: SafeTensorsDType] = [:]) {
         self.layout = layout
         self.scheme = scheme
+        self.excluded = excluded
+    }
+
+    public func isExcluded(_ spec: LinearSpec) -> Bool { excluded[spec.name] != nil }
+
+    /// Module names of the excluded Linears of `config`, in model order (as the config's ignore lists name them).
+    public func excludedModuleNames(config: LlamaConfig) -> [String] {
+        excluded.isEmpty ? [] : config.allLinears.filter(isExcluded).map(\.name)
     }
 
     public enum Role: CaseIterable, Sendable {
@@ -72,7 +83,8 @@ public struct LinearTensorLayout: Sendable {
 
     /// The planned tensors of one Linear, in the order they are written.
     public func plannedTensors(for spec: LinearSpec) -> [PlannedTensor] {
-        roles.map { PlannedTensor(name: tensorName($0, of: spec), dtype: dtype($0), shape: shape($0, of: spec)) }
+        if let dtype = excluded[spec.name] { return [PlannedTensor(name: spec.weightName, dtype: dtype, shape: spec.shape)] }
+        return roles.map { PlannedTensor(name: tensorName($0, of: spec), dtype: dtype($0), shape: shape($0, of: spec)) }
     }
 
     /// Global scales as stored: compressed-tensors stores reciprocals, `f32(1/S)`.

@@ -6,15 +6,26 @@ public struct QuantizationConfigWriter: Sendable {
     public let scheme: QuantizationScheme
     /// Omit `scale_dtype` and `zp_dtype`, for vLLM builds pinned to compressed-tensors ≤ 0.12 (spec §6).
     public let omitScaleDTypeKeys: Bool
+    /// Linear modules kept unquantized (`--exclude`), by exact name in model order. Both loaders expand a fused
+    /// module (qkv_proj, gate_up_proj) into its members' names and look each up, so every member is listed.
+    public let excludedModules: [String]
 
     public static let compressedTensorsVersion = "0.19.0"
     public static let modeloptVersion = "0.47.0"
 
-    public init(layout: CheckpointLayout, scheme: QuantizationScheme, omitScaleDTypeKeys: Bool = false) {
+    public init(layout: CheckpointLayout, scheme: QuantizationScheme, omitScaleDTypeKeys: Bool = false,
+                excludedModules: [String] = []) {
         self.layout = layout
         self.scheme = scheme
         self.omitScaleDTypeKeys = omitScaleDTypeKeys
+        self.excludedModules = excludedModules
     }
+
+    /// compressed-tensors' `ignore`: lm_head, then the excluded Linears.
+    public var compressedTensorsIgnore: [String] { ["lm_head"] + excludedModules }
+
+    /// modelopt's `ignore` and `exclude_modules` (the same list): lm_head and the embeddings, then the excluded Linears.
+    public var modeloptExcludeModules: [String] { ["lm_head", "model.embed_tokens"] + excludedModules }
 
     /// The `quantization_config` value as JSON text, indented to sit one level deep in config.json.
     public func quantizationConfigJSON(indent: String = "  ") -> String {
@@ -53,7 +64,7 @@ public struct QuantizationConfigWriter: Sendable {
             ])),
             ("format", .string("nvfp4-pack-quantized")),
             ("global_compression_ratio", .raw("null")),
-            ("ignore", .array([.string("lm_head")])),
+            ("ignore", .array(compressedTensorsIgnore.map(JSONText.string))),
             ("kv_cache_scheme", .raw("null")),
             ("quant_method", .string("compressed-tensors")),
             ("quantization_status", .string("compressed")),
@@ -74,7 +85,7 @@ public struct QuantizationConfigWriter: Sendable {
                     ("input_activations", args), ("weights", args), ("targets", .array([.string("Linear")])),
                 ])),
             ])),
-            ("ignore", .array([.string("lm_head"), .string("model.embed_tokens")])),
+            ("ignore", .array(modeloptExcludeModules.map(JSONText.string))),
             ("quant_algo", .string("NVFP4")),
             ("producer", .object([("name", .string("modelopt")), ("version", .string(Self.modeloptVersion))])),
             ("quant_method", .string("modelopt")),
@@ -90,7 +101,7 @@ public struct QuantizationConfigWriter: Sendable {
                 ("quant_algo", .string("NVFP4")),
                 ("kv_cache_quant_algo", .raw("null")),
                 ("group_size", .raw("16")),
-                ("exclude_modules", .array([.string("lm_head"), .string("model.embed_tokens")])),
+                ("exclude_modules", .array(modeloptExcludeModules.map(JSONText.string))),
             ])),
         ]).render(indentUnit: "    ", level: 0, baseIndent: "") + "\n"
     }

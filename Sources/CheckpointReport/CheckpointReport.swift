@@ -74,6 +74,7 @@ public struct CheckpointReport: Sendable {
             }
         }
         let errors = try table("weight_relative_error")
+        let kept = Set(root["kept_unquantized"] as? [String] ?? [])
         let weightAmax = try table("weight_amax")
         let activationAmax = try table("activation_amax", required: false)
         var linears = try errors.map { name, error in
@@ -85,7 +86,7 @@ public struct CheckpointReport: Sendable {
                 throw CheckpointReportError.malformed(path: calibrationURL.path, field: "weight_amax", reason: "has no entry for \(name)")
             }
             return LinearQuality(name: name, layer: layer, weightAmax: Float(amax), weightRelativeError: error,
-                                 activationAmax: activationAmax[name].map(Float.init))
+                                 activationAmax: activationAmax[name].map(Float.init), keptUnquantized: kept.contains(name))
         }.sorted { ($0.layer, $0.name) < ($1.layer, $1.name) }
         scheme = root["scheme"] as? String ?? "unknown"
         device = root["device"] as? String
@@ -176,12 +177,16 @@ extension CheckpointReport {
         }
         return "perplexity \(formatPerplexity(quality.originalPerplexity)) → \(formatPerplexity(quality.quantizedPerplexity)) "
             + (ratio.isFinite ? String(format: "(%.3g×)", ratio) : "(not finite)")
-            + " on \(quality.samples) held-out samples, \(quality.tokens) tokens; verdict \(verdict.rawValue); \(gate)"
+            + " on \(quality.samples) held-out samples, \(quality.tokens) tokens"
+            + (quality.excludedLinears.map { ", with \($0) Linears kept unquantized (--exclude)" } ?? "")
+            + "; verdict \(verdict.rawValue); \(gate)"
     }
 
     /// What `coordctl report` prints.
     public func text(worst count: Int = 10) -> String {
-        var lines = ["\(directory.path): \(scheme), \(linears.count) quantized Linears in \(layers.count) layers"
+        let keptCount = linears.filter(\.keptUnquantized).count
+        var lines = ["\(directory.path): \(scheme), \(linears.count - keptCount) quantized Linears"
+                     + (keptCount > 0 ? " and \(keptCount) kept unquantized (--exclude)" : "") + " in \(layers.count) layers"
                      + (samples.map { ", calibrated on \($0) samples" } ?? "") + (tokens.map { " (\($0) tokens)" } ?? "")
                      + (device.map { ", \($0)" } ?? ""),
                      "quality: \(qualitySentence)",
@@ -190,7 +195,7 @@ extension CheckpointReport {
                      "  RANK  " + padded("LINEAR", 44) + padded("ERROR", 10) + padded("OUTPUT ERROR", 14) + padded("WEIGHT AMAX", 13)
                         + "ACTIVATION AMAX"]
         for (rank, linear) in worst(count).enumerated() {
-            lines.append("  " + padded("\(rank + 1)", 6) + padded(linear.name, 44) + padded(percent(linear.weightRelativeError), 10)
+            lines.append("  " + padded("\(rank + 1)", 6) + padded(linear.name + (linear.keptUnquantized ? " (kept)" : ""), 44) + padded(percent(linear.weightRelativeError), 10)
                          + padded(linear.outputRelativeError.map(percent) ?? "-", 14)
                          + padded(amaxText(linear.weightAmax), 13) + amaxText(linear.activationAmax))
         }

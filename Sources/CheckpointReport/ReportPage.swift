@@ -37,7 +37,7 @@ extension CheckpointReport {
             svg text { font-size: 11px; fill: #1d2330; }
             </style></head><body>
             <h1>NVFP4 checkpoint report</h1>
-            <p><code>\(escape(directory.path))</code>: \(escape(scheme)), \(linears.count) quantized Linears in \(summaries.count) layers\(samples.map { ", calibrated on \($0) samples" } ?? "")\(device.map { " (\(escape($0)))" } ?? "").</p>
+            <p><code>\(escape(directory.path))</code>: \(escape(scheme)), \(linears.filter { !$0.keptUnquantized }.count) quantized Linears\(linears.contains(where: \.keptUnquantized) ? " and \(linears.filter(\.keptUnquantized).count) kept unquantized (--exclude)" : "") in \(summaries.count) layers\(samples.map { ", calibrated on \($0) samples" } ?? "")\(device.map { " (\(escape($0)))" } ?? "").</p>
             <p class="quality" id="quality">Quality: \(escape(qualitySentence))</p>
             <h2>Per layer</h2>
             \(errorChart)
@@ -58,7 +58,7 @@ extension CheckpointReport {
 
     private func row(_ linear: LinearQuality, withLayer: Bool = false) -> String {
         (withLayer ? "<td class=\"number\">\(linear.layer)</td>" : "")
-            + "<td>\(escape(linear.name))</td><td class=\"number\">\(percent(linear.weightRelativeError))</td>"
+            + "<td>\(escape(linear.name))\(linear.keptUnquantized ? " <em>(kept unquantized)</em>" : "")</td><td class=\"number\">\(percent(linear.weightRelativeError))</td>"
             + "<td class=\"number\">\(linear.outputRelativeError.map(percent) ?? "-")</td>"
             + "<td class=\"number\">\(amaxText(linear.weightAmax))</td><td class=\"number\">\(amaxText(linear.activationAmax))</td>"
     }

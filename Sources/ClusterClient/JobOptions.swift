@@ -68,6 +68,18 @@ public struct JobOptions: ParsableArguments {
     @Flag(name: .long, help: "Turn the quality gate off: the checkpoint is kept whatever its perplexity (the report is still printed).")
     var noQualityGate = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Keep the Linears whose module name matches PATTERN unquantized, in the source dtype (repeatable).",
+        discussion: """
+            fnmatch-style on module names (* also crosses dots, ?, [set]), e.g. 'model.layers.0.*' (every Linear \
+            of layer 0), '*.down_proj' (every down_proj), 'model.layers.1[0-5].mlp.*'. The checkpoint lists the \
+            excluded modules in compressed-tensors' ignore or modelopt's exclude_modules, so vLLM loads them as \
+            BF16. q/k/v and gate/up are fused by vLLM and must be excluded together; a pattern that takes part of \
+            such a group, or matches nothing, is refused.
+            """,
+        valueName: "PATTERN"))
+    var exclude: [String] = []
+
     public func validate() throws {
         // Sizes are checked here, so that a bad one is a usage error (exit 64) like every other.
         for (option, text) in [("--max-shard-size", maxShardSize), ("--activation-memory", activationMemory)] {
@@ -85,6 +97,19 @@ public struct JobOptions: ParsableArguments {
         if chunkTokens < 1 { throw ValidationError("--chunk-tokens must be at least 1 (got \(chunkTokens))") }
         if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1 (got \(minTokens))") }
         if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
+        try validateExclusion()
+    }
+
+    /// `--exclude` against the model's config, when it can be read here (a model that cannot is reported by the
+    /// job's own input checks, and coordd checks the patterns again on its side).
+    func validateExclusion() throws {
+        guard !exclude.isEmpty,
+              let config = try? ModelDirectory(URL(fileURLWithPath: model)).loadConfig() else { return }
+        do {
+            _ = try LinearExclusion(patterns: exclude, config: config)
+        } catch {
+            throw ValidationError("--exclude: \(error)")
+        }
     }
 
     /// The job these options describe. `configSHA256` is that of the model's config.json (the engine hashes it
@@ -104,7 +129,8 @@ public struct JobOptions: ParsableArguments {
                 activationMemoryBudget: try ShardPlanner.parseSize(activationMemory),
                 scratchDirectory: scratchDir.map { URL(fileURLWithPath: $0).path }, device: device.device),
             evaluationSamples: evalSamples, evaluationMaxTokens: JobSpec.defaultEvaluationMaxTokens,
-            maxPerplexityRatio: noQualityGate ? nil : maxPerplexityRatio, configSHA256: configSHA256)
+            maxPerplexityRatio: noQualityGate ? nil : maxPerplexityRatio, configSHA256: configSHA256,
+            excludePatterns: exclude)
     }
 
     /// The job of a cluster: absolute paths (they are read on other machines) and the model's config hash, which

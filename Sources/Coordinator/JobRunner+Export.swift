@@ -133,7 +133,8 @@ extension JobRunner {
         let verdict: JobQuality.Gate = gate == nil ? .off : failure == nil ? .passed : .failed
         let quality = JobQuality(
             samples: report.samples, tokens: report.tokens, originalPerplexity: report.originalPerplexity,
-            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict)
+            quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict,
+            excludedLinears: report.excludedLinears)
         try store.recordQuality(jobID: jobID, quality: quality)
         let names = Set(config?.allLinears.map(\.name) ?? [])
         for (name, error) in report.linearOutputRelativeError {

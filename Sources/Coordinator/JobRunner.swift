@@ -147,6 +147,11 @@ actor JobRunner {
         }
         // What `quantize` checks before any work, at submit rather than after calibration.
         do {
+            _ = try spec.linearExclusion(config: config)
+        } catch {
+            throw CoordinatorError.invalidSubmission(field: "--exclude", reason: error.description)
+        }
+        do {
             try CheckpointAssembler.checkOutput(spec: spec, config: config, source: source)
         } catch {
             throw CoordinatorError.invalidSubmission(field: "--output", reason: "\(error)")

@@ -1,8 +1,10 @@
 import LlamaModel
 import NVFP4
+import SafeTensors
 
 /// The original model's tensors, except that every Linear's `.weight` is the checkpoint's dequantized NVFP4
-/// weight (f32), computed when the backend reads it. Nothing is cached, so beyond the backend's own copy of a
+/// weight (f32), computed when the backend reads it, or for a Linear the checkpoint keeps unquantized its stored
+/// weight as it is. Nothing is cached, so beyond the backend's own copy of a
 /// layer only the one Linear being read is held; embeddings, norms and `lm_head` come from `base`.
 public struct DequantizedWeightSource<Base: WeightSource>: WeightSource {
     public let base: Base
@@ -17,6 +19,9 @@ public struct DequantizedWeightSource<Base: WeightSource>: WeightSource {
 
     public func describeTensor(_ name: String) -> WeightTensorDescription? {
         if let linear = linearsByWeightName[name] {
+            if let dtype = checkpoint.unquantizedWeightDType(linear) {
+                return WeightTensorDescription(dtype: dtype.rawValue, shape: linear.shape)
+            }
             return WeightTensorDescription(dtype: WeightElementType.f32.rawValue, shape: linear.shape)
         }
         return base.describeTensor(name)
@@ -24,6 +29,7 @@ public struct DequantizedWeightSource<Base: WeightSource>: WeightSource {
 
     public func withTensorBytes<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         guard let linear = linearsByWeightName[name] else { return try base.withTensorBytes(name, body) }
+        if checkpoint.isExcluded(linear) { return try checkpoint.withUnquantizedWeight(linear) { try body($1) } }
         let values = try checkpoint.dequantizedWeight(linear)
         return try values.withUnsafeBytes(body)
     }

@@ -47,6 +47,13 @@ public final class LinearOutputErrorProbe: LinearInputTransform, @unchecked Send
             inputScales?.transform($0, rows: rows, columns: columns, layer: layer, group: group)
         }
         for linear in fresh {
+            // A Linear kept unquantized (`--exclude`) computes exactly what the original does.
+            if checkpoint.isExcluded(linear) {
+                lock.lock()
+                sums[linear.name] = (0, 0)
+                lock.unlock()
+                continue
+            }
             do {
                 let weight = try original.floats(linear.weightName, expectedShape: [linear.outFeatures, linear.inFeatures])
                 let dequantized = try checkpoint.dequantizedWeight(linear)

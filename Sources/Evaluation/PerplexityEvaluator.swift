@@ -57,7 +57,7 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
         var report = QualityReport(
             samples: samples.count, tokens: samples.reduce(0) { $0 + $1.count }, predictedTokens: results[0].count,
             originalPerplexity: results[0].perplexity, quantizedPerplexity: results[1].perplexity,
-            scheme: checkpoint.scheme, layout: checkpoint.layout)
+            scheme: checkpoint.scheme, layout: checkpoint.layout, excludedLinears: checkpoint.excludedModules.count)
         report.linearOutputRelativeError = try probe.relativeErrors()
         logger.info("evaluation done", metadata: [
             "original_ppl": "\(report.originalPerplexity)", "quantized_ppl": "\(report.quantizedPerplexity)",

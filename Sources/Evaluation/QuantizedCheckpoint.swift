@@ -8,7 +8,9 @@ import SafeTensors
 ///
 /// Opening checks, before any arithmetic: `config.json` declares an NVFP4 `quantization_config`, its model
 /// dimensions equal the original model's, and every Linear has its packed weight, block scales and global
-/// scale (and, for W4A4, its input scale) with the dtypes and shapes the original config implies.
+/// scale (and, for W4A4, its input scale) with the dtypes and shapes the original config implies. A Linear that the
+/// config's ignore list (compressed-tensors) or exclude_modules (modelopt) names is unquantized instead: its
+/// `<module>.weight` is read as stored and its input is not fake-quantized, as vLLM serves it.
 // @unchecked: immutable after init; it holds SafeTensorsModel maps (raw pointers) that are only read.
 public final class QuantizedCheckpoint: @unchecked Sendable {
     public let directory: URL
@@ -19,6 +21,8 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
     public let config: LlamaConfig
     let model: SafeTensorsModel
     let tensorLayout: LinearTensorLayout
+    /// Module names of the Linears kept unquantized, in model order.
+    public let excludedModules: [String]
 
     /// Opens `directory` and checks it against `originalConfig`.
     public init(directory: URL, originalConfig: LlamaConfig) throws {
@@ -39,11 +43,54 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
         }
         (layout, scheme) = try Self.detectQuantization(root, path: configPath)
         try Self.checkDimensions(root, path: configPath, against: originalConfig)
-        tensorLayout = LinearTensorLayout(layout: layout, scheme: scheme)
         model = try SafeTensorsModel(directory: directory.path)
-        for linear in originalConfig.allLinears {
+        let listed = Self.exclusionList(root, layout: layout)
+        var excluded: [String: SafeTensorsDType] = [:]
+        for linear in originalConfig.allLinears where listed.contains(linear.name) {
+            excluded[linear.name] = try Self.checkUnquantizedWeight(linear, in: model, directory: directory)
+        }
+        tensorLayout = LinearTensorLayout(layout: layout, scheme: scheme, excluded: excluded)
+        excludedModules = tensorLayout.excludedModuleNames(config: originalConfig)
+        for linear in originalConfig.allLinears where !tensorLayout.isExcluded(linear) {
             for role in tensorLayout.roles { try checkTensor(role, of: linear) }
         }
+    }
+
+    /// The module names the loader keeps unquantized: `ignore` (compressed-tensors; also modelopt's copy in
+    /// config.json, which vLLM prefers), else modelopt's `exclude_modules`. Exact names: what this project writes.
+    static func exclusionList(_ root: [String: Any], layout: CheckpointLayout) -> Set<String> {
+        let quantization = root["quantization_config"] as? [String: Any] ?? [:]
+        let list = quantization["ignore"] as? [String] ?? quantization["exclude_modules"] as? [String] ?? []
+        return Set(list)
+    }
+
+    /// An excluded Linear's stored weight: a float tensor of the original shape. Returns its dtype.
+    static func checkUnquantizedWeight(_ linear: LinearSpec, in model: SafeTensorsModel,
+                                       directory: URL) throws -> SafeTensorsDType {
+        let name = linear.weightName
+        guard model.contains(name) else {
+            throw EvaluationError("\(directory.path): \(name)", "missing; the config lists \(linear.name) as unquantized")
+        }
+        let info = try model.info(name)
+        guard WeightElementType(rawValue: info.dtype.rawValue) != nil else {
+            throw EvaluationError("\(directory.path): \(name)", "has dtype \(info.dtype.rawValue); an unquantized Linear must be BF16, F16 or F32")
+        }
+        guard info.shape == linear.shape else {
+            throw EvaluationError("\(directory.path): \(name)", "has shape \(info.shape), but the original model implies \(linear.shape)")
+        }
+        return info.dtype
+    }
+
+    public func isExcluded(_ linear: LinearSpec) -> Bool { tensorLayout.isExcluded(linear) }
+
+    /// The stored dtype of an excluded Linear's weight; nil for a quantized Linear.
+    public func unquantizedWeightDType(_ linear: LinearSpec) -> SafeTensorsDType? { tensorLayout.excluded[linear.name] }
+
+    /// The stored weight of an excluded Linear, its dtype and bytes as written.
+    public func withUnquantizedWeight<R>(_ linear: LinearSpec,
+                                         _ body: (SafeTensorsDType, UnsafeRawBufferPointer) throws -> R) throws -> R {
+        let info = try model.info(linear.weightName)
+        return try model.withBytes(linear.weightName) { try body(info.dtype, $0) }
     }
 
     /// Reads `quantization_config`: `quant_method` picks the layout; compressed-tensors declares weight-only
@@ -196,13 +243,15 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
 
     /// One `Sx` per fused group of `layer`, as vLLM reduces the members' scales when it fuses them
     /// (spec §5: modelopt takes the largest `Sx`, compressed-tensors the largest stored `1/Sx`); the
-    /// members are equal in checkpoints this project writes. Empty for a weight-only checkpoint.
+    /// members are equal in checkpoints this project writes. Empty for a weight-only checkpoint; an excluded
+    /// group (unquantized, whole) has none, so its input is not fake-quantized.
     public func inputScales(layer: Int) throws -> [FusedGroup: InputScale] {
         guard scheme.quantizesActivations else { return [:] }
-        let linears = config.linears(layer: layer)
+        let linears = config.linears(layer: layer).filter { !tensorLayout.isExcluded($0) }
         var scales: [FusedGroup: InputScale] = [:]
         for group in FusedGroup.allCases {
             let members = linears.filter { $0.kind.group == group }
+            guard !members.isEmpty else { continue }
             let largestStored = try members.map { try scalar(.inputScale, of: $0) }.max()!
             scales[group] = tensorLayout.inputScale(stored: largestStored)
         }

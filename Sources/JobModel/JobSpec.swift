@@ -54,13 +54,24 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public var maxPerplexityRatio: Double?
     /// SHA-256 (lower-case hex) of `<modelPath>/config.json` when the job was made.
     public var configSHA256: String
+    /// `--exclude` patterns as given, nil when there are none: optional so that a job without them encodes (and
+    /// fingerprints) exactly as before the option existed, and older records decode as having none.
+    private var exclude: [String]?
+
+    /// fnmatch-style patterns on Linear module names (`--exclude`, repeatable): the Linears they match stay in their
+    /// source dtype, unquantized, and are listed in the checkpoint's ignore / exclude_modules. Empty for none.
+    public var excludePatterns: [String] {
+        get { exclude ?? [] }
+        set { exclude = newValue.isEmpty ? nil : newValue }
+    }
 
     /// Most tokens of one held-out sample in the quality report.
     public static let defaultEvaluationMaxTokens = 1200
 
     public init(jobID: String, modelPath: String, outputPath: String, scheme: QuantizationScheme, layout: CheckpointLayout,
                 maxShardSize: Int, omitScaleDTypeKeys: Bool, force: Bool, calibration: Calibration,
-                evaluationSamples: Int, evaluationMaxTokens: Int, maxPerplexityRatio: Double?, configSHA256: String) {
+                evaluationSamples: Int, evaluationMaxTokens: Int, maxPerplexityRatio: Double?, configSHA256: String,
+                excludePatterns: [String] = []) {
         self.jobID = jobID
         self.modelPath = modelPath
         self.outputPath = outputPath
@@ -74,6 +85,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         self.evaluationMaxTokens = evaluationMaxTokens
         self.maxPerplexityRatio = maxPerplexityRatio
         self.configSHA256 = configSHA256
+        self.excludePatterns = excludePatterns
     }
 
     public var modelDirectory: URL { URL(fileURLWithPath: modelPath) }

@@ -345,15 +345,18 @@ public struct JobQuality: Codable, Sendable, Equatable {
     /// The gate's limit on quantized / original perplexity; nil when it was off.
     public var maxPerplexityRatio: Double?
     public var gate: Gate
+    /// Linears kept unquantized (`--exclude`); nil when there are none.
+    public var excludedLinears: Int?
 
     public init(samples: Int, tokens: Int, originalPerplexity: Double, quantizedPerplexity: Double,
-                maxPerplexityRatio: Double?, gate: Gate) {
+                maxPerplexityRatio: Double?, gate: Gate, excludedLinears: Int? = nil) {
         self.samples = samples
         self.tokens = tokens
         self.originalPerplexity = originalPerplexity
         self.quantizedPerplexity = quantizedPerplexity
         self.maxPerplexityRatio = maxPerplexityRatio
         self.gate = gate
+        self.excludedLinears = excludedLinears
     }
 
     /// quantized / original.
@@ -365,6 +368,7 @@ public struct JobQuality: Codable, Sendable, Equatable {
         case quantizedPerplexity = "quantized_perplexity"
         case perplexityRatio = "perplexity_ratio"
         case maxPerplexityRatio = "max_perplexity_ratio"
+        case excludedLinears = "excluded_linears"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -376,6 +380,7 @@ public struct JobQuality: Codable, Sendable, Equatable {
         try Self.encode(quantizedPerplexity, forKey: .quantizedPerplexity, in: &container)
         try Self.encode(perplexityRatio, forKey: .perplexityRatio, in: &container)
         try container.encode(maxPerplexityRatio, forKey: .maxPerplexityRatio)
+        try container.encodeIfPresent(excludedLinears, forKey: .excludedLinears)
     }
 
     public init(from decoder: Decoder) throws {
@@ -386,6 +391,7 @@ public struct JobQuality: Codable, Sendable, Equatable {
         originalPerplexity = try Self.decode(.originalPerplexity, in: container)
         quantizedPerplexity = try Self.decode(.quantizedPerplexity, in: container)
         maxPerplexityRatio = try container.decodeIfPresent(Double.self, forKey: .maxPerplexityRatio)
+        excludedLinears = try container.decodeIfPresent(Int.self, forKey: .excludedLinears)
     }
 
     // JSON has no Inf or NaN: such values travel as their Swift spelling.

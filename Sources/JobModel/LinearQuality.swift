@@ -6,6 +6,7 @@
 /// - `activationAmax`: the calibrated max |x| of its input (W4A4; shared within a fused group).
 /// - `outputRelativeError`: ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the quality report's first batch of held-out inputs of the
 ///   original model (X̃: the input as the NVFP4 GEMM sees it); nil without a quality report.
+/// - `keptUnquantized`: `--exclude` kept it in its source dtype (both errors are then 0).
 public struct LinearQuality: Codable, Sendable, Equatable {
     /// The module name, e.g. `model.layers.0.self_attn.q_proj`.
     public var name: String
@@ -14,15 +15,17 @@ public struct LinearQuality: Codable, Sendable, Equatable {
     public var weightRelativeError: Double
     public var activationAmax: Float?
     public var outputRelativeError: Double?
+    public var keptUnquantized: Bool
 
     public init(name: String, layer: Int, weightAmax: Float, weightRelativeError: Double, activationAmax: Float? = nil,
-                outputRelativeError: Double? = nil) {
+                outputRelativeError: Double? = nil, keptUnquantized: Bool = false) {
         self.name = name
         self.layer = layer
         self.weightAmax = weightAmax
         self.weightRelativeError = weightRelativeError
         self.activationAmax = activationAmax
         self.outputRelativeError = outputRelativeError
+        self.keptUnquantized = keptUnquantized
     }
 
     enum CodingKeys: String, CodingKey {
@@ -31,6 +34,18 @@ public struct LinearQuality: Codable, Sendable, Equatable {
         case weightRelativeError = "weight_relative_error"
         case activationAmax = "activation_amax"
         case outputRelativeError = "output_relative_error"
+        case keptUnquantized = "kept_unquantized"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(String.self, forKey: .name)
+        layer = try container.decode(Int.self, forKey: .layer)
+        weightAmax = try container.decode(Float.self, forKey: .weightAmax)
+        weightRelativeError = try container.decode(Double.self, forKey: .weightRelativeError)
+        activationAmax = try container.decodeIfPresent(Float.self, forKey: .activationAmax)
+        outputRelativeError = try container.decodeIfPresent(Double.self, forKey: .outputRelativeError)
+        keptUnquantized = try container.decodeIfPresent(Bool.self, forKey: .keptUnquantized) ?? false
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -41,5 +56,6 @@ public struct LinearQuality: Codable, Sendable, Equatable {
         try container.encode(weightRelativeError, forKey: .weightRelativeError)
         try container.encode(activationAmax, forKey: .activationAmax)
         try container.encode(outputRelativeError, forKey: .outputRelativeError)
+        try container.encode(keptUnquantized, forKey: .keptUnquantized)
     }
 }

@@ -56,9 +56,12 @@ public struct QualityReport: Codable, Sendable, Equatable, CustomStringConvertib
     /// Module name → ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the first batch of held-out inputs of the original model (X̃: the
     /// input as the NVFP4 GEMM sees it); see `LinearOutputErrorProbe`.
     public var linearOutputRelativeError: [String: Double] = [:]
+    /// Linears the checkpoint keeps unquantized (`--exclude`), evaluated with their BF16 weights and unquantized
+    /// inputs; nil when there are none (so older reports and reports without exclusions read alike).
+    public var excludedLinears: Int?
 
     public init(samples: Int, tokens: Int, predictedTokens: Int, originalPerplexity: Double, quantizedPerplexity: Double,
-                scheme: QuantizationScheme, layout: CheckpointLayout) {
+                scheme: QuantizationScheme, layout: CheckpointLayout, excludedLinears: Int = 0) {
         self.samples = samples
         self.tokens = tokens
         self.predictedTokens = predictedTokens
@@ -68,6 +71,7 @@ public struct QualityReport: Codable, Sendable, Equatable, CustomStringConvertib
         self.scheme = scheme
         self.layout = layout
         self.verdict = QualityVerdict(relativeIncrease: relativeIncrease)
+        self.excludedLinears = excludedLinears > 0 ? excludedLinears : nil
     }
 
     var schemeDescription: String {
@@ -83,6 +87,7 @@ public struct QualityReport: Codable, Sendable, Equatable, CustomStringConvertib
         return "\(schemeDescription), \(layout.rawValue) layout: perplexity "
             + String(format: "%.2f", originalPerplexity) + " → " + String(format: "%.2f", quantizedPerplexity)
             + " (\(percent)) on \(samples) sample\(samples == 1 ? "" : "s"), \(tokens) tokens."
+            + (excludedLinears.map { " \($0) Linear\($0 == 1 ? "" : "s") kept unquantized (--exclude)." } ?? "")
     }
 
     /// The verdict with its (heuristic) thresholds.

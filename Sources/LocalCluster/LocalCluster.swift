@@ -94,7 +94,7 @@ public enum LocalCluster {
 
         var summary = QuantizeSummary(outputDirectory: options.outputDirectory)
         summary.layers = inputs.config.numHiddenLayers
-        summary.quantizedLinears = inputs.config.allLinears.count
+        summary.quantizedLinears = inputs.config.allLinears.count - (try spec.linearExclusion(config: inputs.config)).count
         summary.sourceBytes = try inputs.source.tensorNames.reduce(0) { $0 + (try inputs.source.info($1).byteCount) }
         summary.outputBytes = Int(status.outputBytes ?? 0)
         summary.shards = try FileManager.default.contentsOfDirectory(atPath: options.outputDirectory.path)
@@ -106,7 +106,8 @@ public enum LocalCluster {
                                             predictedTokens: quality.tokens - quality.samples,
                                             originalPerplexity: quality.originalPerplexity,
                                             quantizedPerplexity: quality.quantizedPerplexity,
-                                            scheme: spec.scheme, layout: spec.layout)
+                                            scheme: spec.scheme, layout: spec.layout,
+                                            excludedLinears: quality.excludedLinears ?? 0)
             summary.maxPerplexityRatio = quality.maxPerplexityRatio
         }
         return summary

@@ -24,7 +24,8 @@ extension JobSpec {
                 scratchDirectory: calibration.scratchDirectory?.path, device: calibration.device),
             evaluationSamples: options.evaluationSamples, evaluationMaxTokens: options.evaluationMaxTokens,
             maxPerplexityRatio: options.maxPerplexityRatio,
-            configSHA256: try ModelCheck.configSHA256(modelDirectory: options.modelDirectory))
+            configSHA256: try ModelCheck.configSHA256(modelDirectory: options.modelDirectory),
+            excludePatterns: options.excludePatterns)
     }
 
     /// The options that `coordctl quantize` would run this job with.
@@ -46,6 +47,7 @@ extension JobSpec {
         options.evaluationSamples = evaluationSamples
         options.evaluationMaxTokens = evaluationMaxTokens
         options.maxPerplexityRatio = maxPerplexityRatio
+        options.excludePatterns = excludePatterns
         return options
     }
 

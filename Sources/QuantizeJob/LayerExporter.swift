@@ -7,7 +7,8 @@ import SafeTensors
 
 /// Quantizes one decoder layer into exactly the tensors `coordctl quantize` writes for it: the two norms verbatim,
 /// then each Linear in the job's layout (q/k/v and gate/up sharing one global weight scale; input scales from the
-/// calibrated activation amax for W4A4). Names use global layer indices, so the output needs no renaming.
+/// calibrated activation amax for W4A4; `--exclude`d Linears as their source weight, unchanged, with no scale).
+/// Names use global layer indices, so the output needs no renaming.
 /// Stateless between calls: layers may be exported in any order and on another thread than calibration.
 /// Seconds one layer's export spent per step, for the logs (export speed decides a GPU job's wall time).
 public struct ExportTimings: Sendable, Equatable {
@@ -38,12 +39,13 @@ public final class LayerExporter: Sendable {
     /// - Parameter weightAmax: `max |W|` per Linear weight name when already known (the one-machine job scans
     ///   every weight first); missing ones are computed from `source` (rejecting NaN, Inf and all-zero weights).
     /// - Parameter bf16Quantizer: quantizes BF16 weights instead of the CPU quantizer (e.g. on the GPU).
+    /// Throws when the job's `--exclude` patterns do not fit the model.
     public init(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel, weightAmax: [String: Float] = [:],
-                bf16Quantizer: BF16WeightQuantizer? = nil) {
+                bf16Quantizer: BF16WeightQuantizer? = nil) throws {
         self.spec = spec
         self.config = config
         self.source = source
-        self.layout = spec.tensorLayout
+        self.layout = try spec.tensorLayout(config: config, source: source)
         self.weightAmax = weightAmax
         self.bf16Quantizer = bf16Quantizer
     }
@@ -75,13 +77,24 @@ public final class LayerExporter: Sendable {
             tensors.append(ExportedTensor(name: norm.name, dtype: info.dtype, shape: info.shape, data: try source.data(norm.name)))
             try source.releasePages(norm.name)
         }
-        let linears = config.linears(layer: layer)
+        let linears = config.linears(layer: layer).filter { !layout.isExcluded($0) }
+        // Fused groups are excluded whole, so the shared scales below never mix kept and quantized members.
+        for linear in config.linears(layer: layer) where layout.isExcluded(linear) {
+            quality.append(LinearQuality(name: linear.name, layer: layer, weightAmax: try amax(of: linear), weightRelativeError: 0,
+                                         activationAmax: spec.scheme.quantizesActivations ? activationAmax?[linear.kind.group]?.value : nil,
+                                         keptUnquantized: true))
+            let info = try source.info(linear.weightName)
+            tensors.append(ExportedTensor(name: linear.weightName, dtype: info.dtype, shape: info.shape,
+                                          data: try source.data(linear.weightName), sha256: ""))
+            try source.releasePages(linear.weightName)
+        }
         var sharedScale: [FusedGroup: Float] = [:]
         var started = ContinuousClock.now
         // One core reads a few GB/s; the Linears of a 70B layer are 1.7 GB.
         let memberWeightAmax = try concurrentMap(linears) { try self.amax(of: $0) }
         for group in FusedGroup.allCases {
             let members = linears.indices.filter { linears[$0].kind.group == group }
+            guard !members.isEmpty else { continue }
             sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { memberWeightAmax[$0] })
         }
         timings.weightAmax += secondsSince(started)

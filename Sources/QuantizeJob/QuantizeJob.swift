@@ -60,6 +60,8 @@ public struct QuantizeOptions: Sendable {
     /// The quality gate: the job fails when the quantized perplexity exceeds this multiple of the original's (or is
     /// not finite). nil turns it off.
     public var maxPerplexityRatio: Double? = QualityGate.defaultMaxPerplexityRatio
+    /// `--exclude` patterns: matching Linears stay unquantized (see ``LinearExclusion``).
+    public var excludePatterns: [String] = []
 
     public init(modelDirectory: URL, outputDirectory: URL) {
         self.modelDirectory = modelDirectory
@@ -167,6 +169,7 @@ public final class QuantizeJob {
         let config = try model.loadConfig()
         let source = try SafeTensorsModel(directory: options.modelDirectory.path)
         try validateWeights(config: config, model: source)
+        _ = try LinearExclusion(patterns: options.excludePatterns, config: config)
         // The output must not already exist (unless --force) before we spend time reading weights.
         _ = try OutputDirectory(final: options.outputDirectory, jobID: options.jobID, force: options.force)
 

@@ -59,7 +59,7 @@ final class RangeCompute: @unchecked Sendable {
         if let boundary, let digest = assignment.fingerprint {
             try boundary.bind(toFingerprint: digest)
         }
-        exporter = LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
+        exporter = try LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
         let holdsEveryLayer = assignment.embeddings && assignment.successor == nil
         let residentBytes = LayerRangeRunner<CPUBackend>.residentWeightBytes(config: config, range: assignment.range)
         streams = spec.scheme.quantizesActivations && !holdsEveryLayer && residentBytes > memoryBudget

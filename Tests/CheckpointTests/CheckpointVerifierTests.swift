@@ -60,15 +60,15 @@ import Testing
                 let sx = try float32(reference, linear.name + ".input_scale")
                 amax[linear.layer, default: [:]][linear.kind.group] = ActivationAmax(sx)  // a scale, not an amax
             }
-            let verifier = CheckpointVerifier(config: config, layout: checkpoint.linearLayout,
+            let verifier = CheckpointVerifier(config: config, layout: try checkpoint.linearLayout,
                                               source: try Fixtures.tinySource(), activationAmax: amax)
             let error = expectCheckpointError { _ = try verifier.verify(directory: directory) }
-            let first = checkpoint.linearLayout.tensorName(.inputScale, of: config.linears(layer: 0)[0])
+            let first = try checkpoint.linearLayout.tensorName(.inputScale, of: config.linears(layer: 0)[0])
             #expect(error?.subject == first)
             #expect(error?.message.contains("do not come from its calibration") == true, "\(String(describing: error))")
 
             amax[1]?[.down] = nil
-            let missing = CheckpointVerifier(config: config, layout: checkpoint.linearLayout, source: nil,
+            let missing = CheckpointVerifier(config: config, layout: try checkpoint.linearLayout, source: nil,
                                              activationAmax: [1: amax[1]!])
             let missingError = expectCheckpointError { _ = try missing.verify(directory: directory) }
             #expect(missingError?.message.contains("no calibrated activation amax") == true)
@@ -120,7 +120,7 @@ import Testing
     @Test(arguments: [CheckpointLayout.compressedTensors, .modelopt])
     func scalarStoredAs1x1(layout: CheckpointLayout) throws {
         let checkpoint = ReferenceCheckpoint(layout: layout, scheme: .nvfp4)
-        let name = checkpoint.linearLayout.tensorName(.inputScale, of: try #require(
+        let name = try checkpoint.linearLayout.tensorName(.inputScale, of: try #require(
             try Fixtures.tinyConfig().linears(layer: 1).first { $0.kind == .o }))
         let error = try verifyCorrupted(checkpoint) { directory in
             try editTensor(name, in: directory) { $0.shape = [1, 1] }

@@ -87,8 +87,20 @@ struct ReferenceCheckpoint: Sendable {
     let layout: CheckpointLayout
     let scheme: QuantizationScheme
     var maxShardSize = Int.max
+    /// `--exclude` patterns: the Linears they match are written as their source weight.
+    var excludePatterns: [String] = []
 
-    var linearLayout: LinearTensorLayout { LinearTensorLayout(layout: layout, scheme: scheme) }
+    var linearLayout: LinearTensorLayout {
+        get throws {
+            let config = try Fixtures.tinyConfig()
+            let source = try Fixtures.tinySource()
+            var excluded: [String: SafeTensorsDType] = [:]
+            for name in try LinearExclusion(patterns: excludePatterns, config: config).moduleNames {
+                excluded[name] = try source.info(name + ".weight").dtype
+            }
+            return LinearTensorLayout(layout: layout, scheme: scheme, excluded: excluded)
+        }
+    }
 
     @discardableResult
     func write(to directory: URL) throws -> ShardPlan {
@@ -97,6 +109,7 @@ struct ReferenceCheckpoint: Sendable {
         let reference = try Fixtures.modeloptReference()
         var sourceDTypes: [String: SafeTensorsDType] = [:]
         for tensor in config.nonQuantizedTensors { sourceDTypes[tensor.name] = try source.info(tensor.name).dtype }
+        let linearLayout = try linearLayout
         let groups = checkpointTensorGroups(config: config, layout: linearLayout, sourceDTypes: sourceDTypes)
         let plan = ShardPlanner.plan(groups: groups, maxShardSize: maxShardSize)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -107,6 +120,10 @@ struct ReferenceCheckpoint: Sendable {
         for layer in 0..<config.numHiddenLayers {
             for norm in config.layerNorms(layer: layer) { try copy(norm.name) }
             for linear in config.linears(layer: layer) {
+                if linearLayout.isExcluded(linear) {
+                    try copy(linear.weightName)
+                    continue
+                }
                 let weight = NVFP4Weight(
                     rows: linear.outFeatures, cols: linear.inFeatures,
                     packed: [UInt8](try reference.data(linear.name + ".weight")),
@@ -124,12 +141,14 @@ struct ReferenceCheckpoint: Sendable {
         if !config.tieWordEmbeddings { try copy(LlamaConfig.lmHeadName) }
         try writer.finish()
         _ = try writeModelFiles(sourceDirectory: Fixtures.tinyLlama, outputDirectory: directory,
-                                configWriter: QuantizationConfigWriter(layout: layout, scheme: scheme))
+                                configWriter: QuantizationConfigWriter(
+                                    layout: layout, scheme: scheme,
+                                    excludedModules: linearLayout.excludedModuleNames(config: config)))
         return plan
     }
 
     func verifier() throws -> CheckpointVerifier {
-        CheckpointVerifier(config: try Fixtures.tinyConfig(), layout: linearLayout, source: try Fixtures.tinySource())
+        CheckpointVerifier(config: try Fixtures.tinyConfig(), layout: try linearLayout, source: try Fixtures.tinySource())
     }
 }
 

@@ -218,7 +218,7 @@ func expectIdenticalDirectories(_ left: URL, _ right: URL, sourceLocation: Sourc
         let spec = try JobSpec(options: options)
         let config = try Fixtures.tinyConfig()
         let source = try SafeTensorsModel(directory: Fixtures.tinyLlama.path)
-        let exporter = LayerExporter(spec: spec, config: config, source: source)
+        let exporter = try LayerExporter(spec: spec, config: config, source: source)
         let layers = try (0..<2).map { try exporter.export(layer: $0, activationAmax: Self.amax) }
         let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: quietLogger())
         try assembler.writeEmbeddings()

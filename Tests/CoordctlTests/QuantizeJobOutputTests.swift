@@ -292,7 +292,7 @@ import W4A4Probes
     func w4a4Exporter(layout: CheckpointLayout) throws -> LayerExporter {
         let options = jobOptions(model: Fixtures.tinyLlama, output: URL(fileURLWithPath: "/nonexistent/OUT"), scheme: .nvfp4,
                                  layout: layout)
-        return LayerExporter(spec: try JobSpec(options: options), config: try Fixtures.tinyConfig(),
+        return try LayerExporter(spec: try JobSpec(options: options), config: try Fixtures.tinyConfig(),
                              source: try SafeTensorsModel(directory: Fixtures.tinyLlama.path))
     }
 }

@@ -6,12 +6,12 @@ import Testing
 /// modelopt's checkpoint give, and a self-contained page that headless Chromium renders with the numbers in its DOM.
 @Suite(.serialized) struct ReportTests {
     /// Quantizes the tiny model with a quality report, runs `coordctl report` on it and hands both to `body`.
-    func withReport(evalSamples: Int = 2, _ body: (URL, Coordctl.Result) throws -> Void) throws {
+    func withReport(evalSamples: Int = 2, extra: [String] = [], _ body: (URL, Coordctl.Result) throws -> Void) throws {
         try withTemporaryDirectory("report") { parent throws in
             let output = parent.appendingPathComponent("OUT")
             let quantized = try Coordctl.run(["quantize", "--model", Fixtures.tinyLlama.path, "--output", output.path,
                                               "--calib", Fixtures.directory.appendingPathComponent("tiny-llama-calib.jsonl").path,
-                                              "--min-tokens", "1", "--eval-samples", "\(evalSamples)"], in: parent)
+                                              "--min-tokens", "1", "--eval-samples", "\(evalSamples)"] + extra, in: parent)
             try #require(quantized.status == 0, "stderr: \(quantized.stderr)")
             let report = try Coordctl.run(["report", output.path], in: parent)
             try #require(report.status == 0, "stderr: \(report.stderr)")
@@ -55,6 +55,25 @@ import Testing
                 #expect(line.contains(String(format: "%.3f%%", figures["weight_relative_error"]! * 100)), "\(line)")
             }
             #expect(report.stdout.contains("no quality report was recorded"))
+        }
+    }
+
+    /// Linears kept in BF16 (`--exclude`) show as kept, with no error of their own, and the quality report counts them.
+    @Test func keptLinearsShowAsKeptWithTheirEffectInTheQualityReport() throws {
+        try withReport(extra: ["--exclude", "*.down_proj"]) { output, report in
+            #expect(report.stdout.contains("12 quantized Linears and 2 kept unquantized (--exclude) in 2 layers"), "\(report.stdout)")
+            #expect(report.stdout.contains("with 2 Linears kept unquantized (--exclude)"), "\(report.stdout)")
+            let calibration = try jsonObject(output.appendingPathComponent("calibration.json"))
+            let kept = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+            #expect(calibration["kept_unquantized"] as? [String] == kept)
+            let errors = try #require(calibration["weight_relative_error"] as? [String: Double])
+            #expect(kept.allSatisfy { errors[$0] == 0 } && errors.count == 14)
+            let quality = try jsonObject(output.appendingPathComponent("quality.json"))
+            #expect(quality["excluded_linears"] as? Int == 2)
+            let outputErrors = try #require(quality["linear_output_relative_error"] as? [String: Double])
+            #expect(kept.allSatisfy { outputErrors[$0] == 0 } && outputErrors.filter { $0.value > 0.01 }.count == 12, "\(outputErrors)")
+            let page = try String(contentsOf: output.appendingPathComponent("report.html"), encoding: .utf8)
+            #expect(page.contains("model.layers.1.mlp.down_proj <em>(kept unquantized)</em>"))
         }
     }
 

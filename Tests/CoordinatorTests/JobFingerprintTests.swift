@@ -64,4 +64,27 @@ import JobModel
             #expect(try JobFingerprint.compute(spec: moved, plan: nil).optionsSHA256 == recorded.optionsSHA256)
         }
     }
+
+    /// `--exclude` changes the checkpoint, so it is part of the options; a job without it fingerprints as before the
+    /// option existed, and an older record without the key decodes as having no patterns.
+    @Test func excludePatternsArePartOfTheOptions() throws {
+        try withModelCopy { _, spec in
+            let plain = try JobFingerprint.compute(spec: spec, plan: nil)
+            var excluding = spec
+            excluding.excludePatterns = ["*.down_proj"]
+            let excluded = try JobFingerprint.compute(spec: excluding, plan: nil)
+            #expect(excluded.optionsSHA256 != plain.optionsSHA256)
+            #expect(excluded.changes(since: plain) == ["the job's options changed"])
+            var other = spec
+            other.excludePatterns = ["model.layers.0.*"]
+            #expect(try JobFingerprint.compute(spec: other, plan: nil).optionsSHA256 != excluded.optionsSHA256)
+
+            let encoded = String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
+            #expect(!encoded.contains("exclude"), "\(encoded)")
+            let decoded = try JSONDecoder().decode(JobSpec.self, from: Data(encoded.utf8))
+            #expect(decoded.excludePatterns == [] && decoded == spec)
+            let roundTrip = try JSONDecoder().decode(JobSpec.self, from: try JSONEncoder().encode(excluding))
+            #expect(roundTrip.excludePatterns == ["*.down_proj"])
+        }
+    }
 }

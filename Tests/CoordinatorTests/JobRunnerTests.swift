@@ -103,7 +103,7 @@ import Transport
             try await stallIf(.exporting)
             let spec = assignment.spec
             let config = try ModelDirectory(spec.modelDirectory).loadConfig()
-            let exporter = LayerExporter(spec: spec, config: config, source: try SafeTensorsModel(directory: spec.modelPath))
+            let exporter = try LayerExporter(spec: spec, config: config, source: try SafeTensorsModel(directory: spec.modelPath))
             let tensors = try exporter.export(layer: request.layer, activationAmax: request.activationAmax)
             var entries: [ExportManifest.Entry] = []
             for (index, tensor) in tensors.enumerated() {

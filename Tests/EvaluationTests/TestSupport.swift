@@ -81,7 +81,7 @@ func writeTinyCheckpoint(to output: URL, layout: CheckpointLayout, scheme: Quant
     let config = try Fixtures.tinyConfig()
     let source = try SafeTensorsModel(directory: Fixtures.tinyLlama.path)
     let amax = scheme.quantizesActivations ? try fixtureActivationAmax(config: config) : [:]
-    let exporter = LayerExporter(spec: spec, config: config, source: source)
+    let exporter = try LayerExporter(spec: spec, config: config, source: source)
     let assembler = try CheckpointAssembler(spec: spec, config: config, source: source, logger: quietLogger())
     try assembler.writeEmbeddings()
     for layer in 0..<config.numHiddenLayers {
