@@ -7,8 +7,9 @@ import NVFP4
 /// Each Linear's output error on real inputs: riding on the original model's forward (as its input transform, which
 /// leaves the values alone), it takes the input X of every Linear group on the first batch of each layer and measures
 /// ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖, where Q(W) is the checkpoint's dequantized weight and X̃ is X as the NVFP4 GEMM sees it
-/// (fake-quantized under the stored input scale for W4A4, unchanged for weight-only). One batch per layer keeps the
-/// cost near one more forward of one batch.
+/// (fake-quantized under the stored input scale for W4A4, unchanged for weight-only). It takes the first
+/// ``rowLimit`` tokens of the first batch of each layer, which bounds its cost (two GEMMs of that many rows per Linear)
+/// whatever the size of the report.
 public final class LinearOutputErrorProbe: LinearInputTransform, @unchecked Sendable {
     private let config: LlamaConfig
     private let original: any WeightSource
@@ -19,12 +20,23 @@ public final class LinearOutputErrorProbe: LinearInputTransform, @unchecked Send
     private var measured: Set<String> = []
     private var sums: [String: (error: Double, norm: Double)] = [:]
     private var failure: (any Error)?
+    private var busy = Duration.zero
+
+    /// Tokens measured per Linear.
+    public static let rowLimit = 1024
 
     public init(config: LlamaConfig, original: any WeightSource, checkpoint: QuantizedCheckpoint) throws {
         self.config = config
         self.original = original
         self.checkpoint = checkpoint
         self.inputScales = try NVFP4InputFakeQuantization(checkpoint: checkpoint)
+    }
+
+    /// Time spent measuring (for the log: the probe's cost beside the report's).
+    public var secondsSpent: Double {
+        lock.lock()
+        defer { lock.unlock() }
+        return Double(busy.components.seconds) + Double(busy.components.attoseconds) * 1e-18
     }
 
     /// Module name → relative output error, for every Linear measured; rethrows what went wrong while measuring.
@@ -42,6 +54,14 @@ public final class LinearOutputErrorProbe: LinearInputTransform, @unchecked Send
         for linear in fresh { measured.insert(linear.name) }
         lock.unlock()
         guard !fresh.isEmpty, rows > 0 else { return }
+        let started = ContinuousClock.now
+        defer {
+            lock.lock()
+            busy += ContinuousClock.now - started
+            lock.unlock()
+        }
+        let rows = min(rows, Self.rowLimit)
+        let values = UnsafeBufferPointer(rebasing: values[0 ..< rows * columns])
         var quantizedInput = Array(values)
         quantizedInput.withUnsafeMutableBufferPointer {
             inputScales?.transform($0, rows: rows, columns: columns, layer: layer, group: group)
@@ -57,7 +77,7 @@ public final class LinearOutputErrorProbe: LinearInputTransform, @unchecked Send
             do {
                 let weight = try original.floats(linear.weightName, expectedShape: [linear.outFeatures, linear.inFeatures])
                 let dequantized = try checkpoint.dequantizedWeight(linear)
-                let exact = Self.multiply(UnsafeBufferPointer(values), weight, rows: rows, inner: columns, outputs: linear.outFeatures)
+                let exact = Self.multiply(values, weight, rows: rows, inner: columns, outputs: linear.outFeatures)
                 let approximate = quantizedInput.withUnsafeBufferPointer {
                     Self.multiply($0, dequantized, rows: rows, inner: columns, outputs: linear.outFeatures)
                 }

@@ -51,6 +51,7 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
             name: "quantized", weights: DequantizedWeightSource(base: original, checkpoint: checkpoint),
             inputTransform: try NVFP4InputFakeQuantization(checkpoint: checkpoint))
         let probe = try LinearOutputErrorProbe(config: backend.config, original: original, checkpoint: checkpoint)
+        let started = ContinuousClock.now
         let results = try negativeLogLikelihoods(
             samples: samples, variants: [EvaluationVariant(name: "original", weights: original, inputTransform: probe), quantized],
             progress: progress)
@@ -59,6 +60,11 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
             originalPerplexity: results[0].perplexity, quantizedPerplexity: results[1].perplexity,
             scheme: checkpoint.scheme, layout: checkpoint.layout, excludedLinears: checkpoint.excludedModules.count)
         report.linearOutputRelativeError = try probe.relativeErrors()
+        let total = ContinuousClock.now - started
+        logger.info("per-Linear output errors measured", metadata: [
+            "probe_seconds": "\(String(format: "%.2f", probe.secondsSpent))",
+            "report_seconds": "\(String(format: "%.2f", Double(total.components.seconds) + Double(total.components.attoseconds) * 1e-18))",
+        ])
         logger.info("evaluation done", metadata: [
             "original_ppl": "\(report.originalPerplexity)", "quantized_ppl": "\(report.quantizedPerplexity)",
             "verdict": "\(report.verdict.rawValue)",

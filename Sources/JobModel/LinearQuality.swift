@@ -4,7 +4,7 @@
 /// - `weightRelativeError`: ‖W − Q(W)‖ / ‖W‖ (Frobenius) of the NVFP4 weight as written against the source weight;
 ///   0 for a Linear kept in 16-bit.
 /// - `activationAmax`: the calibrated max |x| of its input (W4A4; shared within a fused group).
-/// - `outputRelativeError`: ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the quality report's first batch of held-out inputs of the
+/// - `outputRelativeError`: ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the quality report's first 1024 held-out tokens of the
 ///   original model (X̃: the input as the NVFP4 GEMM sees it); nil without a quality report.
 /// - `keptUnquantized`: `--exclude` kept it in its source dtype (both errors are then 0).
 public struct LinearQuality: Codable, Sendable, Equatable {

@@ -53,7 +53,7 @@ public struct QualityReport: Codable, Sendable, Equatable, CustomStringConvertib
     public let scheme: QuantizationScheme
     public let layout: CheckpointLayout
     public let verdict: QualityVerdict
-    /// Module name → ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the first batch of held-out inputs of the original model (X̃: the
+    /// Module name → ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the first 1024 held-out tokens of the original model (X̃: the
     /// input as the NVFP4 GEMM sees it); see `LinearOutputErrorProbe`.
     public var linearOutputRelativeError: [String: Double] = [:]
     /// Linears the checkpoint keeps unquantized (`--exclude`), evaluated with their BF16 weights and unquantized

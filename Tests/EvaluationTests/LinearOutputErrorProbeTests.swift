@@ -53,4 +53,23 @@ import Testing
             #expect(expected > 0.01 && expected < 0.5, "an NVFP4 W4A4 error, not 0 and not garbage: \(expected)")
         }
     }
+
+    /// Only the first `rowLimit` tokens count: rows beyond them change nothing.
+    @Test func measuresAtMostTheRowLimit() throws {
+        let config = try Fixtures.tinyConfig()
+        let original = try Fixtures.tinyModel()
+        let checkpoint = try QuantizedCheckpoint(directory: Fixtures.directory.appendingPathComponent("tiny-llama-nvfp4-modelopt"),
+                                                 originalConfig: config)
+        let columns = config.hiddenSize, limit = LinearOutputErrorProbe.rowLimit
+        var generator = SystemRandomNumberGenerator()
+        let first = (0..<limit * columns).map { _ in Float.random(in: -3...3, using: &generator) }
+        var exactly = first
+        var more = first + (0..<3 * columns).map { _ in Float.random(in: -300...300, using: &generator) }
+        let a = try LinearOutputErrorProbe(config: config, original: original, checkpoint: checkpoint)
+        let b = try LinearOutputErrorProbe(config: config, original: original, checkpoint: checkpoint)
+        exactly.withUnsafeMutableBufferPointer { a.transform($0, rows: limit, columns: columns, layer: 0, group: .qkv) }
+        more.withUnsafeMutableBufferPointer { b.transform($0, rows: limit + 3, columns: columns, layer: 0, group: .qkv) }
+        #expect(try a.relativeErrors() == b.relativeErrors())
+        #expect(try a.relativeErrors().count == 3)
+    }
 }
