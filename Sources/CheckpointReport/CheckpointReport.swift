@@ -168,18 +168,7 @@ extension CheckpointReport {
         guard let quality else {
             return "no quality report was recorded (the job ran with --eval-samples 0, or before this version)"
         }
-        let ratio = quality.perplexityRatio
-        let verdict = QualityVerdict(relativeIncrease: ratio - 1)
-        let gate = switch quality.gate {
-        case .passed: String(format: "gate passed (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
-        case .failed: String(format: "gate FAILED (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
-        case .off: "gate off"
-        }
-        return "perplexity \(formatPerplexity(quality.originalPerplexity)) → \(formatPerplexity(quality.quantizedPerplexity)) "
-            + (ratio.isFinite ? String(format: "(%.3g×)", ratio) : "(not finite)")
-            + " on \(quality.samples) held-out samples, \(quality.tokens) tokens"
-            + (quality.excludedLinears.map { ", with \($0) Linears kept unquantized (--exclude)" } ?? "")
-            + "; verdict \(verdict.rawValue); \(gate)"
+        return quality.sentence(withVerdict: true)
     }
 
     /// What `coordctl report` prints.
@@ -204,6 +193,3 @@ extension CheckpointReport {
     }
 }
 
-func padded(_ text: String, _ width: Int) -> String {
-    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
-}

@@ -266,9 +266,9 @@ public struct List: AsyncParsableCommand {
             return
         }
         if statuses.isEmpty { print("no jobs"); return }
-        print(pad("JOB", 38) + pad("PHASE", 13) + pad("UPDATED", 22) + "OUTPUT")
+        print(padded("JOB", 38) + padded("PHASE", 13) + padded("UPDATED", 22) + "OUTPUT")
         for status in statuses {
-            print(pad(status.jobID, 38) + pad(status.phase.rawValue, 13) + pad(status.updatedAt, 22) + status.output)
+            print(padded(status.jobID, 38) + padded(status.phase.rawValue, 13) + padded(status.updatedAt, 22) + status.output)
         }
     }
 }
@@ -295,12 +295,12 @@ public struct Workers: AsyncParsableCommand {
             return
         }
         if workers.isEmpty { print("no workers registered"); return }
-        print(pad("NAME", 16) + pad("ADDRESS", 22) + pad("DEVICE", 10) + pad("MEMORY", 10) + pad("FREE DISK", 11)
-              + pad("HEALTH", 8) + "LAST HEARTBEAT")
+        print(padded("NAME", 16) + padded("ADDRESS", 22) + padded("DEVICE", 10) + padded("MEMORY", 10) + padded("FREE DISK", 11)
+              + padded("HEALTH", 8) + "LAST HEARTBEAT")
         for worker in workers {
-            print(pad(worker.name, 16) + pad(worker.address, 22) + pad(worker.device, 10)
-                  + pad(formatBytes(Int(worker.memoryBytes)), 10) + pad(formatBytes(Int(worker.freeDiskBytes)), 11)
-                  + pad(worker.health.rawValue, 8) + ISO8601DateFormatter().string(from: worker.lastHeartbeat)
+            print(padded(worker.name, 16) + padded(worker.address, 22) + padded(worker.device, 10)
+                  + padded(formatBytes(Int(worker.memoryBytes)), 10) + padded(formatBytes(Int(worker.freeDiskBytes)), 11)
+                  + padded(worker.health.rawValue, 8) + ISO8601DateFormatter().string(from: worker.lastHeartbeat)
                   + (worker.deathReason.map { "  (\($0))" } ?? ""))
         }
     }
@@ -323,9 +323,6 @@ public struct Cancel: AsyncParsableCommand {
     }
 }
 
-func pad(_ text: String, _ width: Int) -> String {
-    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
-}
 
 
 public struct GC: AsyncParsableCommand {

@@ -45,19 +45,19 @@ public enum StatusView {
             lines.append("  queued: position \(position) in the queue" + (status.waitingFor.map { " (job \($0) is running)" } ?? ""))
         }
         for warning in status.warnings { lines.append("  warning: \(warning)") }
-        if let quality = status.quality { lines.append("  quality: \(qualityText(quality))") }
+        if let quality = status.quality { lines.append("  quality: \(quality.sentence())") }
         if let bytes = status.outputBytes, status.phase.isTerminal { lines.append("  output size: \(formatBytes(Int(bytes)))") }
         if let reason = status.failureReason { lines.append("  reason: \(reason)") }
         if !status.workers.isEmpty {
             lines.append("")
             let columns = [("WORKER", 14), ("LAYERS", 8), ("DEVICE", 26), ("LAYER", 7), ("LAYER-TOKENS/S", 16), ("MEMORY", 10), ("HEALTH", 7)]
-            lines.append("  " + columns.map { pad($0.0, $0.1) }.joined())
+            lines.append("  " + columns.map { padded($0.0, $0.1) }.joined())
             for worker in status.workers {
                 let values = [worker.name + (worker.embeddings ? "*" : ""), worker.range, worker.device,
                               worker.currentLayer.map(String.init) ?? "-",
                               worker.layerTokensPerSecond.map(formatRate) ?? "-",
                               worker.memoryBytes.map { formatBytes(Int($0)) } ?? "-", worker.health.rawValue]
-                lines.append("  " + zip(values, columns).map { pad($0, $1.1) }.joined())
+                lines.append("  " + zip(values, columns).map { padded($0, $1.1) }.joined())
             }
             lines.append("  (* embeds the tokens; LAYER is the first of its layers still calibrating)")
         }
@@ -86,7 +86,7 @@ public enum StatusView {
         }
         if let eta = status.etaSeconds { parts.append("ETA \(formatDuration(eta))") }
         if status.phase.isTerminal, let elapsed = status.elapsedSeconds { parts.append("after \(formatDuration(elapsed))") }
-        if let quality = status.quality, status.phase.isTerminal { parts.append("quality: \(qualityText(quality))") }
+        if let quality = status.quality, status.phase.isTerminal { parts.append("quality: \(quality.sentence())") }
         if let reason = status.failureReason { parts.append("reason: \(reason)") }
         return parts.joined(separator: ", ")
     }
@@ -110,17 +110,6 @@ public enum StatusView {
 
     static func phaseText(_ status: JobStatus) -> String {
         status.phase.rawValue
-    }
-
-    static func qualityText(_ quality: JobQuality) -> String {
-        let gate = switch quality.gate {
-        case .passed: String(format: "gate passed (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
-        case .failed: String(format: "gate FAILED (limit %.3g×)", quality.maxPerplexityRatio ?? 0)
-        case .off: "gate off"
-        }
-        let ratio = quality.perplexityRatio.isFinite ? String(format: "%.3g×", quality.perplexityRatio) : "not finite"
-        return "perplexity \(formatPerplexity(quality.originalPerplexity)) → \(formatPerplexity(quality.quantizedPerplexity)) "
-            + "(\(ratio)) on \(quality.samples) held-out samples, \(quality.tokens) tokens; \(gate)"
     }
 
     /// `[########------------]`.

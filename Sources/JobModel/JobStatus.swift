@@ -409,3 +409,20 @@ public struct JobQuality: Codable, Sendable, Equatable {
         return value
     }
 }
+
+extension JobQuality {
+    /// `perplexity 48.04 → 67.68 (1.41×) on 16 held-out samples, 6017 tokens; gate passed (limit 2×)`, with the
+    /// Linears kept unquantized when there were any and, when asked, the verdict before the gate.
+    public func sentence(withVerdict: Bool = false) -> String {
+        let gateText = switch gate {
+        case .passed: String(format: "gate passed (limit %.3g×)", maxPerplexityRatio ?? 0)
+        case .failed: String(format: "gate FAILED (limit %.3g×)", maxPerplexityRatio ?? 0)
+        case .off: "gate off"
+        }
+        let ratio = perplexityRatio.isFinite ? String(format: "%.3g×", perplexityRatio) : "not finite"
+        return "perplexity \(formatPerplexity(originalPerplexity)) → \(formatPerplexity(quantizedPerplexity)) (\(ratio)) "
+            + "on \(samples) held-out samples, \(tokens) tokens"
+            + (excludedLinears.map { ", with \($0) Linears kept unquantized (--exclude)" } ?? "")
+            + (withVerdict ? "; verdict \(QualityVerdict(relativeIncrease: perplexityRatio - 1).rawValue)" : "") + "; \(gateText)"
+    }
+}
