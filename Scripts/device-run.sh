@@ -10,6 +10,9 @@
 #   smollm2 DIR   quantizer-check and forward-check on the model in DIR, then coordctl quantize --device cpu and cuda
 #   daemons DIR   coordd and two `workerd --device cuda` (layers split 15,15 on the one GPU) quantize DIR with the ids of
 #                 the smollm2 step; the checkpoint is compared with `coordctl quantize --device cuda`'s (run smollm2 first)
+#   metrics       coordd and one `workerd --device cuda` with --metrics-listen quantize the tiny fixture (8 chunks,
+#                 slowed) while workerd's /metrics is scraped every 0.25 s: the GPU memory and GPU hidden-state gauges
+#                 (run from the repository root)
 #   quantizer     Benchmarks/cuda/quantizer-variants.sh (from the repository root): quantizer kernel variants, nvcc, ncu
 #   recheck       (after smollm2, and daemons if run) each SmolLM2 W4A4 checkpoint judged on its bytes:
 #                 Scripts/reference/check_w4a4_scales.py against its calibration.json (exact) and modelopt's digest
@@ -18,7 +21,8 @@
 #                 with the same 64 samples, judged by `coordctl eval` on the same held-out text; our checkpoint
 #                 loaded by transformers + compressed-tensors (Scripts/reference/transformers_load_check.py)
 set -uo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
+# The unpacked archive; NVFP4_DEVICE_DIR names it when this script runs from a checkout instead.
+here=${NVFP4_DEVICE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 paths=""
@@ -51,6 +55,26 @@ while [ $# -gt 0 ]; do
             du -sh /tmp/e2e-out | tee -a "$out/e2e.log"
             rm -rf /tmp/e2e-out ;;
         quantizer) bash Benchmarks/cuda/quantizer-variants.sh "$out" ;;
+        metrics)
+            state=/tmp/metrics-run; rm -rf "$state" /tmp/tiny-metrics; mkdir -p "$state"
+            C="--coordinator 127.0.0.1:7080"
+            "$here/bin/coordd" --listen 127.0.0.1:7080 --state-dir "$state/coordd" --output-root /tmp --metrics-listen 9480 \
+                > "$out/metrics-coordd.log" 2>&1 & coordd=$!
+            sleep 1
+            "$here/bin/workerd" $C --name gpu-a --device cuda --scratch "$state/gpu-a" --metrics-listen 9481 \
+                --debug-chunk-delay-ms 300 > "$out/metrics-workerd.log" 2>&1 & worker=$!
+            for _ in $(seq 60); do [ "$("$coordctl" $C workers 2>/dev/null | grep -c gpu-a)" = 1 ] && break; sleep 0.5; done
+            job=$("$coordctl" $C submit --model "$PWD/Tests/Fixtures/tiny-llama" --output /tmp/tiny-metrics \
+                --calib "$PWD/Tests/Fixtures/tiny-llama-calib.jsonl" --min-tokens 1 --chunk-tokens 1 --eval-samples 2 2>&1 | tail -n1)
+            echo "job $job" | tee "$out/metrics.log"
+            while "$coordctl" $C status "$job" --json 2>/dev/null | grep -q '"state" : "\(queued\|running\)"'; do
+                { date +%T.%N; curl -s 127.0.0.1:9481/metrics | grep -E '^nvfp4_(gpu_memory|hidden_state|kept_hidden|worker_layer_tokens)'; } >> "$out/metrics-scrapes.txt"
+                sleep 0.25
+            done
+            "$coordctl" $C status "$job" 2>&1 | tee -a "$out/metrics.log"
+            curl -s 127.0.0.1:9481/metrics > "$out/metrics-workerd.txt"; curl -s 127.0.0.1:9480/metrics > "$out/metrics-coordd.txt"
+            grep -E '^nvfp4_(gpu_memory|hidden_state_bytes)' "$out/metrics-scrapes.txt" | sort | uniq -c | sort -rn | head -12 | tee -a "$out/metrics.log"
+            kill -TERM $worker $coordd; wait ;;
         daemons)
             model=$1; shift
             state=/tmp/daemons; rm -rf "$state" /tmp/smol-daemons; mkdir -p "$state"
