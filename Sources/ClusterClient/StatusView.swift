@@ -50,14 +50,16 @@ public enum StatusView {
         if let reason = status.failureReason { lines.append("  reason: \(reason)") }
         if !status.workers.isEmpty {
             lines.append("")
-            let columns = [("WORKER", 14), ("LAYERS", 8), ("DEVICE", 26), ("LAYER", 7), ("LAYER-TOKENS/S", 16), ("MEMORY", 10), ("HEALTH", 7)]
-            lines.append("  " + columns.map { padded($0.0, $0.1) }.joined())
-            for worker in status.workers {
-                let values = [worker.name + (worker.embeddings ? "*" : ""), worker.range, worker.device,
-                              worker.currentLayer.map(String.init) ?? "-",
-                              worker.layerTokensPerSecond.map(formatRate) ?? "-",
-                              worker.memoryBytes.map { formatBytes(Int($0)) } ?? "-", worker.health.rawValue]
-                lines.append("  " + zip(values, columns).map { padded($0, $1.1) }.joined())
+            let headers = ["WORKER", "LAYERS", "DEVICE", "LAYER", "LAYER-TOKENS/S", "MEMORY", "HEALTH"]
+            let rows = status.workers.map { worker in
+                [worker.name + (worker.embeddings ? "*" : ""), worker.range, worker.device,
+                 worker.currentLayer.map(String.init) ?? "-", worker.layerTokensPerSecond.map(formatRate) ?? "-",
+                 worker.memoryBytes.map { formatBytes(Int($0)) } ?? "-", worker.health.rawValue]
+            }
+            // Each column as wide as its widest cell: device names run from `cpu` to a GPU's full name.
+            let widths = headers.indices.map { column in ([headers] + rows).map { $0[column].count }.max()! + 2 }
+            for row in [headers] + rows {
+                lines.append("  " + zip(row, widths).map { padded($0, $1) }.joined())
             }
             lines.append("  (* embeds the tokens; LAYER is the first of its layers still calibrating)")
         }

@@ -31,6 +31,22 @@ import Testing
         #expect(!table.contains("tokens/s through"), "no whole-model rate while calibrating")
     }
 
+    /// A GPU's full device name widens its column instead of pushing the rest of its row out of line.
+    @Test func workerColumnsStayAlignedWithLongDeviceNames() throws {
+        var status = Self.status(phase: .calibrating, calibrated: 3)
+        status.workers.append(JobStatus.Worker(name: "b", range: "30-59", device: "cuda:0 (NVIDIA H100 80GB HBM3, sm_90) (bf16 activations)",
+                                               health: .dead, embeddings: false))
+        let lines = StatusView.table(status).split(separator: "\n").map(String.init)
+        let header = try #require(lines.first { $0.contains("WORKER") })
+        let rows = lines.filter { $0.contains("node-a*") || $0.hasPrefix("  b ") }
+        #expect(rows.count == 2)
+        let column = header.range(of: "HEALTH")!.lowerBound.utf16Offset(in: header)
+        for row in rows {
+            let health = row.range(of: "alive") ?? row.range(of: "dead")
+            #expect(health.map { $0.lowerBound.utf16Offset(in: row) } == column, "\(lines.joined(separator: "\n"))")
+        }
+    }
+
     @Test func aWaitingJobSaysWhatItWaitsFor() {
         let waiting = Self.status(phase: .calibrating, calibrated: 3, waiting: "lost worker(s) node-b to come back (up to 300 s)")
         #expect(StatusView.table(waiting).contains("waiting for lost worker(s) node-b to come back"))
