@@ -220,7 +220,7 @@ let package = Package(
         ], path: "Tests/NetworkTestSupport"),
         .testTarget(name: "CUDARuntimeTests", dependencies: ["CUDARuntime"]),
         .testTarget(name: "MetricsEndpointTests", dependencies: [
-            "MetricsEndpoint", "ClusterMetrics",
+            "MetricsEndpoint", "ClusterMetrics", "NetworkTestSupport",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Logging", package: "swift-log"),

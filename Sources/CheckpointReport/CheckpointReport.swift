@@ -96,12 +96,15 @@ public struct CheckpointReport: Sendable {
         let qualityURL = directory.appendingPathComponent(Self.qualityFile)
         var outputErrors: [String: Double] = [:]
         if FileManager.default.fileExists(atPath: qualityURL.path) {
+            // Read once: the report is JobQuality's keys plus the per-Linear output errors.
+            let data: Data
             do {
-                quality = try JSONDecoder().decode(JobQuality.self, from: Data(contentsOf: qualityURL))
+                data = try Data(contentsOf: qualityURL)
+                quality = try JSONDecoder().decode(JobQuality.self, from: data)
             } catch {
                 throw CheckpointReportError.malformed(path: qualityURL.path, field: "(document)", reason: "\(error)")
             }
-            let object = try Self.object(at: qualityURL)
+            let object = try Self.object(from: data, path: qualityURL.path)
             if let errors = object[Self.outputErrorKey] {
                 guard let errors = errors as? [String: NSNumber] else {
                     throw CheckpointReportError.malformed(path: qualityURL.path, field: Self.outputErrorKey, reason: "not an object of numbers")
@@ -149,8 +152,12 @@ public struct CheckpointReport: Sendable {
         } catch {
             throw CheckpointReportError.missingFile(path: url.path, hint: "\(error.localizedDescription)")
         }
+        return try object(from: data, path: url.path)
+    }
+
+    static func object(from data: Data, path: String) throws -> [String: Any] {
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw CheckpointReportError.malformed(path: url.path, field: "(document)", reason: "not a JSON object")
+            throw CheckpointReportError.malformed(path: path, field: "(document)", reason: "not a JSON object")
         }
         return object
     }

@@ -14,7 +14,7 @@ public enum StatusView {
     /// The job block and the worker table.
     public static func table(_ status: JobStatus, width: Int = 100) -> String {
         var lines: [String] = []
-        var header = "job \(status.jobID)  \(phaseText(status))"
+        var header = "job \(status.jobID)  \(status.phase.rawValue)"
         if let elapsed = status.elapsedSeconds { header += "  elapsed \(formatDuration(elapsed))" }
         if let eta = status.etaSeconds { header += "  ETA \(formatDuration(eta))" }
         lines.append(header)
@@ -71,7 +71,7 @@ public enum StatusView {
     /// One line with what changed: phase, layers calibrated and exported, quality-report layers, waits and failures;
     /// rates and ETA ride along but never make a line of their own.
     public static func line(_ status: JobStatus) -> String {
-        var parts = ["job \(status.jobID) \(phaseText(status))"]
+        var parts = ["job \(status.jobID) \(status.phase.rawValue)"]
         if let progress = status.progress {
             if progress.calibrationLayerTokensTotal > 0 {
                 var part = "calibrated \(progress.layersCalibrated)/\(progress.layersTotal) layers (\(calibrationPercent(progress))%"
@@ -108,10 +108,6 @@ public enum StatusView {
     /// Calibration work done, in whole percent of the job's layer-tokens.
     static func calibrationPercent(_ progress: JobProgress) -> Int {
         progress.calibrationLayerTokensTotal > 0 ? progress.calibrationLayerTokensDone * 100 / progress.calibrationLayerTokensTotal : 0
-    }
-
-    static func phaseText(_ status: JobStatus) -> String {
-        status.phase.rawValue
     }
 
     /// `[########------------]`.

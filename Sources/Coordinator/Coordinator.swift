@@ -184,7 +184,7 @@ public distributed actor Coordinator: CoordinatorEndpoint {
             status.warnings = live.warnings
             status.linears = live.linears
             if let activity = live.lastActivity, activity > job.updatedAt {
-                status.updatedAt = JobStatus.timestampText(activity)
+                status.updatedAt = JobStatus.timestamp(activity)
             }
         }
         status.elapsedSeconds = max(0, (job.state.isTerminal ? job.updatedAt : Date()).timeIntervalSince(job.createdAt))

@@ -167,7 +167,8 @@ public struct JobStatus: Codable, Sendable, Equatable {
         "\(range.lowerBound)-\(range.upperBound - 1)"
     }
 
-    static func timestamp(_ date: Date) -> String {
+    /// `date` as `created_at` and `updated_at` write it: ISO 8601, UTC, whole seconds.
+    public static func timestamp(_ date: Date) -> String {
         let formatter = ISO8601DateFormatter()
         formatter.timeZone = TimeZone(identifier: "UTC")
         return formatter.string(from: date)
@@ -246,8 +247,6 @@ public struct JobStatus: Codable, Sendable, Equatable {
         try container.encode(linears, forKey: .linears)
     }
 
-    /// `date` as `created_at` and `updated_at` write it.
-    public static func timestampText(_ date: Date) -> String { timestamp(date) }
 
     /// JSON as `coordctl status --json` prints it: sorted keys, so output is byte-stable.
     public func jsonData() throws -> Data {

@@ -1,4 +1,5 @@
 import Foundation
+import NetworkTestSupport
 import Testing
 
 /// `/metrics` of coordd and two workerd (separate processes, `--metrics-listen`), scraped over HTTP before and after
@@ -234,35 +235,7 @@ struct Scrape {
 /// A plain HTTP/1.1 request over a blocking socket; the server closes the connection after its answer.
 func httpRequest(address: String, method: String, path: String) throws
     -> (status: Int, headers: [String: String], body: String) {
-    guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
-        throw HarnessError("bad address \(address)")
-    }
-    let host = String(address[..<colon])
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw HarnessError("socket() failed") }
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 10, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var socketAddress = sockaddr_in()
-    socketAddress.sin_family = sa_family_t(AF_INET)
-    socketAddress.sin_port = port.bigEndian
-    socketAddress.sin_addr.s_addr = inet_addr(host)
-    let connected = withUnsafePointer(to: &socketAddress) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard connected == 0 else { throw HarnessError("connect to \(address) failed: errno \(errno)") }
-    let request = Array("\(method) \(path) HTTP/1.1\r\nHost: \(address)\r\nContent-Length: 0\r\n\r\n".utf8)
-    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else {
-        throw HarnessError("send to \(address) failed")
-    }
-    var response: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        if count <= 0 { break }
-        response.append(contentsOf: buffer[0..<count])
-    }
-    let text = String(decoding: response, as: UTF8.self)
+    let text = try rawHTTPExchange(address: address, requestLine: "\(method) \(path) HTTP/1.1")
     guard let end = text.range(of: "\r\n\r\n") else { throw HarnessError("no HTTP answer from \(address): \(text)") }
     let headLines = text[..<end.lowerBound].split(separator: "\r\n").map(String.init)
     guard let statusLine = headLines.first, statusLine.split(separator: " ").count >= 2,
