@@ -62,7 +62,7 @@ let package = Package(
                 resources: [.copy("Resources")], swiftSettings: numericSettings),
         // Perplexity of the original model against the W4A4-emulated checkpoint.
         .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "COpenBLAS", "LlamaModel", "NVFP4", "SafeTensors",
-                                                     "Checkpoint", .product(name: "Logging", package: "swift-log")],
+                                                     "Checkpoint", "JobModel", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: numericSettings),
         // Export layouts, sharding, verification, calibration.json, the coordinator's assembler and atomic output.
         .target(name: "Checkpoint", dependencies: ["JobModel", "NVFP4", "SafeTensors", "LlamaModel",
@@ -235,7 +235,7 @@ let package = Package(
             "Coordinator", "ClusterProtocol", "ClusterState", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "JobModel",
             "Checkpoint", "NVFP4", "SafeTensors", .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", "NVFP4", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(name: "ClusterStateTests", dependencies: ["ClusterState", "JobModel", "NVFP4", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "CUDABackendTests", dependencies: ["CUDABackend", "CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4"]),
         .testTarget(name: "TransportTests", dependencies: [
             "Transport", "ClusterCertificates", "NetworkTestSupport",

@@ -118,7 +118,10 @@ public struct CheckpointReport: Sendable {
         self.linears = linears
     }
 
-    /// What ``worst(_:)`` ranks by: the output error on held-out inputs when the quality report measured every Linear's
+    /// What the output errors were measured on (a quality.json that does not say so predates calibration inputs).
+    public var outputErrorInputs: LinearOutputErrorInputs { quality?.outputErrorInputs ?? .heldOut }
+
+    /// What ``worst(_:)`` ranks by: the output error (on ``outputErrorInputs``) when the quality report measured every Linear's
     /// (it shows how much a Linear's output suffers, weights and activations together), else the weight error (NVFP4
     /// weight errors sit near 9.5% for every Linear and tell them apart less).
     public var ranksByOutputError: Bool { !linears.isEmpty && linears.allSatisfy { $0.outputRelativeError != nil } }
@@ -187,7 +190,7 @@ extension CheckpointReport {
                      + (device.map { ", \($0)" } ?? ""),
                      "quality: \(qualitySentence)",
                      "the \(min(count, linears.count)) Linears with the largest "
-                        + (ranksByOutputError ? "output error on held-out inputs:" : "weight quantization error:"),
+                        + (ranksByOutputError ? "output error on \(outputErrorInputs.phrase):" : "weight quantization error:"),
                      "  RANK  " + padded("LINEAR", 44) + padded("ERROR", 10) + padded("OUTPUT ERROR", 14) + padded("WEIGHT AMAX", 13)
                         + "ACTIVATION AMAX"]
         for (rank, linear) in worst(count).enumerated() {
@@ -195,7 +198,7 @@ extension CheckpointReport {
                          + padded(linear.outputRelativeError.map(percent) ?? "-", 14)
                          + padded(amaxText(linear.weightAmax), 13) + amaxText(linear.activationAmax))
         }
-        lines.append("(ERROR: ‖W − Q(W)‖/‖W‖ of the weight; OUTPUT ERROR: ‖XWᵀ − X̃Q(W)ᵀ‖/‖XWᵀ‖ on held-out inputs, from the quality report)")
+        lines.append("(ERROR: ‖W − Q(W)‖/‖W‖ of the weight; OUTPUT ERROR: ‖XWᵀ − X̃Q(W)ᵀ‖/‖XWᵀ‖ on \(outputErrorInputs.phrase), from the quality report)")
         return lines.joined(separator: "\n")
     }
 }

@@ -11,7 +11,7 @@ extension CheckpointReport {
                                   values: summaries.map { ($0.layer, $0.maxWeightRelativeError, $0.meanWeightRelativeError) },
                                   format: percent, id: "weight-error")
         let outputChart = linears.contains { $0.outputRelativeError != nil } ? barChart(
-            title: "Output error per layer on held-out inputs (‖XWᵀ − X̃Q(W)ᵀ‖/‖XWᵀ‖; bar: worst Linear, dot: mean)",
+            title: "Output error per layer on \(outputErrorInputs.phrase) (‖XWᵀ − X̃Q(W)ᵀ‖/‖XWᵀ‖; bar: worst Linear, dot: mean)",
             values: summaries.map { summary in
                 let errors = linears.filter { $0.layer == summary.layer }.compactMap(\.outputRelativeError)
                 return (summary.layer, errors.max() ?? 0, errors.isEmpty ? nil : errors.reduce(0, +) / Double(errors.count))
@@ -43,7 +43,7 @@ extension CheckpointReport {
             \(errorChart)
             \(outputChart)
             \(amaxChart)
-            <h2>The \(min(count, linears.count)) Linears with the largest \(ranksByOutputError ? "output error on held-out inputs" : "weight error")</h2>
+            <h2>The \(min(count, linears.count)) Linears with the largest \(ranksByOutputError ? "output error on \(outputErrorInputs.phrase)" : "weight error")</h2>
             <table id="worst"><tr><th>rank</th><th>Linear</th><th>weight error</th><th>output error</th><th>weight amax</th><th>activation amax</th></tr>
             \(worstRows)
             </table>

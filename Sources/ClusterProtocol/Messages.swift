@@ -285,7 +285,8 @@ public struct ExportManifest: Codable, Sendable, Equatable {
 }
 
 /// Measure the quality of a written checkpoint, still in its partial directory on the coordinator's machine, on
-/// held-out text (``QualityReport``). Any worker that can read that directory may be asked.
+/// held-out text (``QualityReport``), and each Linear's output error on the calibration inputs. Any worker that can
+/// read that directory may be asked.
 public struct QualityRequest: Codable, Sendable, Equatable {
     public var spec: JobSpec
     /// The staged checkpoint directory (`OUTPUT.partial-<id>`), as the coordinator's machine names it.
@@ -293,11 +294,16 @@ public struct QualityRequest: Codable, Sendable, Equatable {
     /// The checkpoint's fingerprint as the coordinator computed it (Checkpoint's `CheckpointFingerprint`): a worker
     /// that finds other files at the same path (no shared storage) refuses rather than judge another checkpoint.
     public var fingerprint: String
+    /// The leading calibration samples (token ids, at most ``LinearQuality/outputErrorTokenLimit`` tokens in all) on
+    /// which each Linear's output error is measured; nil when the job calibrated nothing, and the held-out text
+    /// serves instead.
+    public var outputErrorSamples: [[Int]]?
 
-    public init(spec: JobSpec, checkpointPath: String, fingerprint: String) {
+    public init(spec: JobSpec, checkpointPath: String, fingerprint: String, outputErrorSamples: [[Int]]? = nil) {
         self.spec = spec
         self.checkpointPath = checkpointPath
         self.fingerprint = fingerprint
+        self.outputErrorSamples = outputErrorSamples
     }
 }
 

@@ -77,7 +77,7 @@ extension JobRunner {
             outputBytes = Int64(report.bytes)
             if spec.evaluationSamples > 0 {
                 try move(to: .evaluating)
-                try await judgeQuality(spec: spec, workers: workers, assembler: assembler)
+                try await judgeQuality(spec: spec, workers: workers, assembler: assembler, calibrationPlan: calibrationPlan)
             }
             // The model must still be the one the job read (the layers were read as they were exported).
             try checkInputsUnchanged(calibrationPlan: calibrationPlan)
@@ -102,10 +102,14 @@ extension JobRunner {
     /// original, records it for `status`, and throws ``QualityGateFailure`` when the gate rejects it. coordd computes
     /// nothing itself: the first worker of the route that reads the same checkpoint (the same machine, or shared
     /// storage) evaluates it on its CPU.
-    func judgeQuality(spec: JobSpec, workers: [PlannedWorker], assembler: CheckpointAssembler) async throws {
+    /// Each Linear's output error is measured on the leading calibration samples, the inputs calibration saw.
+    func judgeQuality(spec: JobSpec, workers: [PlannedWorker], assembler: CheckpointAssembler,
+                      calibrationPlan: CalibrationPlan) async throws {
         let directory = assembler.partialDirectory
+        let outputErrorSamples = calibrationPlan.leadingSamples(tokenLimit: LinearQuality.outputErrorTokenLimit)
         let request = QualityRequest(spec: spec, checkpointPath: directory.path,
-                                     fingerprint: try CheckpointFingerprint.of(directory: directory))
+                                     fingerprint: try CheckpointFingerprint.of(directory: directory),
+                                     outputErrorSamples: outputErrorSamples.isEmpty ? nil : outputErrorSamples)
         let timeout = Duration.seconds(settings.qualityCallTimeoutSeconds)
         var report: QualityReport?
         var refusals: [String] = []
@@ -134,7 +138,7 @@ extension JobRunner {
         let quality = JobQuality(
             samples: report.samples, tokens: report.tokens, originalPerplexity: report.originalPerplexity,
             quantizedPerplexity: report.quantizedPerplexity, maxPerplexityRatio: spec.maxPerplexityRatio, gate: verdict,
-            excludedLinears: report.excludedLinears)
+            excludedLinears: report.excludedLinears, outputErrorInputs: report.linearOutputErrorInputs)
         try store.recordQuality(jobID: jobID, quality: quality)
         let names = Set(config?.allLinears.map(\.name) ?? [])
         for (name, error) in report.linearOutputRelativeError {
@@ -144,7 +148,7 @@ extension JobRunner {
             linearQuality[name]?.outputRelativeError = error
         }
         try assembler.writeQualityRecord(quality, linearOutputRelativeError: report.linearOutputRelativeError)
-        logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples; gate \(verdict.rawValue)")
+        logger.info("quality: perplexity \(formatPerplexity(report.originalPerplexity)) → \(formatPerplexity(report.quantizedPerplexity)) on \(report.samples) held-out samples, Linear output errors on \(report.linearOutputErrorInputs?.phrase ?? "no inputs"); gate \(verdict.rawValue)")
         if var failure {
             failure.keptAt = directory.path
             throw failure

@@ -1,11 +1,12 @@
 import COpenBLAS
 import ComputeBackend
 import Foundation
+import JobModel
 import LlamaModel
 import NVFP4
 
 /// Each Linear's output error on real inputs: riding on the original model's forward (as its input transform, which
-/// leaves the values alone), it takes the input X of every Linear group on the first batch of each layer and measures
+/// leaves the values alone) over the job's leading calibration samples, or the evaluation samples, it takes the input X of every Linear group on the first batch of each layer and measures
 /// ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖, where Q(W) is the checkpoint's dequantized weight and X̃ is X as the NVFP4 GEMM sees it
 /// (fake-quantized under the stored input scale for W4A4, unchanged for weight-only). It takes the first
 /// ``rowLimit`` tokens of the first batch of each layer, which bounds its cost (two GEMMs of that many rows per Linear)
@@ -23,7 +24,7 @@ public final class LinearOutputErrorProbe: LinearInputTransform, @unchecked Send
     private var busy = Duration.zero
 
     /// Tokens measured per Linear.
-    public static let rowLimit = 1024
+    public static let rowLimit = LinearQuality.outputErrorTokenLimit
 
     public init(config: LlamaConfig, original: any WeightSource, checkpoint: QuantizedCheckpoint) throws {
         self.config = config

@@ -1,5 +1,6 @@
 import ComputeBackend
 import Foundation
+import JobModel
 import LlamaModel
 import Logging
 
@@ -40,8 +41,11 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
     }
 
     /// Compares `original` (the unquantized weights, for `backend.config`) with `checkpoint`: dequantized
-    /// weights plus, for W4A4, NVFP4 fake quantization of every Linear input.
+    /// weights plus, for W4A4, NVFP4 fake quantization of every Linear input. Each Linear's output error is measured
+    /// on `outputErrorSamples` (the job's leading calibration samples) when given, riding on the original model's
+    /// layers as they are loaded, and on the evaluation samples otherwise.
     public func evaluate(original: some WeightSource, checkpoint: QuantizedCheckpoint, samples: [[Int]],
+                         outputErrorSamples: [[Int]]? = nil,
                          progress: ((EvaluationProgress) -> Void)? = nil) throws -> QualityReport {
         guard checkpoint.config.allLinears == backend.config.allLinears else {
             throw EvaluationError(checkpoint.directory.path, "was opened against another config than the backend's")
@@ -52,14 +56,25 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
             inputTransform: try NVFP4InputFakeQuantization(checkpoint: checkpoint))
         let probe = try LinearOutputErrorProbe(config: backend.config, original: original, checkpoint: checkpoint)
         let started = ContinuousClock.now
+        let onCalibration = !(outputErrorSamples ?? []).isEmpty
+        if let outputErrorSamples, onCalibration {
+            let tokens = outputErrorSamples.reduce(0) { $0 + $1.count }
+            guard tokens <= LinearOutputErrorProbe.rowLimit else {
+                throw EvaluationError("output-error samples", "\(tokens) tokens, where at most \(LinearOutputErrorProbe.rowLimit) are measured")
+            }
+            try validateTokenIDs(outputErrorSamples, what: "output-error sample")
+        }
         let results = try negativeLogLikelihoods(
-            samples: samples, variants: [EvaluationVariant(name: "original", weights: original, inputTransform: probe), quantized],
+            samples: samples,
+            variants: [EvaluationVariant(name: "original", weights: original, inputTransform: onCalibration ? nil : probe), quantized],
+            sidePass: onCalibration ? SidePass(samples: outputErrorSamples ?? [], variant: 0, inputTransform: probe) : nil,
             progress: progress)
         var report = QualityReport(
             samples: samples.count, tokens: samples.reduce(0) { $0 + $1.count }, predictedTokens: results[0].count,
             originalPerplexity: results[0].perplexity, quantizedPerplexity: results[1].perplexity,
             scheme: checkpoint.scheme, layout: checkpoint.layout, excludedLinears: checkpoint.excludedModules.count)
         report.linearOutputRelativeError = try probe.relativeErrors()
+        report.linearOutputErrorInputs = report.linearOutputRelativeError.isEmpty ? nil : onCalibration ? .calibration : .heldOut
         let total = ContinuousClock.now - started
         logger.info("per-Linear output errors measured", metadata: [
             "probe_seconds": "\(String(format: "%.2f", probe.secondsSpent))",
@@ -72,9 +87,24 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
         return report
     }
 
+    /// Other samples that go through one variant's layers beside the scored ones, for what `inputTransform` observes
+    /// (no likelihood is computed for them): each layer is loaded once whatever rides on it.
+    public struct SidePass {
+        public let samples: [[Int]]
+        /// Index of the variant whose weights it runs on.
+        public let variant: Int
+        public let inputTransform: any LinearInputTransform
+
+        public init(samples: [[Int]], variant: Int, inputTransform: any LinearInputTransform) {
+            self.samples = samples
+            self.variant = variant
+            self.inputTransform = inputTransform
+        }
+    }
+
     /// The summed NLL of every variant over `samples` (each at least 2 tokens), all variants streamed
     /// through the layers together.
-    public func negativeLogLikelihoods(samples: [[Int]], variants: [EvaluationVariant],
+    public func negativeLogLikelihoods(samples: [[Int]], variants: [EvaluationVariant], sidePass: SidePass? = nil,
                                        progress: ((EvaluationProgress) -> Void)? = nil) throws -> [NegativeLogLikelihood] {
         guard !samples.isEmpty else { throw EvaluationError("evaluation samples", "none given") }
         if let short = samples.firstIndex(where: { $0.count < 2 }) {
@@ -91,12 +121,22 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
         var hidden: [[HiddenStates]] = try variants.map { variant in
             try batches.map { try backend.embed($0.tokenIDs, from: variant.weights) }
         }
+        let sideBatches = try sidePass.map { try makeBatches($0.samples) } ?? []
+        var sideHidden: [HiddenStates] = try sidePass.map { pass in
+            try sideBatches.map { try backend.embed($0.tokenIDs, from: variants[pass.variant].weights) }
+        } ?? []
         for layer in 0..<layers {
             for (index, variant) in variants.enumerated() {
                 let loaded = try backend.loadLayer(layer, from: variant.weights)
                 for (batchIndex, batch) in batches.enumerated() {
                     _ = try backend.forward(layer: loaded, hidden: &hidden[index][batchIndex], batch: batch.batch,
                                             inputTransform: variant.inputTransform)
+                }
+                if let sidePass, sidePass.variant == index {
+                    for (batchIndex, batch) in sideBatches.enumerated() {
+                        _ = try backend.forward(layer: loaded, hidden: &sideHidden[batchIndex], batch: batch.batch,
+                                                inputTransform: sidePass.inputTransform)
+                    }
                 }
             }
             logger.debug("layer done", metadata: ["layer": "\(layer)"])
@@ -115,6 +155,17 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
             results.append(total)
         }
         return results
+    }
+
+    /// Every id of `samples` within the vocabulary, or an error naming the sample (they may come over the network).
+    func validateTokenIDs(_ samples: [[Int]], what: String) throws {
+        let vocabulary = 0..<backend.config.vocabSize
+        for (index, sample) in samples.enumerated() {
+            if let outside = sample.first(where: { !vocabulary.contains($0) }) {
+                throw EvaluationError("\(what) \(index)",
+                                      "token id \(outside) is outside the vocabulary (0..<\(vocabulary.upperBound))")
+            }
+        }
     }
 
     struct Batch {

@@ -52,3 +52,25 @@ public struct CalibrationPlan: Codable, Sendable, Equatable {
                         contentHash: "")
     }
 }
+
+extension CalibrationPlan {
+    /// The leading calibration samples, in plan order, cut at `tokenLimit` tokens in all (the last one shortened: a
+    /// causal model's forward over a prefix computes what the whole sample's forward computes for those tokens).
+    /// Empty when the plan has no samples, or carries no token ids (`withoutTokenIDs()`).
+    public func leadingSamples(tokenLimit: Int) -> [[Int]] {
+        var samples: [[Int]] = []
+        var taken = 0
+        for chunk in chunks {
+            guard chunk.tokenIDs.count == chunk.tokenCount else { return [] }
+            var offset = 0
+            for count in chunk.tokenCounts {
+                guard taken < tokenLimit else { return samples }
+                let length = min(count, tokenLimit - taken)
+                if length > 0 { samples.append(chunk.tokenIDs[offset ..< offset + length].map(Int.init)) }
+                taken += length
+                offset += count
+            }
+        }
+        return samples
+    }
+}

@@ -346,9 +346,12 @@ public struct JobQuality: Codable, Sendable, Equatable {
     public var gate: Gate
     /// Linears kept unquantized (`--exclude`); nil when there are none.
     public var excludedLinears: Int?
+    /// What the per-Linear output errors (`linears[].output_relative_error`) were measured on; nil when they were not.
+    public var outputErrorInputs: LinearOutputErrorInputs?
 
     public init(samples: Int, tokens: Int, originalPerplexity: Double, quantizedPerplexity: Double,
-                maxPerplexityRatio: Double?, gate: Gate, excludedLinears: Int? = nil) {
+                maxPerplexityRatio: Double?, gate: Gate, excludedLinears: Int? = nil,
+                outputErrorInputs: LinearOutputErrorInputs? = nil) {
         self.samples = samples
         self.tokens = tokens
         self.originalPerplexity = originalPerplexity
@@ -356,6 +359,7 @@ public struct JobQuality: Codable, Sendable, Equatable {
         self.maxPerplexityRatio = maxPerplexityRatio
         self.gate = gate
         self.excludedLinears = excludedLinears
+        self.outputErrorInputs = outputErrorInputs
     }
 
     /// quantized / original.
@@ -368,6 +372,7 @@ public struct JobQuality: Codable, Sendable, Equatable {
         case perplexityRatio = "perplexity_ratio"
         case maxPerplexityRatio = "max_perplexity_ratio"
         case excludedLinears = "excluded_linears"
+        case outputErrorInputs = "output_error_inputs"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -380,6 +385,7 @@ public struct JobQuality: Codable, Sendable, Equatable {
         try Self.encode(perplexityRatio, forKey: .perplexityRatio, in: &container)
         try container.encode(maxPerplexityRatio, forKey: .maxPerplexityRatio)
         try container.encodeIfPresent(excludedLinears, forKey: .excludedLinears)
+        try container.encodeIfPresent(outputErrorInputs, forKey: .outputErrorInputs)
     }
 
     public init(from decoder: Decoder) throws {
@@ -391,6 +397,7 @@ public struct JobQuality: Codable, Sendable, Equatable {
         quantizedPerplexity = try Self.decode(.quantizedPerplexity, in: container)
         maxPerplexityRatio = try container.decodeIfPresent(Double.self, forKey: .maxPerplexityRatio)
         excludedLinears = try container.decodeIfPresent(Int.self, forKey: .excludedLinears)
+        outputErrorInputs = try container.decodeIfPresent(LinearOutputErrorInputs.self, forKey: .outputErrorInputs)
     }
 
     // JSON has no Inf or NaN: such values travel as their Swift spelling.

@@ -4,10 +4,15 @@
 /// - `weightRelativeError`: ‖W − Q(W)‖ / ‖W‖ (Frobenius) of the NVFP4 weight as written against the source weight;
 ///   0 for a Linear kept in 16-bit.
 /// - `activationAmax`: the calibrated max |x| of its input (W4A4; shared within a fused group).
-/// - `outputRelativeError`: ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the quality report's first 1024 held-out tokens of the
-///   original model (X̃: the input as the NVFP4 GEMM sees it); nil without a quality report.
+/// - `outputRelativeError`: ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖, X being the Linear's input in the original model's forward over
+///   the first ``outputErrorTokenLimit`` calibration tokens (held-out tokens when the job calibrated nothing, see
+///   ``LinearOutputErrorInputs``) and X̃ that input as the NVFP4 GEMM sees it; nil without a quality report.
 /// - `keptUnquantized`: `--exclude` kept it in its source dtype (both errors are then 0).
 public struct LinearQuality: Codable, Sendable, Equatable {
+    /// Tokens of the inputs each Linear's output error is measured on: enough for a stable figure, few enough that
+    /// the measurement (two GEMMs of this many rows per Linear) stays small beside the quality report.
+    public static let outputErrorTokenLimit = 1024
+
     /// The module name, e.g. `model.layers.0.self_attn.q_proj`.
     public var name: String
     public var layer: Int
@@ -57,5 +62,22 @@ public struct LinearQuality: Codable, Sendable, Equatable {
         try container.encode(activationAmax, forKey: .activationAmax)
         try container.encode(outputRelativeError, forKey: .outputRelativeError)
         try container.encode(keptUnquantized, forKey: .keptUnquantized)
+    }
+}
+
+/// Which inputs the Linears' output errors were measured on.
+public enum LinearOutputErrorInputs: String, Codable, Sendable {
+    /// The leading calibration samples (what the issue of per-Linear quality asks for: the inputs calibration saw).
+    case calibration
+    /// The quality report's held-out text: for a job that calibrated nothing (weight-only), and for `coordctl eval`,
+    /// which has no calibration set.
+    case heldOut = "held_out"
+
+    /// "calibration inputs" / "held-out inputs", for reports.
+    public var phrase: String {
+        switch self {
+        case .calibration: "calibration inputs"
+        case .heldOut: "held-out inputs"
+        }
     }
 }

@@ -53,9 +53,12 @@ public struct QualityReport: Codable, Sendable, Equatable, CustomStringConvertib
     public let scheme: QuantizationScheme
     public let layout: CheckpointLayout
     public let verdict: QualityVerdict
-    /// Module name → ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the first 1024 held-out tokens of the original model (X̃: the
-    /// input as the NVFP4 GEMM sees it); see `LinearOutputErrorProbe`.
+    /// Module name → ‖X·Wᵀ − X̃·Q(W)ᵀ‖ / ‖X·Wᵀ‖ on the first ``LinearQuality/outputErrorTokenLimit`` tokens of
+    /// ``linearOutputErrorInputs`` in the original model (X̃: the input as the NVFP4 GEMM sees it); see
+    /// `LinearOutputErrorProbe`.
     public var linearOutputRelativeError: [String: Double] = [:]
+    /// What ``linearOutputRelativeError`` was measured on; nil when nothing was measured.
+    public var linearOutputErrorInputs: LinearOutputErrorInputs?
     /// Linears the checkpoint keeps unquantized (`--exclude`), evaluated with their BF16 weights and unquantized
     /// inputs; nil when there are none (so older reports and reports without exclusions read alike).
     public var excludedLinears: Int?

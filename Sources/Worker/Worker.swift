@@ -271,7 +271,8 @@ public distributed actor Worker: WorkerEndpoint {
             let config = try ModelDirectory(spec.modelDirectory).loadConfig()
             let original = try SafeTensorsModel(directory: spec.modelPath)
             return try QualityEvaluation.report(spec: spec, config: config, original: original,
-                                                checkpointDirectory: directory, logger: logger) { progress in
+                                                checkpointDirectory: directory,
+                                                outputErrorSamples: request.outputErrorSamples, logger: logger) { progress in
                 Task {
                     try? await coordinator.reportEvaluationProgress(jobID: spec.jobID, worker: name,
                                                                     completedLayers: progress.completedLayers,

@@ -1,6 +1,7 @@
 import CheckpointReport
 import Foundation
 import Testing
+import W4A4Probes
 
 /// `coordctl report OUT` on a checkpoint `coordctl quantize` wrote: the worst Linears in the order numpy's figures for
 /// modelopt's checkpoint give, and a self-contained page that headless Chromium renders with the numbers in its DOM.
@@ -27,10 +28,18 @@ import Testing
             let quality = try jsonObject(output.appendingPathComponent("quality.json"))
             let outputErrors = try #require(quality["linear_output_relative_error"] as? [String: Double])
             #expect(outputErrors.count == 14 && outputErrors.values.allSatisfy { $0 > 0.01 && $0 < 0.5 }, "\(outputErrors)")
+            // Measured on the calibration inputs: PyTorch's figures for modelopt's checkpoint on the same 490 tokens.
+            #expect(quality["output_error_inputs"] as? String == "calibration")
+            let torchFigures = try Self.torchOutputErrors()
+            #expect(Set(outputErrors.keys) == Set(torchFigures.keys))
+            // Judged like activation scales: two forwards summing in different orders, and our input scales within
+            // BF16 noise of modelopt's.
+            let agreement = ScaleAgreement(outputErrors.mapValues(Float.init), reference: torchFigures.mapValues(Float.init))
+            #expect(agreement.withinBF16Noise, "\(agreement)")
             let expected = outputErrors.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.prefix(10)
             let ranked = report.stdout.split(separator: "\n").filter { $0.hasPrefix("  ") && $0.contains("model.layers.") }
             #expect(ranked.count == 10, "\(report.stdout)")
-            #expect(report.stdout.contains("largest output error on held-out inputs"))
+            #expect(report.stdout.contains("largest output error on calibration inputs"))
             for (line, (name, outputError)) in zip(ranked, expected) {
                 #expect(line.contains(name + " "), "\(line) should be \(name)")
                 #expect(line.contains(String(format: "%.3f%%", outputError * 100)), "\(line)")
@@ -41,6 +50,15 @@ import Testing
             #expect(report.stdout.contains("gate passed"))
             #expect(FileManager.default.fileExists(atPath: output.appendingPathComponent("report.html").path))
         }
+    }
+
+    /// Scripts/reference/linear-output-error.py: a float32 transformers forward over the calibration file's samples,
+    /// modelopt's Q(W) and input scales, in float64.
+    static func torchOutputErrors() throws -> [String: Double] {
+        let url = Fixtures.directory.appendingPathComponent("tiny-llama-output-error-modelopt.json")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        #expect(object["tokens"] as? Int == 490, "the reference covers the whole calibration file")
+        return try #require(object["linear_output_relative_error"] as? [String: Double])
     }
 
     /// Without a quality report: ranked by weight error, in numpy's order for modelopt's bytes.

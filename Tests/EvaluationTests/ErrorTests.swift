@@ -185,4 +185,23 @@ func evaluationError(_ body: () throws -> Void, sourceLocation: SourceLocation =
         }
         #expect(short?.subject == "evaluation sample 1")
     }
+
+    /// Output-error samples come from coordd over the network: ids outside the vocabulary and more tokens than are
+    /// measured are refused, naming what is wrong.
+    @Test func outputErrorSamplesOutsideTheVocabularyOrTooLong() throws {
+        let config = try Fixtures.tinyConfig()
+        let evaluator = PerplexityEvaluator(backend: CPUBackend(config: config), logger: quietLogger())
+        let checkpoint = try QuantizedCheckpoint(directory: Fixtures.w4a4Checkpoint, originalConfig: config)
+        let model = try Fixtures.tinyModel()
+        let outside = evaluationError {
+            _ = try evaluator.evaluate(original: model, checkpoint: checkpoint, samples: [[510, 20, 30]],
+                                       outputErrorSamples: [[510, 20], [510, config.vocabSize]])
+        }
+        #expect(outside?.description == "output-error sample 1: token id \(config.vocabSize) is outside the vocabulary (0..<\(config.vocabSize))")
+        let long = evaluationError {
+            _ = try evaluator.evaluate(original: model, checkpoint: checkpoint, samples: [[510, 20, 30]],
+                                       outputErrorSamples: [Array(repeating: 20, count: 1025)])
+        }
+        #expect(long?.description == "output-error samples: 1025 tokens, where at most 1024 are measured")
+    }
 }

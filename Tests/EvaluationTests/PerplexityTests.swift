@@ -69,6 +69,35 @@ func relativeDifference(_ a: Double, _ b: Double) -> Double { abs(a - b) / abs(b
         #expect(layersSeen == [1, 2])
     }
 
+    /// Output errors on given (calibration) samples ride on the original model's layers beside the scored samples: the
+    /// perplexities do not move, and each Linear's figure is PyTorch's for modelopt's checkpoint on the same 490 tokens
+    /// (Scripts/reference/linear-output-error.py), where the scored samples alone give other figures.
+    @Test func outputErrorsOnCalibrationSamplesMatchPyTorchAndLeaveThePerplexitiesAlone() throws {
+        let checkpoint = try QuantizedCheckpoint(directory: Fixtures.directory.appendingPathComponent("tiny-llama-nvfp4-modelopt"),
+                                                 originalConfig: config)
+        let evaluator = PerplexityEvaluator(backend: backend, logger: quietLogger())
+        let scored = Array(samples.prefix(3))
+        let plain = try evaluator.evaluate(original: model, checkpoint: checkpoint, samples: scored)
+        let onCalibration = try evaluator.evaluate(original: model, checkpoint: checkpoint, samples: scored,
+                                                   outputErrorSamples: samples)
+        #expect(onCalibration.originalPerplexity == plain.originalPerplexity)
+        #expect(onCalibration.quantizedPerplexity == plain.quantizedPerplexity)
+        #expect(plain.linearOutputErrorInputs == .heldOut && onCalibration.linearOutputErrorInputs == .calibration)
+
+        let url = Fixtures.directory.appendingPathComponent("tiny-llama-output-error-modelopt.json")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        let reference = try #require(object["linear_output_relative_error"] as? [String: Double])
+        #expect(Set(onCalibration.linearOutputRelativeError.keys) == Set(reference.keys) && reference.count == 14)
+        var worst = 0.0, worstOnScored = 0.0
+        for (name, expected) in reference {
+            worst = max(worst, relativeDifference(onCalibration.linearOutputRelativeError[name] ?? 0, expected))
+            worstOnScored = max(worstOnScored, relativeDifference(plain.linearOutputRelativeError[name] ?? 0, expected))
+        }
+        // The same checkpoint and input scales: only the two forwards' rounding separates the figures.
+        #expect(worst < 1e-4, "largest relative difference from PyTorch: \(worst)")
+        #expect(worstOnScored > 1e-3, "the scored samples' figures must differ, or this test cannot tell: \(worstOnScored)")
+    }
+
     /// Scripts/reference/torch_w4a4_eval.py on the same checkpoint and samples (transformers f32 forward,
     /// independent dequantization and fake quantization).
     @Test func matchesPyTorchReference() throws {
