@@ -1,4 +1,5 @@
 import Foundation
+import JobModel
 import LlamaModel
 import NVFP4
 
@@ -13,8 +14,11 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
     /// Layer → fused group → activation amax: one value per observed input. Expanded to Linear names only when
     /// written.
     public var activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]
-    /// Module name → its weight amax and relative quantization error, as the export measured them.
+    /// Module name → its weight amax and relative quantization error, as the export measured them, and its output
+    /// error once the quality report has measured it.
     public var linearQuality: [String: LinearQuality] = [:]
+    /// What the output errors were measured on; nil until they are.
+    public var outputErrorInputs: LinearOutputErrorInputs?
 
     public init(source: String, samples: Int, tokens: Int, contentHash: String, device: String,
                 activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]) {
@@ -48,6 +52,12 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
         func quality(_ value: (LinearQuality) -> String) -> String {
             measured.map { "    \"\($0.name)\": \(value($0))" }.joined(separator: ",\n")
         }
+        // Present once the quality report has measured every Linear's output error.
+        var outputErrors = ""
+        if let outputErrorInputs, !measured.isEmpty, measured.allSatisfy({ $0.outputRelativeError != nil }) {
+            outputErrors = "  \"output_relative_error\": {\n" + quality { "\($0.outputRelativeError ?? 0)" } + "\n  },\n"
+                + "  \"output_error_inputs\": \"\(outputErrorInputs.rawValue)\",\n"
+        }
         let text = """
             {
               "tool": "NVFP4Cluster \(NVFP4ClusterVersion.current)",
@@ -69,7 +79,7 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
               "weight_relative_error": {
             \(quality { "\($0.weightRelativeError)" })
               },
-              "kept_unquantized": [\(excluded.sorted().map { jsonString($0) }.joined(separator: ", "))]
+            \(outputErrors)  "kept_unquantized": [\(excluded.sorted().map { jsonString($0) }.joined(separator: ", "))]
             }
 
             """

@@ -57,6 +57,8 @@ public final class CheckpointAssembler {
     private var embeddingsWritten = false
     private var layersAdded = 0
     private var finished = false
+    /// What `calibration.json` was written from, for adding the output errors once the quality report has them.
+    private var calibrationRecord: CalibrationRecord?
 
     /// Checks the output path (see `OutputDirectory`) and creates a fresh partial directory.
     public init(spec: JobSpec, config: LlamaConfig, source: SafeTensorsModel, logger: Logger) throws {
@@ -181,6 +183,7 @@ public final class CheckpointAssembler {
             try calibration.write(to: directory.appendingPathComponent("calibration.json"), scheme: spec.scheme, config: config,
                                   excluded: Set(layout.excluded.keys))
             activationAmax = calibration.activationAmax
+            calibrationRecord = calibration
         }
         logger.info("verifying the written checkpoint")
         let report = try CheckpointVerifier(config: config, layout: layout, source: source, activationAmax: activationAmax)
@@ -193,9 +196,18 @@ public final class CheckpointAssembler {
 
     /// Renames the verified checkpoint to its final name.
     /// Writes `quality.json` (the closing quality report and the gate's verdict, as `status --json` has them, plus each
-    /// Linear's output error) beside the verified checkpoint, for `coordctl report`. It is no part of what a loader reads.
+    /// Linear's output error) beside the verified checkpoint, for `coordctl report`, and adds the output errors to
+    /// `calibration.json` (W4A4) beside the other per-Linear figures. Neither is part of what a loader reads, and the
+    /// verified tensors, scales and amax values stay as they are.
     public func writeQualityRecord(_ quality: JobQuality, linearOutputRelativeError: [String: Double]) throws {
         guard finished else { throw CheckpointAssemblyError.wrongStep("the quality record comes after verification") }
+        if var calibration = calibrationRecord, !linearOutputRelativeError.isEmpty {
+            for (name, error) in linearOutputRelativeError { calibration.linearQuality[name]?.outputRelativeError = error }
+            calibration.outputErrorInputs = quality.outputErrorInputs
+            try calibration.write(to: partialDirectory.appendingPathComponent("calibration.json"), scheme: spec.scheme,
+                                  config: config, excluded: Set(layout.excluded.keys))
+            calibrationRecord = calibration
+        }
         guard var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(quality)) as? [String: Any] else {
             throw CheckpointAssemblyError.wrongStep("the quality report did not encode as an object")
         }

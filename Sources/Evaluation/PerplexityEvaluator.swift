@@ -122,6 +122,7 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
             try batches.map { try backend.embed($0.tokenIDs, from: variant.weights) }
         }
         let sideBatches = try sidePass.map { try makeBatches($0.samples) } ?? []
+        var sideSeconds = Duration.zero
         var sideHidden: [HiddenStates] = try sidePass.map { pass in
             try sideBatches.map { try backend.embed($0.tokenIDs, from: variants[pass.variant].weights) }
         } ?? []
@@ -133,14 +134,23 @@ public struct PerplexityEvaluator<Backend: ComputeBackend> {
                                             inputTransform: variant.inputTransform)
                 }
                 if let sidePass, sidePass.variant == index {
+                    let started = ContinuousClock.now
                     for (batchIndex, batch) in sideBatches.enumerated() {
                         _ = try backend.forward(layer: loaded, hidden: &sideHidden[batchIndex], batch: batch.batch,
                                                 inputTransform: sidePass.inputTransform)
                     }
+                    sideSeconds += ContinuousClock.now - started
                 }
             }
             logger.debug("layer done", metadata: ["layer": "\(layer)"])
             progress?(EvaluationProgress(completedLayers: layer + 1, totalLayers: layers))
+        }
+        if let sidePass {
+            // Its cost beside the report's (the transform's own time is logged by its owner).
+            logger.info("side pass done", metadata: [
+                "tokens": "\(sidePass.samples.reduce(0) { $0 + $1.count })", "model": "\(variants[sidePass.variant].name)",
+                "seconds": "\(String(format: "%.2f", Double(sideSeconds.components.seconds) + Double(sideSeconds.components.attoseconds) * 1e-18))",
+            ])
         }
         var results: [NegativeLogLikelihood] = []
         for (index, variant) in variants.enumerated() {

@@ -36,6 +36,10 @@ import W4A4Probes
             // BF16 noise of modelopt's.
             let agreement = ScaleAgreement(outputErrors.mapValues(Float.init), reference: torchFigures.mapValues(Float.init))
             #expect(agreement.withinBF16Noise, "\(agreement)")
+            // calibration.json carries the same figures beside the weight errors.
+            let calibration = try jsonObject(output.appendingPathComponent("calibration.json"))
+            #expect(calibration["output_relative_error"] as? [String: Double] == outputErrors)
+            #expect(calibration["output_error_inputs"] as? String == "calibration")
             let expected = outputErrors.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.prefix(10)
             let ranked = report.stdout.split(separator: "\n").filter { $0.hasPrefix("  ") && $0.contains("model.layers.") }
             #expect(ranked.count == 10, "\(report.stdout)")
@@ -63,7 +67,7 @@ import W4A4Probes
 
     /// Without a quality report: ranked by weight error, in numpy's order for modelopt's bytes.
     @Test func worstTenByWeightErrorWithoutAQualityReport() throws {
-        try withReport(evalSamples: 0) { _, report in
+        try withReport(evalSamples: 0) { output, report in
             let reference = try LinearQualityTests.reference()
             let expected = reference.sorted { $0.value["weight_relative_error"]! > $1.value["weight_relative_error"]! }.prefix(10)
             let ranked = report.stdout.split(separator: "\n").filter { $0.hasPrefix("  ") && $0.contains("model.layers.") }
@@ -73,6 +77,8 @@ import W4A4Probes
                 #expect(line.contains(String(format: "%.3f%%", figures["weight_relative_error"]! * 100)), "\(line)")
             }
             #expect(report.stdout.contains("no quality report was recorded"))
+            let calibration = try jsonObject(output.appendingPathComponent("calibration.json"))
+            #expect(calibration["output_relative_error"] == nil && calibration["output_error_inputs"] == nil)
         }
     }
 
