@@ -1,4 +1,5 @@
 import Foundation
+import NVFP4
 
 /// SplitMix64: deterministic inputs without Foundation's unseeded generators.
 struct SeededGenerator: RandomNumberGenerator {
@@ -20,4 +21,32 @@ struct SeededGenerator: RandomNumberGenerator {
         for _ in 0..<4 { sum += Float.random(in: -1...1, using: &self) }
         return sum * (3 as Float).squareRoot() / 2
     }
+}
+
+/// The E2M1 code of element `index` of a packed `[rows, cols/2]` weight.
+func code(_ packed: [UInt8], _ index: Int) -> UInt8 {
+    index % 2 == 0 ? packed[index / 2] & 0xF : packed[index / 2] >> 4
+}
+
+/// `tr((W − Q) H (W − Q)ᵀ)`: twice the mean squared output error of the quantized Linear on the rows `H` came from.
+func outputError(original: [Float], quantized: NVFP4Weight, hessian: [Double]) -> Double {
+    let rows = quantized.rows, cols = quantized.cols
+    let dequantized = NVFP4Quantizer.dequantize(quantized)
+    var total = 0.0
+    var delta = [Double](repeating: 0, count: cols)
+    for row in 0..<rows {
+        for c in 0..<cols { delta[c] = Double(original[row * cols + c]) - Double(dequantized[row * cols + c]) }
+        for i in 0..<cols where delta[i] != 0 {
+            var dot = 0.0
+            for j in 0..<cols { dot += hessian[i * cols + j] * delta[j] }
+            total += delta[i] * dot
+        }
+    }
+    return total
+}
+
+enum Fixtures {
+    static let gptqReference = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/gptq-nvfp4-reference.safetensors").path
 }
