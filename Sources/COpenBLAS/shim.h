@@ -7,5 +7,6 @@
 
 /// Cholesky factorization of a symmetric positive definite matrix (`uplo` 'U' or 'L' names the triangle used).
 void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_length);
-/// Inverse of a symmetric positive definite matrix from its `dpotrf_` factor, written to the same triangle.
-void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_length);
+/// Inverse of a triangular matrix in place (`diag` 'N': a general diagonal, 'U': unit diagonal).
+void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda, int *info, size_t uplo_length,
+             size_t diag_length);
