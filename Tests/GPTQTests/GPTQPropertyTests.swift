@@ -75,4 +75,29 @@ import Testing
         #expect(outputError(original: weight, quantized: result, hessian: hessian)
                 < outputError(original: weight, quantized: rtn, hessian: hessian))
     }
+
+    /// An indefinite Hessian (a 2×2 block with eigenvalues 2.05 and −0.05) fails with dampening 0.01 of the mean
+    /// diagonal and factors with 0.1: the retry rescues it, and with no retries allowed it is an error.
+    @Test func largerDampeningRescuesAnIndefiniteHessian() throws {
+        let rows = 4, cols = 32
+        let weight = Self.randomWeight(rows: rows, cols: cols, seed: 23)
+        var hessian = [Double](repeating: 0, count: cols * cols)
+        for i in 0..<cols { hessian[i * cols + i] = 1 }
+        hessian[0 * cols + 1] = 1.05
+        hessian[1 * cols + 0] = 1.05
+        let s2 = NVFP4Quantizer.weightScale2(amax: weight.map(abs).max()!)
+        func quantize(retries: Int) throws -> NVFP4Weight {
+            try weight.withUnsafeBufferPointer { weight in
+                try hessian.withUnsafeBufferPointer { hessian in
+                    try GPTQQuantizer.quantize(f32: weight, rows: rows, cols: cols, hessian: hessian, weightScale2: s2,
+                                               parameters: GPTQParameters(dampeningRetries: retries), tensor: "indefinite")
+                }
+            }
+        }
+        #expect(throws: GPTQError.hessianNotPositiveDefinite(tensor: "indefinite", dampening: 0.01)) {
+            try quantize(retries: 0)
+        }
+        let rescued = try quantize(retries: 1)
+        #expect(rescued.rows == rows && rescued.cols == cols)
+    }
 }
