@@ -50,6 +50,8 @@ let package = Package(
         .target(name: "Tokenizer", dependencies: ["StrictJSON"]),
         // OpenBLAS, from Debian's libopenblas-dev.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        // GPTQ for NVFP4 weights on the CPU: the input Hessian and the error-compensating column loop. No I/O.
+        .target(name: "GPTQ", dependencies: ["NVFP4", "COpenBLAS"], swiftSettings: numericSettings),
         // The compute-backend protocol that calibration drives.
         .target(name: "ComputeBackend", dependencies: ["LlamaModel", "JobModel"]),
         // F32 CPU backend over BLAS.
@@ -252,6 +254,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "NVFP4Tests", dependencies: ["NVFP4", "SafeTensors"]),
+        .testTarget(name: "GPTQTests", dependencies: ["GPTQ", "NVFP4", "SafeTensors"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "LlamaModelTests", dependencies: ["LlamaModel", "SafeTensors"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
