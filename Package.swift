@@ -71,7 +71,7 @@ let package = Package(
                                                      .product(name: "Logging", package: "swift-log")]),
         // The engine of a job, no networking: input checks, devices and backends, the layer-range runner, the
         // boundary store, the exporter and the quality evaluation.
-        .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "SafeTensors", "Calibration",
+        .target(name: "QuantizeJob", dependencies: ["Checkpoint", "LlamaModel", "NVFP4", "GPTQ", "SafeTensors", "Calibration",
                                                       "ComputeBackend", "CPUBackend", "Tokenizer", "Evaluation", "CUDARuntime", "CUDABackend",
                                                       .product(name: "Logging", package: "swift-log"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),

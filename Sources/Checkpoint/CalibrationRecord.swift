@@ -19,6 +19,8 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
     public var linearQuality: [String: LinearQuality] = [:]
     /// What the output errors were measured on; nil until they are.
     public var outputErrorInputs: LinearOutputErrorInputs?
+    /// GPTQ's parameters when the weights were rounded with GPTQ; nil for round-to-nearest.
+    public var gptq: GPTQSettings?
 
     public init(source: String, samples: Int, tokens: Int, contentHash: String, device: String,
                 activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]) {
@@ -52,6 +54,13 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
         func quality(_ value: (LinearQuality) -> String) -> String {
             measured.map { "    \"\($0.name)\": \(value($0))" }.joined(separator: ",\n")
         }
+        // How the weights were rounded, and with what parameters.
+        let algorithmJSON = gptq.map {
+            "{\"name\": \"gptq\", \"block_size\": \($0.blockSize), \"dampening\": \($0.dampening), "
+                + "\"activation_order\": \($0.activationOrder), \"hessian\": \"one per shared input, 2/n Σ xᵀx over every "
+                + "calibration token, in float64\", \"scales\": \"round-to-nearest's block and global scales\", "
+                + "\"propagation\": \"original (each layer calibrates on the unquantized outputs of the layer before)\"}"
+        } ?? "{\"name\": \"rtn\"}"
         // Present once the quality report has measured every Linear's output error.
         var outputErrors = ""
         if let outputErrorInputs, !measured.isEmpty, measured.allSatisfy({ $0.outputRelativeError != nil }) {
@@ -67,6 +76,7 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
               "tokens": \(tokens),
               "calibration_set_sha256": "\(contentHash)",
               "device": "\(device)",
+              "algorithm": \(algorithmJSON),
               "activation_amax": {
             \(entries { $0.value })
               },

@@ -16,7 +16,9 @@ extension JobSpec {
     /// What `calibration.json` says about `plan`, computed on `deviceLabel` (its amax values are added as layers
     /// complete).
     public func calibrationRecord(plan: CalibrationPlan, deviceLabel: String) -> CalibrationRecord {
-        CalibrationRecord(source: plan.source, samples: plan.sampleCount, tokens: plan.tokenCount,
-                          contentHash: plan.contentHash, device: deviceLabel)
+        var record = CalibrationRecord(source: plan.source, samples: plan.sampleCount, tokens: plan.tokenCount,
+                                       contentHash: plan.contentHash, device: deviceLabel)
+        record.gptq = gptq
+        return record
     }
 }

@@ -80,6 +80,35 @@ public struct JobOptions: ParsableArguments {
         valueName: "PATTERN"))
     var exclude: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp(
+        "How weights are rounded to NVFP4: rtn or gptq.",
+        discussion: """
+            rtn (the default) rounds to nearest: modelopt's packed weights and scales, bit for bit. gptq keeps the \
+            same block and global scales and chooses each E2M1 code so that the rounding error of a column is \
+            compensated by the columns after it, weighted by the Hessian of the Linear's input, which accumulates \
+            during the calibration forward (one per shared input: q/k/v share one, gate/up share one; Hessians stay \
+            on the worker that holds the layer). W4A4 only. It costs a Hessian update per calibration chunk and a \
+            Cholesky factorization per input at export, and holds (in_features² × 8 bytes) per shared input of every \
+            layer a worker calibrates. Same tensors and dtypes as rtn: vLLM loads either.
+            """))
+    var algorithm: QuantizationAlgorithm = .rtn
+
+    @Option(name: .long, parsing: .unconditional, help: "GPTQ: columns quantized between two lazy updates of the rest (standard 128).")
+    var gptqBlockSize: Int?
+
+    @Option(name: .long, parsing: .unconditional, help: "GPTQ: dampening added to the Hessian's diagonal, as a fraction of its mean (standard 0.01).")
+    var gptqDampening: Double?
+
+    @Flag(name: .long, help: "GPTQ: quantize columns in descending order of their input's energy (activation order).")
+    var gptqActOrder = false
+
+    /// The GPTQ settings these options ask for; nil for rtn.
+    var gptqSettings: GPTQSettings? {
+        guard algorithm == .gptq else { return nil }
+        return GPTQSettings(blockSize: gptqBlockSize ?? GPTQSettings.standardBlockSize,
+                            dampening: gptqDampening ?? GPTQSettings.standardDampening, activationOrder: gptqActOrder)
+    }
+
     public func validate() throws {
         // Sizes are checked here, so that a bad one is a usage error (exit 64) like every other.
         for (option, text) in [("--max-shard-size", maxShardSize), ("--activation-memory", activationMemory)] {
@@ -98,6 +127,10 @@ public struct JobOptions: ParsableArguments {
         if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1 (got \(minTokens))") }
         if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
         try validateExclusion()
+        if algorithm == .rtn, gptqBlockSize != nil || gptqDampening != nil || gptqActOrder {
+            throw ValidationError("--gptq-block-size, --gptq-dampening and --gptq-act-order apply to --algorithm gptq")
+        }
+        if let problem = gptqSettings?.problem(scheme: scheme) { throw ValidationError(problem) }
     }
 
     /// `--exclude` against the model's config, when it can be read here (a model that cannot is reported by the
@@ -130,7 +163,7 @@ public struct JobOptions: ParsableArguments {
                 scratchDirectory: scratchDir.map { URL(fileURLWithPath: $0).path }, device: device.device),
             evaluationSamples: evalSamples, evaluationMaxTokens: JobSpec.defaultEvaluationMaxTokens,
             maxPerplexityRatio: noQualityGate ? nil : maxPerplexityRatio, configSHA256: configSHA256,
-            excludePatterns: exclude)
+            excludePatterns: exclude, gptq: gptqSettings)
     }
 
     /// The job of a cluster: absolute paths (they are read on other machines) and the model's config hash, which
@@ -142,5 +175,6 @@ public struct JobOptions: ParsableArguments {
 }
 
 extension QuantizationScheme: ExpressibleByArgument {}
+extension QuantizationAlgorithm: ExpressibleByArgument {}
 extension CheckpointLayout: ExpressibleByArgument {}
 extension ActivationPrecision: ExpressibleByArgument {}

@@ -136,6 +136,9 @@ actor JobRunner {
             throw CoordinatorError.invalidSubmission(field: "--split", reason: "needs positive layer counts, got \(split)")
         }
         let spec = submission.spec
+        if let problem = spec.gptq?.problem(scheme: spec.scheme) {
+            throw CoordinatorError.invalidSubmission(field: "--algorithm", reason: problem)
+        }
         let model = ModelDirectory(spec.modelDirectory)
         let config: LlamaConfig
         let source: SafeTensorsModel

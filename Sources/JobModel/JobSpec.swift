@@ -65,13 +65,20 @@ public struct JobSpec: Codable, Sendable, Equatable {
         set { exclude = newValue.isEmpty ? nil : newValue }
     }
 
+    /// GPTQ's parameters when the job rounds with GPTQ; nil for round-to-nearest, so that an RTN job encodes (and
+    /// fingerprints) exactly as before the option existed.
+    public var gptq: GPTQSettings?
+
+    /// How the job rounds its weights.
+    public var algorithm: QuantizationAlgorithm { gptq == nil ? .rtn : .gptq }
+
     /// Most tokens of one held-out sample in the quality report.
     public static let defaultEvaluationMaxTokens = 1200
 
     public init(jobID: String, modelPath: String, outputPath: String, scheme: QuantizationScheme, layout: CheckpointLayout,
                 maxShardSize: Int, omitScaleDTypeKeys: Bool, force: Bool, calibration: Calibration,
                 evaluationSamples: Int, evaluationMaxTokens: Int, maxPerplexityRatio: Double?, configSHA256: String,
-                excludePatterns: [String] = []) {
+                excludePatterns: [String] = [], gptq: GPTQSettings? = nil) {
         self.jobID = jobID
         self.modelPath = modelPath
         self.outputPath = outputPath
@@ -86,6 +93,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
         self.maxPerplexityRatio = maxPerplexityRatio
         self.configSHA256 = configSHA256
         self.excludePatterns = excludePatterns
+        self.gptq = gptq
     }
 
     public var modelDirectory: URL { URL(fileURLWithPath: modelPath) }

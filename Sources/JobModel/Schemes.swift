@@ -59,3 +59,50 @@ public enum ActivationPrecision: String, Sendable, CaseIterable, Codable {
     case float32 = "f32"
     case bfloat16 = "bf16"
 }
+
+/// How weights are rounded to the NVFP4 grid. Both keep round-to-nearest's per-16 block scales and global scale, so
+/// the checkpoint has the same tensors, dtypes and scales; only the E2M1 codes differ.
+public enum QuantizationAlgorithm: String, Codable, Sendable, CaseIterable {
+    /// Round-to-nearest: modelopt's bytes, bit for bit.
+    case rtn
+    /// GPTQ: each column's rounding error is compensated by the columns after it, weighted by the Hessian of the
+    /// Linear's input (gathered during calibration).
+    case gptq
+}
+
+/// GPTQ's parameters as a job carries them (the numerics take them as `GPTQParameters`).
+public struct GPTQSettings: Codable, Sendable, Equatable {
+    /// Columns quantized between two lazy updates of the remaining weights (the standard 128).
+    public var blockSize: Int
+    /// Added to the Hessian's diagonal, as a fraction of its mean (the standard 0.01).
+    public var dampening: Double
+    /// Quantize columns in descending order of their input's energy (the Hessian's diagonal).
+    public var activationOrder: Bool
+
+    public static let standardBlockSize = 128
+    public static let standardDampening = 0.01
+
+    public init(blockSize: Int = standardBlockSize, dampening: Double = standardDampening, activationOrder: Bool = false) {
+        self.blockSize = blockSize
+        self.dampening = dampening
+        self.activationOrder = activationOrder
+    }
+
+    /// Why these settings cannot run a job of `scheme`, or nil: GPTQ needs the Hessians of a calibration forward
+    /// (W4A4) and parameters in range.
+    public func problem(scheme: QuantizationScheme) -> String? {
+        if !scheme.quantizesActivations {
+            return "--algorithm gptq needs the Hessians of a calibration forward, and --scheme \(scheme.rawValue) "
+                + "calibrates nothing; use --scheme nvfp4, or --algorithm rtn"
+        }
+        if blockSize < 1 { return "--gptq-block-size must be at least 1 (got \(blockSize))" }
+        if !(dampening > 0) || !dampening.isFinite { return "--gptq-dampening must be a number above 0 (got \(dampening))" }
+        return nil
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case blockSize = "block_size"
+        case dampening
+        case activationOrder = "activation_order"
+    }
+}

@@ -25,7 +25,7 @@ extension JobSpec {
             evaluationSamples: options.evaluationSamples, evaluationMaxTokens: options.evaluationMaxTokens,
             maxPerplexityRatio: options.maxPerplexityRatio,
             configSHA256: try ModelCheck.configSHA256(modelDirectory: options.modelDirectory),
-            excludePatterns: options.excludePatterns)
+            excludePatterns: options.excludePatterns, gptq: options.gptq)
     }
 
     /// The options that `coordctl quantize` would run this job with.
@@ -48,6 +48,7 @@ extension JobSpec {
         options.evaluationMaxTokens = evaluationMaxTokens
         options.maxPerplexityRatio = maxPerplexityRatio
         options.excludePatterns = excludePatterns
+        options.gptq = gptq
         return options
     }
 

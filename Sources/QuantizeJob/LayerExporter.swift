@@ -1,6 +1,7 @@
 import Calibration
 import Checkpoint
 import Foundation
+import GPTQ
 import LlamaModel
 import NVFP4
 import SafeTensors
@@ -65,9 +66,14 @@ public final class LayerExporter: Sendable {
     }
 
     /// ``export(layer:activationAmax:timings:)``, appending each Linear's weight amax and relative quantization error
-    /// (‖W − Q(W)‖ / ‖W‖ of the NVFP4 weight as written) to `quality`.
+    /// (‖W − Q(W)‖ / ‖W‖ of the NVFP4 weight as written) to `quality`. With `hessians` (the job's `--algorithm gptq`:
+    /// the layer's complete Hessians from ``LayerHessians``) the E2M1 codes come from GPTQ under the same block and
+    /// global scales.
     public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?, timings: inout ExportTimings,
-                       quality: inout [LinearQuality]) throws -> [ExportedTensor] {
+                       quality: inout [LinearQuality], hessians: [FusedGroup: HessianAccumulator]? = nil) throws -> [ExportedTensor] {
+        if spec.gptq != nil && hessians == nil {
+            throw QuantizeJobError.missingHessians(layer: layer)
+        }
         guard (0..<config.numHiddenLayers).contains(layer) else {
             throw QuantizeJobError.layerOutOfRange(layer: layer, layerCount: config.numHiddenLayers)
         }
@@ -108,7 +114,13 @@ public final class LayerExporter: Sendable {
                 inputScale = InputScale(amax)
             }
             started = .now
-            let weight = try quantize(linear, weightScale2: sharedScale[linear.kind.group]!)
+            let weight: NVFP4Weight
+            if let settings = spec.gptq, let hessian = hessians?[linear.kind.group] {
+                weight = try gptqQuantize(linear, weightScale2: sharedScale[linear.kind.group]!, hessian: hessian,
+                                          settings: settings)
+            } else {
+                weight = try quantize(linear, weightScale2: sharedScale[linear.kind.group]!)
+            }
             timings.quantize += secondsSince(started)
             started = .now
             let error = try quantizationError(of: weight, linear)
@@ -150,6 +162,21 @@ public final class LayerExporter: Sendable {
             }
         }
         return try source.floats(linear.weightName).withUnsafeBufferPointer { NVFP4Quantizer.quantizationError(of: weight, f32: $0) }
+    }
+
+    /// GPTQ over the weight widened to f32 (exact from BF16, so the block scales are round-to-nearest's).
+    private func gptqQuantize(_ linear: LinearSpec, weightScale2: Float, hessian: HessianAccumulator,
+                              settings: GPTQSettings) throws -> NVFP4Weight {
+        let values = try source.floats(linear.weightName, expectedShape: [linear.outFeatures, linear.inFeatures])
+        let matrix = hessian.matrix
+        let parameters = GPTQParameters(blockSize: settings.blockSize, dampening: settings.dampening,
+                                        activationOrder: settings.activationOrder)
+        return try values.withUnsafeBufferPointer { weight in
+            try matrix.withUnsafeBufferPointer { hessian in
+                try GPTQQuantizer.quantize(f32: weight, rows: linear.outFeatures, cols: linear.inFeatures, hessian: hessian,
+                                           weightScale2: weightScale2, parameters: parameters, tensor: linear.weightName)
+            }
+        }
     }
 
     private func quantize(_ linear: LinearSpec, weightScale2: Float) throws -> NVFP4Weight {

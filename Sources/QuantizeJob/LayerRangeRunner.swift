@@ -47,6 +47,8 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
     private let logger: Logger
     private let releaseWeights: (([String]) -> Void)?
     private var loaded: [Backend.LoadedLayer] = []
+    /// Sees every Linear input of both schedules (GPTQ's Hessians); the states then stay on the host.
+    public var inputObserver: (any CalibrationInputObserver)?
 
     /// - Parameters:
     ///   - range: global layer indices, non-empty, inside the model; it starts at 0 exactly when `embeds`.
@@ -102,7 +104,7 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
         }
         try loadLayers()
         var layerAmax: [(layer: Int, amax: ObservedAmax)] = []
-        if try backend.residentStateCapacity() >= backend.residentStateBytes(tokens: batch.totalTokens) {
+        if inputObserver == nil, try backend.residentStateCapacity() >= backend.residentStateBytes(tokens: batch.totalTokens) {
             // The states cross to the backend once for the whole range, not once per layer.
             var states = try backend.makeResident(hidden, batch: batch)
             for (offset, layer) in range.enumerated() {
@@ -113,7 +115,8 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
         } else {
             for (offset, layer) in range.enumerated() {
                 let amax = try forwardChecked(backend: backend, layer: loaded[offset], index: layer, hidden: &hidden,
-                                              batch: batch, chunk: chunk)
+                                              batch: batch, chunk: chunk,
+                                              inputTransform: inputObserver?.inputTransform(forChunk: chunk.index))
                 layerAmax.append((layer, amax))
             }
         }
@@ -151,10 +154,12 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
             throw CalibrationError.invalidSetup("layers \(range.lowerBound)..<\(range.upperBound): "
                                                 + (embeds ? "the first range embeds; give no input" : "input hidden states are needed"))
         }
-        return try LayerStreamingCalibrator(
+        let pass = try LayerStreamingCalibrator(
             backend: backend, weights: weights, plan: plan, layers: range, input: streamingInput,
             retainsOutputs: retainsOutputs, activationMemoryBudget: spec.calibration.activationMemoryBudget,
             scratchDirectory: spec.scratchDirectory, logger: logger, releaseWeights: releaseWeights, progress: progress)
+        pass.inputObserver = inputObserver
+        return pass
     }
 
     /// The layer-streaming schedule over every chunk of `plan`, with results shaped like ``run(chunk:hidden:)``'s

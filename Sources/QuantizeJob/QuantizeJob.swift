@@ -62,10 +62,19 @@ public struct QuantizeOptions: Sendable {
     public var maxPerplexityRatio: Double? = QualityGate.defaultMaxPerplexityRatio
     /// `--exclude` patterns: matching Linears stay unquantized (see ``LinearExclusion``).
     public var excludePatterns: [String] = []
+    /// `--algorithm gptq` with its parameters; nil rounds to nearest.
+    public var gptq: GPTQSettings?
 
     public init(modelDirectory: URL, outputDirectory: URL) {
         self.modelDirectory = modelDirectory
         self.outputDirectory = outputDirectory
+    }
+}
+
+extension QuantizeOptions {
+    /// GPTQ needs a calibration forward (W4A4) and sane parameters.
+    public func checkGPTQ() throws {
+        if let problem = gptq?.problem(scheme: scheme) { throw QuantizeJobError.unusableGPTQSettings(reason: problem) }
     }
 }
 
@@ -120,6 +129,15 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
     case unusableActivationAmax(linear: String, amax: Float?)
     /// Ctrl-C: the job was cancelled; `partialKept` is its staging directory when it could not be removed.
     case interrupted(jobID: String, partialKept: String?)
+    /// `--algorithm gptq` on a scheme that calibrates nothing, or with parameters out of range.
+    case unusableGPTQSettings(reason: String)
+    /// A GPTQ export found a Hessian that did not see every calibration chunk (the worker lost it, e.g. in a
+    /// restart): quantizing with it would silently weight a part of the data.
+    case incompleteHessian(layer: Int, group: String, chunksSeen: Int, chunks: Int)
+    /// A GPTQ job's layer was exported without Hessians.
+    case missingHessians(layer: Int)
+    /// GPTQ's Hessians are gathered by observing the Linear inputs on the host, which only the CPU backend offers.
+    case gptqNeedsCPU(device: String)
 
     public var description: String {
         switch self {
@@ -136,6 +154,14 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
             "interrupted: job \(jobID) cancelled; its partial output \(partialKept) could not be removed (delete it)"
         case .interrupted(let jobID, nil):
             "interrupted: job \(jobID) cancelled; its partial output was removed and no output was written"
+        case .unusableGPTQSettings(let reason): reason
+        case .missingHessians(let layer): "layer \(layer): a GPTQ export needs the layer's Hessians, and none were given"
+        case .gptqNeedsCPU(let device):
+            "--algorithm gptq gathers its Hessians on the CPU backend; this range computes on \(device). Run it with "
+                + "--device cpu (GPTQ on CUDA is not built yet)"
+        case .incompleteHessian(let layer, let group, let seen, let chunks):
+            "layer \(layer) \(group): its GPTQ Hessian saw \(seen) of \(chunks) calibration chunks (the worker lost its "
+                + "state, e.g. in a restart); GPTQ needs all of them, so the job stops rather than weight part of the data"
         }
     }
 }
@@ -159,6 +185,7 @@ public final class QuantizeJob {
 
     public func checkInputs() throws -> Inputs {
         try options.layout.validate(scheme: options.scheme)
+        try options.checkGPTQ()
         let modelPath = options.modelDirectory.standardizedFileURL.resolvingSymlinksInPath().path
         let outputPath = options.outputDirectory.standardizedFileURL.resolvingSymlinksInPath().path
         if modelPath == outputPath || modelPath.hasPrefix(outputPath.hasSuffix("/") ? outputPath : outputPath + "/") {

@@ -28,6 +28,8 @@ final class RangeCompute: @unchecked Sendable {
     private let boundary: BoundaryStateStore?
     private let exporter: LayerExporter
     private let device: ComputeDevice
+    /// GPTQ's Hessians of the range (`--algorithm gptq`), gathered by the calibration forward, taken by each export.
+    private let hessians: LayerHessians?
 
     /// Checks the model against the coordinator's config hash, then loads the range (W4A4 only: weight-only jobs
     /// only export).
@@ -51,6 +53,16 @@ final class RangeCompute: @unchecked Sendable {
                                      releaseWeights: { names in for name in names { try? source.releasePages(name) } })
             }
             return try erase(backend)
+        }
+        if spec.gptq != nil {
+            guard case .cpu = device else { throw QuantizeJobError.gptqNeedsCPU(device: "\(device)") }
+            let hessians = LayerHessians(layers: assignment.range, chunkCount: assignment.plan.chunks.count)
+            runner.setInputObserver(hessians)
+            self.hessians = hessians
+            let bytes = LayerHessians.bytes(config: config, layers: assignment.range)
+            logger.info("GPTQ: the Hessians of layers \(assignment.firstLayer)..<\(assignment.endLayer) take up to \(bytes >> 20) MiB")
+        } else {
+            hessians = nil
         }
         boundary = assignment.embeddings ? nil
             : try BoundaryStateStore(scratchDirectory: Self.jobScratch(scratchDirectory, workerName: workerName),
@@ -146,11 +158,15 @@ final class RangeCompute: @unchecked Sendable {
         -> (tensors: [ExportedTensor], timings: ExportTimings, quality: [LinearQuality]) {
         var timings = ExportTimings()
         var quality: [LinearQuality] = []
-        let tensors = try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings, quality: &quality)
+        let tensors = try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings, quality: &quality,
+                                          hessians: try hessians?.take(layer: layer))
         return (tensors, timings, quality)
     }
 
-    func close() { runner.releaseLayers() }
+    func close() {
+        runner.releaseLayers()
+        hessians?.removeAll()
+    }
 
     /// Fills the plan's token ids from the data path's little-endian Int32 bytes, after checking their count and
     /// their SHA-256 against the plan's. Runs on the compute queue, before any chunk.
@@ -219,6 +235,7 @@ protocol RangeRunning: AnyObject {
     func run(chunk: CalibrationChunk, hidden: HiddenStates?) throws -> ChunkResult
     func loadLayers() throws
     func releaseLayers()
+    func setInputObserver(_ observer: any CalibrationInputObserver)
     func layerPass(plan: CalibrationPlan, input: ((CalibrationChunk) throws -> HiddenStates)?, retainsOutputs: Bool) throws
         -> any LayerPass
 }
@@ -233,6 +250,8 @@ protocol LayerPass: AnyObject {
 }
 
 extension LayerRangeRunner: RangeRunning {
+    func setInputObserver(_ observer: any CalibrationInputObserver) { inputObserver = observer }
+
     func layerPass(plan: CalibrationPlan, input: ((CalibrationChunk) throws -> HiddenStates)?, retainsOutputs: Bool) throws
         -> any LayerPass {
         try streamingPass(plan: plan, input: input, retainsOutputs: retainsOutputs)

@@ -68,6 +68,28 @@ import W4A4Probes
         }
     }
 
+    /// GPTQ across two workers: each gathers the Hessians of its own layers during the calibration forward and keeps
+    /// them (only hidden states cross the network), and the checkpoint is the embedded run's, byte for byte.
+    @Test func gptqOnTwoWorkersWritesTheSameBytesAsTheEmbeddedRun() throws {
+        try withTemporaryDirectory("cluster-gptq") { directory in
+            let extra = ["--algorithm", "gptq", "--gptq-act-order"]
+            let reference = try embeddedReference(in: directory, extra: extra)
+            let cluster = LocalCluster(directory: directory, token: try writeToken("gptq-token-0123456789abcdef", in: directory))
+            defer { cluster.stopAll() }
+            try cluster.startCoordinator()
+            try cluster.startWorker("w1")
+            try cluster.startWorker("w2")
+            try cluster.waitForWorkers(["w1", "w2"])
+            _ = try cluster.runTinyTwoWorkerJob(output: directory.appendingPathComponent("cluster-out"), reference: reference,
+                                                extra: extra)
+            #expect(cluster.workers["w1"]!.output.contains("GPTQ: the Hessians of layers 0..<1"))
+            #expect(cluster.workers["w2"]!.output.contains("GPTQ: the Hessians of layers 1..<2"))
+            let calibration = try JSONSerialization.jsonObject(
+                with: Data(contentsOf: reference.appendingPathComponent("calibration.json"))) as? [String: Any]
+            #expect((calibration?["algorithm"] as? [String: Any])?["name"] as? String == "gptq")
+        }
+    }
+
     /// W4A4 through coordd and two workerd in both layouts, judged on the bytes written, not against our own other
     /// path: every stored activation scale is f32(amax / 2688) of the amax in calibration.json, and within BF16 noise
     /// of modelopt's reference. The job's quality report reaches `status` (text and JSON).

@@ -288,9 +288,9 @@ final class LocalCluster {
     /// Submits the tiny model split one layer per worker (w1, w2) to `output`, waits for the end and checks that the
     /// job succeeded with the bytes of `reference`; returns the job id and its final status object.
     @discardableResult
-    func runTinyTwoWorkerJob(output: URL, reference: URL,
+    func runTinyTwoWorkerJob(output: URL, reference: URL, extra: [String] = [],
                              sourceLocation: SourceLocation = #_sourceLocation) throws -> (job: String, status: [String: Any]) {
-        let submitted = try coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"]))
+        let submitted = try coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + extra))
         #expect(submitted.status == 0, "submit: \(submitted.stderr)", sourceLocation: sourceLocation)
         let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)",
                                sourceLocation: sourceLocation)

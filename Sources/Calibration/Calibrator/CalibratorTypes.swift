@@ -1,3 +1,4 @@
+import ComputeBackend
 import LlamaModel
 
 /// Supplies each layer's activation amax values for W4A4: max |x| of every observed Linear input over all
@@ -81,4 +82,10 @@ public enum CalibrationError: Error, CustomStringConvertible, Equatable, Sendabl
                 + "pass --calib with input_ids records instead"
         }
     }
+}
+
+/// Sees every Linear input of the calibration forward, chunk by chunk: what GPTQ's Hessians are made from.
+public protocol CalibrationInputObserver: AnyObject, Sendable {
+    /// The transform the forward of `chunk` runs its Linear inputs through (it must leave them unchanged).
+    func inputTransform(forChunk chunk: Int) -> any LinearInputTransform
 }

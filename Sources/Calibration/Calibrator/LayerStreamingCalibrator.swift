@@ -51,6 +51,9 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     public let layers: Range<Int>
     /// The directory spilled chunks are written to (created only when a chunk spills).
     public var scratchDirectory: URL { spill.directory }
+    /// Sees every Linear input (GPTQ's Hessians). Set before the first layer; chunks then stay in host memory, since
+    /// the observer reads inputs on the host.
+    public var inputObserver: (any CalibrationInputObserver)?
     /// How many chunks live in scratch files rather than memory (known after the first call).
     public private(set) var spilledChunkCount = 0
     /// How many chunks live in the backend's own memory (known after the first call).
@@ -296,7 +299,8 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             } else {
                 var hidden = HiddenStates(hiddenSize: backend.config.hiddenSize, values: try takeStates(of: index))
                 chunkAmax[index] = try forwardChecked(backend: backend, layer: loaded, index: layer, hidden: &hidden,
-                                                      batch: chunks[index].batch, chunk: chunks[index].plan)
+                                                      batch: chunks[index].batch, chunk: chunks[index].plan,
+                                                      inputTransform: inputObserver?.inputTransform(forChunk: chunks[index].plan.index))
                 try store(hidden.values, chunk: index)
             }
             samplesDone += chunks[index].sampleRange.count
@@ -320,7 +324,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     private func loadInputs() throws {
         let start = ContinuousClock.now
         var hostBytes = 0
-        let backendCapacity = try backend.residentStateCapacity()
+        let backendCapacity = inputObserver == nil ? try backend.residentStateCapacity() : 0
         var backendBytes = 0
         for index in chunks.indices {
             let chunk = chunks[index].plan
@@ -414,10 +418,12 @@ public func embedChecked<Backend: ComputeBackend>(backend: Backend, weights: any
 
 /// Runs one layer over one chunk in place, rejecting a non-finite amax (naming the chunk's samples) or a
 /// non-finite output (naming the sample). Every schedule runs layers through this, so all report alike.
+/// `inputTransform` sees every Linear input (an observer: it must leave them unchanged).
 public func forwardChecked<Backend: ComputeBackend>(backend: Backend, layer loaded: Backend.LoadedLayer, index layer: Int,
                                                     hidden: inout HiddenStates, batch: SequenceBatch,
-                                                    chunk: CalibrationChunk) throws -> ObservedAmax {
-    let amax = try backend.forward(layer: loaded, hidden: &hidden, batch: batch)
+                                                    chunk: CalibrationChunk,
+                                                    inputTransform: (any LinearInputTransform)? = nil) throws -> ObservedAmax {
+    let amax = try backend.forward(layer: loaded, hidden: &hidden, batch: batch, inputTransform: inputTransform)
     try checkAmax(amax, layer: layer, chunk: chunk)
     try chunk.checkFinite(hidden.values, hiddenSize: backend.config.hiddenSize, layer: layer)
     return amax
