@@ -59,7 +59,7 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
             "{\"name\": \"gptq\", \"block_size\": \($0.blockSize), \"dampening\": \($0.dampening), "
                 + "\"activation_order\": \($0.activationOrder), \"hessian\": \"one per shared input, 2/n Σ xᵀx over every "
                 + "calibration token, in float64\", \"scales\": \"round-to-nearest's block and global scales\", "
-                + "\"propagation\": \"original (each layer calibrates on the unquantized outputs of the layer before)\"}"
+                + "\"propagation\": \"\($0.propagation.rawValue)\"}"
         } ?? "{\"name\": \"rtn\"}"
         // Present once the quality report has measured every Linear's output error.
         var outputErrors = ""

@@ -102,11 +102,21 @@ public struct JobOptions: ParsableArguments {
     @Flag(name: .long, help: "GPTQ: quantize columns in descending order of their input's energy (activation order).")
     var gptqActOrder = false
 
+    @Option(name: .long, help: ArgumentHelp(
+        "GPTQ: what layer L+1 calibrates on: quantized (default) or original.",
+        discussion: """
+            quantized: the outputs of layer L with its GPTQ weights, as the quantized model computes them (each layer \
+            runs twice, and a worker runs its layers one at a time over all its chunks). original: the outputs of the \
+            unquantized layer (one forward per layer).
+            """))
+    var propagate: GPTQPropagationMode?
+
     /// The GPTQ settings these options ask for; nil for rtn.
     var gptqSettings: GPTQSettings? {
         guard algorithm == .gptq else { return nil }
         return GPTQSettings(blockSize: gptqBlockSize ?? GPTQSettings.standardBlockSize,
-                            dampening: gptqDampening ?? GPTQSettings.standardDampening, activationOrder: gptqActOrder)
+                            dampening: gptqDampening ?? GPTQSettings.standardDampening, activationOrder: gptqActOrder,
+                            propagation: propagate ?? .quantized)
     }
 
     public func validate() throws {
@@ -127,8 +137,8 @@ public struct JobOptions: ParsableArguments {
         if minTokens < 1 { throw ValidationError("--min-tokens must be at least 1 (got \(minTokens))") }
         if maxTokens < minTokens { throw ValidationError("--max-tokens (\(maxTokens)) must be >= --min-tokens (\(minTokens))") }
         try validateExclusion()
-        if algorithm == .rtn, gptqBlockSize != nil || gptqDampening != nil || gptqActOrder {
-            throw ValidationError("--gptq-block-size, --gptq-dampening and --gptq-act-order apply to --algorithm gptq")
+        if algorithm == .rtn, gptqBlockSize != nil || gptqDampening != nil || gptqActOrder || propagate != nil {
+            throw ValidationError("--gptq-block-size, --gptq-dampening, --gptq-act-order and --propagate apply to --algorithm gptq")
         }
         if let problem = gptqSettings?.problem(scheme: scheme) { throw ValidationError(problem) }
     }
@@ -176,5 +186,6 @@ public struct JobOptions: ParsableArguments {
 
 extension QuantizationScheme: ExpressibleByArgument {}
 extension QuantizationAlgorithm: ExpressibleByArgument {}
+extension GPTQPropagationMode: ExpressibleByArgument {}
 extension CheckpointLayout: ExpressibleByArgument {}
 extension ActivationPrecision: ExpressibleByArgument {}

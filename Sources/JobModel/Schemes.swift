@@ -78,14 +78,18 @@ public struct GPTQSettings: Codable, Sendable, Equatable {
     public var dampening: Double
     /// Quantize columns in descending order of their input's energy (the Hessian's diagonal).
     public var activationOrder: Bool
+    /// What the next layer calibrates on.
+    public var propagation: GPTQPropagationMode
 
     public static let standardBlockSize = 128
     public static let standardDampening = 0.01
 
-    public init(blockSize: Int = standardBlockSize, dampening: Double = standardDampening, activationOrder: Bool = false) {
+    public init(blockSize: Int = standardBlockSize, dampening: Double = standardDampening, activationOrder: Bool = false,
+                propagation: GPTQPropagationMode = .quantized) {
         self.blockSize = blockSize
         self.dampening = dampening
         self.activationOrder = activationOrder
+        self.propagation = propagation
     }
 
     /// Why these settings cannot run a job of `scheme`, or nil: GPTQ needs the Hessians of a calibration forward
@@ -104,5 +108,15 @@ public struct GPTQSettings: Codable, Sendable, Equatable {
         case blockSize = "block_size"
         case dampening
         case activationOrder = "activation_order"
+        case propagation
     }
+}
+
+/// With GPTQ, what layer L+1 calibrates on (`--propagate`).
+public enum GPTQPropagationMode: String, Codable, Sendable, CaseIterable {
+    /// The outputs of layer L with its GPTQ weights (dequantized), as the quantized model computes them: layer L is
+    /// quantized as soon as every chunk has passed it, and run again. The default.
+    case quantized
+    /// The outputs of the original layer L: one forward per layer, and the layers may be quantized later.
+    case original
 }

@@ -69,9 +69,12 @@ public final class LayerExporter: Sendable {
     /// (‖W − Q(W)‖ / ‖W‖ of the NVFP4 weight as written) to `quality`. With `hessians` (the job's `--algorithm gptq`:
     /// the layer's complete Hessians from ``LayerHessians``) the E2M1 codes come from GPTQ under the same block and
     /// global scales.
+    /// `gptqWeights` are the layer's GPTQ weights when calibration already computed them (``gptqWeights(layer:hessians:)``,
+    /// for `--propagate quantized`); they are then written as they are.
     public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?, timings: inout ExportTimings,
-                       quality: inout [LinearQuality], hessians: [FusedGroup: HessianAccumulator]? = nil) throws -> [ExportedTensor] {
-        if spec.gptq != nil && hessians == nil {
+                       quality: inout [LinearQuality], hessians: [FusedGroup: HessianAccumulator]? = nil,
+                       gptqWeights: [String: NVFP4Weight]? = nil) throws -> [ExportedTensor] {
+        if spec.gptq != nil && hessians == nil && gptqWeights == nil {
             throw QuantizeJobError.missingHessians(layer: layer)
         }
         guard (0..<config.numHiddenLayers).contains(layer) else {
@@ -94,15 +97,8 @@ public final class LayerExporter: Sendable {
                                           data: try source.data(linear.weightName), sha256: ""))
             try source.releasePages(linear.weightName)
         }
-        var sharedScale: [FusedGroup: Float] = [:]
         var started = ContinuousClock.now
-        // One core reads a few GB/s; the Linears of a 70B layer are 1.7 GB.
-        let memberWeightAmax = try concurrentMap(linears) { try self.amax(of: $0) }
-        for group in FusedGroup.allCases {
-            let members = linears.indices.filter { linears[$0].kind.group == group }
-            guard !members.isEmpty else { continue }
-            sharedScale[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { memberWeightAmax[$0] })
-        }
+        let (memberWeightAmax, sharedScale) = try sharedScales(linears)
         timings.weightAmax += secondsSince(started)
         for (index, linear) in linears.enumerated() {
             var inputScale: InputScale?
@@ -115,7 +111,9 @@ public final class LayerExporter: Sendable {
             }
             started = .now
             let weight: NVFP4Weight
-            if let settings = spec.gptq, let hessian = hessians?[linear.kind.group] {
+            if let computed = gptqWeights?[linear.name] {
+                weight = computed
+            } else if let settings = spec.gptq, let hessian = hessians?[linear.kind.group] {
                 weight = try gptqQuantize(linear, weightScale2: sharedScale[linear.kind.group]!, hessian: hessian,
                                           settings: settings)
             } else {
@@ -162,6 +160,34 @@ public final class LayerExporter: Sendable {
             }
         }
         return try source.floats(linear.weightName).withUnsafeBufferPointer { NVFP4Quantizer.quantizationError(of: weight, f32: $0) }
+    }
+
+    /// Each Linear's max |W| and each fused group's shared `S2`.
+    private func sharedScales(_ linears: [LinearSpec]) throws -> (memberAmax: [Float], shared: [FusedGroup: Float]) {
+        // One core reads a few GB/s; the Linears of a 70B layer are 1.7 GB.
+        let memberAmax = try concurrentMap(linears) { try self.amax(of: $0) }
+        var shared: [FusedGroup: Float] = [:]
+        for group in FusedGroup.allCases {
+            let members = linears.indices.filter { linears[$0].kind.group == group }
+            guard !members.isEmpty else { continue }
+            shared[group] = FusedScales.sharedWeightScale2(memberAmax: members.map { memberAmax[$0] })
+        }
+        return (memberAmax, shared)
+    }
+
+    /// The GPTQ weights of `layer`'s quantized Linears (module name → weight), what ``export(layer:activationAmax:timings:quality:hessians:gptqWeights:)``
+    /// would write from the same Hessians.
+    public func gptqWeights(layer: Int, hessians: [FusedGroup: HessianAccumulator]) throws -> [String: NVFP4Weight] {
+        guard let settings = spec.gptq else { throw QuantizeJobError.missingHessians(layer: layer) }
+        let linears = config.linears(layer: layer).filter { !layout.isExcluded($0) }
+        let shared = try sharedScales(linears).shared
+        var weights: [String: NVFP4Weight] = [:]
+        for linear in linears {
+            guard let hessian = hessians[linear.kind.group] else { throw QuantizeJobError.missingHessians(layer: layer) }
+            weights[linear.name] = try gptqQuantize(linear, weightScale2: shared[linear.kind.group]!, hessian: hessian,
+                                                    settings: settings)
+        }
+        return weights
     }
 
     /// GPTQ over the weight widened to f32 (exact from BF16, so the block scales are round-to-nearest's).

@@ -3,6 +3,7 @@ import ComputeBackend
 import Foundation
 import GPTQ
 import LlamaModel
+import NVFP4
 
 /// GPTQ's Hessians of a worker's layers, one per shared input (q/k/v share one, gate/up share one), gathered during
 /// the calibration forward that already runs and taken, once complete, by the export of their layer. They never
@@ -92,5 +93,66 @@ private struct ChunkInputs: LinearInputTransform {
 
     func transform(_ values: UnsafeMutableBufferPointer<Float>, rows: Int, columns: Int, layer: Int, group: FusedGroup) {
         hessians.add(values, rows: rows, columns: columns, layer: layer, group: group, chunk: chunk)
+    }
+}
+
+/// GPTQ with `--propagate quantized`: once every chunk has passed a layer, its Hessians are complete, so the layer is
+/// quantized there and then, and the next layer calibrates on the outputs of the dequantized weights (as llm-compressor's
+/// sequential pipeline does). The weights are kept for the layer's export, which writes them as they are.
+public final class GPTQPropagation: LayerPropagation, @unchecked Sendable {
+    private let hessians: LayerHessians
+    private let exporter: LayerExporter
+    private let source: any WeightSource
+    private let config: LlamaConfig
+    // Guarded by `lock`: calibration fills it, exports (on another queue) take from it.
+    private let lock = NSLock()
+    private var weights: [Int: [String: NVFP4Weight]] = [:]
+
+    public init(hessians: LayerHessians, exporter: LayerExporter, source: any WeightSource, config: LlamaConfig) {
+        self.hessians = hessians
+        self.exporter = exporter
+        self.source = source
+        self.config = config
+    }
+
+    public func propagatedWeights(layer: Int) throws -> any WeightSource {
+        let quantized = try exporter.gptqWeights(layer: layer, hessians: try hessians.take(layer: layer))
+        lock.lock()
+        weights[layer] = quantized
+        lock.unlock()
+        var replaced: [String: [Float]] = [:]
+        for linear in config.linears(layer: layer) {
+            if let weight = quantized[linear.name] { replaced[linear.weightName] = NVFP4Quantizer.dequantize(weight) }
+        }
+        return ReplacedWeights(base: source, replaced: replaced)
+    }
+
+    /// The GPTQ weights computed for `layer` during calibration, once (nil when they were not, or were taken).
+    public func takeWeights(layer: Int) -> [String: NVFP4Weight]? {
+        lock.lock()
+        defer { lock.unlock() }
+        return weights.removeValue(forKey: layer)
+    }
+
+    public func removeAll() {
+        lock.lock()
+        weights = [:]
+        lock.unlock()
+    }
+}
+
+/// `base`'s tensors, except the named ones, given as f32.
+struct ReplacedWeights: WeightSource {
+    let base: any WeightSource
+    let replaced: [String: [Float]]
+
+    func describeTensor(_ name: String) -> WeightTensorDescription? {
+        guard replaced[name] != nil, let description = base.describeTensor(name) else { return base.describeTensor(name) }
+        return WeightTensorDescription(dtype: WeightElementType.f32.rawValue, shape: description.shape)
+    }
+
+    func withTensorBytes<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        guard let values = replaced[name] else { return try base.withTensorBytes(name, body) }
+        return try values.withUnsafeBytes(body)
     }
 }

@@ -49,6 +49,8 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
     private var loaded: [Backend.LoadedLayer] = []
     /// Sees every Linear input of both schedules (GPTQ's Hessians); the states then stay on the host.
     public var inputObserver: (any CalibrationInputObserver)?
+    /// Runs each layer of the layer-streaming schedule again with other weights for its outputs (GPTQ's propagation).
+    public var propagation: (any LayerPropagation)?
 
     /// - Parameters:
     ///   - range: global layer indices, non-empty, inside the model; it starts at 0 exactly when `embeds`.
@@ -159,6 +161,7 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
             retainsOutputs: retainsOutputs, activationMemoryBudget: spec.calibration.activationMemoryBudget,
             scratchDirectory: spec.scratchDirectory, logger: logger, releaseWeights: releaseWeights, progress: progress)
         pass.inputObserver = inputObserver
+        pass.propagation = propagation
         return pass
     }
 

@@ -30,6 +30,8 @@ final class RangeCompute: @unchecked Sendable {
     private let device: ComputeDevice
     /// GPTQ's Hessians of the range (`--algorithm gptq`), gathered by the calibration forward, taken by each export.
     private let hessians: LayerHessians?
+    /// `--propagate quantized`: the GPTQ weights computed during calibration, taken by each export.
+    private let propagation: GPTQPropagation?
 
     /// Checks the model against the coordinator's config hash, then loads the range (W4A4 only: weight-only jobs
     /// only export).
@@ -54,15 +56,24 @@ final class RangeCompute: @unchecked Sendable {
             }
             return try erase(backend)
         }
-        if spec.gptq != nil {
+        exporter = try LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
+        if let gptq = spec.gptq {
             guard case .cpu = device else { throw QuantizeJobError.gptqNeedsCPU(device: "\(device)") }
             let hessians = LayerHessians(layers: assignment.range, chunkCount: assignment.plan.chunks.count)
             runner.setInputObserver(hessians)
             self.hessians = hessians
+            if gptq.propagation == .quantized {
+                let propagation = GPTQPropagation(hessians: hessians, exporter: exporter, source: source, config: config)
+                runner.setPropagation(propagation)
+                self.propagation = propagation
+            } else {
+                propagation = nil
+            }
             let bytes = LayerHessians.bytes(config: config, layers: assignment.range)
             logger.info("GPTQ: the Hessians of layers \(assignment.firstLayer)..<\(assignment.endLayer) take up to \(bytes >> 20) MiB")
         } else {
             hessians = nil
+            propagation = nil
         }
         boundary = assignment.embeddings ? nil
             : try BoundaryStateStore(scratchDirectory: Self.jobScratch(scratchDirectory, workerName: workerName),
@@ -71,11 +82,14 @@ final class RangeCompute: @unchecked Sendable {
         if let boundary, let digest = assignment.fingerprint {
             try boundary.bind(toFingerprint: digest)
         }
-        exporter = try LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
         let holdsEveryLayer = assignment.embeddings && assignment.successor == nil
         let residentBytes = LayerRangeRunner<CPUBackend>.residentWeightBytes(config: config, range: assignment.range)
-        streams = spec.scheme.quantizesActivations && !holdsEveryLayer && residentBytes > memoryBudget
-        if streams {
+        // Propagating quantized outputs needs every chunk through layer L before L+1: the layer-at-a-time schedule.
+        let propagates = spec.gptq?.propagation == .quantized
+        streams = spec.scheme.quantizesActivations && !holdsEveryLayer && (residentBytes > memoryBudget || propagates)
+        if streams && propagates {
+            logger.info("GPTQ propagates quantized outputs: calibrating layers \(assignment.firstLayer)..<\(assignment.endLayer) one layer at a time over every chunk")
+        } else if streams {
             let range = "\(assignment.firstLayer)..<\(assignment.endLayer)"
             logger.info("layers \(range) need \(residentBytes >> 20) MiB, over the memory budget of \(memoryBudget >> 20) MiB: calibrating them one layer at a time")
         }
@@ -158,14 +172,17 @@ final class RangeCompute: @unchecked Sendable {
         -> (tensors: [ExportedTensor], timings: ExportTimings, quality: [LinearQuality]) {
         var timings = ExportTimings()
         var quality: [LinearQuality] = []
+        let computed = propagation?.takeWeights(layer: layer)
         let tensors = try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings, quality: &quality,
-                                          hessians: try hessians?.take(layer: layer))
+                                          hessians: computed == nil ? try hessians?.take(layer: layer) : nil,
+                                          gptqWeights: computed)
         return (tensors, timings, quality)
     }
 
     func close() {
         runner.releaseLayers()
         hessians?.removeAll()
+        propagation?.removeAll()
     }
 
     /// Fills the plan's token ids from the data path's little-endian Int32 bytes, after checking their count and
@@ -236,6 +253,7 @@ protocol RangeRunning: AnyObject {
     func loadLayers() throws
     func releaseLayers()
     func setInputObserver(_ observer: any CalibrationInputObserver)
+    func setPropagation(_ propagation: any LayerPropagation)
     func layerPass(plan: CalibrationPlan, input: ((CalibrationChunk) throws -> HiddenStates)?, retainsOutputs: Bool) throws
         -> any LayerPass
 }
@@ -251,6 +269,7 @@ protocol LayerPass: AnyObject {
 
 extension LayerRangeRunner: RangeRunning {
     func setInputObserver(_ observer: any CalibrationInputObserver) { inputObserver = observer }
+    func setPropagation(_ propagation: any LayerPropagation) { self.propagation = propagation }
 
     func layerPass(plan: CalibrationPlan, input: ((CalibrationChunk) throws -> HiddenStates)?, retainsOutputs: Bool) throws
         -> any LayerPass {

@@ -49,21 +49,31 @@ import Testing
     }
 
     /// With f32 activations both forwards round alike, so the Hessians agree to summation order and every code is the
-    /// reference's (measured: 0 of 368,640 differ); with the default BF16 rounding our forward and transformers' round
-    /// in different places, and GPTQ's error propagation turns those differences into a few percent of other codes
-    /// (measured 4.6%, worst Linear 16%), still far from round-to-nearest's 27%.
+    /// reference's, with the default propagation of quantized outputs (layer 1 calibrates on layer 0's dequantized GPTQ
+    /// weights) and with `--propagate original` (measured: 0 of 368,640 codes differ in either). With the default BF16
+    /// rounding our forward and transformers' round in different places, and GPTQ's error propagation, compounded by
+    /// the propagation between layers, turns those differences into other codes here and there (measured 9.2%, worst
+    /// Linear 25%), still far from round-to-nearest's 27%.
     @Test func codesAreThoseOfThePyTorchAndNumpyReference() throws {
         try withTemporaryDirectory("gptq-reference") { parent throws in
             let f32 = try quantize(["--algorithm", "gptq", "--activation-precision", "f32"], in: parent, name: "f32")
             let exact = try mismatch(f32, reference: "gptq-tiny-llama-f32-reference.safetensors")
             #expect(exact.all <= 0.001 && exact.worst <= 0.01, "\(exact)")
+            let calibration = try jsonObject(f32.appendingPathComponent("calibration.json"))
+            #expect((calibration["algorithm"] as? [String: Any])?["propagation"] as? String == "quantized")
+
+            let original = try quantize(["--algorithm", "gptq", "--activation-precision", "f32", "--propagate", "original"],
+                                        in: parent, name: "original")
+            let exactOriginal = try mismatch(original, reference: "gptq-tiny-llama-f32-original-reference.safetensors")
+            #expect(exactOriginal.all <= 0.001 && exactOriginal.worst <= 0.01, "\(exactOriginal)")
+            let crossed = try mismatch(original, reference: "gptq-tiny-llama-f32-reference.safetensors")
+            #expect(crossed.all >= 0.01, "the two propagations must give other codes: \(crossed)")
 
             let bf16 = try quantize(["--algorithm", "gptq"], in: parent, name: "bf16")
             let noisy = try mismatch(bf16, reference: "gptq-tiny-llama-bf16-reference.safetensors")
-            #expect(noisy.all <= 0.08 && noisy.worst <= 0.25, "\(noisy)")
-
             let rtn = try quantize([], in: parent, name: "rtn")
             let roundToNearest = try mismatch(rtn, reference: "gptq-tiny-llama-bf16-reference.safetensors")
+            #expect(noisy.all <= 0.15 && noisy.all < 0.5 * roundToNearest.all, "\(noisy) vs RTN \(roundToNearest)")
             #expect(roundToNearest.all >= 0.2, "the reference must tell GPTQ from RTN: \(roundToNearest)")
         }
     }
@@ -99,7 +109,7 @@ import Testing
         (["--algorithm", "gptq", "--scheme", "nvfp4a16"], "--algorithm gptq needs the Hessians of a calibration forward"),
         (["--algorithm", "gptq", "--gptq-dampening", "0"], "--gptq-dampening must be a number above 0 (got 0.0)"),
         (["--algorithm", "gptq", "--gptq-block-size", "0"], "--gptq-block-size must be at least 1 (got 0)"),
-        (["--gptq-act-order"], "--gptq-block-size, --gptq-dampening and --gptq-act-order apply to --algorithm gptq"),
+        (["--gptq-act-order"], "--gptq-block-size, --gptq-dampening, --gptq-act-order and --propagate apply to --algorithm gptq"),
         (["--algorithm", "optimal"], "--algorithm"),
     ])
     func badOptionsAreUsageErrors(arguments: [String], message: String) throws {

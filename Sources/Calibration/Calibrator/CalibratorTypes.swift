@@ -89,3 +89,11 @@ public protocol CalibrationInputObserver: AnyObject, Sendable {
     /// The transform the forward of `chunk` runs its Linear inputs through (it must leave them unchanged).
     func inputTransform(forChunk chunk: Int) -> any LinearInputTransform
 }
+
+/// Replaces a layer's weights once every chunk has passed it (GPTQ's propagation of quantized outputs): the layer then
+/// runs over every chunk again with the weights returned, and those outputs, not the first pass's, feed the next layer.
+/// The first pass only observes (amax, the ``CalibrationInputObserver``) and leaves the chunks' states as they were.
+public protocol LayerPropagation: AnyObject {
+    /// The weights to run `layer` with for its outputs, asked once its observing pass is done.
+    func propagatedWeights(layer: Int) throws -> any WeightSource
+}

@@ -54,6 +54,8 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     /// Sees every Linear input (GPTQ's Hessians). Set before the first layer; chunks then stay in host memory, since
     /// the observer reads inputs on the host.
     public var inputObserver: (any CalibrationInputObserver)?
+    /// Runs each layer a second time with other weights for its outputs (GPTQ with `--propagate quantized`).
+    public var propagation: (any LayerPropagation)?
     /// How many chunks live in scratch files rather than memory (known after the first call).
     public private(set) var spilledChunkCount = 0
     /// How many chunks live in the backend's own memory (known after the first call).
@@ -133,7 +135,13 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
                                                 + "so they need hidden states, not token ids")
         }
         let vocabSize = backend.config.vocabSize
-        for chunk in plan.chunks {
+        // Only the range that embeds reads token ids; the others get a plan without them (`withoutTokenIDs()`).
+        let embeds = if case .embed = input { true } else { false }
+        for chunk in plan.chunks where embeds {
+            guard chunk.tokenIDs.count == chunk.tokenCount else {
+                throw CalibrationError.invalidSetup("chunk \(chunk.index) has \(chunk.tokenIDs.count) token ids for "
+                                                    + "\(chunk.tokenCount) tokens")
+            }
             var offset = 0
             for (position, count) in chunk.tokenCounts.enumerated() {
                 let tokens = chunk.tokenIDs[offset..<(offset + count)]
@@ -250,7 +258,12 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     private func calibrate(layer: Int) throws -> LayerResult {
         if !loadedInputs { try loadInputs() }
         let start = ContinuousClock.now
-        let (chunkAmax, tokensDone) = try runAllChunks(layer: layer, start: start)
+        let (chunkAmax, tokensDone) = try runAllChunks(layer: layer, start: start, keepsInputs: propagation != nil)
+        if let propagation {
+            // The observing pass left every chunk's input in place: run the layer again with the propagated weights.
+            let weights = try propagation.propagatedWeights(layer: layer)
+            _ = try runAllChunks(layer: layer, start: start, propagatingWith: weights)
+        }
         let layerSeconds = secondsSince(start)
         busySeconds += layerSeconds
         // The backend's copy of the weights went away with runAllChunks; now the source's pages may go too.
@@ -275,9 +288,15 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
 
     /// Loads `layer`, runs every chunk through it and drops it again; returns each chunk's amax and the tokens run.
     /// Resident chunks are enqueued first; the next layer loads while the backend works through them.
-    private func runAllChunks(layer: Int, start: ContinuousClock.Instant) throws -> ([ObservedAmax], Int) {
+    /// - `keepsInputs`: an observing pass (``propagation``'s first): each chunk runs on a copy, its states stay.
+    /// - `propagatingWith`: the second pass of ``propagation``, with these weights and no observer; it does not count
+    ///   towards progress.
+    private func runAllChunks(layer: Int, start: ContinuousClock.Instant, keepsInputs: Bool = false,
+                              propagatingWith propagated: (any WeightSource)? = nil) throws -> ([ObservedAmax], Int) {
         let loaded: Backend.LoadedLayer
-        if let prefetched, prefetched.layer == layer {
+        if let propagated {
+            loaded = try backend.loadLayer(layer, from: propagated)
+        } else if let prefetched, prefetched.layer == layer {
             loaded = prefetched.loaded
         } else {
             loaded = try backend.loadLayer(layer, from: weights)
@@ -297,19 +316,22 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
                 chunks[index].storage = .resident(states)
                 pending.append((index, forward))
             } else {
-                var hidden = HiddenStates(hiddenSize: backend.config.hiddenSize, values: try takeStates(of: index))
+                let input = try takeStates(of: index)
+                var hidden = HiddenStates(hiddenSize: backend.config.hiddenSize, values: input)
+                let observer = propagated == nil ? inputObserver?.inputTransform(forChunk: chunks[index].plan.index) : nil
                 chunkAmax[index] = try forwardChecked(backend: backend, layer: loaded, index: layer, hidden: &hidden,
                                                       batch: chunks[index].batch, chunk: chunks[index].plan,
-                                                      inputTransform: inputObserver?.inputTransform(forChunk: chunks[index].plan.index))
-                try store(hidden.values, chunk: index)
+                                                      inputTransform: observer)
+                try store(keepsInputs ? input : hidden.values, chunk: index)
             }
+            guard propagated == nil else { continue }
             samplesDone += chunks[index].sampleRange.count
             tokensDone += chunks[index].batch.totalTokens
             layerTokensDone += chunks[index].batch.totalTokens
             reportProgress(layer: layer, samplesDone: samplesDone, tokensDone: tokensDone,
                            seconds: secondsSince(start))
         }
-        if !pending.isEmpty && layer + 1 < layers.upperBound {
+        if !pending.isEmpty && layer + 1 < layers.upperBound && propagation == nil {
             prefetched = (layer + 1, try backend.loadLayer(layer + 1, from: weights))
         }
         for (index, forward) in pending {
@@ -324,7 +346,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     private func loadInputs() throws {
         let start = ContinuousClock.now
         var hostBytes = 0
-        let backendCapacity = inputObserver == nil ? try backend.residentStateCapacity() : 0
+        let backendCapacity = inputObserver == nil && propagation == nil ? try backend.residentStateCapacity() : 0
         var backendBytes = 0
         for index in chunks.indices {
             let chunk = chunks[index].plan
