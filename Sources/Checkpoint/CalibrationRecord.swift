@@ -21,6 +21,8 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
     public var outputErrorInputs: LinearOutputErrorInputs?
     /// GPTQ's parameters when the weights were rounded with GPTQ; nil for round-to-nearest.
     public var gptq: GPTQSettings?
+    /// How the block scales were chosen.
+    public var scaleSearch: ScaleSearch = .off
 
     public init(source: String, samples: Int, tokens: Int, contentHash: String, device: String,
                 activationAmax: [Int: [FusedGroup: ActivationAmax]] = [:]) {
@@ -77,6 +79,7 @@ public struct CalibrationRecord: Codable, Sendable, Equatable {
               "calibration_set_sha256": "\(contentHash)",
               "device": "\(device)",
               "algorithm": \(algorithmJSON),
+              "scale_search": "\(scaleSearch.rawValue)",
               "activation_amax": {
             \(entries { $0.value })
               },

@@ -19,6 +19,7 @@ extension JobSpec {
         var record = CalibrationRecord(source: plan.source, samples: plan.sampleCount, tokens: plan.tokenCount,
                                        contentHash: plan.contentHash, device: deviceLabel)
         record.gptq = gptq
+        record.scaleSearch = scaleSearch
         return record
     }
 }

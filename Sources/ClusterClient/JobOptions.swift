@@ -111,6 +111,15 @@ public struct JobOptions: ParsableArguments {
             """))
     var propagate: GPTQPropagationMode?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Block scales: none (round-to-nearest's) or mse.",
+        discussion: """
+            mse: for each block of 16, the FP8 scale among round-to-nearest's and the two codes either side whose \
+            rounding leaves the smallest squared error, weighted by the diagonal of the input's Hessian with \
+            --algorithm gptq. Same tensors and global scales; five roundings per block instead of one, on the CPU.
+            """))
+    var scaleSearch: ScaleSearch = .off
+
     /// The GPTQ settings these options ask for; nil for rtn.
     var gptqSettings: GPTQSettings? {
         guard algorithm == .gptq else { return nil }
@@ -173,7 +182,7 @@ public struct JobOptions: ParsableArguments {
                 scratchDirectory: scratchDir.map { URL(fileURLWithPath: $0).path }, device: device.device),
             evaluationSamples: evalSamples, evaluationMaxTokens: JobSpec.defaultEvaluationMaxTokens,
             maxPerplexityRatio: noQualityGate ? nil : maxPerplexityRatio, configSHA256: configSHA256,
-            excludePatterns: exclude, gptq: gptqSettings)
+            excludePatterns: exclude, gptq: gptqSettings, scaleSearch: scaleSearch)
     }
 
     /// The job of a cluster: absolute paths (they are read on other machines) and the model's config hash, which
@@ -187,5 +196,6 @@ public struct JobOptions: ParsableArguments {
 extension QuantizationScheme: ExpressibleByArgument {}
 extension QuantizationAlgorithm: ExpressibleByArgument {}
 extension GPTQPropagationMode: ExpressibleByArgument {}
+extension ScaleSearch: ExpressibleByArgument {}
 extension CheckpointLayout: ExpressibleByArgument {}
 extension ActivationPrecision: ExpressibleByArgument {}

@@ -11,16 +11,21 @@ public enum GPTQQuantizer {
     /// weight; only the E2M1 codes differ.
     public static func quantize(
         f32 weight: UnsafeBufferPointer<Float>, rows: Int, cols: Int, hessian: UnsafeBufferPointer<Double>,
-        weightScale2 s2: Float, parameters: GPTQParameters = GPTQParameters(), tensor: String = "tensor"
+        weightScale2 s2: Float, parameters: GPTQParameters = GPTQParameters(), blockScales given: [UInt8]? = nil,
+        tensor: String = "tensor"
     ) throws -> NVFP4Weight {
         try validate(weight: weight, rows: rows, cols: cols, hessian: hessian, weightScale2: s2,
                      parameters: parameters, tensor: tensor)
         let blocksPerRow = cols / 16
+        if let given, given.count != rows * blocksPerRow {
+            throw NVFP4Error.sizeMismatch(tensor: tensor + " (block scales)", expected: rows * blocksPerRow, actual: given.count)
+        }
 
-        // 1. Block scales from the original weights, exactly as round-to-nearest computes them; fixed from here on.
+        // 1. Block scales from the original weights, exactly as round-to-nearest computes them (or as given, e.g. by
+        // `BlockScaleSearch`); fixed from here on.
         let d = 6 * s2
-        var blockScales = [UInt8](repeating: 0, count: rows * blocksPerRow)
-        for block in 0..<(rows * blocksPerRow) {
+        var blockScales = given ?? [UInt8](repeating: 0, count: rows * blocksPerRow)
+        for block in 0..<(rows * blocksPerRow) where given == nil {
             var blockAmax: Float = 0
             for k in 0..<16 { blockAmax = max(blockAmax, abs(weight[block * 16 + k])) }
             blockScales[block] = NVFP4Quantizer.blockScaleCode(blockAmax: blockAmax, d: d)

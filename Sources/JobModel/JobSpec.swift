@@ -69,6 +69,15 @@ public struct JobSpec: Codable, Sendable, Equatable {
     /// fingerprints) exactly as before the option existed.
     public var gptq: GPTQSettings?
 
+    /// `--scale-search mse`; nil for round-to-nearest's block scales (so such a job encodes as before the option).
+    private var scaleSearchMode: ScaleSearch?
+
+    /// How the job chooses its block scales.
+    public var scaleSearch: ScaleSearch {
+        get { scaleSearchMode ?? .off }
+        set { scaleSearchMode = newValue == .off ? nil : newValue }
+    }
+
     /// How the job rounds its weights.
     public var algorithm: QuantizationAlgorithm { gptq == nil ? .rtn : .gptq }
 
@@ -78,7 +87,7 @@ public struct JobSpec: Codable, Sendable, Equatable {
     public init(jobID: String, modelPath: String, outputPath: String, scheme: QuantizationScheme, layout: CheckpointLayout,
                 maxShardSize: Int, omitScaleDTypeKeys: Bool, force: Bool, calibration: Calibration,
                 evaluationSamples: Int, evaluationMaxTokens: Int, maxPerplexityRatio: Double?, configSHA256: String,
-                excludePatterns: [String] = [], gptq: GPTQSettings? = nil) {
+                excludePatterns: [String] = [], gptq: GPTQSettings? = nil, scaleSearch: ScaleSearch = .off) {
         self.jobID = jobID
         self.modelPath = modelPath
         self.outputPath = outputPath
@@ -94,6 +103,13 @@ public struct JobSpec: Codable, Sendable, Equatable {
         self.configSHA256 = configSHA256
         self.excludePatterns = excludePatterns
         self.gptq = gptq
+        self.scaleSearch = scaleSearch
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case jobID, modelPath, outputPath, scheme, layout, maxShardSize, omitScaleDTypeKeys, force, calibration
+        case evaluationSamples, evaluationMaxTokens, maxPerplexityRatio, configSHA256, exclude, gptq
+        case scaleSearchMode = "scaleSearch"
     }
 
     public var modelDirectory: URL { URL(fileURLWithPath: modelPath) }

@@ -120,3 +120,12 @@ public enum GPTQPropagationMode: String, Codable, Sendable, CaseIterable {
     /// The outputs of the original layer L: one forward per layer, and the layers may be quantized later.
     case original
 }
+
+/// How block scales are chosen (`--scale-search`).
+public enum ScaleSearch: String, Codable, Sendable, CaseIterable {
+    /// Round-to-nearest's: the block maximum onto 6 (`none`).
+    case off = "none"
+    /// Per block of 16, the FP8 code near round-to-nearest's with the smallest squared rounding error, weighted by the
+    /// diagonal of the input's Hessian where GPTQ gathered one.
+    case mse
+}

@@ -25,7 +25,7 @@ extension JobSpec {
             evaluationSamples: options.evaluationSamples, evaluationMaxTokens: options.evaluationMaxTokens,
             maxPerplexityRatio: options.maxPerplexityRatio,
             configSHA256: try ModelCheck.configSHA256(modelDirectory: options.modelDirectory),
-            excludePatterns: options.excludePatterns, gptq: options.gptq)
+            excludePatterns: options.excludePatterns, gptq: options.gptq, scaleSearch: options.scaleSearch)
     }
 
     /// The options that `coordctl quantize` would run this job with.
@@ -49,6 +49,7 @@ extension JobSpec {
         options.maxPerplexityRatio = maxPerplexityRatio
         options.excludePatterns = excludePatterns
         options.gptq = gptq
+        options.scaleSearch = scaleSearch
         return options
     }
 

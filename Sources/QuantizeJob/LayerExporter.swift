@@ -116,6 +116,8 @@ public final class LayerExporter: Sendable {
             } else if let settings = spec.gptq, let hessian = hessians?[linear.kind.group] {
                 weight = try gptqQuantize(linear, weightScale2: sharedScale[linear.kind.group]!, hessian: hessian,
                                           settings: settings)
+            } else if spec.scaleSearch == .mse {
+                weight = try searchedScalesQuantize(linear, weightScale2: sharedScale[linear.kind.group]!)
             } else {
                 weight = try quantize(linear, weightScale2: sharedScale[linear.kind.group]!)
             }
@@ -197,11 +199,30 @@ public final class LayerExporter: Sendable {
         let matrix = hessian.matrix
         let parameters = GPTQParameters(blockSize: settings.blockSize, dampening: settings.dampening,
                                         activationOrder: settings.activationOrder)
+        let columns = linear.inFeatures
         return try values.withUnsafeBufferPointer { weight in
-            try matrix.withUnsafeBufferPointer { hessian in
-                try GPTQQuantizer.quantize(f32: weight, rows: linear.outFeatures, cols: linear.inFeatures, hessian: hessian,
-                                           weightScale2: weightScale2, parameters: parameters, tensor: linear.weightName)
+            // Scale search weighs each column's error by its input's energy, the Hessian's diagonal.
+            let blockScales = spec.scaleSearch == .mse
+                ? try BlockScaleSearch.blockScales(f32: weight, rows: linear.outFeatures, cols: columns, weightScale2: weightScale2,
+                                                   columnWeights: (0..<columns).map { matrix[$0 * columns + $0] },
+                                                   tensor: linear.weightName)
+                : nil
+            return try matrix.withUnsafeBufferPointer { hessian in
+                try GPTQQuantizer.quantize(f32: weight, rows: linear.outFeatures, cols: columns, hessian: hessian,
+                                           weightScale2: weightScale2, parameters: parameters, blockScales: blockScales,
+                                           tensor: linear.weightName)
             }
+        }
+    }
+
+    /// Round-to-nearest under ``BlockScaleSearch``'s block scales (unweighted: no Hessian without GPTQ).
+    private func searchedScalesQuantize(_ linear: LinearSpec, weightScale2: Float) throws -> NVFP4Weight {
+        let values = try source.floats(linear.weightName, expectedShape: [linear.outFeatures, linear.inFeatures])
+        return try values.withUnsafeBufferPointer { weight in
+            let scales = try BlockScaleSearch.blockScales(f32: weight, rows: linear.outFeatures, cols: linear.inFeatures,
+                                                          weightScale2: weightScale2, tensor: linear.weightName)
+            return try NVFP4Quantizer.quantize(f32: weight, rows: linear.outFeatures, cols: linear.inFeatures,
+                                               weightScale2: weightScale2, blockScales: scales, tensor: linear.weightName)
         }
     }
 

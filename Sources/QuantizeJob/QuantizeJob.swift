@@ -64,6 +64,8 @@ public struct QuantizeOptions: Sendable {
     public var excludePatterns: [String] = []
     /// `--algorithm gptq` with its parameters; nil rounds to nearest.
     public var gptq: GPTQSettings?
+    /// `--scale-search`: how block scales are chosen.
+    public var scaleSearch: ScaleSearch = .off
 
     public init(modelDirectory: URL, outputDirectory: URL) {
         self.modelDirectory = modelDirectory
