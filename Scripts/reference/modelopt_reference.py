@@ -16,21 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import modelopt.torch.quantization as mtq
 from modelopt.torch.export import export_hf_checkpoint
 
-
-def select_samples(path, tokenizer, samples, min_tokens, max_tokens):
-    chosen = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            ids = record["input_ids"] if "input_ids" in record else tokenizer(record["text"])["input_ids"]
-            if len(ids) < min_tokens:
-                continue
-            chosen.append(ids[:max_tokens])
-            if len(chosen) == samples:
-                break
-    return chosen
+from calibration_samples import select_samples
 
 
 def digest(export_dir):
