@@ -65,7 +65,9 @@ extension JobRunner {
     func calibrate(workers: [PlannedWorker], calibrationPlan: CalibrationPlan, config: LlamaConfig) async throws {
         let chunkCount = calibrationPlan.chunks.count
         let layerCount = config.numHiddenLayers
-        recorded = try store.recordedChunks(jobID: jobID)
+        // GPTQ's Hessians live only in the workers' memory, one per layer over every chunk: a new attempt runs every
+        // chunk through every range again (the amax values recorded before come out the same, and count once).
+        recorded = submission.spec.gptq == nil ? try store.recordedChunks(jobID: jobID) : [:]
         acceptingReports = true
         calibrationStart = .now
         calibrationEnd = nil

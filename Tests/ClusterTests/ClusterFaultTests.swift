@@ -21,10 +21,10 @@ import Testing
                                         coordinatorExtra: [String] = [],
                                         model: URL = Fixtures.tinyLlama, calibration: URL = Fixtures.tinyCalibration,
                                         coordinatorEnvironment: [String: String] = [:],
-                                        w2Environment: [String: String] = [:],
+                                        w2Environment: [String: String] = [:], jobExtra: [String] = [],
                                         _ body: (InterruptedJob) throws -> Void) throws {
         try withTemporaryDirectory(label) { directory in
-            let reference = try embeddedReference(in: directory, extra: chunking)
+            let reference = try embeddedReference(in: directory, extra: chunking + jobExtra)
             let cluster = LocalCluster(directory: directory,
                                        token: try writeToken("\(label)-token-0123456789abcdef", in: directory))
             defer { cluster.stopAll() }
@@ -34,7 +34,7 @@ import Testing
             try cluster.waitForWorkers(["w1", "w2"])
 
             let output = directory.appendingPathComponent("out")
-            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + chunking,
+            let submitted = try cluster.coordctl(tinySubmitArguments(output: output, extra: ["--split", "1,1"] + chunking + jobExtra,
                                                                      model: model, calibration: calibration))
             let job = try #require(submitted.stdout.split(separator: "\n").last.map(String.init), "\(submitted.stderr)")
             try waitUntil {
@@ -79,6 +79,21 @@ import Testing
             try cluster.startWorker("w2", extra: Self.slow)  // same name and scratch, a new port
             _ = try Self.expectCompletesIdentically(interrupted)
             #expect(cluster.coordd!.output.contains("worker connection lost"))
+        }
+    }
+
+    /// GPTQ's Hessians live in the worker's memory only: a worker killed in mid-job and restarted runs its range's
+    /// chunks again, so its Hessians see every chunk once, and the job still writes the uninterrupted run's bytes.
+    @Test(arguments: ["quantized", "original"])
+    func killedGPTQWorkerRestartsAndTheJobCompletesIdentically(propagation: String) throws {
+        try Self.withJobInMidCalibration("kill-gptq", coordinatorExtra: ["--worker-grace", "60"],
+                                         jobExtra: ["--algorithm", "gptq", "--propagate", propagation]) { interrupted in
+            let cluster = interrupted.cluster
+            cluster.workers["w2"]!.kill()
+            try waitUntil { (try? cluster.status(interrupted.job)["workers"] as? [[String: Any]])?
+                .contains { $0["name"] as? String == "w2" && $0["health"] as? String == "dead" } ?? false }
+            try cluster.startWorker("w2", extra: Self.slow)
+            _ = try Self.expectCompletesIdentically(interrupted)
         }
     }
 
