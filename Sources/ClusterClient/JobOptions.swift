@@ -83,13 +83,15 @@ public struct JobOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
         "How weights are rounded to NVFP4: rtn or gptq.",
         discussion: """
-            rtn (the default) rounds to nearest: modelopt's packed weights and scales, bit for bit. gptq keeps the \
-            same block and global scales and chooses each E2M1 code so that the rounding error of a column is \
-            compensated by the columns after it, weighted by the Hessian of the Linear's input, which accumulates \
-            during the calibration forward (one per shared input: q/k/v share one, gate/up share one; Hessians stay \
-            on the worker that holds the layer). W4A4 only. It costs a Hessian update per calibration chunk and a \
-            Cholesky factorization per input at export, and holds (in_features² × 8 bytes) per shared input of every \
-            layer a worker calibrates. Same tensors and dtypes as rtn: vLLM loads either.
+            rtn (the default) rounds to nearest: modelopt's packed weights and scales, bit for bit. gptq keeps rtn's \
+            block and global scales (unless --scale-search) and chooses each E2M1 code so that the rounding error of \
+            a column is compensated by the columns after it, weighted by the Hessian of the Linear's input, which \
+            accumulates during the calibration forward (one per shared input: q/k/v share one, gate/up share one; \
+            Hessians stay on the worker that holds the layer). W4A4 on the CPU backend (--device cpu) only. It costs \
+            a Hessian update per calibration chunk, a Cholesky factorization per input once its layer is calibrated, \
+            a second forward per layer with --propagate quantized (about 2.5x rtn's time on SmolLM2), and holds \
+            in_features² × 8 bytes per shared input of every layer a worker calibrates. Same tensors and dtypes as \
+            rtn: vLLM loads either.
             """))
     var algorithm: QuantizationAlgorithm = .rtn
 
