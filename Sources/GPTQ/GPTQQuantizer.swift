@@ -16,6 +16,68 @@ public enum GPTQQuantizer {
     ) throws -> NVFP4Weight {
         try validate(weight: weight, rows: rows, cols: cols, hessian: hessian, weightScale2: s2,
                      parameters: parameters, tensor: tensor)
+        let factorization = try factorizeValidated(hessian, cols: cols, parameters: parameters, tensor: tensor)
+        return try quantize(f32: weight, rows: rows, cols: cols, factorization: factorization, weightScale2: s2,
+                            blockScales: given, tensor: tensor)
+    }
+
+    /// What GPTQ derives from a Hessian alone (dead inputs, column order, the factor of the damped inverse): computed
+    /// once per shared input and used for every Linear that reads it (q/k/v, gate/up), so the O(n³) factorization
+    /// is not repeated per Linear.
+    public static func factorize(hessian: UnsafeBufferPointer<Double>, cols: Int, parameters: GPTQParameters = GPTQParameters(),
+                                 tensor: String = "tensor") throws -> GPTQFactorization {
+        if cols % NVFP4Quantizer.blockSize != 0 { throw NVFP4Error.columnsNotMultipleOf16(tensor: tensor, cols: cols) }
+        if hessian.count != cols * cols {
+            throw GPTQError.hessianShapeMismatch(tensor: tensor, columns: cols, hessianElements: hessian.count)
+        }
+        try validate(parameters, tensor: tensor)
+        if let index = hessian.firstIndex(where: { !$0.isFinite }) {
+            throw GPTQError.nonFiniteHessian(tensor: tensor, row: index / cols)
+        }
+        return try factorizeValidated(hessian, cols: cols, parameters: parameters, tensor: tensor)
+    }
+
+    static func factorizeValidated(_ hessian: UnsafeBufferPointer<Double>, cols: Int, parameters: GPTQParameters,
+                                   tensor: String) throws -> GPTQFactorization {
+        // Inputs that were always zero carry no information: their columns are quantized to 0, and their diagonal
+        // becomes 1 so the Hessian stays invertible.
+        var diagonal = (0..<cols).map { hessian[$0 * cols + $0] }
+        let dead = diagonal.map { $0 == 0 }
+        for i in 0..<cols where dead[i] { diagonal[i] = 1 }
+
+        // Column order: the loudest inputs first under activation order. A stable sort, so equal diagonals keep
+        // their index order.
+        let order: [Int] = parameters.activationOrder
+            ? (0..<cols).sorted { diagonal[$0] > diagonal[$1] || (diagonal[$0] == diagonal[$1] && $0 < $1) }
+            : Array(0..<cols)
+
+        // U, upper triangular with H_damped⁻¹ = UᵀU (H in quantization order): row j of U holds how column j's
+        // error propagates.
+        let inverseFactor = try upperCholeskyOfInverse(hessian, diagonal: diagonal, order: order,
+                                                       parameters: parameters, tensor: tensor)
+        return GPTQFactorization(columns: cols, dead: dead, order: order, inverseFactor: inverseFactor,
+                                 blockSize: parameters.blockSize)
+    }
+
+    /// Quantizes `weight` (`[rows, cols]`) with a ``factorize(hessian:cols:parameters:tensor:)`` result of its input's
+    /// Hessian, under round-to-nearest's block scales or the `blockScales` given.
+    public static func quantize(
+        f32 weight: UnsafeBufferPointer<Float>, rows: Int, cols: Int, factorization: GPTQFactorization,
+        weightScale2 s2: Float, blockScales given: [UInt8]? = nil, tensor: String = "tensor"
+    ) throws -> NVFP4Weight {
+        if cols % NVFP4Quantizer.blockSize != 0 { throw NVFP4Error.columnsNotMultipleOf16(tensor: tensor, cols: cols) }
+        if rows * cols != weight.count {
+            throw NVFP4Error.sizeMismatch(tensor: tensor, expected: rows * cols, actual: weight.count)
+        }
+        if factorization.columns != cols {
+            throw GPTQError.hessianShapeMismatch(tensor: tensor, columns: cols,
+                                                 hessianElements: factorization.columns * factorization.columns)
+        }
+        if s2 == 0 { throw NVFP4Error.allZero(tensor: tensor) }
+        if !(s2 > 0) || !s2.isFinite { throw GPTQError.invalidWeightScale2(tensor: tensor, value: s2) }
+        if let index = weight.firstIndex(where: { !$0.isFinite }) {
+            throw NVFP4Error.nonFinite(tensor: tensor, row: index / cols)
+        }
         let blocksPerRow = cols / 16
         if let given, given.count != rows * blocksPerRow {
             throw NVFP4Error.sizeMismatch(tensor: tensor + " (block scales)", expected: rows * blocksPerRow, actual: given.count)
@@ -30,25 +92,9 @@ public enum GPTQQuantizer {
             for k in 0..<16 { blockAmax = max(blockAmax, abs(weight[block * 16 + k])) }
             blockScales[block] = NVFP4Quantizer.blockScaleCode(blockAmax: blockAmax, d: d)
         }
+        let order = factorization.order, dead = factorization.dead
 
-        // 2. Inputs that were always zero carry no information: their columns are quantized to 0, and their diagonal
-        // becomes 1 so the Hessian stays invertible.
-        var diagonal = (0..<cols).map { hessian[$0 * cols + $0] }
-        let dead = diagonal.map { $0 == 0 }
-        for i in 0..<cols where dead[i] { diagonal[i] = 1 }
-
-        // 3. Column order: the loudest inputs first under activation order. A stable sort, so equal diagonals keep
-        // their index order.
-        let order: [Int] = parameters.activationOrder
-            ? (0..<cols).sorted { diagonal[$0] > diagonal[$1] || (diagonal[$0] == diagonal[$1] && $0 < $1) }
-            : Array(0..<cols)
-
-        // 4. U, upper triangular with H_damped⁻¹ = UᵀU (H in quantization order): row j of U holds how column j's
-        // error propagates.
-        let inverseFactor = try upperCholeskyOfInverse(hessian, diagonal: diagonal, order: order,
-                                                       parameters: parameters, tensor: tensor)
-
-        // 5. The working weights transposed, in quantization order: each column contiguous, so its update is one axpy.
+        // 2. The working weights transposed, in quantization order: each column contiguous, so its update is one axpy.
         // The divisor sf·S2 of each element travels with its column (it belongs to the column's original block).
         var working = [Float](repeating: 0, count: rows * cols)
         var divisors = [Float](repeating: 0, count: rows * cols)
@@ -60,12 +106,12 @@ public enum GPTQQuantizer {
             }
         }
 
-        // 6. The column loop, codes written in quantization order.
+        // 3. The column loop, codes written in quantization order.
         var codes = [UInt8](repeating: 0, count: rows * cols)
-        quantizeColumns(working: &working, divisors: divisors, codes: &codes, inverseFactor: inverseFactor,
-                        rows: rows, cols: cols, blockSize: parameters.blockSize)
+        quantizeColumns(working: &working, divisors: divisors, codes: &codes, inverseFactor: factorization.inverseFactor,
+                        rows: rows, cols: cols, blockSize: factorization.blockSize)
 
-        // 7. Back to the original column order, packed two codes per byte, element 2k in the low nibble.
+        // 4. Back to the original column order, packed two codes per byte, element 2k in the low nibble.
         var packed = [UInt8](repeating: 0, count: rows * cols / 2)
         for (position, column) in order.enumerated() {
             for row in 0..<rows {
@@ -90,6 +136,16 @@ public enum GPTQQuantizer {
         }
         if s2 == 0 { throw NVFP4Error.allZero(tensor: tensor) }
         if !(s2 > 0) || !s2.isFinite { throw GPTQError.invalidWeightScale2(tensor: tensor, value: s2) }
+        try validate(parameters, tensor: tensor)
+        if let index = weight.firstIndex(where: { !$0.isFinite }) {
+            throw NVFP4Error.nonFinite(tensor: tensor, row: index / cols)
+        }
+        if let index = hessian.firstIndex(where: { !$0.isFinite }) {
+            throw GPTQError.nonFiniteHessian(tensor: tensor, row: index / cols)
+        }
+    }
+
+    static func validate(_ parameters: GPTQParameters, tensor: String) throws {
         if parameters.blockSize < 1 {
             throw GPTQError.invalidParameters(tensor: tensor, reason: "block size \(parameters.blockSize) is below 1")
         }
@@ -98,12 +154,6 @@ public enum GPTQQuantizer {
         }
         if parameters.dampeningRetries < 0 {
             throw GPTQError.invalidParameters(tensor: tensor, reason: "dampening retries \(parameters.dampeningRetries) is below 0")
-        }
-        if let index = weight.firstIndex(where: { !$0.isFinite }) {
-            throw NVFP4Error.nonFinite(tensor: tensor, row: index / cols)
-        }
-        if let index = hessian.firstIndex(where: { !$0.isFinite }) {
-            throw GPTQError.nonFiniteHessian(tensor: tensor, row: index / cols)
         }
     }
 
@@ -210,4 +260,16 @@ public enum GPTQQuantizer {
             }
         }
     }
+}
+
+/// A Hessian's share of GPTQ, from ``GPTQQuantizer/factorize(hessian:cols:parameters:tensor:)``.
+public struct GPTQFactorization: Sendable {
+    public let columns: Int
+    /// Inputs that were always zero (their weights are quantized to 0).
+    let dead: [Bool]
+    /// Quantization order of the columns (original indices).
+    let order: [Int]
+    /// Upper Cholesky factor of the damped inverse Hessian, in quantization order, row-major Float.
+    let inverseFactor: [Float]
+    let blockSize: Int
 }

@@ -100,6 +100,7 @@ public final class LayerExporter: Sendable {
         var started = ContinuousClock.now
         let (memberWeightAmax, sharedScale) = try sharedScales(linears)
         timings.weightAmax += secondsSince(started)
+        var factorizations = ShareableFactorizations(hessians: hessians ?? [:])
         for (index, linear) in linears.enumerated() {
             var inputScale: InputScale?
             if spec.scheme.quantizesActivations {
@@ -113,9 +114,9 @@ public final class LayerExporter: Sendable {
             let weight: NVFP4Weight
             if let computed = gptqWeights?[linear.name] {
                 weight = computed
-            } else if let settings = spec.gptq, let hessian = hessians?[linear.kind.group] {
-                weight = try gptqQuantize(linear, weightScale2: sharedScale[linear.kind.group]!, hessian: hessian,
-                                          settings: settings)
+            } else if spec.gptq != nil {
+                weight = try gptqQuantize(linear, weightScale2: sharedScale[linear.kind.group]!,
+                                          factorizations: &factorizations, layer: layer)
             } else if spec.scaleSearch == .mse {
                 weight = try searchedScalesQuantize(linear, weightScale2: sharedScale[linear.kind.group]!)
             } else {
@@ -180,38 +181,50 @@ public final class LayerExporter: Sendable {
     /// The GPTQ weights of `layer`'s quantized Linears (module name → weight), what ``export(layer:activationAmax:timings:quality:hessians:gptqWeights:)``
     /// would write from the same Hessians.
     public func gptqWeights(layer: Int, hessians: [FusedGroup: HessianAccumulator]) throws -> [String: NVFP4Weight] {
-        guard let settings = spec.gptq else { throw QuantizeJobError.missingHessians(layer: layer) }
+        guard spec.gptq != nil else { throw QuantizeJobError.missingHessians(layer: layer) }
         let linears = config.linears(layer: layer).filter { !layout.isExcluded($0) }
         let shared = try sharedScales(linears).shared
+        var shareable = ShareableFactorizations(hessians: hessians)
         var weights: [String: NVFP4Weight] = [:]
         for linear in linears {
-            guard let hessian = hessians[linear.kind.group] else { throw QuantizeJobError.missingHessians(layer: layer) }
-            weights[linear.name] = try gptqQuantize(linear, weightScale2: shared[linear.kind.group]!, hessian: hessian,
-                                                    settings: settings)
+            weights[linear.name] = try gptqQuantize(linear, weightScale2: shared[linear.kind.group]!,
+                                                    factorizations: &shareable, layer: layer)
         }
         return weights
     }
 
+    /// Each fused group's Hessian, and its GPTQ factorization once a member asked for it (q/k/v and gate/up share it).
+    struct ShareableFactorizations {
+        let hessians: [FusedGroup: HessianAccumulator]
+        var factorized: [FusedGroup: (factorization: GPTQFactorization, diagonal: [Double])] = [:]
+    }
+
     /// GPTQ over the weight widened to f32 (exact from BF16, so the block scales are round-to-nearest's).
-    private func gptqQuantize(_ linear: LinearSpec, weightScale2: Float, hessian: HessianAccumulator,
-                              settings: GPTQSettings) throws -> NVFP4Weight {
-        let values = try source.floats(linear.weightName, expectedShape: [linear.outFeatures, linear.inFeatures])
-        let matrix = hessian.matrix
-        let parameters = GPTQParameters(blockSize: settings.blockSize, dampening: settings.dampening,
-                                        activationOrder: settings.activationOrder)
+    private func gptqQuantize(_ linear: LinearSpec, weightScale2: Float, factorizations: inout ShareableFactorizations,
+                              layer: Int) throws -> NVFP4Weight {
+        guard let settings = spec.gptq, let hessian = factorizations.hessians[linear.kind.group] else {
+            throw QuantizeJobError.missingHessians(layer: layer)
+        }
         let columns = linear.inFeatures
+        if factorizations.factorized[linear.kind.group] == nil {
+            let matrix = hessian.matrix
+            let parameters = GPTQParameters(blockSize: settings.blockSize, dampening: settings.dampening,
+                                            activationOrder: settings.activationOrder)
+            let factorization = try matrix.withUnsafeBufferPointer {
+                try GPTQQuantizer.factorize(hessian: $0, cols: columns, parameters: parameters, tensor: linear.weightName)
+            }
+            factorizations.factorized[linear.kind.group] = (factorization, (0..<columns).map { matrix[$0 * columns + $0] })
+        }
+        let (factorization, diagonal) = factorizations.factorized[linear.kind.group]!
+        let values = try source.floats(linear.weightName, expectedShape: [linear.outFeatures, columns])
         return try values.withUnsafeBufferPointer { weight in
             // Scale search weighs each column's error by its input's energy, the Hessian's diagonal.
             let blockScales = spec.scaleSearch == .mse
                 ? try BlockScaleSearch.blockScales(f32: weight, rows: linear.outFeatures, cols: columns, weightScale2: weightScale2,
-                                                   columnWeights: (0..<columns).map { matrix[$0 * columns + $0] },
-                                                   tensor: linear.weightName)
+                                                   columnWeights: diagonal, tensor: linear.weightName)
                 : nil
-            return try matrix.withUnsafeBufferPointer { hessian in
-                try GPTQQuantizer.quantize(f32: weight, rows: linear.outFeatures, cols: columns, hessian: hessian,
-                                           weightScale2: weightScale2, parameters: parameters, blockScales: blockScales,
-                                           tensor: linear.weightName)
-            }
+            return try GPTQQuantizer.quantize(f32: weight, rows: linear.outFeatures, cols: columns, factorization: factorization,
+                                              weightScale2: weightScale2, blockScales: blockScales, tensor: linear.weightName)
         }
     }
 
