@@ -17,8 +17,8 @@ public enum GPTQQuantizer {
         try validate(weight: weight, rows: rows, cols: cols, hessian: hessian, weightScale2: s2,
                      parameters: parameters, tensor: tensor)
         let factorization = try factorizeValidated(hessian, cols: cols, parameters: parameters, tensor: tensor)
-        return try quantize(f32: weight, rows: rows, cols: cols, factorization: factorization, weightScale2: s2,
-                            blockScales: given, tensor: tensor)
+        return try quantizeValidated(weight, rows: rows, cols: cols, factorization: factorization, weightScale2: s2,
+                                     blockScales: given, tensor: tensor)
     }
 
     /// What GPTQ derives from a Hessian alone (dead inputs, column order, the factor of the damped inverse): computed
@@ -78,6 +78,15 @@ public enum GPTQQuantizer {
         if let index = weight.firstIndex(where: { !$0.isFinite }) {
             throw NVFP4Error.nonFinite(tensor: tensor, row: index / cols)
         }
+        return try quantizeValidated(weight, rows: rows, cols: cols, factorization: factorization, weightScale2: s2,
+                                     blockScales: given, tensor: tensor)
+    }
+
+    /// The column loop once the weight, `S2` and the factorization have been checked.
+    static func quantizeValidated(
+        _ weight: UnsafeBufferPointer<Float>, rows: Int, cols: Int, factorization: GPTQFactorization,
+        weightScale2 s2: Float, blockScales given: [UInt8]?, tensor: String
+    ) throws -> NVFP4Weight {
         let blocksPerRow = cols / 16
         if let given, given.count != rows * blocksPerRow {
             throw NVFP4Error.sizeMismatch(tensor: tensor + " (block scales)", expected: rows * blocksPerRow, actual: given.count)
