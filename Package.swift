@@ -101,6 +101,12 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // A C seam over libibverbs, opened at run time with dlopen (no link-time dependency). Compiled against
+        // infiniband/verbs.h from libibverbs-dev when present; without it, the shim says so at run time.
+        .target(name: "CVerbs"),
+        // RDMA verbs for the activation data path: device discovery (`coordctl doctor rdma`) and `--transport`
+        // selection over CVerbs. Knows nothing of Llama.
+        .target(name: "RDMATransport", dependencies: ["CVerbs", .product(name: "Logging", package: "swift-log")]),
         // Distributed actors over Transport: ClusterActorSystem, the binary Codable coder, call/error envelopes.
         .target(name: "ActorSystem", dependencies: [
             "Transport",
@@ -248,6 +254,7 @@ let package = Package(
             .product(name: "NIOTestUtils", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .testTarget(name: "RDMATransportTests", dependencies: ["RDMATransport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "ActorSystemTests", dependencies: [
             "ActorSystem", "Transport",
             .product(name: "NIOCore", package: "swift-nio"),

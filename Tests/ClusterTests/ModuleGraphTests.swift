@@ -81,6 +81,13 @@ import Testing
         }
     }
 
+    /// The RDMA transport knows nothing of Llama or the cluster: its shim and logging only.
+    @Test func theRDMATransportDependsOnItsShimAndLoggingOnly() throws {
+        let graph = try Self.directDependencies()
+        #expect(Set(graph["RDMATransport"] ?? []) == ["CVerbs", "Logging"], "\(graph["RDMATransport"] ?? [])")
+        #expect(graph["CVerbs"] == [], "\(graph["CVerbs"] ?? [])")
+    }
+
     @Test func theEngineDependsOnNoNetworkingModule() throws {
         let graph = try Self.directDependencies()
         for target in ["QuantizeJob", "Calibration", "Checkpoint", "Evaluation", "CPUBackend", "CUDABackend", "NVFP4", "JobModel"] {

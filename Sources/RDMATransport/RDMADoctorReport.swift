@@ -1,0 +1,99 @@
+import Foundation
+
+/// What `coordctl doctor rdma` prints for a survey, and whether the node can use RDMA.
+public struct RDMADoctorReport: Sendable {
+    public let survey: RDMASurvey
+    /// The endpoint `--transport rdma` would pick with the same `--rdma-device` and `--rdma-gid-index`, or why none.
+    public let endpoint: Result<RDMAEndpoint, RDMASelectionError>
+
+    public init(survey: RDMASurvey, device: String? = nil, gidIndex: Int? = nil) {
+        self.survey = survey
+        do {
+            endpoint = .success(try ActivationTransportSelector.usableEndpoint(in: survey, device: device, gidIndex: gidIndex))
+        } catch let error as RDMASelectionError {
+            endpoint = .failure(error)
+        } catch {
+            endpoint = .failure(.unavailable(reason: "\(error)"))
+        }
+    }
+
+    /// True when a port and GID were found for RDMA.
+    public var isUsable: Bool {
+        if case .success = endpoint { return true }
+        return false
+    }
+
+    public var text: String {
+        var lines: [String] = []
+        switch survey.outcome {
+        case let .libraryUnavailable(error):
+            lines.append("libibverbs: not loaded")
+            lines.append("  \(error)")
+            lines.append("devices: unknown without libibverbs")
+        case let .deviceListFailed(library, error):
+            lines.append("libibverbs: loaded (\(library))")
+            lines.append("devices: none — " + (error.meansKernelWithoutRDMA
+                ? "the kernel has no RDMA support (libibverbs reports ENOSYS), so there is no verbs device"
+                : "\(error)"))
+        case let .noDevices(library):
+            lines.append("libibverbs: loaded (\(library))")
+            lines.append("devices: none — the kernel's RDMA core lists no verbs device (no ConnectX or other RDMA NIC with its driver loaded)")
+        case let .devices(library, devices):
+            lines.append("libibverbs: loaded (\(library))")
+            lines.append("devices: \(devices.count)")
+            for device in devices { lines.append(contentsOf: Self.lines(for: device)) }
+        }
+        switch endpoint {
+        case let .success(endpoint):
+            lines.append("usable: \(endpoint)" + (endpoint.activeMTUBytes.map { ", MTU \($0)" } ?? ""))
+        case let .failure(error):
+            lines.append("no verbs device is usable: \(error)")
+            lines.append("workerd --transport auto uses TCP here; --transport rdma fails.")
+        }
+        lines.append("loopback RDMA WRITE test: not built yet (the RDMA data plane is a later step); activation links use TCP.")
+        return lines.joined(separator: "\n")
+    }
+
+    static func lines(for device: RDMASurvey.Device) -> [String] {
+        var lines = ["device \(device.entry.name)  node GUID \(device.entry.nodeGUIDText)"]
+        if let error = device.error {
+            lines.append("  unreadable: \(error)")
+            return lines
+        }
+        if let attributes = device.attributes {
+            lines.append("  firmware \(attributes.firmwareVersion)  vendor 0x\(String(attributes.vendorID, radix: 16)) part \(attributes.vendorPartID)  ports \(attributes.physicalPortCount)")
+        }
+        for port in device.ports {
+            guard let attributes = port.attributes else {
+                lines.append("  port \(port.number): unreadable: \(port.error.map(String.init(describing:)) ?? "unknown error")")
+                continue
+            }
+            let state = attributes.state.map(String.init(describing:)) ?? "state \(attributes.stateCode)"
+            let link = attributes.linkLayer.map(String.init(describing:)) ?? "link layer \(attributes.linkLayerCode)"
+            let mtu = attributes.activeMTUBytes.map(String.init) ?? "?"
+            let maxMTU = attributes.maxMTUBytes.map(String.init) ?? "?"
+            var rate = "rate unknown"
+            if let total = attributes.lineRateGigabitsPerSecond, let lanes = attributes.activeLanes,
+               let lane = attributes.laneGigabitsPerSecond {
+                rate = "\(Self.gigabits(total)) Gb/s (\(lanes)x \(Self.gigabits(lane)) Gb/s)"
+            }
+            lines.append("  port \(port.number): \(state) (\(attributes.physicalStateName))  \(link)  MTU \(mtu) (max \(maxMTU))  \(rate)")
+            if port.gids.isEmpty {
+                lines.append("    no populated GID" + (attributes.linkLayer == .ethernet ? " (does the interface have an IP address?)" : ""))
+            }
+            for entry in port.gids {
+                var line = "    GID \(entry.index)  \(entry.gid)"
+                if let ipv4 = entry.gid.ipv4Address { line += " (\(ipv4))" }
+                line += "  " + (entry.type?.rawValue ?? "type unknown")
+                if let interface = entry.networkInterface { line += "  \(interface)" }
+                if entry.type == .roceV2 { line += "  <- RoCE v2" }
+                lines.append(line)
+            }
+        }
+        return lines
+    }
+
+    static func gigabits(_ value: Double) -> String {
+        value == value.rounded() ? String(Int(value)) : String(value)
+    }
+}
