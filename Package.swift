@@ -172,7 +172,7 @@ let package = Package(
         ]),
         // The options coordd, workerd and coordctl share (--log-level, --token-file, --device, --metrics-listen).
         .target(name: "CommandLineOptions", dependencies: [
-            "ClusterProtocol", "JobModel", "Transport",
+            "ClusterProtocol", "JobModel", "Transport", "RDMATransport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -1,12 +1,13 @@
 /// # CommandLineOptions
 ///
 /// The options that coordd, workerd and coordctl share, declared once so that they are spelled, explained and checked
-/// the same way everywhere: `--log-level`, `--token-file`, `--tls-cert`/`--tls-key`/`--tls-ca`, `--device` and the
-/// daemons' `--metrics-listen`.
+/// the same way everywhere: `--log-level`, `--token-file`, `--tls-cert`/`--tls-key`/`--tls-ca`, `--device`, the
+/// daemons' `--metrics-listen`, and workerd's `--transport`/`--rdma-device`/`--rdma-gid-index`.
 import ArgumentParser
 import ClusterProtocol
 import JobModel
 import Logging
+import RDMATransport
 import Transport
 
 /// `--log-level`. Logs go to standard error; standard output carries only results.
@@ -110,6 +111,55 @@ public struct MetricsOptions: ParsableArguments {
         return try NodeAddress(parsing: metricsListen)
     }
 }
+
+/// `--transport auto|tcp|rdma`, `--rdma-device`, `--rdma-gid-index`: how hidden states travel to the next worker.
+public struct ActivationTransportOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "How hidden states travel between workers: auto (RDMA when this node has a usable verbs port, else TCP, logging why), tcp, or rdma (fail at start, naming what is missing, when RDMA cannot be used). This build has no RDMA data plane yet, so links run over TCP and rdma always fails; `coordctl doctor rdma` shows what the node has.",
+        valueName: "auto|tcp|rdma"))
+    public var transport: ActivationTransportPreference = .auto
+
+    @Option(name: .long, help: ArgumentHelp("The RDMA device to use (e.g. mlx5_0; default: the first with an ACTIVE port).", valueName: "NAME"))
+    public var rdmaDevice: String?
+
+    @Option(name: .long, help: ArgumentHelp("The GID table index to use on the device's active port (default: its first RoCE v2 GID on Ethernet, preferring an IPv4 one; GID 0 on InfiniBand).", valueName: "N"))
+    public var rdmaGidIndex: Int?
+
+    public init() {}
+
+    public func validate() throws {
+        if let rdmaGidIndex, rdmaGidIndex < 0 {
+            throw ValidationError("--rdma-gid-index \(rdmaGidIndex): a GID index is 0 or more")
+        }
+        if transport == .tcp, rdmaDevice != nil || rdmaGidIndex != nil {
+            throw ValidationError("--rdma-device and --rdma-gid-index choose an RDMA port; they do nothing with --transport tcp")
+        }
+    }
+
+    /// Resolves the options against this node (a survey of libibverbs, taken only when RDMA is possible) and logs
+    /// the choice with its reason. Throws ``RDMATransportUnavailable`` for `--transport rdma` when RDMA cannot be used.
+    public func decide(logger: Logger,
+                       survey: () -> RDMASurvey = { RDMASurvey.take(logger: Logger(label: "rdma")) }) throws -> ActivationTransportDecision {
+        let decision: ActivationTransportDecision
+        do {
+            decision = try ActivationTransportSelector.decide(preference: transport, device: rdmaDevice, gidIndex: rdmaGidIndex,
+                                                              survey: survey)
+        } catch let error as RDMASelectionError {
+            throw RDMATransportUnavailable(reason: error)
+        }
+        ActivationTransportSelector.log(decision, preference: transport, logger: logger)
+        return decision
+    }
+}
+
+/// `--transport rdma` on a node where RDMA cannot be used.
+public struct RDMATransportUnavailable: Error, CustomStringConvertible, Equatable {
+    public let reason: RDMASelectionError
+
+    public var description: String { "--transport rdma: \(reason)" }
+}
+
+extension ActivationTransportPreference: ExpressibleByArgument {}
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 

@@ -27,6 +27,11 @@ struct Workerd: AsyncParsableCommand {
             chunk latency, worker-to-worker and export bytes and time, hidden-state and GPU memory, connection and \
             authentication failures; Docs/operations.md#metrics lists every series). A bare port listens on \
             loopback; off unless given.
+
+            Transport: --transport auto (default) would use RDMA verbs when this node has an ACTIVE port, and logs \
+            why it uses TCP instead; --transport rdma refuses to start, naming what is missing. This build has no \
+            RDMA data plane yet, so worker-to-worker links run over TCP. `coordctl doctor rdma` lists the node's \
+            devices, ports and GIDs.
             """,
         version: commandLineVersion)
 
@@ -63,6 +68,8 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds the data path to the next worker may stay down. Meanwhile this worker dials again with backoff and resends the chunk in flight; after it, the chunk fails and coordd decides (re-plans or fails the job, naming the link).")
     var linkTimeout: Int = 60
 
+    @OptionGroup var activationTransport: ActivationTransportOptions
+
     @Option(name: .long, help: .hidden)
     var debugChunkDelayMs: Int = 0
 
@@ -78,6 +85,9 @@ struct Workerd: AsyncParsableCommand {
         let transportTLS = try tls.loadTLS()
         let workerName = name ?? transportTLS?.name ?? ProcessInfo.processInfo.hostName
         let logger = Logger(label: "workerd.\(workerName)")
+        // First: `--transport rdma` on a node without usable RDMA fails the start, before this node joins the cluster.
+        // The decision is only logged: this build's links all run over TCP (no RDMA data plane yet).
+        _ = try activationTransport.decide(logger: logger)
         var configuration = WorkerService.Configuration(
             coordinator: try NodeAddress(parsing: coordinator), listen: try NodeAddress(parsing: listen), name: workerName,
             device: device.device, token: try token.loadToken(),
