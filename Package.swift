@@ -193,7 +193,7 @@ let package = Package(
         .executableTarget(name: "coordctl", dependencies: [
             "ClusterClient", "CheckpointReport", "ClusterProtocol", "LocalCluster", "CommandLineOptions", "JobModel",
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
-            "ComputeBackend",
+            "ComputeBackend", "RDMATransport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: thinClientSettings),

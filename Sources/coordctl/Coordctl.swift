@@ -26,7 +26,8 @@ struct Coordctl: AsyncParsableCommand {
             --token-file F (before or after the command name).
             """,
         version: commandLineVersion,
-        subcommands: [Quantize.self, Submit.self, Status.self, List.self, Workers.self, Cancel.self, GC.self, Eval.self, Report.self, Certs.self]
+        subcommands: [Quantize.self, Submit.self, Status.self, List.self, Workers.self, Cancel.self, GC.self, Eval.self, Report.self, Certs.self,
+                      Doctor.self]
     )
 
     /// Accepts the connection options before the command name too (`coordctl --coordinator H:P status JOB`), by

@@ -32,9 +32,12 @@ enum Coordctl {
     }
 
     /// Runs `coordctl` with `arguments`; stdout and stderr go to files so neither pipe can fill and block.
-    static func run(_ arguments: [String], in scratch: URL) throws -> Result {
+    static func run(_ arguments: [String], in scratch: URL, environment: [String: String] = [:]) throws -> Result {
         let process = Process()
         process.executableURL = try executable()
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         // The closing quality report is exercised by the tests that ask for it with --eval-samples.
         let skipReport = arguments.first == "quantize" && !arguments.contains("--eval-samples")
         process.arguments = arguments + (skipReport ? ["--eval-samples", "0"] : [])
