@@ -141,10 +141,10 @@ public struct ActivationTransportOptions: ParsableArguments {
     public func decide(logger: Logger,
                        survey: () -> RDMASurvey = { RDMASurvey.take(logger: Logger(label: "rdma")) }) throws -> ActivationTransportDecision {
         let decision: ActivationTransportDecision
-        do {
+        do throws(RDMASelectionError) {
             decision = try ActivationTransportSelector.decide(preference: transport, device: rdmaDevice, gidIndex: rdmaGidIndex,
                                                               survey: survey)
-        } catch let error as RDMASelectionError {
+        } catch {
             throw RDMATransportUnavailable(reason: error)
         }
         ActivationTransportSelector.log(decision, preference: transport, logger: logger)

@@ -86,7 +86,7 @@ public enum ActivationTransportSelector {
     /// `survey` is taken only when RDMA is asked for or possible (not for `tcp`). Throws for `rdma` when RDMA cannot be
     /// used; `auto` never throws and says in the decision's reason why it chose TCP.
     public static func decide(preference: ActivationTransportPreference, device: String?, gidIndex: Int?,
-                              survey: () -> RDMASurvey) throws -> ActivationTransportDecision {
+                              survey: () -> RDMASurvey) throws(RDMASelectionError) -> ActivationTransportDecision {
         switch preference {
         case .tcp:
             return ActivationTransportDecision(transport: .tcp, reason: "--transport tcp")
@@ -94,11 +94,11 @@ public enum ActivationTransportSelector {
             let endpoint = try usableEndpoint(in: survey(), device: device, gidIndex: gidIndex)
             throw RDMASelectionError.dataPlaneNotBuilt(endpoint: endpoint)
         case .auto:
-            do {
+            do throws(RDMASelectionError) {
                 let endpoint = try usableEndpoint(in: survey(), device: device, gidIndex: gidIndex)
                 return ActivationTransportDecision(
                     transport: .tcp, reason: "\(endpoint) is usable, but this build has no RDMA data plane yet")
-            } catch let error as RDMASelectionError {
+            } catch {
                 return ActivationTransportDecision(transport: .tcp, reason: error.description)
             }
         }
@@ -112,7 +112,7 @@ public enum ActivationTransportSelector {
 
     /// The port and GID RDMA would use: `device` (else the first device with an active port), its first ACTIVE port,
     /// and `gidIndex` (else the first RoCE v2 GID on Ethernet, preferring an IPv4-mapped one, or GID 0 on InfiniBand).
-    public static func usableEndpoint(in survey: RDMASurvey, device: String?, gidIndex: Int?) throws -> RDMAEndpoint {
+    public static func usableEndpoint(in survey: RDMASurvey, device: String?, gidIndex: Int?) throws(RDMASelectionError) -> RDMAEndpoint {
         guard case let .devices(_, devices) = survey.outcome else {
             throw RDMASelectionError.unavailable(reason: survey.absenceReason ?? "no RDMA device")
         }
@@ -142,7 +142,7 @@ public enum ActivationTransportSelector {
     }
 
     static func chooseGID(device: String, port: RDMASurvey.Port, attributes: VerbsPortAttributes,
-                          gidIndex: Int?) throws -> RDMASurvey.GIDEntry {
+                          gidIndex: Int?) throws(RDMASelectionError) -> RDMASurvey.GIDEntry {
         let ethernet = attributes.linkLayer == .ethernet
         if let gidIndex {
             guard (0..<attributes.gidTableLength).contains(gidIndex) else {

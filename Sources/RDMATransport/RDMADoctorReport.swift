@@ -8,12 +8,10 @@ public struct RDMADoctorReport: Sendable {
 
     public init(survey: RDMASurvey, device: String? = nil, gidIndex: Int? = nil) {
         self.survey = survey
-        do {
+        do throws(RDMASelectionError) {
             endpoint = .success(try ActivationTransportSelector.usableEndpoint(in: survey, device: device, gidIndex: gidIndex))
-        } catch let error as RDMASelectionError {
-            endpoint = .failure(error)
         } catch {
-            endpoint = .failure(.unavailable(reason: "\(error)"))
+            endpoint = .failure(error)
         }
     }
 

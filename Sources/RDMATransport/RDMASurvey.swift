@@ -44,23 +44,20 @@ public struct RDMASurvey: Sendable {
     }
 
     /// Opens the provider with `open` and reads every device, port and GID.
-    public static func take(open: () throws -> any VerbsProvider,
+    public static func take(open: () throws(VerbsError) -> any VerbsProvider,
                             gidAttributes: any GIDAttributeSource = SysfsGIDAttributes(), logger: Logger) -> RDMASurvey {
         let provider: any VerbsProvider
-        do {
+        do throws(VerbsError) {
             provider = try open()
-        } catch let error as VerbsError {
+        } catch {
             logger.debug("libibverbs unavailable", metadata: ["reason": "\(error)"])
             return RDMASurvey(outcome: .libraryUnavailable(error))
-        } catch {
-            return RDMASurvey(outcome: .libraryUnavailable(.libraryNotFound(tried: ["\(error)"])))
         }
         let entries: [VerbsDeviceEntry]
-        do {
+        do throws(VerbsError) {
             entries = try provider.devices()
         } catch {
-            let verbsError = error as? VerbsError ?? .deviceListFailed(code: EIO)
-            return RDMASurvey(outcome: .deviceListFailed(library: provider.origin, error: verbsError))
+            return RDMASurvey(outcome: .deviceListFailed(library: provider.origin, error: error))
         }
         guard !entries.isEmpty else { return RDMASurvey(outcome: .noDevices(library: provider.origin)) }
         let devices = entries.map { entry in
@@ -71,26 +68,26 @@ public struct RDMASurvey: Sendable {
 
     /// Takes a survey of the real libibverbs.
     public static func take(locator: VerbsLibraryLocator = VerbsLibraryLocator(), logger: Logger) -> RDMASurvey {
-        take(open: { try locator.open() }, logger: logger)
+        take(open: { () throws(VerbsError) in try locator.open() }, logger: logger)
     }
 
     static func survey(device entry: VerbsDeviceEntry, provider: any VerbsProvider, gidAttributes: any GIDAttributeSource,
                        logger: Logger) -> Device {
         let handle: any VerbsDeviceHandle
         let attributes: VerbsDeviceAttributes
-        do {
+        do throws(VerbsError) {
             handle = try provider.openDevice(named: entry.name)
             attributes = try handle.attributes()
         } catch {
             logger.debug("RDMA device unreadable", metadata: ["device": "\(entry.name)", "reason": "\(error)"])
-            return Device(entry: entry, attributes: nil, ports: [], error: error as? VerbsError)
+            return Device(entry: entry, attributes: nil, ports: [], error: error)
         }
         let ports = attributes.physicalPortCount > 0 ? (1...attributes.physicalPortCount).map { number -> Port in
             let port: VerbsPortAttributes
-            do {
+            do throws(VerbsError) {
                 port = try handle.port(number)
             } catch {
-                return Port(number: number, attributes: nil, gids: [], error: error as? VerbsError)
+                return Port(number: number, attributes: nil, gids: [], error: error)
             }
             var gids: [GIDEntry] = []
             for index in 0..<max(0, port.gidTableLength) {

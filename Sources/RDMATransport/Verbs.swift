@@ -5,17 +5,17 @@ import Foundation
 public protocol VerbsProvider: Sendable {
     /// Where the provider came from (the library file, or a fake's name), for reports.
     var origin: String { get }
-    func devices() throws -> [VerbsDeviceEntry]
-    func openDevice(named name: String) throws -> any VerbsDeviceHandle
+    func devices() throws(VerbsError) -> [VerbsDeviceEntry]
+    func openDevice(named name: String) throws(VerbsError) -> any VerbsDeviceHandle
 }
 
 /// An opened device: its attributes, its ports and their GID tables. Ports are numbered from 1, as verbs does.
 public protocol VerbsDeviceHandle: Sendable {
     var name: String { get }
-    func attributes() throws -> VerbsDeviceAttributes
-    func port(_ number: Int) throws -> VerbsPortAttributes
+    func attributes() throws(VerbsError) -> VerbsDeviceAttributes
+    func port(_ number: Int) throws(VerbsError) -> VerbsPortAttributes
     /// GID table entry `index` of `port`; nil for an empty (all-zero) entry.
-    func gid(port: Int, index: Int) throws -> VerbsGID?
+    func gid(port: Int, index: Int) throws(VerbsError) -> VerbsGID?
 }
 
 /// One entry of the device list.

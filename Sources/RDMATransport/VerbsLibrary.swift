@@ -24,7 +24,7 @@ public struct VerbsLibraryLocator: Sendable {
     }
 
     /// Opens the first candidate that loads and has every entry point the shim needs.
-    public func open() throws -> VerbsLibrary {
+    public func open() throws(VerbsError) -> VerbsLibrary {
         var tried: [String] = []
         for candidate in candidates {
             var library: OpaquePointer?
@@ -65,7 +65,7 @@ public final class VerbsLibrary: VerbsProvider, @unchecked Sendable {
 
     public var origin: String { path }
 
-    public func devices() throws -> [VerbsDeviceEntry] {
+    public func devices() throws(VerbsError) -> [VerbsDeviceEntry] {
         var capacity = 16
         while true {
             var entries = [cverbs_device_entry](repeating: cverbs_device_entry(), count: capacity)
@@ -84,12 +84,12 @@ public final class VerbsLibrary: VerbsProvider, @unchecked Sendable {
         }
     }
 
-    public func openDevice(named name: String) throws -> any VerbsDeviceHandle {
+    public func openDevice(named name: String) throws(VerbsError) -> any VerbsDeviceHandle {
         try open(device: name)
     }
 
     /// Opens the device called `name`.
-    public func open(device name: String) throws -> VerbsDevice {
+    public func open(device name: String) throws(VerbsError) -> VerbsDevice {
         var context: OpaquePointer?
         let status = cverbs_context_open(library, name, &context)
         if status == Int32(CVERBS_DEVICE_NOT_FOUND) {
@@ -118,7 +118,7 @@ public final class VerbsDevice: VerbsDeviceHandle, @unchecked Sendable {
 
     deinit { cverbs_context_close(context) }
 
-    public func attributes() throws -> VerbsDeviceAttributes {
+    public func attributes() throws(VerbsError) -> VerbsDeviceAttributes {
         var raw = cverbs_device_attributes()
         let status = cverbs_query_device(context, &raw)
         guard status == 0 else { throw VerbsError.callFailed(call: "ibv_query_device", device: name, port: nil, code: status) }
@@ -129,7 +129,7 @@ public final class VerbsDevice: VerbsDeviceHandle, @unchecked Sendable {
             maxCompletionQueueEntries: Int(raw.max_cqe), maxMemoryRegionBytes: raw.max_mr_size)
     }
 
-    public func port(_ number: Int) throws -> VerbsPortAttributes {
+    public func port(_ number: Int) throws(VerbsError) -> VerbsPortAttributes {
         guard let port = UInt8(exactly: number), port > 0 else {
             throw VerbsError.callFailed(call: "ibv_query_port", device: name, port: number, code: EINVAL)
         }
@@ -142,7 +142,7 @@ public final class VerbsDevice: VerbsDeviceHandle, @unchecked Sendable {
                                    physicalStateCode: raw.physical_state)
     }
 
-    public func gid(port: Int, index: Int) throws -> VerbsGID? {
+    public func gid(port: Int, index: Int) throws(VerbsError) -> VerbsGID? {
         guard let portNumber = UInt8(exactly: port), portNumber > 0, let gidIndex = Int32(exactly: index), gidIndex >= 0 else {
             throw VerbsError.callFailed(call: "ibv_query_gid", device: name, port: port, code: EINVAL)
         }

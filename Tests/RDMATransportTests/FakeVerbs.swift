@@ -19,12 +19,12 @@ struct FakeVerbsProvider: VerbsProvider {
     var devicesList: [Device]
     var listError: VerbsError?
 
-    func devices() throws -> [VerbsDeviceEntry] {
+    func devices() throws(VerbsError) -> [VerbsDeviceEntry] {
         if let listError { throw listError }
         return devicesList.map(\.entry)
     }
 
-    func openDevice(named name: String) throws -> any VerbsDeviceHandle {
+    func openDevice(named name: String) throws(VerbsError) -> any VerbsDeviceHandle {
         guard let device = devicesList.first(where: { $0.entry.name == name }) else {
             throw VerbsError.deviceNotFound(name: name, available: devicesList.map(\.entry.name))
         }
@@ -35,15 +35,15 @@ struct FakeVerbsProvider: VerbsProvider {
     struct Handle: VerbsDeviceHandle {
         let device: Device
         var name: String { device.entry.name }
-        func attributes() throws -> VerbsDeviceAttributes { device.attributes }
-        func port(_ number: Int) throws -> VerbsPortAttributes {
+        func attributes() throws(VerbsError) -> VerbsDeviceAttributes { device.attributes }
+        func port(_ number: Int) throws(VerbsError) -> VerbsPortAttributes {
             if let error = device.portErrors[number] { throw error }
             guard let port = device.ports[number] else {
                 throw VerbsError.callFailed(call: "ibv_query_port", device: name, port: number, code: EINVAL)
             }
             return port
         }
-        func gid(port: Int, index: Int) throws -> VerbsGID? {
+        func gid(port: Int, index: Int) throws(VerbsError) -> VerbsGID? {
             if device.failingGIDs[port]?.contains(index) == true {
                 throw VerbsError.callFailed(call: "ibv_query_gid index \(index)", device: name, port: port, code: EINVAL)
             }

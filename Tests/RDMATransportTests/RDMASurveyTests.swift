@@ -48,7 +48,7 @@ import Testing
     }
 
     @Test func theThreeWaysOfHavingNoDeviceAreToldApart() {
-        let absent = RDMASurvey.take(open: { throw VerbsError.libraryNotFound(tried: ["x"]) }, logger: Self.logger)
+        let absent = RDMASurvey.take(open: { () throws(VerbsError) in throw .libraryNotFound(tried: ["x"]) }, logger: Self.logger)
         #expect(absent.absenceReason?.hasPrefix("libibverbs is not installed") == true)
 
         let noKernel = RDMASurvey.take(open: { FakeVerbsProvider(devicesList: [], listError: .deviceListFailed(code: ENOSYS)) },
