@@ -10,7 +10,9 @@
 ///   ``PinnedHostBuffer``, ``CUDAStream``, ``CUDAEvent``, ``CUDAModule``/``CUDAFunction`` (cubin load, launch).
 /// - ``NVRTC`` compiles kernel sources for the device's own architecture; ``KernelCache`` keeps the cubins on disk
 ///   under ``KernelCacheKey`` (source SHA-256, architecture, NVRTC version).
-/// - ``CuBLASLt``: row-major BF16 GEMMs with FP32 accumulation, one cached plan per ``GEMMShape``.
+/// - ``CuBLASLt``: row-major BF16 GEMMs with FP32 accumulation, one cached plan per ``GEMMShape``; general
+///   column-major products (``MatrixProduct``) for GPTQ's Hessians and updates.
+/// - ``CuSOLVERDense``: Cholesky factorization and triangular inverse in FP64, for GPTQ.
 /// - Pure argument checks that run anywhere: ``validateLaunch(kernel:grid:block:)``, ``GEMMShape/validate()``,
 ///   ``validateDeviceOrdinal(_:deviceCount:)``.
 import Crypto
@@ -25,6 +27,8 @@ public enum CUDALibrary: String, CaseIterable, Sendable {
     case driver = "CUDA driver"
     case nvrtc = "NVRTC"
     case cublasLt = "cuBLASLt"
+    /// Only GPTQ needs it (Cholesky factorization and triangular inverse), so it is opened on first use.
+    case cusolver = "cuSOLVER"
 
     /// The environment variable that names an exact file to use instead of searching.
     public var overrideVariable: String {
@@ -32,6 +36,7 @@ public enum CUDALibrary: String, CaseIterable, Sendable {
         case .driver: return "NVFP4_LIBCUDA"
         case .nvrtc: return "NVFP4_LIBNVRTC"
         case .cublasLt: return "NVFP4_LIBCUBLASLT"
+        case .cusolver: return "NVFP4_LIBCUSOLVER"
         }
     }
 
@@ -42,6 +47,8 @@ public enum CUDALibrary: String, CaseIterable, Sendable {
         case .driver: return ["libcuda.so.1", "libcuda.so"]
         case .nvrtc: return ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
         case .cublasLt: return ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"]
+        // cuSOLVER's soname is one major version behind the toolkit's (12 in CUDA 13, 11 in CUDA 12).
+        case .cusolver: return ["libcusolver.so.12", "libcusolver.so.11", "libcusolver.so"]
         }
     }
 }

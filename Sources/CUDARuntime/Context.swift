@@ -227,6 +227,7 @@ public enum KernelArgument: Sendable {
     case int32(Int32)
     case int64(Int64)
     case float(Float)
+    case double(Double)
 }
 
 /// A kernel and its launch.
@@ -263,6 +264,7 @@ public final class CUDAFunction: @unchecked Sendable {
             case .int32(let value): slot.storeBytes(of: value, as: Int32.self)
             case .int64(let value): slot.storeBytes(of: value, as: Int64.self)
             case .float(let value): slot.storeBytes(of: value, as: Float.self)
+            case .double(let value): slot.storeBytes(of: value, as: Double.self)
             }
         }
         var pointers = (0..<arguments.count).map { Optional(UnsafeMutableRawPointer(slots + $0)) }

@@ -37,11 +37,14 @@ public final class CuBLASLt: @unchecked Sendable {
     public let workspace: DeviceBuffer
     let lock = NSLock()
     var plans: [GEMMShape: Plan] = [:]
+    var productPlans: [MatrixProduct.Key: Plan] = [:]
 
     /// Data types (cudaDataType) and compute type (cublasComputeType_t) values.
     static let bfloat16: Int32 = 14
     static let float32: Int32 = 0
     static let computeFloat32: Int32 = 68
+    /// CUBLAS_COMPUTE_32F_FAST_TF32: FP32 operands rounded to TF32 on the tensor cores.
+    static let computeFastTF32: Int32 = 77
 
     public init(context: CUDAContext, locator: CUDALibraryLocator = CUDALibraryLocator(), workspaceBytes: Int = 32 << 20) throws {
         let library = try locator.open(.cublasLt)
@@ -68,6 +71,7 @@ public final class CuBLASLt: @unchecked Sendable {
 
     deinit {
         for plan in plans.values { plan.destroy(self) }
+        for plan in productPlans.values { plan.destroy(self) }
         _ = cublasLtDestroy(handle)
     }
 
@@ -149,6 +153,137 @@ public final class CuBLASLt: @unchecked Sendable {
                            UnsafeMutableRawPointer(bitPattern: UInt(workspace.address)), workspace.byteCount, stream.handle)
         }
         try Self.check(code, "cublasLtMatmul(\(shape))")
+    }
+}
+
+extension CuBLASLt {
+    /// `C = alpha·op(A)·op(B) + beta·C` for the column-major ``MatrixProduct`` `product`, FP32 accumulation and output.
+    public func multiply(_ product: MatrixProduct, a: CUdeviceptr, b: CUdeviceptr, c: CUdeviceptr, alpha: Float, beta: Float,
+                         stream: CUDAStream) throws {
+        try product.validate()
+        let key = MatrixProduct.Key(product: product, alignments: [a, b, c].map(MatrixProduct.alignment(of:)))
+        let plan = try plan(for: key)
+        var alpha = alpha, beta = beta
+        let code = plan.algorithm.withUnsafeBytes { algorithm in
+            cublasLtMatmul(handle, plan.operation, &alpha, UnsafeRawPointer(bitPattern: UInt(a)), plan.weightLayout,
+                           UnsafeRawPointer(bitPattern: UInt(b)), plan.inputLayout, &beta,
+                           UnsafeRawPointer(bitPattern: UInt(c)), plan.outputLayout,
+                           UnsafeMutableRawPointer(bitPattern: UInt(c)), plan.outputLayout, algorithm.baseAddress,
+                           UnsafeMutableRawPointer(bitPattern: UInt(workspace.address)), workspace.byteCount, stream.handle)
+        }
+        try Self.check(code, "cublasLtMatmul(\(product))")
+    }
+
+    func plan(for key: MatrixProduct.Key) throws -> Plan {
+        lock.lock()
+        defer { lock.unlock() }
+        if let plan = productPlans[key] { return plan }
+        let product = key.product
+        let plan = Plan()
+        try Self.check(cublasLtMatmulDescCreate(&plan.operation, product.tf32 ? Self.computeFastTF32 : Self.computeFloat32, Self.float32),
+                       "cublasLtMatmulDescCreate")
+        var transposeA: Int32 = product.transposeA ? 1 : 0
+        var transposeB: Int32 = product.transposeB ? 1 : 0
+        try Self.check(cublasLtMatmulDescSetAttribute(plan.operation, 3, &transposeA, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
+        try Self.check(cublasLtMatmulDescSetAttribute(plan.operation, 4, &transposeB, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
+        let input = product.inputs == .bfloat16 ? Self.bfloat16 : Self.float32
+        let (m, n, k) = (UInt64(product.m), UInt64(product.n), UInt64(product.k))
+        // Layouts describe the stored matrices, before op(): A is m×k (k×m transposed), B is k×n (n×k transposed).
+        try Self.check(cublasLtMatrixLayoutCreate(&plan.weightLayout, input, product.transposeA ? k : m, product.transposeA ? m : k,
+                                                  Int64(product.lda)), "cublasLtMatrixLayoutCreate(A)")
+        try Self.check(cublasLtMatrixLayoutCreate(&plan.inputLayout, input, product.transposeB ? n : k, product.transposeB ? k : n,
+                                                  Int64(product.ldb)), "cublasLtMatrixLayoutCreate(B)")
+        try Self.check(cublasLtMatrixLayoutCreate(&plan.outputLayout, Self.float32, m, n, Int64(product.ldc)), "cublasLtMatrixLayoutCreate(C)")
+        var preference: OpaquePointer?
+        try Self.check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate")
+        defer { _ = cublasLtMatmulPreferenceDestroy(preference) }
+        var workspaceBytes = UInt64(workspace.byteCount)
+        try Self.check(cublasLtMatmulPreferenceSetAttribute(preference, 1, &workspaceBytes, 8),
+                       "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
+        // MIN_ALIGNMENT_{A,B,C,D}_BYTES: sub-matrices start at offsets the default (256 bytes) does not promise.
+        let alignments = key.alignments + [key.alignments[2]]
+        for (index, alignment) in alignments.enumerated() {
+            var bytes = UInt32(alignment)
+            try Self.check(cublasLtMatmulPreferenceSetAttribute(preference, Int32(5 + index), &bytes, 4),
+                           "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT \(index))")
+        }
+        var found: Int32 = 0
+        try plan.algorithm.withUnsafeMutableBytes { result in
+            try Self.check(cublasLtMatmulAlgoGetHeuristic(handle, plan.operation, plan.weightLayout, plan.inputLayout, plan.outputLayout,
+                                                          plan.outputLayout, preference, 1, result.baseAddress!, &found),
+                           "cublasLtMatmulAlgoGetHeuristic(\(product))")
+        }
+        guard found > 0 else {
+            throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(product))", code: 15, message: "no algorithm found")
+        }
+        productPlans[key] = plan
+        return plan
+    }
+}
+
+/// A column-major product `C[m, n] = α·op(A)·op(B) + β·C` in cuBLAS's conventions (`op(A)` is `m × k`, `op(B)` is
+/// `k × n`, leading dimensions in elements), with BF16 or FP32 inputs and an FP32 `C`: GPTQ's Hessian sums `XᵀX`
+/// and its error updates, where operands are sub-matrices of larger ones.
+public struct MatrixProduct: Hashable, Sendable, CustomStringConvertible {
+    public enum Inputs: String, Hashable, Sendable {
+        case bfloat16, float32
+
+        var byteWidth: Int { self == .bfloat16 ? 2 : 4 }
+    }
+
+    public let m: Int
+    public let n: Int
+    public let k: Int
+    public let transposeA: Bool
+    public let transposeB: Bool
+    public let lda: Int
+    public let ldb: Int
+    public let ldc: Int
+    public let inputs: Inputs
+    /// FP32 inputs multiplied as TF32 on the tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32).
+    public let tf32: Bool
+
+    public init(m: Int, n: Int, k: Int, transposeA: Bool = false, transposeB: Bool = false, lda: Int, ldb: Int, ldc: Int,
+                inputs: Inputs, tf32: Bool = false) {
+        self.m = m
+        self.n = n
+        self.k = k
+        self.transposeA = transposeA
+        self.transposeB = transposeB
+        self.lda = lda
+        self.ldb = ldb
+        self.ldc = ldc
+        self.inputs = inputs
+        self.tf32 = tf32
+    }
+
+    public var description: String {
+        "\(m)x\(n)x\(k) \(inputs.rawValue)\(tf32 ? " as tf32" : "") A\(transposeA ? "ᵀ" : "") lda \(lda), B\(transposeB ? "ᵀ" : "") ldb \(ldb), ldc \(ldc)"
+    }
+
+    /// 2·m·n·k.
+    public var flops: Double { 2 * Double(m) * Double(n) * Double(k) }
+
+    /// The plan cache key: the product and the alignment of its three addresses.
+    struct Key: Hashable {
+        let product: MatrixProduct
+        let alignments: [Int]
+    }
+
+    /// The largest power of two up to 256 that divides `address`.
+    static func alignment(of address: CUdeviceptr) -> Int {
+        address == 0 ? 256 : min(256, 1 << address.trailingZeroBitCount)
+    }
+
+    public func validate() throws {
+        let call = "cublasLtMatmul(\(self))"
+        guard m > 0, n > 0, k > 0 else { throw CUDAError.invalidArgument(call: call, reason: "every dimension must be positive") }
+        guard [m, n, k, lda, ldb, ldc].allSatisfy({ $0 <= Int(Int32.max) }) else {
+            throw CUDAError.invalidArgument(call: call, reason: "a dimension exceeds 2^31-1")
+        }
+        guard lda >= (transposeA ? k : m), ldb >= (transposeB ? n : k), ldc >= m else {
+            throw CUDAError.invalidArgument(call: call, reason: "a leading dimension is smaller than its matrix's rows")
+        }
     }
 }
 

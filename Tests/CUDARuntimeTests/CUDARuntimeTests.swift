@@ -8,6 +8,19 @@ import Testing
         #expect(locator.candidates(for: .driver) == ["libcuda.so.1", "libcuda.so"])
         #expect(locator.candidates(for: .nvrtc) == ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"])
         #expect(locator.candidates(for: .cublasLt) == ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"])
+        // cuSOLVER's soname trails the toolkit by one major version.
+        #expect(locator.candidates(for: .cusolver) == ["libcusolver.so.12", "libcusolver.so.11", "libcusolver.so"])
+        #expect(CUDALibrary.cusolver.overrideVariable == "NVFP4_LIBCUSOLVER")
+    }
+
+    @Test func aMissingCuSOLVERIsNamedWithItsOverride() {
+        let locator = CUDALibraryLocator(environment: ["NVFP4_LIBCUSOLVER": "/nonexistent/libcusolver.so.12"])
+        do {
+            _ = try locator.open(.cusolver)
+            Issue.record("opening a missing cuSOLVER should fail")
+        } catch {
+            #expect("\(error)".contains("cuSOLVER") && "\(error)".contains("/nonexistent/libcusolver.so.12"))
+        }
     }
 
     @Test func anOverrideReplacesTheSearch() {
@@ -108,6 +121,29 @@ import Testing
         #expect(throws: CUDAError.self) { try GEMMShape(rows: 0, inner: 8192, outputs: 10240).validate() }
         #expect(throws: CUDAError.self) { try GEMMShape(rows: 4, inner: 8190, outputs: 10240).validate() }
         #expect(GEMMShape(rows: 2, inner: 3, outputs: 4).flops == 48)
+    }
+
+    @Test func matrixProductsCheckTheirDimensionsAndLeadingDimensions() {
+        // GPTQ's trailing update: W'[rows, n-end] -= E[rows, w] · U[w, n-end], U a sub-matrix of an n × n matrix.
+        let update = MatrixProduct(m: 8192, n: 28672 - 128, k: 128, lda: 8192, ldb: 28672, ldc: 8192, inputs: .float32)
+        #expect(throws: Never.self) { try update.validate() }
+        #expect(update.flops == 2 * 8192 * Double(28672 - 128) * 128)
+        // A Hessian tile: Xc[i] · Xc[j]ᵀ with Xc = Xᵀ (n × tokens).
+        #expect(throws: Never.self) {
+            try MatrixProduct(m: 2048, n: 2048, k: 4096, transposeB: true, lda: 8192, ldb: 8192, ldc: 8192, inputs: .bfloat16).validate()
+        }
+        #expect(throws: CUDAError.self) { try MatrixProduct(m: 0, n: 4, k: 4, lda: 4, ldb: 4, ldc: 4, inputs: .float32).validate() }
+        // lda below op(A)'s stored rows, ldb below B's, ldc below m.
+        #expect(throws: CUDAError.self) { try MatrixProduct(m: 64, n: 4, k: 4, lda: 32, ldb: 4, ldc: 64, inputs: .float32).validate() }
+        #expect(throws: CUDAError.self) {
+            try MatrixProduct(m: 4, n: 64, k: 4, transposeB: true, lda: 4, ldb: 32, ldc: 4, inputs: .float32).validate()
+        }
+        #expect(throws: CUDAError.self) { try MatrixProduct(m: 64, n: 4, k: 4, lda: 64, ldb: 4, ldc: 16, inputs: .float32).validate() }
+        do {
+            try MatrixProduct(m: 64, n: 4, k: 4, lda: 64, ldb: 4, ldc: 16, inputs: .float32).validate()
+        } catch {
+            #expect("\(error)".contains("64x4x4") && "\(error)".contains("leading dimension"))
+        }
     }
 
     @Test func nvrtcOptionsNameTheArchitectureAndIEEEMath() {
