@@ -118,7 +118,7 @@ let package = Package(
         // Loads the CUDA driver, NVRTC and cuBLASLt at run time (dlopen); builds with no CUDA SDK.
         .target(name: "CUDARuntime", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // The GPU compute backend and NVFP4 quantizer over CUDARuntime; kernels are CUDA C++ resources compiled by NVRTC.
-        .target(name: "CUDABackend", dependencies: ["CUDARuntime", "ComputeBackend", "LlamaModel", "NVFP4",
+        .target(name: "CUDABackend", dependencies: ["CUDARuntime", "ComputeBackend", "GPTQ", "LlamaModel", "NVFP4",
                                                       .product(name: "Logging", package: "swift-log")],
                 resources: [.copy("Resources")]),
         // Job state (SQLite through GRDB) and layer-range planning for coordd. Knows layers, not Llama math.
@@ -212,7 +212,7 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/TransportBenchmarks"),
         .executableTarget(name: "CUDABenchmarks",
-                          dependencies: ["CUDABackend", "CUDARuntime", "CPUBackend", "ComputeBackend", "LlamaModel", "NVFP4", "SafeTensors",
+                          dependencies: ["CUDABackend", "CUDARuntime", "CPUBackend", "COpenBLAS", "ComputeBackend", "GPTQ", "LlamaModel", "NVFP4", "SafeTensors",
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/CUDABenchmarks"),
         .executableTarget(name: "TokenizerBenchmarks", dependencies: ["Tokenizer"],

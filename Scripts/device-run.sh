@@ -13,6 +13,12 @@
 #   metrics       coordd and one `workerd --device cuda` with --metrics-listen quantize the tiny fixture (8 chunks,
 #                 slowed) while workerd's /metrics is scraped every 0.25 s: the GPU memory and GPU hidden-state gauges
 #                 (run from the repository root)
+#   gptq          GPTQ on the GPU: CUDA vs CPU GPTQQuantizer on the same inputs (codes differing, output errors), then a
+#                 70B-shaped layer's calibration forward over 256 samples of 150-1200 tokens against its Hessians + GPTQ
+#                 (without and with activation order)
+#   gptq-job      (from the repository root) coordctl quantize --algorithm gptq on Tests/Fixtures/tiny-llama with --device
+#                 cuda and cpu (and rtn on cuda), the codes compared with each other and with the PyTorch reference
+#                 Tests/Fixtures/gptq-tiny-llama-bf16-reference.safetensors (Scripts/reference/compare_gptq_codes.py)
 #   quantizer     Benchmarks/cuda/quantizer-variants.sh (from the repository root): quantizer kernel variants, nvcc, ncu
 #   recheck       (after smollm2, and daemons if run) each SmolLM2 W4A4 checkpoint judged on its bytes:
 #                 Scripts/reference/check_w4a4_scales.py against its calibration.json (exact) and modelopt's digest
@@ -26,7 +32,7 @@ here=${NVFP4_DEVICE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 paths=""
-for name in libnvrtc.so.13 libcublasLt.so.13 libnvrtc.so.12 libcublasLt.so.12; do
+for name in libnvrtc.so.13 libcublasLt.so.13 libcusolver.so.12 libnvrtc.so.12 libcublasLt.so.12 libcusolver.so.11; do
     found=$(find /usr/local /opt /usr/lib -name "$name" 2>/dev/null | head -1)
     [ -n "$found" ] && paths="$paths:$(dirname "$found")"
 done
@@ -54,6 +60,26 @@ while [ $# -gt 0 ]; do
             echo "coordctl quantize --device cuda (8 layers): $((SECONDS - started)) s wall" | tee -a "$out/e2e.log"
             du -sh /tmp/e2e-out | tee -a "$out/e2e.log"
             rm -rf /tmp/e2e-out ;;
+        gptq)
+            "$bench" gptq-check --json "$out/gptq-check.json" 2>&1 | tee "$out/gptq.log"
+            [ -f /tmp/layer70b/hidden.safetensors ] || \
+                python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/layer70b --layers 1 --tokens 16384 2>&1 | tee -a "$out/gptq.log"
+            "$bench" gptq-bench /tmp/layer70b 256 --json "$out/gptq-bench.json" 2>&1 | tee -a "$out/gptq.log"
+            "$bench" gptq-bench /tmp/layer70b 256 --act-order --json "$out/gptq-bench-act-order.json" 2>&1 | tee -a "$out/gptq.log" ;;
+        gptq-job)
+            for run in "cuda gptq" "cpu gptq" "cuda rtn"; do
+                read -r device algorithm <<< "$run"
+                started=$SECONDS
+                "$coordctl" quantize --model Tests/Fixtures/tiny-llama --output "/tmp/tiny-$algorithm-$device" --device "$device" \
+                    --calib Tests/Fixtures/tiny-llama-calib.jsonl --min-tokens 1 --eval-samples 0 --algorithm "$algorithm" --force \
+                    > "$out/tiny-$algorithm-$device.log" 2>&1
+                echo "tiny-llama $algorithm on $device: exit $? in $((SECONDS - started)) s" | tee -a "$out/gptq-job.log"
+                tail -3 "$out/tiny-$algorithm-$device.log" | tee -a "$out/gptq-job.log"
+            done
+            python3 Scripts/reference/compare_gptq_codes.py /tmp/tiny-gptq-cuda /tmp/tiny-gptq-cpu \
+                Tests/Fixtures/gptq-tiny-llama-bf16-reference.safetensors /tmp/tiny-rtn-cuda 2>&1 | tee -a "$out/gptq-job.log"
+            python3 Scripts/reference/compare_gptq_codes.py /tmp/tiny-gptq-cpu Tests/Fixtures/gptq-tiny-llama-bf16-reference.safetensors \
+                2>&1 | tee -a "$out/gptq-job.log" ;;
         quantizer) bash Benchmarks/cuda/quantizer-variants.sh "$out" ;;
         metrics)
             state=/tmp/metrics-run; rm -rf "$state" /tmp/tiny-metrics; mkdir -p "$state"

@@ -5,6 +5,9 @@
 //   CUDABenchmarks forward-check MODEL_DIR     CUDA vs CPU (bf16) backend amax, layer by layer
 //   CUDABenchmarks layer-bench DIR [REPEATS]   one decoder layer (DIR/model, DIR/hidden.safetensors, DIR/lengths.json),
 //                                              GEMM peak, copy bandwidth, NVFP4 quantization of down_proj
+//   CUDABenchmarks gptq-check                  GPU vs CPU GPTQ on the same inputs: codes differing, output errors
+//   CUDABenchmarks gptq-bench DIR [SAMPLES] [--act-order]
+//                                              one layer's calibration forward vs Hessians + GPTQ of its seven Linears
 // Each prints a summary and, with --json PATH, writes its numbers as JSON.
 import CPUBackend
 import CUDABackend
@@ -332,7 +335,7 @@ func bf16Values(_ source: some WeightSource, _ name: String) throws -> (values: 
 
 do {
     guard let command = arguments.first else {
-        throw Failure("usage: CUDABenchmarks golden FILE | quantizer-check MODEL | forward-check MODEL | layer-bench DIR [REPEATS] [--json PATH]")
+        throw Failure("usage: CUDABenchmarks golden FILE | quantizer-check MODEL | forward-check MODEL | layer-bench DIR [REPEATS] | gptq-check | gptq-bench DIR [SAMPLES] [--act-order] [--json PATH]")
     }
     let device = try CUDADevice(ordinal: Int(ProcessInfo.processInfo.environment["NVFP4_CUDA_DEVICE"] ?? "0") ?? 0, logger: logger)
     switch command {
@@ -340,6 +343,10 @@ do {
     case "quantizer-check": try quantizerCheck(arguments[1], device: device)
     case "forward-check": try forwardCheck(arguments[1], device: device)
     case "layer-bench": try layerBench(arguments[1], repeats: arguments.count > 2 ? Int(arguments[2]) ?? 5 : 5, device: device)
+    case "gptq-check": try gptqCheck(device: device)
+    case "gptq-bench":
+        try gptqBench(arguments[1], samples: arguments.count > 2 ? Int(arguments[2]) ?? 256 : 256,
+                      activationOrder: arguments.contains("--act-order"), device: device)
     default: throw Failure("unknown command \(command)")
     }
     if let jsonPath {

@@ -17,7 +17,7 @@ public enum CUDABackendError: Error, CustomStringConvertible, Equatable, Sendabl
         case .unsupportedShape(let field, let value, let reason):
             "\(field) = \(value): \(reason)"
         case .inputTransformUnsupported:
-            "the CUDA backend has no kernels for Linear input transforms (W4A4 emulation); use the CPU backend for evaluation"
+            "the CUDA backend has no kernels for Linear input transforms other than GPTQ's Hessians (W4A4 emulation); use the CPU backend for evaluation"
         }
     }
 }
@@ -176,9 +176,14 @@ public struct CUDABackend: ComputeBackend {
 
     // MARK: - Forward
 
+    /// The only input transform taken is a ``DeviceHessianObserver`` (GPTQ's Hessians, summed on the GPU).
     public func forward(layer: LoadedLayer, hidden: inout HiddenStates, batch: SequenceBatch,
                         inputTransform: (any LinearInputTransform)?) throws -> ObservedAmax {
-        guard inputTransform == nil else { throw CUDABackendError.inputTransformUnsupported }
+        var hessians: LayerDeviceHessians?
+        if let inputTransform {
+            guard let observer = inputTransform as? any DeviceHessianObserver else { throw CUDABackendError.inputTransformUnsupported }
+            hessians = try observer.deviceHessians(layer: layer.index)
+        }
         try hidden.check(matches: batch, hiddenSize: width)
         var observed = ObservedAmax.zero
         for pass in Self.passes(batch, maxTokens: maxTokensPerPass) {
@@ -195,7 +200,7 @@ public struct CUDABackend: ComputeBackend {
                 }
                 try device.kernels.f32ToBF16.launch(grid: gridStride(count), block: (256, 1, 1), stream: stream,
                                                     arguments: [.pointer(floats.address), .pointer(states.address), .int64(Int64(count))])
-                let amax = try forwardOnDevice(layer: layer, hidden: states, batch: sub)
+                let amax = try forwardOnDevice(layer: layer, hidden: states, batch: sub, hessians: hessians)
                 try device.kernels.bf16ToF32.launch(grid: gridStride(count), block: (256, 1, 1), stream: stream,
                                                     arguments: [.pointer(states.address), .pointer(floats.address), .int64(Int64(count))])
                 try hidden.values.withUnsafeMutableBytes { all in
@@ -258,6 +263,12 @@ public struct CUDABackend: ComputeBackend {
 
     /// Enqueues the layer over every pass of `states` and the scan for non-finite outputs; returns at once.
     public func enqueueForward(layer: LoadedLayer, states: inout DeviceHiddenStates, batch: SequenceBatch) throws -> PendingDeviceForward {
+        try enqueueForward(layer: layer, states: &states, batch: batch, hessians: nil)
+    }
+
+    /// ``enqueueForward(layer:states:batch:)`` that also adds each Linear input to its GPTQ Hessian in `hessians`.
+    public func enqueueForward(layer: LoadedLayer, states: inout DeviceHiddenStates, batch: SequenceBatch,
+                               hessians: LayerDeviceHessians?) throws -> PendingDeviceForward {
         guard batch == states.batch else {
             throw ComputeBackendError.hiddenStatesMismatch(expectedTokens: batch.totalTokens, expectedHiddenSize: width,
                                                            actualTokens: states.batch.totalTokens, actualHiddenSize: width)
@@ -268,7 +279,7 @@ public struct CUDABackend: ComputeBackend {
             try result.fill(byte: 0, byteCount: 32, stream: stream)
             for pass in states.passes {
                 try enqueueLayer(layer, hidden: states.buffer.address(atByteOffset: pass.firstRow * width * 2), batch: pass.batch,
-                                 metadata: pass.metadata.address, amax: result.address)
+                                 metadata: pass.metadata.address, amax: result.address, hessians: hessians)
             }
             let count = batch.totalTokens * width
             try device.kernels.bf16FirstNonFiniteRow.launch(
@@ -309,7 +320,8 @@ public struct CUDABackend: ComputeBackend {
     /// The layer over device-resident BF16 hidden states `[batch.totalTokens, hidden]`, in place, on the compute stream.
     /// Returns the four observed amax values (one 16-byte read back). Callers hold ``CUDADevice/exclusive(_:)``; the
     /// benchmarks call this directly to time the layer without host transfers.
-    public func forwardOnDevice(layer: LoadedLayer, hidden: DeviceBuffer, batch: SequenceBatch) throws -> ObservedAmax {
+    public func forwardOnDevice(layer: LoadedLayer, hidden: DeviceBuffer, batch: SequenceBatch,
+                                hessians: LayerDeviceHessians? = nil) throws -> ObservedAmax {
         guard hidden.byteCount >= batch.totalTokens * width * 2 else {
             throw CUDAError.invalidArgument(call: "CUDABackend.forwardOnDevice", reason: "hidden buffer holds fewer than \(batch.totalTokens) rows")
         }
@@ -317,7 +329,7 @@ public struct CUDABackend: ComputeBackend {
         let amax = try device.workspace.device("amax", bytes: 16)
         try amax.fill(byte: 0, byteCount: 16, stream: stream)
         let metadata = try uploadMetadata(batch, into: device.workspace.device("metadata", bytes: Self.metadataBytes(batch)))
-        try enqueueLayer(layer, hidden: hidden.address, batch: batch, metadata: metadata.address, amax: amax.address)
+        try enqueueLayer(layer, hidden: hidden.address, batch: batch, metadata: metadata.address, amax: amax.address, hessians: hessians)
         var bits = [UInt32](repeating: 0, count: 4)
         try bits.withUnsafeMutableBytes { try device.download(amax, byteCount: 16, into: $0, stream: stream) }
         return ObservedAmax(qkv: Float(bitPattern: bits[0]), o: Float(bitPattern: bits[1]), gateUp: Float(bitPattern: bits[2]),
@@ -356,7 +368,7 @@ public struct CUDABackend: ComputeBackend {
     /// the four observed amax values are max-ed (as float bits) into the 16 bytes at `amax`. `metadata` is the
     /// batch's (``uploadMetadata(_:into:)``). Nothing waits for the device. Callers hold ``CUDADevice/exclusive(_:)``.
     func enqueueLayer(_ layer: LoadedLayer, hidden: CUdeviceptr, batch: SequenceBatch, metadata: CUdeviceptr,
-                      amax: CUdeviceptr) throws {
+                      amax: CUdeviceptr, hessians: LayerDeviceHessians? = nil) throws {
         let stream = device.computeStream
         let kernels = device.kernels
         let workspace = device.workspace
@@ -384,6 +396,7 @@ public struct CUDABackend: ComputeBackend {
         try kernels.rmsNorm.launch(grid: (tokens, 1, 1), block: (normThreads, 1, 1), stream: stream,
                                    arguments: [.pointer(hidden), .pointer(layer.inputNorm.address), .pointer(normed.address),
                                                .pointer(amax), .int32(Int32(width)), .float(epsilon)])
+        try hessians?.qkv.add(bf16: normed.address, count: tokens, blas: device.blas, stream: stream)
         try device.blas.matmul(GEMMShape(rows: tokens, inner: width, outputs: qkvWidth), input: normed.address,
                                weight: layer.qkvWeight.address, output: qkv.address, stream: stream)
         try kernels.rope.launch(grid: (tokens, 1, 1), block: (256, 1, 1), stream: stream,
@@ -399,6 +412,7 @@ public struct CUDABackend: ComputeBackend {
         try kernels.bf16Amax.launch(grid: gridStride(tokens * queryWidth / 8), block: (256, 1, 1), stream: stream,
                                     arguments: [.pointer(attention.address), .int64(Int64(tokens * queryWidth)),
                                                 .pointer(amax + 4)])
+        try hessians?.o.add(bf16: attention.address, count: tokens, blas: device.blas, stream: stream)
         try device.blas.matmul(GEMMShape(rows: tokens, inner: queryWidth, outputs: width), input: attention.address,
                                weight: layer.oWeight.address, output: projected.address, stream: stream)
         try kernels.residualAdd.launch(grid: gridStride(tokens * width / 2), block: (256, 1, 1), stream: stream,
@@ -409,11 +423,13 @@ public struct CUDABackend: ComputeBackend {
                                    arguments: [.pointer(hidden), .pointer(layer.postAttentionNorm.address),
                                                .pointer(normed.address), .pointer(amax + 8),
                                                .int32(Int32(width)), .float(epsilon)])
+        try hessians?.gateUp.add(bf16: normed.address, count: tokens, blas: device.blas, stream: stream)
         try device.blas.matmul(GEMMShape(rows: tokens, inner: width, outputs: 2 * intermediate), input: normed.address,
                                weight: layer.gateUpWeight.address, output: gateUp.address, stream: stream)
         try kernels.swiGLU.launch(grid: gridStride(tokens * intermediate / 2), block: (256, 1, 1), stream: stream,
                                   arguments: [.pointer(gateUp.address), .pointer(activated.address), .pointer(amax + 12),
                                               .int32(Int32(tokens)), .int32(Int32(intermediate))])
+        try hessians?.down.add(bf16: activated.address, count: tokens, blas: device.blas, stream: stream)
         try device.blas.matmul(GEMMShape(rows: tokens, inner: intermediate, outputs: width), input: activated.address,
                                weight: layer.downWeight.address, output: projected.address, stream: stream)
         try kernels.residualAdd.launch(grid: gridStride(tokens * width / 2), block: (256, 1, 1), stream: stream,

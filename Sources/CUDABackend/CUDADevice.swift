@@ -14,6 +14,8 @@ import Logging
 ///   GEMMs through cuBLASLt, own kernels for RMSNorm (+amax), RoPE, causal GQA attention (flash style on tensor
 ///   cores), SwiGLU (+amax) and the residual adds. It rounds where transformers' BF16 forward rounds, like
 ///   `CPUBackend` with `.bfloat16` activations, so the two agree to BF16 arithmetic differences.
+/// - ``CUDAGPTQ``: GPTQ on the GPU (Hessian sums ``DeviceHessian`` filled during the forward, cuSOLVER's FP64
+///   Cholesky, the column loop as kernels and FP32 GEMMs), the CPU's `GPTQQuantizer` up to floating-point noise.
 /// - ``CUDANVFP4Quantizer``: the NVFP4 weight quantizer, bit-identical to `NVFP4Quantizer` (same operations, IEEE
 ///   rounding, no fused multiply-adds).
 // @unchecked: libraries and streams are fixed at init; the staging and cache fields are guarded by `lock`.
@@ -89,6 +91,13 @@ public struct CUDAKernels: Sendable {
     public let attention32: CUDAFunction
     public let attention64: CUDAFunction
     public let attention128: CUDAFunction
+    public let gptqDiagonal: CUDAFunction
+    public let gptqPrepare: CUDAFunction
+    public let gptqExtractUpper: CUDAFunction
+    public let gptqGatherBF16: CUDAFunction
+    public let gptqGatherF32: CUDAFunction
+    public let gptqBlock: CUDAFunction
+    public let gptqPack: CUDAFunction
     public let cacheKey: KernelCacheKey
 
     /// The CUDA C++ source, a resource of this module.
@@ -123,6 +132,13 @@ public struct CUDAKernels: Sendable {
         attention32 = try module.function("attention_d32")
         attention64 = try module.function("attention_d64")
         attention128 = try module.function("attention_d128")
+        gptqDiagonal = try module.function("gptq_diagonal")
+        gptqPrepare = try module.function("gptq_prepare_f64")
+        gptqExtractUpper = try module.function("gptq_extract_upper")
+        gptqGatherBF16 = try module.function("gptq_gather_bf16")
+        gptqGatherF32 = try module.function("gptq_gather_f32")
+        gptqBlock = try module.function("gptq_block")
+        gptqPack = try module.function("gptq_pack")
     }
 }
 

@@ -10,7 +10,8 @@ import Testing
     @Test func theKernelSourceIsBundledAndDefinesEveryKernelTheBackendLaunches() throws {
         let source = try CUDAKernels.source()
         for name in ["nvfp4_quantize", "bf16_amax", "f32_to_bf16", "bf16_to_f32", "rmsnorm_bf16", "rope_bf16", "swiglu_bf16",
-                     "residual_add_bf16", "attention_d32", "attention_d64", "attention_d128"] {
+                     "residual_add_bf16", "attention_d32", "attention_d64", "attention_d128", "gptq_diagonal", "gptq_prepare_f64",
+                     "gptq_extract_upper", "gptq_gather_bf16", "gptq_gather_f32", "gptq_block", "gptq_pack"] {
             #expect(source.contains("extern \"C\" __global__ void \(name)(") || source.contains(") \(name)("), "kernel \(name)")
         }
         // No CUDA header is needed, so NVRTC compiles it without an SDK include path.

@@ -396,3 +396,141 @@ extern "C" __global__ void __launch_bounds__(128) attention_d32(const bf16_t* qk
                                                                 float scale_log2) {
     attention<32>(qkv, out, offsets, lengths, row_stride, heads, kv_heads, scale_log2);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// GPTQ (see CUDAGPTQ.swift). Hessian sums are FP32 column-major [n, n] of which only tiles (bi, bj) with bi <= bj
+// (tile edge `tile`) are computed; the Cholesky factorization runs in FP64; the column loop in FP32 with the CPU's
+// rounding of each value.
+
+__device__ __forceinline__ float hessian_entry(const float* __restrict__ h, long long n, int tile, int a, int b) {
+    return (a / tile <= b / tile) ? h[(long long)a + (long long)b * n] : h[(long long)b + (long long)a * n];
+}
+
+// diag[i] = H[i, i].
+extern "C" __global__ void gptq_diagonal(const float* __restrict__ h, long long n, float* __restrict__ diag) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        diag[i] = h[i * (n + 1)];
+}
+
+// The reversed, permuted, scaled and damped Hessian in FP64, column-major:
+// a[i + j·n] = scale · H[s(i), s(j)] for i != j, diagonal[s(i)] + lambda on the diagonal, with s(i) = order[n-1-i].
+extern "C" __global__ void gptq_prepare_f64(const float* __restrict__ h, long long n, int tile, const int* __restrict__ order,
+                                            const double* __restrict__ diagonal, double scale, double lambda,
+                                            double* __restrict__ a) {
+    long long total = n * n;
+    for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
+         index += (long long)gridDim.x * blockDim.x) {
+        long long i = index % n, j = index / n;
+        int si = order[n - 1 - i], sj = order[n - 1 - j];
+        a[index] = (i == j) ? diagonal[si] + lambda : scale * (double)hessian_entry(h, n, tile, si, sj);
+    }
+}
+
+// V (column-major FP32, upper triangular) from the Cholesky factor L of the reversed matrix: V[r, c] = L[n-1-r, n-1-c]
+// for c >= r. The permuted Hessian is V·Vᵀ, and V⁻¹ = U is the upper Cholesky factor of its inverse (H⁻¹ = UᵀU).
+extern "C" __global__ void gptq_extract_upper(const double* __restrict__ lower, long long n, float* __restrict__ upper) {
+    long long total = n * n;
+    for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
+         index += (long long)gridDim.x * blockDim.x) {
+        long long r = index % n, c = index / n;
+        upper[index] = (c >= r) ? (float)lower[(n - 1 - r) + (n - 1 - c) * n] : 0.0f;
+    }
+}
+
+// working[p·rows + r] = W[r, order[p]] (0 for dead inputs): the weights transposed into quantization order, through a
+// 32×32 shared tile so that both the reads (along a row of W) and the writes (along a column) are coalesced.
+template <typename Load>
+__device__ __forceinline__ void gptq_gather(Load load, int rows, int cols, const int* __restrict__ order,
+                                            const unsigned char* __restrict__ dead, float* __restrict__ working) {
+    __shared__ float tile[32][33];
+    int p0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
+    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+        int r = r0 + k, p = p0 + threadIdx.x;
+        float value = 0.0f;
+        if (r < rows && p < cols) {
+            int c = order[p];
+            value = dead[c] ? 0.0f : load((long long)r * cols + c);
+        }
+        tile[k][threadIdx.x] = value;
+    }
+    __syncthreads();
+    for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+        int p = p0 + k, r = r0 + threadIdx.x;
+        if (r < rows && p < cols) working[(long long)p * rows + r] = tile[threadIdx.x][k];
+    }
+}
+
+extern "C" __global__ void gptq_gather_bf16(const bf16_t* __restrict__ weight, int rows, int cols, const int* __restrict__ order,
+                                            const unsigned char* __restrict__ dead, float* __restrict__ working) {
+    gptq_gather([&](long long i) { return bf16_to_float(weight[i]); }, rows, cols, order, dead, working);
+}
+
+extern "C" __global__ void gptq_gather_f32(const float* __restrict__ weight, int rows, int cols, const int* __restrict__ order,
+                                           const unsigned char* __restrict__ dead, float* __restrict__ working) {
+    gptq_gather([&](long long i) { return weight[i]; }, rows, cols, order, dead, working);
+}
+
+// E2M1 of a quotient y, as E2M1.encode: thresholds on |y|, sign only when y < 0.
+__device__ __forceinline__ u32 e2m1_encode_quotient(float y) {
+    float a = fabsf(y);
+    u32 m = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) + (a > 5.0f);
+    return y < 0.0f ? (m | 8u) : m;
+}
+
+__device__ __forceinline__ float e2m1_magnitude(u32 code) {
+    const float magnitudes[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    float m = magnitudes[code & 7u];
+    return (code & 8u) ? -m : m;
+}
+
+// One GPTQ block of columns [start, end) (end - start <= 128) in the left-looking form, one thread per row. With
+// V = U⁻¹ (upper triangular; H⁻¹ = UᵀU) and D = W - Q the rounding differences of the columns before, column p is
+// rounded from w̃_p = W_p + (Σ_{i<p} D_i·V[i,p]) / V[p,p], which is GPTQ's updated column (W - Q = E·U with
+// E = (W - Q)·V). The sum over the columns before the block comes in `before` (a GEMM, rows × width, absent for the
+// first block); the block's own differences are kept in shared memory ([column][thread]) and written to `differences`.
+extern "C" __global__ void gptq_block(const float* __restrict__ working, float* __restrict__ differences, const float* __restrict__ before,
+                                      int rows, long long n, int start, int end, const float* __restrict__ v,
+                                      const unsigned char* __restrict__ scales, int blocks_per_row, const int* __restrict__ order,
+                                      float weight_scale_2, unsigned char* __restrict__ codes) {
+    extern __shared__ float block_differences[];
+    int threads = blockDim.x, t = threadIdx.x;
+    int r = blockIdx.x * threads + t;
+    if (r >= rows) return;  // rows are independent: no thread waits for another
+    int width = end - start;
+    for (int j = 0; j < width; ++j) {
+        long long p = start + j;
+        const float* column = v + p * n + start;  // V[start.., p]
+        // Four partial sums break the dependency chain of one accumulator.
+        float sums[4] = {before ? before[(long long)j * rows + r] : 0.0f, 0.0f, 0.0f, 0.0f};
+        int i = 0;
+        for (; i + 4 <= j; i += 4) {
+#pragma unroll
+            for (int lane = 0; lane < 4; ++lane)
+                sums[lane] = __fmaf_rn(block_differences[(i + lane) * threads + t], column[i + lane], sums[lane]);
+        }
+        for (; i < j; ++i) sums[0] = __fmaf_rn(block_differences[i * threads + t], column[i], sums[0]);
+        float correction = __fadd_rn(__fadd_rn(sums[0], sums[1]), __fadd_rn(sums[2], sums[3]));
+        float original = working[p * rows + r];
+        float value = __fadd_rn(original, __fdiv_rn(correction, v[p + p * n]));
+        float d = __fmul_rn(e4m3_value(scales[(long long)r * blocks_per_row + order[p] / 16]), weight_scale_2);
+        u32 code = e2m1_encode_quotient(__fdiv_rn(value, d));
+        codes[p * rows + r] = (unsigned char)code;
+        float difference = __fsub_rn(original, __fmul_rn(e2m1_magnitude(code), d));
+        block_differences[j * threads + t] = difference;
+        differences[p * rows + r] = difference;
+    }
+}
+
+// packed[r·cols/2 + m] = code of column 2m | code of column 2m+1 << 4, from codes in quantization order
+// (codes[position[c]·rows + r]).
+extern "C" __global__ void gptq_pack(const unsigned char* __restrict__ codes, const int* __restrict__ position, int rows, int cols,
+                                     unsigned char* __restrict__ packed) {
+    long long half = cols / 2, total = (long long)rows * half;
+    for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
+         index += (long long)gridDim.x * blockDim.x) {
+        long long r = index % rows, m = index / rows;
+        u32 low = codes[(long long)position[2 * m] * rows + r];
+        u32 high = codes[(long long)position[2 * m + 1] * rows + r];
+        packed[r * half + m] = (unsigned char)(low | (high << 4));
+    }
+}
