@@ -87,11 +87,12 @@ public struct JobOptions: ParsableArguments {
             block and global scales (unless --scale-search) and chooses each E2M1 code so that the rounding error of \
             a column is compensated by the columns after it, weighted by the Hessian of the Linear's input, which \
             accumulates during the calibration forward (one per shared input: q/k/v share one, gate/up share one; \
-            Hessians stay on the worker that holds the layer). W4A4 on the CPU backend (--device cpu) only. It costs \
-            a Hessian update per calibration chunk, a Cholesky factorization per input once its layer is calibrated, \
-            a second forward per layer with --propagate quantized (about 2.5x rtn's time on SmolLM2), and holds \
-            in_features² × 8 bytes per shared input of every layer a worker calibrates. Same tensors and dtypes as \
-            rtn: vLLM loads either.
+            Hessians stay on the worker that holds the layer). W4A4 only. It costs a Hessian update per calibration \
+            chunk, a Cholesky factorization per input once its layer is calibrated, a second forward per layer with \
+            --propagate quantized (about 2.5x rtn's time on SmolLM2 on the CPU). On the CPU it holds in_features² × 8 \
+            bytes per shared input of every layer a worker calibrates; on CUDA (--device cuda, which also needs \
+            cuSOLVER) in_features² × 4 bytes of GPU memory per shared input of each layer being calibrated, with the \
+            chunks' hidden states on the host. Same tensors and dtypes as rtn: vLLM loads either.
             """))
     var algorithm: QuantizationAlgorithm = .rtn
 

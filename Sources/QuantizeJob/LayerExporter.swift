@@ -1,3 +1,4 @@
+import CUDABackend
 import Calibration
 import Checkpoint
 import Foundation
@@ -189,6 +190,37 @@ public final class LayerExporter: Sendable {
         for linear in linears {
             weights[linear.name] = try gptqQuantize(linear, weightScale2: shared[linear.kind.group]!,
                                                     factorizations: &shareable, layer: layer)
+        }
+        return weights
+    }
+
+    /// ``gptqWeights(layer:hessians:)`` from Hessians summed on the GPU, quantized there by `gptq` (factorized once
+    /// per shared input). The weights are read from the model as on the CPU; the Hessian-weighted scale search, when
+    /// asked for, runs on the host with the factorization's diagonal.
+    public func gptqWeights(layer: Int, deviceHessians hessians: LayerDeviceHessians, gptq: CUDAGPTQ) throws -> [String: NVFP4Weight] {
+        guard let settings = spec.gptq else { throw QuantizeJobError.missingHessians(layer: layer) }
+        let linears = config.linears(layer: layer).filter { !layout.isExcluded($0) }
+        let shared = try sharedScales(linears).shared
+        let parameters = GPTQParameters(blockSize: settings.blockSize, dampening: settings.dampening,
+                                        activationOrder: settings.activationOrder)
+        var factorizations: [FusedGroup: DeviceGPTQFactorization] = [:]
+        var weights: [String: NVFP4Weight] = [:]
+        for linear in linears {
+            let group = linear.kind.group
+            let factorization = try factorizations[group]
+                ?? gptq.factorize(hessians[group], parameters: parameters, tensor: linear.weightName)
+            factorizations[group] = factorization
+            let columns = linear.inFeatures
+            let values = try source.floats(linear.weightName, expectedShape: [linear.outFeatures, columns])
+            weights[linear.name] = try values.withUnsafeBufferPointer { weight in
+                let blockScales = spec.scaleSearch == .mse
+                    ? try BlockScaleSearch.blockScales(f32: weight, rows: linear.outFeatures, cols: columns,
+                                                       weightScale2: shared[group]!, columnWeights: factorization.diagonal,
+                                                       tensor: linear.weightName)
+                    : nil
+                return try gptq.quantize(.hostF32(weight), rows: linear.outFeatures, cols: columns, factorization: factorization,
+                                         weightScale2: shared[group]!, blockScales: blockScales, tensor: linear.weightName)
+            }
         }
         return weights
     }

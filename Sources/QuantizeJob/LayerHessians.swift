@@ -5,6 +5,16 @@ import GPTQ
 import LlamaModel
 import NVFP4
 
+/// Where a range's GPTQ Hessians gather during calibration, and how a layer is quantized with them once complete:
+/// ``LayerHessians`` on the host (the CPU backend), ``DeviceHessianStore`` on the GPU.
+public protocol GPTQHessianStore: CalibrationInputObserver {
+    /// The GPTQ weights of `layer`'s quantized Linears (module name → weight) from its complete Hessians, which are
+    /// dropped; throws ``QuantizeJobError/incompleteHessian(layer:group:chunksSeen:chunks:)`` when a chunk is missing.
+    func quantizeLayer(_ layer: Int, exporter: LayerExporter) throws -> [String: NVFP4Weight]
+    /// Drops everything (the job ended or the range was re-planned).
+    func removeAll()
+}
+
 /// GPTQ's Hessians of a worker's layers, one per shared input (q/k/v share one, gate/up share one), gathered during
 /// the calibration forward that already runs and taken, once complete, by the export of their layer. They never
 /// leave the worker that holds the layer.
@@ -13,7 +23,7 @@ import NVFP4
 /// have not seen every chunk of the plan (``QuantizeJobError/incompleteHessian(layer:group:chunksSeen:chunks:)``).
 /// Chunks fold in in the order they arrive; the schedules run them in plan order, so the sums, and the bytes written,
 /// do not depend on how the layers are split over workers.
-public final class LayerHessians: CalibrationInputObserver, @unchecked Sendable {
+public final class LayerHessians: GPTQHessianStore, @unchecked Sendable {
     private struct Key: Hashable {
         let layer: Int
         let group: FusedGroup
@@ -65,6 +75,10 @@ public final class LayerHessians: CalibrationInputObserver, @unchecked Sendable 
         return result
     }
 
+    public func quantizeLayer(_ layer: Int, exporter: LayerExporter) throws -> [String: NVFP4Weight] {
+        try exporter.gptqWeights(layer: layer, hessians: try take(layer: layer))
+    }
+
     /// Drops everything (the job ended or the range was re-planned).
     public func removeAll() {
         lock.lock()
@@ -100,7 +114,7 @@ private struct ChunkInputs: LinearInputTransform {
 /// quantized there and then, and the next layer calibrates on the outputs of the dequantized weights (as llm-compressor's
 /// sequential pipeline does). The weights are kept for the layer's export, which writes them as they are.
 public final class GPTQPropagation: LayerPropagation, @unchecked Sendable {
-    private let hessians: LayerHessians
+    private let hessians: any GPTQHessianStore
     private let exporter: LayerExporter
     private let source: any WeightSource
     private let config: LlamaConfig
@@ -108,7 +122,7 @@ public final class GPTQPropagation: LayerPropagation, @unchecked Sendable {
     private let lock = NSLock()
     private var weights: [Int: [String: NVFP4Weight]] = [:]
 
-    public init(hessians: LayerHessians, exporter: LayerExporter, source: any WeightSource, config: LlamaConfig) {
+    public init(hessians: any GPTQHessianStore, exporter: LayerExporter, source: any WeightSource, config: LlamaConfig) {
         self.hessians = hessians
         self.exporter = exporter
         self.source = source
@@ -116,7 +130,7 @@ public final class GPTQPropagation: LayerPropagation, @unchecked Sendable {
     }
 
     public func propagatedWeights(layer: Int) throws -> any WeightSource {
-        let quantized = try exporter.gptqWeights(layer: layer, hessians: try hessians.take(layer: layer))
+        let quantized = try hessians.quantizeLayer(layer, exporter: exporter)
         lock.lock()
         weights[layer] = quantized
         lock.unlock()

@@ -138,8 +138,6 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
     case incompleteHessian(layer: Int, group: String, chunksSeen: Int, chunks: Int)
     /// A GPTQ job's layer was exported without Hessians.
     case missingHessians(layer: Int)
-    /// GPTQ's Hessians are gathered by observing the Linear inputs on the host, which only the CPU backend offers.
-    case gptqNeedsCPU(device: String)
 
     public var description: String {
         switch self {
@@ -158,9 +156,6 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
             "interrupted: job \(jobID) cancelled; its partial output was removed and no output was written"
         case .unusableGPTQSettings(let reason): reason
         case .missingHessians(let layer): "layer \(layer): a GPTQ export needs the layer's Hessians, and none were given"
-        case .gptqNeedsCPU(let device):
-            "--algorithm gptq gathers its Hessians on the CPU backend; this range computes on \(device). Run it with "
-                + "--device cpu (GPTQ on CUDA is not built yet)"
         case .incompleteHessian(let layer, let group, let seen, let chunks):
             "layer \(layer) \(group): its GPTQ Hessian saw \(seen) of \(chunks) calibration chunks (the worker lost its "
                 + "state, e.g. in a restart); GPTQ needs all of them, so the job stops rather than weight part of the data"

@@ -29,7 +29,7 @@ final class RangeCompute: @unchecked Sendable {
     private let exporter: LayerExporter
     private let device: ComputeDevice
     /// GPTQ's Hessians of the range (`--algorithm gptq`), gathered by the calibration forward, taken by each export.
-    private let hessians: LayerHessians?
+    private let hessians: (any GPTQHessianStore)?
     /// `--propagate quantized`: the GPTQ weights computed during calibration, taken by each export.
     private let propagation: GPTQPropagation?
 
@@ -58,8 +58,17 @@ final class RangeCompute: @unchecked Sendable {
         }
         exporter = try LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
         if let gptq = spec.gptq {
-            guard case .cpu = device else { throw QuantizeJobError.gptqNeedsCPU(device: "\(device)") }
-            let hessians = LayerHessians(layers: assignment.range, chunkCount: assignment.plan.chunks.count)
+            let hessians: any GPTQHessianStore
+            switch device {
+            case .cpu:
+                hessians = LayerHessians(layers: assignment.range, chunkCount: assignment.plan.chunks.count)
+                let bytes = LayerHessians.bytes(config: config, layers: assignment.range)
+                logger.info("GPTQ: the Hessians of layers \(assignment.firstLayer)..<\(assignment.endLayer) take up to \(bytes >> 20) MiB")
+            case .cuda(let cudaDevice):
+                hessians = try DeviceHessianStore(layers: assignment.range, chunkCount: assignment.plan.chunks.count,
+                                                  device: cudaDevice, config: config)
+                logger.info("GPTQ on the GPU: each layer's Hessians take \(DeviceHessianStore.bytes(config: config) >> 20) MiB of device memory while it calibrates")
+            }
             runner.setInputObserver(hessians)
             self.hessians = hessians
             if gptq.propagation == .quantized {
@@ -69,8 +78,6 @@ final class RangeCompute: @unchecked Sendable {
             } else {
                 propagation = nil
             }
-            let bytes = LayerHessians.bytes(config: config, layers: assignment.range)
-            logger.info("GPTQ: the Hessians of layers \(assignment.firstLayer)..<\(assignment.endLayer) take up to \(bytes >> 20) MiB")
         } else {
             hessians = nil
             propagation = nil
@@ -172,9 +179,11 @@ final class RangeCompute: @unchecked Sendable {
         -> (tensors: [ExportedTensor], timings: ExportTimings, quality: [LinearQuality]) {
         var timings = ExportTimings()
         var quality: [LinearQuality] = []
-        let computed = propagation?.takeWeights(layer: layer)
+        // GPTQ weights: computed during calibration (`--propagate quantized`), or now from the layer's Hessians.
+        let started = ContinuousClock.now
+        let computed = try propagation?.takeWeights(layer: layer) ?? hessians?.quantizeLayer(layer, exporter: exporter)
+        timings.quantize += secondsSince(started)
         let tensors = try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings, quality: &quality,
-                                          hessians: computed == nil ? try hessians?.take(layer: layer) : nil,
                                           gptqWeights: computed)
         return (tensors, timings, quality)
     }
