@@ -118,21 +118,7 @@ public final class CuBLASLt: @unchecked Sendable {
         try Self.check(cublasLtMatrixLayoutCreate(&plan.inputLayout, Self.bfloat16, k, m, Int64(k)), "cublasLtMatrixLayoutCreate(X)")
         try Self.check(cublasLtMatrixLayoutCreate(&plan.outputLayout, shape.floatOutput ? Self.float32 : Self.bfloat16, n, m, Int64(n)),
                        "cublasLtMatrixLayoutCreate(Y)")
-        var preference: OpaquePointer?
-        try Self.check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate")
-        defer { _ = cublasLtMatmulPreferenceDestroy(preference) }
-        var workspaceBytes = UInt64(workspace.byteCount)
-        try Self.check(cublasLtMatmulPreferenceSetAttribute(preference, 1, &workspaceBytes, 8),
-                       "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
-        var found: Int32 = 0
-        try plan.algorithm.withUnsafeMutableBytes { result in
-            try Self.check(cublasLtMatmulAlgoGetHeuristic(handle, plan.operation, plan.weightLayout, plan.inputLayout, plan.outputLayout,
-                                                          plan.outputLayout, preference, 1, result.baseAddress!, &found),
-                           "cublasLtMatmulAlgoGetHeuristic(\(shape))")
-        }
-        guard found > 0 else {
-            throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(shape))", code: 15, message: "no algorithm found")
-        }
+        try chooseAlgorithm(for: plan, alignments: nil, description: "\(shape)")
         plans[shape] = plan
         return plan
     }
@@ -194,15 +180,22 @@ extension CuBLASLt {
         try Self.check(cublasLtMatrixLayoutCreate(&plan.inputLayout, input, product.transposeB ? n : k, product.transposeB ? k : n,
                                                   Int64(product.ldb)), "cublasLtMatrixLayoutCreate(B)")
         try Self.check(cublasLtMatrixLayoutCreate(&plan.outputLayout, Self.float32, m, n, Int64(product.ldc)), "cublasLtMatrixLayoutCreate(C)")
+        // C is also D, so D's alignment is C's.
+        try chooseAlgorithm(for: plan, alignments: key.alignments + [key.alignments[2]], description: "\(product)")
+        productPlans[key] = plan
+        return plan
+    }
+
+    /// Asks cuBLASLt's heuristic for the plan's algorithm within the workspace, and, when `alignments` (bytes of A, B, C,
+    /// D) are given, for addresses only that aligned (sub-matrices start at offsets the default 256 bytes does not promise).
+    func chooseAlgorithm(for plan: Plan, alignments: [Int]?, description: String) throws {
         var preference: OpaquePointer?
         try Self.check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate")
         defer { _ = cublasLtMatmulPreferenceDestroy(preference) }
         var workspaceBytes = UInt64(workspace.byteCount)
         try Self.check(cublasLtMatmulPreferenceSetAttribute(preference, 1, &workspaceBytes, 8),
                        "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
-        // MIN_ALIGNMENT_{A,B,C,D}_BYTES: sub-matrices start at offsets the default (256 bytes) does not promise.
-        let alignments = key.alignments + [key.alignments[2]]
-        for (index, alignment) in alignments.enumerated() {
+        for (index, alignment) in (alignments ?? []).enumerated() {  // MIN_ALIGNMENT_{A,B,C,D}_BYTES are 5...8
             var bytes = UInt32(alignment)
             try Self.check(cublasLtMatmulPreferenceSetAttribute(preference, Int32(5 + index), &bytes, 4),
                            "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT \(index))")
@@ -211,13 +204,11 @@ extension CuBLASLt {
         try plan.algorithm.withUnsafeMutableBytes { result in
             try Self.check(cublasLtMatmulAlgoGetHeuristic(handle, plan.operation, plan.weightLayout, plan.inputLayout, plan.outputLayout,
                                                           plan.outputLayout, preference, 1, result.baseAddress!, &found),
-                           "cublasLtMatmulAlgoGetHeuristic(\(product))")
+                           "cublasLtMatmulAlgoGetHeuristic(\(description))")
         }
         guard found > 0 else {
-            throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(product))", code: 15, message: "no algorithm found")
+            throw CUDAError.callFailed(call: "cublasLtMatmulAlgoGetHeuristic(\(description))", code: 15, message: "no algorithm found")
         }
-        productPlans[key] = plan
-        return plan
     }
 }
 
