@@ -123,6 +123,8 @@ func relativeOutputError(_ x: [Float], tokens: Int, weight: [Float], quantized: 
                                                rows: shape.rows, cols: shape.cols)
             let gpuError = relativeOutputError(probe, tokens: probeTokens, weight: weight, quantized: NVFP4Quantizer.dequantize(gpu),
                                                rows: shape.rows, cols: shape.cols)
+            let tf32Error = relativeOutputError(probe, tokens: probeTokens, weight: weight, quantized: NVFP4Quantizer.dequantize(gpuTF32),
+                                                rows: shape.rows, cols: shape.cols)
             let rtn = try weight.withUnsafeBufferPointer {
                 try NVFP4Quantizer.quantize(f32: $0, rows: shape.rows, cols: shape.cols, weightScale2: s2, tensor: "check")
             }
@@ -132,13 +134,16 @@ func relativeOutputError(_ x: [Float], tokens: Int, weight: [Float], quantized: 
             print("gptq-check \(label): codes differing \(String(format: "%.4f", fraction * 100))% (\(differing) of \(shape.rows * shape.cols)); "
                   + "with TF32 products \(String(format: "%.4f", tf32Fraction * 100))%, "
                   + "block scales identical \(scalesMatch), BF16-on-device = F32-from-host \(inputsAgree); output error RTN "
-                  + "\(String(format: "%.5f", rtnError)), GPTQ CPU \(String(format: "%.5f", cpuError)), GPTQ CUDA \(String(format: "%.5f", gpuError))")
+                  + "\(String(format: "%.5f", rtnError)), GPTQ CPU \(String(format: "%.5f", cpuError)), GPTQ CUDA \(String(format: "%.5f", gpuError)), with TF32 products \(String(format: "%.5f", tf32Error))")
             rows.append(["shape": label, "codesDiffering": differing, "fractionDiffering": fraction, "fractionDifferingTF32": tf32Fraction, "blockScalesIdentical": scalesMatch,
-                         "deviceInputAgrees": inputsAgree, "rtnOutputError": rtnError, "cpuOutputError": cpuError, "cudaOutputError": gpuError])
+                         "deviceInputAgrees": inputsAgree, "rtnOutputError": rtnError, "cpuOutputError": cpuError, "cudaOutputError": gpuError, "cudaTF32OutputError": tf32Error])
             if fraction > 0.02 { failures.append("\(label): \(fraction * 100)% of codes differ") }
             if !scalesMatch { failures.append("\(label): block scales differ") }
             if !inputsAgree { failures.append("\(label): device BF16 and host F32 inputs give different codes") }
             if gpuError > cpuError * 1.02 { failures.append("\(label): CUDA output error \(gpuError) exceeds the CPU's \(cpuError) by more than 2%") }
+            if tf32Fraction > 0.02 || tf32Error > cpuError * 1.02 {
+                failures.append("\(label): with TF32 products \(tf32Fraction * 100)% of codes differ, output error \(tf32Error) against the CPU's \(cpuError)")
+            }
         }
     }
     results["gptqCheck"] = rows

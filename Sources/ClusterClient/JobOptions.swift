@@ -91,8 +91,8 @@ public struct JobOptions: ParsableArguments {
             chunk, a Cholesky factorization per input once its layer is calibrated, a second forward per layer with \
             --propagate quantized (about 2.5x rtn's time on SmolLM2 on the CPU). On the CPU it holds in_features² × 8 \
             bytes per shared input of every layer a worker calibrates; on CUDA (--device cuda, which also needs \
-            cuSOLVER) in_features² × 4 bytes of GPU memory per shared input of each layer being calibrated, with the \
-            chunks' hidden states on the host. Same tensors and dtypes as rtn: vLLM loads either.
+            cuSOLVER; TF32 products in the column loop) in_features² × 4 bytes of GPU memory per shared input of each \
+            layer being calibrated, with the chunks' hidden states on the host. Same tensors and dtypes as rtn: vLLM loads either.
             """))
     var algorithm: QuantizationAlgorithm = .rtn
 

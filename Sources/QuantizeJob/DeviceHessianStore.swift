@@ -23,10 +23,13 @@ public final class DeviceHessianStore: GPTQHessianStore, @unchecked Sendable {
     private var chunksSeen: [Int: Set<Int>] = [:]
 
     /// Opens cuSOLVER on `device` (a ``CUDAError/libraryNotFound(library:tried:)`` naming it when it is missing).
+    /// The column loop's products run on TF32 tensor cores: on an H200 that brings a 70B layer's Hessians + GPTQ from
+    /// 2.8× to 2.0× its calibration forward, for 0.02–0.13% of codes that differ from the CPU's instead of ≤ 0.003%,
+    /// at the same output error (Docs/validation.md).
     public init(layers: Range<Int>, chunkCount: Int, device: CUDADevice, config: LlamaConfig) throws {
         self.layers = layers
         self.chunkCount = chunkCount
-        self.gptq = try CUDAGPTQ(device: device)
+        self.gptq = try CUDAGPTQ(device: device, tf32Products: true)
         self.config = config
     }
 
