@@ -35,7 +35,6 @@ needs: torch, transformers, nvidia-modelopt (0.47.0 also imports requests), safe
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from calibration_samples import select_samples  # noqa: E402
-from torch_w4a4_eval import e2m1_round  # noqa: E402
+from torch_w4a4_eval import e2m1_round, perplexity  # noqa: E402
 
 FP8_MAX = 448.0
 
@@ -116,19 +115,6 @@ def recipe_config(mtq, name):
             config["algorithm"]["layerwise"] = {"enable": True}
         return config
     return copy.deepcopy(getattr(mtq, name))
-
-
-def perplexity(model, samples):
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for ids in samples:
-            input_ids = torch.tensor([ids], dtype=torch.long)
-            logits = model(input_ids=input_ids).logits[0].to(torch.float32)
-            log_probs = torch.log_softmax(logits[:-1].to(torch.float64), dim=-1)
-            targets = input_ids[0, 1:]
-            total += float(-log_probs[torch.arange(len(targets)), targets].sum())
-            count += len(targets)
-    return math.exp(total / count), count
 
 
 def inspect_export(directory, original):
