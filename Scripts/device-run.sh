@@ -19,6 +19,12 @@
 #   gptq-job      (from the repository root) coordctl quantize --algorithm gptq on Tests/Fixtures/tiny-llama with --device
 #                 cuda and cpu (and rtn on cuda), the codes compared with each other and with the PyTorch reference
 #                 Tests/Fixtures/gptq-tiny-llama-bf16-reference.safetensors (Scripts/reference/compare_gptq_codes.py)
+#   modelopt-gpu DIR  (from the repository root, with nvidia-modelopt importable) modelopt's NVFP4 W4A4 recipes
+#                 (RECIPES, default: AWQ lite/clip/full, GPTQ, GPTQ layer-wise, local Hessian, max) on the GPU with its
+#                 Triton kernels: Scripts/reference/modelopt_nvfp4_recipes.py --device cuda, exports in /tmp/mo-exports
+#   gptq-smollm2 DIR  (from the repository root) coordctl quantize --device cuda on DIR with rtn and with GPTQ
+#                 (act order, scale search mse), 64 samples; each, and each modelopt export that replacing Linear weights
+#                 can judge, by coordctl eval and Scripts/reference/torch_w4a4_eval.py on the same held-out ids
 #   quantizer     Benchmarks/cuda/quantizer-variants.sh (from the repository root): quantizer kernel variants, nvcc, ncu
 #   recheck       (after smollm2, and daemons if run) each SmolLM2 W4A4 checkpoint judged on its bytes:
 #                 Scripts/reference/check_w4a4_scales.py against its calibration.json (exact) and modelopt's digest
@@ -81,6 +87,39 @@ while [ $# -gt 0 ]; do
             python3 Scripts/reference/compare_gptq_codes.py /tmp/tiny-gptq-cpu Tests/Fixtures/gptq-tiny-llama-bf16-reference.safetensors \
                 2>&1 | tee -a "$out/gptq-job.log" ;;
         quantizer) bash Benchmarks/cuda/quantizer-variants.sh "$out" ;;
+        modelopt-gpu)
+            model=$1; shift
+            recipes=${RECIPES:-"NVFP4_AWQ_LITE_CFG NVFP4_GPTQ_LAYERWISE NVFP4_GPTQ NVFP4_W4A4_WEIGHT_LOCAL_HESSIAN_CFG NVFP4_AWQ_CLIP_CFG NVFP4_DEFAULT_CFG NVFP4_AWQ_FULL_CFG"}
+            arguments=()
+            for recipe in $recipes; do arguments+=(--recipe "$recipe"); done
+            PYTHONUNBUFFERED=1 python3 Scripts/reference/modelopt_nvfp4_recipes.py "$model" \
+                Sources/Calibration/Resources/default-calibration.jsonl Sources/Calibration/Resources/heldout-eval.jsonl \
+                --device cuda --export-dir /tmp/mo-exports --output "$out/modelopt-gpu.jsonl" "${arguments[@]}" \
+                2>&1 | grep -v Warning | tee "$out/modelopt-gpu.log" ;;
+        gptq-smollm2)
+            model=$1; shift
+            for run in "rtn" "gptq --algorithm gptq --gptq-act-order --scale-search mse"; do
+                read -r name options <<< "$run"
+                started=$SECONDS
+                # shellcheck disable=SC2086
+                "$coordctl" quantize --model "$model" --output "/tmp/smol-$name-cuda" --samples 64 --device cuda \
+                    --eval-samples 0 --force $options > "$out/smol-$name-cuda.log" 2>&1
+                echo "SmolLM2 $name on cuda: exit $? in $((SECONDS - started)) s" | tee -a "$out/gptq-smollm2.log"
+            done
+            "$coordctl" eval --original "$model" --quantized /tmp/smol-rtn-cuda --dump-samples /tmp/heldout-ids.jsonl \
+                > /dev/null 2>&1
+            for checkpoint in /tmp/smol-rtn-cuda /tmp/smol-gptq-cuda /tmp/mo-exports/*; do
+                [ -f "$checkpoint/config.json" ] || continue
+                echo "== $checkpoint" | tee -a "$out/gptq-smollm2.log"
+                "$coordctl" eval --original "$model" --quantized "$checkpoint" 2>&1 | grep -o 'perplexity [0-9.]* → [0-9.]* ([^)]*)' \
+                    | tee -a "$out/gptq-smollm2.log"
+                rm -f /tmp/emulated.json
+                python3 Scripts/reference/torch_w4a4_eval.py --original "$model" --quantized "$checkpoint" \
+                    --samples /tmp/heldout-ids.jsonl --output /tmp/emulated.json > /dev/null 2> /tmp/emulated.log || tail -3 /tmp/emulated.log
+                [ -f /tmp/emulated.json ] && python3 -c 'import json; r = json.load(open("/tmp/emulated.json"))
+print("PyTorch emulation: perplexity %.2f → %.2f (%+.1f%%)" % (r["original_perplexity"], r["quantized_perplexity"], 100 * r["relative_increase"]))' \
+                    | tee -a "$out/gptq-smollm2.log"
+            done ;;
         metrics)
             state=/tmp/metrics-run; rm -rf "$state" /tmp/tiny-metrics; mkdir -p "$state"
             C="--coordinator 127.0.0.1:7080"

@@ -4,7 +4,7 @@ Docs/validation.md (issue 14; not run in CI).
 
     modelopt_nvfp4_recipes.py MODEL_DIR CALIB_JSONL HELDOUT_JSONL --recipe NAME [--recipe NAME ...]
                               [--samples 64] [--eval-samples 16] [--min-tokens 150] [--max-tokens 1200]
-                              [--export-dir DIR] [--output RESULTS.jsonl]
+                              [--export-dir DIR] [--output RESULTS.jsonl] [--device cpu|cuda]
 
 For each recipe: a fresh float32 copy of the model, `mtq.quantize(model, config, forward_loop)` where the loop runs
 the calibration samples one per forward (records in file order, those under --min-tokens skipped, longer ones cut
@@ -24,6 +24,9 @@ of those two entry points in the modules modelopt calls them from (same inputs, 
 under the global amax, the E2M1 grid with torch_w4a4_eval.py's ties). modelopt's own code still decides every amax,
 scale and weight. Without Triton, modelopt's GPTQ takes its unfused loop, which fake-quantizes the whole weight once
 per column: far too slow on a small CPU (6 of SmolLM2's 210 Linears in about 2 minutes on the 2-core VM).
+
+GPU: with --device cuda the model, the calibration forwards and the perplexity run on the GPU, and modelopt uses its
+own Triton kernels and fused GPTQ (no fallback is installed: the header's "cpu_fallback" says which ran).
 
 Recipes: the NVFP4 W4A4 presets of `modelopt.torch.quantization` by their names (NVFP4_DEFAULT_CFG, ...), plus
 NVFP4_GPTQ, which is NVFP4_DEFAULT_CFG with the "gptq" calibration algorithm (modelopt has no GPTQ preset; by
@@ -130,7 +133,7 @@ def inspect_export(directory, original):
                 if "pre_quant_scale" in key or "svdquant" in key or "lora" in key:
                     extra.append(key)
                 elif key.endswith("norm.weight") and key in reference:
-                    if not torch.equal(f.get_tensor(key).to(torch.float32), reference[key].to(torch.float32)):
+                    if not torch.equal(f.get_tensor(key).to(torch.float32), reference[key].to(torch.float32).cpu()):
                         changed.append(key)
     with open(os.path.join(directory, "config.json")) as f:
         quantization = json.load(f).get("quantization_config", {})
@@ -152,6 +155,7 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--export-dir")
     parser.add_argument("--output", help="append one JSON line per recipe here")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for modelopt's Triton kernels")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -164,12 +168,13 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     calibration = select_samples(args.calib, tokenizer, args.samples, args.min_tokens, args.max_tokens)
     heldout = select_samples(args.heldout, tokenizer, args.eval_samples, args.min_tokens, args.max_tokens)
-    original = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    original = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device)
     original.eval()
     original_ppl, predicted = perplexity(original, heldout)
     header = {"modelopt": modelopt.__version__, "torch": torch.__version__,
               "transformers": __import__("transformers").__version__, "cpu_fallback": fallback,
-              "threads": torch.get_num_threads(),
+              "threads": torch.get_num_threads(), "device": args.device,
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "calibration": {"samples": len(calibration), "tokens": sum(map(len, calibration))},
               "heldout": {"samples": len(heldout), "tokens": sum(map(len, heldout)), "predicted": predicted},
               "original_perplexity": original_ppl}
@@ -182,7 +187,7 @@ def main():
         def forward_loop(m):
             with torch.no_grad():
                 for ids in calibration:
-                    m(torch.tensor([ids], dtype=torch.long))
+                    m(torch.tensor([ids], dtype=torch.long, device=args.device))
 
         result = {"recipe": name, "algorithm": config.get("algorithm")}
         started = time.time()

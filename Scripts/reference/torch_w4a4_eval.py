@@ -120,13 +120,14 @@ class Checkpoint:
 
 def perplexity(model, samples):
     total, count = 0.0, 0
+    device = next(model.parameters()).device  # the model's own device: CPU here, CUDA on the GPU machine
     with torch.no_grad():
         for ids in samples:
-            input_ids = torch.tensor([ids], dtype=torch.long)
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
             logits = model(input_ids=input_ids).logits[0].to(torch.float32)
             log_probs = torch.log_softmax(logits[:-1].to(torch.float64), dim=-1)
             targets = input_ids[0, 1:]
-            total += float(-log_probs[torch.arange(len(targets)), targets].sum())
+            total += float(-log_probs[torch.arange(len(targets), device=device), targets].sum())
             count += len(targets)
     return math.exp(total / count), count
 
