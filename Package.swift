@@ -105,8 +105,14 @@ let package = Package(
         // infiniband/verbs.h from libibverbs-dev when present; without it, the shim says so at run time.
         .target(name: "CVerbs"),
         // RDMA verbs for the activation data path: device discovery (`coordctl doctor rdma`) and `--transport`
-        // selection over CVerbs. Knows nothing of Llama.
-        .target(name: "RDMATransport", dependencies: ["CVerbs", .product(name: "Logging", package: "swift-log")]),
+        // selection over CVerbs, and RDMAActivationTransport (RC queue pairs, registered rings, credits) behind
+        // Transport's ActivationTransport. Knows nothing of Llama.
+        .target(name: "RDMATransport", dependencies: [
+            "CVerbs", "Transport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
         // Distributed actors over Transport: ClusterActorSystem, the binary Codable coder, call/error envelopes.
         .target(name: "ActorSystem", dependencies: [
             "Transport",
@@ -254,7 +260,12 @@ let package = Package(
             .product(name: "NIOTestUtils", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "RDMATransportTests", dependencies: ["RDMATransport", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "RDMATransportTests", dependencies: [
+            "RDMATransport", "Transport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
         .testTarget(name: "ActorSystemTests", dependencies: [
             "ActorSystem", "Transport",
             .product(name: "NIOCore", package: "swift-nio"),

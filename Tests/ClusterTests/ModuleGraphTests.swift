@@ -81,11 +81,16 @@ import Testing
         }
     }
 
-    /// The RDMA transport knows nothing of Llama or the cluster: its shim and logging only.
-    @Test func theRDMATransportDependsOnItsShimAndLoggingOnly() throws {
+    /// The RDMA transport knows nothing of Llama or the cluster: its shim, logging, and the `ActivationTransport`
+    /// protocol it implements (Transport, with the NIO buffers that protocol speaks).
+    @Test func theRDMATransportDependsOnItsShimLoggingAndTheTransportProtocolOnly() throws {
         let graph = try Self.directDependencies()
-        #expect(Set(graph["RDMATransport"] ?? []) == ["CVerbs", "Logging"], "\(graph["RDMATransport"] ?? [])")
+        #expect(Set(graph["RDMATransport"] ?? []) == ["CVerbs", "Logging", "Transport", "NIOCore", "NIOConcurrencyHelpers"],
+                "\(graph["RDMATransport"] ?? [])")
         #expect(graph["CVerbs"] == [], "\(graph["CVerbs"] ?? [])")
+        let local = Set(graph.keys)
+        let modules = Self.closure(of: "RDMATransport", in: graph).intersection(local)
+        #expect(modules == ["CVerbs", "Transport", "ClusterMetrics"], "\(modules.sorted())")
     }
 
     @Test func theEngineDependsOnNoNetworkingModule() throws {
