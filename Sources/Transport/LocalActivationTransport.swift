@@ -83,7 +83,9 @@ actor LocalBulkPipe: BulkItemSource {
     private(set) var peakBytes = 0
     private var open: UInt64?
     private var closed = false
-    private var consumer: CheckedContinuation<BulkItem?, Never>?
+    /// Set by ``fail(_:)``: the consumer sees this error once the queue is drained, instead of a clean end.
+    private var failure: (any Error)?
+    private var consumer: CheckedContinuation<BulkItem?, any Error>?
     private var producers: [CheckedContinuation<Void, Never>] = []
 
     init(capacity: Int, senderName: String) {
@@ -108,15 +110,16 @@ actor LocalBulkPipe: BulkItemSource {
         peakBytes = max(peakBytes, queuedBytes)
     }
 
-    func nextItem() async -> BulkItem? {
+    func nextItem() async throws -> BulkItem? {
         if let item = queue.popFirst() {
             queuedBytes -= Self.size(of: item)
             if queuedBytes < capacity { wakeProducers() }
             return item
         }
+        if let failure { throw failure }
         if closed { return nil }
         precondition(consumer == nil, "one consumer reads a local transport at a time")
-        return await withCheckedContinuation { consumer = $0 }
+        return try await withCheckedThrowingContinuation { consumer = $0 }
     }
 
     func setOpen(_ id: UInt64?) { open = id }
@@ -126,6 +129,16 @@ actor LocalBulkPipe: BulkItemSource {
         guard !closed else { return }
         closed = true
         consumer?.resume(returning: nil)
+        consumer = nil
+        wakeProducers()
+    }
+
+    /// Closes with an error: what is queued is still delivered, then the consumer throws `error`.
+    func fail(_ error: any Error) {
+        guard !closed else { return }
+        closed = true
+        failure = error
+        consumer?.resume(throwing: error)
         consumer = nil
         wakeProducers()
     }
