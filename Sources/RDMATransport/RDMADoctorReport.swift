@@ -1,10 +1,15 @@
 import Foundation
+import Logging
 
 /// What `coordctl doctor rdma` prints for a survey, and whether the node can use RDMA.
 public struct RDMADoctorReport: Sendable {
     public let survey: RDMASurvey
     /// The endpoint `--transport rdma` would pick with the same `--rdma-device` and `--rdma-gid-index`, or why none.
     public let endpoint: Result<RDMAEndpoint, RDMASelectionError>
+    /// The loopback test's line once ``runLoopback(provider:test:logger:)`` ran; nil before.
+    public private(set) var loopback: String?
+    /// True when the loopback ran and failed (a usable-looking port that cannot carry data).
+    public private(set) var loopbackFailed = false
 
     public init(survey: RDMASurvey, device: String? = nil, gidIndex: Int? = nil) {
         self.survey = survey
@@ -48,8 +53,44 @@ public struct RDMADoctorReport: Sendable {
             lines.append("no verbs device is usable: \(error)")
             lines.append("workerd --transport auto uses TCP here; --transport rdma fails.")
         }
-        lines.append("loopback RDMA WRITE test: not built yet (the RDMA data plane is a later step); activation links use TCP.")
+        lines.append(loopback ?? "loopback RDMA WRITE test: not run" + (isUsable ? "" : " (no usable device)"))
         return lines.joined(separator: "\n")
+    }
+
+    /// Runs the loopback RDMA WRITE test on the usable endpoint, opened through `provider`, and records its line.
+    /// Without a usable endpoint it records why nothing ran.
+    public mutating func runLoopback(provider: any VerbsProvider, test: RDMALoopbackTest = RDMALoopbackTest(),
+                                     logger: Logger) async {
+        guard case let .success(usable) = endpoint else {
+            loopback = "loopback RDMA WRITE test: not run (no usable device)"
+            return
+        }
+        let handle: any VerbsDeviceHandle
+        do throws(VerbsError) {
+            handle = try provider.openDevice(named: usable.device)
+        } catch {
+            loopback = "loopback RDMA WRITE test: FAILED: \(error)"
+            loopbackFailed = true
+            return
+        }
+        guard let device = handle as? any VerbsDataPlaneDevice else {
+            loopback = "loopback RDMA WRITE test: not run (\(provider.origin) offers no data plane)"
+            return
+        }
+        do throws(RDMALoopbackTest.Failure) {
+            let result = try await test.run(device: device, endpoint: RDMALinkEndpoint(usable),
+                                            lineRateGigabitsPerSecond: lineRate(of: usable), logger: logger)
+            loopback = result.text
+        } catch {
+            loopback = "loopback RDMA WRITE test: FAILED: \(error)"
+            loopbackFailed = true
+        }
+    }
+
+    func lineRate(of usable: RDMAEndpoint) -> Double? {
+        guard case let .devices(_, devices) = survey.outcome else { return nil }
+        return devices.first { $0.entry.name == usable.device }?.ports.first { $0.number == usable.port }?
+            .attributes?.lineRateGigabitsPerSecond
     }
 
     static func lines(for device: RDMASurvey.Device) -> [String] {
