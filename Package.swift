@@ -261,7 +261,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "RDMATransportTests", dependencies: [
-            "RDMATransport", "Transport",
+            // Worker: its SuccessorLink carries the mid-job fallback from RDMA to TCP in the tests.
+            "RDMATransport", "Transport", "Worker",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
