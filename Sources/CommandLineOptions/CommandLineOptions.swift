@@ -115,7 +115,7 @@ public struct MetricsOptions: ParsableArguments {
 /// `--transport auto|tcp|rdma`, `--rdma-device`, `--rdma-gid-index`: how hidden states travel to the next worker.
 public struct ActivationTransportOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "How hidden states travel between workers: auto (RDMA when this node has a usable verbs port, else TCP, logging why), tcp, or rdma (fail at start, naming what is missing, when RDMA cannot be used). This build has no RDMA data plane yet, so links run over TCP and rdma always fails; `coordctl doctor rdma` shows what the node has.",
+        "How hidden states travel between workers: auto (RDMA when this node has a usable verbs port, else TCP, logging why), tcp, or rdma (fail at start, naming what is missing, when RDMA cannot be used). workerd does not open RDMA links yet (the RDMA data plane runs only in `coordctl doctor rdma`'s loopback test), so links run over TCP and rdma always fails; `coordctl doctor rdma` shows what the node has.",
         valueName: "auto|tcp|rdma"))
     public var transport: ActivationTransportPreference = .auto
 

@@ -45,8 +45,9 @@ public enum RDMASelectionError: Error, CustomStringConvertible, Equatable, Senda
     case gidNotRoCEv2(device: String, port: Int, index: Int, type: String)
     /// An Ethernet port with no RoCE v2 GID: the interface has no IP address, or RoCE v2 is off.
     case noRoCEv2GID(device: String, port: Int)
-    /// A usable port exists but this build has no RDMA data plane yet.
-    case dataPlaneNotBuilt(endpoint: RDMAEndpoint)
+    /// A usable port exists, but workerd does not open RDMA links between workers yet (the data plane,
+    /// ``RDMAActivationTransport``, is built; wiring it into the workers' links is not).
+    case workerLinksNotBuilt(endpoint: RDMAEndpoint)
 
     public var description: String {
         switch self {
@@ -69,8 +70,8 @@ public enum RDMASelectionError: Error, CustomStringConvertible, Equatable, Senda
             return "--rdma-gid-index \(index): GID \(index) of \(device) port \(port) is \(type), not RoCE v2; pick a RoCE v2 GID (`coordctl doctor rdma` marks them)"
         case let .noRoCEv2GID(device, port):
             return "\(device) port \(port) is Ethernet but has no RoCE v2 GID: give its network interface an IP address"
-        case let .dataPlaneNotBuilt(endpoint):
-            return "found \(endpoint), but this build has no RDMA data plane yet (only discovery and `coordctl doctor rdma`); use --transport tcp or auto"
+        case let .workerLinksNotBuilt(endpoint):
+            return "found \(endpoint), but workerd does not open RDMA links yet (the RDMA data plane runs only in `coordctl doctor rdma`'s loopback test); use --transport tcp or auto"
         }
     }
 }
@@ -92,12 +93,12 @@ public enum ActivationTransportSelector {
             return ActivationTransportDecision(transport: .tcp, reason: "--transport tcp")
         case .rdma:
             let endpoint = try usableEndpoint(in: survey(), device: device, gidIndex: gidIndex)
-            throw RDMASelectionError.dataPlaneNotBuilt(endpoint: endpoint)
+            throw RDMASelectionError.workerLinksNotBuilt(endpoint: endpoint)
         case .auto:
             do throws(RDMASelectionError) {
                 let endpoint = try usableEndpoint(in: survey(), device: device, gidIndex: gidIndex)
                 return ActivationTransportDecision(
-                    transport: .tcp, reason: "\(endpoint) is usable, but this build has no RDMA data plane yet")
+                    transport: .tcp, reason: "\(endpoint) is usable, but workerd does not open RDMA links yet")
             } catch {
                 return ActivationTransportDecision(transport: .tcp, reason: error.description)
             }

@@ -37,10 +37,11 @@ public enum RDMALinkError: Error, CustomStringConvertible, Equatable, Sendable {
         }
     }
 
-    /// True when the link broke under the data (not a local misuse): the owner falls back to TCP.
+    /// True when the link broke under the data (not a local misuse, nor a clean close by either side): the owner
+    /// falls back to TCP.
     public var isLinkFailure: Bool {
         switch self {
-        case .completionFailed, .protocolViolation, .linkDown, .verbs: return true
+        case .completionFailed, .protocolViolation, .verbs: return true
         default: return false
         }
     }

@@ -4,16 +4,24 @@
 /// with `dlopen`: the package builds without linking it and the binaries run where it is absent. Knows nothing of
 /// Llama.
 ///
-/// This first step finds out what a node has and chooses the transport; the RDMA data plane itself (queue pairs,
-/// registered rings, credits) is not built yet, so every link runs over TCP.
+/// It finds out what a node has, chooses the transport, and carries activations over RDMA: RC queue pairs, RDMA WRITE
+/// with immediate into the peer's registered ring of slots, credits for flow control, completions waited for on a
+/// completion channel. Tested against Debian's libibverbs (no device) and an in-process fake fabric; never run on
+/// RDMA hardware. workerd does not open RDMA links yet: the data plane runs in `coordctl doctor rdma`'s loopback.
 ///
-/// - The narrow verbs interface: ``VerbsProvider`` and ``VerbsDeviceHandle``, implemented over libibverbs by
-///   ``VerbsLibrary`` and ``VerbsDevice`` (located by ``VerbsLibraryLocator``), and by fakes in the tests.
+/// - The narrow verbs interface: ``VerbsProvider`` and ``VerbsDeviceHandle`` (discovery), and ``VerbsDataPlaneDevice``,
+///   ``VerbsProtectionDomain``, ``VerbsMemoryRegion``, ``VerbsCompletionQueue``, ``VerbsQueuePair`` (data), implemented
+///   over libibverbs by ``VerbsLibrary`` and ``VerbsDevice`` (located by ``VerbsLibraryLocator``), and by fakes in the
+///   tests.
 /// - ``GIDAttributeSource``: a GID's type (RoCE v2 or not) and network interface, from sysfs.
-/// - ``RDMASurvey``: every device, port and populated GID of a node; ``RDMASurvey/report`` is what
-///   `coordctl doctor rdma` prints.
+/// - ``RDMASurvey``: every device, port and populated GID of a node; ``RDMADoctorReport`` is what
+///   `coordctl doctor rdma` prints, with ``RDMALoopbackTest``'s line.
 /// - ``ActivationTransportSelector``: `--transport auto|tcp|rdma` against a survey, with the reason for the choice or an
-///   ``RDMASelectionError`` naming what is missing.
+///   ``RDMASelectionError`` naming what is missing; ``ActivationLinkChoice``: one link's transport across
+///   reconnections (TCP once an RDMA connection of it failed).
+/// - ``RDMAActivationTransport``: `ActivationTransport` over one RC queue pair; ``RDMAConnectionInfo`` is what the two
+///   ends exchange over the control connection and ``RDMARing`` the slot and immediate format
+///   (Docs/wire-protocol.md, "RDMA activation links"); failures are ``RDMALinkError``.
 import CVerbs
 import Foundation
 

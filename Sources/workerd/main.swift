@@ -86,7 +86,7 @@ struct Workerd: AsyncParsableCommand {
         let workerName = name ?? transportTLS?.name ?? ProcessInfo.processInfo.hostName
         let logger = Logger(label: "workerd.\(workerName)")
         // First: `--transport rdma` on a node without usable RDMA fails the start, before this node joins the cluster.
-        // The decision is only logged: this build's links all run over TCP (no RDMA data plane yet).
+        // The decision is only logged: workerd's links all run over TCP (RDMAActivationTransport is not wired in).
         _ = try activationTransport.decide(logger: logger)
         var configuration = WorkerService.Configuration(
             coordinator: try NodeAddress(parsing: coordinator), listen: try NodeAddress(parsing: listen), name: workerName,

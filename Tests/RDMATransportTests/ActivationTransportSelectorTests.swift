@@ -40,14 +40,14 @@ import Testing
         #expect(portDown.reason.contains("no RDMA device has an ACTIVE port (mlx5_0 port 1 DOWN)"), "\(portDown.reason)")
     }
 
-    @Test func autoWithAUsablePortStillUsesTCPAndSaysTheDataPlaneIsMissing() throws {
+    @Test func autoWithAUsablePortStillUsesTCPAndSaysWorkerdDoesNotOpenRDMALinksYet() throws {
         let (device, gidAttributes) = FakeNode.connectX()
         let decision = try ActivationTransportSelector.decide(preference: .auto, device: nil, gidIndex: nil) {
             Self.survey([device], gidAttributes: gidAttributes)
         }
         #expect(decision.transport == .tcp)
         #expect(decision.reason.hasPrefix("mlx5_0 port 1 GID 3 "), "\(decision.reason)")
-        #expect(decision.reason.hasSuffix("is usable, but this build has no RDMA data plane yet"), "\(decision.reason)")
+        #expect(decision.reason.hasSuffix("is usable, but workerd does not open RDMA links yet"), "\(decision.reason)")
     }
 
     @Test func rdmaFailsNamingWhatIsMissing() {
@@ -65,14 +65,14 @@ import Testing
         }
     }
 
-    @Test func rdmaWithAUsablePortFailsBecauseThisBuildHasNoDataPlane() {
+    @Test func rdmaWithAUsablePortFailsBecauseWorkerdDoesNotOpenRDMALinksYet() {
         let (device, gidAttributes) = FakeNode.connectX()
         #expect {
             _ = try ActivationTransportSelector.decide(preference: .rdma, device: "mlx5_0", gidIndex: nil) {
                 Self.survey([device], gidAttributes: gidAttributes)
             }
         } throws: { error in
-            guard case let .dataPlaneNotBuilt(endpoint) = error as? RDMASelectionError else { return false }
+            guard case let .workerLinksNotBuilt(endpoint) = error as? RDMASelectionError else { return false }
             return endpoint.device == "mlx5_0" && endpoint.port == 1 && endpoint.gidIndex == 3
         }
     }

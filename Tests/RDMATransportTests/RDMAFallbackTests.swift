@@ -110,6 +110,9 @@ struct RDMAFallbackTests {
         let link = try FakeLink.make()
         await link.close()
         choice.connectionEnded(link.a)
+        // b saw its peer close: also not a failure of the link.
+        #expect(link.b.failure?.isLinkFailure == false)
+        choice.connectionEnded(link.b)
         #expect(choice.current.transport == .rdma)
         #expect(link.fabric.liveRegions(on: "fake_a") == 0)
     }
