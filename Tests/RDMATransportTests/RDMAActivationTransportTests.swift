@@ -263,3 +263,109 @@ struct RDMAActivationTransportTests {
         #expect(fabric.liveRegions(on: "fake_a") == 0)
     }
 }
+
+/// A peer that speaks the wire format badly, written with the raw fake verbs: the transport must refuse each
+/// violation, naming it, instead of delivering garbage.
+@Suite("RDMAActivationTransport refuses a misbehaving peer")
+struct RDMAProtocolViolationTests {
+    struct RawPeer {
+        let side: VerbsDataPlaneTests.Side
+        let staging: UnsafeMutableRawBufferPointer
+        let region: any VerbsMemoryRegion
+        let ring: RDMAConnectionInfo
+
+        /// Writes `payload` with `header` into slot `slot` of the transport's ring, announced by `immediate`.
+        func write(slot: Int, tensorID: UInt64, claimedLength: Int, payload: [UInt8], immediate: UInt32) throws {
+            RDMARing.writeHeader(tensorID: tensorID, payloadBytes: claimedLength, into: staging.baseAddress!)
+            (staging.baseAddress! + RDMARing.headerBytes).copyMemory(from: payload, byteCount: payload.count)
+            try side.pair.postWriteWithImmediate(
+                workRequestID: 1, region: region, offset: 0, length: RDMARing.headerBytes + payload.count,
+                remoteAddress: ring.ringAddress + UInt64(slot * Int(ring.slotBytes)), remoteKey: ring.ringKey, immediate: immediate)
+        }
+    }
+
+    static func connect() throws -> (RDMAActivationTransport, RawPeer) {
+        let fabric = FakeFabric()
+        let ring = RDMARingParameters(slotBytes: 256, slotCount: 4)
+        let transport = try RDMAActivationTransport(device: fabric.device("fake_a"), endpoint: FakeLink.endpoint(1),
+                                                    peerName: "rogue", ring: ring, logger: Logger(label: "t"))
+        let side = try VerbsDataPlaneTests.side(fabric, "fake_rogue")
+        let staging = UnsafeMutableRawBufferPointer.allocate(byteCount: ring.slotBytes, alignment: 64)
+        let region = try side.domain.register(staging, remoteWrite: false)
+        try side.pair.modifyToInit(port: 1)
+        for _ in 0..<4 { try side.pair.postReceive(workRequestID: 7) }
+        let info = transport.localInfo
+        try side.pair.modifyToReadyToReceive(VerbsRemoteQueuePair(queuePairNumber: info.queuePairNumber, packetSequenceNumber: 0,
+                                                                  mtuCode: 5, gid: info.gid, localGIDIndex: 0, port: 1))
+        try side.pair.modifyToReadyToSend(packetSequenceNumber: 0)
+        try transport.connect(to: RDMAConnectionInfo(
+            queuePairNumber: side.pair.number, packetSequenceNumber: 0, mtuCode: 5, lid: 0, port: 1, addressByGID: true,
+            gid: FakeLink.endpoint(2).gid, ringAddress: region.address, ringKey: region.remoteKey,
+            slotBytes: UInt32(ring.slotBytes), slotCount: UInt16(ring.slotCount)))
+        return (transport, RawPeer(side: side, staging: staging, region: region, ring: info))
+    }
+
+    static func violation(of transport: RDMAActivationTransport) async throws -> String {
+        do {
+            for try await tensor in transport.incomingTensors { _ = try await tensor.chunks.collectData() }
+            Issue.record("the stream ended cleanly")
+            return ""
+        } catch let error as RDMALinkError {
+            guard case let .protocolViolation(device, peer, reason) = error else {
+                Issue.record("unexpected \(error)")
+                return ""
+            }
+            #expect(device == "fake_a" && peer == "rogue")
+            return reason
+        }
+    }
+
+    @Test("a slot out of turn")
+    func slotOutOfTurn() async throws {
+        let (transport, peer) = try Self.connect()
+        try peer.write(slot: 2, tensorID: 1, claimedLength: 3, payload: [1, 2, 3],
+                       immediate: RDMARing.immediate(.data(slot: 2, first: true, last: true, abort: false)))
+        #expect(try await Self.violation(of: transport) == "write announced slot 2, expected 0")
+        await transport.close()
+    }
+
+    @Test("a length beyond the slot")
+    func lengthBeyondSlot() async throws {
+        let (transport, peer) = try Self.connect()
+        try peer.write(slot: 0, tensorID: 1, claimedLength: 10_000, payload: [1],
+                       immediate: RDMARing.immediate(.data(slot: 0, first: true, last: true, abort: false)))
+        #expect(try await Self.violation(of: transport) == "slot 0 claims 10000 bytes; a slot holds 240")
+        await transport.close()
+    }
+
+    @Test("a piece of another tensor while one is open")
+    func pieceOutOfOrder() async throws {
+        let (transport, peer) = try Self.connect()
+        try peer.write(slot: 0, tensorID: 1, claimedLength: 1, payload: [1],
+                       immediate: RDMARing.immediate(.data(slot: 0, first: true, last: false, abort: false)))
+        try peer.write(slot: 1, tensorID: 2, claimedLength: 1, payload: [2],
+                       immediate: RDMARing.immediate(.data(slot: 1, first: false, last: true, abort: false)))
+        let reason = try await Self.violation(of: transport)
+        #expect(reason == "tensor 2 piece out of order (tensor 1 is open)")
+        await transport.close()
+    }
+
+    @Test("an immediate of no known form")
+    func unknownImmediate() async throws {
+        let (transport, peer) = try Self.connect()
+        try peer.write(slot: 0, tensorID: 1, claimedLength: 1, payload: [1], immediate: 3 << 30)
+        #expect(try await Self.violation(of: transport) == "received receiveWithImmediate with immediate \(UInt32(3) << 30)")
+        await transport.close()
+    }
+
+    @Test("more credits than slots")
+    func creditOverflow() async throws {
+        let (transport, peer) = try Self.connect()
+        try peer.side.pair.postWriteWithImmediate(workRequestID: 2, region: peer.region, offset: 0, length: 0,
+                                                  remoteAddress: 0, remoteKey: 0,
+                                                  immediate: RDMARing.immediate(.credit(count: 1)))
+        for _ in 0..<100 where transport.failure == nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(transport.failure == .protocolViolation(device: "fake_a", peer: "rogue", reason: "more credits returned than slots"))
+        await transport.close()
+    }
+}
