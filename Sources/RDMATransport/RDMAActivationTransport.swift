@@ -10,6 +10,8 @@ public enum RDMALinkError: Error, CustomStringConvertible, Equatable, Sendable {
     case connectionInfo(RDMAConnectionInfoError)
     /// The two ends were set up with different rings.
     case ringMismatch(device: String, peer: String, local: RDMARingParameters, remote: RDMARingParameters)
+    /// A ring the connection information cannot describe (slot size or count out of range).
+    case invalidRing(device: String, ring: RDMARingParameters)
     /// `sendTensor` before ``RDMAActivationTransport/connect(to:)``, or a second connect.
     case notConnected(device: String, peer: String)
     case alreadyConnected(device: String, peer: String)
@@ -27,6 +29,9 @@ public enum RDMALinkError: Error, CustomStringConvertible, Equatable, Sendable {
         case let .ringMismatch(device, peer, local, remote):
             return "RDMA link \(device) ↔ \(peer): rings differ (here \(local.slotCount) × \(local.slotBytes) bytes, "
                 + "there \(remote.slotCount) × \(remote.slotBytes) bytes)"
+        case let .invalidRing(device, ring):
+            return "RDMA ring of \(ring.slotCount) slots of \(ring.slotBytes) bytes on \(device) is outside the protocol's limits "
+                + "(1...\(RDMAConnectionInfo.maxSlotCount - 1) slots of \(RDMAConnectionInfo.slotBytesRange) bytes)"
         case let .notConnected(device, peer): return "RDMA link \(device) ↔ \(peer) is not connected yet"
         case let .alreadyConnected(device, peer): return "RDMA link \(device) ↔ \(peer) is already connected"
         case let .completionFailed(device, queuePair, peer, operation, status):
@@ -116,7 +121,7 @@ public final class RDMAActivationTransport: ActivationTransport, @unchecked Send
 
     private let lock = NIOLock()
     private var state = LinkState()
-    private let sendGate = RDMASendGate()
+    private let sendGate = SerialGate()
 
     private enum ReceiveEvent: Sendable {
         case data(slot: Int, first: Bool, last: Bool, abort: Bool)
@@ -159,8 +164,7 @@ public final class RDMAActivationTransport: ActivationTransport, @unchecked Send
                 ring: RDMARingParameters = .standard, inboundBufferBytes: Int = 8 << 20, logger: Logger) throws(RDMALinkError) {
         guard RDMAConnectionInfo.slotBytesRange.contains(ring.slotBytes),
               (1..<RDMAConnectionInfo.maxSlotCount).contains(ring.slotCount) else {
-            throw .protocolViolation(device: device.name, peer: peerName,
-                                     reason: "ring of \(ring.slotCount) × \(ring.slotBytes) bytes is outside the protocol's limits")
+            throw .invalidRing(device: device.name, ring: ring)
         }
         self.deviceName = device.name
         self.peerName = peerName
@@ -213,8 +217,9 @@ public final class RDMAActivationTransport: ActivationTransport, @unchecked Send
     }
 
     deinit {
-        // close() frees everything; a transport dropped without it must still not leak pinned memory, but the verbs
-        // objects can only be torn down once the completion thread is gone, which close() guarantees.
+        // Only close() can free the rings: the verbs objects may go only after the completion thread, and the memory
+        // only after deregistration. A transport dropped unclosed (possible only before connect, as the thread holds
+        // it) leaks its rings rather than freeing memory a device might still write; say so.
         if !state.torndown {
             logger.warning("RDMA link dropped without close()", metadata: ["device": "\(deviceName)", "peer": "\(peerName)"])
         }
@@ -639,35 +644,6 @@ public final class RDMAActivationTransport: ActivationTransport, @unchecked Send
             // A region still registered may be written by the device: leak the memory rather than free it under DMA.
             logger.error("RDMA teardown incomplete; keeping the rings allocated",
                          metadata: ["device": "\(deviceName)", "errors": "\(errors.map(\.description))"])
-        }
-    }
-}
-
-/// Lets one sender at a time through, in arrival order (the TCP transport's gate is internal to Transport).
-actor RDMASendGate {
-    private var busy = false
-    private var waiters: [CheckedContinuation<Void, Never>] = []
-
-    func acquire() async {
-        if busy {
-            await withCheckedContinuation { waiters.append($0) }
-        } else {
-            busy = true
-        }
-    }
-
-    func release() {
-        if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
-    }
-
-    nonisolated(nonsending) func serialize(_ body: () async throws -> Void) async throws {
-        await acquire()
-        do {
-            try await body()
-            await release()
-        } catch {
-            await release()
-            throw error
         }
     }
 }

@@ -346,12 +346,14 @@ public struct IncomingTensors: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(receiver: receiver) }
 }
 
-/// Lets one sender at a time through, in arrival order.
-actor SerialGate {
+/// Lets one sender at a time through, in arrival order. Public for transports built outside this module (RDMA).
+public actor SerialGate {
     private var busy = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
 
-    func acquire() async {
+    public init() {}
+
+    public func acquire() async {
         if busy {
             await withCheckedContinuation { waiters.append($0) }
         } else {
@@ -359,13 +361,13 @@ actor SerialGate {
         }
     }
 
-    func release() {
+    public func release() {
         if waiters.isEmpty { busy = false } else { waiters.removeFirst().resume() }
     }
 
     /// Runs `body` once every earlier caller's body has finished; the next caller goes on however it ends. `body` runs
     /// on the caller's executor (nonsending), so it may touch the caller's state.
-    nonisolated(nonsending) func serialize(_ body: () async throws -> Void) async throws {
+    public nonisolated(nonsending) func serialize(_ body: () async throws -> Void) async throws {
         await acquire()
         do {
             try await body()

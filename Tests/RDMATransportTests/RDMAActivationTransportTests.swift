@@ -256,7 +256,7 @@ struct RDMAActivationTransportTests {
     @Test("a ring outside the protocol's limits is refused before anything is registered")
     func badRing() {
         let fabric = FakeFabric()
-        #expect(throws: RDMALinkError.self) {
+        #expect(throws: RDMALinkError.invalidRing(device: "fake_a", ring: RDMARingParameters(slotBytes: 8, slotCount: 4))) {
             _ = try RDMAActivationTransport(device: fabric.device("fake_a"), endpoint: FakeLink.endpoint(1), peerName: "b",
                                             ring: RDMARingParameters(slotBytes: 8, slotCount: 4), logger: Logger(label: "t"))
         }
