@@ -73,6 +73,7 @@ public struct VerbsRemoteQueuePair: Sendable, Equatable {
     public var lid: UInt16
     /// This side's GID index: on RoCE the GRH's source address, which selects RoCE v2.
     public var localGIDIndex: Int
+    /// This side's port, which the path to the peer leaves from.
     public var port: Int
     /// Address the peer by GID (always on RoCE, which has no LIDs).
     public var useGlobalRoute: Bool

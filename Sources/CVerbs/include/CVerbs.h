@@ -148,6 +148,7 @@ typedef struct {
     uint8_t gid[16];
     /// The local GID index the GRH's source address comes from.
     uint8_t local_gid_index;
+    /// The local port the path leaves from (the address vector's port), not the peer's.
     uint8_t port;
     uint8_t use_grh;
 } cverbs_remote_qp;
