@@ -20,7 +20,8 @@
 ///   ``RDMASelectionError`` naming what is missing; ``ActivationLinkChoice``: one link's transport across
 ///   reconnections (TCP once an RDMA connection of it failed).
 /// - ``RDMAActivationTransport``: `ActivationTransport` over one RC queue pair; ``RDMAConnectionInfo`` is what the two
-///   ends exchange over the control connection and ``RDMARing`` the slot and immediate format
+///   ends exchange over the control connection (``RDMALinkHandshake``: offer, then accept or refuse with a reason)
+///   and ``RDMARing`` the slot and immediate format
 ///   (Docs/wire-protocol.md, "RDMA activation links"); failures are ``RDMALinkError``.
 import CVerbs
 import Foundation
