@@ -51,9 +51,60 @@ public final class QuantizedCheckpoint: @unchecked Sendable {
         }
         tensorLayout = LinearTensorLayout(layout: layout, scheme: scheme, excluded: excluded)
         excludedModules = tensorLayout.excludedModuleNames(config: originalConfig)
+        storedNonLinear = try Self.checkEveryTensorIsUnderstood(model, directory: directory, config: originalConfig,
+                                                                layout: tensorLayout)
         for linear in originalConfig.allLinears where !tensorLayout.isExcluded(linear) {
             for role in tensorLayout.roles { try checkTensor(role, of: linear) }
         }
+    }
+
+    /// The embeddings, norms and `lm_head` the checkpoint stores, by name: a server loads these, not the original's.
+    let storedNonLinear: [String: WeightTensorDescription]
+
+    /// Every tensor must be one this evaluation applies: a Linear's NVFP4 tensors (or an excluded Linear's weight),
+    /// or an embedding, norm or `lm_head` of the original's shape. Anything else changes what the served model
+    /// computes (AWQ's `pre_quant_scale` scales a Linear's input), so skipping it would report a perplexity the
+    /// checkpoint does not have. Returns the stored non-Linear tensors.
+    static func checkEveryTensorIsUnderstood(_ model: SafeTensorsModel, directory: URL, config: LlamaConfig,
+                                             layout: LinearTensorLayout) throws -> [String: WeightTensorDescription] {
+        var linearTensors = Set<String>()
+        for linear in config.allLinears {
+            if layout.isExcluded(linear) {
+                linearTensors.insert(linear.weightName)
+            } else {
+                for role in layout.roles { linearTensors.insert(layout.tensorName(role, of: linear)) }
+            }
+        }
+        var nonLinear = Dictionary(uniqueKeysWithValues: config.nonQuantizedTensors.map { ($0.name, $0.shape) })
+        // Some exporters write lm_head beside tied embeddings; a server then computes logits from embed_tokens.
+        nonLinear[LlamaConfig.lmHeadName] = [config.vocabSize, config.hiddenSize]
+        var stored: [String: WeightTensorDescription] = [:]
+        for name in model.tensorNames where !linearTensors.contains(name) {
+            let place = ((try? model.file(containing: name).path) ?? directory.path) + ": " + name
+            guard let shape = nonLinear[name] else {
+                let why = name.hasSuffix("pre_quant_scale")
+                    ? "an input pre-scale (AWQ), which multiplies the Linear's input before quantization"
+                    : "not a tensor of an NVFP4 Llama checkpoint"
+                throw EvaluationError(place, "is \(why); this evaluation cannot apply it, so it would report a "
+                                      + "perplexity the checkpoint does not have")
+            }
+            let info = try model.info(name)
+            guard WeightElementType(rawValue: info.dtype.rawValue) != nil else {
+                throw EvaluationError(place, "has dtype \(info.dtype.rawValue); embeddings and norms must be BF16, F16 or F32")
+            }
+            guard info.shape == shape else {
+                throw EvaluationError(place, "has shape \(info.shape), but the original model implies \(shape)")
+            }
+            stored[name] = WeightTensorDescription(dtype: info.dtype.rawValue, shape: info.shape)
+        }
+        return stored
+    }
+
+    /// A stored embedding, norm or `lm_head` (nil when the checkpoint leaves it to the original model).
+    public func storedNonLinearTensor(_ name: String) -> WeightTensorDescription? { storedNonLinear[name] }
+
+    public func withStoredNonLinearTensor<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        try model.withBytes(name, body)
     }
 
     /// The module names the loader keeps unquantized: `ignore` (compressed-tensors; also modelopt's copy in

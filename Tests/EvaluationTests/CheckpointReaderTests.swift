@@ -175,6 +175,34 @@ func bits(_ values: [Float]) -> [UInt32] { values.map(\.bitPattern) }
         #expect(try modelopt.nvfp4Weight(linear) == (try directQuantization(linear, config: config, model: model)))
     }
 
+    /// Embeddings and norms are read from the checkpoint, which is what a server loads (AWQ folds its scales into
+    /// the norms); our checkpoints copy them verbatim, so their figures do not move. A checkpoint without them
+    /// leaves them to the original.
+    @Test func storedNormsAreTheCheckpointsAndMissingOnesTheOriginals() throws {
+        try withTemporaryDirectory { directory in
+            let output = directory.appendingPathComponent("out")
+            try writeTinyCheckpoint(to: output, layout: .modelopt)
+            let config = try Fixtures.tinyConfig()
+            let model = try Fixtures.tinyModel()
+            let changed = LlamaConfig.inputLayerNormName(layer: 1)
+            let dropped = LlamaConfig.finalNormName
+            // Ones in place of the original's norm, and no final norm at all.
+            try rewriteTensors(in: output) { name, data in
+                if name == dropped { return nil }
+                guard name == changed else { return data }
+                // 1.0 in the stored dtype: BF16 0x3F80 or F32 0x3F800000, little-endian.
+                let one: [UInt8] = data.count == 2 * config.hiddenSize ? [0x80, 0x3F] : [0x00, 0x00, 0x80, 0x3F]
+                return Data((0..<config.hiddenSize).flatMap { _ in one })
+            }
+            let checkpoint = try QuantizedCheckpoint(directory: output, originalConfig: config)
+            let source = DequantizedWeightSource(base: model, checkpoint: checkpoint)
+            let shape = [config.hiddenSize]
+            #expect(try source.floats(changed, expectedShape: shape) == [Float](repeating: 1, count: config.hiddenSize))
+            #expect(try model.floats(changed, expectedShape: shape) != [Float](repeating: 1, count: config.hiddenSize))
+            #expect(bits(try source.floats(dropped, expectedShape: shape)) == bits(try model.floats(dropped, expectedShape: shape)))
+        }
+    }
+
     @Test func dequantizedSourceOverridesOnlyLinearWeights() throws {
         try withTemporaryDirectory { directory in
             let output = directory.appendingPathComponent("out")

@@ -24,6 +24,20 @@ func rewriteTensors(in directory: URL, _ edit: (String, Data) -> Data?) throws {
     try FileManager.default.moveItem(atPath: temporary, toPath: path)
 }
 
+/// Adds a tensor to `directory/model.safetensors`, keeping the others as they are.
+func appendTensor(in directory: URL, name: String, dtype: SafeTensorsDType, shape: [Int], data: Data) throws {
+    let path = directory.appendingPathComponent("model.safetensors").path
+    let file = try SafeTensorsFile(path: path)
+    var kept = try file.tensors.map { (PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape), try file.data($0.name)) }
+    kept.append((PlannedTensor(name: name, dtype: dtype, shape: shape), data))
+    let temporary = path + ".new"
+    let writer = try SafeTensorsWriter(path: temporary, tensors: kept.map(\.0))
+    for (tensor, data) in kept { try writer.write(tensor.name, data: data) }
+    try writer.finish()
+    try FileManager.default.removeItem(atPath: path)
+    try FileManager.default.moveItem(atPath: temporary, toPath: path)
+}
+
 /// Rewrites `directory/config.json` through `edit`.
 func editConfig(in directory: URL, _ edit: (inout [String: Any]) -> Void) throws {
     let url = directory.appendingPathComponent("config.json")
@@ -156,6 +170,40 @@ func evaluationError(_ body: () throws -> Void, sourceLocation: SourceLocation =
             let error = evaluationError { _ = try QuantizedCheckpoint(directory: output, originalConfig: try Fixtures.tinyConfig()) }
             #expect(error?.subject == output.path + ": " + dropped)
             #expect(error?.message.contains("missing") == true)
+        }
+    }
+
+    /// modelopt's AWQ exports carry `pre_quant_scale` (the Linear's input is multiplied by it before quantization).
+    /// Ignored, a fixture checkpoint with one such tensor added was judged "+0.2%, fine", and an emulation that ignores
+    /// them put modelopt's SmolLM2 AWQ export at perplexity 2e7 against modelopt's own 57.9: refused.
+    @Test(arguments: [("model.layers.0.self_attn.o_proj.pre_quant_scale", "AWQ"),
+                      ("model.layers.1.self_attn.k_proj.k_scale", "not a tensor of an NVFP4 Llama checkpoint")])
+    func tensorTheEvaluationCannotApplyIsRefused(name: String, reason: String) throws {
+        try withTemporaryDirectory { directory in
+            let output = directory.appendingPathComponent("out")
+            try writeTinyCheckpoint(to: output, layout: .modelopt)
+            let config = try Fixtures.tinyConfig()
+            try appendTensor(in: output, name: name, dtype: .bf16, shape: [config.hiddenSize],
+                             data: Data(repeating: 0x40, count: 2 * config.hiddenSize))
+            let error = evaluationError { _ = try QuantizedCheckpoint(directory: output, originalConfig: config) }
+            #expect(error?.subject == output.appendingPathComponent("model.safetensors").path + ": " + name)
+            #expect(error?.message.contains(reason) == true)
+            #expect(error?.message.contains("perplexity the checkpoint does not have") == true)
+        }
+    }
+
+    @Test func storedNormOfAnotherShapeIsRefused() throws {
+        try withTemporaryDirectory { directory in
+            let output = directory.appendingPathComponent("out")
+            try writeTinyCheckpoint(to: output, layout: .compressedTensors)
+            let config = try Fixtures.tinyConfig()
+            let norm = LlamaConfig.finalNormName
+            try rewriteTensors(in: output) { name, data in name == norm ? nil : data }
+            try appendTensor(in: output, name: norm, dtype: .bf16, shape: [2 * config.hiddenSize],
+                             data: Data(count: 4 * config.hiddenSize))
+            let error = evaluationError { _ = try QuantizedCheckpoint(directory: output, originalConfig: config) }
+            #expect(error?.subject == output.appendingPathComponent("model.safetensors").path + ": " + norm)
+            #expect(error?.message == "has shape [\(2 * config.hiddenSize)], but the original model implies [\(config.hiddenSize)]")
         }
     }
 
