@@ -52,6 +52,10 @@ print(String(format: "%d layers, %d samples, %d tokens, %d chunks (%d spilled): 
              layers, calibrator.sampleCount, calibrator.tokenTotal, calibrator.chunkCount, calibrator.spilledChunkCount,
              seconds, Double(calibrator.tokenTotal * layers) / seconds))
 print(peakResidentMiB())
+// Every Linear's amax as bits, hashed: equal digests across two builds mean equal activation scales.
+let amaxBytes = calibrator.perLinearAmax.sorted { $0.key < $1.key }
+    .flatMap { Array($0.key.utf8) + withUnsafeBytes(of: $0.value.bitPattern.littleEndian, Array.init) }
+print("activation amax digest (\(calibrator.perLinearAmax.count) Linears): \(SHA256Hasher.hexDigest(of: amaxBytes))")
 
 // FLOPs of the calibration forward that a careful implementation cannot avoid: every Linear, plus causal
 // attention (scores and the weighted sum over keys u <= t only).
