@@ -54,8 +54,11 @@ let package = Package(
         .target(name: "GPTQ", dependencies: ["NVFP4", "COpenBLAS"], swiftSettings: numericSettings),
         // The compute-backend protocol that calibration drives.
         .target(name: "ComputeBackend", dependencies: ["LlamaModel", "JobModel"]),
+        // The CPU backend's BF16 element-wise passes (rounding, RMSNorm, RoPE, SwiGLU, softmax, exp) in C, so that they
+        // vectorize with the same f32 results as scalar code: no FMA contraction, optimized in debug builds too.
+        .target(name: "CPUKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         // F32 CPU backend over BLAS.
-        .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS"],
+        .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS", "CPUKernels"],
                 swiftSettings: numericSettings),
         // Calibration data, observers and the layer-streaming calibration loop.
         .target(name: "Calibration", dependencies: ["JobModel", "ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4", "StrictJSON",
@@ -277,7 +280,8 @@ let package = Package(
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "LlamaModelTests", dependencies: ["LlamaModel", "SafeTensors"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
-        .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend", "ComputeBackend", "LlamaModel", "SafeTensors"]),
+        .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend", "CPUKernels", "COpenBLAS", "ComputeBackend", "LlamaModel",
+                                                              "SafeTensors"]),
         .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel", "ComputeBackend",
                                                               "CPUBackend", "SafeTensors"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "ComputeBackend", "CPUBackend", "LlamaModel",

@@ -1,5 +1,6 @@
 import COpenBLAS
 import ComputeBackend
+import CPUKernels
 import Dispatch
 import Foundation
 import LlamaModel
@@ -12,8 +13,11 @@ import NVFP4
 ///
 /// - The Linears of a batch run as one GEMM over all its tokens; q/k/v and gate/up are fused into one GEMM
 ///   each, since they read the same input.
-/// - Attention runs per (sample, query head) in parallel with `concurrentPerform`; the big GEMMs use
-///   OpenBLAS's own threads (see ``CPUBackend/setBLASThreadCount(_:)``).
+/// - Attention runs per (sample, query head) in parallel with `concurrentPerform`, its scores in tiles of 128
+///   queries that multiply only the keys their causal mask lets through; the big GEMMs use OpenBLAS's own threads (see
+///   ``CPUBackend/setBLASThreadCount(_:)``).
+/// - The BF16 element-wise passes run in CPUKernels (vector code with the scalar loops' exact results), split over
+///   the cores by rows, on intermediate arrays reused between calls (``ScratchBuffers``).
 /// - Residual adds are folded into the o_proj and down_proj GEMMs (`beta = 1`).
 ///
 /// With ``ActivationPrecision/float32`` it follows spec §11 with f32 in place of BF16 activations, which shifts
@@ -29,6 +33,9 @@ public struct CPUBackend: ComputeBackend {
 
     /// Upper bound on the logits held at once by ``negativeLogLikelihood(_:batch:tokenIDs:head:)``, in elements.
     public let logitsChunkElements: Int
+
+    /// Reused intermediate arrays of the BF16 forward (shared by copies of the backend; `blasLock` serializes forwards).
+    let scratch = ScratchBuffers()
 
     public init(config: LlamaConfig, logitsChunkElements: Int = 1 << 22, activationPrecision: ActivationPrecision = .float32) {
         self.config = config
@@ -166,29 +173,46 @@ public struct CPUBackend: ComputeBackend {
         }
 
         roundToBFloat16(&hidden.values)
-        var normed = rmsNormBFloat16(hidden.values, weight: layer.inputNorm, width: width, epsilon: epsilon)
+        var normed = scratch.zeros(tokens * width)
+        rmsNormBFloat16(hidden.values, weight: layer.inputNorm, width: width, epsilon: epsilon, into: &normed)
         observeAndTransform(&normed, columns: width, group: .qkv)
-        var qkv = matmulTransposed(normed, rows: tokens, inner: width, weight: layer.qkvWeight, outputs: qkvWidth)
+        var qkv = scratch.zeros(tokens * qkvWidth)
+        accumulateMatmulTransposed(normed, rows: tokens, inner: width, weight: layer.qkvWeight, outputs: qkvWidth, into: &qkv)
         roundToBFloat16(&qkv)
         applyRope(&qkv, batch: batch, rowStride: qkvWidth, roundingToBFloat16: true)
-        var attention = attentionHoldingBLASLock(qkv, batch: batch, rowStride: qkvWidth, roundProbabilities: true)
+        var attention = scratch.zeros(tokens * queryWidth)
+        attentionHoldingBLASLock(qkv, batch: batch, rowStride: qkvWidth, roundProbabilities: true, into: &attention)
+        scratch.recycle(&qkv)
         roundToBFloat16(&attention)
         observeAndTransform(&attention, columns: queryWidth, group: .o)
-        var projected = matmulTransposed(attention, rows: tokens, inner: queryWidth, weight: layer.oWeight, outputs: width)
-        roundToBFloat16(&projected)
-        addRoundingToBFloat16(&hidden.values, projected)
+        var projected = scratch.zeros(tokens * width)
+        accumulateMatmulTransposed(attention, rows: tokens, inner: queryWidth, weight: layer.oWeight, outputs: width,
+                                   into: &projected)
+        scratch.recycle(&attention)
+        addRoundedToBFloat16(&hidden.values, projected)
 
-        normed = rmsNormBFloat16(hidden.values, weight: layer.postAttentionNorm, width: width, epsilon: epsilon)
+        rmsNormBFloat16(hidden.values, weight: layer.postAttentionNorm, width: width, epsilon: epsilon, into: &normed)
         observeAndTransform(&normed, columns: width, group: .gateUp)
-        var gateUp = matmulTransposed(normed, rows: tokens, inner: width, weight: layer.gateUpWeight, outputs: 2 * intermediate)
+        var gateUp = scratch.zeros(tokens * 2 * intermediate)
+        accumulateMatmulTransposed(normed, rows: tokens, inner: width, weight: layer.gateUpWeight, outputs: 2 * intermediate,
+                                   into: &gateUp)
+        scratch.recycle(&normed)
         roundToBFloat16(&gateUp)
-        var activated = swiGLUBFloat16(gateUp, rows: tokens, intermediate: intermediate)
+        var activated = scratch.zeros(tokens * intermediate)
+        swiGLUBFloat16(gateUp, rows: tokens, intermediate: intermediate, into: &activated)
+        scratch.recycle(&gateUp)
         observeAndTransform(&activated, columns: intermediate, group: .down)
-        projected = matmulTransposed(activated, rows: tokens, inner: intermediate, weight: layer.downWeight, outputs: width)
-        roundToBFloat16(&projected)
-        addRoundingToBFloat16(&hidden.values, projected)
+        for index in projected.indices { projected[index] = 0 }
+        accumulateMatmulTransposed(activated, rows: tokens, inner: intermediate, weight: layer.downWeight, outputs: width,
+                                   into: &projected)
+        scratch.recycle(&activated)
+        addRoundedToBFloat16(&hidden.values, projected)
+        scratch.recycle(&projected)
         return observed
     }
+
+    /// Query rows per attention tile (see ``attentionHoldingBLASLock(_:batch:rowStride:roundProbabilities:)``).
+    static let attentionQueryTile = 128
 
     /// Keys per block of PyTorch's CPU flash-attention kernel.
     static let flashKeyBlock = 512
@@ -198,31 +222,7 @@ public struct CPUBackend: ComputeBackend {
     /// BF16, earlier blocks are rescaled in f32 when the max grows, and the f32 sum divides at the end. On return
     /// `row[0..<count]` holds the effective weight of each key.
     static func blockedBFloat16Softmax(_ row: UnsafeMutablePointer<Float>, count: Int) {
-        var runningMax = -Float.infinity
-        var sum: Float = 0
-        var blockMaxima: [Float] = []
-        var start = 0
-        while start < count {
-            let end = min(count, start + flashKeyBlock)
-            var blockMax = -Float.infinity
-            for key in start..<end { blockMax = max(blockMax, row[key]) }
-            let newMax = max(runningMax, blockMax)
-            var blockSum: Float = 0
-            for key in start..<end {
-                let weight = exp(row[key] - newMax)
-                blockSum += weight
-                row[key] = bf16(weight)
-            }
-            sum = (runningMax == -Float.infinity ? 0 : sum * exp(runningMax - newMax)) + blockSum
-            runningMax = newMax
-            blockMaxima.append(newMax)
-            start = end
-        }
-        let inverse = 1 / sum
-        for (block, blockMax) in blockMaxima.enumerated() {
-            let factor = exp(blockMax - runningMax) * inverse
-            for key in (block * flashKeyBlock)..<min(count, (block + 1) * flashKeyBlock) { row[key] *= factor }
-        }
+        cpuk_blocked_softmax_bf16(row, count, flashKeyBlock)
     }
 
     // MARK: - Pieces of the layer
@@ -239,7 +239,27 @@ public struct CPUBackend: ComputeBackend {
             roundToBFloat16(&table.cosines)
             roundToBFloat16(&table.sines)
         }
-        let round: (Float) -> Float = roundingToBFloat16 ? { bf16($0) } : { $0 }
+        if roundingToBFloat16 {
+            // Rows are independent: split them over the cores.
+            let rows = batch.sampleCount == 0 ? [] : (0..<batch.sampleCount).flatMap { sample in
+                batch.rows(ofSample: sample).enumerated().map { (row: $0.element, position: $0.offset) }
+            }
+            qkv.withUnsafeMutableBufferPointer { values in
+                table.cosines.withUnsafeBufferPointer { cosines in
+                    table.sines.withUnsafeBufferPointer { sines in
+                        let shared = UncheckedSendable((values.baseAddress!, cosines.baseAddress!, sines.baseAddress!))
+                        forEachRowRange(rows.count) { range in
+                            let (values, cosines, sines) = shared.value
+                            for (row, position) in rows[range] {
+                                cpuk_rope_bf16(values + row * rowStride, rotatedHeads, headDim, cosines + position * half,
+                                               sines + position * half)
+                            }
+                        }
+                    }
+                }
+            }
+            return
+        }
         qkv.withUnsafeMutableBufferPointer { values in
             for sample in 0..<batch.sampleCount {
                 for (position, row) in batch.rows(ofSample: sample).enumerated() {
@@ -251,8 +271,8 @@ public struct CPUBackend: ComputeBackend {
                             let second = values[base + index + half]
                             let cosine = table.cosines[cosines + index]
                             let sine = table.sines[cosines + index]
-                            values[base + index] = round(round(first * cosine) + round(-second * sine))
-                            values[base + index + half] = round(round(second * cosine) + round(first * sine))
+                            values[base + index] = first * cosine + -second * sine
+                            values[base + index + half] = second * cosine + first * sine
                         }
                     }
                 }
@@ -277,6 +297,14 @@ public struct CPUBackend: ComputeBackend {
 
     func attentionHoldingBLASLock(_ qkv: [Float], batch: SequenceBatch, rowStride: Int,
                                   roundProbabilities: Bool = false) -> [Float] {
+        var output = [Float](repeating: 0, count: batch.totalTokens * config.numAttentionHeads * config.headDim)
+        attentionHoldingBLASLock(qkv, batch: batch, rowStride: rowStride, roundProbabilities: roundProbabilities, into: &output)
+        return output
+    }
+
+    /// Attention into `output` (`[tokens, heads·headDim]`, every element written).
+    func attentionHoldingBLASLock(_ qkv: [Float], batch: SequenceBatch, rowStride: Int, roundProbabilities: Bool,
+                                  into output: inout [Float]) {
         let headDim = config.headDim
         let heads = config.numAttentionHeads
         let queriesPerKeyValue = heads / config.numKeyValueHeads
@@ -284,7 +312,7 @@ public struct CPUBackend: ComputeBackend {
         let keyOffset = queryWidth
         let valueOffset = queryWidth + config.numKeyValueHeads * headDim
         let scale = Float(1 / Double(headDim).squareRoot())
-        var output = [Float](repeating: 0, count: batch.totalTokens * queryWidth)
+        precondition(output.count == batch.totalTokens * queryWidth, "attention output shape does not match")
         // The (sample, head) jobs already fill the cores; OpenBLAS threads inside each small GEMM would only
         // oversubscribe them. Callers hold `blasLock`, so no other GEMM sees the setting.
         let blasThreads = openblas_get_num_threads()
@@ -305,27 +333,42 @@ public struct CPUBackend: ComputeBackend {
                     let queries = input + firstRow * rowStride + head * headDim
                     let keys = input + firstRow * rowStride + keyOffset + keyValueHead * headDim
                     let values = input + firstRow * rowStride + valueOffset + keyValueHead * headDim
+                    // The scores go in tiles of `attentionQueryTile` queries; a tile's last query sees keys 0..<end, so
+                    // its GEMM skips the keys above that, which causal masking zeroes anyway. Each score is the same
+                    // 64-term dot product whatever the tile, as long as OpenBLAS takes its regular path: a last tile
+                    // of fewer than 16 rows joins the one before, since a GEMM with a result of at most 1200
+                    // elements takes its small-matrix kernel, which sums in another order.
+                    // The weighted sum stays one GEMM over all `length` keys (zero weights above each query):
+                    // OpenBLAS splits a GEMM's inner dimension into blocks by its length, so a shorter sum would add
+                    // the same terms in other groups and change the last bits.
                     let scores = UnsafeMutablePointer<Float>.allocate(capacity: length * length)
                     defer { scores.deallocate() }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(length), Int32(length), Int32(headDim),
-                                scale, queries, Int32(rowStride), keys, Int32(rowStride), 0, scores, Int32(length))
-                    for query in 0..<length {
-                        let row = scores + query * length
-                        if roundProbabilities {
-                            Self.blockedBFloat16Softmax(row, count: query + 1)
-                        } else {
-                            var largest = -Float.infinity
-                            for key in 0...query { largest = max(largest, row[key]) }
-                            var sum: Float = 0
-                            for key in 0...query {
-                                let weight = exp(row[key] - largest)
-                                row[key] = weight
-                                sum += weight
+                    var firstQuery = 0
+                    while firstQuery < length {
+                        var end = min(length, firstQuery + Self.attentionQueryTile)
+                        if length - end < 16 { end = length }
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(end - firstQuery), Int32(end), Int32(headDim),
+                                    scale, queries + firstQuery * rowStride, Int32(rowStride), keys, Int32(rowStride),
+                                    0, scores + firstQuery * length, Int32(length))
+                        for query in firstQuery..<end {
+                            let row = scores + query * length
+                            if roundProbabilities {
+                                Self.blockedBFloat16Softmax(row, count: query + 1)
+                            } else {
+                                var largest = -Float.infinity
+                                for key in 0...query { largest = max(largest, row[key]) }
+                                var sum: Float = 0
+                                for key in 0...query {
+                                    let weight = exp(row[key] - largest)
+                                    row[key] = weight
+                                    sum += weight
+                                }
+                                let inverse = 1 / sum
+                                for key in 0...query { row[key] *= inverse }
                             }
-                            let inverse = 1 / sum
-                            for key in 0...query { row[key] *= inverse }
+                            (row + query + 1).update(repeating: 0, count: length - query - 1)
                         }
-                        for key in (query + 1)..<length { row[key] = 0 }
+                        firstQuery = end
                     }
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(length), Int32(headDim), Int32(length),
                                 1, scores, Int32(length), values, Int32(rowStride),
@@ -333,7 +376,6 @@ public struct CPUBackend: ComputeBackend {
                 }
             }
         }
-        return output
     }
 }
 
@@ -387,13 +429,21 @@ func swiGLU(_ gateUp: [Float], rows: Int, intermediate: Int, rounding round: (Fl
 
 /// Max |x| over all values; NaN if any value is NaN.
 public func maxAbsolute(_ values: [Float]) -> Float {
-    var largest: Float = 0
-    var sawNaN = false
-    for value in values {
-        let magnitude = value.magnitude
-        if magnitude > largest { largest = magnitude } else if magnitude.isNaN { sawNaN = true }
+    values.withUnsafeBufferPointer { buffer in
+        guard let origin = buffer.baseAddress else { return 0 }
+        // Each job's max, then the max of those: max is exact and order-free, and a NaN anywhere stays a NaN.
+        let jobs = max(1, min(ProcessInfo.processInfo.activeProcessorCount, buffer.count >> 16))
+        var maxima = [Float](repeating: 0, count: jobs)
+        maxima.withUnsafeMutableBufferPointer { maxima in
+            let shared = UncheckedSendable((origin, maxima.baseAddress!))
+            let count = buffer.count
+            DispatchQueue.concurrentPerform(iterations: jobs) { job in
+                let lower = count * job / jobs, upper = count * (job + 1) / jobs
+                shared.value.1[job] = cpuk_max_abs(shared.value.0 + lower, upper - lower)
+            }
+        }
+        return maxima.withUnsafeBufferPointer { cpuk_max_abs($0.baseAddress, jobs) }
     }
-    return sawNaN ? .nan : largest
 }
 
 /// `x · Wᵀ`: x is `[rows, inner]`, W is `[outputs, inner]`; the result is `[rows, outputs]`.
@@ -414,7 +464,8 @@ func accumulateMatmulTransposed(_ input: [Float], rows: Int, inner: Int, weight:
 
 // MARK: - BF16 rounding points
 
-/// Rounds to the nearest BF16 value (ties to even), kept in an f32. NaN stays NaN.
+/// Rounds to the nearest BF16 value (ties to even), kept in an f32. NaN stays NaN. The scalar definition that the
+/// vector passes (CPUKernels) reproduce.
 @inline(__always)
 func bf16(_ value: Float) -> Float {
     let u = value.bitPattern
@@ -422,33 +473,101 @@ func bf16(_ value: Float) -> Float {
     return Float(bitPattern: (u &+ 0x7FFF &+ ((u >> 16) & 1)) & 0xFFFF_0000)
 }
 
-func roundToBFloat16(_ values: inout [Float]) {
-    values.withUnsafeMutableBufferPointer { buffer in
-        for index in buffer.indices { buffer[index] = bf16(buffer[index]) }
+/// Rows per job below which splitting an element-wise pass over threads costs more than it saves.
+let minimumRowsPerJob = 16
+
+/// Calls `body` on contiguous ranges covering `0..<rows`, one per core, in parallel. The element-wise passes are
+/// independent per row, so the split changes no result.
+func forEachRowRange(_ rows: Int, _ body: (Range<Int>) -> Void) {
+    let jobs = max(1, min(ProcessInfo.processInfo.activeProcessorCount, rows / minimumRowsPerJob))
+    if jobs == 1 {
+        body(0..<rows)
+        return
+    }
+    withoutActuallyEscaping(body) { body in
+        let shared = UncheckedSendable(body)
+        DispatchQueue.concurrentPerform(iterations: jobs) { job in
+            shared.value(rows * job / jobs..<rows * (job + 1) / jobs)
+        }
     }
 }
 
-/// `a = bf16(a + b)`: a residual add in BF16.
-func addRoundingToBFloat16(_ a: inout [Float], _ b: [Float]) {
+/// `forEachRowRange` over a flat buffer of `values.count / width` rows, giving each job its base address and rows.
+func forEachRowRange(_ values: UnsafeMutableBufferPointer<Float>, width: Int,
+                     _ body: (UnsafeMutablePointer<Float>, Int) -> Void) {
+    let base = UncheckedSendable(values.baseAddress)
+    forEachRowRange(values.count / max(width, 1)) { range in
+        if let start = base.value { body(start + range.lowerBound * width, range.count) }
+    }
+}
+
+func roundToBFloat16(_ values: inout [Float]) {
+    values.withUnsafeMutableBufferPointer { buffer in
+        forEachRowRange(buffer, width: 1024) { start, rows in cpuk_round_bf16(start, rows * 1024) }
+        let tail = buffer.count % 1024
+        if tail > 0 { cpuk_round_bf16(buffer.baseAddress! + buffer.count - tail, tail) }
+    }
+}
+
+/// `a = bf16(a + bf16(b))`: a Linear output rounded to BF16, then the residual add in BF16.
+func addRoundedToBFloat16(_ a: inout [Float], _ b: [Float]) {
     precondition(a.count == b.count, "residual shapes do not match")
-    for index in a.indices { a[index] = bf16(a[index] + b[index]) }
+    b.withUnsafeBufferPointer { addend in
+        let addend = UncheckedSendable(addend.baseAddress)
+        a.withUnsafeMutableBufferPointer { buffer in
+            guard let origin = buffer.baseAddress, let addendOrigin = addend.value else { return }
+            forEachRowRange(buffer, width: 1024) { start, rows in
+                cpuk_add_rounded_bf16(start, addendOrigin + (start - origin), rows * 1024)
+            }
+            let tail = buffer.count % 1024
+            if tail > 0 { cpuk_add_rounded_bf16(origin + buffer.count - tail, addendOrigin + buffer.count - tail, tail) }
+        }
+    }
 }
 
 /// transformers' LlamaRMSNorm on BF16 input: normalize in f32, round to BF16, multiply by the weight, round again.
 public func rmsNormBFloat16(_ values: [Float], weight: [Float], width: Int, epsilon: Float) -> [Float] {
-    precondition(weight.count == width && values.count % width == 0, "RMSNorm shapes do not match")
     var output = [Float](repeating: 0, count: values.count)
-    for row in 0..<(values.count / width) {
-        let base = row * width
-        var sumOfSquares: Float = 0
-        for index in base..<(base + width) { sumOfSquares += values[index] * values[index] }
-        let inverseRMS = 1 / (sumOfSquares / Float(width) + epsilon).squareRoot()
-        for index in 0..<width { output[base + index] = bf16(bf16(values[base + index] * inverseRMS) * weight[index]) }
-    }
+    rmsNormBFloat16(values, weight: weight, width: width, epsilon: epsilon, into: &output)
     return output
+}
+
+/// ``rmsNormBFloat16(_:weight:width:epsilon:)`` into `output` (same count as `values`).
+func rmsNormBFloat16(_ values: [Float], weight: [Float], width: Int, epsilon: Float, into output: inout [Float]) {
+    precondition(weight.count == width && values.count % width == 0 && output.count == values.count,
+                 "RMSNorm shapes do not match")
+    values.withUnsafeBufferPointer { input in
+        weight.withUnsafeBufferPointer { weight in
+            output.withUnsafeMutableBufferPointer { output in
+                let shared = UncheckedSendable((input.baseAddress, weight.baseAddress))
+                forEachRowRange(output, width: width) { start, rows in
+                    guard let input = shared.value.0, let weight = shared.value.1 else { return }
+                    let offset = start - output.baseAddress!
+                    cpuk_rms_norm_bf16(input + offset, weight, start, rows, width, epsilon)
+                }
+            }
+        }
+    }
 }
 
 /// `bf16(bf16(silu(g)) · u)`: SiLU of a BF16 tensor is computed in f32 and rounded, then the product is rounded.
 public func swiGLUBFloat16(_ gateUp: [Float], rows: Int, intermediate: Int) -> [Float] {
-    swiGLU(gateUp, rows: rows, intermediate: intermediate, rounding: bf16)
+    var output = [Float](repeating: 0, count: rows * intermediate)
+    swiGLUBFloat16(gateUp, rows: rows, intermediate: intermediate, into: &output)
+    return output
+}
+
+/// ``swiGLUBFloat16(_:rows:intermediate:)`` into `output` (`rows · intermediate` values).
+func swiGLUBFloat16(_ gateUp: [Float], rows: Int, intermediate: Int, into output: inout [Float]) {
+    precondition(gateUp.count == rows * 2 * intermediate && output.count == rows * intermediate, "SwiGLU shapes do not match")
+    gateUp.withUnsafeBufferPointer { input in
+        output.withUnsafeMutableBufferPointer { output in
+            let input = UncheckedSendable(input.baseAddress)
+            forEachRowRange(output, width: intermediate) { start, count in
+                guard let input = input.value else { return }
+                let row = (start - output.baseAddress!) / intermediate
+                cpuk_swiglu_bf16(input + row * 2 * intermediate, start, count, intermediate)
+            }
+        }
+    }
 }
