@@ -197,7 +197,6 @@ public struct CPUBackend: ComputeBackend {
         accumulateMatmulTransposed(normed, rows: tokens, inner: width, weight: layer.gateUpWeight, outputs: 2 * intermediate,
                                    into: &gateUp)
         scratch.recycle(&normed)
-        roundToBFloat16(&gateUp)
         var activated = scratch.zeros(tokens * intermediate)
         swiGLUBFloat16(gateUp, rows: tokens, intermediate: intermediate, into: &activated)
         scratch.recycle(&gateUp)
@@ -350,11 +349,13 @@ public struct CPUBackend: ComputeBackend {
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(end - firstQuery), Int32(end), Int32(headDim),
                                     scale, queries + firstQuery * rowStride, Int32(rowStride), keys, Int32(rowStride),
                                     0, scores + firstQuery * length, Int32(length))
+                        if roundProbabilities {
+                            cpuk_causal_softmax_bf16(scores + firstQuery * length, length, firstQuery, end - firstQuery,
+                                                     Self.flashKeyBlock)
+                        }
                         for query in firstQuery..<end {
                             let row = scores + query * length
-                            if roundProbabilities {
-                                Self.blockedBFloat16Softmax(row, count: query + 1)
-                            } else {
+                            if !roundProbabilities {
                                 var largest = -Float.infinity
                                 for key in 0...query { largest = max(largest, row[key]) }
                                 var sum: Float = 0
@@ -551,6 +552,7 @@ func rmsNormBFloat16(_ values: [Float], weight: [Float], width: Int, epsilon: Fl
 }
 
 /// `bf16(bf16(silu(g)) · u)`: SiLU of a BF16 tensor is computed in f32 and rounded, then the product is rounded.
+/// g and u are rounded to BF16 on the way in, so the forward passes the gate/up GEMM's raw output.
 public func swiGLUBFloat16(_ gateUp: [Float], rows: Int, intermediate: Int) -> [Float] {
     var output = [Float](repeating: 0, count: rows * intermediate)
     swiGLUBFloat16(gateUp, rows: rows, intermediate: intermediate, into: &output)

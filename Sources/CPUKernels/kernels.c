@@ -200,11 +200,11 @@ void cpuk_swiglu_bf16(const float *gate_up, float *out, size_t rows, size_t inte
         float *o = out + row * intermediate;
         for (size_t start = 0; start < intermediate; start += 256) {
             size_t n = intermediate - start < 256 ? intermediate - start : 256;
-            for (size_t i = 0; i < n; i++) exponentials[i] = -gate[start + i];
+            for (size_t i = 0; i < n; i++) exponentials[i] = -bf16(gate[start + i]);
             cpuk_exp(exponentials, exponentials, n);
             for (size_t i = 0; i < n; i++) {
-                float g = gate[start + i];
-                o[start + i] = bf16(bf16(g / (1.0f + exponentials[i])) * up[start + i]);
+                float g = bf16(gate[start + i]);
+                o[start + i] = bf16(bf16(g / (1.0f + exponentials[i])) * bf16(up[start + i]));
             }
         }
     }
@@ -255,4 +255,73 @@ void cpuk_blocked_softmax_bf16(float *row, size_t count, size_t block) {
         float factor = expf(maxima[b] - running_max) * inverse;
         for (size_t key = start; key < end; key++) row[key] *= factor;
     }
+}
+
+// Eight consecutive query rows at once: row j of the group has `first_count + j` keys. Each row's numbers are exactly
+// those of cpuk_blocked_softmax_bf16; only the f32 block sums, each a chain of dependent adds in key order, are
+// interleaved across the rows so that eight chains are in flight instead of one.
+enum { softmax_group = 8 };
+
+static void blocked_softmax_group(float *first_row, size_t ld, size_t first_count, size_t block) {
+    float running_max[softmax_group], sum[softmax_group];
+    size_t blocks = (first_count + softmax_group - 1 + block - 1) / block;
+    float maxima[softmax_group][blocks];
+    for (size_t j = 0; j < softmax_group; j++) { running_max[j] = -INFINITY; sum[j] = 0; }
+    for (size_t b = 0; b < blocks; b++) {
+        size_t start = b * block, end[softmax_group], common_end = start + block;
+        float new_max[softmax_group], block_sum[softmax_group];
+        int all_active = 1;
+        for (size_t j = 0; j < softmax_group; j++) {
+            size_t count = first_count + j;
+            block_sum[j] = 0;
+            if (start >= count) { all_active = 0; end[j] = start; continue; }
+            end[j] = start + block < count ? start + block : count;
+            common_end = end[j] < common_end ? end[j] : common_end;
+            float *row = first_row + j * ld;
+            new_max[j] = swift_max(running_max[j], block_max(row, start, end[j]));
+            for (size_t key = start; key < end[j]; key++) row[key] -= new_max[j];
+            cpuk_exp(row + start, row + start, end[j] - start);
+        }
+        size_t sequential_from = start;
+        if (all_active) {
+            float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+            const float *r0 = first_row, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld, *r4 = r3 + ld, *r5 = r4 + ld,
+                        *r6 = r5 + ld, *r7 = r6 + ld;
+            for (size_t key = start; key < common_end; key++) {
+                s0 += r0[key]; s1 += r1[key]; s2 += r2[key]; s3 += r3[key];
+                s4 += r4[key]; s5 += r5[key]; s6 += r6[key]; s7 += r7[key];
+            }
+            block_sum[0] = s0; block_sum[1] = s1; block_sum[2] = s2; block_sum[3] = s3;
+            block_sum[4] = s4; block_sum[5] = s5; block_sum[6] = s6; block_sum[7] = s7;
+            sequential_from = common_end;
+        }
+        for (size_t j = 0; j < softmax_group; j++) {
+            if (start >= first_count + j) continue;
+            float *row = first_row + j * ld;
+            float block_total = block_sum[j];
+            for (size_t key = sequential_from; key < end[j]; key++) block_total += row[key];
+            for (size_t key = start; key < end[j]; key++) row[key] = bf16(row[key]);
+            sum[j] = (running_max[j] == -INFINITY ? 0 : sum[j] * expf(running_max[j] - new_max[j])) + block_total;
+            running_max[j] = new_max[j];
+            maxima[j][b] = new_max[j];
+        }
+    }
+    for (size_t j = 0; j < softmax_group; j++) {
+        float *row = first_row + j * ld;
+        size_t count = first_count + j;
+        float inverse = 1 / sum[j];
+        for (size_t b = 0; b * block < count; b++) {
+            size_t start = b * block, end = start + block < count ? start + block : count;
+            float factor = expf(maxima[j][b] - running_max[j]) * inverse;
+            for (size_t key = start; key < end; key++) row[key] *= factor;
+        }
+    }
+}
+
+void cpuk_causal_softmax_bf16(float *scores, size_t ld, size_t first_query, size_t rows, size_t block) {
+    size_t r = 0;
+    for (; r + softmax_group <= rows; r += softmax_group) {
+        blocked_softmax_group(scores + r * ld, ld, first_query + r + 1, block);
+    }
+    for (; r < rows; r++) cpuk_blocked_softmax_bf16(scores + r * ld, first_query + r + 1, block);
 }

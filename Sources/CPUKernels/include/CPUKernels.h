@@ -21,7 +21,9 @@ float cpuk_max_abs(const float *x, size_t count);
 /// squares accumulated in f32 in index order.
 void cpuk_rms_norm_bf16(const float *x, const float *weight, float *out, size_t rows, size_t width, float epsilon);
 
-/// out[r, i] = bf16(bf16(g / (1 + exp(-g))) · u) for rows laid out as [gate (intermediate) | up (intermediate)].
+/// out[r, i] = bf16(bf16(g / (1 + exp(-g))) · u) for rows laid out as [gate (intermediate) | up (intermediate)],
+/// with g and u rounded to BF16 first (the gate/up GEMM's output rounding, folded in: rounding is idempotent, so
+/// inputs already in BF16 give the same result).
 void cpuk_swiglu_bf16(const float *gate_up, float *out, size_t rows, size_t intermediate);
 
 /// RoPE of `heads` adjacent heads of one token in BF16 (cos/sin already BF16):
@@ -30,6 +32,10 @@ void cpuk_rope_bf16(float *row, size_t heads, size_t head_dim, const float *cosi
 
 /// PyTorch's CPU flash-attention softmax for BF16, keys in blocks of `block` (see the Swift caller).
 void cpuk_blocked_softmax_bf16(float *row, size_t count, size_t block);
+
+/// cpuk_blocked_softmax_bf16 on `rows` consecutive rows of a causal score matrix (leading dimension `ld`): row r
+/// holds query first_query + r and softmaxes its first first_query + r + 1 keys. Same results, faster.
+void cpuk_causal_softmax_bf16(float *scores, size_t ld, size_t first_query, size_t rows, size_t block);
 
 /// exp of each value as the C library's expf computes it (the vector path where it is known to agree).
 void cpuk_exp(const float *x, float *out, size_t count);
