@@ -151,7 +151,7 @@ let package = Package(
         ]),
         // The Worker distributed actor (a layer range: calibrate, forward, export) and workerd's service.
         .target(name: "Worker", dependencies: [
-            "ClusterProtocol", "ActorSystem", "Transport", "QuantizeJob", "LlamaModel", "ComputeBackend", "CPUBackend",
+            "ClusterProtocol", "ActorSystem", "Transport", "RDMATransport", "QuantizeJob", "LlamaModel", "ComputeBackend", "CPUBackend",
             "Calibration", "Checkpoint", "Evaluation", "SafeTensors", "NVFP4", "JobModel", "ClusterMetrics",
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "NIOCore", package: "swift-nio"),

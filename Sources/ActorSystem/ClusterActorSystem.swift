@@ -68,6 +68,34 @@ public struct IncomingBulkStream: Sendable {
     public var tensors: IncomingTensors { transport.incomingTensors }
 }
 
+/// Moves an incoming bulk connection onto another transport when its first tensor is `offerTensorID` (RDMA's offer):
+/// `answer` gets the offer's bytes and the connection to reply on, and returns the transport that carries the link's
+/// tensors from then on, or nil to keep the link on the connection. This module knows only that contract.
+public struct BulkLinkUpgrade: Sendable {
+    public let offerTensorID: UInt64
+    public let maxOfferBytes: Int
+    public let answer: @Sendable (_ peer: String, _ offer: Data, _ connection: TCPActivationTransport) async throws -> UpgradedBulkLink?
+
+    public init(offerTensorID: UInt64, maxOfferBytes: Int,
+                answer: @escaping @Sendable (_ peer: String, _ offer: Data, _ connection: TCPActivationTransport) async throws -> UpgradedBulkLink?) {
+        self.offerTensorID = offerTensorID
+        self.maxOfferBytes = maxOfferBytes
+        self.answer = answer
+    }
+}
+
+/// The transport an upgraded bulk link runs on, and how to close it. It is closed when it ends or fails, and when
+/// the bulk connection (which stays open beside it) closes.
+public struct UpgradedBulkLink: Sendable {
+    public let transport: any ActivationTransport
+    public let close: @Sendable () async -> Void
+
+    public init(transport: any ActivationTransport, close: @escaping @Sendable () async -> Void) {
+        self.transport = transport
+        self.close = close
+    }
+}
+
 extension ClusterActorSystem {
     /// Hands every tensor that arrives on any incoming bulk connection, whole, to `receive`, until the system shuts
     /// down. Connections are read side by side; one that breaks is logged and the others go on.
@@ -75,33 +103,75 @@ extension ClusterActorSystem {
     /// (closing that data path), and more bytes than that fail it, so a peer never makes this node buffer more than
     /// the tensor it is due to send. With `acknowledge`, each tensor taken whole is acknowledged to its sender on the
     /// same connection (``ActivationTransport/acknowledge(id:byteCount:)``) before `receive` runs, so that a sender
-    /// reading ``ActivationTransport/acknowledgements()`` knows what to resend after a broken link.
+    /// reading ``ActivationTransport/acknowledgements()`` knows what to resend after a broken link. With `upgrade`, a
+    /// connection whose first tensor is its offer may move to the transport the upgrade answers with; tensors and
+    /// acknowledgements then travel there.
     public func receiveIncomingTensors(
         logger: Logger,
         acknowledge: Bool = false,
+        upgrade: BulkLinkUpgrade? = nil,
         expectedBytes: @escaping @Sendable (_ peer: String, _ id: UInt64) async -> Int? = { _, _ in .max },
         _ receive: @escaping @Sendable (_ peer: String, _ id: UInt64, _ bytes: Data) async -> Void
     ) async {
         await withTaskGroup(of: Void.self) { group in
             for await stream in incomingBulkStreams {
                 group.addTask {
+                    var upgraded: UpgradedBulkLink?
                     do {
-                        for try await tensor in stream.tensors {
-                            guard let limit = await expectedBytes(stream.peer.name, tensor.id) else {
-                                throw TransportError.bulkTransferFailed(
-                                    tensorID: tensor.id, reason: "\(stream.peer.name) is not due to send this tensor here")
+                        var tensors = stream.tensors.makeAsyncIterator()
+                        var first = true
+                        while let tensor = try await tensors.next() {
+                            defer { first = false }
+                            if first, let upgrade, tensor.id == upgrade.offerTensorID {
+                                let offer = try await tensor.chunks.collectData(maxBytes: upgrade.maxOfferBytes)
+                                guard let link = try await upgrade.answer(stream.peer.name, offer, stream.transport) else {
+                                    continue
+                                }
+                                upgraded = link
+                                // The bulk connection is the link's liveness: when it goes, so does the upgraded link.
+                                let connection = stream.transport.connection
+                                Task {
+                                    _ = await connection.closeReason()
+                                    await link.close()
+                                }
+                                try await Self.take(from: link.transport, peer: stream.peer.name, acknowledge: acknowledge,
+                                                    expectedBytes: expectedBytes, receive)
+                                break
                             }
-                            let bytes = try await tensor.chunks.collectData(maxBytes: limit)
-                            if acknowledge { try await stream.transport.acknowledge(id: tensor.id, byteCount: bytes.count) }
-                            await receive(stream.peer.name, tensor.id, bytes)
+                            try await Self.take(tensor, on: stream.transport, peer: stream.peer.name,
+                                                acknowledge: acknowledge, expectedBytes: expectedBytes, receive)
                         }
                     } catch {
                         logger.warning("data path from \(stream.peer.name) closed: \(error)")
-                        await stream.transport.connection.close()
                     }
+                    await upgraded?.close()
+                    await stream.transport.connection.close()
                 }
             }
         }
+    }
+
+    private static func take<T: ActivationTransport>(
+        from transport: T, peer: String, acknowledge: Bool,
+        expectedBytes: @escaping @Sendable (_ peer: String, _ id: UInt64) async -> Int?,
+        _ receive: @escaping @Sendable (_ peer: String, _ id: UInt64, _ bytes: Data) async -> Void
+    ) async throws {
+        for try await tensor in transport.incomingTensors {
+            try await take(tensor, on: transport, peer: peer, acknowledge: acknowledge, expectedBytes: expectedBytes, receive)
+        }
+    }
+
+    private static func take<T: ActivationTransport>(
+        _ tensor: IncomingTensor, on transport: T, peer: String, acknowledge: Bool,
+        expectedBytes: @escaping @Sendable (_ peer: String, _ id: UInt64) async -> Int?,
+        _ receive: @escaping @Sendable (_ peer: String, _ id: UInt64, _ bytes: Data) async -> Void
+    ) async throws {
+        guard let limit = await expectedBytes(peer, tensor.id) else {
+            throw TransportError.bulkTransferFailed(tensorID: tensor.id, reason: "\(peer) is not due to send this tensor here")
+        }
+        let bytes = try await tensor.chunks.collectData(maxBytes: limit)
+        if acknowledge { try await transport.acknowledge(id: tensor.id, byteCount: bytes.count) }
+        await receive(peer, tensor.id, bytes)
     }
 }
 

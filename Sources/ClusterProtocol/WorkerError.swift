@@ -18,6 +18,9 @@ public enum WorkerError: Error, Codable, Sendable, Equatable, CustomStringConver
     case tokenIDsDoNotMatchPlan(worker: String, reason: String)
     /// The data path to the next range stayed down longer than the worker's `--link-timeout`.
     case successorUnreachable(worker: String, successor: String, seconds: Int, reason: String)
+    /// `--transport rdma`, and the link to `peer` cannot run over RDMA: the peer refused (its reason), or the
+    /// exchange failed.
+    case rdmaLinkRefused(worker: String, peer: String, reason: String)
 
     public var description: String {
         switch self {
@@ -37,6 +40,8 @@ public enum WorkerError: Error, Codable, Sendable, Equatable, CustomStringConver
             "worker \(worker) received calibration token ids that are not the plan's: \(reason)"
         case .successorUnreachable(let worker, let successor, let seconds, let reason):
             "worker \(worker) could not send hidden states to \(successor) for \(seconds) s (--link-timeout): \(reason)"
+        case .rdmaLinkRefused(let worker, let peer, let reason):
+            "worker \(worker) runs with --transport rdma, but the link to \(peer) cannot use RDMA: \(reason)"
         }
     }
 }

@@ -115,7 +115,7 @@ public struct MetricsOptions: ParsableArguments {
 /// `--transport auto|tcp|rdma`, `--rdma-device`, `--rdma-gid-index`: how hidden states travel to the next worker.
 public struct ActivationTransportOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "How hidden states travel between workers: auto (RDMA when this node has a usable verbs port, else TCP, logging why), tcp, or rdma (fail at start, naming what is missing, when RDMA cannot be used). workerd does not open RDMA links yet (the RDMA data plane runs only in `coordctl doctor rdma`'s loopback test), so links run over TCP and rdma always fails; `coordctl doctor rdma` shows what the node has.",
+        "How hidden states travel between workers: auto (offer RDMA to the next worker when this node has a usable verbs port; TCP where it has none or the peer refuses, logging why), tcp, or rdma (fail at start, naming what is missing, when RDMA cannot be used here, and fail the job when the next worker refuses it). An RDMA link that fails mid-job falls back to TCP for the rest of the job. Tested on a simulated fabric only, never on RDMA hardware; `coordctl doctor rdma` shows what the node has.",
         valueName: "auto|tcp|rdma"))
     public var transport: ActivationTransportPreference = .auto
 
@@ -149,6 +149,18 @@ public struct ActivationTransportOptions: ParsableArguments {
         }
         ActivationTransportSelector.log(decision, preference: transport, logger: logger)
         return decision
+    }
+
+    /// ``decide(logger:survey:)``, then opens the chosen device for data: the setup workerd's links run on. A device
+    /// that cannot carry data fails `rdma` and turns `auto` to TCP.
+    public func setup(logger: Logger, locator: VerbsLibraryLocator = VerbsLibraryLocator()) throws -> ActivationLinkSetup {
+        let decision = try decide(logger: logger, survey: { RDMASurvey.take(locator: locator, logger: Logger(label: "rdma")) })
+        do throws(RDMASelectionError) {
+            return try ActivationLinkSetup.open(decision, preference: transport,
+                                                provider: { () throws(VerbsError) in try locator.open() }, logger: logger)
+        } catch {
+            throw RDMATransportUnavailable(reason: error)
+        }
     }
 }
 

@@ -21,17 +21,22 @@ public final class ActivationLinkChoice: Sendable {
     /// What the next dial uses, and why.
     public var current: ActivationTransportDecision { state.withLockedValue { $0 } }
 
+    /// The link cannot use RDMA (the peer refused it, or the exchange failed): later dials use TCP. Logged once.
+    public func fallBack(reason: String) {
+        let changed: Bool = state.withLockedValue { decision in
+            guard decision.transport == .rdma else { return false }
+            decision = ActivationTransportDecision(transport: .tcp, reason: reason)
+            return true
+        }
+        if changed {
+            logger.warning("activation link falls back to TCP", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+        }
+    }
+
     /// An RDMA connection of this link ended. If it failed under the data, later dials use TCP; a clean close
     /// (or a link that never failed) changes nothing.
     public func connectionEnded(_ transport: RDMAActivationTransport) {
         guard let failure = transport.failure, failure.isLinkFailure else { return }
-        let changed: Bool = state.withLockedValue { decision in
-            guard decision.transport == .rdma else { return false }
-            decision = ActivationTransportDecision(transport: .tcp, reason: "RDMA link failed mid-job: \(failure)")
-            return true
-        }
-        if changed {
-            logger.warning("activation link falls back to TCP", metadata: ["peer": "\(peer)", "reason": "\(failure)"])
-        }
+        fallBack(reason: "RDMA link failed mid-job: \(failure)")
     }
 }

@@ -45,9 +45,8 @@ public enum RDMASelectionError: Error, CustomStringConvertible, Equatable, Senda
     case gidNotRoCEv2(device: String, port: Int, index: Int, type: String)
     /// An Ethernet port with no RoCE v2 GID: the interface has no IP address, or RoCE v2 is off.
     case noRoCEv2GID(device: String, port: Int)
-    /// A usable port exists, but workerd does not open RDMA links between workers yet (the data plane,
-    /// ``RDMAActivationTransport``, is built; wiring it into the workers' links is not).
-    case workerLinksNotBuilt(endpoint: RDMAEndpoint)
+    /// The chosen device was found by the survey but offers no data plane (it could not be opened for queue pairs).
+    case noDataPlane(device: String, reason: String)
 
     public var description: String {
         switch self {
@@ -70,8 +69,8 @@ public enum RDMASelectionError: Error, CustomStringConvertible, Equatable, Senda
             return "--rdma-gid-index \(index): GID \(index) of \(device) port \(port) is \(type), not RoCE v2; pick a RoCE v2 GID (`coordctl doctor rdma` marks them)"
         case let .noRoCEv2GID(device, port):
             return "\(device) port \(port) is Ethernet but has no RoCE v2 GID: give its network interface an IP address"
-        case let .workerLinksNotBuilt(endpoint):
-            return "found \(endpoint), but workerd does not open RDMA links yet (the RDMA data plane runs only in `coordctl doctor rdma`'s loopback test); use --transport tcp or auto"
+        case let .noDataPlane(device, reason):
+            return "RDMA device \(device) cannot carry data: \(reason)"
         }
     }
 }
@@ -80,6 +79,14 @@ public enum RDMASelectionError: Error, CustomStringConvertible, Equatable, Senda
 public struct ActivationTransportDecision: Sendable, Equatable {
     public let transport: ActivationTransportKind
     public let reason: String
+    /// The port and GID RDMA links open on; nil for TCP.
+    public let endpoint: RDMAEndpoint?
+
+    public init(transport: ActivationTransportKind, reason: String, endpoint: RDMAEndpoint? = nil) {
+        self.transport = transport
+        self.reason = reason
+        self.endpoint = endpoint
+    }
 }
 
 /// Resolves `--transport`, `--rdma-device` and `--rdma-gid-index` against what the node has.
@@ -93,12 +100,12 @@ public enum ActivationTransportSelector {
             return ActivationTransportDecision(transport: .tcp, reason: "--transport tcp")
         case .rdma:
             let endpoint = try usableEndpoint(in: survey(), device: device, gidIndex: gidIndex)
-            throw RDMASelectionError.workerLinksNotBuilt(endpoint: endpoint)
+            return ActivationTransportDecision(transport: .rdma, reason: "--transport rdma: \(endpoint)", endpoint: endpoint)
         case .auto:
             do throws(RDMASelectionError) {
                 let endpoint = try usableEndpoint(in: survey(), device: device, gidIndex: gidIndex)
-                return ActivationTransportDecision(
-                    transport: .tcp, reason: "\(endpoint) is usable, but workerd does not open RDMA links yet")
+                // Each link still offers RDMA to its peer and stays on TCP where the peer refuses.
+                return ActivationTransportDecision(transport: .rdma, reason: "\(endpoint) is usable", endpoint: endpoint)
             } catch {
                 return ActivationTransportDecision(transport: .tcp, reason: error.description)
             }

@@ -16,6 +16,7 @@ import JobModel
 import LlamaModel
 import Logging
 import QuantizeJob
+import RDMATransport
 import SafeTensors
 import Transport
 
@@ -34,6 +35,10 @@ public distributed actor Worker: WorkerEndpoint {
     let memoryBudget: Int
     /// How the data path to the next range recovers from a dropped link (`--link-timeout`).
     let linkPolicy: SuccessorLink.RetryPolicy
+    /// What links to the next range run on (`--transport`); see ``ActivationLinks``.
+    let activationLinks: ActivationLinkSetup
+    /// The current job's link to the next range: its transport now, and why.
+    private var successorChoice: ActivationLinkChoice?
     let compute = ComputeQueue(label: "workerd.compute")
     /// Exports run beside calibration (layer L quantizes and streams while layer L+1 calibrates).
     let exportQueue = ComputeQueue(label: "workerd.export")
@@ -47,7 +52,7 @@ public distributed actor Worker: WorkerEndpoint {
                 coordinator: NodeAddress, coordinatorName: String = WellKnownActor.coordinatorNode,
                 chunkDelay: Duration = .zero,
                 memoryBudget: Int = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8,
-                linkTimeout: Duration = .seconds(60), logger: Logger) {
+                linkTimeout: Duration = .seconds(60), activationLinks: ActivationLinkSetup = .tcp(), logger: Logger) {
         self.actorSystem = actorSystem
         self.name = name
         self.device = device
@@ -57,6 +62,7 @@ public distributed actor Worker: WorkerEndpoint {
         self.chunkDelay = chunkDelay
         self.memoryBudget = memoryBudget
         self.linkPolicy = SuccessorLink.RetryPolicy(reconnectDeadline: linkTimeout)
+        self.activationLinks = activationLinks
         self.logger = logger
         self.metrics = WorkerMetrics(worker: name)
         // Present from the start (0 until a job), so a scrape sees every series of this worker.
@@ -97,12 +103,15 @@ public distributed actor Worker: WorkerEndpoint {
             let endpoint = ClusterEndpoint(host: next.host, port: next.port, node: assignment.successorName ?? "")
             let system = actorSystem
             let (jobID, attempt) = (assignment.jobID, assignment.attempt)
-            let link = SuccessorLink(worker: name, successor: assignment.successorName ?? "\(next)",
+            let successorName = assignment.successorName ?? "\(next)"
+            let setup = activationLinks
+            let choice = ActivationLinkChoice(initial: setup.decision, peer: successorName, logger: logger)
+            successorChoice = choice
+            let link = SuccessorLink(worker: name, successor: successorName,
                                      policy: linkPolicy, metrics: metrics, logger: logger, dial: {
                 let transport = try await system.openBulkTransport(to: endpoint)
-                return SuccessorLink.Connection(send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
-                                                acknowledgements: transport.acknowledgements(),
-                                                close: { await transport.connection.close() })
+                return try await ActivationLinks.connection(over: transport, setup: setup, choice: choice,
+                                                            worker: name, logger: logger)
             }, onLinkDown: { [weak self] error in
                 await self?.whenLocal { await $0.reportLinkDown(jobID: jobID, attempt: attempt, error: error) }
             })
@@ -347,6 +356,10 @@ public distributed actor Worker: WorkerEndpoint {
     public func stopForShutdown() async {
         if let job { await drop(job) }
     }
+
+    /// The transport of the current job's link to the next range and why (it turns to TCP for good when an RDMA
+    /// connection of it fails); nil when this range has no successor.
+    public func successorLinkTransport() -> ActivationTransportDecision? { successorChoice?.current }
 
     private func drop(_ old: ActiveRangeJob) async {
         old.cancel()

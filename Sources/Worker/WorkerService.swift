@@ -4,6 +4,7 @@ import Distributed
 import Foundation
 import JobModel
 import Logging
+import RDMATransport
 import ServiceLifecycle
 import Transport
 
@@ -31,6 +32,8 @@ public struct WorkerService: Service {
         /// How long the data path to the next range may stay down before the send fails (`--link-timeout`); the
         /// worker dials again with backoff meanwhile and resends the chunk in flight.
         public var linkTimeout: Duration = .seconds(60)
+        /// What activation links to and from other workers run on (`--transport`): TCP unless set.
+        public var activationLinks: ActivationLinkSetup = .tcp()
 
         public init(coordinator: NodeAddress, listen: NodeAddress, name: String, device: String, token: ClusterToken?,
                     scratchDirectory: URL) {
@@ -85,7 +88,7 @@ public struct WorkerService: Service {
                    scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
                    coordinatorName: configuration.coordinatorName,
                    chunkDelay: configuration.chunkDelay, memoryBudget: configuration.memoryBudget,
-                   linkTimeout: configuration.linkTimeout, logger: logger)
+                   linkTimeout: configuration.linkTimeout, activationLinks: configuration.activationLinks, logger: logger)
         }
         logger.info("workerd listening", metadata: ["address": "\(advertisedAddress)", "coordinator": "\(configuration.coordinator)"])
         let info: @Sendable () -> WorkerInfo = { WorkerInfo(name: configuration.name, address: advertisedAddress, device: configuration.device,
@@ -103,8 +106,10 @@ public struct WorkerService: Service {
             }
             group.addTask {
                 // Every incoming bulk connection is the predecessor streaming hidden states; it resends what is not
-                // acknowledged when its link breaks.
-                await system.receiveIncomingTensors(logger: logger, acknowledge: true, expectedBytes: { peer, id in
+                // acknowledged when its link breaks. It may offer RDMA first; this node's setup answers.
+                await system.receiveIncomingTensors(logger: logger, acknowledge: true,
+                                                    upgrade: ActivationLinks.upgrade(setup: configuration.activationLinks, logger: logger),
+                                                    expectedBytes: { peer, id in
                     await worker.whenLocal { $0.expectedHiddenStateBytes(from: peer, id: id) } ?? nil
                 }) { peer, id, bytes in
                     await worker.whenLocal { await $0.receiveHiddenStates(from: peer, id: id, bytes: bytes) }

@@ -28,10 +28,12 @@ struct Workerd: AsyncParsableCommand {
             authentication failures; Docs/operations.md#metrics lists every series). A bare port listens on \
             loopback; off unless given.
 
-            Transport: --transport auto (default) would use RDMA verbs when this node has an ACTIVE port, and logs \
-            why it uses TCP instead; --transport rdma refuses to start, naming what is missing. This build has no \
-            RDMA data plane yet, so worker-to-worker links run over TCP. `coordctl doctor rdma` lists the node's \
-            devices, ports and GIDs.
+            Transport: --transport auto (default) offers RDMA verbs to the next worker when this node has an ACTIVE \
+            port, and stays on TCP where it has none or the next worker refuses, logging why; --transport rdma \
+            refuses to start, naming what is missing, and fails the job if the next worker refuses RDMA. An RDMA \
+            link that fails mid-job falls back to TCP for the rest of the job. The RDMA links have run only on a \
+            simulated fabric in the tests, never on RDMA hardware. `coordctl doctor rdma` lists the node's devices, \
+            ports and GIDs.
             """,
         version: commandLineVersion)
 
@@ -86,8 +88,7 @@ struct Workerd: AsyncParsableCommand {
         let workerName = name ?? transportTLS?.name ?? ProcessInfo.processInfo.hostName
         let logger = Logger(label: "workerd.\(workerName)")
         // First: `--transport rdma` on a node without usable RDMA fails the start, before this node joins the cluster.
-        // The decision is only logged: workerd's links all run over TCP (RDMAActivationTransport is not wired in).
-        _ = try activationTransport.decide(logger: logger)
+        let activationLinks = try activationTransport.setup(logger: logger)
         var configuration = WorkerService.Configuration(
             coordinator: try NodeAddress(parsing: coordinator), listen: try NodeAddress(parsing: listen), name: workerName,
             device: device.device, token: try token.loadToken(),
@@ -101,6 +102,7 @@ struct Workerd: AsyncParsableCommand {
             throw WorkerError.badSetting(worker: workerName, option: "--link-timeout \(linkTimeout)", reason: "must be at least 1 second")
         }
         configuration.linkTimeout = .seconds(linkTimeout)
+        configuration.activationLinks = activationLinks
         if let memoryBudget { configuration.memoryBudget = try ShardPlanner.parseSize(memoryBudget) }
         // The metrics listener first: an address in use fails the start, before this node joins the cluster.
         var metricsServices: [any Service] = []

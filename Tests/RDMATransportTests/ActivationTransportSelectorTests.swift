@@ -40,14 +40,15 @@ import Testing
         #expect(portDown.reason.contains("no RDMA device has an ACTIVE port (mlx5_0 port 1 DOWN)"), "\(portDown.reason)")
     }
 
-    @Test func autoWithAUsablePortStillUsesTCPAndSaysWorkerdDoesNotOpenRDMALinksYet() throws {
+    @Test func autoWithAUsablePortChoosesRDMAOnThatEndpoint() throws {
         let (device, gidAttributes) = FakeNode.connectX()
         let decision = try ActivationTransportSelector.decide(preference: .auto, device: nil, gidIndex: nil) {
             Self.survey([device], gidAttributes: gidAttributes)
         }
-        #expect(decision.transport == .tcp)
+        #expect(decision.transport == .rdma)
         #expect(decision.reason.hasPrefix("mlx5_0 port 1 GID 3 "), "\(decision.reason)")
-        #expect(decision.reason.hasSuffix("is usable, but workerd does not open RDMA links yet"), "\(decision.reason)")
+        #expect(decision.reason.hasSuffix("is usable"), "\(decision.reason)")
+        #expect(decision.endpoint?.device == "mlx5_0" && decision.endpoint?.gidIndex == 3)
     }
 
     @Test func rdmaFailsNamingWhatIsMissing() {
@@ -65,16 +66,14 @@ import Testing
         }
     }
 
-    @Test func rdmaWithAUsablePortFailsBecauseWorkerdDoesNotOpenRDMALinksYet() {
+    @Test func rdmaWithAUsablePortChoosesIt() throws {
         let (device, gidAttributes) = FakeNode.connectX()
-        #expect {
-            _ = try ActivationTransportSelector.decide(preference: .rdma, device: "mlx5_0", gidIndex: nil) {
-                Self.survey([device], gidAttributes: gidAttributes)
-            }
-        } throws: { error in
-            guard case let .workerLinksNotBuilt(endpoint) = error as? RDMASelectionError else { return false }
-            return endpoint.device == "mlx5_0" && endpoint.port == 1 && endpoint.gidIndex == 3
+        let decision = try ActivationTransportSelector.decide(preference: .rdma, device: "mlx5_0", gidIndex: nil) {
+            Self.survey([device], gidAttributes: gidAttributes)
         }
+        #expect(decision.transport == .rdma)
+        let endpoint = try #require(decision.endpoint)
+        #expect(endpoint.device == "mlx5_0" && endpoint.port == 1 && endpoint.gidIndex == 3)
     }
 
     /// On Ethernet the first RoCE v2 GID with an IPv4 address wins, then any RoCE v2 GID.

@@ -1,0 +1,94 @@
+import ActorSystem
+import ClusterProtocol
+import Foundation
+import Logging
+import RDMATransport
+import Transport
+
+/// Worker links over RDMA: the dialing side offers RDMA on each new bulk connection to the next range while the
+/// link's ``ActivationLinkChoice`` says RDMA, and the receiving side answers offers from the node's
+/// ``ActivationLinkSetup``. The bulk connection stays open beside an RDMA link as its liveness: either closing
+/// closes the other.
+enum ActivationLinks {
+    /// The successor link's connection over `control`: RDMA when the choice says so and the peer accepts, else the
+    /// bulk connection itself. A refusal under `--transport rdma` throws ``WorkerError/rdmaLinkRefused(worker:peer:reason:)``;
+    /// under `auto` the link turns to TCP for good, logged once by the choice.
+    static func connection(over control: TCPActivationTransport, setup: ActivationLinkSetup, choice: ActivationLinkChoice,
+                           worker: String, logger: Logger) async throws -> SuccessorLink.Connection {
+        guard choice.current.transport == .rdma else { return tcp(control) }
+        let peer = choice.peer
+        func refused(_ reason: String) async throws -> SuccessorLink.Connection {
+            if setup.preference == .rdma {
+                await control.connection.close()
+                throw WorkerError.rdmaLinkRefused(worker: worker, peer: peer, reason: reason)
+            }
+            choice.fallBack(reason: reason)
+            return tcp(control)
+        }
+        let local: RDMAActivationTransport
+        switch setup.makeTransport(peer: peer, logger: logger) {
+        case let .failure(error):
+            return try await refused("no usable RDMA endpoint here: \(error)")
+        case let .success(made):
+            local = made
+        }
+        let outcome: RDMALinkHandshake.Outcome
+        do {
+            outcome = try await RDMALinkHandshake.offer(local, over: control, peer: peer)
+        } catch {
+            // The peer may have connected its side, so this bulk connection cannot carry data either; the next dial
+            // goes over TCP (or, with --transport rdma, the failure is the caller's).
+            await control.connection.close()
+            if setup.preference == .rdma { throw WorkerError.rdmaLinkRefused(worker: worker, peer: peer, reason: "\(error)") }
+            choice.fallBack(reason: "\(error)")
+            throw error
+        }
+        switch outcome {
+        case let .refused(reason):
+            return try await refused("\(peer) refused RDMA: \(reason)")
+        case let .rdma(transport):
+            logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "device": "\(transport.deviceName)"])
+            watch(control, closing: transport)
+            return SuccessorLink.Connection(
+                send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
+                acknowledgements: transport.acknowledgements(),
+                close: {
+                    // A link that failed under the data turns the next dial to TCP; the resend is SuccessorLink's.
+                    choice.connectionEnded(transport)
+                    await transport.close()
+                    await control.connection.close()
+                })
+        }
+    }
+
+    static func tcp(_ transport: TCPActivationTransport) -> SuccessorLink.Connection {
+        SuccessorLink.Connection(send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
+                                 acknowledgements: transport.acknowledgements(),
+                                 close: { await transport.connection.close() })
+    }
+
+    /// The receiving side: answers a predecessor's RDMA offer with this node's setup.
+    static func upgrade(setup: ActivationLinkSetup, logger: Logger) -> BulkLinkUpgrade {
+        BulkLinkUpgrade(offerTensorID: RDMALinkHandshake.offerTensorID, maxOfferBytes: 4096) { peer, offer, control in
+            let answered = try await RDMALinkHandshake.answer(offer: [UInt8](offer), over: control, peer: peer) {
+                setup.makeTransport(peer: peer, logger: logger)
+            }
+            guard let transport = answered else {
+                logger.info("refused an RDMA offer; the link stays on TCP", metadata: ["peer": "\(peer)",
+                                                                                       "reason": "\(setup.decision.reason)"])
+                return nil
+            }
+            logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "device": "\(transport.deviceName)"])
+            return UpgradedBulkLink(transport: transport, close: { await transport.close() })
+        }
+    }
+
+    /// Closes `transport` when the bulk connection beside it closes (the peer went away, or gave up on the link).
+    private static func watch(_ control: TCPActivationTransport, closing transport: RDMAActivationTransport) {
+        let connection = control.connection
+        Task {
+            _ = await connection.closeReason()
+            await transport.close()
+        }
+    }
+}
