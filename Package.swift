@@ -264,8 +264,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "RDMATransportTests", dependencies: [
-            // Worker: its SuccessorLink carries the mid-job fallback from RDMA to TCP in the tests.
-            "RDMATransport", "Transport", "Worker",
+            // Worker: its SuccessorLink carries the mid-job fallback from RDMA to TCP in the tests. Coordinator and
+            // LocalCluster: an in-process cluster whose workers' links run on the fake fabric.
+            "RDMATransport", "Transport", "Worker", "ActorSystem", "ClusterProtocol", "Coordinator", "LocalCluster",
+            "QuantizeJob", "JobModel",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
