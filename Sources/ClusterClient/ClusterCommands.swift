@@ -295,14 +295,24 @@ public struct Workers: AsyncParsableCommand {
             return
         }
         if workers.isEmpty { print("no workers registered"); return }
-        print(padded("NAME", 16) + padded("ADDRESS", 22) + padded("DEVICE", 10) + padded("MEMORY", 10) + padded("FREE DISK", 11)
-              + padded("HEALTH", 8) + "LAST HEARTBEAT")
+        for line in Self.table(workers) { print(line) }
+    }
+
+    /// The human listing: a header, then one line per worker.
+    public static func table(_ workers: [WorkerRecord]) -> [String] {
+        var lines = [padded("NAME", 16) + padded("ADDRESS", 22) + padded("DEVICE", 10) + padded("MEMORY", 10)
+                     + padded("FREE DISK", 11) + padded("HEALTH", 8) + padded("LINK", 10) + "LAST HEARTBEAT"]
         for worker in workers {
-            print(padded(worker.name, 16) + padded(worker.address, 22) + padded(worker.device, 10)
-                  + padded(formatBytes(Int(worker.memoryBytes)), 10) + padded(formatBytes(Int(worker.freeDiskBytes)), 11)
-                  + padded(worker.health.rawValue, 8) + ISO8601DateFormatter().string(from: worker.lastHeartbeat)
-                  + (worker.deathReason.map { "  (\($0))" } ?? ""))
+            // The link to the next worker: its transport in the column, a fallback's reason at the end of the line.
+            let link = worker.linkTransport.map { $0.split(separator: ":", maxSplits: 1).map(String.init) } ?? ["-"]
+            lines.append(padded(worker.name, 16) + padded(worker.address, 22) + padded(worker.device, 10)
+                         + padded(formatBytes(Int(worker.memoryBytes)), 10) + padded(formatBytes(Int(worker.freeDiskBytes)), 11)
+                         + padded(worker.health.rawValue, 8) + padded(link[0], 10)
+                         + ISO8601DateFormatter().string(from: worker.lastHeartbeat)
+                         + (worker.deathReason.map { "  (\($0))" } ?? "")
+                         + (link.count > 1 ? "  (link: \(link[1].trimmingCharacters(in: .whitespaces)))" : ""))
         }
+        return lines
     }
 }
 

@@ -40,6 +40,9 @@ public protocol CoordinatorEndpoint: DistributedActor where ActorSystem == Clust
     /// The worker measuring a job's quality report finished another layer of both models (for `status`).
     distributed func reportEvaluationProgress(jobID: String, worker: String, completedLayers: Int, totalLayers: Int) async throws
 
+    /// What the worker's link to the next worker runs on now (`tcp`, `rdma`, `rdma→tcp: REASON`), for `coordctl workers`.
+    distributed func reportLinkTransport(worker: String, linkTransport: String) async throws
+
     /// Starts a job; returns its id.
     distributed func submit(_ submission: JobSubmission) async throws -> String
     distributed func status(jobID: String) async throws -> JobStatus

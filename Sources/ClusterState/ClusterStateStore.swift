@@ -183,6 +183,10 @@ public final class ClusterStateStore: Sendable {
                 t.column("json", .text).notNull()
             }
         }
+        migrator.registerMigration("v4-worker-link-transport") { db in
+            // Nullable: workers registered before it have no link to report yet.
+            try db.alter(table: "worker") { t in t.add(column: "linkTransport", .text) }
+        }
         return migrator
     }
 
@@ -295,6 +299,17 @@ public final class ClusterStateStore: Sendable {
             guard worker.health == .alive else { throw ClusterStateError.workerIsDead(workerName) }
             worker.lastHeartbeat = now()
             if let freeDiskBytes { worker.freeDiskBytes = freeDiskBytes }
+            try worker.update(db)
+        }
+    }
+
+    /// Records what the worker's link to the next worker runs on (``WorkerRecord/linkTransport``).
+    public func recordLinkTransport(workerName: String, linkTransport: String) throws {
+        try pool.write { db in
+            guard var worker = try WorkerRecord.fetchOne(db, key: workerName) else {
+                throw ClusterStateError.workerNotFound(workerName)
+            }
+            worker.linkTransport = linkTransport
             try worker.update(db)
         }
     }

@@ -93,6 +93,12 @@ public distributed actor Coordinator: CoordinatorEndpoint {
         }
     }
 
+    public distributed func reportLinkTransport(worker: String, linkTransport: String) async throws {
+        try checkCaller(claims: worker)
+        try store.recordLinkTransport(workerName: worker, linkTransport: linkTransport)
+        logger.info("worker link transport", metadata: ["worker": "\(worker)", "link": "\(linkTransport)"])
+    }
+
     public distributed func reportChunk(_ report: ChunkReport) async throws {
         try checkCaller(claims: report.worker)
         guard let runner = runners[report.jobID] else {

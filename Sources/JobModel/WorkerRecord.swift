@@ -12,9 +12,13 @@ public struct WorkerRecord: Codable, Sendable, Equatable {
     public var lastHeartbeat: Date
     public var health: WorkerHealth
     public var deathReason: String?
+    /// The transport of the worker's link to the next worker in its latest job, as the worker reported it: `tcp`,
+    /// `rdma`, or `rdma→tcp: REASON` once the link fell back. Nil until a job gave the worker a successor.
+    public var linkTransport: String?
 
     public init(name: String, address: String, device: String, memoryBytes: Int64, freeDiskBytes: Int64,
-                softwareVersion: String, lastHeartbeat: Date, health: WorkerHealth, deathReason: String? = nil) {
+                softwareVersion: String, lastHeartbeat: Date, health: WorkerHealth, deathReason: String? = nil,
+                linkTransport: String? = nil) {
         self.name = name
         self.address = address
         self.device = device
@@ -24,5 +28,6 @@ public struct WorkerRecord: Codable, Sendable, Equatable {
         self.lastHeartbeat = lastHeartbeat
         self.health = health
         self.deathReason = deathReason
+        self.linkTransport = linkTransport
     }
 }

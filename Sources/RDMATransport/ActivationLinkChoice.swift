@@ -11,15 +11,28 @@ public final class ActivationLinkChoice: Sendable {
     public let peer: String
     private let logger: Logger
     private let state: NIOLockedValueBox<ActivationTransportDecision>
+    private let initialTransport: ActivationTransportKind
+    private let onChange: @Sendable (_ summary: String) -> Void
 
-    public init(initial: ActivationTransportDecision, peer: String, logger: Logger) {
+    /// `onChange` hears ``summary`` each time the link falls back (once at most).
+    public init(initial: ActivationTransportDecision, peer: String, logger: Logger,
+                onChange: @escaping @Sendable (_ summary: String) -> Void = { _ in }) {
         self.peer = peer
         self.logger = logger
         self.state = NIOLockedValueBox(initial)
+        self.initialTransport = initial.transport
+        self.onChange = onChange
     }
 
     /// What the next dial uses, and why.
     public var current: ActivationTransportDecision { state.withLockedValue { $0 } }
+
+    /// What an operator is shown: `tcp`, `rdma`, or `rdma→tcp: REASON` once an RDMA link fell back.
+    public var summary: String {
+        let current = self.current
+        if initialTransport == .rdma && current.transport == .tcp { return "rdma→tcp: \(current.reason)" }
+        return current.transport.rawValue
+    }
 
     /// The link cannot use RDMA (the peer refused it, or the exchange failed): later dials use TCP. Logged once.
     public func fallBack(reason: String) {
@@ -30,6 +43,7 @@ public final class ActivationLinkChoice: Sendable {
         }
         if changed {
             logger.warning("activation link falls back to TCP", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
+            onChange(summary)
         }
     }
 

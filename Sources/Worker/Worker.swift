@@ -105,7 +105,9 @@ public distributed actor Worker: WorkerEndpoint {
             let (jobID, attempt) = (assignment.jobID, assignment.attempt)
             let successorName = assignment.successorName ?? "\(next)"
             let setup = activationLinks
-            let choice = ActivationLinkChoice(initial: setup.decision, peer: successorName, logger: logger)
+            let choice = ActivationLinkChoice(initial: setup.decision, peer: successorName, logger: logger) { [weak self] summary in
+                Task { await self?.whenLocal { await $0.reportLinkTransport(summary) } }
+            }
             successorChoice = choice
             let link = SuccessorLink(worker: name, successor: successorName,
                                      policy: linkPolicy, metrics: metrics, logger: logger, dial: {
@@ -122,6 +124,8 @@ public distributed actor Worker: WorkerEndpoint {
                 throw error
             }
             successor = link
+            // After the first dial: RDMA, or TCP with the reason the handshake gave (a fallback reports itself).
+            if choice.summary == choice.current.transport.rawValue { await reportLinkTransport(choice.summary) }
         }
         job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor,
                              awaitsTokenIDs: assignment.tokenIDsOnDataPath && assignment.embeddings)
@@ -355,6 +359,15 @@ public distributed actor Worker: WorkerEndpoint {
     /// SIGTERM: finish the chunk in progress, then stop.
     public func stopForShutdown() async {
         if let job { await drop(job) }
+    }
+
+    /// Tells the coordinator what the link to the next range runs on, for `coordctl workers`; a failure is only logged.
+    func reportLinkTransport(_ summary: String) async {
+        do {
+            try await coordinator().reportLinkTransport(worker: name, linkTransport: summary)
+        } catch {
+            logger.warning("could not report the link transport to the coordinator: \(error)")
+        }
     }
 
     /// The transport of the current job's link to the next range and why (it turns to TCP for good when an RDMA

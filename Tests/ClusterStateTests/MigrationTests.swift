@@ -44,4 +44,32 @@ import Testing
         try store.recordChunkAmax(jobID: "old", layer: 0, chunk: 0, sampleCount: 4, amax: ["qkv": ActivationAmax(3.5)])
         #expect(try store.completeLayer(jobID: "old", layer: 0, expectedChunkCount: 1) == ["qkv": ActivationAmax(3.5)])
     }
+
+    /// A coordd upgraded past v3 keeps its workers; their link transport is unknown until they report one.
+    @Test func v3WorkersGainALinkTransportColumn() throws {
+        let directory = try TemporaryStateDirectory()
+        let path = (directory.path as NSString).appendingPathComponent(ClusterStateStore.fileName)
+        do {
+            let queue = try DatabaseQueue(path: path)
+            try ClusterStateStore.migrator.migrate(queue, upTo: "v3-job-quality")
+            try queue.write { db in
+                try db.execute(sql: """
+                    INSERT INTO worker (name, address, device, memoryBytes, freeDiskBytes, softwareVersion, lastHeartbeat, health)
+                    VALUES ('w1', 'h:1', 'H200', 2, 3, 'v', ?, 'alive')
+                    """, arguments: [Date()])
+            }
+        }
+        do {
+            let store = try ClusterStateStore(stateDirectory: directory.path)
+            let worker = try #require(try store.worker(name: "w1"))
+            #expect(worker.device == "H200" && worker.linkTransport == nil)
+            try store.recordLinkTransport(workerName: "w1", linkTransport: "rdma→tcp: RDMA link failed mid-job")
+            try store.close()
+        }
+        let reopened = try ClusterStateStore(stateDirectory: directory.path)
+        #expect(try reopened.worker(name: "w1")?.linkTransport == "rdma→tcp: RDMA link failed mid-job")
+        #expect(throws: ClusterStateError.workerNotFound("w9")) {
+            try reopened.recordLinkTransport(workerName: "w9", linkTransport: "tcp")
+        }
+    }
 }

@@ -127,6 +127,19 @@ struct RDMAWorkerLinkTests {
             }
         }
 
+        /// What coordd shows as worker `name`'s link (`coordctl workers`), once the worker has reported `matching`.
+        func reportedLink(_ name: String, matching: (String) -> Bool) async throws -> String? {
+            let coordinator = try coordinator()
+            let deadline = ContinuousClock.now + .seconds(5)
+            var link: String?
+            repeat {
+                link = try await coordinator.workers().first { $0.name == name }?.linkTransport
+                if let link, matching(link) { return link }
+                try await Task.sleep(for: .milliseconds(20))
+            } while ContinuousClock.now < deadline
+            return link
+        }
+
         func stop() async {
             for group in groups.reversed() { group.cancel() }
             for group in groups { await group.value }
@@ -169,9 +182,13 @@ struct RDMAWorkerLinkTests {
             let output = directory.appendingPathComponent("cluster-out")
             let status = try await cluster.runJob(output: output, workers: 2)
             let link = await (try cluster.worker("w1")).whenLocal { $0.successorLinkTransport() }
+            let reported = try await cluster.reportedLink("w1") { $0 == "rdma" }
+            let last = try await cluster.coordinator().workers().first { $0.name == "w2" }?.linkTransport
             await cluster.stop()
             #expect(status.state == .succeeded, "\(status.failureReason ?? "")")
             try Self.expectIdenticalDirectories(reference, output)
+            #expect(reported == "rdma")
+            #expect(last == nil, "the last range has no link to report")
             // The hidden states landed in w2's ring, not (only) on the bulk connection.
             #expect(fabric.landed(on: "fake_w2") > 0)
             #expect(link??.transport == .rdma, "\(String(describing: link))")
@@ -197,9 +214,11 @@ struct RDMAWorkerLinkTests {
                 fabric.injectCompletionError(on: "fake_w1", status: VerbsCompletion.statusRetryExceeded)
             }
             let link = await (try cluster.worker("w1")).whenLocal { $0.successorLinkTransport() }
+            let reported = try await cluster.reportedLink("w1") { $0.hasPrefix("rdma→tcp") }
             await cluster.stop()
             #expect(status.state == .succeeded, "\(status.failureReason ?? "")")
             try Self.expectIdenticalDirectories(reference, output)
+            #expect(reported?.hasPrefix("rdma→tcp: RDMA link failed mid-job: RDMA ") == true, "\(reported ?? "nil")")
             let decision = try #require(link ?? nil)
             #expect(decision.transport == .tcp)
             #expect(decision.reason.contains("RDMA link failed mid-job") && decision.reason.contains("fake_w1"), "\(decision.reason)")
@@ -247,10 +266,12 @@ struct RDMAWorkerLinkTests {
             let output = directory.appendingPathComponent("cluster-out")
             let status = try await cluster.runJob(output: output, workers: 2)
             let link = await (try cluster.worker("w1")).whenLocal { $0.successorLinkTransport() }
+            let reported = try await cluster.reportedLink("w1") { $0 == "tcp" }
             await cluster.stop()
             #expect(status.state == .succeeded, "\(status.failureReason ?? "")")
             try Self.expectIdenticalDirectories(reference, output)
             #expect(link??.transport == .tcp)
+            #expect(reported == "tcp")
         }
     }
 }
