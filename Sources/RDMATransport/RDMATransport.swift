@@ -7,7 +7,8 @@
 /// It finds out what a node has, chooses the transport, and carries activations over RDMA: RC queue pairs, RDMA WRITE
 /// with immediate into the peer's registered ring of slots, credits for flow control, completions waited for on a
 /// completion channel. Tested against Debian's libibverbs (no device) and an in-process fake fabric; never run on
-/// RDMA hardware. workerd does not open RDMA links yet: the data plane runs in `coordctl doctor rdma`'s loopback.
+/// RDMA hardware. workerd's links to the next worker use it (the Worker module offers RDMA over each bulk connection,
+/// ``RDMALinkHandshake``), and so does `coordctl doctor rdma`'s loopback.
 ///
 /// - The narrow verbs interface: ``VerbsProvider`` and ``VerbsDeviceHandle`` (discovery), and ``VerbsDataPlaneDevice``,
 ///   ``VerbsProtectionDomain``, ``VerbsMemoryRegion``, ``VerbsCompletionQueue``, ``VerbsQueuePair`` (data), implemented
@@ -17,8 +18,9 @@
 /// - ``RDMASurvey``: every device, port and populated GID of a node; ``RDMADoctorReport`` is what
 ///   `coordctl doctor rdma` prints, with ``RDMALoopbackTest``'s line.
 /// - ``ActivationTransportSelector``: `--transport auto|tcp|rdma` against a survey, with the reason for the choice or an
-///   ``RDMASelectionError`` naming what is missing; ``ActivationLinkChoice``: one link's transport across
-///   reconnections (TCP once an RDMA connection of it failed).
+///   ``RDMASelectionError`` naming what is missing; ``ActivationLinkSetup``: the decision with the opened device
+///   (libibverbs', or a fake's in tests) that links are made on; ``ActivationLinkChoice``: one link's transport across
+///   reconnections (TCP once an RDMA connection of it failed, or the peer refused).
 /// - ``RDMAActivationTransport``: `ActivationTransport` over one RC queue pair; ``RDMAConnectionInfo`` is what the two
 ///   ends exchange over the control connection (``RDMALinkHandshake``: offer, then accept or refuse with a reason)
 ///   and ``RDMARing`` the slot and immediate format
