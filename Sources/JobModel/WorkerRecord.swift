@@ -12,8 +12,8 @@ public struct WorkerRecord: Codable, Sendable, Equatable {
     public var lastHeartbeat: Date
     public var health: WorkerHealth
     public var deathReason: String?
-    /// The transport of the worker's link to the next worker in its latest job, as the worker reported it: `tcp`,
-    /// `rdma`, or `rdma→tcp: REASON` once the link fell back. Nil until a job gave the worker a successor.
+    /// The transport of the worker's link to the next worker, as the worker last reported it (in its latest job that
+    /// gave it a successor): `tcp`, `rdma`, or `rdma→tcp: REASON` once the link fell back. Nil until it reports one.
     public var linkTransport: String?
 
     public init(name: String, address: String, device: String, memoryBytes: Int64, freeDiskBytes: Int64,

@@ -98,6 +98,7 @@ public distributed actor Worker: WorkerEndpoint {
                              memoryBudget: budget, logger: logger)
         }
         var successor: SuccessorLink?
+        successorChoice = nil
         if let next = assignment.successor {
             // The successor must prove it is the planned node (its certificate's name, with TLS).
             let endpoint = ClusterEndpoint(host: next.host, port: next.port, node: assignment.successorName ?? "")
@@ -105,8 +106,8 @@ public distributed actor Worker: WorkerEndpoint {
             let (jobID, attempt) = (assignment.jobID, assignment.attempt)
             let successorName = assignment.successorName ?? "\(next)"
             let setup = activationLinks
-            let choice = ActivationLinkChoice(initial: setup.decision, peer: successorName, logger: logger) { [weak self] summary in
-                Task { await self?.whenLocal { await $0.reportLinkTransport(summary) } }
+            let choice = ActivationLinkChoice(initial: setup.decision, peer: successorName, logger: logger) { [weak self] _ in
+                Task { await self?.whenLocal { await $0.reportLinkTransport() } }
             }
             successorChoice = choice
             let link = SuccessorLink(worker: name, successor: successorName,
@@ -124,8 +125,8 @@ public distributed actor Worker: WorkerEndpoint {
                 throw error
             }
             successor = link
-            // After the first dial: RDMA, or TCP with the reason the handshake gave (a fallback reports itself).
-            if choice.summary == choice.current.transport.rawValue { await reportLinkTransport(choice.summary) }
+            // What the first dial settled on (a fallback during it has reported itself already).
+            if choice.summary == choice.current.transport.rawValue { await reportLinkTransport() }
         }
         job = ActiveRangeJob(assignment: assignment, compute: compute, successor: successor,
                              awaitsTokenIDs: assignment.tokenIDsOnDataPath && assignment.embeddings)
@@ -361,8 +362,10 @@ public distributed actor Worker: WorkerEndpoint {
         if let job { await drop(job) }
     }
 
-    /// Tells the coordinator what the link to the next range runs on, for `coordctl workers`; a failure is only logged.
-    func reportLinkTransport(_ summary: String) async {
+    /// Tells the coordinator what the link to the next range runs on now, for `coordctl workers`; a failure is only
+    /// logged. It reads the link's state when it runs, so a report that overtakes an older one still says the latest.
+    func reportLinkTransport() async {
+        guard let summary = successorChoice?.summary else { return }
         do {
             try await coordinator().reportLinkTransport(worker: name, linkTransport: summary)
         } catch {

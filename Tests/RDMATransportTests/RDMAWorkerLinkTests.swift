@@ -195,14 +195,15 @@ struct RDMAWorkerLinkTests {
         }
     }
 
-    @Test("a completion error mid-job moves the link to TCP; the job completes with the same bytes")
-    func completionErrorMidJobFallsBackToTCP() async throws {
+    @Test("a completion error mid-job moves the link to TCP; the job completes with the same bytes",
+          arguments: [ActivationTransportPreference.auto, .rdma])
+    func completionErrorMidJobFallsBackToTCP(preference: ActivationTransportPreference) async throws {
         try await Self.withDirectory { directory in
             let reference = try await Self.embeddedReference(in: directory)
             let fabric = FakeFabric()
             let cluster = try await InProcessCluster(directory: directory, workers: [
-                ("w1", Self.rdma(fabric, "w1", last: 1, preference: .auto), .milliseconds(100)),
-                ("w2", Self.rdma(fabric, "w2", last: 2, preference: .auto), .zero),
+                ("w1", Self.rdma(fabric, "w1", last: 1, preference: preference), .milliseconds(100)),
+                ("w2", Self.rdma(fabric, "w2", last: 2, preference: preference), .zero),
             ])
             let output = directory.appendingPathComponent("cluster-out")
             let status = try await cluster.runJob(output: output, workers: 2) {
