@@ -276,6 +276,7 @@ let package = Package(
         .testTarget(name: "ActorSystemTests", dependencies: [
             "ActorSystem", "Transport",
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "NVFP4Tests", dependencies: ["NVFP4", "SafeTensors"]),
