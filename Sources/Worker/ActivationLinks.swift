@@ -74,8 +74,9 @@ enum ActivationLinks {
                 setup.makeTransport(peer: peer, logger: logger)
             }
             guard let transport = answered else {
-                logger.info("refused an RDMA offer; the link stays on TCP", metadata: ["peer": "\(peer)",
-                                                                                       "reason": "\(setup.decision.reason)"])
+                // The refusal's reason went to the dialer, which logs it; this node's own transport is said here.
+                logger.info("refused an RDMA offer; the link stays on TCP",
+                            metadata: ["peer": "\(peer)", "transport_here": "\(setup.decision.transport.rawValue)"])
                 return nil
             }
             logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "device": "\(transport.deviceName)"])
