@@ -16,9 +16,14 @@ func rewriteTensors(in directory: URL, _ edit: (String, Data) -> Data?) throws {
             kept.append((PlannedTensor(name: info.name, dtype: info.dtype, shape: info.shape), data))
         }
     }
+    try replaceTensors(at: path, with: kept)
+}
+
+/// Writes `tensors` to a new file and renames it over `path`.
+func replaceTensors(at path: String, with tensors: [(PlannedTensor, Data)]) throws {
     let temporary = path + ".new"
-    let writer = try SafeTensorsWriter(path: temporary, tensors: kept.map(\.0))
-    for (tensor, data) in kept { try writer.write(tensor.name, data: data) }
+    let writer = try SafeTensorsWriter(path: temporary, tensors: tensors.map(\.0))
+    for (tensor, data) in tensors { try writer.write(tensor.name, data: data) }
     try writer.finish()
     try FileManager.default.removeItem(atPath: path)
     try FileManager.default.moveItem(atPath: temporary, toPath: path)
@@ -30,12 +35,7 @@ func appendTensor(in directory: URL, name: String, dtype: SafeTensorsDType, shap
     let file = try SafeTensorsFile(path: path)
     var kept = try file.tensors.map { (PlannedTensor(name: $0.name, dtype: $0.dtype, shape: $0.shape), try file.data($0.name)) }
     kept.append((PlannedTensor(name: name, dtype: dtype, shape: shape), data))
-    let temporary = path + ".new"
-    let writer = try SafeTensorsWriter(path: temporary, tensors: kept.map(\.0))
-    for (tensor, data) in kept { try writer.write(tensor.name, data: data) }
-    try writer.finish()
-    try FileManager.default.removeItem(atPath: path)
-    try FileManager.default.moveItem(atPath: temporary, toPath: path)
+    try replaceTensors(at: path, with: kept)
 }
 
 /// Rewrites `directory/config.json` through `edit`.
