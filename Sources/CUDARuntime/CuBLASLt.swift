@@ -129,16 +129,22 @@ public final class CuBLASLt: @unchecked Sendable {
                        stream: CUDAStream) throws {
         try shape.validate()
         let plan = try plan(for: shape)
-        var alpha: Float = 1
-        var beta: Float = accumulate ? 1 : 0
-        let code = plan.algorithm.withUnsafeBytes { algorithm in
-            cublasLtMatmul(handle, plan.operation, &alpha, UnsafeRawPointer(bitPattern: UInt(weight)), plan.weightLayout,
-                           UnsafeRawPointer(bitPattern: UInt(input)), plan.inputLayout, &beta,
-                           UnsafeRawPointer(bitPattern: UInt(output)), plan.outputLayout,
-                           UnsafeMutableRawPointer(bitPattern: UInt(output)), plan.outputLayout, algorithm.baseAddress,
+        try Self.check(launch(plan, a: weight, b: input, c: output, alpha: 1, beta: accumulate ? 1 : 0, stream: stream),
+                       "cublasLtMatmul(\(shape))")
+    }
+
+    /// One `cublasLtMatmul` of `plan`: `C = alpha·op(A)·op(B) + beta·C` in place, with A in the plan's weight layout
+    /// and B in its input layout. Returns the status.
+    func launch(_ plan: Plan, a: CUdeviceptr, b: CUdeviceptr, c: CUdeviceptr, alpha: Float, beta: Float,
+                stream: CUDAStream) -> Int32 {
+        var alpha = alpha, beta = beta
+        return plan.algorithm.withUnsafeBytes { algorithm in
+            cublasLtMatmul(handle, plan.operation, &alpha, UnsafeRawPointer(bitPattern: UInt(a)), plan.weightLayout,
+                           UnsafeRawPointer(bitPattern: UInt(b)), plan.inputLayout, &beta,
+                           UnsafeRawPointer(bitPattern: UInt(c)), plan.outputLayout,
+                           UnsafeMutableRawPointer(bitPattern: UInt(c)), plan.outputLayout, algorithm.baseAddress,
                            UnsafeMutableRawPointer(bitPattern: UInt(workspace.address)), workspace.byteCount, stream.handle)
         }
-        try Self.check(code, "cublasLtMatmul(\(shape))")
     }
 }
 
@@ -149,15 +155,7 @@ extension CuBLASLt {
         try product.validate()
         let key = MatrixProduct.Key(product: product, alignments: [a, b, c].map(MatrixProduct.alignment(of:)))
         let plan = try plan(for: key)
-        var alpha = alpha, beta = beta
-        let code = plan.algorithm.withUnsafeBytes { algorithm in
-            cublasLtMatmul(handle, plan.operation, &alpha, UnsafeRawPointer(bitPattern: UInt(a)), plan.weightLayout,
-                           UnsafeRawPointer(bitPattern: UInt(b)), plan.inputLayout, &beta,
-                           UnsafeRawPointer(bitPattern: UInt(c)), plan.outputLayout,
-                           UnsafeMutableRawPointer(bitPattern: UInt(c)), plan.outputLayout, algorithm.baseAddress,
-                           UnsafeMutableRawPointer(bitPattern: UInt(workspace.address)), workspace.byteCount, stream.handle)
-        }
-        try Self.check(code, "cublasLtMatmul(\(product))")
+        try Self.check(launch(plan, a: a, b: b, c: c, alpha: alpha, beta: beta, stream: stream), "cublasLtMatmul(\(product))")
     }
 
     func plan(for key: MatrixProduct.Key) throws -> Plan {
