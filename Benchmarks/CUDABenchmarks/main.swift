@@ -3,6 +3,8 @@
 //   CUDABenchmarks golden FILE                 GPU quantizer vs the golden NVFP4 vectors (modelopt bytes)
 //   CUDABenchmarks quantizer-check MODEL_DIR   GPU vs CPU quantizer (amax, packed, scales) on every Linear
 //   CUDABenchmarks forward-check MODEL_DIR     CUDA vs CPU (bf16) backend amax, layer by layer
+//   CUDABenchmarks embed-check MODEL_DIR [TOKENS]
+//                                              GPU embedding gather vs host gather + upload: states bit for bit, times
 //   CUDABenchmarks layer-bench DIR [REPEATS]   one decoder layer (DIR/model, DIR/hidden.safetensors, DIR/lengths.json),
 //                                              GEMM peak, copy bandwidth, NVFP4 quantization of down_proj
 //   CUDABenchmarks gptq-check                  GPU vs CPU GPTQ on the same inputs: codes differing, output errors
@@ -333,15 +335,64 @@ func bf16Values(_ source: some WeightSource, _ name: String) throws -> (values: 
     results["layerBench"] = report
 }
 
+/// The GPU's embedding gather (table uploaded once) against the host gather widened to f32 and made resident, on
+/// the same pseudo-random token ids: the resident BF16 states must be equal bit for bit. Prints both times.
+@MainActor func embedCheck(_ directory: String, tokens tokenCount: Int, device: CUDADevice) throws {
+    let config = try LlamaConfig.load(path: directory + "/config.json")
+    let model = try SafeTensorsModel(directory: directory)
+    let cuda = try CUDABackend(config: config, device: device)
+    var state: UInt64 = 0x2545_F491_4F6C_DD1D
+    let tokens = (0..<tokenCount).map { _ -> Int in
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return Int((state >> 33) % UInt64(config.vocabSize))
+    }
+    // Samples of 150-1200 tokens, as the calibration benchmark's.
+    var lengths: [Int] = []
+    var left = tokenCount
+    while left > 0 {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        let length = min(left, 150 + Int((state >> 33) % 1051))
+        lengths.append(length)
+        left -= length
+    }
+    let batch = try SequenceBatch(tokenCounts: lengths)
+    var started = Date()
+    let hostStates = try cuda.makeResident(try cuda.embed(tokens, from: model), batch: batch)
+    try device.context.synchronize()
+    let hostSeconds = Date().timeIntervalSince(started)
+    started = Date()
+    guard let embedder = try cuda.residentEmbedder(from: model) else { throw Failure("no GPU embedder for \(directory)") }
+    try device.context.synchronize()
+    let tableSeconds = Date().timeIntervalSince(started)
+    started = Date()
+    let (deviceStates, nonFinite) = try embedder.embed(tokens, batch)
+    let gatherSeconds = Date().timeIntervalSince(started)
+    let expected = try cuda.hostStates(hostStates).values
+    let observed = try cuda.hostStates(deviceStates).values
+    let differing = zip(expected, observed).filter { $0.0.bitPattern != $0.1.bitPattern }.count
+    print("embed-check \(directory): \(tokenCount) tokens in \(lengths.count) samples; host gather + upload \(String(format: "%.3f", hostSeconds)) s; "
+          + "GPU table upload \(String(format: "%.3f", tableSeconds)) s + gather \(String(format: "%.3f", gatherSeconds)) s; "
+          + "\(differing) of \(expected.count) values differ; non-finite row \(nonFinite.map(String.init) ?? "none")")
+    var outOfRange = tokens
+    outOfRange[1] = config.vocabSize
+    var refused = "accepted"
+    do { _ = try embedder.embed(outOfRange, batch) } catch { refused = "\(error)" }
+    print("embed-check: token id \(config.vocabSize) at position 1: \(refused)")
+    results["embedCheck"] = ["tokens": tokenCount, "hostSeconds": hostSeconds, "tableSeconds": tableSeconds,
+                             "gatherSeconds": gatherSeconds, "differing": differing]
+    if differing != 0 || nonFinite != nil || refused == "accepted" { throw Failure("embed-check failed") }
+}
+
 do {
     guard let command = arguments.first else {
-        throw Failure("usage: CUDABenchmarks golden FILE | quantizer-check MODEL | forward-check MODEL | layer-bench DIR [REPEATS] | gptq-check | gptq-bench DIR [SAMPLES] [--act-order] [--json PATH]")
+        throw Failure("usage: CUDABenchmarks golden FILE | quantizer-check MODEL | forward-check MODEL | embed-check MODEL [TOKENS] | layer-bench DIR [REPEATS] | gptq-check | gptq-bench DIR [SAMPLES] [--act-order] [--json PATH]")
     }
     let device = try CUDADevice(ordinal: Int(ProcessInfo.processInfo.environment["NVFP4_CUDA_DEVICE"] ?? "0") ?? 0, logger: logger)
     switch command {
     case "golden": try golden(arguments[1], device: device)
     case "quantizer-check": try quantizerCheck(arguments[1], device: device)
     case "forward-check": try forwardCheck(arguments[1], device: device)
+    case "embed-check": try embedCheck(arguments[1], tokens: arguments.count > 2 ? Int(arguments[2]) ?? 32768 : 32768, device: device)
     case "layer-bench": try layerBench(arguments[1], repeats: arguments.count > 2 ? Int(arguments[2]) ?? 5 : 5, device: device)
     case "gptq-check": try gptqCheck(device: device)
     case "gptq-bench":

@@ -238,14 +238,74 @@ public struct CUDABackend: ComputeBackend {
             try hidden.values.withUnsafeBytes { try device.upload($0, to: floats, stream: stream) }
             try device.kernels.f32ToBF16.launch(grid: gridStride(count), block: (256, 1, 1), stream: stream,
                                                 arguments: [.pointer(floats.address), .pointer(buffer.address), .int64(Int64(count))])
-            var passes: [DeviceHiddenStates.Pass] = []
-            for samples in Self.passes(batch, maxTokens: maxTokensPerPass) {
-                let sub = try SequenceBatch(tokenCounts: Array(batch.tokenCounts[samples]))
-                let metadata = try uploadMetadata(sub, into: DeviceBuffer(context: device.context, byteCount: Self.metadataBytes(sub)))
-                passes.append(.init(firstRow: batch.sampleOffsets[samples.lowerBound], batch: sub, metadata: metadata))
-            }
-            return DeviceHiddenStates(buffer: buffer, batch: batch, passes: passes)
+            return try residentStates(buffer: buffer, batch: batch)
         }
+    }
+
+    /// Share of the free device memory the embedding table may take for ``residentEmbedder(from:)``.
+    public static let embeddingTableFraction = 0.1
+
+    /// Uploads a BF16 `embed_tokens` once and gathers each chunk's rows on the GPU (16 bytes per thread), instead of
+    /// widening them to f32 on the host, uploading and rounding back: the BF16 values are the same bit for bit. nil
+    /// (host gather) for F16/F32 tables and for a table over ``embeddingTableFraction`` of the free memory.
+    public func residentEmbedder(from source: some WeightSource) throws -> ResidentEmbedder<DeviceHiddenStates>? {
+        let name = LlamaConfig.embedTokensName
+        let shape = [config.vocabSize, width]
+        guard let description = source.describeTensor(name) else { throw LlamaWeightError.missingTensor(name: name) }
+        guard description.shape == shape else { throw LlamaWeightError.shapeMismatch(name: name, expected: shape, actual: description.shape) }
+        guard description.dtype == WeightElementType.bf16.rawValue else { return nil }
+        let tableBytes = config.vocabSize * width * 2
+        let free = try device.exclusive { try device.context.memoryInfo().free }
+        guard Double(tableBytes) <= Double(free) * Self.embeddingTableFraction else { return nil }
+        let table = try device.exclusive { () -> DeviceBuffer in
+            let table = try DeviceBuffer(context: device.context, byteCount: tableBytes)
+            _ = try uploadBF16(name, shape: shape, from: source, into: table, atByteOffset: 0)
+            let ready = try CUDAEvent(context: device.context, timing: false)
+            try ready.record(on: device.copyStream)
+            try device.computeStream.wait(for: ready)
+            return table
+        }
+        let vocabSize = config.vocabSize
+        return ResidentEmbedder { [self] tokenIDs, batch in
+            guard tokenIDs.count == batch.totalTokens else {
+                throw ComputeBackendError.tokenCountMismatch(expected: batch.totalTokens, actual: tokenIDs.count)
+            }
+            for (position, tokenID) in tokenIDs.enumerated() where !(0..<vocabSize).contains(tokenID) {
+                throw ComputeBackendError.tokenIDOutOfRange(position: position, tokenID: tokenID, vocabSize: vocabSize)
+            }
+            let ids = tokenIDs.map { Int32($0) }
+            return try device.exclusive {
+                let stream = device.computeStream
+                let count = batch.totalTokens * width
+                let buffer = try DeviceBuffer(context: device.context, byteCount: count * 2)
+                let idBuffer = try device.workspace.device("embed.ids", bytes: ids.count * 4)
+                try ids.withUnsafeBytes { try device.upload($0, to: idBuffer, stream: stream) }
+                try device.kernels.embedGather.launch(
+                    grid: gridStride(count / 8), block: (256, 1, 1), stream: stream,
+                    arguments: [.pointer(table.address), .pointer(idBuffer.address), .pointer(buffer.address),
+                                .int64(Int64(batch.totalTokens)), .int32(Int32(width))])
+                let flag = try device.workspace.device("embed.flag", bytes: 4)
+                try flag.fill(byte: 0, byteCount: 4, stream: stream)
+                try device.kernels.bf16FirstNonFiniteRow.launch(
+                    grid: gridStride(count / 8), block: (256, 1, 1), stream: stream,
+                    arguments: [.pointer(buffer.address), .int64(Int64(count)), .int32(Int32(width)), .pointer(flag.address)])
+                var bits: UInt32 = 0
+                try withUnsafeMutableBytes(of: &bits) { try device.download(flag, byteCount: 4, into: $0, stream: stream) }
+                let states = try residentStates(buffer: buffer, batch: batch)
+                return (states, bits == 0 ? nil : Int(UInt32.max - bits))
+            }
+        }
+    }
+
+    /// `buffer` (the batch's BF16 states) with each pass's metadata on the device. Callers hold the device.
+    func residentStates(buffer: DeviceBuffer, batch: SequenceBatch) throws -> DeviceHiddenStates {
+        var passes: [DeviceHiddenStates.Pass] = []
+        for samples in Self.passes(batch, maxTokens: maxTokensPerPass) {
+            let sub = try SequenceBatch(tokenCounts: Array(batch.tokenCounts[samples]))
+            let metadata = try uploadMetadata(sub, into: DeviceBuffer(context: device.context, byteCount: Self.metadataBytes(sub)))
+            passes.append(.init(firstRow: batch.sampleOffsets[samples.lowerBound], batch: sub, metadata: metadata))
+        }
+        return DeviceHiddenStates(buffer: buffer, batch: batch, passes: passes)
     }
 
     public func hostStates(_ states: DeviceHiddenStates) throws -> HiddenStates {

@@ -82,6 +82,7 @@ public struct CUDAKernels: Sendable {
     public let nvfp4Quantize: CUDAFunction
     public let bf16Amax: CUDAFunction
     public let bf16FirstNonFiniteRow: CUDAFunction
+    public let embedGather: CUDAFunction
     public let f32ToBF16: CUDAFunction
     public let bf16ToF32: CUDAFunction
     public let rmsNorm: CUDAFunction
@@ -123,6 +124,7 @@ public struct CUDAKernels: Sendable {
         nvfp4Quantize = try module.function("nvfp4_quantize")
         bf16Amax = try module.function("bf16_amax")
         bf16FirstNonFiniteRow = try module.function("bf16_first_nonfinite_row")
+        embedGather = try module.function("embed_gather_bf16")
         f32ToBF16 = try module.function("f32_to_bf16")
         bf16ToF32 = try module.function("bf16_to_f32")
         rmsNorm = try module.function("rmsnorm_bf16")

@@ -24,6 +24,10 @@ public protocol ComputeBackend: Sendable {
     func makeResident(_ hidden: HiddenStates, batch: SequenceBatch) throws -> ResidentStates
     /// Copies resident states back to the host.
     func hostStates(_ states: ResidentStates) throws -> HiddenStates
+    /// Embeds straight into resident states, from an embedding table it keeps in its own memory until the returned
+    /// embedder is dropped; nil where the backend has no such path (callers then gather on the host with
+    /// ``embed(_:from:)`` and call ``makeResident(_:batch:)``). The states must equal that path's, bit for bit.
+    func residentEmbedder(from source: some WeightSource) throws -> ResidentEmbedder<ResidentStates>?
     /// Starts one decoder layer over resident states, in place; it may return before the work is done.
     func enqueueForward(layer: LoadedLayer, states: inout ResidentStates, batch: SequenceBatch) throws -> PendingForward
     /// Waits for an enqueued forward and returns what it observed.
@@ -56,7 +60,21 @@ public protocol ComputeBackend: Sendable {
                                head: LoadedOutputHead) throws -> NegativeLogLikelihood
 }
 
+/// Gathers token embeddings into a backend's resident states (see ``ComputeBackend/residentEmbedder(from:)``).
+public struct ResidentEmbedder<States> {
+    /// The states of `tokenIDs` (checked against the vocabulary) for `batch`, and the first row that is not finite
+    /// (nil when all are).
+    public let embed: (_ tokenIDs: [Int], _ batch: SequenceBatch) throws -> (states: States, firstNonFiniteRow: Int?)
+
+    public init(embed: @escaping (_ tokenIDs: [Int], _ batch: SequenceBatch) throws -> (states: States, firstNonFiniteRow: Int?)) {
+        self.embed = embed
+    }
+}
+
 extension ComputeBackend {
+    /// No resident embedding: callers gather on the host.
+    public func residentEmbedder(from source: some WeightSource) throws -> ResidentEmbedder<ResidentStates>? { nil }
+
     /// ``forward(layer:hidden:batch:inputTransform:)`` without a transform: the calibration forward.
     public func forward(layer: LoadedLayer, hidden: inout HiddenStates, batch: SequenceBatch) throws -> ObservedAmax {
         try forward(layer: layer, hidden: &hidden, batch: batch, inputTransform: nil)

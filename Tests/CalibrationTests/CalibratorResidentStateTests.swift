@@ -34,8 +34,24 @@ struct DeferredResidentBackend: ComputeBackend {
 
     let base: CPUBackend
     let capacity: Int
+    /// Offers a ``ResidentEmbedder`` (as the GPU does) that gathers on the host and logs "gather".
+    var gathersEmbeddings = false
     let log = Log()
     var config: LlamaConfig { base.config }
+
+    func residentEmbedder(from source: some WeightSource) throws -> ResidentEmbedder<Box>? {
+        guard gathersEmbeddings else { return nil }
+        log.add("embedder")
+        let table = try base.embed(Array(0..<config.vocabSize), from: source)
+        let width = config.hiddenSize
+        return ResidentEmbedder { [log] tokenIDs, batch in
+            log.add("gather")
+            var values: [Float] = []
+            for id in tokenIDs { values += table.values[(id * width)..<((id + 1) * width)] }
+            let row = values.firstIndex { !$0.isFinite }.map { $0 / width }
+            return (Box(HiddenStates(hiddenSize: width, values: values)), row)
+        }
+    }
 
     func loadLayer(_ index: Int, from source: some WeightSource) throws -> Layer {
         log.add("load \(index)")
@@ -133,6 +149,46 @@ struct DeferredResidentBackend: ComputeBackend {
         #expect(mixed.amax == host.amax)
         #expect(mixed.outputs == host.outputs)
         #expect(backend.log.events.contains { $0.hasPrefix("host forward") })
+    }
+
+    @Test func aBackendThatEmbedsGathersEveryResidentChunkAndTheRestOnTheHost() throws {
+        let host = try run(try TinyLlama.backend(), chunkTokens: 1)
+        var backend = DeferredResidentBackend(base: try TinyLlama.backend(), capacity: 1 << 30)
+        backend.gathersEmbeddings = true
+        let gathered = try run(backend, chunkTokens: 1)
+        #expect(gathered.amax == host.amax)
+        #expect(gathered.outputs == host.outputs)
+        let events = backend.log.events
+        #expect(events.filter { $0 == "embedder" }.count == 1)
+        #expect(events.filter { $0 == "gather" }.count == gathered.calibrator.chunkCount)
+        #expect(!events.contains("upload"))
+
+        // Room for three chunks: those are gathered, the others embedded on the host and kept there.
+        let counts = try TinyLlama.samples().map(\.tokens.count)
+        var small = DeferredResidentBackend(base: try TinyLlama.backend(),
+                                            capacity: counts[0..<3].reduce(0, +) * (try TinyLlama.config()).hiddenSize * 2)
+        small.gathersEmbeddings = true
+        let mixed = try run(small, chunkTokens: 1)
+        #expect(mixed.amax == host.amax)
+        #expect(mixed.outputs == host.outputs)
+        #expect(small.log.events.filter { $0 == "gather" }.count == mixed.calibrator.residentChunkCount)
+        #expect(mixed.calibrator.residentChunkCount < mixed.calibrator.chunkCount)
+        #expect(!small.log.events.contains("upload"))
+    }
+
+    /// A non-finite embedding row found by the backend's gather names the sample that uses it, before any layer.
+    @Test func aNonFiniteGatheredEmbeddingNamesItsSample() throws {
+        let samples = try TinyLlama.samples()
+        let config = try TinyLlama.config()
+        let token = Int(samples[2].tokens[0])
+        let weights = try overriding(try TinyLlama.model(), LlamaConfig.embedTokensName) { $0[token * config.hiddenSize] = .nan }
+        var backend = DeferredResidentBackend(base: try TinyLlama.backend(), capacity: 1 << 30)
+        backend.gathersEmbeddings = true
+        let calibrator = try LayerStreamingCalibrator(backend: backend, weights: weights, samples: samples, chunkTokens: 1_000_000)
+        let error = calibrationError { _ = try calibrator.activationAmax(layer: 0) }
+        let first = try #require(samples.firstIndex { $0.tokens.contains(Int32(token)) })
+        #expect(error == .nonFiniteHiddenState(layer: nil, sample: first, source: samples[first].source))
+        #expect(backend.log.events.contains("gather"))
     }
 
     /// An infinite down_proj weight poisons layer 1's output; the backend's non-finite row names the sample.

@@ -138,6 +138,18 @@ extern "C" __global__ void bf16_first_nonfinite_row(const bf16_t* __restrict__ v
     }
 }
 
+// Rows of a BF16 [vocab, width] embedding table gathered for `tokens` token ids (checked on the host) into out, 16 bytes
+// per thread (width a multiple of 16), so calibration embeds without widening on the host and uploading f32.
+extern "C" __global__ void embed_gather_bf16(const bf16_t* __restrict__ table, const int* __restrict__ ids,
+                                             bf16_t* __restrict__ out, long long tokens, int width) {
+    long long row_vectors = width / 8;
+    long long vectors = tokens * row_vectors;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += (long long)gridDim.x * blockDim.x) {
+        long long row = i / row_vectors, column = i % row_vectors;
+        reinterpret_cast<uint4*>(out)[i] = reinterpret_cast<const uint4*>(table)[(long long)ids[row] * row_vectors + column];
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Format conversions for the host's f32 hidden states.
 

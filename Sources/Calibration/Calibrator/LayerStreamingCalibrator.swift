@@ -348,8 +348,23 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         var hostBytes = 0
         let backendCapacity = inputObserver == nil && propagation == nil ? try backend.residentStateCapacity() : 0
         var backendBytes = 0
+        // A GPU gathers the resident chunks' rows itself from a table uploaded once (host-kept chunks still gather here).
+        var embedder: ResidentEmbedder<Backend.ResidentStates>?
+        if case .embed = input, backendCapacity > 0 { embedder = try backend.residentEmbedder(from: weights) }
+        var deviceEmbeddedChunks = 0
         for index in chunks.indices {
             let chunk = chunks[index].plan
+            let deviceBytes = backend.residentStateBytes(tokens: chunks[index].batch.totalTokens)
+            if let embedder, backendBytes + deviceBytes <= backendCapacity {
+                let (states, nonFiniteRow) = try embedder.embed(chunk.tokenIDs.map(Int.init), chunks[index].batch)
+                if let row = nonFiniteRow { throw chunk.nonFiniteHiddenState(row: row, layer: nil) }
+                backendBytes += deviceBytes
+                chunks[index].resident = true
+                residentChunkCount += 1
+                deviceEmbeddedChunks += 1
+                chunks[index].storage = .resident(states)
+                continue
+            }
             let hidden: HiddenStates
             switch input {
             case .embed:
@@ -359,7 +374,6 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
                 try hidden.check(matches: chunks[index].batch, hiddenSize: config.hiddenSize)
                 try chunk.checkFinite(hidden.values, hiddenSize: config.hiddenSize, layer: layers.lowerBound - 1)
             }
-            let deviceBytes = backend.residentStateBytes(tokens: chunks[index].batch.totalTokens)
             let bytes = hidden.values.count * MemoryLayout<Float>.size
             if backendBytes + deviceBytes <= backendCapacity {
                 backendBytes += deviceBytes
@@ -376,12 +390,15 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             }
             try store(hidden.values, chunk: index)
         }
+        embedder = nil
         loadedInputs = true
         residentStateBytes = backendBytes
         hostStateBytes = hostBytes
         if case .embed = input { releaseWeights?([LlamaConfig.embedTokensName]) }
         busySeconds += secondsSince(start)
-        let what = if case .embed = input { "embedded" } else { "received the hidden states of" }
+        let what = if case .embed = input {
+            deviceEmbeddedChunks > 0 ? "embedded (\(deviceEmbeddedChunks) chunks gathered in the backend's memory)" : "embedded"
+        } else { "received the hidden states of" }
         let summary = "calibration: \(what) \(sampleCount) samples (\(tokenTotal) tokens) in \(chunks.count) chunks of up to "
             + "\(chunkTokens) tokens; \(residentChunkCount) chunks (\(formatMiB(backendBytes)) MiB) kept in the backend's memory, "
             + "\(formatMiB(hostBytes)) MiB of hidden states in host memory, "
@@ -429,7 +446,8 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     private func formatMiB(_ bytes: Int) -> String { String(format: "%.1f", Double(bytes) / 1_048_576) }
 }
 
-/// The embeddings of `chunk`'s token ids, checked for shape and finiteness. Every schedule embeds through this.
+/// The embeddings of `chunk`'s token ids, checked for shape and finiteness. Every host-side embedding goes through this
+/// (resident chunks may be gathered by the backend instead, see ``ComputeBackend/residentEmbedder(from:)``).
 public func embedChecked<Backend: ComputeBackend>(backend: Backend, weights: any WeightSource, chunk: CalibrationChunk,
                                                   batch: SequenceBatch) throws -> HiddenStates {
     let hidden = try backend.embed(chunk.tokenIDs.map(Int.init), from: weights)
