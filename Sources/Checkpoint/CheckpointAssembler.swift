@@ -121,7 +121,8 @@ public final class CheckpointAssembler {
     }
 
     /// Writes the tensors of `layer`, which must be the next layer, after checking that they are exactly the planned
-    /// ones (names, dtypes, shapes, sizes) and that each one's bytes match its SHA-256. Any order of `tensors` works.
+    /// ones (names, dtypes, shapes, sizes) and that each one's bytes match its SHA-256 where it has one (the caller
+    /// refuses tensors that crossed a network without one). Any order of `tensors` works.
     public func add(layer: Int, tensors: [ExportedTensor]) throws {
         guard embeddingsWritten else { throw CheckpointAssemblyError.wrongStep("layer \(layer) added before the embeddings") }
         guard layer == nextLayer else { throw CheckpointAssemblyError.layerOutOfOrder(received: layer, expected: nextLayer) }
@@ -138,7 +139,9 @@ public final class CheckpointAssembler {
         let missing = planned.map(\.name).filter { byName[$0] == nil }
         guard missing.isEmpty else { throw CheckpointAssemblyError.missingTensors(layer: layer, tensors: missing) }
         // Hash every tensor on all cores first; checking them one by one below then costs nothing.
-        let actualHashes = try concurrentMap(planned) { SHA256Hasher.hexDigest(of: byName[$0.name]!.data) }
+        let actualHashes = try concurrentMap(planned) { plan in
+            byName[plan.name]!.sha256 == nil ? nil : SHA256Hasher.hexDigest(of: byName[plan.name]!.data)
+        }
         for (expected, actual) in zip(planned, actualHashes) {
             let tensor = byName[expected.name]!
             guard tensor.dtype == expected.dtype, tensor.shape == expected.shape else {
@@ -150,9 +153,8 @@ public final class CheckpointAssembler {
                 throw CheckpointAssemblyError.tensorMismatch(layer: layer, tensor: tensor.name,
                                                              reason: "holds \(tensor.data.count) bytes, expected \(expected.byteCount)")
             }
-            guard actual == tensor.sha256 else {
-                throw CheckpointAssemblyError.checksumMismatch(layer: layer, tensor: tensor.name, expected: tensor.sha256,
-                                                               actual: actual)
+            if let digest = tensor.sha256, let actual, actual != digest {
+                throw CheckpointAssemblyError.checksumMismatch(layer: layer, tensor: tensor.name, expected: digest, actual: actual)
             }
         }
         for expected in planned { try writer.write(expected.name, data: byName[expected.name]!.data) }

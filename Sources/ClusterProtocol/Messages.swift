@@ -259,11 +259,12 @@ public struct ExportManifest: Codable, Sendable, Equatable {
         public var dtype: String
         public var shape: [Int]
         public var byteCount: Int
-        /// Lower-case hex SHA-256 of the bytes.
-        public var sha256: String
+        /// Lower-case hex SHA-256 of the bytes. Absent only from an in-process worker, whose bytes cross no network:
+        /// the coordinator refuses a remote worker's tensor without it.
+        public var sha256: String?
         public var bulkID: UInt64
 
-        public init(name: String, dtype: String, shape: [Int], byteCount: Int, sha256: String, bulkID: UInt64) {
+        public init(name: String, dtype: String, shape: [Int], byteCount: Int, sha256: String?, bulkID: UInt64) {
             self.name = name
             self.dtype = dtype
             self.shape = shape

@@ -18,6 +18,8 @@ enum JobFailure: Error, CustomStringConvertible {
     /// No worker of the job reads the checkpoint coordd staged, so none can measure its quality.
     case noWorkerSeesCheckpoint(path: String, refusals: [String])
     case unknownTensorDType(worker: String, tensor: String, dtype: String)
+    /// A worker in another process sent an exported tensor without its SHA-256 (only in-process workers may).
+    case missingTensorDigest(worker: String, tensor: String)
     /// A worker's figures for a layer's Linears do not fit the layer (unknown name, a number that is not finite).
     case implausibleWeightQuality(worker: String, layer: Int, linear: String, reason: String)
     /// The quality report named a Linear the model lacks, or an output error that is not a finite, non-negative number.
@@ -48,6 +50,8 @@ enum JobFailure: Error, CustomStringConvertible {
                 + "run a workerd on coordd's machine or give the workers shared storage, or pass --eval-samples 0 to "
                 + "skip the report and its gate"
         case .unknownTensorDType(let worker, let tensor, let dtype): "worker \(worker) sent tensor \(tensor) with dtype \(dtype)"
+        case .missingTensorDigest(let worker, let tensor):
+            "worker \(worker) sent tensor \(tensor) over the network without its SHA-256; only a worker in coordd's own process may"
         case .implausibleWeightQuality(let worker, let layer, let linear, let reason):
             "worker \(worker) sent figures for \(linear) with layer \(layer) that cannot be right: \(reason)"
         case .implausibleOutputError(let linear, let value):

@@ -188,6 +188,7 @@ extension JobRunner {
         }
         try recordWeightQuality(manifest, layer: layer, worker: owner.info.name)
         var tensors: [ExportedTensor] = []
+        try manifest.requireDigests(from: owner.info.name, inProcess: localWorkers[owner.info.name] != nil)
         for entry in manifest.entries {
             let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
             guard let dtype = SafeTensorsDType(rawValue: entry.dtype) else {
@@ -215,5 +216,14 @@ extension JobRunner {
             }
             linearQuality[entry.name] = entry
         }
+    }
+}
+
+extension ExportManifest {
+    /// Throws ``JobFailure/missingTensorDigest(worker:tensor:)`` for the first tensor without its SHA-256, unless the
+    /// worker runs in coordd's own process (its bytes cross no network, so it skips the hashing).
+    func requireDigests(from worker: String, inProcess: Bool) throws {
+        guard !inProcess, let unhashed = entries.first(where: { $0.sha256 == nil }) else { return }
+        throw JobFailure.missingTensorDigest(worker: worker, tensor: unhashed.name)
     }
 }

@@ -72,9 +72,11 @@ public final class LayerExporter: Sendable {
     /// global scales.
     /// `gptqWeights` are the layer's GPTQ weights when calibration already computed them (``gptqWeights(layer:hessians:)``,
     /// for `--propagate quantized`); they are then written as they are.
+    /// `digests`: give each tensor its SHA-256, for bytes that will cross a network; a tensor handed over in process
+    /// needs none, and hashing a 70B layer's 481 MB costs more than quantizing it.
     public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?, timings: inout ExportTimings,
                        quality: inout [LinearQuality], hessians: [FusedGroup: HessianAccumulator]? = nil,
-                       gptqWeights: [String: NVFP4Weight]? = nil) throws -> [ExportedTensor] {
+                       gptqWeights: [String: NVFP4Weight]? = nil, digests: Bool = true) throws -> [ExportedTensor] {
         if spec.gptq != nil && hessians == nil && gptqWeights == nil {
             throw QuantizeJobError.missingHessians(layer: layer)
         }
@@ -84,7 +86,8 @@ public final class LayerExporter: Sendable {
         var tensors: [ExportedTensor] = []
         for norm in config.layerNorms(layer: layer) {
             let info = try source.info(norm.name)
-            tensors.append(ExportedTensor(name: norm.name, dtype: info.dtype, shape: info.shape, data: try source.data(norm.name)))
+            tensors.append(ExportedTensor(name: norm.name, dtype: info.dtype, shape: info.shape, data: try source.data(norm.name),
+                                          sha256: nil))
             try source.releasePages(norm.name)
         }
         let linears = config.linears(layer: layer).filter { !layout.isExcluded($0) }
@@ -95,7 +98,7 @@ public final class LayerExporter: Sendable {
                                          keptUnquantized: true))
             let info = try source.info(linear.weightName)
             tensors.append(ExportedTensor(name: linear.weightName, dtype: info.dtype, shape: info.shape,
-                                          data: try source.data(linear.weightName), sha256: ""))
+                                          data: try source.data(linear.weightName), sha256: nil))
             try source.releasePages(linear.weightName)
         }
         var started = ContinuousClock.now
@@ -135,14 +138,16 @@ public final class LayerExporter: Sendable {
             let planned = layout.plannedTensors(for: linear)
             let bytes = try layout.tensorBytes(QuantizedLinear(spec: linear, weight: weight, inputScale: inputScale))
             for (plan, tensor) in zip(planned, bytes) {
-                tensors.append(ExportedTensor(name: tensor.name, dtype: plan.dtype, shape: plan.shape, data: tensor.bytes, sha256: ""))
+                tensors.append(ExportedTensor(name: tensor.name, dtype: plan.dtype, shape: plan.shape, data: tensor.bytes, sha256: nil))
             }
             timings.packAndHash += secondsSince(started)
         }
-        started = .now
-        let hashes = try concurrentMap(tensors) { SHA256Hasher.hexDigest(of: $0.data) }
-        for index in tensors.indices where tensors[index].sha256.isEmpty { tensors[index].sha256 = hashes[index] }
-        timings.packAndHash += secondsSince(started)
+        if digests {
+            started = .now
+            let hashes = try concurrentMap(tensors) { SHA256Hasher.hexDigest(of: $0.data) }
+            for index in tensors.indices { tensors[index].sha256 = hashes[index] }
+            timings.packAndHash += secondsSince(started)
+        }
         return tensors
     }
 

@@ -175,7 +175,8 @@ final class RangeCompute: @unchecked Sendable {
         pass.calibrator.stateBytes
     }
 
-    func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?) throws
+    /// `digests`: SHA-256 each tensor (its bytes will cross a network to the coordinator).
+    func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?, digests: Bool) throws
         -> (tensors: [ExportedTensor], timings: ExportTimings, quality: [LinearQuality]) {
         var timings = ExportTimings()
         var quality: [LinearQuality] = []
@@ -184,7 +185,7 @@ final class RangeCompute: @unchecked Sendable {
         let computed = try propagation?.takeWeights(layer: layer) ?? hessians?.quantizeLayer(layer, exporter: exporter)
         timings.quantize += secondsSince(started)
         let tensors = try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings, quality: &quality,
-                                          gptqWeights: computed)
+                                          gptqWeights: computed, digests: digests)
         return (tensors, timings, quality)
     }
 

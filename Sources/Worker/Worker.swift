@@ -237,7 +237,11 @@ public distributed actor Worker: WorkerEndpoint {
             throw WorkerError.layerNotInRange(worker: name, layer: request.layer, range: job.assignment.range)
         }
         let exportStart = ContinuousClock.now
-        let (tensors, timings, quality) = try await exportQueue.run { try job.compute.export(layer: request.layer, activationAmax: request.activationAmax) }
+        // An in-process coordinator takes the bytes as they are; over a network they carry their SHA-256.
+        let digests = localCoordinator == nil
+        let (tensors, timings, quality) = try await exportQueue.run {
+            try job.compute.export(layer: request.layer, activationAmax: request.activationAmax, digests: digests)
+        }
         let sendStart = ContinuousClock.now
         defer {
             let bytes = tensors.reduce(0) { $0 + $1.data.count }

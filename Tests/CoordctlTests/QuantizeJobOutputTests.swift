@@ -289,6 +289,24 @@ import W4A4Probes
         }
     }
 
+    /// For bytes that cross a network each tensor carries the SHA-256 of exactly its bytes; in process the same bytes
+    /// go without one.
+    @Test func exportedTensorsCarryTheirDigestOnlyWhenAsked() throws {
+        let exporter = try w4a4Exporter(layout: .compressedTensors)
+        let amax: [FusedGroup: ActivationAmax] = [.qkv: ActivationAmax(3.5), .o: ActivationAmax(0.75),
+                                                  .gateUp: ActivationAmax(11.0625), .down: ActivationAmax(40)]
+        var timings = ExportTimings()
+        var quality: [LinearQuality] = []
+        let hashed = try exporter.export(layer: 1, activationAmax: amax, timings: &timings, quality: &quality, digests: true)
+        let bare = try exporter.export(layer: 1, activationAmax: amax, timings: &timings, quality: &quality, digests: false)
+        #expect(hashed.count == bare.count && hashed.count > 9)
+        for (withDigest, without) in zip(hashed, bare) {
+            #expect(withDigest.name == without.name && withDigest.data == without.data)
+            #expect(without.sha256 == nil, "\(without.name)")
+            #expect(withDigest.sha256 == SHA256Hasher.hexDigest(of: withDigest.data), "\(withDigest.name)")
+        }
+    }
+
     func w4a4Exporter(layout: CheckpointLayout) throws -> LayerExporter {
         let options = jobOptions(model: Fixtures.tinyLlama, output: URL(fileURLWithPath: "/nonexistent/OUT"), scheme: .nvfp4,
                                  layout: layout)

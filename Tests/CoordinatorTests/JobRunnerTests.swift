@@ -22,6 +22,8 @@ import Transport
         case reportsTwice
         /// Layer `layer`'s first tensor is announced with a SHA-256 its bytes do not have.
         case damagesExport(layer: Int)
+        /// Sends layer L's tensors without their SHA-256, as only an in-process worker may.
+        case omitsDigests(layer: Int)
         /// Calibration reports layer 0 and then waits until the job is cancelled.
         case stallsAfterLayer0
         /// The connection drops while layer `layer` is being exported.
@@ -112,6 +114,7 @@ import Transport
                 if case .damagesExport(let layer) = behaviour, layer == request.layer, index == 0 {
                     sha256 = String(repeating: "0", count: 64)
                 }
+                if case .omitsDigests(let layer) = behaviour, layer == request.layer { sha256 = nil }
                 entries.append(ExportManifest.Entry(name: tensor.name, dtype: tensor.dtype.rawValue, shape: tensor.shape,
                                                     byteCount: tensor.data.count, sha256: sha256, bulkID: id))
                 let bytes = tensor.data
@@ -256,6 +259,17 @@ import Transport
             let reason = run.status.failureReason ?? ""
             #expect(reason.contains("layer 1") && reason.contains("SHA-256"), "\(reason)")
             #expect(try entries(parent) == [], "neither OUT nor OUT.partial-* may remain")
+        }
+    }
+
+    /// A worker in coordd's process (this fake is one) hands over tensors without their SHA-256; the checkpoint is
+    /// still checked and written whole. (From another process that fails the job: ExportDigestTests.)
+    @Test func anInProcessWorkersTensorsNeedNoDigest() async throws {
+        try await withDirectory { parent in
+            let run = try await run(.omitsDigests(layer: 1), in: parent)
+            #expect(run.status.state == .succeeded, "\(run.status.failureReason ?? "")")
+            let written = try SafeTensorsModel(directory: run.output.path)
+            #expect(written.tensorNames.contains { $0.hasPrefix("model.layers.1.") })
         }
     }
 
