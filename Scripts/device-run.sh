@@ -7,6 +7,11 @@
 #   layer         70B-shaped decoder layer: PyTorch vs ours on the same weights and inputs; GEMM peak; copy bandwidth;
 #                 NVFP4 quantization of an 8192x28672 matrix
 #   e2e           an 8-layer 70B-shaped model (vocab 128256) quantized by coordctl --device cuda with 256 samples
+#   e2e-long [N]  issue 15's long benchmark: N 70B-shaped layers (default: as many as the disk holds, at least 20), vocab
+#                 128256, 256 samples of 150-1200 tokens; CUDABenchmarks embed-check (GPU gather vs host, bit for bit) and
+#                 layer-bench (cuBLASLt peak) in the same call; the disk's sequential read rate with the page cache
+#                 dropped; then coordctl quantize --device cuda from a cold cache with its peak RSS (getrusage) and peak
+#                 GPU memory (nvidia-smi every 100 ms), and the FLOP floor of the calibration set at the measured peak
 #   smollm2 DIR   quantizer-check and forward-check on the model in DIR, then coordctl quantize --device cpu and cuda
 #   daemons DIR   coordd and two `workerd --device cuda` (layers split 15,15 on the one GPU) quantize DIR with the ids of
 #                 the smollm2 step; the checkpoint is compared with `coordctl quantize --device cuda`'s (run smollm2 first)
@@ -66,6 +71,57 @@ while [ $# -gt 0 ]; do
             echo "coordctl quantize --device cuda (8 layers): $((SECONDS - started)) s wall" | tee -a "$out/e2e.log"
             du -sh /tmp/e2e-out | tee -a "$out/e2e.log"
             rm -rf /tmp/e2e-out ;;
+        e2e-long)
+            log="$out/e2e-long.log"
+            avail=$(df --output=avail -B1 /tmp | tail -1)
+            layers=$(( (avail - 10 * 1024**3) / (2190 * 1024**2) ))
+            if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then layers=$1; shift; fi
+            [ "$layers" -lt 20 ] && echo "only room for $layers layers (need 20)" | tee "$log"
+            echo "e2e-long: $layers layers; /tmp has $((avail / 1024**3)) GiB free" | tee "$log"
+            started=$SECONDS
+            python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/e2el --layers "$layers" --vocab 128256 --tokens 16384 --calib 256 2>&1 | tee -a "$log"
+            echo "made in $((SECONDS - started)) s" | tee -a "$log"
+            "$bench" embed-check /tmp/e2el/model 65536 --json "$out/embed-check.json" 2>&1 | tee -a "$log"
+            "$bench" embed-check /tmp/e2el/model 65536 2>&1 | grep -E "kernels|embed-check" | tee -a "$log"
+            "$bench" layer-bench /tmp/e2el 1 --json "$out/e2e-long-peak.json" 2>&1 | grep -E "cuBLASLt|layer forward" | tee -a "$log"
+            sync
+            if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then
+                echo "page cache dropped" | tee -a "$log"
+                dd if=/tmp/e2el/model/model.safetensors of=/dev/null bs=64M count=160 iflag=direct 2>&1 | tail -1 | sed 's/^/disk read (10 GiB, O_DIRECT): /' | tee -a "$log"
+                echo 3 > /proc/sys/vm/drop_caches
+            else
+                echo "cannot drop the page cache (not root): the job reads a warm cache" | tee -a "$log"
+                dd if=/tmp/e2el/model/model.safetensors of=/dev/null bs=64M count=160 iflag=direct 2>&1 | tail -1 | sed 's/^/disk read (10 GiB, O_DIRECT): /' | tee -a "$log"
+            fi
+            nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$out/e2e-long-gpumem.txt" &
+            smi=$!
+            python3 - "$coordctl" quantize --model /tmp/e2el/model --output /tmp/e2el-out --device cuda --calib /tmp/e2el/calib.jsonl \
+                --samples 256 --eval-samples 0 --force <<'PY' 2>&1 | tee -a "$log"
+import resource, subprocess, sys, time
+started = time.time()
+code = subprocess.call(sys.argv[1:])
+print(f"coordctl quantize: exit {code}, {time.time() - started:.1f} s wall, peak RSS "
+      f"{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB")
+PY
+            kill $smi
+            base=$(sort -n "$out/e2e-long-gpumem.txt" | head -1); peak=$(sort -n "$out/e2e-long-gpumem.txt" | tail -1)
+            echo "GPU memory used: $base MiB before the job, peak $peak MiB" | tee -a "$log"
+            python3 - /tmp/e2el "$out/e2e-long-peak.json" "$layers" <<'PY' 2>&1 | tee -a "$log"
+import json, sys
+d, peak_json, layers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cfg = json.load(open(f"{d}/model/config.json"))
+lengths = [len(json.loads(l)["input_ids"]) for l in open(f"{d}/calib.jsonl")]
+w, inter = cfg["hidden_size"], cfg["intermediate_size"]
+q = cfg["num_attention_heads"] * (w // cfg["num_attention_heads"]); kv = cfg["num_key_value_heads"] * (w // cfg["num_attention_heads"])
+gemm = 2.0 * sum(lengths) * w * (q + 2 * kv + q + 3 * inter)
+attention = sum(2.0 * q * n * (n + 1) for n in lengths)
+peak = json.load(open(peak_json))["layerBench"]["gemmPeakTFLOPS"]
+per_layer = (gemm + attention) / 1e12
+print(f"FLOP floor: {sum(lengths)} tokens, {per_layer:.1f} TFLOP per layer, {per_layer / peak:.3f} s per layer at "
+      f"{peak:.0f} TFLOP/s; {layers} layers {layers * per_layer / peak:.1f} s")
+PY
+            du -sh /tmp/e2el/model /tmp/e2el-out | tee -a "$log"
+            rm -rf /tmp/e2el-out ;;
         gptq)
             "$bench" gptq-check --json "$out/gptq-check.json" 2>&1 | tee "$out/gptq.log"
             [ -f /tmp/layer70b/hidden.safetensors ] || \
