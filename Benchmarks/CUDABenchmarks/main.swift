@@ -3,6 +3,9 @@
 //   CUDABenchmarks golden FILE                 GPU quantizer vs the golden NVFP4 vectors (modelopt bytes)
 //   CUDABenchmarks quantizer-check MODEL_DIR   GPU vs CPU quantizer (amax, packed, scales) on every Linear
 //   CUDABenchmarks forward-check MODEL_DIR     CUDA vs CPU (bf16) backend amax, layer by layer
+//   CUDABenchmarks loaded-check MODEL_DIR [LAYERS]
+//                                              each layer's Linears quantized from the weights the forward loaded
+//                                              (one launch per layer, no second upload) vs the CPU quantizer on the file
 //   CUDABenchmarks embed-check MODEL_DIR [TOKENS]
 //                                              GPU embedding gather vs host gather + upload: states bit for bit, times
 //   CUDABenchmarks layer-bench DIR [REPEATS]   one decoder layer (DIR/model, DIR/hidden.safetensors, DIR/lengths.json),
@@ -122,6 +125,51 @@ func bf16Values(_ source: some WeightSource, _ name: String) throws -> (values: 
     print("quantizer-check: \(checked - failures.count)/\(checked) Linears bit-identical (amax, packed, block scales); " +
           "\(bytes >> 20) MiB; GPU (with host copies) \(String(format: "%.2f", gpuSeconds)) s, CPU \(String(format: "%.2f", cpuSeconds)) s")
     results["quantizerCheck"] = ["linears": checked, "failures": failures, "gpuSeconds": gpuSeconds, "cpuSeconds": cpuSeconds]
+    if !failures.isEmpty { throw Failure("\(failures.count) Linears differ") }
+}
+
+/// ``CUDANVFP4Quantizer/quantize(loaded:linears:)`` (the export's path for W4A4 round to nearest on the GPU) against
+/// the CPU quantizer reading the model file: amax, S2 shared by each fused group, codes and block scales, bit for bit.
+@MainActor func loadedCheck(_ directory: String, layers: Int?, device: CUDADevice) throws {
+    let config = try LlamaConfig.load(path: directory + "/config.json")
+    let model = try SafeTensorsModel(directory: directory)
+    let backend = try CUDABackend(config: config, device: device)
+    let quantizer = CUDANVFP4Quantizer(device: device)
+    var failures: [String] = []
+    var gpuSeconds: [Double] = []
+    var checked = 0
+    for layer in 0..<min(layers ?? config.numHiddenLayers, config.numHiddenLayers) {
+        let loaded = try backend.loadLayer(layer, from: model)
+        let started = Date()
+        guard let quantized = try quantizer.quantize(loaded: loaded, linears: config.linears(layer: layer)) else {
+            throw Failure("layer \(layer): the loaded weights were not quantized (a zero or non-finite amax)")
+        }
+        gpuSeconds.append(Date().timeIntervalSince(started))
+        var memberAmax: [String: Float] = [:]
+        for linear in config.linears(layer: layer) {
+            let (values, shape) = try bf16Values(model, linear.weightName)
+            memberAmax[linear.weightName] = try values.withUnsafeBufferPointer {
+                try NVFP4Quantizer.amax(bf16: $0, cols: shape[1], tensor: linear.weightName)
+            }
+        }
+        for linear in config.linears(layer: layer) {
+            let members = config.linears(layer: layer).filter { $0.kind.group == linear.kind.group }
+            let s2 = FusedScales.sharedWeightScale2(memberAmax: members.map { memberAmax[$0.weightName]! })
+            let (values, shape) = try bf16Values(model, linear.weightName)
+            let cpu = try values.withUnsafeBufferPointer {
+                try NVFP4Quantizer.quantize(bf16: $0, rows: shape[0], cols: shape[1], weightScale2: s2, tensor: linear.weightName)
+            }
+            checked += 1
+            let gpu = quantized.weights[linear.name]
+            if gpu != cpu || quantized.weightAmax[linear.weightName]?.bitPattern != memberAmax[linear.weightName]!.bitPattern {
+                print("DIFFERENT \(linear.name): amax \(String(describing: quantized.weightAmax[linear.weightName])) vs \(memberAmax[linear.weightName]!)")
+                failures.append(linear.name)
+            }
+        }
+    }
+    print("loaded-check \(directory): \(checked - failures.count)/\(checked) Linears bit-identical (amax, S2, codes, block scales); "
+          + "GPU quantization of a loaded layer incl. download \(String(format: "%.3f", median(gpuSeconds))) s (median of \(gpuSeconds.count))")
+    results["loadedCheck"] = ["linears": checked, "failures": failures, "gpuSecondsMedian": median(gpuSeconds)]
     if !failures.isEmpty { throw Failure("\(failures.count) Linears differ") }
 }
 
@@ -385,13 +433,14 @@ func bf16Values(_ source: some WeightSource, _ name: String) throws -> (values: 
 
 do {
     guard let command = arguments.first else {
-        throw Failure("usage: CUDABenchmarks golden FILE | quantizer-check MODEL | forward-check MODEL | embed-check MODEL [TOKENS] | layer-bench DIR [REPEATS] | gptq-check | gptq-bench DIR [SAMPLES] [--act-order] [--json PATH]")
+        throw Failure("usage: CUDABenchmarks golden FILE | quantizer-check MODEL | forward-check MODEL | embed-check MODEL [TOKENS] | loaded-check MODEL [LAYERS] | layer-bench DIR [REPEATS] | gptq-check | gptq-bench DIR [SAMPLES] [--act-order] [--json PATH]")
     }
     let device = try CUDADevice(ordinal: Int(ProcessInfo.processInfo.environment["NVFP4_CUDA_DEVICE"] ?? "0") ?? 0, logger: logger)
     switch command {
     case "golden": try golden(arguments[1], device: device)
     case "quantizer-check": try quantizerCheck(arguments[1], device: device)
     case "forward-check": try forwardCheck(arguments[1], device: device)
+    case "loaded-check": try loadedCheck(arguments[1], layers: arguments.count > 2 ? Int(arguments[2]) : nil, device: device)
     case "embed-check": try embedCheck(arguments[1], tokens: arguments.count > 2 ? Int(arguments[2]) ?? 32768 : 32768, device: device)
     case "layer-bench": try layerBench(arguments[1], repeats: arguments.count > 2 ? Int(arguments[2]) ?? 5 : 5, device: device)
     case "gptq-check": try gptqCheck(device: device)

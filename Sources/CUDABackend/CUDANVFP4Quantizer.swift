@@ -1,5 +1,7 @@
 import CUDARuntime
+import ComputeBackend
 import Foundation
+import LlamaModel
 import NVFP4
 
 /// NVFP4 weight quantization on the GPU, bit-identical to ``NVFP4Quantizer``: one thread per 16-element block does the
@@ -79,5 +81,107 @@ public struct CUDANVFP4Quantizer: Sendable {
         try result.fill(byte: 0, byteCount: 4, stream: stream)
         try device.kernels.bf16Amax.launch(grid: gridStride(count / 8), block: (256, 1, 1), stream: stream,
                                            arguments: [.pointer(weight), .int64(Int64(count)), .pointer(result.address)])
+    }
+}
+
+/// A decoder layer's seven Linears quantized to NVFP4 from the BF16 weights the calibration forward already has on the
+/// GPU, and each weight's max |W|, both equal bit for bit to ``NVFP4Quantizer`` on the source.
+public struct LoadedLayerQuantization: Sendable {
+    public let layer: Int
+    /// By module name (``LinearSpec/name``).
+    public let weights: [String: NVFP4Weight]
+    /// By weight tensor name (``LinearSpec/weightName``).
+    public let weightAmax: [String: Float]
+
+    public init(layer: Int, weights: [String: NVFP4Weight], weightAmax: [String: Float]) {
+        self.layer = layer
+        self.weights = weights
+        self.weightAmax = weightAmax
+    }
+}
+
+extension CUDANVFP4Quantizer {
+    /// Quantizes `layer`'s Linears where they are: each weight's amax, then each fused group's shared S2 on the host,
+    /// then the quantization kernel and one download of the layer's codes and block scales (about a quarter of the
+    /// weights' bytes). Runs on the export stream after the layer's upload, beside the forwards on the compute
+    /// stream. nil when a weight is all zero or not finite: the export then reads the source and names the problem.
+    public func quantize(loaded layer: CUDABackend.LoadedLayer, linears: [LinearSpec]) throws -> LoadedLayerQuantization? {
+        // Where each Linear sits in the stacked buffers (q/k/v and gate/up share one upload each).
+        var placed: [(spec: LinearSpec, address: CUdeviceptr)] = []
+        var offsets: [ObjectIdentifier: Int] = [:]
+        for kind in LinearKind.allCases {
+            guard let spec = linears.first(where: { $0.kind == kind }) else {
+                throw CUDABackendError.unsupportedShape(field: "layer \(layer.index)", value: linears.count,
+                                                        reason: "has no \(kind.rawValue)")
+            }
+            let buffer = switch kind.group {
+            case .qkv: layer.qkvWeight
+            case .o: layer.oWeight
+            case .gateUp: layer.gateUpWeight
+            case .down: layer.downWeight
+            }
+            let offset = offsets[ObjectIdentifier(buffer), default: 0]
+            placed.append((spec, buffer.address(atByteOffset: offset)))
+            offsets[ObjectIdentifier(buffer)] = offset + spec.outFeatures * spec.inFeatures * 2
+        }
+        for (spec, _) in placed {
+            try Self.check(rows: spec.outFeatures, cols: spec.inFeatures, count: spec.outFeatures * spec.inFeatures,
+                           weightScale2: 1, tensor: spec.weightName)
+        }
+        let packedBytes = placed.map { $0.spec.outFeatures * $0.spec.inFeatures / 2 }
+        let scaleBytes = placed.map { $0.spec.outFeatures * $0.spec.inFeatures / 16 }
+        var amaxBits = [UInt32](repeating: 0, count: placed.count)
+        return try device.exclusive { () -> LoadedLayerQuantization? in
+            let stream = device.exportStream
+            try stream.wait(for: layer.ready)
+            let amax = try device.workspace.device("layerq.amax", bytes: placed.count * 4)
+            try amax.fill(byte: 0, byteCount: placed.count * 4, stream: stream)
+            for (index, (spec, address)) in placed.enumerated() {
+                let count = spec.outFeatures * spec.inFeatures
+                try device.kernels.bf16Amax.launch(grid: gridStride(count / 8), block: (256, 1, 1), stream: stream,
+                                                   arguments: [.pointer(address), .int64(Int64(count)),
+                                                               .pointer(amax.address(atByteOffset: index * 4))])
+            }
+            try amaxBits.withUnsafeMutableBytes { try device.download(amax, byteCount: placed.count * 4, into: $0, stream: stream) }
+            let memberAmax = amaxBits.map { Float(bitPattern: $0) }
+            guard memberAmax.allSatisfy({ $0.isFinite && $0 > 0 }) else { return nil }
+            var shared: [FusedGroup: Float] = [:]
+            for group in FusedGroup.allCases {
+                shared[group] = FusedScales.sharedWeightScale2(
+                    memberAmax: placed.indices.filter { placed[$0].spec.kind.group == group }.map { memberAmax[$0] })
+            }
+            let packedBuffer = try device.workspace.device("layerq.packed", bytes: packedBytes.reduce(0, +))
+            let scaleBuffer = try device.workspace.device("layerq.scales", bytes: scaleBytes.reduce(0, +))
+            var packedOffset = 0
+            var scaleOffset = 0
+            for (index, (spec, address)) in placed.enumerated() {
+                try quantizeOnDevice(weight: address, rows: spec.outFeatures, cols: spec.inFeatures,
+                                     weightScale2: shared[spec.kind.group]!, packed: packedBuffer.address(atByteOffset: packedOffset),
+                                     scales: scaleBuffer.address(atByteOffset: scaleOffset), stream: stream)
+                packedOffset += packedBytes[index]
+                scaleOffset += scaleBytes[index]
+            }
+            // Each Linear's bytes straight into its own arrays (no slicing copy of the layer's 0.5 GB afterwards).
+            var weights: [String: NVFP4Weight] = [:]
+            var weightAmax: [String: Float] = [:]
+            packedOffset = 0
+            scaleOffset = 0
+            for (index, (spec, _)) in placed.enumerated() {
+                var packed = [UInt8](repeating: 0, count: packedBytes[index])
+                var scales = [UInt8](repeating: 0, count: scaleBytes[index])
+                try packed.withUnsafeMutableBytes {
+                    try device.download(packedBuffer, fromByteOffset: packedOffset, byteCount: $0.count, into: $0, stream: stream)
+                }
+                try scales.withUnsafeMutableBytes {
+                    try device.download(scaleBuffer, fromByteOffset: scaleOffset, byteCount: $0.count, into: $0, stream: stream)
+                }
+                weights[spec.name] = NVFP4Weight(rows: spec.outFeatures, cols: spec.inFeatures, packed: packed, blockScales: scales,
+                                                 weightScale2: shared[spec.kind.group]!)
+                weightAmax[spec.weightName] = memberAmax[index]
+                packedOffset += packedBytes[index]
+                scaleOffset += scaleBytes[index]
+            }
+            return LoadedLayerQuantization(layer: layer.index, weights: weights, weightAmax: weightAmax)
+        }
     }
 }

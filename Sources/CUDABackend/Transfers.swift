@@ -34,6 +34,12 @@ extension CUDADevice {
     /// Copies `count` bytes of `buffer` back to host memory through two pinned staging buffers: the DMA of one chunk
     /// overlaps the memcpy out of the other. Synchronous.
     func download(_ buffer: DeviceBuffer, byteCount count: Int, into host: UnsafeMutableRawBufferPointer, stream: CUDAStream) throws {
+        try download(buffer, fromByteOffset: 0, byteCount: count, into: host, stream: stream)
+    }
+
+    /// ``download(_:byteCount:into:stream:)`` of the `count` bytes at `offset` in `buffer`.
+    func download(_ buffer: DeviceBuffer, fromByteOffset offset: Int, byteCount count: Int, into host: UnsafeMutableRawBufferPointer,
+                  stream: CUDAStream) throws {
         precondition(host.count >= count, "host buffer too small")
         guard count > 0 else { return }
         let chunk = min(count, Self.stagingBytes)
@@ -42,8 +48,8 @@ extension CUDADevice {
         let starts = Array(stride(from: 0, to: count, by: chunk))
         func enqueue(_ index: Int) throws {
             let size = min(chunk, count - starts[index])
-            try buffer.copy(to: UnsafeMutableRawBufferPointer(start: staging[index % 2].pointer, count: size), fromByteOffset: starts[index],
-                            stream: stream)
+            try buffer.copy(to: UnsafeMutableRawBufferPointer(start: staging[index % 2].pointer, count: size),
+                            fromByteOffset: offset + starts[index], stream: stream)
             try events[index % 2].record(on: stream)
         }
         try enqueue(0)

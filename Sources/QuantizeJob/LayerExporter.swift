@@ -74,9 +74,13 @@ public final class LayerExporter: Sendable {
     /// for `--propagate quantized`); they are then written as they are.
     /// `digests`: give each tensor its SHA-256, for bytes that will cross a network; a tensor handed over in process
     /// needs none, and hashing a 70B layer's 481 MB costs more than quantizing it.
+    /// `loaded`: the layer as the GPU quantized it during calibration: with round to nearest (no GPTQ, no scale
+    /// search) its weights and amax are used instead of reading and quantizing the source again.
     public func export(layer: Int, activationAmax: [FusedGroup: ActivationAmax]?, timings: inout ExportTimings,
                        quality: inout [LinearQuality], hessians: [FusedGroup: HessianAccumulator]? = nil,
-                       gptqWeights: [String: NVFP4Weight]? = nil, digests: Bool = true) throws -> [ExportedTensor] {
+                       gptqWeights: [String: NVFP4Weight]? = nil, loaded: LoadedLayerQuantization? = nil,
+                       digests: Bool = true) throws -> [ExportedTensor] {
+        let loaded = spec.gptq == nil && spec.scaleSearch != .mse ? loaded : nil
         if spec.gptq != nil && hessians == nil && gptqWeights == nil {
             throw QuantizeJobError.missingHessians(layer: layer)
         }
@@ -102,7 +106,7 @@ public final class LayerExporter: Sendable {
             try source.releasePages(linear.weightName)
         }
         var started = ContinuousClock.now
-        let (memberWeightAmax, sharedScale) = try sharedScales(linears)
+        let (memberWeightAmax, sharedScale) = try sharedScales(linears, known: loaded?.weightAmax ?? [:])
         timings.weightAmax += secondsSince(started)
         var factorizations = ShareableFactorizations(hessians: hessians ?? [:])
         for (index, linear) in linears.enumerated() {
@@ -116,7 +120,7 @@ public final class LayerExporter: Sendable {
             }
             started = .now
             let weight: NVFP4Weight
-            if let computed = gptqWeights?[linear.name] {
+            if let computed = gptqWeights?[linear.name] ?? loaded?.weights[linear.name] {
                 weight = computed
             } else if spec.gptq != nil {
                 weight = try gptqQuantize(linear, weightScale2: sharedScale[linear.kind.group]!,
@@ -172,9 +176,12 @@ public final class LayerExporter: Sendable {
     }
 
     /// Each Linear's max |W| and each fused group's shared `S2`.
-    private func sharedScales(_ linears: [LinearSpec]) throws -> (memberAmax: [Float], shared: [FusedGroup: Float]) {
+    /// `known`: amax by weight name already measured (on the GPU); the others are read from the source.
+    private func sharedScales(_ linears: [LinearSpec], known: [String: Float] = [:]) throws
+        -> (memberAmax: [Float], shared: [FusedGroup: Float])
+    {
         // One core reads a few GB/s; the Linears of a 70B layer are 1.7 GB.
-        let memberAmax = try concurrentMap(linears) { try self.amax(of: $0) }
+        let memberAmax = try concurrentMap(linears) { try known[$0.weightName] ?? self.amax(of: $0) }
         var shared: [FusedGroup: Float] = [:]
         for group in FusedGroup.allCases {
             let members = linears.indices.filter { linears[$0].kind.group == group }

@@ -51,6 +51,8 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
     public var inputObserver: (any CalibrationInputObserver)?
     /// Runs each layer of the layer-streaming schedule again with other weights for its outputs (GPTQ's propagation).
     public var propagation: (any LayerPropagation)?
+    /// Sees each layer's loaded weights during the layer-streaming schedule (``LayerStreamingCalibrator/loadedLayerObserver``).
+    public var loadedLayerObserver: ((Int, Backend.LoadedLayer) throws -> Void)?
 
     /// - Parameters:
     ///   - range: global layer indices, non-empty, inside the model; it starts at 0 exactly when `embeds`.
@@ -162,6 +164,7 @@ public final class LayerRangeRunner<Backend: ComputeBackend> {
             scratchDirectory: spec.scratchDirectory, logger: logger, releaseWeights: releaseWeights, progress: progress)
         pass.inputObserver = inputObserver
         pass.propagation = propagation
+        pass.loadedLayerObserver = loadedLayerObserver
         return pass
     }
 

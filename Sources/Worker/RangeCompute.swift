@@ -32,6 +32,8 @@ final class RangeCompute: @unchecked Sendable {
     private let hessians: (any GPTQHessianStore)?
     /// `--propagate quantized`: the GPTQ weights computed during calibration, taken by each export.
     private let propagation: GPTQPropagation?
+    /// A GPU job's layers quantized from the weights calibration loaded, taken by each export.
+    private let loadedQuantizations: LoadedWeightQuantizations?
 
     /// Checks the model against the coordinator's config hash, then loads the range (W4A4 only: weight-only jobs
     /// only export).
@@ -57,6 +59,7 @@ final class RangeCompute: @unchecked Sendable {
             return try erase(backend)
         }
         exporter = try LayerExporter(spec: spec, config: config, source: source, bf16Quantizer: device.bf16WeightQuantizer)
+        loadedQuantizations = LoadedWeightQuantizations.attach(to: runner, spec: spec, config: config, device: device, logger: logger)
         if let gptq = spec.gptq {
             let hessians: any GPTQHessianStore
             switch device {
@@ -185,7 +188,7 @@ final class RangeCompute: @unchecked Sendable {
         let computed = try propagation?.takeWeights(layer: layer) ?? hessians?.quantizeLayer(layer, exporter: exporter)
         timings.quantize += secondsSince(started)
         let tensors = try exporter.export(layer: layer, activationAmax: activationAmax, timings: &timings, quality: &quality,
-                                          gptqWeights: computed, digests: digests)
+                                          gptqWeights: computed, loaded: loadedQuantizations?.take(layer: layer), digests: digests)
         return (tensors, timings, quality)
     }
 
@@ -193,6 +196,7 @@ final class RangeCompute: @unchecked Sendable {
         runner.releaseLayers()
         hessians?.removeAll()
         propagation?.removeAll()
+        loadedQuantizations?.removeAll()
     }
 
     /// Fills the plan's token ids from the data path's little-endian Int32 bytes, after checking their count and

@@ -1,3 +1,4 @@
+import CUDABackend
 import Checkpoint
 import Foundation
 import LocalCluster
@@ -305,6 +306,56 @@ import W4A4Probes
             #expect(without.sha256 == nil, "\(without.name)")
             #expect(withDigest.sha256 == SHA256Hasher.hexDigest(of: withDigest.data), "\(withDigest.name)")
         }
+    }
+
+    /// A layer the GPU quantized during calibration is written as given (its codes, its amax for the quality figures),
+    /// with the bytes the exporter computes itself when the weights are the CPU quantizer's.
+    @Test func aLayerQuantizedDuringCalibrationIsWrittenAsGiven() throws {
+        let exporter = try w4a4Exporter(layout: .modelopt)
+        let config = try Fixtures.tinyConfig()
+        let model = try SafeTensorsModel(directory: Fixtures.tinyLlama.path)
+        let amax: [FusedGroup: ActivationAmax] = [.qkv: ActivationAmax(3.5), .o: ActivationAmax(0.75),
+                                                  .gateUp: ActivationAmax(11.0625), .down: ActivationAmax(40)]
+        var weightAmax: [String: Float] = [:]
+        for linear in config.linears(layer: 1) {
+            weightAmax[linear.weightName] = try model.floats(linear.weightName).withUnsafeBufferPointer {
+                try NVFP4Quantizer.amax(f32: $0, cols: linear.inFeatures, tensor: linear.weightName)
+            }
+        }
+        var weights: [String: NVFP4Weight] = [:]
+        for linear in config.linears(layer: 1) {
+            let s2 = FusedScales.sharedWeightScale2(memberAmax: config.linears(layer: 1).filter { $0.kind.group == linear.kind.group }
+                .map { weightAmax[$0.weightName]! })
+            weights[linear.name] = try model.floats(linear.weightName).withUnsafeBufferPointer {
+                try NVFP4Quantizer.quantize(f32: $0, rows: linear.outFeatures, cols: linear.inFeatures, weightScale2: s2,
+                                            tensor: linear.weightName)
+            }
+        }
+        var timings = ExportTimings()
+        var quality: [LinearQuality] = []
+        let own = try exporter.export(layer: 1, activationAmax: amax, timings: &timings, quality: &quality)
+        var givenQuality: [LinearQuality] = []
+        let given = try exporter.export(layer: 1, activationAmax: amax, timings: &timings, quality: &givenQuality,
+                                        loaded: LoadedLayerQuantization(layer: 1, weights: weights, weightAmax: weightAmax))
+        #expect(given.map(\.name) == own.map(\.name))
+        #expect(given.map(\.data) == own.map(\.data))
+        #expect(givenQuality == quality)
+
+        // Other codes and amax go through as they are: the exporter did not quantize or measure the source itself.
+        let q = config.linears(layer: 1).first { $0.kind == .q }!
+        var altered = weights
+        var packed = weights[q.name]!.packed
+        packed[0] ^= 0x11
+        altered[q.name] = NVFP4Weight(rows: q.outFeatures, cols: q.inFeatures, packed: packed, blockScales: weights[q.name]!.blockScales,
+                                      weightScale2: weights[q.name]!.weightScale2)
+        var alteredAmax = weightAmax
+        alteredAmax[q.weightName] = weightAmax[q.weightName]! * 0.5
+        var alteredQuality: [LinearQuality] = []
+        let written = try exporter.export(layer: 1, activationAmax: amax, timings: &timings, quality: &alteredQuality,
+                                          loaded: LoadedLayerQuantization(layer: 1, weights: altered, weightAmax: alteredAmax))
+        let packedName = q.weightName
+        #expect(written.first { $0.name == packedName }?.data.first == own.first { $0.name == packedName }!.data.first! ^ 0x11)
+        #expect(alteredQuality.first { $0.name == q.name }?.weightAmax == weightAmax[q.weightName]! * 0.5)
     }
 
     func w4a4Exporter(layout: CheckpointLayout) throws -> LayerExporter {

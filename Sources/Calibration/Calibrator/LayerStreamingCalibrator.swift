@@ -56,6 +56,9 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
     public var inputObserver: (any CalibrationInputObserver)?
     /// Runs each layer a second time with other weights for its outputs (GPTQ with `--propagate quantized`).
     public var propagation: (any LayerPropagation)?
+    /// Called on the calibration thread with each layer's weights as the backend holds them, once its forwards are
+    /// enqueued and before they are waited for: a GPU job quantizes the weights there, without uploading them again.
+    public var loadedLayerObserver: ((Int, Backend.LoadedLayer) throws -> Void)?
     /// How many chunks live in scratch files rather than memory (known after the first call).
     public private(set) var spilledChunkCount = 0
     /// How many chunks live in the backend's own memory (known after the first call).
@@ -334,6 +337,7 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
         if !pending.isEmpty && layer + 1 < layers.upperBound && propagation == nil {
             prefetched = (layer + 1, try backend.loadLayer(layer + 1, from: weights))
         }
+        if propagated == nil { try loadedLayerObserver?(layer, loaded) }
         for (index, forward) in pending {
             chunkAmax[index] = try checkedAmax(try backend.completeForward(forward), layer: layer, chunk: chunks[index].plan)
         }
