@@ -8,7 +8,8 @@
 #                 NVFP4 quantization of an 8192x28672 matrix
 #   e2e           an 8-layer 70B-shaped model (vocab 128256) quantized by coordctl --device cuda with 256 samples
 #   e2e-long [N]  issue 15's long benchmark: N 70B-shaped layers (default: as many as the disk holds, at least 20), vocab
-#                 128256, 256 samples of 150-1200 tokens; CUDABenchmarks embed-check (GPU gather vs host, bit for bit) and
+#                 128256, 256 samples of 150-1200 tokens (run from the repository root); CUDABenchmarks loaded-check (the
+#                 export's GPU quantization of loaded layers vs the CPU quantizer), embed-check (GPU gather vs host) and
 #                 layer-bench (cuBLASLt peak) in the same call; the disk's sequential read rate with the page cache
 #                 dropped; then coordctl quantize --device cuda from a cold cache with its peak RSS (getrusage) and peak
 #                 GPU memory (nvidia-smi every 100 ms), and the FLOP floor of the calibration set at the measured peak
@@ -81,6 +82,8 @@ while [ $# -gt 0 ]; do
             started=$SECONDS
             python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/e2el --layers "$layers" --vocab 128256 --tokens 16384 --calib 256 2>&1 | tee -a "$log"
             echo "made in $((SECONDS - started)) s" | tee -a "$log"
+            "$bench" loaded-check Tests/Fixtures/tiny-llama 2>&1 | grep -E "loaded-check|DIFFERENT|error" | tee -a "$log"
+            "$bench" loaded-check /tmp/e2el/model 2 2>&1 | grep -E "loaded-check|DIFFERENT|error" | tee -a "$log"
             "$bench" embed-check /tmp/e2el/model 65536 --json "$out/embed-check.json" 2>&1 | tee -a "$log"
             "$bench" embed-check /tmp/e2el/model 65536 2>&1 | grep -E "kernels|embed-check" | tee -a "$log"
             "$bench" layer-bench /tmp/e2el 1 --json "$out/e2e-long-peak.json" 2>&1 | grep -E "cuBLASLt|layer forward" | tee -a "$log"
