@@ -42,7 +42,7 @@ public struct CUDABackend: ComputeBackend {
         self.config = config
         self.device = device
         inverseFrequencies = config.rope.inverseFrequencies(headDim: config.headDim)
-        let free = try device.exclusive { try device.context.memoryInfo().free }
+        let free = try device.exclusive { try device.context.usableMemory() }
         maxTokensPerPass = Self.tokensPerPass(config: config, freeBytes: Int(Double(free) * memoryFraction))
     }
 
@@ -220,7 +220,7 @@ public struct CUDABackend: ComputeBackend {
     public static let residentStateFraction = 0.4
 
     public func residentStateCapacity() throws -> Int {
-        let free = try device.exclusive { try device.context.memoryInfo().free }
+        let free = try device.exclusive { try device.context.usableMemory() }
         return Int(Double(free) * Self.residentStateFraction)
     }
 
@@ -255,7 +255,7 @@ public struct CUDABackend: ComputeBackend {
         guard description.shape == shape else { throw LlamaWeightError.shapeMismatch(name: name, expected: shape, actual: description.shape) }
         guard description.dtype == WeightElementType.bf16.rawValue else { return nil }
         let tableBytes = config.vocabSize * width * 2
-        let free = try device.exclusive { try device.context.memoryInfo().free }
+        let free = try device.exclusive { try device.context.usableMemory() }
         guard Double(tableBytes) <= Double(free) * Self.embeddingTableFraction else { return nil }
         let table = try device.exclusive { () -> DeviceBuffer in
             let table = try DeviceBuffer(context: device.context, byteCount: tableBytes)

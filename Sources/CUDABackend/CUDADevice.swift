@@ -42,10 +42,11 @@ public final class CUDADevice: @unchecked Sendable {
     var downloadEvents: [CUDAEvent?] = [nil, nil]
 
     /// Opens GPU `ordinal`: loads the driver, NVRTC and cuBLASLt, and compiles (or loads from cache) the kernels.
+    /// `memoryLimit`: most bytes of GPU memory this process may allocate (``CUDAContext/memoryLimit``).
     public init(ordinal: Int = 0, locator: CUDALibraryLocator = CUDALibraryLocator(), cache: KernelCache = KernelCache(),
-                logger: Logger? = nil) throws {
+                memoryLimit: Int? = nil, logger: Logger? = nil) throws {
         let driver = try CUDADriver(locator: locator)
-        context = try CUDAContext(driver: driver, ordinal: ordinal)
+        context = try CUDAContext(driver: driver, ordinal: ordinal, memoryLimit: memoryLimit)
         let nvrtc = try NVRTC(locator: locator)
         kernels = try CUDAKernels(context: context, nvrtc: nvrtc, cache: cache, logger: logger)
         blas = try CuBLASLt(context: context, locator: locator)
@@ -56,7 +57,7 @@ public final class CUDADevice: @unchecked Sendable {
         let memory = try context.memoryInfo()
         let driverVersion = try driver.driverVersion()
         let nvrtcVersion = try nvrtc.version()
-        logger?.info("CUDA device \(ordinal): \(context.name), \(context.architecture), \(context.multiprocessorCount) SMs, \(memory.free >> 20) MiB free of \(memory.total >> 20) MiB; driver \(driverVersion), NVRTC \(nvrtcVersion), \(blas.library.path)")
+        logger?.info("CUDA device \(ordinal): \(context.name), \(context.architecture), \(context.multiprocessorCount) SMs, \(memory.free >> 20) MiB free of \(memory.total >> 20) MiB\(memoryLimit.map { ", this process limited to \($0 >> 20) MiB" } ?? ""); driver \(driverVersion), NVRTC \(nvrtcVersion), \(blas.library.path)")
     }
 
     /// Bytes of device memory in use on this GPU (total minus free, from cuMemGetInfo), for the workers' gauge.

@@ -68,6 +68,8 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
     case compilationFailed(source: String, architecture: String, log: String)
     /// An argument that the call would reject or misuse, named with the reason.
     case invalidArgument(call: String, reason: String)
+    /// An allocation would take this process past its GPU memory limit (`--gpu-memory`).
+    case memoryLimitExceeded(requested: Int, held: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -85,6 +87,8 @@ public enum CUDAError: Error, CustomStringConvertible, Equatable, Sendable {
             return "NVRTC could not compile \(source) for \(architecture):\n\(log)"
         case let .invalidArgument(call, reason):
             return "\(call): \(reason)"
+        case let .memoryLimitExceeded(requested, held, limit):
+            return "allocating \(requested >> 20) MiB of GPU memory would exceed the limit of \(limit >> 20) MiB (--gpu-memory); \(held >> 20) MiB are held"
         }
     }
 }

@@ -9,13 +9,22 @@ public final class CUDAContext: @unchecked Sendable {
     public let name: String
     public let computeCapability: (major: Int, minor: Int)
     public let multiprocessorCount: Int
+    /// Most bytes of device memory this process may hold through ``DeviceBuffer``s (`--gpu-memory`); nil: what the
+    /// driver reports free. On a GB10 the GPU's memory is the host's, so "free" is not ours to fill.
+    public let memoryLimit: Int?
     let device: Int32
     let context: OpaquePointer?
+    private let allocation = NSLock()
+    private var allocated = 0
 
     /// Retains the primary context of device `ordinal`.
-    public init(driver: CUDADriver, ordinal: Int) throws {
+    public init(driver: CUDADriver, ordinal: Int, memoryLimit: Int? = nil) throws {
         self.driver = driver
         self.ordinal = ordinal
+        if let memoryLimit, memoryLimit <= 0 {
+            throw CUDAError.invalidArgument(call: "CUDAContext", reason: "a GPU memory limit of \(memoryLimit) bytes is not positive")
+        }
+        self.memoryLimit = memoryLimit
         try validateDeviceOrdinal(ordinal, deviceCount: try driver.deviceCount())
         var device: Int32 = 0
         try driver.check(driver.cuDeviceGet(&device, Int32(ordinal)), "cuDeviceGet(\(ordinal))")
@@ -58,6 +67,29 @@ public final class CUDAContext: @unchecked Sendable {
         try driver.check(driver.cuMemGetInfo(&free, &total), "cuMemGetInfo")
         return (free, total)
     }
+
+    /// Bytes this process holds in ``DeviceBuffer``s now.
+    public var allocatedBytes: Int { allocation.withLock { allocated } }
+
+    /// What this process may still allocate: the driver's free memory, and with a ``memoryLimit`` no more than the
+    /// limit less what it holds. Sizing decisions (resident states, token passes) use this, never `free` alone.
+    public func usableMemory() throws -> Int {
+        let free = try memoryInfo().free
+        guard let memoryLimit else { return free }
+        return max(0, min(free, memoryLimit - allocatedBytes))
+    }
+
+    /// Counts `bytes` against the limit before `cuMemAlloc`, or throws naming the request, the holding and the limit.
+    func reserve(_ bytes: Int) throws {
+        try allocation.withLock {
+            if let memoryLimit, allocated + bytes > memoryLimit {
+                throw CUDAError.memoryLimitExceeded(requested: bytes, held: allocated, limit: memoryLimit)
+            }
+            allocated += bytes
+        }
+    }
+
+    func release(_ bytes: Int) { allocation.withLock { allocated -= bytes } }
 }
 
 /// Device memory from `cuMemAlloc` (never managed memory), freed when the last reference goes.
@@ -71,12 +103,21 @@ public final class DeviceBuffer: @unchecked Sendable {
         guard byteCount > 0 else { throw CUDAError.invalidArgument(call: "cuMemAlloc", reason: "size \(byteCount) is not positive") }
         self.context = context
         self.byteCount = byteCount
+        try context.reserve(byteCount)
         var address: CUdeviceptr = 0
-        try context.driver.check(context.driver.cuMemAlloc(&address, byteCount), "cuMemAlloc(\(byteCount) bytes)")
+        do {
+            try context.driver.check(context.driver.cuMemAlloc(&address, byteCount), "cuMemAlloc(\(byteCount) bytes)")
+        } catch {
+            context.release(byteCount)
+            throw error
+        }
         self.address = address
     }
 
-    deinit { _ = context.driver.cuMemFree(address) }
+    deinit {
+        _ = context.driver.cuMemFree(address)
+        context.release(byteCount)
+    }
 
     /// The address `offset` bytes in, checked against the size.
     public func address(atByteOffset offset: Int) -> CUdeviceptr {

@@ -1,4 +1,5 @@
 import Foundation
+import JobModel
 import LlamaModel
 import SafeTensors
 
@@ -59,25 +60,12 @@ public enum ShardPlanner {
         return String(format: "model-%05d-of-%05d.safetensors", index + 1, count)
     }
 
-    /// Parses sizes such as `5GB`, `500MB`, `2GiB` or a byte count.
+    /// Parses sizes such as `5GB`, `500MB`, `2GiB` or a byte count (``ByteCount/parse(_:)``).
     public static func parseSize(_ text: String) throws -> Int {
-        let trimmed = text.trimmingCharacters(in: .whitespaces).uppercased()
-        let units: [(String, Double)] = [
-            ("GIB", 1_073_741_824), ("MIB", 1_048_576), ("KIB", 1024), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1),
-        ]
-        for (suffix, factor) in units where trimmed.hasSuffix(suffix) {
-            if let value = Double(trimmed.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), value > 0 {
-                let bytes = value * factor
-                // 2^62 bytes is far beyond any shard and safely inside Int.
-                guard bytes.isFinite, bytes >= 1, bytes < 0x1p62 else {
-                    throw CheckpointError("--max-shard-size", "'\(text)' is out of range")
-                }
-                return Int(bytes)
-            }
-            break
+        guard let bytes = ByteCount.parse(text) else {
+            throw CheckpointError("--max-shard-size", "'\(text)' is not a size such as 5GB, 500MB or 2GiB (at least 1 byte, below 2^62)")
         }
-        if let bytes = Int(trimmed), bytes > 0 { return bytes }
-        throw CheckpointError("--max-shard-size", "'\(text)' is not a size such as 5GB, 500MB or 2GiB")
+        return bytes
     }
 }
 

@@ -82,6 +82,27 @@ public struct DeviceOptions: ParsableArguments {
     }
 }
 
+/// `--gpu-memory`: the most GPU memory this process may allocate (workerd, `coordctl quantize`).
+public struct GPUMemoryOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Most GPU memory this process may allocate, e.g. 96GB or 80GiB (default: what the driver reports free). Calibration sizes its token passes and resident hidden states inside it, and an allocation past it fails, naming it. Give it on a GB10, whose GPU memory is the host's: \"free\" there is the machine's.",
+        valueName: "SIZE"))
+    public var gpuMemory: String?
+
+    public init() {}
+
+    /// The limit in bytes, nil when not given.
+    public func limit() throws -> Int? {
+        guard let gpuMemory else { return nil }
+        guard let bytes = ByteCount.parse(gpuMemory) else {
+            throw ValidationError("--gpu-memory '\(gpuMemory)' is not a size such as 96GB, 80GiB or a byte count")
+        }
+        return bytes
+    }
+
+    public func validate() throws { _ = try limit() }
+}
+
 /// `--metrics-listen`: where coordd and workerd serve `/metrics` (Prometheus text format). Off unless given.
 public struct MetricsOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(

@@ -28,7 +28,8 @@ public enum LocalCluster {
     ///
     /// `observe` sees the job's status about five times a second (`coordctl quantize` draws it as `status --watch`
     /// does); without it, phase changes are logged.
-    public static func quantize(options: QuantizeOptions, logger: Logger, interrupts: AsyncStream<Void>? = nil,
+    /// `gpuMemoryLimit`: most GPU memory the worker may allocate (`--gpu-memory`).
+    public static func quantize(options: QuantizeOptions, gpuMemoryLimit: Int? = nil, logger: Logger, interrupts: AsyncStream<Void>? = nil,
                                 observe: (@Sendable (JobStatus) -> Void)? = nil) async throws -> QuantizeSummary {
         let start = Date()
         // Every input check, with its message, before any work (the cluster runs them too, but later and remotely).
@@ -50,7 +51,8 @@ public enum LocalCluster {
         let coordinator = Coordinator(actorSystem: system, store: store, settings: CoordinatorSettings(), logger: logger)
         let scratch = spec.scratchDirectory
         let worker = Worker(actorSystem: system, name: "local", device: spec.calibration.device,
-                            scratchDirectory: scratch, coordinator: NodeAddress(host: "127.0.0.1", port: 0), logger: logger)
+                            scratchDirectory: scratch, coordinator: NodeAddress(host: "127.0.0.1", port: 0),
+                            gpuMemoryLimit: gpuMemoryLimit, logger: logger)
         let (workerEnd, coordinatorEnd) = LocalActivationTransport.makePair(bufferBytes: 64 << 20, names: ("worker", "coordinator"))
         await worker.whenLocal { $0.useLocalCoordinator(coordinator, dataPath: workerEnd) }
         // Unstructured: the receiver runs for the whole job, beside the polling below; it is cancelled on return.

@@ -27,19 +27,21 @@ public enum ComputeDevice: CustomStringConvertible {
 
     /// `cpu`, `cuda`, `cuda:N` or `auto`. `auto` opens GPU 0 when one is usable and otherwise says in one log line why
     /// it uses the CPU; an explicit `cuda` that cannot be opened fails at once with the reason.
-    public static func select(_ name: String, logger: Logger, locator: CUDALibraryLocator = CUDALibraryLocator()) throws -> ComputeDevice {
+    /// `gpuMemoryLimit`: most bytes of GPU memory the process may allocate (`--gpu-memory`).
+    public static func select(_ name: String, gpuMemoryLimit: Int? = nil, logger: Logger,
+                              locator: CUDALibraryLocator = CUDALibraryLocator()) throws -> ComputeDevice {
         switch try DeviceChoice(parsing: name) {
         case .cpu: return .cpu
         case .auto:
             do {
-                return .cuda(try CUDADevice(ordinal: 0, locator: locator, logger: logger))
+                return .cuda(try CUDADevice(ordinal: 0, locator: locator, memoryLimit: gpuMemoryLimit, logger: logger))
             } catch {
                 logger.info("device auto: no usable CUDA GPU (\(error)); using the CPU")
                 return .cpu
             }
         case .cuda(let ordinal):
             do {
-                return .cuda(try CUDADevice(ordinal: ordinal, locator: locator, logger: logger))
+                return .cuda(try CUDADevice(ordinal: ordinal, locator: locator, memoryLimit: gpuMemoryLimit, logger: logger))
             } catch {
                 throw QuantizeJobError.deviceUnavailable(device: name, reason: "\(error)")
             }

@@ -38,7 +38,7 @@ final class RangeCompute: @unchecked Sendable {
     /// Checks the model against the coordinator's config hash, then loads the range (W4A4 only: weight-only jobs
     /// only export).
     init(assignment: WorkerAssignment, workerName: String, device deviceName: String, scratchDirectory: URL,
-         memoryBudget: Int, logger: Logger) throws {
+         memoryBudget: Int, gpuMemoryLimit: Int? = nil, logger: Logger) throws {
         self.workerName = workerName
         let spec = assignment.spec
         try ModelCheck.verify(spec)
@@ -46,7 +46,7 @@ final class RangeCompute: @unchecked Sendable {
         let source = try SafeTensorsModel(directory: spec.modelPath)
         self.source = source
         self.assignment = assignment
-        let device = try ComputeDevice.select(deviceName, logger: logger)
+        let device = try ComputeDevice.select(deviceName, gpuMemoryLimit: gpuMemoryLimit, logger: logger)
         self.device = device
         deviceLabel = spec.deviceLabel(device)
         let config = self.config

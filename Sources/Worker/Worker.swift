@@ -33,6 +33,8 @@ public distributed actor Worker: WorkerEndpoint {
     let chunkDelay: Duration
     /// Bytes of layer weights this worker may hold at once; a range above it is calibrated one layer at a time.
     let memoryBudget: Int
+    /// `--gpu-memory`: most GPU memory a job's compute may allocate; nil: the driver's free memory.
+    let gpuMemoryLimit: Int?
     /// How the data path to the next range recovers from a dropped link (`--link-timeout`).
     let linkPolicy: SuccessorLink.RetryPolicy
     /// What links to the next range run on (`--transport`); see ``ActivationLinks``.
@@ -52,6 +54,7 @@ public distributed actor Worker: WorkerEndpoint {
                 coordinator: NodeAddress, coordinatorName: String = WellKnownActor.coordinatorNode,
                 chunkDelay: Duration = .zero,
                 memoryBudget: Int = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8,
+                gpuMemoryLimit: Int? = nil,
                 linkTimeout: Duration = .seconds(60), activationLinks: ActivationLinkSetup = .tcp(), logger: Logger) {
         self.actorSystem = actorSystem
         self.name = name
@@ -61,6 +64,7 @@ public distributed actor Worker: WorkerEndpoint {
         self.coordinatorName = coordinatorName
         self.chunkDelay = chunkDelay
         self.memoryBudget = memoryBudget
+        self.gpuMemoryLimit = gpuMemoryLimit
         self.linkPolicy = SuccessorLink.RetryPolicy(reconnectDeadline: linkTimeout)
         self.activationLinks = activationLinks
         self.logger = logger
@@ -93,9 +97,10 @@ public distributed actor Worker: WorkerEndpoint {
                     metadata: ["job": "\(assignment.jobID)"])
         let deviceName = device
         let budget = memoryBudget
+        let gpuLimit = gpuMemoryLimit
         let compute = try await self.compute.run {
             try RangeCompute(assignment: assignment, workerName: name, device: deviceName, scratchDirectory: scratch,
-                             memoryBudget: budget, logger: logger)
+                             memoryBudget: budget, gpuMemoryLimit: gpuLimit, logger: logger)
         }
         var successor: SuccessorLink?
         successorChoice = nil

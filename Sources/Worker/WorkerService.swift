@@ -29,6 +29,8 @@ public struct WorkerService: Service {
         public var chunkDelay: Duration = .zero
         /// Bytes of layer weights held at once (`--memory-budget`); a larger range is calibrated one layer at a time.
         public var memoryBudget = Int(ProcessInfo.processInfo.physicalMemory) / 10 * 8
+        /// `--gpu-memory`: most GPU memory the worker may allocate; nil: the driver's free memory.
+        public var gpuMemoryLimit: Int?
         /// How long the data path to the next range may stay down before the send fails (`--link-timeout`); the
         /// worker dials again with backoff meanwhile and resends the chunk in flight.
         public var linkTimeout: Duration = .seconds(60)
@@ -88,6 +90,7 @@ public struct WorkerService: Service {
                    scratchDirectory: configuration.scratchDirectory, coordinator: configuration.coordinator,
                    coordinatorName: configuration.coordinatorName,
                    chunkDelay: configuration.chunkDelay, memoryBudget: configuration.memoryBudget,
+                   gpuMemoryLimit: configuration.gpuMemoryLimit,
                    linkTimeout: configuration.linkTimeout, activationLinks: configuration.activationLinks, logger: logger)
         }
         logger.info("workerd listening", metadata: ["address": "\(advertisedAddress)", "coordinator": "\(configuration.coordinator)"])

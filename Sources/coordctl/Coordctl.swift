@@ -86,6 +86,8 @@ struct Quantize: AsyncParsableCommand {
 
     @OptionGroup var job: JobOptions
 
+    @OptionGroup var gpuMemory: GPUMemoryOptions
+
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
@@ -98,7 +100,7 @@ struct Quantize: AsyncParsableCommand {
         let summary: QuantizeSummary
         do {
             summary = try await LocalCluster.quantize(options: try job.makeSpec(configSHA256: "").quantizeOptions,
-                                                      logger: logger, interrupts: InterruptSignal.install(),
+                                                      gpuMemoryLimit: try gpuMemory.limit(), logger: logger, interrupts: InterruptSignal.install(),
                                                       observe: { display.show($0) })
         } catch let error as QuantizeJobError {
             guard case .interrupted = error else { throw error }

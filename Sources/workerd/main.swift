@@ -67,6 +67,8 @@ struct Workerd: AsyncParsableCommand {
     @Option(name: .long, help: "Memory for layer weights (e.g. 100GB; default 80% of RAM). A range that needs more is calibrated one layer at a time: correct, but not pipelined with the other workers.")
     var memoryBudget: String?
 
+    @OptionGroup var gpuMemory: GPUMemoryOptions
+
     @Option(name: .long, help: "Seconds the data path to the next worker may stay down. Meanwhile this worker dials again with backoff and resends the chunk in flight; after it, the chunk fails and coordd decides (re-plans or fails the job, naming the link).")
     var linkTimeout: Int = 60
 
@@ -104,6 +106,7 @@ struct Workerd: AsyncParsableCommand {
         configuration.linkTimeout = .seconds(linkTimeout)
         configuration.activationLinks = activationLinks
         if let memoryBudget { configuration.memoryBudget = try ShardPlanner.parseSize(memoryBudget) }
+        configuration.gpuMemoryLimit = try gpuMemory.limit()
         // The metrics listener first: an address in use fails the start, before this node joins the cluster.
         var metricsServices: [any Service] = []
         if let metricsAddress, let metricsRegistry {
