@@ -22,6 +22,9 @@
 #   gptq          GPTQ on the GPU: CUDA vs CPU GPTQQuantizer on the same inputs (codes differing, output errors), then a
 #                 70B-shaped layer's calibration forward over 256 samples of 150-1200 tokens against its Hessians + GPTQ
 #                 (without and with activation order)
+#   tiny-job      (from the repository root) coordctl quantize W4A4 on Tests/Fixtures/tiny-llama on the CPU and on CUDA:
+#                 every tensor but the activation scales byte-identical; then --gpu-memory 1GiB (same bytes) and 4MiB
+#                 (refused, naming the limit)
 #   gptq-job      (from the repository root) coordctl quantize --algorithm gptq on Tests/Fixtures/tiny-llama with --device
 #                 cuda and cpu (and rtn on cuda), the codes compared with each other and with the PyTorch reference
 #                 Tests/Fixtures/gptq-tiny-llama-bf16-reference.safetensors (Scripts/reference/compare_gptq_codes.py)
@@ -131,6 +134,39 @@ PY
                 python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/layer70b --layers 1 --tokens 16384 2>&1 | tee -a "$out/gptq.log"
             "$bench" gptq-bench /tmp/layer70b 256 --json "$out/gptq-bench.json" 2>&1 | tee -a "$out/gptq.log"
             "$bench" gptq-bench /tmp/layer70b 256 --act-order --json "$out/gptq-bench-act-order.json" 2>&1 | tee -a "$out/gptq.log" ;;
+        tiny-job)
+            # W4A4 round to nearest on the tiny fixture, CPU and CUDA (GPU embedding, export from the loaded weights):
+            # every tensor but the activation scales (calibrated on different arithmetic) must be the same bytes.
+            for device in cpu cuda; do
+                "$coordctl" quantize --model Tests/Fixtures/tiny-llama --output "/tmp/tiny-rtn-$device" --device "$device" \
+                    --calib Tests/Fixtures/tiny-llama-calib.jsonl --min-tokens 1 --eval-samples 0 --force --log-level info \
+                    > "$out/tiny-rtn-$device.log" 2>&1
+                echo "tiny-llama W4A4 on $device: exit $?" | tee -a "$out/tiny-job.log"
+            done
+            grep -E "gathered in the backend|quantized layer|exported layer 0" "$out/tiny-rtn-cuda.log" | head -3 | tee -a "$out/tiny-job.log"
+            python3 - /tmp/tiny-rtn-cpu /tmp/tiny-rtn-cuda <<'PY' 2>&1 | tee -a "$out/tiny-job.log"
+import sys, glob
+from safetensors import safe_open
+def tensors(d):
+    out = {}
+    for f in sorted(glob.glob(d + "/*.safetensors")):
+        with safe_open(f, "pt") as h:
+            for k in h.keys(): out[k] = h.get_tensor(k).contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes()
+    return out
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+assert a.keys() == b.keys(), "tensor names differ"
+scales = [k for k in a if k.endswith("input_scale") or k.endswith("input_global_scale")]
+same = [k for k in a if k not in scales and a[k] == b[k]]
+differ = [k for k in a if k not in scales and a[k] != b[k]]
+print(f"tiny W4A4 cuda vs cpu: {len(same)} tensors byte-identical, {len(differ)} differ {differ[:3]}; {len(scales)} activation scales not compared")
+sys.exit(1 if differ else 0)
+PY
+            for limit in 1GiB 4MiB; do
+                "$coordctl" quantize --model Tests/Fixtures/tiny-llama --output "/tmp/tiny-limit-$limit" --device cuda --gpu-memory "$limit" \
+                    --calib Tests/Fixtures/tiny-llama-calib.jsonl --min-tokens 1 --eval-samples 0 --force > "$out/tiny-limit-$limit.log" 2>&1
+                echo "tiny-llama --gpu-memory $limit: exit $?; $(grep -iE "limit|error|succeeded" "$out/tiny-limit-$limit.log" | tail -2 | tr '\n' ' ')" | tee -a "$out/tiny-job.log"
+                cmp -s /tmp/tiny-limit-$limit/model.safetensors /tmp/tiny-rtn-cuda/model.safetensors && echo "  same bytes as without a limit" | tee -a "$out/tiny-job.log"
+            done ;;
         gptq-job)
             for run in "cuda gptq" "cpu gptq" "cuda rtn"; do
                 read -r device algorithm <<< "$run"
