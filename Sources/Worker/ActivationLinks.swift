@@ -12,9 +12,12 @@ import Transport
 enum ActivationLinks {
     /// The successor link's connection over `control`: RDMA when the choice says so and the peer accepts, else the
     /// bulk connection itself. A refusal under `--transport rdma` throws ``WorkerError/rdmaLinkRefused(worker:peer:reason:)``;
-    /// under `auto` the link turns to TCP for good, logged once by the choice.
+    /// under `auto` the link turns to TCP for good, logged once by the choice. When the exchange itself fails under
+    /// `auto`, the bulk connection cannot carry data (the peer may have moved its side to RDMA), so this dial goes on
+    /// over a fresh one from `redial`: the caller sees a TCP link, not an error it would retry.
     static func connection(over control: TCPActivationTransport, setup: ActivationLinkSetup, choice: ActivationLinkChoice,
-                           worker: String, logger: Logger) async throws -> SuccessorLink.Connection {
+                           worker: String, logger: Logger,
+                           redial: () async throws -> TCPActivationTransport) async throws -> SuccessorLink.Connection {
         guard choice.current.transport == .rdma else { return tcp(control) }
         let peer = choice.peer
         func refused(_ reason: String) async throws -> SuccessorLink.Connection {
@@ -36,12 +39,11 @@ enum ActivationLinks {
         do {
             outcome = try await RDMALinkHandshake.offer(local, over: control, peer: peer)
         } catch {
-            // The peer may have connected its side, so this bulk connection cannot carry data either; the next dial
-            // goes over TCP (or, with --transport rdma, the failure is the caller's).
+            // The peer may have connected its side, so this bulk connection cannot carry data either.
             await control.connection.close()
             if setup.preference == .rdma { throw WorkerError.rdmaLinkRefused(worker: worker, peer: peer, reason: "\(error)") }
-            choice.fallBack(reason: "\(error)")
-            throw error
+            choice.fallBack(reason: "RDMA exchange failed: \(error)")
+            return tcp(try await redial())
         }
         switch outcome {
         case let .refused(reason):

@@ -119,7 +119,8 @@ public distributed actor Worker: WorkerEndpoint {
                                      policy: linkPolicy, metrics: metrics, logger: logger, dial: {
                 let transport = try await system.openBulkTransport(to: endpoint)
                 return try await ActivationLinks.connection(over: transport, setup: setup, choice: choice,
-                                                            worker: name, logger: logger)
+                                                            worker: name, logger: logger,
+                                                            redial: { try await system.openBulkTransport(to: endpoint) })
             }, onLinkDown: { [weak self] error in
                 await self?.whenLocal { await $0.reportLinkDown(jobID: jobID, attempt: attempt, error: error) }
             })

@@ -18,6 +18,8 @@ final class FakeFabric: @unchecked Sendable {
     private var injectedStatus: [String: UInt32] = [:]
     /// Devices that vanished: their queue pairs no longer answer.
     private var vanished: Set<String> = []
+    /// Devices whose queue pairs cannot reach RTR (as when the peer's GID is unreachable from the port).
+    private var unreachableFrom: Set<String> = []
     /// Every state change, as "device QP n: FROM -> TO".
     private(set) var transitions: [String] = []
     /// Data writes that landed, per receiving device.
@@ -34,6 +36,11 @@ final class FakeFabric: @unchecked Sendable {
 
     func injectCompletionError(on device: String, status: UInt32) { lock.withLock { injectedStatus[device] = status } }
     func vanish(_ device: String) { lock.withLock { _ = vanished.insert(device) } }
+    /// From now on, connecting a queue pair of `device` (INIT → RTR) fails.
+    func failConnects(on device: String) { lock.withLock { _ = unreachableFrom.insert(device) } }
+    fileprivate func connectsFail(on device: String) -> Bool { unreachableFrom.contains(device) }
+    /// Queue pairs ever created on `device`, live or destroyed.
+    func queuePairsCreated(on device: String) -> Int { lock.withLock { queuePairs.values.filter { $0.device == device }.count } }
 
     func liveRegions(on device: String) -> Int { lock.withLock { regions.values.filter { $0.device == device && $0.live }.count } }
     func liveQueuePairs(on device: String) -> Int { lock.withLock { queuePairs.values.filter { $0.device == device && $0.live }.count } }
@@ -315,6 +322,9 @@ final class FakeQueuePair: VerbsQueuePair, @unchecked Sendable {
     func modifyToReadyToReceive(_ remote: VerbsRemoteQueuePair) throws(VerbsError) {
         guard (1...5).contains(remote.mtuCode) else {
             throw VerbsError.callFailed(call: "ibv_modify_qp to RTR", device: device, port: remote.port, code: EINVAL)
+        }
+        if fabric.lock.withLock({ fabric.connectsFail(on: device) }) {
+            throw VerbsError.callFailed(call: "ibv_modify_qp to RTR", device: device, port: remote.port, code: ENETUNREACH)
         }
         try transition(from: .initialized, to: .readyToReceive, "ibv_modify_qp to RTR", port: remote.port) {
             remoteNumber = remote.queuePairNumber

@@ -54,7 +54,9 @@ struct RDMAWorkerLinkTests {
         let groups: [Task<Void, Never>]
         let workerSystems: [String: ClusterActorSystem]
 
-        init(directory: URL, workers: [(name: String, links: ActivationLinkSetup, chunkDelay: Duration)]) async throws {
+        /// `loggers` replaces the quiet logger of the workers it names.
+        init(directory: URL, workers: [(name: String, links: ActivationLinkSetup, chunkDelay: Duration)],
+             loggers: [String: Logger] = [:]) async throws {
             self.directory = directory
             let logger = RDMAWorkerLinkTests.quiet("cluster")
             let configuration = CoordinatorService.Configuration(
@@ -72,11 +74,12 @@ struct RDMAWorkerLinkTests {
                     device: "cpu", token: nil, scratchDirectory: directory.appendingPathComponent("scratch-\(worker.name)"))
                 workerConfiguration.activationLinks = worker.links
                 workerConfiguration.chunkDelay = worker.chunkDelay
-                let system = try await WorkerService.startSystem(configuration: workerConfiguration, logger: logger)
+                let workerLogger = loggers[worker.name] ?? logger
+                let system = try await WorkerService.startSystem(configuration: workerConfiguration, logger: workerLogger)
                 systems[worker.name] = system
                 groups.append(Self.run([ClusterActorSystemService(system: system),
-                                        WorkerService(configuration: workerConfiguration, system: system, logger: logger)],
-                                       logger: logger))
+                                        WorkerService(configuration: workerConfiguration, system: system, logger: workerLogger)],
+                                       logger: workerLogger))
             }
             self.groups = groups
             self.workerSystems = systems
@@ -226,6 +229,38 @@ struct RDMAWorkerLinkTests {
         }
     }
 
+    @Test("an RDMA exchange that fails at load moves the link to TCP for good: one attempt, one log line, same bytes")
+    func failedExchangeFallsBackOnce() async throws {
+        try await Self.withDirectory { directory in
+            let reference = try await Self.embeddedReference(in: directory)
+            let fabric = FakeFabric()
+            // w2 accepts and connects its side; w1's queue pair then cannot reach RTR, so the exchange fails.
+            fabric.failConnects(on: "fake_w1")
+            let records = LogRecords()
+            var w1Logger = Logger(label: "w1") { _ in records }
+            w1Logger.logLevel = .info
+            let cluster = try await InProcessCluster(directory: directory, workers: [
+                ("w1", Self.rdma(fabric, "w1", last: 1, preference: .auto), .zero),
+                ("w2", Self.rdma(fabric, "w2", last: 2, preference: .auto), .zero),
+            ], loggers: ["w1": w1Logger])
+            let output = directory.appendingPathComponent("cluster-out")
+            let status = try await cluster.runJob(output: output, workers: 2)
+            let reported = try await cluster.reportedLink("w1") { $0.hasPrefix("rdma→tcp") }
+            await cluster.stop()
+            #expect(status.state == .succeeded, "\(status.failureReason ?? "")")
+            try Self.expectIdenticalDirectories(reference, output)
+            #expect(reported?.hasPrefix("rdma→tcp: RDMA exchange failed: ") == true, "\(reported ?? "nil")")
+            #expect(reported?.contains("ibv_modify_qp to RTR") == true, "\(reported ?? "nil")")
+            // No retry storm: one queue pair was ever made for the link, every chunk went over TCP after it.
+            #expect(fabric.queuePairsCreated(on: "fake_w1") == 1)
+            #expect(fabric.landed(on: "fake_w2") == 0)
+            #expect(fabric.liveRegions(on: "fake_w1") == 0 && fabric.liveRegions(on: "fake_w2") == 0)
+            let fallbacks = records.messages.filter { $0.message == "activation link falls back to TCP" }
+            #expect(fallbacks.count == 1, "\(records.messages.map(\.message))")
+            #expect(fallbacks.first?.reason.contains("ibv_modify_qp to RTR") == true, "\(fallbacks)")
+        }
+    }
+
     @Test("--transport rdma fails the job at load when the next worker refuses, naming it and its reason")
     func rdmaRefusedByThePeerFailsTheJob() async throws {
         try await Self.withDirectory { directory in
@@ -275,4 +310,28 @@ struct RDMAWorkerLinkTests {
             #expect(reported == "tcp")
         }
     }
+}
+
+/// A log handler that keeps each message and its `reason` metadata.
+final class LogRecords: LogHandler, @unchecked Sendable {
+    struct Record: Sendable {
+        var message: String
+        var reason: String
+    }
+    private let lock = NSLock()
+    private var records: [Record] = []
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let reason = event.metadata?["reason"].map { "\($0)" } ?? ""
+        lock.withLock { records.append(Record(message: event.message.description, reason: reason)) }
+    }
+
+    var messages: [Record] { lock.withLock { records } }
 }
