@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// `coordctl doctor rdma`'s loopback: two queue pairs on one device, connected to each other through the port, the
@@ -43,13 +44,13 @@ public struct RDMALoopbackTest: Sendable {
     /// Why the loopback failed, naming the device.
     public enum Failure: Error, CustomStringConvertible, Equatable, Sendable {
         case link(RDMALinkError)
-        case corrupted(device: String, tensor: UInt64, reason: String)
+        case corrupted(device: String, reason: String)
         case stopped(device: String, reason: String)
 
         public var description: String {
             switch self {
             case let .link(error): return "loopback failed: \(error)"
-            case let .corrupted(device, tensor, reason): return "loopback on \(device): tensor \(tensor) arrived wrong: \(reason)"
+            case let .corrupted(device, reason): return "loopback on \(device): \(reason)"
             case let .stopped(device, reason): return "loopback on \(device) stopped: \(reason)"
             }
         }
@@ -95,50 +96,27 @@ public struct RDMALoopbackTest: Sendable {
     private func measure(sender: RDMAActivationTransport, receiver: RDMAActivationTransport, device: String, port: Int,
                          lineRate: Double?) async throws -> Result {
         // The receiver checks each tensor against the pattern and acknowledges it, which is also the latency echo.
-        let expected = Self.pattern(tensorBytes)
-        let small = Self.pattern(64)
+        let traffic = RDMATestTraffic(tensorBytes: tensorBytes, tensorCount: tensorCount, latencyRounds: latencyRounds)
+        let mismatch = NIOLockedValueBox<RDMATestTraffic.Mismatch?>(nil)
         let echo = Task {
-            for try await tensor in receiver.incomingTensors {
-                let bytes = try await tensor.chunks.collectData()
-                let want = tensor.id < UInt64(latencyRounds) ? small : expected
-                guard bytes == want else {
-                    throw Failure.corrupted(device: device, tensor: tensor.id,
-                                            reason: "\(bytes.count) bytes, expected \(want.count) of the test pattern")
-                }
-                try await receiver.acknowledge(id: tensor.id, byteCount: bytes.count)
-            }
+            do {
+                _ = try await traffic.check(receiver)
+            } catch let found as RDMATestTraffic.Mismatch {
+                // The sender then waits for an acknowledgement that never comes: closing ends its wait.
+                mismatch.withLockedValue { $0 = found }
+                await receiver.close()
+            } catch {}
         }
         defer { echo.cancel() }
-        var acknowledgements = sender.acknowledgements().makeAsyncIterator()
-        var roundTrips: [Duration] = []
-        let clock = ContinuousClock()
-        for round in 0..<latencyRounds {
-            let start = clock.now
-            try await sender.sendTensor(id: UInt64(round), data: small)
-            guard let ack = try await acknowledgements.next(), ack.id == UInt64(round) else {
-                throw Failure.stopped(device: device, reason: "no acknowledgement for round \(round)")
-            }
-            roundTrips.append(clock.now - start)
+        let measured: RDMATestTraffic.Measurement
+        do {
+            measured = try await traffic.send(over: sender)
+        } catch {
+            if let found = mismatch.withLockedValue({ $0 }) { throw Failure.corrupted(device: device, reason: found.description) }
+            if let stop = error as? RDMATestTraffic.Mismatch { throw Failure.stopped(device: device, reason: stop.description) }
+            throw error
         }
-        let start = clock.now
-        for index in 0..<tensorCount {
-            try await sender.sendTensor(id: UInt64(latencyRounds + index), data: expected)
-        }
-        for index in 0..<tensorCount {
-            guard let ack = try await acknowledgements.next(), ack.id == UInt64(latencyRounds + index),
-                  ack.byteCount == tensorBytes else {
-                throw Failure.stopped(device: device, reason: "tensor \(latencyRounds + index) was not acknowledged whole")
-            }
-        }
-        let elapsed = clock.now - start
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        let median = roundTrips.sorted()[roundTrips.count / 2]
-        let microseconds = Double(median.components.seconds) * 1e6 + Double(median.components.attoseconds) / 1e12
-        return Result(device: device, port: port, bytesMoved: tensorBytes * tensorCount, seconds: seconds,
-                      roundTripMicroseconds: microseconds, lineRateGigabitsPerSecond: lineRate)
-    }
-
-    static func pattern(_ count: Int) -> Data {
-        Data((0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) })
+        return Result(device: device, port: port, bytesMoved: measured.bytesMoved, seconds: measured.seconds,
+                      roundTripMicroseconds: measured.roundTripMicroseconds, lineRateGigabitsPerSecond: lineRate)
     }
 }
