@@ -202,7 +202,8 @@ let package = Package(
         .executableTarget(name: "coordctl", dependencies: [
             "ClusterClient", "CheckpointReport", "ClusterProtocol", "LocalCluster", "CommandLineOptions", "JobModel",
             "QuantizeJob", "Checkpoint", "LlamaModel", "Calibration", "Evaluation", "Tokenizer", "CPUBackend", "SafeTensors",
-            "ComputeBackend", "RDMATransport",
+            // Worker: the RDMA peer test's client (`doctor rdma --peer`); LocalCluster links it already.
+            "ComputeBackend", "RDMATransport", "Worker",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: thinClientSettings),

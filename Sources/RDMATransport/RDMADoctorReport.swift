@@ -10,6 +10,10 @@ public struct RDMADoctorReport: Sendable {
     public private(set) var loopback: String?
     /// True when the loopback ran and failed (a usable-looking port that cannot carry data).
     public private(set) var loopbackFailed = false
+    /// The peer test's line once ``runPeerTest(peer:provider:test:control:logger:)`` ran; nil before.
+    public private(set) var peerTest: String?
+    /// True when the peer test was asked for and did not pass (no device here included).
+    public private(set) var peerTestFailed = false
 
     public init(survey: RDMASurvey, device: String? = nil, gidIndex: Int? = nil) {
         self.survey = survey
@@ -54,6 +58,7 @@ public struct RDMADoctorReport: Sendable {
             lines.append("workerd --transport auto uses TCP here; --transport rdma fails.")
         }
         lines.append(loopback ?? "loopback RDMA WRITE test: not run" + (isUsable ? "" : " (no usable device)"))
+        if let peerTest { lines.append(peerTest) }
         return lines.joined(separator: "\n")
     }
 
@@ -84,6 +89,46 @@ public struct RDMADoctorReport: Sendable {
         } catch {
             loopback = "loopback RDMA WRITE test: FAILED: \(error)"
             loopbackFailed = true
+        }
+    }
+
+    /// Runs the peer test with the workerd behind `control` on the usable endpoint. Without one, it records that
+    /// this node has no device and contacts no one.
+    /// `control` is made only then, so credentials are not even read on a node that cannot run the test.
+    public mutating func runPeerTest(peer: String, provider: () throws(VerbsError) -> any VerbsProvider, test: RDMAPeerTest,
+                                     control makeControl: () throws -> any RDMAPeerTestControl, logger: Logger) async {
+        let prefix = "peer RDMA WRITE test with \(peer): "
+        peerTestFailed = true
+        guard case let .success(usable) = endpoint else {
+            peerTest = prefix + "not run: this node has no usable verbs device (see above); workerd at \(peer) was not contacted"
+            return
+        }
+        let control: any RDMAPeerTestControl
+        do {
+            control = try makeControl()
+        } catch {
+            peerTest = prefix + "not run: \(error)"
+            return
+        }
+        let device: any VerbsDataPlaneDevice
+        do throws(VerbsError) {
+            let provider = try provider()
+            guard let opened = try provider.openDevice(named: usable.device) as? any VerbsDataPlaneDevice else {
+                peerTest = prefix + "not run: \(provider.origin) offers no data plane on \(usable.device)"
+                return
+            }
+            device = opened
+        } catch {
+            peerTest = prefix + "FAILED: \(error)"
+            return
+        }
+        do throws(RDMAPeerTest.Failure) {
+            let result = try await test.run(device: device, endpoint: RDMALinkEndpoint(usable), control: control,
+                                            lineRateGigabitsPerSecond: lineRate(of: usable), logger: logger)
+            peerTest = result.text
+            peerTestFailed = false
+        } catch {
+            peerTest = prefix + "FAILED: \(error)"
         }
     }
 

@@ -93,6 +93,12 @@ public struct WorkerService: Service {
                    gpuMemoryLimit: configuration.gpuMemoryLimit,
                    linkTimeout: configuration.linkTimeout, activationLinks: configuration.activationLinks, logger: logger)
         }
+        // `coordctl doctor rdma --peer`'s other end; it refuses, naming what is missing, when links run on TCP here.
+        let peerTest = try system.makeActor(named: RDMAPeerTestService.wellKnownName) {
+            RDMAPeerTestService(actorSystem: system,
+                                responder: RDMAPeerTestResponder(setup: configuration.activationLinks, node: configuration.name,
+                                                                 logger: logger))
+        }
         logger.info("workerd listening", metadata: ["address": "\(advertisedAddress)", "coordinator": "\(configuration.coordinator)"])
         let info: @Sendable () -> WorkerInfo = { WorkerInfo(name: configuration.name, address: advertisedAddress, device: configuration.device,
                                 memoryBytes: configuration.memoryBytes,
@@ -124,6 +130,8 @@ public struct WorkerService: Service {
             await worker.whenLocal { await $0.stopForShutdown() }
             group.cancelAll()
         }
+        // The system holds actors weakly: this keeps the peer test's registered until workerd stops.
+        withExtendedLifetime(peerTest) {}
     }
 }
 

@@ -33,7 +33,8 @@ struct Workerd: AsyncParsableCommand {
             refuses to start, naming what is missing, and fails the job if the next worker refuses RDMA. An RDMA \
             link that fails mid-job falls back to TCP for the rest of the job. The RDMA links have run only on a \
             simulated fabric in the tests, never on RDMA hardware. `coordctl doctor rdma` lists the node's devices, \
-            ports and GIDs.
+            ports and GIDs; `coordctl doctor rdma --peer HOST:PORT` on another node tests RDMA to this workerd, \
+            which checks every byte (one test at a time, beside any job).
             """,
         version: commandLineVersion)
 

@@ -43,9 +43,25 @@ import Testing
         try withTemporaryDirectory("doctor-rdma") { scratch in
             let result = try Coordctl.run(["doctor", "rdma", "--help"], in: scratch)
             #expect(result.status == 0, "\(result.stderr)")
-            for text in ["RoCE v2", "--rdma-device", "--rdma-gid-index", "Exit status: 0 when a usable port and GID exist", "NVFP4_LIBIBVERBS"] {
+            for text in ["RoCE v2", "--rdma-device", "--rdma-gid-index", "Exit status: 0 when a usable port and GID exist", "NVFP4_LIBIBVERBS",
+                         "--peer <HOST:PORT>", "--peer-name", "--token-file", "workerd checks every byte"] {
                 #expect(result.stdout.contains(text), "missing \(text): \(result.stdout)")
             }
+            #expect(!result.stdout.contains("Not built yet"), "\(result.stdout)")
+        }
+    }
+
+    /// --peer on a node without a device: said before anyone is contacted (the token file is not even read).
+    @Test func peerWithoutADeviceHereContactsNoOneAndExitsNonZero() throws {
+        try withTemporaryDirectory("doctor-rdma") { scratch in
+            let result = try Coordctl.run(["doctor", "rdma", "--peer", "127.0.0.1:9", "--token-file", "/nonexistent/nvfp4-test/token"],
+                                          in: scratch,
+                                          environment: ["NVFP4_LIBIBVERBS": "/nonexistent/nvfp4-test/libibverbs.so.1"])
+            #expect(result.status == 1, "stdout: \(result.stdout) stderr: \(result.stderr)")
+            let lines = result.stdout.split(separator: "\n").map(String.init)
+            #expect(lines.last == "peer RDMA WRITE test with 127.0.0.1:9: not run: this node has no usable verbs device (see above); "
+                    + "workerd at 127.0.0.1:9 was not contacted", "\(result.stdout)")
+            #expect(!result.stderr.contains("token"), "\(result.stderr)")
         }
     }
 }
