@@ -140,8 +140,13 @@ public struct ActivationTransportOptions: ParsableArguments {
         valueName: "auto|tcp|rdma"))
     public var transport: ActivationTransportPreference = .auto
 
-    @Option(name: .long, help: ArgumentHelp("The RDMA device to use (e.g. mlx5_0; default: the first with an ACTIVE port).", valueName: "NAME"))
-    public var rdmaDevice: String?
+    @Option(name: .long, help: ArgumentHelp("The RDMA device to use (e.g. mlx5_0; default: the first with an ACTIVE port). Given more than once (or as a comma list, e.g. mlx5_0,mlx5_1: both halves of a ConnectX-7 port), each link stripes over one queue pair per device, in that order.", valueName: "NAME"))
+    public var rdmaDevice: [String] = []
+
+    /// `--rdma-device` values, comma lists split, in order.
+    public var rdmaDevices: [String] {
+        rdmaDevice.flatMap { $0.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) } }
+    }
 
     @Option(name: .long, help: ArgumentHelp("The GID table index to use on the device's active port (default: its first RoCE v2 GID on Ethernet, preferring an IPv4 one; GID 0 on InfiniBand).", valueName: "N"))
     public var rdmaGidIndex: Int?
@@ -152,7 +157,13 @@ public struct ActivationTransportOptions: ParsableArguments {
         if let rdmaGidIndex, rdmaGidIndex < 0 {
             throw ValidationError("--rdma-gid-index \(rdmaGidIndex): a GID index is 0 or more")
         }
-        if transport == .tcp, rdmaDevice != nil || rdmaGidIndex != nil {
+        if rdmaDevices.contains(where: \.isEmpty) {
+            throw ValidationError("--rdma-device \(rdmaDevice.joined(separator: ",")): a device name is empty")
+        }
+        if rdmaDevices.count > RDMALinkHandshake.maxLanes {
+            throw ValidationError("--rdma-device: \(rdmaDevices.count) devices; a link stripes over at most \(RDMALinkHandshake.maxLanes)")
+        }
+        if transport == .tcp, !rdmaDevice.isEmpty || rdmaGidIndex != nil {
             throw ValidationError("--rdma-device and --rdma-gid-index choose an RDMA port; they do nothing with --transport tcp")
         }
     }
@@ -163,7 +174,7 @@ public struct ActivationTransportOptions: ParsableArguments {
                        survey: () -> RDMASurvey = { RDMASurvey.take(logger: Logger(label: "rdma")) }) throws -> ActivationTransportDecision {
         let decision: ActivationTransportDecision
         do throws(RDMASelectionError) {
-            decision = try ActivationTransportSelector.decide(preference: transport, device: rdmaDevice, gidIndex: rdmaGidIndex,
+            decision = try ActivationTransportSelector.decide(preference: transport, devices: rdmaDevices, gidIndex: rdmaGidIndex,
                                                               survey: survey)
         } catch {
             throw RDMATransportUnavailable(reason: error)

@@ -50,7 +50,16 @@ public final class ActivationLinkChoice: Sendable {
     /// An RDMA connection of this link ended. If it failed under the data, later dials use TCP; a clean close
     /// (or a link that never failed) changes nothing.
     public func connectionEnded(_ transport: RDMAActivationTransport) {
-        guard let failure = transport.failure, failure.isLinkFailure else { return }
+        connectionEnded(failure: transport.failure)
+    }
+
+    /// The same for a link striped over several queue pairs: the failure of any lane counts.
+    public func connectionEnded(_ transport: StripedActivationTransport) {
+        connectionEnded(failure: transport.failure)
+    }
+
+    private func connectionEnded(failure: RDMALinkError?) {
+        guard let failure, failure.isLinkFailure else { return }
         fallBack(reason: "RDMA link failed mid-job: \(failure)")
     }
 }

@@ -36,6 +36,8 @@ public enum RDMASelectionError: Error, CustomStringConvertible, Equatable, Senda
     /// The survey found no device at all; `reason` says whether the library, the kernel or the hardware is missing.
     case unavailable(reason: String)
     case deviceNotFound(name: String, available: [String])
+    /// `--rdma-device` named the same device twice (one queue pair per device and port).
+    case deviceRepeated(name: String)
     case deviceUnreadable(device: String, reason: String)
     /// No port of `device` (or of any device, when nil) is ACTIVE; `ports` gives each port's state.
     case noActivePort(device: String?, ports: [String])
@@ -52,6 +54,8 @@ public enum RDMASelectionError: Error, CustomStringConvertible, Equatable, Senda
         switch self {
         case let .unavailable(reason):
             return "RDMA is unavailable: \(reason)"
+        case let .deviceRepeated(name):
+            return "--rdma-device \(name) is given twice; name each device (port half) once"
         case let .deviceNotFound(name, available):
             return "--rdma-device \(name): no such RDMA device; "
                 + (available.isEmpty ? "this node has none" : "this node has \(available.joined(separator: ", "))")
@@ -79,13 +83,19 @@ public enum RDMASelectionError: Error, CustomStringConvertible, Equatable, Senda
 public struct ActivationTransportDecision: Sendable, Equatable {
     public let transport: ActivationTransportKind
     public let reason: String
-    /// The port and GID RDMA links open on; nil for TCP.
-    public let endpoint: RDMAEndpoint?
+    /// The ports and GIDs RDMA links open on, one queue pair each (a link stripes over them); empty for TCP.
+    public let endpoints: [RDMAEndpoint]
+    /// The first of ``endpoints``.
+    public var endpoint: RDMAEndpoint? { endpoints.first }
 
     public init(transport: ActivationTransportKind, reason: String, endpoint: RDMAEndpoint? = nil) {
+        self.init(transport: transport, reason: reason, endpoints: endpoint.map { [$0] } ?? [])
+    }
+
+    public init(transport: ActivationTransportKind, reason: String, endpoints: [RDMAEndpoint]) {
         self.transport = transport
         self.reason = reason
-        self.endpoint = endpoint
+        self.endpoints = endpoints
     }
 }
 
@@ -109,6 +119,32 @@ public enum ActivationTransportSelector {
             } catch {
                 return ActivationTransportDecision(transport: .tcp, reason: error.description)
             }
+        }
+    }
+
+    /// ``decide(preference:device:gidIndex:survey:)`` for `--rdma-device` given more than once: every named device
+    /// must be usable (with the same `gidIndex`, when given), and links stripe over one queue pair on each, in the
+    /// order given. A device named twice is refused.
+    public static func decide(preference: ActivationTransportPreference, devices: [String], gidIndex: Int?,
+                              survey: () -> RDMASurvey) throws(RDMASelectionError) -> ActivationTransportDecision {
+        guard devices.count > 1, preference != .tcp else {
+            return try decide(preference: preference, device: devices.first, gidIndex: gidIndex, survey: survey)
+        }
+        do throws(RDMASelectionError) {
+            if let repeated = devices.first(where: { name in devices.filter { $0 == name }.count > 1 }) {
+                throw RDMASelectionError.deviceRepeated(name: repeated)
+            }
+            let taken = survey()
+            var endpoints: [RDMAEndpoint] = []
+            for device in devices {
+                endpoints.append(try usableEndpoint(in: taken, device: device, gidIndex: gidIndex))
+            }
+            let lanes = endpoints.map(\.description).joined(separator: " + ")
+            return ActivationTransportDecision(transport: .rdma, reason: preference == .rdma ? "--transport rdma: \(lanes)" : "\(lanes) are usable",
+                                               endpoints: endpoints)
+        } catch {
+            if preference == .rdma { throw error }
+            return ActivationTransportDecision(transport: .tcp, reason: error.description)
         }
     }
 

@@ -28,16 +28,16 @@ enum ActivationLinks {
             choice.fallBack(reason: reason)
             return tcp(control)
         }
-        let local: RDMAActivationTransport
-        switch setup.makeTransport(peer: peer, logger: logger) {
+        let local: [RDMAActivationTransport]
+        switch await setup.makeLanes(peer: peer, logger: logger) {
         case let .failure(error):
             return try await refused("no usable RDMA endpoint here: \(error)")
         case let .success(made):
             local = made
         }
-        let outcome: RDMALinkHandshake.Outcome
+        let outcome: RDMALinkHandshake.LanesOutcome
         do {
-            outcome = try await RDMALinkHandshake.offer(local, over: control, peer: peer)
+            outcome = try await RDMALinkHandshake.offer(lanes: local, over: control, peer: peer)
         } catch {
             // The peer may have connected its side, so this bulk connection cannot carry data either.
             await control.connection.close()
@@ -48,14 +48,27 @@ enum ActivationLinks {
         switch outcome {
         case let .refused(reason):
             return try await refused("\(peer) refused RDMA: \(reason)")
-        case let .rdma(transport):
+        case let .rdma(lanes) where lanes.count == 1:
+            let transport = lanes[0]
             logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "device": "\(transport.deviceName)"])
-            watch(control, closing: transport)
+            watch(control, closing: { await transport.close() })
             return SuccessorLink.Connection(
                 send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
                 acknowledgements: transport.acknowledgements(),
                 close: {
                     // A link that failed under the data turns the next dial to TCP; the resend is SuccessorLink's.
+                    choice.connectionEnded(transport)
+                    await transport.close()
+                    await control.connection.close()
+                })
+        case let .rdma(lanes):
+            let transport = StripedActivationTransport(lanes: lanes)
+            logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "devices": "\(transport.deviceNames)"])
+            watch(control, closing: { await transport.close() })
+            return SuccessorLink.Connection(
+                send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
+                acknowledgements: transport.acknowledgements(),
+                close: {
                     choice.connectionEnded(transport)
                     await transport.close()
                     await control.connection.close()
@@ -72,26 +85,32 @@ enum ActivationLinks {
     /// The receiving side: answers a predecessor's RDMA offer with this node's setup.
     static func upgrade(setup: ActivationLinkSetup, logger: Logger) -> BulkLinkUpgrade {
         BulkLinkUpgrade(offerTensorID: RDMALinkHandshake.offerTensorID, maxOfferBytes: 4096) { peer, offer, control in
-            let answered = try await RDMALinkHandshake.answer(offer: [UInt8](offer), over: control, peer: peer) {
-                setup.makeTransport(peer: peer, logger: logger)
+            let answered = try await RDMALinkHandshake.answer(lanesOffer: [UInt8](offer), over: control, peer: peer) { count in
+                await setup.makeLanes(peer: peer, count: count, logger: logger)
             }
-            guard let transport = answered else {
+            guard let lanes = answered else {
                 // The refusal's reason went to the dialer, which logs it; this node's own transport is said here.
                 logger.info("refused an RDMA offer; the link stays on TCP",
                             metadata: ["peer": "\(peer)", "transport_here": "\(setup.decision.transport.rawValue)"])
                 return nil
             }
-            logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "device": "\(transport.deviceName)"])
+            if lanes.count == 1 {
+                let transport = lanes[0]
+                logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "device": "\(transport.deviceName)"])
+                return UpgradedBulkLink(transport: transport, close: { await transport.close() })
+            }
+            let transport = StripedActivationTransport(lanes: lanes)
+            logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "devices": "\(transport.deviceNames)"])
             return UpgradedBulkLink(transport: transport, close: { await transport.close() })
         }
     }
 
-    /// Closes `transport` when the bulk connection beside it closes (the peer went away, or gave up on the link).
-    private static func watch(_ control: TCPActivationTransport, closing transport: RDMAActivationTransport) {
+    /// Runs `close` when the bulk connection beside an RDMA link closes (the peer went away, or gave up on the link).
+    private static func watch(_ control: TCPActivationTransport, closing close: @escaping @Sendable () async -> Void) {
         let connection = control.connection
         Task {
             _ = await connection.closeReason()
-            await transport.close()
+            await close()
         }
     }
 }

@@ -60,6 +60,20 @@ import Testing
         }
     }
 
+    /// `--rdma-device` twice or as a comma list names the lanes of each link; a device named twice is refused at start.
+    @Test func rdmaDeviceListsAreParsedAndADeviceNamedTwiceIsRefused() throws {
+        try withTemporaryDirectory("transport-lanes") { directory in
+            let (status, log) = try Self.runWorkerd(["--transport", "rdma", "--rdma-device", "mlx5_1,mlx5_0", "--rdma-device", "mlx5_1"],
+                                                    environment: Self.hiddenLibrary, in: directory)
+            #expect(status != 0)
+            #expect(log.contains("Error: --transport rdma: --rdma-device mlx5_1 is given twice; name each device (port half) once"), "\(log)")
+            let (emptyStatus, emptyLog) = try Self.runWorkerd(["--transport", "rdma", "--rdma-device", "mlx5_0,"],
+                                                              environment: Self.hiddenLibrary, in: directory)
+            #expect(emptyStatus == 64, "\(emptyLog)")
+            #expect(emptyLog.contains("--rdma-device mlx5_0,: a device name is empty"), "\(emptyLog)")
+        }
+    }
+
     @Test func transportAutoWithoutLibibverbsLogsWhyAndJoinsOverTCP() throws {
         try withTemporaryDirectory("transport-auto") { directory in
             let cluster = LocalCluster(directory: directory, token: nil)

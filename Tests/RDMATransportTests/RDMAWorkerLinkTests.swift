@@ -198,6 +198,34 @@ struct RDMAWorkerLinkTests {
         }
     }
 
+    @Test("links striped over two devices per worker write the embedded run's checkpoint; both devices carry data")
+    func twoLanesPerLink() async throws {
+        try await Self.withDirectory { directory in
+            let reference = try await Self.embeddedReference(in: directory)
+            let fabric = FakeFabric()
+            func striped(_ name: String, last: UInt8) -> ActivationLinkSetup {
+                ActivationLinkSetup(preference: .rdma, decision: ActivationTransportDecision(transport: .rdma, reason: "fake fabric"),
+                                    lanes: [.init(device: fabric.device("fake_\(name)a"), endpoint: FakeLink.endpoint(last)),
+                                            .init(device: fabric.device("fake_\(name)b"), endpoint: FakeLink.endpoint(last + 10))],
+                                    ring: RDMARingParameters(slotBytes: 16 << 10, slotCount: 16))
+            }
+            let cluster = try await InProcessCluster(directory: directory, workers: [
+                ("w1", striped("w1", last: 1), .zero), ("w2", striped("w2", last: 2), .zero),
+            ])
+            let output = directory.appendingPathComponent("cluster-out")
+            let status = try await cluster.runJob(output: output, workers: 2)
+            let reported = try await cluster.reportedLink("w1") { $0 == "rdma" }
+            await cluster.stop()
+            #expect(status.state == .succeeded, "\(status.failureReason ?? "")")
+            try Self.expectIdenticalDirectories(reference, output)
+            #expect(reported == "rdma")
+            #expect(fabric.landed(on: "fake_w2a") > 0 && fabric.landed(on: "fake_w2b") > 0)
+            for device in ["fake_w1a", "fake_w1b", "fake_w2a", "fake_w2b"] {
+                #expect(fabric.liveRegions(on: device) == 0, "\(device)")
+            }
+        }
+    }
+
     @Test("a completion error mid-job moves the link to TCP; the job completes with the same bytes",
           arguments: [ActivationTransportPreference.auto, .rdma])
     func completionErrorMidJobFallsBackToTCP(preference: ActivationTransportPreference) async throws {
