@@ -47,7 +47,8 @@ struct Coordctl: AsyncParsableCommand {
     }
 }
 
-/// `[--coordinator X] [--token-file F] [--timeout S] COMMAND rest…` → `COMMAND --coordinator X … rest…`.
+/// `[--coordinator X] [--token-file F] [--timeout S] COMMAND rest…` → `COMMAND --coordinator X … rest…` (after
+/// `doctor SUBCOMMAND` for the doctor).
 func movingLeadingConnectionOptions(_ arguments: [String]) -> [String] {
     let names = ["--coordinator", "--coordinator-name", "--token-file", "--timeout", "--tls-cert", "--tls-key", "--tls-ca"]
     var rest = arguments
@@ -57,7 +58,9 @@ func movingLeadingConnectionOptions(_ arguments: [String]) -> [String] {
         if !first.contains("="), !rest.isEmpty { leading.append(rest.removeFirst()) }
     }
     guard !leading.isEmpty, !rest.isEmpty else { return arguments }
-    rest.insert(contentsOf: leading, at: 1)
+    // `doctor rdma` declares them, not `doctor`.
+    let at = rest.first == "doctor" && rest.count > 1 ? 2 : 1
+    rest.insert(contentsOf: leading, at: at)
     return rest
 }
 

@@ -51,11 +51,13 @@ import Testing
         }
     }
 
-    /// --peer on a node without a device: said before anyone is contacted (the token file is not even read).
-    @Test func peerWithoutADeviceHereContactsNoOneAndExitsNonZero() throws {
+    /// --peer on a node without a device: said before anyone is contacted (the token file is not even read). The
+    /// connection options may come first, as for the other client commands.
+    @Test(arguments: [["doctor", "rdma", "--peer", "127.0.0.1:9", "--token-file", "/nonexistent/nvfp4-test/token"],
+                      ["--token-file", "/nonexistent/nvfp4-test/token", "doctor", "rdma", "--peer", "127.0.0.1:9"]])
+    func peerWithoutADeviceHereContactsNoOneAndExitsNonZero(arguments: [String]) throws {
         try withTemporaryDirectory("doctor-rdma") { scratch in
-            let result = try Coordctl.run(["doctor", "rdma", "--peer", "127.0.0.1:9", "--token-file", "/nonexistent/nvfp4-test/token"],
-                                          in: scratch,
+            let result = try Coordctl.run(arguments, in: scratch,
                                           environment: ["NVFP4_LIBIBVERBS": "/nonexistent/nvfp4-test/libibverbs.so.1"])
             #expect(result.status == 1, "stdout: \(result.stdout) stderr: \(result.stderr)")
             let lines = result.stdout.split(separator: "\n").map(String.init)
