@@ -169,6 +169,31 @@ struct RDMAPeerTestTests {
     }
 }
 
+/// A control that reaches a responder in process and tells it to expect tensors one byte shorter than sent, so
+/// every large tensor arrives "wrong" as far as workerd can tell.
+struct ShortExpectationControl: RDMAPeerTestControl {
+    let responder: RDMAPeerTestResponder
+    var peer: String { "in-process" }
+
+    func open(_ request: RDMAPeerTestRequest) async throws(RDMAPeerTest.Failure) -> RDMAPeerTestAccepted {
+        var altered = request
+        altered.traffic.tensorBytes -= 1
+        do throws(RDMAPeerTestRefusal) {
+            return try await responder.open(altered, caller: "doctor")
+        } catch {
+            throw .refused(error)
+        }
+    }
+
+    func finish(session: UInt64) async throws(RDMAPeerTest.Failure) -> RDMAPeerTestVerdict {
+        do throws(RDMAPeerTestRefusal) {
+            return try await responder.finish(session: session)
+        } catch {
+            throw .refused(error)
+        }
+    }
+}
+
 /// workerd's side on its own: the byte check, one test at a time, limits, and the time limit.
 @Suite("workerd's RDMA peer test responder", .serialized)
 struct RDMAPeerTestResponderTests {
@@ -211,6 +236,22 @@ struct RDMAPeerTestResponderTests {
         #expect(verdict.tensorsChecked == 1 && verdict.bytesChecked == 64)
         #expect(verdict.failure == "tensor 1 differs from the test pattern at byte \(swapped ? 0 : 17)")
         #expect(fabric.liveQueuePairs(on: "fake_w1") == 0 && fabric.liveRegions(on: "fake_w1") == 0)
+    }
+
+    @Test("the doctor fails the test with workerd's verdict when workerd finds a tensor wrong, and releases both sides")
+    func doctorReportsWorkerdsVerdict() async throws {
+        let fabric = FakeFabric()
+        let responder = Self.responder(fabric)
+        let test = RDMAPeerTest(traffic: RDMAPeerTestTests.traffic, ring: RDMAPeerTestTests.ring, timeLimitSeconds: 30)
+        await #expect(throws: RDMAPeerTest.Failure.corrupted(
+            peer: "in-process", reason: "tensor 5 arrived with more than the 199999 bytes expected")) {
+            _ = try await test.run(device: fabric.device("fake_d"), endpoint: FakeLink.endpoint(9),
+                                   control: ShortExpectationControl(responder: responder), lineRateGigabitsPerSecond: nil,
+                                   logger: RDMAWorkerLinkTests.quiet("doctor"))
+        }
+        #expect(!responder.isBusy)
+        #expect(fabric.liveQueuePairs(on: "fake_d") == 0 && fabric.liveQueuePairs(on: "fake_w1") == 0)
+        #expect(fabric.liveRegions(on: "fake_d") == 0 && fabric.liveRegions(on: "fake_w1") == 0)
     }
 
     @Test("one test at a time; limits and a malformed request are refused naming the field")
