@@ -33,6 +33,7 @@ struct Coordctl: AsyncParsableCommand {
     /// Accepts the connection options before the command name too (`coordctl --coordinator H:P status JOB`), by
     /// moving them behind it, where the client commands declare them.
     static func main() async {
+        ProcessMemory.returnLargeBlocksToTheSystem()
         let arguments = movingLeadingConnectionOptions(Array(CommandLine.arguments.dropFirst()))
         do {
             var command = try parseAsRoot(arguments)

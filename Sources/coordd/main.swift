@@ -64,6 +64,7 @@ struct Coordd: AsyncParsableCommand {
     @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
+        ProcessMemory.returnLargeBlocksToTheSystem()
         logging.bootstrap()
         // Before anything else records: swift-metrics takes one bootstrap per process.
         let metricsAddress = try metrics.address()
