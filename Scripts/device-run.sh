@@ -86,7 +86,7 @@ while [ $# -gt 0 ]; do
             python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/e2el --layers "$layers" --vocab 128256 --tokens 16384 --calib 256 2>&1 | tee -a "$log"
             echo "made in $((SECONDS - started)) s" | tee -a "$log"
             "$bench" loaded-check Tests/Fixtures/tiny-llama 2>&1 | grep -E "loaded-check|DIFFERENT|error" | tee -a "$log"
-            "$bench" loaded-check /tmp/e2el/model 2 2>&1 | grep -E "loaded-check|DIFFERENT|error" | tee -a "$log"
+            "$bench" loaded-check /tmp/e2el/model 1 2>"$bench" loaded-check /tmp/e2el/model 2 2>&11 | grep -E "loaded-check|DIFFERENT|error" | tee -a "$log"
             "$bench" embed-check /tmp/e2el/model 65536 --json "$out/embed-check.json" 2>&1 | tee -a "$log"
             "$bench" embed-check /tmp/e2el/model 65536 2>&1 | grep -E "kernels|embed-check" | tee -a "$log"
             "$bench" layer-bench /tmp/e2el 1 --json "$out/e2e-long-peak.json" 2>&1 | grep -E "cuBLASLt|layer forward" | tee -a "$log"
