@@ -91,7 +91,7 @@ public enum ClientError: Error, CustomStringConvertible, Equatable {
                 self = .remote(address: address, message: remote.message)
             }
         case ClusterActorSystemError.connectFailed(_, let reason):
-            self = .unreachable(address: address, reason: Self.plainReason(reason))
+            self = .unreachable(address: address, reason: TransportError.plainConnectionFailure(reason))
         case ClusterActorSystemError.authenticationFailed:
             self = tokenFile.map { .tokenRejected(address: address, tokenFile: $0) } ?? .tokenRequired(address: address)
         case ClusterActorSystemError.wrongNode(_, let expected, let found):
@@ -105,16 +105,6 @@ public enum ClientError: Error, CustomStringConvertible, Equatable {
         }
     }
 
-    /// `connection refused` rather than the socket library's nested report.
-    static func plainReason(_ reason: String) -> String {
-        let lowered = reason.lowercased()
-        for (needle, plain) in [("connection refused", "connection refused"), ("timed out", "connection timed out"),
-                                ("no route to host", "no route to host"), ("network is unreachable", "network is unreachable")]
-        where lowered.contains(needle) {
-            return plain
-        }
-        return reason
-    }
 
     public var description: String {
         switch self {

@@ -1,5 +1,6 @@
 import Logging
 import NIOConcurrencyHelpers
+import Transport
 
 /// The transport of one worker-to-worker link across its reconnections: what the start-up decision chose, until an
 /// RDMA connection of this link goes down under the data (a completion with an error status, a QP in ERR); from
@@ -47,19 +48,25 @@ public final class ActivationLinkChoice: Sendable {
         }
     }
 
-    /// An RDMA connection of this link ended. If it failed under the data, later dials use TCP; a clean close
-    /// (or a link that never failed) changes nothing.
-    public func connectionEnded(_ transport: RDMAActivationTransport) {
-        connectionEnded(failure: transport.failure)
-    }
-
-    /// The same for a link striped over several queue pairs: the failure of any lane counts.
-    public func connectionEnded(_ transport: StripedActivationTransport) {
-        connectionEnded(failure: transport.failure)
-    }
-
-    private func connectionEnded(failure: RDMALinkError?) {
-        guard let failure, failure.isLinkFailure else { return }
+    /// An RDMA connection of this link ended. If it failed under the data (on any lane of a striped link), later
+    /// dials use TCP; a clean close (or a link that never failed) changes nothing.
+    public func connectionEnded(_ transport: some RDMALinkTransport) {
+        guard let failure = transport.failure, failure.isLinkFailure else { return }
         fallBack(reason: "RDMA link failed mid-job: \(failure)")
     }
 }
+
+/// What an activation link needs of its RDMA transport, one queue pair or several striped.
+public protocol RDMALinkTransport: ActivationTransport {
+    /// The devices carrying the link, for the logs.
+    var deviceNames: [String] { get }
+    /// Why the transport stopped, once it has.
+    var failure: RDMALinkError? { get }
+    func close() async
+}
+
+extension RDMAActivationTransport: RDMALinkTransport {
+    public var deviceNames: [String] { [deviceName] }
+}
+
+extension StripedActivationTransport: RDMALinkTransport {}

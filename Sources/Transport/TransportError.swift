@@ -138,3 +138,17 @@ extension RemoteErrorEnvelope: RemoteErrorConvertible {
         try? JSONDecoder().decode(RemoteErrorEnvelope.self, from: Data(payload.readableBytesView))
     }
 }
+
+extension TransportError {
+    /// `connection refused` rather than the socket library's nested report of a failed connect, for messages that
+    /// name the address; other reasons are returned as they are.
+    public static func plainConnectionFailure(_ reason: String) -> String {
+        let lowered = reason.lowercased()
+        for (needle, plain) in [("connection refused", "connection refused"), ("timed out", "connection timed out"),
+                                ("no route to host", "no route to host"), ("network is unreachable", "network is unreachable")]
+        where lowered.contains(needle) {
+            return plain
+        }
+        return reason
+    }
+}

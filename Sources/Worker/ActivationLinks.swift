@@ -49,26 +49,19 @@ enum ActivationLinks {
         case let .refused(reason):
             return try await refused("\(peer) refused RDMA: \(reason)")
         case let .rdma(lanes) where lanes.count == 1:
-            let transport = lanes[0]
-            logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "device": "\(transport.deviceName)"])
-            watch(control, closing: { await transport.close() })
-            return SuccessorLink.Connection(
-                send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
-                acknowledgements: transport.acknowledgements(),
-                close: {
-                    // A link that failed under the data turns the next dial to TCP; the resend is SuccessorLink's.
-                    choice.connectionEnded(transport)
-                    await transport.close()
-                    await control.connection.close()
-                })
+            return rdma(lanes[0], control: control)
         case let .rdma(lanes):
-            let transport = StripedActivationTransport(lanes: lanes)
+            return rdma(StripedActivationTransport(lanes: lanes), control: control)
+        }
+
+        func rdma(_ transport: some RDMALinkTransport, control: TCPActivationTransport) -> SuccessorLink.Connection {
             logger.info("activation link runs over RDMA", metadata: ["peer": "\(peer)", "devices": "\(transport.deviceNames)"])
             watch(control, closing: { await transport.close() })
             return SuccessorLink.Connection(
                 send: { id, bytes in try await transport.sendTensor(id: id, data: bytes) },
                 acknowledgements: transport.acknowledgements(),
                 close: {
+                    // A link that failed under the data turns the next dial to TCP; the resend is SuccessorLink's.
                     choice.connectionEnded(transport)
                     await transport.close()
                     await control.connection.close()

@@ -112,7 +112,7 @@ public final class RDMAPeerTestClient: RDMAPeerTestControl, @unchecked Sendable 
             }
             return .control(peer: peer, reason: remote.message)
         case ClusterActorSystemError.connectFailed(_, let reason):
-            return .unreachable(peer: peer, reason: Self.plainReason(reason))
+            return .unreachable(peer: peer, reason: TransportError.plainConnectionFailure(reason))
         case ClusterActorSystemError.authenticationFailed(_, let reason):
             return .credentialsRefused(peer: peer, reason: reason)
         case ClusterActorSystemError.wrongNode(_, let expected, let found):
@@ -128,14 +128,4 @@ public final class RDMAPeerTestClient: RDMAPeerTestControl, @unchecked Sendable 
         }
     }
 
-    /// `connection refused` rather than the socket library's nested report.
-    static func plainReason(_ reason: String) -> String {
-        let lowered = reason.lowercased()
-        for (needle, plain) in [("connection refused", "connection refused"), ("timed out", "connection timed out"),
-                                ("no route to host", "no route to host"), ("network is unreachable", "network is unreachable")]
-        where lowered.contains(needle) {
-            return plain
-        }
-        return reason
-    }
 }
