@@ -132,7 +132,7 @@ public final class LayerExporter: Sendable {
             }
             timings.quantize += secondsSince(started)
             started = .now
-            let error = try quantizationError(of: weight, linear)
+            let error = try quantizationError(of: weight, linear, checkingRows: loaded?.weights[linear.name] != nil)
             quality.append(LinearQuality(name: linear.name, layer: layer, weightAmax: memberWeightAmax[index],
                                          weightRelativeError: error.relative,
                                          activationAmax: spec.scheme.quantizesActivations ? activationAmax?[linear.kind.group]?.value : nil))
@@ -165,14 +165,46 @@ public final class LayerExporter: Sendable {
         return try QuantizeJob.weightAmax(source: source, name: linear.weightName, cols: linear.inFeatures)
     }
 
-    /// The quantized weight against its source values (read again: they are still mapped).
-    private func quantizationError(of weight: NVFP4Weight, _ linear: LinearSpec) throws -> WeightQuantizationError {
+    /// The quantized weight against its source values (read again: they are still mapped). With `checkingRows` (a
+    /// weight quantized elsewhere, on the GPU) its first, middle and last rows are also quantized here from the
+    /// source under the same S2 and must be the same bytes: a cheap guard against a wrong offset or scale there.
+    private func quantizationError(of weight: NVFP4Weight, _ linear: LinearSpec, checkingRows: Bool = false) throws
+        -> WeightQuantizationError
+    {
+        let rows = checkingRows ? Array(Set([0, linear.outFeatures / 2, linear.outFeatures - 1])).sorted() : []
         if try source.info(linear.weightName).dtype == .bf16 {
             return try source.withBytes(linear.weightName) { bytes in
-                try withBF16(bytes) { NVFP4Quantizer.quantizationError(of: weight, bf16: $0) }
+                try withBF16(bytes) { values in
+                    for row in rows {
+                        let slice = UnsafeBufferPointer(rebasing: values[(row * linear.inFeatures)..<((row + 1) * linear.inFeatures)])
+                        try checkRow(row, of: weight, against: NVFP4Quantizer.quantize(bf16: slice, rows: 1, cols: linear.inFeatures,
+                                                                                       weightScale2: weight.weightScale2,
+                                                                                       tensor: linear.weightName, parallelism: 1),
+                                     linear: linear)
+                    }
+                    return NVFP4Quantizer.quantizationError(of: weight, bf16: values)
+                }
             }
         }
-        return try source.floats(linear.weightName).withUnsafeBufferPointer { NVFP4Quantizer.quantizationError(of: weight, f32: $0) }
+        return try source.floats(linear.weightName).withUnsafeBufferPointer { values in
+            for row in rows {
+                let slice = UnsafeBufferPointer(rebasing: values[(row * linear.inFeatures)..<((row + 1) * linear.inFeatures)])
+                try checkRow(row, of: weight, against: NVFP4Quantizer.quantize(f32: slice, rows: 1, cols: linear.inFeatures,
+                                                                               weightScale2: weight.weightScale2,
+                                                                               tensor: linear.weightName),
+                             linear: linear)
+            }
+            return NVFP4Quantizer.quantizationError(of: weight, f32: values)
+        }
+    }
+
+    private func checkRow(_ row: Int, of weight: NVFP4Weight, against expected: NVFP4Weight, linear: LinearSpec) throws {
+        let packed = (row * linear.inFeatures / 2)..<((row + 1) * linear.inFeatures / 2)
+        let scales = (row * linear.inFeatures / 16)..<((row + 1) * linear.inFeatures / 16)
+        guard weight.packed.count == linear.outFeatures * linear.inFeatures / 2,
+              weight.blockScales.count == linear.outFeatures * linear.inFeatures / 16,
+              weight.packed[packed].elementsEqual(expected.packed), weight.blockScales[scales].elementsEqual(expected.blockScales)
+        else { throw QuantizeJobError.deviceQuantizationMismatch(tensor: linear.weightName, row: row) }
     }
 
     /// Each Linear's max |W| and each fused group's shared `S2`.

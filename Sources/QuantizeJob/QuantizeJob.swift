@@ -138,6 +138,9 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
     case incompleteHessian(layer: Int, group: String, chunksSeen: Int, chunks: Int)
     /// A GPTQ job's layer was exported without Hessians.
     case missingHessians(layer: Int)
+    /// A weight the GPU quantized differs, in a row checked against the CPU quantizer on the source, from what that
+    /// quantizer gives: the export stops rather than write it.
+    case deviceQuantizationMismatch(tensor: String, row: Int)
 
     public var description: String {
         switch self {
@@ -156,6 +159,8 @@ public enum QuantizeJobError: Error, Equatable, Sendable, CustomStringConvertibl
             "interrupted: job \(jobID) cancelled; its partial output was removed and no output was written"
         case .unusableGPTQSettings(let reason): reason
         case .missingHessians(let layer): "layer \(layer): a GPTQ export needs the layer's Hessians, and none were given"
+        case .deviceQuantizationMismatch(let tensor, let row):
+            "\(tensor): row \(row) as quantized on the GPU differs from the CPU quantizer's bytes for the same source row and scale; nothing was written"
         case .incompleteHessian(let layer, let group, let seen, let chunks):
             "layer \(layer) \(group): its GPTQ Hessian saw \(seen) of \(chunks) calibration chunks (the worker lost its "
                 + "state, e.g. in a restart); GPTQ needs all of them, so the job stops rather than weight part of the data"

@@ -341,21 +341,35 @@ import W4A4Probes
         #expect(given.map(\.data) == own.map(\.data))
         #expect(givenQuality == quality)
 
-        // Other codes and amax go through as they are: the exporter did not quantize or measure the source itself.
+        // Codes and amax go through as they are (the exporter did not quantize or measure the source itself), except
+        // that the first, middle and last rows of each weight are checked against the CPU quantizer on the source.
         let q = config.linears(layer: 1).first { $0.kind == .q }!
-        var altered = weights
-        var packed = weights[q.name]!.packed
-        packed[0] ^= 0x11
-        altered[q.name] = NVFP4Weight(rows: q.outFeatures, cols: q.inFeatures, packed: packed, blockScales: weights[q.name]!.blockScales,
-                                      weightScale2: weights[q.name]!.weightScale2)
+        func altering(row: Int) -> [String: NVFP4Weight] {
+            var packed = weights[q.name]!.packed
+            packed[row * q.inFeatures / 2] ^= 0x11
+            var altered = weights
+            altered[q.name] = NVFP4Weight(rows: q.outFeatures, cols: q.inFeatures, packed: packed,
+                                          blockScales: weights[q.name]!.blockScales, weightScale2: weights[q.name]!.weightScale2)
+            return altered
+        }
         var alteredAmax = weightAmax
         alteredAmax[q.weightName] = weightAmax[q.weightName]! * 0.5
         var alteredQuality: [LinearQuality] = []
         let written = try exporter.export(layer: 1, activationAmax: amax, timings: &timings, quality: &alteredQuality,
-                                          loaded: LoadedLayerQuantization(layer: 1, weights: altered, weightAmax: alteredAmax))
-        let packedName = q.weightName
-        #expect(written.first { $0.name == packedName }?.data.first == own.first { $0.name == packedName }!.data.first! ^ 0x11)
+                                          loaded: LoadedLayerQuantization(layer: 1, weights: altering(row: 1), weightAmax: alteredAmax))
+        let offset = q.inFeatures / 2
+        let writtenQ = try #require(written.first { $0.name == q.weightName }).data
+        let ownQ = try #require(own.first { $0.name == q.weightName }).data
+        #expect(writtenQ[writtenQ.startIndex + offset] == ownQ[ownQ.startIndex + offset] ^ 0x11)
         #expect(alteredQuality.first { $0.name == q.name }?.weightAmax == weightAmax[q.weightName]! * 0.5)
+
+        for row in [0, q.outFeatures / 2, q.outFeatures - 1] {
+            let refused = expectFailure {
+                _ = try exporter.export(layer: 1, activationAmax: amax, timings: &timings, quality: &alteredQuality,
+                                        loaded: LoadedLayerQuantization(layer: 1, weights: altering(row: row), weightAmax: weightAmax))
+            }
+            #expect(refused as? QuantizeJobError == .deviceQuantizationMismatch(tensor: q.weightName, row: row))
+        }
     }
 
     func w4a4Exporter(layout: CheckpointLayout) throws -> LayerExporter {
