@@ -22,6 +22,7 @@
 #   gptq          GPTQ on the GPU: CUDA vs CPU GPTQQuantizer on the same inputs (codes differing, output errors), then a
 #                 70B-shaped layer's calibration forward over 256 samples of 150-1200 tokens against its Hessians + GPTQ
 #                 (without and with activation order)
+#   gpu-checks    (from the repository root) CUDABenchmarks loaded-check and embed-check on Tests/Fixtures/tiny-llama
 #   tiny-job      (from the repository root) coordctl quantize W4A4 on Tests/Fixtures/tiny-llama on the CPU and on CUDA:
 #                 every tensor but the activation scales byte-identical; then --gpu-memory 1GiB (same bytes) and 4MiB
 #                 (refused, naming the limit)
@@ -134,6 +135,11 @@ PY
                 python3 "$here/scripts/cuda_layer_bench_torch.py" make /tmp/layer70b --layers 1 --tokens 16384 2>&1 | tee -a "$out/gptq.log"
             "$bench" gptq-bench /tmp/layer70b 256 --json "$out/gptq-bench.json" 2>&1 | tee -a "$out/gptq.log"
             "$bench" gptq-bench /tmp/layer70b 256 --act-order --json "$out/gptq-bench-act-order.json" 2>&1 | tee -a "$out/gptq.log" ;;
+        gpu-checks)
+            # (from the repository root) the export's GPU quantization of loaded layers and the GPU embedding gather
+            # against the CPU on the tiny fixture, bit for bit
+            "$bench" loaded-check Tests/Fixtures/tiny-llama 2>&1 | grep -E "loaded-check|DIFFERENT|rror" | tee "$out/gpu-checks.log"
+            "$bench" embed-check Tests/Fixtures/tiny-llama 4096 2>&1 | grep -E "kernels|embed-check|rror" | tee -a "$out/gpu-checks.log" ;;
         tiny-job)
             # W4A4 round to nearest on the tiny fixture, CPU and CUDA (GPU embedding, export from the loaded weights):
             # every tensor but the activation scales (calibrated on different arithmetic) must be the same bytes.
