@@ -36,6 +36,8 @@ struct DeferredResidentBackend: ComputeBackend {
     let capacity: Int
     /// Offers a ``ResidentEmbedder`` (as the GPU does) that gathers on the host and logs "gather".
     var gathersEmbeddings = false
+    /// The offered gather returns each chunk's first row from the wrong token (a broken kernel).
+    var gathersWrongRows = false
     let log = Log()
     var config: LlamaConfig { base.config }
 
@@ -48,6 +50,10 @@ struct DeferredResidentBackend: ComputeBackend {
             log.add("gather")
             var values: [Float] = []
             for id in tokenIDs { values += table.values[(id * width)..<((id + 1) * width)] }
+            if gathersWrongRows {
+                let other = (tokenIDs[0] + 1) % table.tokenCount
+                values.replaceSubrange(0..<width, with: table.values[(other * width)..<((other + 1) * width)])
+            }
             let row = values.firstIndex { !$0.isFinite }.map { $0 / width }
             return (Box(HiddenStates(hiddenSize: width, values: values)), row)
         }
@@ -174,6 +180,23 @@ struct DeferredResidentBackend: ComputeBackend {
         #expect(small.log.events.filter { $0 == "gather" }.count == mixed.calibrator.residentChunkCount)
         #expect(mixed.calibrator.residentChunkCount < mixed.calibrator.chunkCount)
         #expect(!small.log.events.contains("upload"))
+    }
+
+    /// The first chunk's gather is checked against the host's once: a broken gather stops the job before any layer.
+    @Test func aBackendGatherThatDiffersFromTheHostsStopsCalibration() throws {
+        var backend = DeferredResidentBackend(base: try TinyLlama.backend(), capacity: 1 << 30)
+        backend.gathersEmbeddings = true
+        backend.gathersWrongRows = true
+        let samples = try TinyLlama.samples()
+        let calibrator = try LayerStreamingCalibrator(backend: backend, weights: try TinyLlama.model(), samples: samples,
+                                                      chunkTokens: 1_000_000)
+        let error = calibrationError { _ = try calibrator.activationAmax(layer: 0) }
+        guard case .residentEmbeddingMismatch(let sample, let differing) = error else {
+            Issue.record("expected residentEmbeddingMismatch, got \(String(describing: error))")
+            return
+        }
+        #expect(sample == 0 && differing > 0)
+        #expect(!backend.log.events.contains { $0.hasPrefix("enqueue") })
     }
 
     /// A non-finite embedding row found by the backend's gather names the sample that uses it, before any layer.

@@ -51,6 +51,8 @@ public enum CalibrationError: Error, CustomStringConvertible, Equatable, Sendabl
     case finished
     /// The built-in calibration set is text; a model without a usable tokenizer needs token-id calibration data.
     case tokenizerRequired(model: String)
+    /// The backend's own embedding gather gave other values than the host's for the first chunk (checked once).
+    case residentEmbeddingMismatch(sample: Int, differing: Int)
 
     public var description: String {
         switch self {
@@ -71,6 +73,9 @@ public enum CalibrationError: Error, CustomStringConvertible, Equatable, Sendabl
         case .nonFiniteHiddenState(let layer, let sample, let source):
             let place = layer.map { "the output of layer \($0)" } ?? "the embeddings"
             return "calibration: \(place) for sample \(sample) (\(source)) contains NaN or infinity"
+        case .residentEmbeddingMismatch(let sample, let differing):
+            return "calibration: the backend's embedding gather differs from the host's in \(differing) values of the first chunk "
+                + "(from sample \(sample)); stopping rather than calibrate on them"
         case .scratchFile(let path, let message):
             return "calibration scratch file \(path): \(message)"
         case .failedEarlier(let layer):

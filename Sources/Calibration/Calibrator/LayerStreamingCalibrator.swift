@@ -362,6 +362,15 @@ public final class LayerStreamingCalibrator<Backend: ComputeBackend>: Activation
             if let embedder, backendBytes + deviceBytes <= backendCapacity {
                 let (states, nonFiniteRow) = try embedder.embed(chunk.tokenIDs.map(Int.init), chunks[index].batch)
                 if let row = nonFiniteRow { throw chunk.nonFiniteHiddenState(row: row, layer: nil) }
+                if deviceEmbeddedChunks == 0 {
+                    // Once per job, the backend's gather against the host's, bit for bit (it must be the same values).
+                    let expected = try embedChecked(backend: backend, weights: weights, chunk: chunk, batch: chunks[index].batch)
+                    let gathered = try backend.hostStates(states)
+                    let differing = zip(expected.values, gathered.values).filter { $0.bitPattern != $1.bitPattern }.count
+                    guard differing == 0, expected.values.count == gathered.values.count else {
+                        throw CalibrationError.residentEmbeddingMismatch(sample: chunk.sampleRange.lowerBound, differing: differing)
+                    }
+                }
                 backendBytes += deviceBytes
                 chunks[index].resident = true
                 residentChunkCount += 1
