@@ -79,8 +79,13 @@ public struct CUDANVFP4Quantizer: Sendable {
 
     public func enqueueAmax(weight: CUdeviceptr, count: Int, into result: DeviceBuffer, stream: CUDAStream) throws {
         try result.fill(byte: 0, byteCount: 4, stream: stream)
+        try launchAmax(weight: weight, count: count, into: result.address, stream: stream)
+    }
+
+    /// Max-merges the max |x| bits of `count` BF16 values into the 4 bytes at `result` (zeroed by the caller).
+    func launchAmax(weight: CUdeviceptr, count: Int, into result: CUdeviceptr, stream: CUDAStream) throws {
         try device.kernels.bf16Amax.launch(grid: gridStride(count / 8), block: (256, 1, 1), stream: stream,
-                                           arguments: [.pointer(weight), .int64(Int64(count)), .pointer(result.address)])
+                                           arguments: [.pointer(weight), .int64(Int64(count)), .pointer(result)])
     }
 }
 
@@ -137,10 +142,8 @@ extension CUDANVFP4Quantizer {
             let amax = try device.workspace.device("layerq.amax", bytes: placed.count * 4)
             try amax.fill(byte: 0, byteCount: placed.count * 4, stream: stream)
             for (index, (spec, address)) in placed.enumerated() {
-                let count = spec.outFeatures * spec.inFeatures
-                try device.kernels.bf16Amax.launch(grid: gridStride(count / 8), block: (256, 1, 1), stream: stream,
-                                                   arguments: [.pointer(address), .int64(Int64(count)),
-                                                               .pointer(amax.address(atByteOffset: index * 4))])
+                try launchAmax(weight: address, count: spec.outFeatures * spec.inFeatures, into: amax.address(atByteOffset: index * 4),
+                               stream: stream)
             }
             try amaxBits.withUnsafeMutableBytes { try device.download(amax, byteCount: placed.count * 4, into: $0, stream: stream) }
             let memberAmax = amaxBits.map { Float(bitPattern: $0) }

@@ -172,39 +172,40 @@ public final class LayerExporter: Sendable {
         -> WeightQuantizationError
     {
         let rows = checkingRows ? Array(Set([0, linear.outFeatures / 2, linear.outFeatures - 1])).sorted() : []
+        let cols = linear.inFeatures
         if try source.info(linear.weightName).dtype == .bf16 {
             return try source.withBytes(linear.weightName) { bytes in
                 try withBF16(bytes) { values in
-                    for row in rows {
-                        let slice = UnsafeBufferPointer(rebasing: values[(row * linear.inFeatures)..<((row + 1) * linear.inFeatures)])
-                        try checkRow(row, of: weight, against: NVFP4Quantizer.quantize(bf16: slice, rows: 1, cols: linear.inFeatures,
-                                                                                       weightScale2: weight.weightScale2,
-                                                                                       tensor: linear.weightName, parallelism: 1),
-                                     linear: linear)
+                    try checkRows(rows, of: weight, linear: linear) { row in
+                        try NVFP4Quantizer.quantize(bf16: UnsafeBufferPointer(rebasing: values[(row * cols)..<((row + 1) * cols)]),
+                                                    rows: 1, cols: cols, weightScale2: weight.weightScale2,
+                                                    tensor: linear.weightName, parallelism: 1)
                     }
                     return NVFP4Quantizer.quantizationError(of: weight, bf16: values)
                 }
             }
         }
         return try source.floats(linear.weightName).withUnsafeBufferPointer { values in
-            for row in rows {
-                let slice = UnsafeBufferPointer(rebasing: values[(row * linear.inFeatures)..<((row + 1) * linear.inFeatures)])
-                try checkRow(row, of: weight, against: NVFP4Quantizer.quantize(f32: slice, rows: 1, cols: linear.inFeatures,
-                                                                               weightScale2: weight.weightScale2,
-                                                                               tensor: linear.weightName),
-                             linear: linear)
+            try checkRows(rows, of: weight, linear: linear) { row in
+                try NVFP4Quantizer.quantize(f32: UnsafeBufferPointer(rebasing: values[(row * cols)..<((row + 1) * cols)]),
+                                            rows: 1, cols: cols, weightScale2: weight.weightScale2, tensor: linear.weightName)
             }
             return NVFP4Quantizer.quantizationError(of: weight, f32: values)
         }
     }
 
-    private func checkRow(_ row: Int, of weight: NVFP4Weight, against expected: NVFP4Weight, linear: LinearSpec) throws {
-        let packed = (row * linear.inFeatures / 2)..<((row + 1) * linear.inFeatures / 2)
-        let scales = (row * linear.inFeatures / 16)..<((row + 1) * linear.inFeatures / 16)
-        guard weight.packed.count == linear.outFeatures * linear.inFeatures / 2,
-              weight.blockScales.count == linear.outFeatures * linear.inFeatures / 16,
-              weight.packed[packed].elementsEqual(expected.packed), weight.blockScales[scales].elementsEqual(expected.blockScales)
-        else { throw QuantizeJobError.deviceQuantizationMismatch(tensor: linear.weightName, row: row) }
+    /// Each of `rows` of `weight` against `quantizeRow(row)`, the CPU quantizer's bytes for that source row.
+    private func checkRows(_ rows: [Int], of weight: NVFP4Weight, linear: LinearSpec,
+                           quantizeRow: (Int) throws -> NVFP4Weight) throws {
+        for row in rows {
+            let expected = try quantizeRow(row)
+            let packed = (row * linear.inFeatures / 2)..<((row + 1) * linear.inFeatures / 2)
+            let scales = (row * linear.inFeatures / 16)..<((row + 1) * linear.inFeatures / 16)
+            guard weight.packed.count == linear.outFeatures * linear.inFeatures / 2,
+                  weight.blockScales.count == linear.outFeatures * linear.inFeatures / 16,
+                  weight.packed[packed].elementsEqual(expected.packed), weight.blockScales[scales].elementsEqual(expected.blockScales)
+            else { throw QuantizeJobError.deviceQuantizationMismatch(tensor: linear.weightName, row: row) }
+        }
     }
 
     /// Each Linear's max |W| and each fused group's shared `S2`.

@@ -48,9 +48,6 @@ public final class LoadedWeightQuantizations: @unchecked Sendable {
     public func removeAll() {
         lock.withLock { held = [:] }
     }
-
-    /// Layers quantized and not yet taken.
-    public var heldLayers: Int { lock.withLock { held.count } }
 }
 
 extension LoadedWeightQuantizations {
