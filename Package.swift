@@ -51,14 +51,17 @@ let package = Package(
         // OpenBLAS, from Debian's libopenblas-dev.
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         // GPTQ for NVFP4 weights on the CPU: the input Hessian and the error-compensating column loop. No I/O.
-        .target(name: "GPTQ", dependencies: ["NVFP4", "COpenBLAS"], swiftSettings: numericSettings),
+        .target(name: "GPTQ", dependencies: ["NVFP4", "COpenBLAS", "OpenBLASThreads"], swiftSettings: numericSettings),
+        // OpenBLAS's process-wide thread count, shared by every BLAS caller (one thread sums GEMMs in another order).
+        .target(name: "OpenBLASThreads", dependencies: ["COpenBLAS"]),
         // The compute-backend protocol that calibration drives.
         .target(name: "ComputeBackend", dependencies: ["LlamaModel", "JobModel"]),
         // The CPU backend's BF16 element-wise passes (rounding, RMSNorm, RoPE, SwiGLU, softmax, exp) in C, so that they
         // vectorize with the same f32 results as scalar code: no FMA contraction, optimized in debug builds too.
         .target(name: "CPUKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         // F32 CPU backend over BLAS.
-        .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS", "CPUKernels"],
+        .target(name: "CPUBackend", dependencies: ["ComputeBackend", "LlamaModel", "SafeTensors", "NVFP4", "COpenBLAS", "CPUKernels",
+                                                   "OpenBLASThreads"],
                 swiftSettings: numericSettings),
         // Calibration data, observers and the layer-streaming calibration loop.
         .target(name: "Calibration", dependencies: ["JobModel", "ComputeBackend", "LlamaModel", "Tokenizer", "SafeTensors", "NVFP4", "StrictJSON",
@@ -66,7 +69,7 @@ let package = Package(
                                                       .product(name: "Crypto", package: "swift-crypto")],
                 resources: [.copy("Resources")], swiftSettings: numericSettings),
         // Perplexity of the original model against the W4A4-emulated checkpoint.
-        .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "COpenBLAS", "LlamaModel", "NVFP4", "SafeTensors",
+        .target(name: "Evaluation", dependencies: ["ComputeBackend", "CPUBackend", "COpenBLAS", "OpenBLASThreads", "LlamaModel", "NVFP4", "SafeTensors",
                                                      "Checkpoint", "JobModel", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: numericSettings),
         // Export layouts, sharding, verification, calibration.json, the coordinator's assembler and atomic output.
@@ -217,7 +220,8 @@ let package = Package(
                                          "Tokenizer", "COpenBLAS", .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/CalibrationBenchmarks"),
         .executableTarget(name: "TransportBenchmarks",
-                          dependencies: ["Transport", "ClusterCertificates", .product(name: "NIOCore", package: "swift-nio"),
+                          dependencies: ["Transport", "ClusterCertificates", .product(name: "Crypto", package: "swift-crypto"),
+                                         .product(name: "NIOCore", package: "swift-nio"),
                                          .product(name: "NIOPosix", package: "swift-nio"),
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Benchmarks/TransportBenchmarks"),
@@ -282,10 +286,11 @@ let package = Package(
         ]),
         .testTarget(name: "NVFP4Tests", dependencies: ["NVFP4", "SafeTensors"]),
         .testTarget(name: "GPTQTests", dependencies: ["GPTQ", "NVFP4", "SafeTensors"]),
+        .testTarget(name: "OpenBLASThreadsTests", dependencies: ["OpenBLASThreads", "COpenBLAS"]),
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
         .testTarget(name: "LlamaModelTests", dependencies: ["LlamaModel", "SafeTensors"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
-        .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend", "CPUKernels", "COpenBLAS", "ComputeBackend", "LlamaModel",
+        .testTarget(name: "CPUBackendTests", dependencies: ["CPUBackend", "CPUKernels", "COpenBLAS", "OpenBLASThreads", "ComputeBackend", "LlamaModel",
                                                               "SafeTensors"]),
         .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "Tokenizer", "LlamaModel", "ComputeBackend",
                                                               "CPUBackend", "SafeTensors"]),

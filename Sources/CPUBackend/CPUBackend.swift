@@ -1,4 +1,5 @@
 import COpenBLAS
+import OpenBLASThreads
 import ComputeBackend
 import CPUKernels
 import Dispatch
@@ -46,7 +47,7 @@ public struct CPUBackend: ComputeBackend {
 
     /// Sets how many threads OpenBLAS uses for one GEMM (process-wide).
     public static func setBLASThreadCount(_ count: Int) {
-        openblas_set_num_threads(Int32(max(1, count)))
+        OpenBLASThreads.setThreadCount(count)
     }
 
     /// A decoder layer's weights in f32, row-major `[out, in]`, with q/k/v and gate/up stacked by rows.
@@ -91,8 +92,8 @@ public struct CPUBackend: ComputeBackend {
             weight: try source.floats(config.outputEmbeddingName, expectedShape: [config.vocabSize, config.hiddenSize]))
     }
 
-    /// Serializes BLAS work in the process: attention switches OpenBLAS to one thread while its own parallel jobs
-    /// run, and a concurrent forward must not see that setting (its GEMMs would be blocked differently).
+    /// Serializes the CPU forwards and logits of the process: each already fills the cores. (OpenBLAS's thread count,
+    /// which the attention lowers, is guarded for every BLAS caller by ``OpenBLASThreads``.)
     static let blasLock = NSLock()
 
     public func forward(layer: LoadedLayer, hidden: inout HiddenStates, batch: SequenceBatch,
@@ -210,8 +211,67 @@ public struct CPUBackend: ComputeBackend {
         return observed
     }
 
-    /// Query rows per attention tile (see ``attentionHoldingBLASLock(_:batch:rowStride:roundProbabilities:)``).
+    /// Query rows per attention tile, where tiles keep every score's bits (``scoreTilingKeepsBits``).
     static let attentionQueryTile = 128
+
+    /// The query ranges whose scores attention computes in one GEMM each (keys `0..<range.upperBound`): tiles of
+    /// ``attentionQueryTile`` where ``scoreTilingKeepsBits``, a last tile of fewer than 16 rows joined to the one
+    /// before (a GEMM of at most 1200 results takes OpenBLAS's small-matrix kernel, which sums in another order);
+    /// otherwise the whole square at once. Call inside `OpenBLASThreads.withOneThread`, as attention does.
+    static func scoreTiles(length: Int) -> [Range<Int>] {
+        guard scoreTilingKeepsBits else { return length > 0 ? [0..<length] : [] }
+        return queryTiles(length: length)
+    }
+
+    private static func queryTiles(length: Int) -> [Range<Int>] {
+        var tiles: [Range<Int>] = []
+        var first = 0
+        while first < length {
+            var end = min(length, first + attentionQueryTile)
+            if length - end < 16 { end = length }
+            tiles.append(first..<end)
+            first = end
+        }
+        return tiles
+    }
+
+    /// Whether this process's OpenBLAS gives a score the same bits in a tile's GEMM as in the full `length × length`
+    /// GEMM, so that tiling changes no activation. True of its SkylakeX/Cooperlake kernels, where each score is the
+    /// same 64-term dot product whatever the GEMM's shape; false of its Haswell/Zen kernels, whose sums depend on
+    /// where a row and a column fall in the GEMM (measured: OpenBLAS 0.3.21 on an AMD EPYC, core "Zen"). Probed once,
+    /// on lengths across tile edges, the first time attention runs (OpenBLAS on one thread, as there).
+    static let scoreTilingKeepsBits: Bool = probeScoreTiling()
+
+    private static func probeScoreTiling() -> Bool {
+        let headDim = 64, rowStride = 3 * headDim
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        for length in [144, 300, 640, 1300] {
+            let input = (0..<(length * rowStride)).map { _ in
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                return Float(Int64(state >> 40) - (1 << 23)) / Float(1 << 22)  // in [-2, 2)
+            }
+            var full = [Float](repeating: 0, count: length * length)
+            var tiled = [Float](repeating: 0, count: length * length)
+            input.withUnsafeBufferPointer { input in
+                let queries = input.baseAddress!, keys = input.baseAddress! + headDim
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(length), Int32(length), Int32(headDim),
+                            0.125, queries, Int32(rowStride), keys, Int32(rowStride), 0, &full, Int32(length))
+                tiled.withUnsafeMutableBufferPointer { tiled in
+                    for tile in queryTiles(length: length) {
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tile.count), Int32(tile.upperBound),
+                                    Int32(headDim), 0.125, queries + tile.lowerBound * rowStride, Int32(rowStride), keys,
+                                    Int32(rowStride), 0, tiled.baseAddress! + tile.lowerBound * length, Int32(length))
+                    }
+                }
+            }
+            for query in 0..<length {
+                for key in 0...query where full[query * length + key].bitPattern != tiled[query * length + key].bitPattern {
+                    return false
+                }
+            }
+        }
+        return true
+    }
 
     /// Keys per block of PyTorch's CPU flash-attention kernel.
     static let flashKeyBlock = 512
@@ -313,67 +373,60 @@ public struct CPUBackend: ComputeBackend {
         let scale = Float(1 / Double(headDim).squareRoot())
         precondition(output.count == batch.totalTokens * queryWidth, "attention output shape does not match")
         // The (sample, head) jobs already fill the cores; OpenBLAS threads inside each small GEMM would only
-        // oversubscribe them. Callers hold `blasLock`, so no other GEMM sees the setting.
-        let blasThreads = openblas_get_num_threads()
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(blasThreads) }
-        qkv.withUnsafeBufferPointer { qkvValues in
-            output.withUnsafeMutableBufferPointer { outputValues in
-                let shared = (input: UncheckedSendable(qkvValues.baseAddress!), result: UncheckedSendable(outputValues.baseAddress!))
-                // Each (sample, head) pair writes its own columns of its own rows.
-                DispatchQueue.concurrentPerform(iterations: batch.sampleCount * heads) { job in
-                    let input = shared.input.value
-                    let result = shared.result.value
-                    let sample = job / heads
-                    let head = job % heads
-                    let keyValueHead = head / queriesPerKeyValue
-                    let firstRow = batch.sampleOffsets[sample]
-                    let length = batch.tokenCounts[sample]
-                    let queries = input + firstRow * rowStride + head * headDim
-                    let keys = input + firstRow * rowStride + keyOffset + keyValueHead * headDim
-                    let values = input + firstRow * rowStride + valueOffset + keyValueHead * headDim
-                    // The scores go in tiles of `attentionQueryTile` queries; a tile's last query sees keys 0..<end, so
-                    // its GEMM skips the keys above that, which causal masking zeroes anyway. Each score is the same
-                    // 64-term dot product whatever the tile, as long as OpenBLAS takes its regular path: a last tile
-                    // of fewer than 16 rows joins the one before, since a GEMM with a result of at most 1200
-                    // elements takes its small-matrix kernel, which sums in another order.
-                    // The weighted sum stays one GEMM over all `length` keys (zero weights above each query):
-                    // OpenBLAS splits a GEMM's inner dimension into blocks by its length, so a shorter sum would add
-                    // the same terms in other groups and change the last bits.
-                    let scores = UnsafeMutablePointer<Float>.allocate(capacity: length * length)
-                    defer { scores.deallocate() }
-                    var firstQuery = 0
-                    while firstQuery < length {
-                        var end = min(length, firstQuery + Self.attentionQueryTile)
-                        if length - end < 16 { end = length }
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(end - firstQuery), Int32(end), Int32(headDim),
-                                    scale, queries + firstQuery * rowStride, Int32(rowStride), keys, Int32(rowStride),
-                                    0, scores + firstQuery * length, Int32(length))
-                        if roundProbabilities {
-                            cpuk_causal_softmax_bf16(scores + firstQuery * length, length, firstQuery, end - firstQuery,
-                                                     Self.flashKeyBlock)
-                        }
-                        for query in firstQuery..<end {
-                            let row = scores + query * length
-                            if !roundProbabilities {
-                                var largest = -Float.infinity
-                                for key in 0...query { largest = max(largest, row[key]) }
-                                var sum: Float = 0
-                                for key in 0...query {
-                                    let weight = exp(row[key] - largest)
-                                    row[key] = weight
-                                    sum += weight
-                                }
-                                let inverse = 1 / sum
-                                for key in 0...query { row[key] *= inverse }
+        // oversubscribe them. No other BLAS call in the process runs while the count is lowered (OpenBLASThreads).
+        OpenBLASThreads.withOneThread {
+            qkv.withUnsafeBufferPointer { qkvValues in
+                output.withUnsafeMutableBufferPointer { outputValues in
+                    let shared = (input: UncheckedSendable(qkvValues.baseAddress!), result: UncheckedSendable(outputValues.baseAddress!))
+                    // Each (sample, head) pair writes its own columns of its own rows.
+                    DispatchQueue.concurrentPerform(iterations: batch.sampleCount * heads) { job in
+                        let input = shared.input.value
+                        let result = shared.result.value
+                        let sample = job / heads
+                        let head = job % heads
+                        let keyValueHead = head / queriesPerKeyValue
+                        let firstRow = batch.sampleOffsets[sample]
+                        let length = batch.tokenCounts[sample]
+                        let queries = input + firstRow * rowStride + head * headDim
+                        let keys = input + firstRow * rowStride + keyOffset + keyValueHead * headDim
+                        let values = input + firstRow * rowStride + valueOffset + keyValueHead * headDim
+                        // The scores go in tiles of queries (``scoreTiles(length:)``); a tile's last query sees keys
+                        // 0..<end, so its GEMM skips the keys above that, which causal masking zeroes anyway.
+                        // The weighted sum stays one GEMM over all `length` keys (zero weights above each query):
+                        // OpenBLAS splits a GEMM's inner dimension into blocks by its length, so a shorter sum would add
+                        // the same terms in other groups and change the last bits.
+                        let scores = UnsafeMutablePointer<Float>.allocate(capacity: length * length)
+                        defer { scores.deallocate() }
+                        for tile in Self.scoreTiles(length: length) {
+                            let firstQuery = tile.lowerBound, end = tile.upperBound
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(end - firstQuery), Int32(end), Int32(headDim),
+                                        scale, queries + firstQuery * rowStride, Int32(rowStride), keys, Int32(rowStride),
+                                        0, scores + firstQuery * length, Int32(length))
+                            if roundProbabilities {
+                                cpuk_causal_softmax_bf16(scores + firstQuery * length, length, firstQuery, end - firstQuery,
+                                                         Self.flashKeyBlock)
                             }
-                            (row + query + 1).update(repeating: 0, count: length - query - 1)
+                            for query in firstQuery..<end {
+                                let row = scores + query * length
+                                if !roundProbabilities {
+                                    var largest = -Float.infinity
+                                    for key in 0...query { largest = max(largest, row[key]) }
+                                    var sum: Float = 0
+                                    for key in 0...query {
+                                        let weight = exp(row[key] - largest)
+                                        row[key] = weight
+                                        sum += weight
+                                    }
+                                    let inverse = 1 / sum
+                                    for key in 0...query { row[key] *= inverse }
+                                }
+                                (row + query + 1).update(repeating: 0, count: length - query - 1)
+                            }
                         }
-                        firstQuery = end
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(length), Int32(headDim), Int32(length),
+                                    1, scores, Int32(length), values, Int32(rowStride),
+                                    0, result + firstRow * queryWidth + head * headDim, Int32(queryWidth))
                     }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(length), Int32(headDim), Int32(length),
-                                1, scores, Int32(length), values, Int32(rowStride),
-                                0, result + firstRow * queryWidth + head * headDim, Int32(queryWidth))
                 }
             }
         }
@@ -459,8 +512,10 @@ func accumulateMatmulTransposed(_ input: [Float], rows: Int, inner: Int, weight:
                                 into output: inout [Float]) {
     precondition(input.count == rows * inner && weight.count == outputs * inner && output.count == rows * outputs,
                  "GEMM shapes do not match")
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outputs), Int32(inner),
-                1, input, Int32(inner), weight, Int32(inner), 1, &output, Int32(outputs))
+    OpenBLASThreads.withConfiguredThreads {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outputs), Int32(inner),
+                    1, input, Int32(inner), weight, Int32(inner), 1, &output, Int32(outputs))
+    }
 }
 
 // MARK: - BF16 rounding points

@@ -1,4 +1,5 @@
 import COpenBLAS
+import OpenBLASThreads
 import ComputeBackend
 import Foundation
 import JobModel
@@ -104,8 +105,11 @@ public final class LinearOutputErrorProbe: LinearInputTransform, @unchecked Send
         var result = [Float](repeating: 0, count: rows * outputs)
         weight.withUnsafeBufferPointer { weight in
             result.withUnsafeMutableBufferPointer { result in
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outputs), Int32(inner), 1,
-                            input.baseAddress, Int32(inner), weight.baseAddress, Int32(inner), 0, result.baseAddress, Int32(outputs))
+                OpenBLASThreads.withConfiguredThreads {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outputs), Int32(inner), 1,
+                                input.baseAddress, Int32(inner), weight.baseAddress, Int32(inner), 0, result.baseAddress,
+                                Int32(outputs))
+                }
             }
         }
         return result

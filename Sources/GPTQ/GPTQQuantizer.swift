@@ -1,4 +1,5 @@
 import COpenBLAS
+import OpenBLASThreads
 import NVFP4
 
 /// GPTQ for NVFP4 weights: the block scales and `S2` of round-to-nearest, and E2M1 codes chosen column by column so
@@ -212,7 +213,9 @@ public enum GPTQQuantizer {
     /// `dpotrf_('L')` in place: the lower Cholesky factor; false when the matrix is not positive definite.
     private static func factorLower(_ a: inout [Double], _ n: Int) -> Bool {
         var uplo = CChar(UInt8(ascii: "L")), order = Int32(n), leading = Int32(n), info: Int32 = 0
-        a.withUnsafeMutableBufferPointer { dpotrf_(&uplo, &order, $0.baseAddress, &leading, &info, 1) }
+        a.withUnsafeMutableBufferPointer { a in
+            OpenBLASThreads.withConfiguredThreads { dpotrf_(&uplo, &order, a.baseAddress, &leading, &info, 1) }
+        }
         return info == 0
     }
 
@@ -220,7 +223,9 @@ public enum GPTQQuantizer {
     private static func invertLowerTriangle(_ a: inout [Double], _ n: Int) -> Bool {
         var uplo = CChar(UInt8(ascii: "L")), unit = CChar(UInt8(ascii: "N")), order = Int32(n), leading = Int32(n)
         var info: Int32 = 0
-        a.withUnsafeMutableBufferPointer { dtrtri_(&uplo, &unit, &order, $0.baseAddress, &leading, &info, 1, 1) }
+        a.withUnsafeMutableBufferPointer { a in
+            OpenBLASThreads.withConfiguredThreads { dtrtri_(&uplo, &unit, &order, a.baseAddress, &leading, &info, 1, 1) }
+        }
         return info == 0
     }
 
@@ -258,10 +263,12 @@ public enum GPTQQuantizer {
                                 }
                                 guard blockEnd < cols else { continue }
                                 // working[blockEnd..., :] -= U[blockStart..<blockEnd, blockEnd...]ᵀ · errors
-                                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(cols - blockEnd), Int32(rows),
-                                            Int32(blockEnd - blockStart), -1, u.baseAddress! + blockStart * cols + blockEnd,
-                                            Int32(cols), errors.baseAddress, Int32(rows), 1,
-                                            w.baseAddress! + blockEnd * rows, Int32(rows))
+                                OpenBLASThreads.withConfiguredThreads {
+                                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(cols - blockEnd), Int32(rows),
+                                                Int32(blockEnd - blockStart), -1, u.baseAddress! + blockStart * cols + blockEnd,
+                                                Int32(cols), errors.baseAddress, Int32(rows), 1,
+                                                w.baseAddress! + blockEnd * rows, Int32(rows))
+                                }
                             }
                         }
                     }

@@ -1,4 +1,5 @@
 import COpenBLAS
+import OpenBLASThreads
 
 /// `H = (2/n) Σ xᵀx` over every input row `x` of one Linear input seen so far (GPTQ's Hessian of the layer's squared
 /// output error), kept in Double.
@@ -39,8 +40,10 @@ public struct HessianAccumulator: Sendable {
                 for index in 0..<(chunk * columns) { wide[index] = Double(rows[start * columns + index]) }
                 // The first chunk rescales the old average; later chunks of the same batch only add.
                 let beta = start == 0 ? Double(rowsSeen) / Double(total) : 1
-                cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(columns), Int32(chunk), 2 / Double(total),
-                            wide.baseAddress, Int32(columns), beta, h.baseAddress, Int32(columns))
+                OpenBLASThreads.withConfiguredThreads {
+                    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(columns), Int32(chunk), 2 / Double(total),
+                                wide.baseAddress, Int32(columns), beta, h.baseAddress, Int32(columns))
+                }
                 start += chunk
             }
         }

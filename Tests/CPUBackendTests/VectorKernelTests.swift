@@ -5,6 +5,7 @@ import Dispatch
 import Foundation
 import Glibc
 import LlamaModel
+import OpenBLASThreads
 import Testing
 @testable import CPUBackend
 
@@ -163,6 +164,17 @@ import Testing
         }
     }
 
+    /// Tiles only where this machine's OpenBLAS keeps a score's bits in a tile's GEMM (its SkylakeX/Cooperlake
+    /// kernels do, its Haswell/Zen kernels do not); the whole square otherwise.
+    @Test func scoreTilesFollowTheProbe() {
+        let (keepsBits, tiles) = OpenBLASThreads.withOneThread {
+            (CPUBackend.scoreTilingKeepsBits, CPUBackend.scoreTiles(length: 300))
+        }
+        #expect(tiles == (keepsBits ? [0..<128, 128..<256, 256..<300] : [0..<300]))
+        #expect(OpenBLASThreads.withOneThread { CPUBackend.scoreTiles(length: 143) } == [0..<143], "a last tile of 15 joins")
+        print("OpenBLAS keeps score bits in tiles: \(keepsBits)")
+    }
+
     /// The tiled causal attention against the full-square attention it replaced, on SmolLM2's head layout (9 query
     /// heads over 3 KV heads of 64), with samples around OpenBLAS's small-matrix limit (34² ≤ 1200 < 35²), shorter
     /// than a tile, at tile edges (a last tile of 15 rows joins the one before, one of 16 does not), and longer than
@@ -294,44 +306,44 @@ enum ScalarReference {
         let valueOffset = queryWidth + config.numKeyValueHeads * headDim
         let scale = Float(1 / Double(headDim).squareRoot())
         var output = [Float](repeating: 0, count: batch.totalTokens * queryWidth)
-        let blasThreads = openblas_get_num_threads()
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(blasThreads) }
-        qkv.withUnsafeBufferPointer { qkvValues in
-            output.withUnsafeMutableBufferPointer { outputValues in
-                let input = qkvValues.baseAddress!, result = outputValues.baseAddress!
-                for job in 0..<(batch.sampleCount * heads) {
-                    let sample = job / heads, head = job % heads
-                    let keyValueHead = head / queriesPerKeyValue
-                    let firstRow = batch.sampleOffsets[sample], length = batch.tokenCounts[sample]
-                    let queries = input + firstRow * rowStride + head * headDim
-                    let keys = input + firstRow * rowStride + queryWidth + keyValueHead * headDim
-                    let values = input + firstRow * rowStride + valueOffset + keyValueHead * headDim
-                    let scores = UnsafeMutablePointer<Float>.allocate(capacity: length * length)
-                    defer { scores.deallocate() }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(length), Int32(length), Int32(headDim),
-                                scale, queries, Int32(rowStride), keys, Int32(rowStride), 0, scores, Int32(length))
-                    for query in 0..<length {
-                        let row = scores + query * length
-                        if roundProbabilities {
-                            blockedBFloat16Softmax(row, count: query + 1)
-                        } else {
-                            var largest = -Float.infinity
-                            for key in 0...query { largest = max(largest, row[key]) }
-                            var sum: Float = 0
-                            for key in 0...query {
-                                let weight = exp(row[key] - largest)
-                                row[key] = weight
-                                sum += weight
+        // One thread, like the tiled attention, and no other test's BLAS call meanwhile: the count is process-wide.
+        OpenBLASThreads.withOneThread {
+            qkv.withUnsafeBufferPointer { qkvValues in
+                output.withUnsafeMutableBufferPointer { outputValues in
+                    let input = qkvValues.baseAddress!, result = outputValues.baseAddress!
+                    for job in 0..<(batch.sampleCount * heads) {
+                        let sample = job / heads, head = job % heads
+                        let keyValueHead = head / queriesPerKeyValue
+                        let firstRow = batch.sampleOffsets[sample], length = batch.tokenCounts[sample]
+                        let queries = input + firstRow * rowStride + head * headDim
+                        let keys = input + firstRow * rowStride + queryWidth + keyValueHead * headDim
+                        let values = input + firstRow * rowStride + valueOffset + keyValueHead * headDim
+                        let scores = UnsafeMutablePointer<Float>.allocate(capacity: length * length)
+                        defer { scores.deallocate() }
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(length), Int32(length), Int32(headDim),
+                                    scale, queries, Int32(rowStride), keys, Int32(rowStride), 0, scores, Int32(length))
+                        for query in 0..<length {
+                            let row = scores + query * length
+                            if roundProbabilities {
+                                blockedBFloat16Softmax(row, count: query + 1)
+                            } else {
+                                var largest = -Float.infinity
+                                for key in 0...query { largest = max(largest, row[key]) }
+                                var sum: Float = 0
+                                for key in 0...query {
+                                    let weight = exp(row[key] - largest)
+                                    row[key] = weight
+                                    sum += weight
+                                }
+                                let inverse = 1 / sum
+                                for key in 0...query { row[key] *= inverse }
                             }
-                            let inverse = 1 / sum
-                            for key in 0...query { row[key] *= inverse }
+                            for key in (query + 1)..<length { row[key] = 0 }
                         }
-                        for key in (query + 1)..<length { row[key] = 0 }
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(length), Int32(headDim), Int32(length),
+                                    1, scores, Int32(length), values, Int32(rowStride),
+                                    0, result + firstRow * queryWidth + head * headDim, Int32(queryWidth))
                     }
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(length), Int32(headDim), Int32(length),
-                                1, scores, Int32(length), values, Int32(rowStride),
-                                0, result + firstRow * queryWidth + head * headDim, Int32(queryWidth))
                 }
             }
         }
