@@ -152,13 +152,11 @@ public struct TensorChunks: AsyncSequence, Sendable {
     }
 }
 
-/// Where a ``BulkReceiver`` gets its items and keeps the id of the tensor being read: a TCP connection's bounded
-/// queue, or an in-process pipe.
+/// Where a ``BulkReceiver`` gets its items: a TCP connection's bounded queue, or an in-process pipe.
 protocol BulkItemSource: Sendable {
-    /// The next item, or `nil` once the source is closed and drained.
-    func nextItem() async throws -> BulkItem?
-    func setOpen(_ id: UInt64?) async throws
-    func currentlyOpen() async throws -> UInt64?
+    /// The items queued now (at least one; waits for one when none is), or `nil` once the source is closed and
+    /// drained.
+    func nextItems() async throws -> [BulkItem]?
     /// Names the peer in errors.
     var peerName: String { get }
 }
@@ -166,18 +164,11 @@ protocol BulkItemSource: Sendable {
 /// The bulk queue of one ``PeerConnection``, read on its event loop.
 struct ConnectionBulkSource: BulkItemSource {
     let connection: PeerConnection
-    /// Id of the tensor whose chunks are still arriving, guarded by the event loop.
-    let open: NIOLoopBoundBox<UInt64?>
-
-    init(connection: PeerConnection) {
-        self.connection = connection
-        self.open = NIOLoopBoundBox.makeBoxSendingValue(nil, as: UInt64?.self, eventLoop: connection.channel.eventLoop)
-    }
 
     var peerName: String { connection.peer.name }
 
     /// Cancellation-aware: a cancelled consumer stops waiting (the daemons' receive loops end this way on shutdown).
-    func nextItem() async throws -> BulkItem? {
+    func nextItems() async throws -> [BulkItem]? {
         let bulk = connection.bulk
         let eventLoop = connection.channel.eventLoop
         let cancelled = NIOLockedValueBox(false)
@@ -185,22 +176,12 @@ struct ConnectionBulkSource: BulkItemSource {
             try await eventLoop.flatSubmit {
                 // A cancellation that came before this ran finds no waiter to fail: refuse to wait at all.
                 if cancelled.withLockedValue({ $0 }) { return eventLoop.makeFailedFuture(CancellationError()) }
-                return bulk.value.nextItem()
+                return bulk.value.nextItems()
             }.get()
         } onCancel: {
             cancelled.withLockedValue { $0 = true }
             eventLoop.execute { bulk.value.cancelWait() }
         }
-    }
-
-    func setOpen(_ id: UInt64?) async throws {
-        let open = self.open
-        try await connection.channel.eventLoop.submit { open.value = id }.get()
-    }
-
-    func currentlyOpen() async throws -> UInt64? {
-        let open = self.open
-        return try await connection.channel.eventLoop.submit { open.value }.get()
     }
 }
 
@@ -208,6 +189,14 @@ struct ConnectionBulkSource: BulkItemSource {
 /// an undrained tensor is skipped when the next one is asked for.
 final class BulkReceiver: Sendable {
     private let source: any BulkItemSource
+
+    /// The consumer's side: items taken from the source and not yet read, and the id of the tensor whose chunks are
+    /// still arriving. One consumer at a time; the lock only makes the class safe to share.
+    private struct State {
+        var taken = CircularBuffer<BulkItem>()
+        var open: UInt64?
+    }
+    private let state = NIOLockedValueBox(State())
 
     init(source: some BulkItemSource) {
         self.source = source
@@ -217,9 +206,16 @@ final class BulkReceiver: Sendable {
         self.init(source: ConnectionBulkSource(connection: connection))
     }
 
-    private func nextItem() async throws -> BulkItem? { try await source.nextItem() }
-    private func setOpen(_ id: UInt64?) async throws { try await source.setOpen(id) }
-    private func currentlyOpen() async throws -> UInt64? { try await source.currentlyOpen() }
+    private func nextItem() async throws -> BulkItem? {
+        if let item = state.withLockedValue({ $0.taken.popFirst() }) { return item }
+        guard var items = try await source.nextItems(), !items.isEmpty else { return nil }
+        let first = items.removeFirst()
+        state.withLockedValue { $0.taken.append(contentsOf: items) }
+        return first
+    }
+
+    private func setOpen(_ id: UInt64?) { state.withLockedValue { $0.open = id } }
+    private var currentlyOpen: UInt64? { state.withLockedValue { $0.open } }
 
     /// Next tensor start, skipping what is left of an undrained one; `nil` when the connection is closed.
     func nextTensor() async throws -> IncomingTensor? {
@@ -227,20 +223,20 @@ final class BulkReceiver: Sendable {
             switch item {
             case .chunk(let id, let flags, let bytes):
                 if flags.contains(.firstChunk) {
-                    try await setOpen(flags.contains(.lastChunk) ? nil : id)
+                    setOpen(flags.contains(.lastChunk) ? nil : id)
                     return IncomingTensor(id: id, chunks: TensorChunks(receiver: self, tensorID: id, first: bytes,
                                                                        firstIsLast: flags.contains(.lastChunk)))
                 }
-                if flags.contains(.lastChunk) { try await setOpen(nil) }  // tail of a tensor nobody drained
+                if flags.contains(.lastChunk) { setOpen(nil) }  // tail of a tensor nobody drained
             case .abort:
-                try await setOpen(nil)
+                setOpen(nil)
             }
         }
         return nil
     }
 
     func nextChunk(of tensorID: UInt64) async throws -> (ByteBuffer, isLast: Bool) {
-        guard try await currentlyOpen() == tensorID else {
+        guard currentlyOpen == tensorID else {
             throw TransportError.bulkTransferFailed(tensorID: tensorID, reason: "chunks read after a later tensor was requested")
         }
         guard let item = try await nextItem() else {
@@ -250,10 +246,10 @@ final class BulkReceiver: Sendable {
         case .chunk(let id, let flags, let bytes):
             // The handler validates order, so this is the open tensor.
             precondition(id == tensorID, "bulk order is validated by the BulkReceiveHandler")
-            if flags.contains(.lastChunk) { try await setOpen(nil) }
+            if flags.contains(.lastChunk) { setOpen(nil) }
             return (bytes, flags.contains(.lastChunk))
         case .abort(_, let envelope):
-            try await setOpen(nil)
+            setOpen(nil)
             throw TransportError.remoteError(code: envelope.code, message: envelope.message)
         }
     }

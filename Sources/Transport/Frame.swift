@@ -162,8 +162,29 @@ public struct FrameDecoder: ByteToMessageDecoder {
 
     /// Reads one frame if `buffer` holds a whole one; throws on a header that can never become valid.
     static func decodeFrame(from buffer: inout ByteBuffer, limits: FrameLimits, admission: FrameAdmission? = nil) throws -> Frame? {
+        guard let header = try FrameHeader.read(from: buffer, limits: limits, admission: admission),
+              buffer.readableBytes >= Frame.headerSize + header.length
+        else { return nil }
+        buffer.moveReaderIndex(forwardBy: Frame.headerSize)
+        let payload = buffer.readSlice(length: header.length)!
+        return Frame(type: header.type, flags: header.flags, correlationID: header.correlationID, payload: payload)
+    }
+}
+
+/// A frame's 20-byte header, read and judged before any of its payload is buffered.
+struct FrameHeader: Equatable {
+    var type: FrameType
+    var flags: FrameFlags
+    var correlationID: UInt64
+    /// Payload bytes that follow the header.
+    var length: Int
+
+    /// The header at the front of `buffer`, or nil while fewer than 20 bytes are there. Throws as soon as the bytes
+    /// present can never start a valid frame: bad magic or version (checked as soon as their bytes arrive, so
+    /// garbage is refused early), an unknown type, a type the connection does not admit now, or a length over the
+    /// limit, so a hostile length never causes a large allocation.
+    static func read(from buffer: ByteBuffer, limits: FrameLimits, admission: FrameAdmission?) throws -> FrameHeader? {
         let start = buffer.readerIndex
-        // Check magic and version as soon as their bytes arrive, so garbage is refused early.
         if let magic = buffer.getInteger(at: start, as: UInt32.self), magic != Frame.magic {
             throw TransportError.protocolViolation(.badMagic(found: magic))
         }
@@ -184,10 +205,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
         guard Int(length) <= limit else {
             throw TransportError.protocolViolation(.frameTooLarge(type: type, length: Int(length), limit: limit))
         }
-        guard buffer.readableBytes >= Frame.headerSize + Int(length) else { return nil }
-        buffer.moveReaderIndex(forwardBy: Frame.headerSize)
-        let payload = buffer.readSlice(length: Int(length))!
-        return Frame(type: type, flags: FrameFlags(rawValue: rawFlags), correlationID: correlationID, payload: payload)
+        return FrameHeader(type: type, flags: FrameFlags(rawValue: rawFlags), correlationID: correlationID, length: Int(length))
     }
 }
 

@@ -9,18 +9,35 @@ package enum TransportFuzzing {
         case none, handshake, control, bulk
     }
 
-    /// ``FrameDecoder``'s step: one frame from the front of `buffer`, nil when it holds no whole frame yet.
-    package static func decodeFrame(from buffer: inout ByteBuffer, limits: FrameLimits, admission: Admission) throws -> Frame? {
-        let check: FrameAdmission?
+    private static func makeCheck(_ admission: Admission) -> FrameAdmission? {
         switch admission {
-        case .none: check = nil
-        case .handshake: check = FrameAdmission()
+        case .none: return nil
+        case .handshake: return FrameAdmission()
         case .control, .bulk:
             let state = FrameAdmission()
             state.phase = .authenticated(admission == .control ? .control : .bulk)
-            check = state
+            return state
         }
-        return try FrameDecoder.decodeFrame(from: &buffer, limits: limits, admission: check)
+    }
+
+    /// ``FrameDecoder``'s step: one frame from the front of `buffer`, nil when it holds no whole frame yet.
+    package static func decodeFrame(from buffer: inout ByteBuffer, limits: FrameLimits, admission: Admission) throws -> Frame? {
+        try FrameDecoder.decodeFrame(from: &buffer, limits: limits, admission: makeCheck(admission))
+    }
+
+    /// ``FrameStreamDecoder`` (the decoder connections use) fed `reads` one after another: the frames and bulk pieces
+    /// it delivered, and whether it refused the stream.
+    package static func streamDecode(_ reads: [ByteBuffer], limits: FrameLimits, admission: Admission) -> (frames: [Frame], refused: Bool) {
+        let decoder = FrameStreamDecoder(limits: limits, admission: makeCheck(admission))
+        var frames: [Frame] = []
+        for var read in reads {
+            do {
+                try decoder.decode(&read) { frames.append($0) }
+            } catch {
+                return (frames, true)
+            }
+        }
+        return (frames, false)
     }
 
     /// ``FrameEncoder``'s bytes for `frame`.

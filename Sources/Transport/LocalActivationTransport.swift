@@ -81,7 +81,6 @@ actor LocalBulkPipe: BulkItemSource {
     private var queue = CircularBuffer<BulkItem>()
     private var queuedBytes = 0
     private(set) var peakBytes = 0
-    private var open: UInt64?
     private var closed = false
     /// Set by ``fail(_:)``: the consumer sees this error once the queue is drained, instead of a clean end.
     private var failure: (any Error)?
@@ -110,20 +109,25 @@ actor LocalBulkPipe: BulkItemSource {
         peakBytes = max(peakBytes, queuedBytes)
     }
 
-    func nextItem() async throws -> BulkItem? {
-        if let item = queue.popFirst() {
-            queuedBytes -= Self.size(of: item)
+    /// The items queued now, up to a quarter of the capacity in bytes (at least one), or the next one to arrive.
+    func nextItems() async throws -> [BulkItem]? {
+        if !queue.isEmpty {
+            let batchLimit = max(1, capacity / 4)
+            var batch: [BulkItem] = []
+            var batchBytes = 0
+            while batchBytes < batchLimit, let item = queue.popFirst() {
+                batchBytes += Self.size(of: item)
+                batch.append(item)
+            }
+            queuedBytes -= batchBytes
             if queuedBytes < capacity { wakeProducers() }
-            return item
+            return batch
         }
         if let failure { throw failure }
         if closed { return nil }
         precondition(consumer == nil, "one consumer reads a local transport at a time")
-        return try await withCheckedThrowingContinuation { consumer = $0 }
+        return try await withCheckedThrowingContinuation { consumer = $0 }.map { [$0] }
     }
-
-    func setOpen(_ id: UInt64?) { open = id }
-    func currentlyOpen() -> UInt64? { open }
 
     func close() {
         guard !closed else { return }

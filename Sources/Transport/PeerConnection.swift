@@ -172,6 +172,15 @@ public final class PeerConnection: Sendable {
         try? await channel.closeFuture.get()
     }
 
+    /// What the receiving side has done with the bytes read so far: how many it copied, and in how many pieces the
+    /// bulk payload was delivered.
+    public func receiveStatistics() async throws -> ReceiveStatistics {
+        let channel = self.channel
+        return try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: FrameStreamDecoder.self).statistics
+        }.get()
+    }
+
     /// Whether the connection is still open (it may close right after this returns).
     public var isOpen: Bool { channel.isActive }
 
@@ -206,7 +215,7 @@ func installPipeline(on channel: any Channel, side: HandshakeHandler.Side, purpo
         try channel.pipeline.syncOperations.addHandler(try tls.makeHandler(side: side))
     }
     try channel.pipeline.syncOperations.addHandlers([
-        ByteToMessageHandler(FrameDecoder(limits: configuration.frameLimits, admission: admission)),
+        FrameStreamDecoder(limits: configuration.frameLimits, admission: admission),
         FrameWriter(),
         handler,
     ])

@@ -3,7 +3,8 @@ import NIOCore
 
 /// Transport: typed frames and bulk bytes between authenticated cluster peers over TCP (SwiftNIO).
 ///
-/// - ``Frame``, ``FrameDecoder``, ``FrameEncoder``: the 20-byte-header framing (Docs/wire-protocol.md).
+/// - ``Frame``, ``FrameDecoder``, ``FrameEncoder``: the 20-byte-header framing (Docs/wire-protocol.md); connections
+///   decode with `FrameStreamDecoder`, which passes bulk payload on as slices of the socket's reads, uncopied.
 /// - ``PeerConnection``: one authenticated connection; `call` (request/response keyed by correlation id,
 ///   with a deadline), `send` (one-way), `serveRequests` (answer the peer's calls).
 /// - ``TransportServer``: accepts connections, runs the mutual HMAC handshake, hands out ``PeerConnection``s.

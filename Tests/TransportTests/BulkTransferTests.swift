@@ -37,6 +37,7 @@ struct BulkTransferTests {
         configuration.bulkReceiveBufferBytes = 4 << 20
         let digests = Mailbox<TensorDigest>()
         let peaks = Mailbox<Int>()
+        let statistics = Mailbox<ReceiveStatistics>()
         let handler = ClosureHandler(onOpen: { connection in
             let transport = TCPActivationTransport(connection: connection)
             do {
@@ -50,6 +51,7 @@ struct BulkTransferTests {
                     }
                     digests.put(TensorDigest(id: tensor.id, bytes: checksum.count, checksum: checksum.final))
                     peaks.put(try await transport.peakReceiveQueueBytes())
+                    statistics.put(try await connection.receiveStatistics())
                 }
             } catch {
                 Issue.record("receiver failed: \(error)")
@@ -73,6 +75,11 @@ struct BulkTransferTests {
             // at most one partial chunk) still lands.
             #expect(peak <= (4 << 20) + Self.chunkSize + (1 << 20), "receive queue peaked at \(peak) bytes")
             #expect(peak >= 2 << 20, "the slow consumer should have made the queue fill (peak \(peak))")
+            // The receiving side copied no payload: at most the 64 frame headers and the handshake and heartbeat
+            // frames that a read happened to split.
+            let received = await statistics.take()
+            #expect(received.bulkPayloadBytes == 64 << 20)
+            #expect(received.copiedBytes <= 64 * Frame.headerSize + 4096, "copied \(received.copiedBytes) bytes")
             await connection.close()
         }
     }

@@ -188,7 +188,7 @@ struct PipelineTests {
         #expect(counter.reads == 1, "4 KiB queued: reads are held back")
 
         // Draining to half the bound passes one held read on.
-        guard case .chunk(9, .firstChunk, let first)? = outcome(bulk.nextItem()).flatMap({ try? $0.get() }) else {
+        guard case .chunk(9, .firstChunk, let first)? = outcome(bulk.nextItems().map { $0?.first }).flatMap({ try? $0.get() }) else {
             Issue.record("expected the first chunk")
             return
         }
@@ -198,8 +198,8 @@ struct PipelineTests {
         #expect(counter.reads == 3)
 
         // A waiting consumer gets the next item directly; an abort ends the tensor.
-        _ = outcome(bulk.nextItem())
-        let waiting = bulk.nextItem()
+        _ = outcome(bulk.nextItems().map { $0?.first })
+        let waiting = bulk.nextItems().map { $0?.first }
         #expect(outcome(waiting) == nil)
         try channel.writeInbound(Frame(type: .bulkAbort, correlationID: 9,
                                        payload: RemoteErrorEnvelope(code: "aborted", message: "gave up").payload))
@@ -215,7 +215,7 @@ struct PipelineTests {
         try channel.writeInbound(chunk(.lastChunk, 2))
         #expect(errors.errors.map { $0 as? TransportError }
             == [.protocolViolation(.bulkSequence(tensorID: 9, reason: "chunk without a first chunk"))])
-        guard case .some(.success(nil)) = outcome(bulk.nextItem()) else {
+        guard case .some(.success(nil)) = outcome(bulk.nextItems().map { $0?.first }) else {
             Issue.record("the queue should end after a violation")
             return
         }
@@ -241,7 +241,7 @@ struct PipelineTests {
         #expect(errors.errors.isEmpty, "the peer waits on us: no silence")
 
         // Drained: the held read goes out and silence counts again.
-        _ = bulk.nextItem()
+        _ = bulk.nextItems().map { $0?.first }
         channel.embeddedEventLoop.advanceTime(by: .milliseconds(300))
         #expect(errors.errors.isEmpty)
         channel.embeddedEventLoop.advanceTime(by: .milliseconds(300))
