@@ -188,7 +188,10 @@ extension JobRunner {
         }
         try recordWeightQuality(manifest, layer: layer, worker: owner.info.name)
         var tensors: [ExportedTensor] = []
-        try manifest.requireDigests(from: owner.info.name, inProcess: localWorkers[owner.info.name] != nil)
+        // In process the bytes cross no network; over mutual TLS every record is authenticated (AES-GCM), so a
+        // changed byte closes the connection instead of arriving.
+        try manifest.requireDigests(from: owner.info.name,
+                                    arriveIntact: localWorkers[owner.info.name] != nil || system.configuration.tls != nil)
         for entry in manifest.entries {
             let bytes = try await mailbox.take(peer: owner.info.name, id: entry.bulkID)
             guard let dtype = SafeTensorsDType(rawValue: entry.dtype) else {
@@ -221,9 +224,9 @@ extension JobRunner {
 
 extension ExportManifest {
     /// Throws ``JobFailure/missingTensorDigest(worker:tensor:)`` for the first tensor without its SHA-256, unless the
-    /// worker runs in coordd's own process (its bytes cross no network, so it skips the hashing).
-    func requireDigests(from worker: String, inProcess: Bool) throws {
-        guard !inProcess, let unhashed = entries.first(where: { $0.sha256 == nil }) else { return }
+    /// bytes arrive intact by other means: the worker runs in coordd's own process, or the data path is mutual TLS.
+    func requireDigests(from worker: String, arriveIntact: Bool) throws {
+        guard !arriveIntact, let unhashed = entries.first(where: { $0.sha256 == nil }) else { return }
         throw JobFailure.missingTensorDigest(worker: worker, tensor: unhashed.name)
     }
 }

@@ -243,15 +243,16 @@ public distributed actor Worker: WorkerEndpoint {
             throw WorkerError.layerNotInRange(worker: name, layer: request.layer, range: job.assignment.range)
         }
         let exportStart = ContinuousClock.now
-        // An in-process coordinator takes the bytes as they are; over a network they carry their SHA-256.
-        let digests = localCoordinator == nil
+        // An in-process coordinator takes the bytes as they are, and TLS authenticates every record on the way;
+        // only over a plaintext connection do they carry their SHA-256.
+        let digests = localCoordinator == nil && actorSystem.configuration.tls == nil
         let (tensors, timings, quality) = try await exportQueue.run {
             try job.compute.export(layer: request.layer, activationAmax: request.activationAmax, digests: digests)
         }
         let sendStart = ContinuousClock.now
         defer {
             let bytes = tensors.reduce(0) { $0 + $1.data.count }
-            logger.info("exported layer \(request.layer): \(formatBytes(bytes)); weight amax \(String(format: "%.2f", timings.weightAmax)) s, quantize \(String(format: "%.2f", timings.quantize)) s, pack and hash \(String(format: "%.2f", timings.packAndHash)) s, quantization error \(String(format: "%.2f", timings.qualityMeasure)) s, send \(String(format: "%.2f", secondsSince(sendStart))) s")
+            logger.info("exported layer \(request.layer): \(formatBytes(bytes)); weight amax \(String(format: "%.2f", timings.weightAmax)) s, quantize \(String(format: "%.2f", timings.quantize)) s, pack\(digests ? " and hash" : " (no SHA-256: \(localCoordinator == nil ? "TLS" : "in process"))") \(String(format: "%.2f", timings.packAndHash)) s, quantization error \(String(format: "%.2f", timings.qualityMeasure)) s, send \(String(format: "%.2f", secondsSince(sendStart))) s")
         }
         let transport = try await coordinatorDataPath()
         var entries: [ExportManifest.Entry] = []

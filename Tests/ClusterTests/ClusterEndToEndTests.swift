@@ -17,6 +17,11 @@ import W4A4Probes
             let (job, status) = try cluster.runTinyTwoWorkerJob(output: directory.appendingPathComponent("cluster-out"),
                                                                 reference: reference)
 
+            // Over plaintext TCP every exported tensor carried its SHA-256, which coordd checked before writing.
+            for name in ["w1", "w2"] {
+                let log = cluster.workers[name]?.output ?? ""
+                #expect(log.contains("pack and hash") && !log.contains("no SHA-256"), "\(log)")
+            }
             // The status schema: both ranges, every sample through each, the output size.
             let workers = try #require(status["workers"] as? [[String: Any]])
             #expect(workers.map { $0["name"] as? String } == ["w1", "w2"])

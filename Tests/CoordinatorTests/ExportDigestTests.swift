@@ -2,7 +2,8 @@ import ClusterProtocol
 import Testing
 @testable import Coordinator
 
-/// Exported tensors cross the network with their SHA-256; only an in-process worker may leave it out.
+/// Exported tensors cross a plaintext network with their SHA-256; an in-process worker, or one whose data path is
+/// mutual TLS, may leave it out.
 @Suite struct ExportDigestTests {
     private func manifest(digests: [String?]) -> ExportManifest {
         ExportManifest(layer: 3, entries: digests.enumerated().map { index, digest in
@@ -14,7 +15,7 @@ import Testing
     @Test func aRemoteWorkersTensorWithoutItsDigestIsRefusedNamingWorkerAndTensor() throws {
         let digest = String(repeating: "a", count: 64)
         let error = #expect(throws: JobFailure.self) {
-            try manifest(digests: [digest, nil, nil]).requireDigests(from: "spark-2", inProcess: false)
+            try manifest(digests: [digest, nil, nil]).requireDigests(from: "spark-2", arriveIntact: false)
         }
         guard case .missingTensorDigest(let worker, let tensor) = try #require(error) else {
             Issue.record("unexpected \(String(describing: error))")
@@ -24,8 +25,8 @@ import Testing
         #expect("\(error!)".contains("spark-2") && "\(error!)".contains("model.layers.3.tensor1"))
     }
 
-    @Test func digestsAreOptionalOnlyInProcess() throws {
-        try manifest(digests: [nil, nil]).requireDigests(from: "local", inProcess: true)
-        try manifest(digests: [String(repeating: "b", count: 64)]).requireDigests(from: "spark-2", inProcess: false)
+    @Test func digestsAreOptionalOnlyWhereTheBytesArriveIntact() throws {
+        try manifest(digests: [nil, nil]).requireDigests(from: "local", arriveIntact: true)
+        try manifest(digests: [String(repeating: "b", count: 64)]).requireDigests(from: "spark-2", arriveIntact: false)
     }
 }
