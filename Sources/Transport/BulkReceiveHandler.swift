@@ -4,6 +4,26 @@ import NIOCore
 enum BulkItem: Sendable {
     case chunk(tensorID: UInt64, flags: FrameFlags, bytes: ByteBuffer)
     case abort(tensorID: UInt64, RemoteErrorEnvelope)
+
+    /// The payload bytes it holds, as the bounded queues count them.
+    var payloadBytes: Int {
+        if case .chunk(_, _, let bytes) = self { return bytes.readableBytes }
+        return 0
+    }
+}
+
+extension CircularBuffer where Element == BulkItem {
+    /// Takes items from the front until they hold `byteLimit` payload bytes, at least one item (one consumer visit).
+    mutating func popBatch(byteLimit: Int) -> (items: [BulkItem], bytes: Int) {
+        let limit = Swift.max(1, byteLimit)
+        var items: [BulkItem] = []
+        var bytes = 0
+        while bytes < limit, let item = popFirst() {
+            bytes += item.payloadBytes
+            items.append(item)
+        }
+        return (items, bytes)
+    }
 }
 
 /// The receiving end of the bulk data path: takes BULK_CHUNK and BULK_ABORT frames off the pipeline into a bounded
@@ -138,13 +158,7 @@ final class BulkReceiveHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// consumer a hop to the event loop per piece. Reading resumes once the queue is below half its bound.
     func nextItems() -> EventLoopFuture<[BulkItem]?> {
         if !queue.isEmpty {
-            let batchLimit = max(1, configuration.bulkReceiveBufferBytes / 4)
-            var batch: [BulkItem] = []
-            var batchBytes = 0
-            while batchBytes < batchLimit, let item = queue.popFirst() {
-                if case .chunk(_, _, let bytes) = item { batchBytes += bytes.readableBytes }
-                batch.append(item)
-            }
+            let (batch, batchBytes) = queue.popBatch(byteLimit: configuration.bulkReceiveBufferBytes / 4)
             queuedBytes -= batchBytes
             if readsPaused, queuedBytes <= configuration.bulkReceiveBufferBytes / 2 {
                 readsPaused = false

@@ -103,7 +103,7 @@ actor LocalBulkPipe: BulkItemSource {
             waiting.resume(returning: item)
             return
         }
-        let bytes = Self.size(of: item)
+        let bytes = item.payloadBytes
         queue.append(item)
         queuedBytes += bytes
         peakBytes = max(peakBytes, queuedBytes)
@@ -112,13 +112,7 @@ actor LocalBulkPipe: BulkItemSource {
     /// The items queued now, up to a quarter of the capacity in bytes (at least one), or the next one to arrive.
     func nextItems() async throws -> [BulkItem]? {
         if !queue.isEmpty {
-            let batchLimit = max(1, capacity / 4)
-            var batch: [BulkItem] = []
-            var batchBytes = 0
-            while batchBytes < batchLimit, let item = queue.popFirst() {
-                batchBytes += Self.size(of: item)
-                batch.append(item)
-            }
+            let (batch, batchBytes) = queue.popBatch(byteLimit: capacity / 4)
             queuedBytes -= batchBytes
             if queuedBytes < capacity { wakeProducers() }
             return batch
@@ -151,10 +145,5 @@ actor LocalBulkPipe: BulkItemSource {
         let waiting = producers
         producers.removeAll()
         for producer in waiting { producer.resume() }
-    }
-
-    private static func size(of item: BulkItem) -> Int {
-        if case .chunk(_, _, let bytes) = item { return bytes.readableBytes }
-        return 0
     }
 }
